@@ -1,0 +1,188 @@
+"""Engine configuration: one frozen, validated dataclass.
+
+This module imports neither torch nor diffusers, so a configuration can be built, validated and printed anywhere.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass, field
+from typing import Optional, Tuple, Union
+
+from .errors import InputError
+
+#: Default diffusion model of the paper (SDXL-type UNet with 1.3B parameters).
+DEFAULT_MODEL = "segmind/SSD-1B"
+
+#: Short names accepted for ``model`` (the names of the official code, ``tools/ldm.py``).
+MODEL_ALIASES = {
+    "SSD-1B": "segmind/SSD-1B",
+    "SSD-vega": "segmind/Segmind-Vega",
+    "SD1.4": "CompVis/stable-diffusion-v1-4",
+}
+
+BACKBONES = ("diffusion", "efficientnet-lite0")
+RESIZE_MODES = ("resize", "center_crop")
+COMPAT_MODES = ("clean", "official")
+DTYPES = ("auto", "fp32", "fp16", "bf16")
+DEVICES = ("auto", "cpu", "cuda")
+
+#: tau presets by feature family: the paper's value for SDXL-type UNets, the author's value for SD 1.x (issue #5 of
+#: the official repository), and our own for the offline backbone (chosen on scikit-image photos, see README).
+TAU_PRESETS = {"sdxl": 0.5, "sd": 0.2, "efficientnet-lite0": 0.35}
+
+Size = Tuple[int, int]
+
+
+def parse_size(value: Union[int, str, Tuple[int, int], list, None], *, name: str = "size",
+               multiple: int = 1) -> Optional[Size]:
+    """Parse ``1024``, ``"1024"``, ``"1024x576"`` (width x height) or ``(height, width)`` into ``(height, width)``.
+
+    Strings follow the usual image convention WIDTHxHEIGHT; tuples follow the array convention (height, width).
+
+    Raises
+    ------
+    InputError
+        If the value cannot be parsed, is not positive, or is not a multiple of ``multiple``.
+    """
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        raise InputError(f"{name} must be an int, 'WxH' or (height, width), got {value!r}")
+    if isinstance(value, int):
+        hw = (value, value)
+    elif isinstance(value, str):
+        m = re.fullmatch(r"\s*(\d+)\s*(?:[x,X*]\s*(\d+)\s*)?", value)
+        if not m:
+            raise InputError(f"{name} must look like 1024 or 1024x576 (width x height), got {value!r}")
+        w = int(m.group(1))
+        h = int(m.group(2)) if m.group(2) else w
+        hw = (h, w)
+    elif isinstance(value, (tuple, list)) and len(value) == 2 and all(isinstance(v, int) for v in value):
+        hw = (int(value[0]), int(value[1]))
+    else:
+        raise InputError(f"{name} must be an int, 'WxH' or (height, width), got {value!r}")
+    if min(hw) <= 0:
+        raise InputError(f"{name} must be positive, got {value!r}")
+    if multiple > 1 and (hw[0] % multiple or hw[1] % multiple):
+        raise InputError(f"{name} must be a multiple of {multiple} px on both sides (one feature token per "
+                         f"{multiple} px), got {hw[1]}x{hw[0]} (width x height)")
+    return hw
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """Everything that defines a segmentation run. Frozen and validated on construction.
+
+    Parameters
+    ----------
+    model : str
+        Hugging Face hub id or local folder of a diffusers pipeline (SDXL-type or SD 1.x/2.x), or one of the short
+        names in ``MODEL_ALIASES``. Used when ``backbone="diffusion"``. Default ``segmind/SSD-1B``.
+    backbone : {"diffusion", "efficientnet-lite0"}
+        Feature extractor. ``efficientnet-lite0`` runs offline from the ``[lite]`` extra.
+    revision : str, optional
+        Hub revision (branch, tag or commit) of ``model``.
+    size : int or (int, int) or str
+        Network input size, ``(height, width)`` or ``"WxH"``; multiple of 32. The paper uses 1024 (a 32x32 grid).
+    resize_mode : {"resize", "center_crop"}
+        ``resize`` squashes the whole image to ``size`` (the official demo); ``center_crop`` takes the centred
+        square of side ``min(H, W) - 1`` first (the evaluation protocol; needs a square ``size``).
+    timestep : int
+        Raw training timestep at which noise is added (0..999). Paper: 50.
+    seed : int
+        Seed of the single noise tensor shared by every image. Paper: 42.
+    alpha : float
+        Exponent applied to the min-max scaled cosine affinity. Paper: 10.
+    tau : float, optional
+        NCut acceptance threshold; larger gives more segments. ``None`` takes the preset of the backbone
+        (0.5 for SDXL-type models, 0.2 for SD 1.x/2.x).
+    compat : {"clean", "official"}
+        ``clean`` recurses on explicit index sets; ``official`` also reproduces the official code's zero-row quirk.
+    refine : bool
+        Run PAMR and the 3x3 median filter after concept assignment.
+    pamr_iters : int
+        PAMR iterations (10 in the paper's evaluation).
+    pamr_dilations : tuple of int
+        PAMR neighbourhood dilations (1, 2, 4, 8 in the paper's evaluation).
+    output_size : (int, int) or str, optional
+        Size of the returned label maps, ``(height, width)``. ``None``: each input image's own size.
+    device : {"auto", "cpu", "cuda"} or str
+        Where the encoder runs (``"cuda:1"`` accepted). ``auto`` picks CUDA when available.
+    dtype : {"auto", "fp32", "fp16", "bf16"}
+        Precision of the UNet / backbone. ``auto``: fp16 on CUDA, fp32 on CPU. The VAE always encodes in fp32.
+    batch_size : int
+        Images per encoder call.
+    """
+
+    model: str = DEFAULT_MODEL
+    backbone: str = "diffusion"
+    revision: Optional[str] = None
+    size: Union[int, str, Size] = 1024
+    resize_mode: str = "resize"
+    timestep: int = 50
+    seed: int = 42
+    alpha: float = 10.0
+    tau: Optional[float] = None
+    compat: str = "clean"
+    refine: bool = True
+    pamr_iters: int = 10
+    pamr_dilations: Tuple[int, ...] = (1, 2, 4, 8)
+    output_size: Optional[Union[int, str, Size]] = None
+    device: str = "auto"
+    dtype: str = "auto"
+    batch_size: int = 4
+    local_files_only: bool = False
+    extra: dict = field(default_factory=dict, compare=False, hash=False)
+
+    def __post_init__(self):
+        set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731  (frozen dataclass)
+        set_("model", MODEL_ALIASES.get(self.model, self.model))
+        if not isinstance(self.model, str) or not self.model:
+            raise InputError(f"model must be a hub id or a folder, got {self.model!r}")
+        if self.backbone not in BACKBONES:
+            raise InputError(f"unknown backbone {self.backbone!r}; choose one of {', '.join(BACKBONES)}")
+        set_("size", parse_size(self.size, name="size", multiple=32))
+        if self.resize_mode not in RESIZE_MODES:
+            raise InputError(f"unknown resize_mode {self.resize_mode!r}; choose one of {', '.join(RESIZE_MODES)}")
+        if self.resize_mode == "center_crop" and self.size[0] != self.size[1]:
+            raise InputError(f"resize_mode='center_crop' needs a square size, got {self.size[1]}x{self.size[0]}")
+        if not (isinstance(self.timestep, int) and 0 <= self.timestep < 1000):
+            raise InputError(f"timestep must be an integer in [0, 999], got {self.timestep!r}")
+        if not isinstance(self.seed, int):
+            raise InputError(f"seed must be an integer, got {self.seed!r}")
+        if not (isinstance(self.alpha, (int, float)) and self.alpha > 0):
+            raise InputError(f"alpha must be a positive number, got {self.alpha!r}")
+        set_("alpha", float(self.alpha))
+        if self.tau is not None:
+            if not (isinstance(self.tau, (int, float)) and self.tau > 0):
+                raise InputError(f"tau must be a positive number, got {self.tau!r}")
+            set_("tau", float(self.tau))
+        if self.compat not in COMPAT_MODES:
+            raise InputError(f"unknown compat {self.compat!r}; choose one of {', '.join(COMPAT_MODES)}")
+        if not (isinstance(self.pamr_iters, int) and self.pamr_iters >= 0):
+            raise InputError(f"pamr_iters must be a non-negative integer, got {self.pamr_iters!r}")
+        dil = tuple(self.pamr_dilations)
+        if not dil or not all(isinstance(d, int) and d > 0 for d in dil):
+            raise InputError(f"pamr_dilations must be positive integers, got {self.pamr_dilations!r}")
+        set_("pamr_dilations", dil)
+        set_("output_size", parse_size(self.output_size, name="output_size"))
+        if not isinstance(self.device, str) or not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):
+            raise InputError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {self.device!r}")
+        if self.dtype not in DTYPES:
+            raise InputError(f"unknown dtype {self.dtype!r}; choose one of {', '.join(DTYPES)}")
+        if not (isinstance(self.batch_size, int) and self.batch_size >= 1):
+            raise InputError(f"batch_size must be a positive integer, got {self.batch_size!r}")
+
+    @property
+    def grid_size(self) -> Size:
+        """Feature grid (h, w): one token per 32x32 pixels."""
+        return (self.size[0] // 32, self.size[1] // 32)
+
+    def replace(self, **changes) -> "EngineConfig":
+        """Return a copy with some fields changed (validated again)."""
+        unknown = set(changes) - {f.name for f in dataclasses.fields(self)}
+        if unknown:
+            raise InputError(f"unknown EngineConfig option(s): {', '.join(sorted(unknown))}")
+        return dataclasses.replace(self, **changes)

