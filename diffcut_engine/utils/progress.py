@@ -1,0 +1,30 @@
+"""Progress bars on stderr that users can turn off (``--quiet`` or ``DIFFCUT_NO_PROGRESS=1``)."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+
+def progress_disabled() -> bool:
+    return os.environ.get("DIFFCUT_NO_PROGRESS", "").strip().lower() not in ("", "0", "false", "no")
+
+
+class _NullBar:
+    def update(self, n=1):
+        pass
+
+    def set_postfix_str(self, s):
+        pass
+
+    def close(self):
+        pass
+
+
+def progress_bar(*, total: int, enabled: bool = True, desc: str = "", unit: str = "it"):
+    """A tqdm bar on stderr, or a no-op object when disabled."""
+    if not enabled or progress_disabled():
+        return _NullBar()
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, dynamic_ncols=True, leave=False)

@@ -1,0 +1,111 @@
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from diffcut_engine import EngineConfig, InputError
+from diffcut_engine.config import parse_size
+from diffcut_engine.images import center_crop_box, list_image_files, load_image, prepare
+
+
+@pytest.mark.parametrize("value,expected", [(1024, (1024, 1024)), ("1024", (1024, 1024)),
+                                            ("1024x576", (576, 1024)), ((576, 1024), (576, 1024))])
+def test_parse_size(value, expected):
+    assert parse_size(value, multiple=32) == expected
+
+
+@pytest.mark.parametrize("value", ["1000", "abc", (0, 32), 1024.0, "32x-5", True])
+def test_parse_size_rejects(value):
+    with pytest.raises(InputError):
+        parse_size(value, multiple=32)
+
+
+def test_config_defaults_are_the_paper():
+    cfg = EngineConfig()
+    assert cfg.model == "segmind/SSD-1B" and cfg.size == (1024, 1024) and cfg.grid_size == (32, 32)
+    assert cfg.alpha == 10.0 and cfg.timestep == 50 and cfg.seed == 42
+    assert cfg.pamr_iters == 10 and cfg.pamr_dilations == (1, 2, 4, 8)
+    assert EngineConfig(model="SD1.4").model == "CompVis/stable-diffusion-v1-4"
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"tau": 0}, "tau"), ({"alpha": -2}, "alpha"), ({"compat": "x"}, "compat"), ({"device": "tpu"}, "device"),
+    ({"dtype": "int8"}, "dtype"), ({"batch_size": 0}, "batch_size"), ({"timestep": 1000}, "timestep"),
+    ({"resize_mode": "pad"}, "resize_mode"), ({"size": "1024x576", "resize_mode": "center_crop"}, "square"),
+    ({"pamr_dilations": (1, 0)}, "dilations"),
+])
+def test_config_validation(kwargs, match):
+    with pytest.raises(InputError, match=match):
+        EngineConfig(**kwargs)
+
+
+def test_config_is_frozen_and_replace_validates():
+    cfg = EngineConfig()
+    with pytest.raises(Exception):
+        cfg.tau = 0.3
+    assert cfg.replace(tau=0.3).tau == 0.3
+    with pytest.raises(InputError, match="unknown"):
+        cfg.replace(colour="red")
+
+
+def test_load_image_errors(tmp_path):
+    with pytest.raises(InputError, match="not found"):
+        load_image(tmp_path / "nope.png")
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    with pytest.raises(InputError, match="bad.png: cannot decode"):
+        load_image(bad)
+    with pytest.raises(InputError, match="shape"):
+        load_image(np.zeros((4, 4, 5), np.uint8))
+    with pytest.raises(InputError, match="NaN"):
+        load_image(np.full((4, 4, 3), np.nan, np.float32))
+    with pytest.raises(InputError, match=r"\[0, 1\]"):
+        load_image(np.full((4, 4, 3), 2.0, np.float32))
+    with pytest.raises(InputError, match="unsupported"):
+        load_image(12)
+    with pytest.raises(InputError, match="directory"):
+        load_image(tmp_path)
+
+
+def test_load_image_forms_agree(tmp_path):
+    rng = np.random.default_rng(0)
+    arr = rng.integers(0, 256, size=(10, 12, 3), dtype=np.uint8)
+    Image.fromarray(arr).save(tmp_path / "a.png")
+    ref = load_image(tmp_path / "a.png").pixels
+    assert ref.shape == (3, 10, 12) and ref.dtype == torch.float32
+    for form in (Image.fromarray(arr), arr, arr / 255.0, torch.from_numpy(arr).permute(2, 0, 1)):
+        torch.testing.assert_close(load_image(form).pixels, ref)
+    gray = load_image(arr[:, :, 0])
+    assert gray.pixels.shape == (3, 10, 12)
+    rgba = np.concatenate([arr, np.full((10, 12, 1), 7, np.uint8)], axis=2)
+    torch.testing.assert_close(load_image(rgba).pixels, ref)
+
+
+def test_center_crop_matches_official_rounding():
+    # side min(H, W) - 1, offsets rounded like torchvision's CenterCrop
+    assert center_crop_box(300, 451) == (0, 76, 299, 299)
+    assert center_crop_box(100, 140) == (0, 20, 99, 99)
+    img = load_image(np.zeros((100, 140, 3), np.uint8))
+    net, view, box = prepare(img, (64, 64), "center_crop")
+    assert net.shape == (3, 64, 64) and view.shape == (3, 99, 99) and box == (0, 20, 99, 99)
+    assert float(net.min()) == -1.0
+
+
+def test_resize_without_antialias_matches_interpolate():
+    rng = np.random.default_rng(1)
+    arr = rng.random((50, 70, 3)).astype(np.float32)
+    img = load_image(arr)
+    net, view, box = prepare(img, (32, 64), "resize")
+    ref = torch.nn.functional.interpolate(img.pixels[None], size=(32, 64), mode="bilinear",
+                                          align_corners=False)[0] * 2 - 1
+    torch.testing.assert_close(net, ref)
+    assert box == (0, 0, 50, 70)
+
+
+def test_list_image_files(tmp_path):
+    (tmp_path / "d").mkdir()
+    for n in ("b.png", "a.jpg", "notes.txt"):
+        (tmp_path / "d" / n).write_bytes(b"x")
+    files = list_image_files([tmp_path / "d", str(tmp_path / "d" / "*.png"), tmp_path / "missing.png"])
+    names = [p.name for p in files]
+    assert names == ["a.jpg", "b.png", "b.png", "missing.png"]

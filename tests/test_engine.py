@@ -1,0 +1,125 @@
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from diffcut_engine import BatchError, EngineConfig, InputError
+from diffcut_engine.engine import Engine, Segmentation
+
+from toy_encoder import ColourEncoder
+
+
+def two_colour_image(h=96, w=128, edge=50):
+    """Left of column ``edge`` dark red, right of it light blue, with mild noise."""
+    rng = np.random.default_rng(0)
+    img = np.zeros((h, w, 3), dtype=np.float32)
+    img[:, :edge] = (0.6, 0.1, 0.1)
+    img[:, edge:] = (0.5, 0.7, 0.95)
+    img += rng.normal(scale=0.02, size=img.shape)
+    return (img.clip(0, 1) * 255).round().astype(np.uint8)
+
+
+@pytest.fixture
+def engine():
+    return Engine(EngineConfig(size=(96, 128), tau=0.5, device="cpu"), encoder=ColourEncoder())
+
+
+def region_accuracy(labels, edge):
+    """Fraction of pixels carrying the majority label of their true side of the edge."""
+    acc = 0
+    for part in (labels[:, :edge], labels[:, edge:]):
+        acc += np.bincount(part.ravel()).max()
+    return acc / labels.size
+
+
+def test_segments_two_regions_at_image_size(engine):
+    img = two_colour_image(edge=64)
+    seg = engine.segment(img)
+    assert isinstance(seg, Segmentation)
+    assert seg.labels.shape == (96, 128) and seg.labels.dtype == np.int32
+    assert seg.grid_labels.shape == (3, 4) and seg.num_segments == 2
+    assert region_accuracy(seg.labels, 64) == 1.0 and seg.labels[0, 0] != seg.labels[0, -1]
+    assert set(seg.timings) >= {"load", "preprocess", "encode", "graph", "assign", "refine", "total"}
+    assert all(v >= 0 for v in seg.timings.values())
+    assert seg.tau == 0.5 and seg.image_size == (96, 128) and seg.crop_box == (0, 0, 96, 128)
+
+
+def test_without_refine_boundary_is_coarser(engine):
+    img = two_colour_image(edge=60)
+    coarse = Engine(engine.config.replace(refine=False), encoder=engine.encoder).segment(img)
+    fine = engine.segment(img)
+    # the edge at column 60 cuts a 32 px cell: concept assignment puts the boundary near the cell border, PAMR
+    # moves it onto the edge
+    assert region_accuracy(coarse.labels, 60) < 0.99
+    assert region_accuracy(fine.labels, 60) == 1.0
+
+
+def test_accepts_every_input_type(engine, tmp_path):
+    img = two_colour_image()
+    path = tmp_path / "img.png"
+    Image.fromarray(img).save(path)
+    forms = [path, str(path), Image.fromarray(img), img, img.astype(np.float32) / 255,
+             torch.from_numpy(img).permute(2, 0, 1).float() / 255, torch.from_numpy(img).permute(2, 0, 1)]
+    results = engine.segment(forms)
+    assert isinstance(results, list) and len(results) == len(forms)
+    for r in results[1:]:
+        np.testing.assert_array_equal(r.labels, results[0].labels)
+    assert results[0].name == "img.png"
+
+
+def test_batches_through_the_encoder(engine):
+    imgs = [two_colour_image(edge=e) for e in (40, 50, 60, 70, 80)]
+    engine.encoder.calls = 0
+    batched = engine.segment(imgs)
+    assert engine.encoder.calls == 2  # batch_size 4: one call of 4, one of 1
+    singles = [engine.segment(i) for i in imgs]
+    for a, b in zip(batched, singles):
+        np.testing.assert_array_equal(a.labels, b.labels)
+
+
+def test_bad_item_keeps_finished_results(engine, tmp_path):
+    bad = tmp_path / "broken.jpg"
+    bad.write_bytes(b"not a jpeg at all")
+    good = two_colour_image()
+    with pytest.raises(BatchError) as info:
+        engine.segment([good, bad, good, tmp_path / "missing.png"])
+    err = info.value
+    assert err.results[0] is not None and err.results[2] is not None
+    assert err.results[1] is None and err.results[3] is None
+    assert "cannot decode" in str(err.errors[1]) and "not found" in str(err.errors[3])
+    skipped = engine.segment([good, bad], errors="skip")
+    assert skipped[1] is None and skipped[0].num_segments >= 2
+    with pytest.raises(InputError, match="broken.jpg: cannot decode"):
+        engine.segment(bad)
+
+
+def test_output_size_and_center_crop():
+    img = two_colour_image(h=100, w=140)
+    enc = ColourEncoder()
+    seg = Engine(EngineConfig(size=64, tau=0.5, output_size="70x50"), encoder=enc).segment(img)
+    assert seg.labels.shape == (50, 70)
+    crop = Engine(EngineConfig(size=64, tau=0.5, resize_mode="center_crop"), encoder=enc).segment(img)
+    assert crop.crop_box == (0, 20, 99, 99) and crop.labels.shape == (99, 99)
+
+
+def test_tau_override_and_features(engine):
+    rng = np.random.default_rng(1)
+    blocks = rng.integers(0, 255, size=(3, 4, 3)).astype(np.uint8)
+    img = np.kron(blocks, np.ones((32, 32, 1), dtype=np.uint8))
+    few = engine.segment(img, tau=0.05)
+    many = engine.segment(img, tau=0.9, return_features=True)
+    assert many.num_segments > few.num_segments
+    assert many.features.shape == (3, 4, 21) and few.features is None
+    with pytest.raises(InputError, match="tau"):
+        engine.segment(img, tau=-1)
+
+
+def test_non_square_grid():
+    img = two_colour_image(h=64, w=96)
+    seg = Engine(EngineConfig(size="96x64", tau=0.5), encoder=ColourEncoder()).segment(img)
+    assert seg.grid_labels.shape == (2, 3)
+
+
+def test_unknown_backbone_and_model_errors():
+    with pytest.raises(InputError, match="backbone"):
+        EngineConfig(backbone="resnet")
