@@ -1,0 +1,52 @@
+"""Shared pytest fixtures.
+
+Everything runs offline: the Hugging Face libraries are put in offline mode here, at import time, before any
+test module imports them (huggingface_hub reads these variables once, when it is first imported).
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+
+import pytest  # noqa: E402
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Tiny diffusion pipelines (tests/tiny_models.py), built once per session into a temporary folder
+# ------------------------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="session")
+def tiny_sdxl_path(tmp_path_factory) -> str:
+    """Folder of a tiny random SDXL-type (SSD-1B layout) pipeline saved with ``save_pretrained``."""
+    from tiny_models import make_tiny_sdxl
+
+    return make_tiny_sdxl(tmp_path_factory.mktemp("tiny_sdxl"))
+
+
+@pytest.fixture(scope="session")
+def tiny_sd_path(tmp_path_factory) -> str:
+    """Folder of a tiny random SD 1.x-type pipeline saved with ``save_pretrained``."""
+    from tiny_models import make_tiny_sd
+
+    return make_tiny_sd(tmp_path_factory.mktemp("tiny_sd"))
+
+
+@pytest.fixture(scope="session")
+def tiny_sdxl_encoder(tiny_sdxl_path):
+    """``DiffusionEncoder`` on the tiny SDXL pipeline, CPU, float32. Shared: do not mutate it."""
+    from diffcut_engine.encoders.diffusion import DiffusionEncoder
+
+    return DiffusionEncoder.from_pretrained(tiny_sdxl_path, device="cpu", dtype="fp32")
+
+
+@pytest.fixture(scope="session")
+def tiny_sd_encoder(tiny_sd_path):
+    """``DiffusionEncoder`` on the tiny SD 1.x pipeline, CPU, float32. Shared: do not mutate it."""
+    from diffcut_engine.encoders.diffusion import DiffusionEncoder
+
+    return DiffusionEncoder.from_pretrained(tiny_sd_path, device="cpu", dtype="fp32")
