@@ -123,3 +123,45 @@ def test_non_square_grid():
 def test_unknown_backbone_and_model_errors():
     with pytest.raises(InputError, match="backbone"):
         EngineConfig(backbone="resnet")
+
+
+# ------------------------------------------------------------------------------------------------------------
+# End to end through the real diffusers loading path (tiny random-weight pipelines)
+# ------------------------------------------------------------------------------------------------------------
+
+def test_engine_from_pretrained_tiny_sdxl(tiny_sdxl_path):
+    engine = Engine.from_pretrained(tiny_sdxl_path, size="96x64", device="cpu", dtype="fp32")
+    assert engine.encoder.family == "sdxl" and engine.tau == 0.5
+    img = two_colour_image(h=80, w=120)
+    seg = engine.segment(img, return_features=True)
+    assert seg.grid_labels.shape == (2, 3) and seg.labels.shape == (80, 120)
+    # the graph stage ran on exactly the encoder's features
+    from diffcut_engine.graph import recursive_ncut
+    np.testing.assert_array_equal(seg.grid_labels, recursive_ncut(seg.features, alpha=10.0, tau=0.5))
+    feats = engine.encode(img)
+    np.testing.assert_allclose(feats[0].numpy(), seg.features, atol=1e-6)
+
+
+def test_engine_sd_family_uses_tau_preset(tiny_sd_path):
+    engine = Engine.from_pretrained(tiny_sd_path, size=64, device="cpu")
+    assert engine.encoder.family == "sd" and engine.tau == 0.2
+    assert Engine.from_pretrained(tiny_sd_path, size=64, tau=0.7).tau == 0.7
+
+
+def test_one_call_segment_api_caches_engine(tiny_sdxl_path):
+    import diffcut_engine
+    from diffcut_engine import engine as engine_mod
+
+    img = two_colour_image(h=64, w=64)
+    a = diffcut_engine.segment(img, model=tiny_sdxl_path, size=64, device="cpu")
+    cached = next(iter(engine_mod._ENGINE_CACHE.values()))
+    b = diffcut_engine.segment(img, model=tiny_sdxl_path, size=64, device="cpu")
+    assert next(iter(engine_mod._ENGINE_CACHE.values())) is cached
+    np.testing.assert_array_equal(a.labels, b.labels)
+
+
+def test_missing_model_is_model_load_error(tmp_path):
+    from diffcut_engine import ModelLoadError
+
+    with pytest.raises(ModelLoadError, match="nowhere"):
+        Engine.from_pretrained(str(tmp_path / "nowhere"))
