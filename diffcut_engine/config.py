@@ -32,6 +32,10 @@ DEVICES = ("auto", "cpu", "cuda")
 #: the official repository), and our own for the offline backbone (chosen on scikit-image photos, see README).
 TAU_PRESETS = {"sdxl": 0.5, "sd": 0.2, "efficientnet-lite0": 0.35}
 
+#: Default network input size per backbone: the paper's 1024 px for diffusion UNets (a 32x32 grid); 512 px for the
+#: ImageNet CNN, which sees objects at about the scale it was trained on there (see encoders/lite.py).
+SIZE_PRESETS = {"diffusion": 1024, "efficientnet-lite0": 512}
+
 Size = Tuple[int, int]
 
 
@@ -84,8 +88,9 @@ class EngineConfig:
         Feature extractor. ``efficientnet-lite0`` runs offline from the ``[lite]`` extra.
     revision : str, optional
         Hub revision (branch, tag or commit) of ``model``.
-    size : int or (int, int) or str
-        Network input size, ``(height, width)`` or ``"WxH"``; multiple of 32. The paper uses 1024 (a 32x32 grid).
+    size : int or (int, int) or str, optional
+        Network input size, ``(height, width)`` or ``"WxH"``; multiple of 32. ``None`` takes the backbone's
+        preset: 1024 for diffusion models (the paper's, a 32x32 grid), 512 for ``efficientnet-lite0``.
     resize_mode : {"resize", "center_crop"}
         ``resize`` squashes the whole image to ``size`` (the official demo); ``center_crop`` takes the centred
         square of side ``min(H, W) - 1`` first (the evaluation protocol; needs a square ``size``).
@@ -119,7 +124,7 @@ class EngineConfig:
     model: str = DEFAULT_MODEL
     backbone: str = "diffusion"
     revision: Optional[str] = None
-    size: Union[int, str, Size] = 1024
+    size: Optional[Union[int, str, Size]] = None
     resize_mode: str = "resize"
     timestep: int = 50
     seed: int = 42
@@ -142,7 +147,8 @@ class EngineConfig:
             raise InputError(f"model must be a hub id or a folder, got {self.model!r}")
         if self.backbone not in BACKBONES:
             raise InputError(f"unknown backbone {self.backbone!r}; choose one of {', '.join(BACKBONES)}")
-        set_("size", parse_size(self.size, name="size", multiple=32))
+        size = SIZE_PRESETS[self.backbone] if self.size is None else self.size
+        set_("size", parse_size(size, name="size", multiple=32))
         if self.resize_mode not in RESIZE_MODES:
             raise InputError(f"unknown resize_mode {self.resize_mode!r}; choose one of {', '.join(RESIZE_MODES)}")
         if self.resize_mode == "center_crop" and self.size[0] != self.size[1]:
