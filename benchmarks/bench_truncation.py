@@ -39,7 +39,9 @@ def main(argv=None):
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[args.dtype]
 
     t0 = time.perf_counter()
-    unet = build_random_unet().to(dtype)
+    unet = build_random_unet()
+    if dtype != torch.float32:
+        unet = unet.to(dtype)
     build_s = time.perf_counter() - t0
     trunc = TruncatedUNet(unet)
     g = torch.Generator().manual_seed(0)

@@ -80,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="NCut threshold; larger gives more segments (default: 0.5 SDXL-type, 0.2 SD 1.x)")
     g.add_argument("--alpha", type=_positive_float, default=10.0, help="affinity exponent (default 10)")
     g.add_argument("--size", default=None, help="network input size, 1024 or WxH such as 1024x576; "
-                   "multiples of 32 (default: 1024 for diffusion models, 512 for efficientnet-lite0)")
+                   "multiples of 32 (default: 1024 for diffusion models, 768 for efficientnet-lite0)")
     g.add_argument("--resize-mode", choices=RESIZE_MODES, default="resize",
                    help="resize: squash the whole image (default); center_crop: the evaluation protocol")
     g.add_argument("--compat", choices=COMPAT_MODES, default="clean",

@@ -29,12 +29,12 @@ DTYPES = ("auto", "fp32", "fp16", "bf16")
 DEVICES = ("auto", "cpu", "cuda")
 
 #: tau presets by feature family: the paper's value for SDXL-type UNets, the author's value for SD 1.x (issue #5 of
-#: the official repository), and our own for the offline backbone (chosen on scikit-image photos, see README).
-TAU_PRESETS = {"sdxl": 0.5, "sd": 0.2, "efficientnet-lite0": 0.35}
+#: the official repository), and our own for the offline backbone (chosen on scikit-image photos, see encoders/lite.py).
+TAU_PRESETS = {"sdxl": 0.5, "sd": 0.2, "efficientnet-lite0": 0.08}
 
 #: Default network input size per backbone: the paper's 1024 px for diffusion UNets (a 32x32 grid); 512 px for the
-#: ImageNet CNN, which sees objects at about the scale it was trained on there (see encoders/lite.py).
-SIZE_PRESETS = {"diffusion": 1024, "efficientnet-lite0": 512}
+#: ImageNet CNN, chosen on scikit-image photos with reference masks (see encoders/lite.py).
+SIZE_PRESETS = {"diffusion": 1024, "efficientnet-lite0": 768}
 
 Size = Tuple[int, int]
 
@@ -90,7 +90,7 @@ class EngineConfig:
         Hub revision (branch, tag or commit) of ``model``.
     size : int or (int, int) or str, optional
         Network input size, ``(height, width)`` or ``"WxH"``; multiple of 32. ``None`` takes the backbone's
-        preset: 1024 for diffusion models (the paper's, a 32x32 grid), 512 for ``efficientnet-lite0``.
+        preset: 1024 for diffusion models (the paper's, a 32x32 grid), 768 for ``efficientnet-lite0``.
     resize_mode : {"resize", "center_crop"}
         ``resize`` squashes the whole image to ``size`` (the official demo); ``center_crop`` takes the centred
         square of side ``min(H, W) - 1`` first (the evaluation protocol; needs a square ``size``).
@@ -102,7 +102,7 @@ class EngineConfig:
         Exponent applied to the min-max scaled cosine affinity. Paper: 10.
     tau : float, optional
         NCut acceptance threshold; larger gives more segments. ``None`` takes the preset of the backbone
-        (0.5 for SDXL-type models, 0.2 for SD 1.x/2.x).
+        (0.5 for SDXL-type models, 0.2 for SD 1.x/2.x, 0.08 for efficientnet-lite0).
     compat : {"clean", "official"}
         ``clean`` recurses on explicit index sets; ``official`` also reproduces the official code's zero-row quirk.
     refine : bool
@@ -184,6 +184,14 @@ class EngineConfig:
     def grid_size(self) -> Size:
         """Feature grid (h, w): one token per 32x32 pixels."""
         return (self.size[0] // 32, self.size[1] // 32)
+
+    @classmethod
+    def from_options(cls, **options) -> "EngineConfig":
+        """Build a config from keyword options, rejecting unknown names with an :class:`InputError`."""
+        unknown = set(options) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise InputError(f"unknown EngineConfig option(s): {', '.join(sorted(unknown))}")
+        return cls(**options)
 
     def replace(self, **changes) -> "EngineConfig":
         """Return a copy with some fields changed (validated again)."""

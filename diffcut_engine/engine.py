@@ -116,7 +116,7 @@ class Engine:
         """
         if model is not None:
             overrides["model"] = model
-        return cls(EngineConfig().replace(**overrides))
+        return cls(EngineConfig.from_options(**overrides))
 
     @property
     def device(self) -> torch.device:
@@ -282,7 +282,7 @@ def segment(images_, **config):
     Keyword arguments are :class:`EngineConfig` fields; the engine for the last configuration is cached so
     repeated calls do not load the model again.
     """
-    cfg = EngineConfig().replace(**config)
+    cfg = EngineConfig.from_options(**config)
     engine = _ENGINE_CACHE.get(cfg)
     if engine is None:
         _ENGINE_CACHE.clear()

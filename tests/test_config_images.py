@@ -26,7 +26,7 @@ def test_config_defaults_are_the_paper():
     assert cfg.alpha == 10.0 and cfg.timestep == 50 and cfg.seed == 42
     assert cfg.pamr_iters == 10 and cfg.pamr_dilations == (1, 2, 4, 8)
     assert EngineConfig(model="SD1.4").model == "CompVis/stable-diffusion-v1-4"
-    assert EngineConfig(backbone="efficientnet-lite0").size == (512, 512)
+    assert EngineConfig(backbone="efficientnet-lite0").size == (768, 768)
     assert EngineConfig(backbone="efficientnet-lite0", size=256).size == (256, 256)
 
 
