@@ -516,41 +516,6 @@ class DiffusionEncoder(FeatureEncoder):
     # The pieces
     # --------------------------------------------------------------------------------------------------------
 
-    def check_pixels(self, pixels) -> "torch.Tensor":
-        """Validate a batch of images and return it as float32 on ``self.device``.
-
-        Parameters
-        ----------
-        pixels : torch.Tensor or numpy.ndarray
-            (B, 3, H, W) floating point, values in [-1, 1], H and W multiples of ``stride``.
-
-        Raises
-        ------
-        InputError
-            On a wrong type, rank, channel count, size, an empty batch, or NaN/inf values.
-        """
-        if not isinstance(pixels, torch.Tensor):
-            try:
-                pixels = torch.as_tensor(pixels)
-            except (TypeError, ValueError, RuntimeError) as exc:
-                raise InputError(f"pixels must be a (B, 3, H, W) tensor, "
-                                 f"got {type(pixels).__name__}") from exc
-        if pixels.ndim != 4 or pixels.shape[1] != 3:
-            raise InputError(f"pixels must have shape (B, 3, H, W), got {tuple(pixels.shape)}")
-        if not pixels.is_floating_point():
-            raise InputError(f"pixels must be floating point with values in [-1, 1], "
-                             f"got dtype {pixels.dtype}")
-        b, _, h, w = pixels.shape
-        if b == 0:
-            raise InputError("pixels is an empty batch (B = 0)")
-        if h == 0 or w == 0 or h % self.stride or w % self.stride:
-            raise InputError(f"pixels height and width must be positive multiples of {self.stride} "
-                             f"(one token per {self.stride} px), got {h}x{w} (height x width)")
-        pixels = pixels.to(device=self.device, dtype=torch.float32)
-        if not bool(torch.isfinite(pixels).all()):
-            raise InputError("pixels contain NaN or infinite values")
-        return pixels
-
     def encode_latents(self, pixels) -> "torch.Tensor":
         """VAE posterior mean times the VAE's scaling factor, in float32.
 

@@ -417,41 +417,6 @@ class LiteEncoder(FeatureEncoder):
         logger.info("loaded %s from %s", encoder.name, weights)
         return encoder
 
-    def check_pixels(self, pixels) -> "torch.Tensor":
-        """Validate a batch of images and return it on ``self.device`` in the compute dtype.
-
-        Parameters
-        ----------
-        pixels : torch.Tensor or numpy.ndarray
-            (B, 3, H, W) floating point, values in [-1, 1], H and W positive multiples of 32.
-
-        Raises
-        ------
-        InputError
-            On a wrong type, rank, channel count or size, an empty batch, or NaN/inf values.
-        """
-        if not isinstance(pixels, torch.Tensor):
-            try:
-                pixels = torch.as_tensor(pixels)
-            except (TypeError, ValueError, RuntimeError) as exc:
-                raise InputError(f"pixels must be a (B, 3, H, W) tensor, "
-                                 f"got {type(pixels).__name__}") from exc
-        if pixels.ndim != 4 or pixels.shape[1] != 3:
-            raise InputError(f"pixels must have shape (B, 3, H, W), got {tuple(pixels.shape)}")
-        if not pixels.is_floating_point():
-            raise InputError(f"pixels must be floating point with values in [-1, 1], "
-                             f"got dtype {pixels.dtype}")
-        b, _, h, w = pixels.shape
-        if b == 0:
-            raise InputError("pixels is an empty batch (B = 0)")
-        if h == 0 or w == 0 or h % self.stride or w % self.stride:
-            raise InputError(f"pixels height and width must be positive multiples of {self.stride} "
-                             f"(one token per {self.stride} px), got {h}x{w} (height x width)")
-        pixels = pixels.to(device=self.device)
-        if not bool(torch.isfinite(pixels).all()):
-            raise InputError("pixels contain NaN or infinite values")
-        return pixels.to(self.dtype)
-
     def encode(self, pixels) -> "torch.Tensor":
         """Encode images into normalised EfficientNet-Lite0 features.
 
@@ -470,7 +435,7 @@ class LiteEncoder(FeatureEncoder):
         InputError
             If ``pixels`` has the wrong shape, size or dtype, or contains NaN or inf.
         """
-        pixels = self.check_pixels(pixels)
+        pixels = self.check_pixels(pixels, self.dtype)
         with torch.no_grad():
             return self.net(pixels).float()
 
@@ -487,7 +452,7 @@ class LiteEncoder(FeatureEncoder):
         torch.Tensor
             (B, 1000) float32 logits on ``self.device``.
         """
-        pixels = self.check_pixels(pixels)
+        pixels = self.check_pixels(pixels, self.dtype)
         with torch.no_grad():
             return self.net.model(tf_input_scaling(pixels)).float()
 
