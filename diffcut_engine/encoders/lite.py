@@ -31,10 +31,11 @@ Which features, at which size
 Three stride-32 representations were compared by running the real graph stage on them
 (:func:`~diffcut_engine.graph.recursive_ncut`, alpha 10, tau swept from 0.005 to 0.5) on five scikit-image
 photos with hand-drawn reference masks (``tests/data/make_reference_masks.py``: cat, espresso cup with saucer,
-astronaut, cameraman, motorcycle), squashed to 384-1024 px: the output of the last block (320 channels,
+astronaut, cameraman, motorcycle), squashed to 512-1024 px: the output of the last block (320 channels,
 ``"s32"``), the 1280-channel head after ReLU6 (``"head"``), and the stride-16 stage (112 channels, 2x2
 average-pooled) concatenated with the last block, each part L2-normalised first (``"s16+s32"``). The default
-is ``"s32"`` at 768 x 768 px (a 24 x 24 grid), with tau about 0.08; see :class:`LiteEncoder` for the numbers.
+is ``"s32"`` at 768 x 768 px (a 24 x 24 grid), with tau about 0.08; see :class:`LiteEncoder` for the numbers,
+which ``python benchmarks/lite_feature_choice.py --sizes 512,768,1024 --features s32,head,s16+s32`` prints.
 
 References
 ----------
@@ -339,13 +340,14 @@ class LiteEncoder(FeatureEncoder):
     object in five scikit-image photos (cat, espresso cup with saucer, astronaut, cameraman, motorcycle;
     ``tests/data``). Score: IoU of the single best segment with the object, averaged over the photos, at the
     one tau (shared by all photos) that maximises it; in brackets the IoU of the union of the segments lying
-    mostly inside the object, at the same tau.
+    mostly inside the object, at the same tau. Reproduce with
+    ``python benchmarks/lite_feature_choice.py --sizes 512,768,1024 --features s32,head,s16+s32``.
 
     ========  ====================  ====================  ====================
     size      ``s32``               ``head``              ``s16+s32``
     ========  ====================  ====================  ====================
     512 px    0.63 (0.59) tau 0.05  0.45 (0.45) tau .005  0.63 (0.46) tau 0.01
-    768 px    0.73 (0.78) tau 0.08  0.50 (0.42) tau .005  0.71 (0.86) tau 0.04
+    768 px    0.73 (0.78) tau 0.08  0.50 (0.41) tau .005  0.71 (0.86) tau 0.04
     1024 px   0.75 (0.84) tau 0.09  0.53 (0.32) tau .005  0.76 (0.83) tau 0.05
     ========  ====================  ====================  ====================
 
@@ -355,11 +357,12 @@ class LiteEncoder(FeatureEncoder):
     26% fewer channels for the N x N affinity, and it is a single block output (simplest to export).
 
     **Size and tau.** Larger inputs segment better up to 768 px (best-segment IoU 0.63 at 512 px, 0.68 at 640,
-    0.73 at 768, 0.75 at 896 and 1024): an ImageNet CNN sees objects at about 224 px, but a 16 x 16 grid is
-    too coarse for the cut. At 768 px every tau in 0.06-0.09 scores 0.73; at 1024 px only 0.09-0.11 score
-    above 0.7, so :data:`DEFAULT_SIZE` is 768 and the recommended tau is 0.08 (0.09-0.1 at 1024 px). The NCut
-    values of these features are far smaller than with diffusion features: tau 0.35 gives 28 to 85 segments
-    per photo at 512-768 px.
+    0.73 at 768, 0.75 at 896 and 1024; ``python benchmarks/lite_feature_choice.py --sizes
+    512,640,768,896,1024 --features s32``): an ImageNet CNN sees objects at about 224 px, but a 16 x 16 grid is
+    too coarse for the cut. At 768 px every tau in 0.06-0.08 scores 0.73 (0.09: 0.72); at 1024 px only
+    0.09-0.11 score above 0.7, so :data:`DEFAULT_SIZE` is 768 and the recommended tau is 0.08 (0.09-0.1 at
+    1024 px). The NCut values of these features are far smaller than with diffusion features: tau 0.35 gives
+    23 to 85 segments per photo at 512-768 px.
     """
 
     family = "efficientnet-lite0"
