@@ -18,7 +18,7 @@ from pathlib import Path
 
 from . import __version__
 from .config import BACKBONES, COMPAT_MODES, DEFAULT_MODEL, DTYPES, RESIZE_MODES, EngineConfig
-from .errors import DiffCutError
+from .errors import DiffCutError, InputError
 
 EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -155,7 +155,7 @@ def cmd_segment(args) -> int:
     config = _config_from_args(args)
     paths = images.list_image_files(args.inputs)
     if not paths:
-        raise DiffCutError("no input images found in " + ", ".join(args.inputs))
+        raise InputError("no input images found in " + ", ".join(args.inputs))
     args.output.mkdir(parents=True, exist_ok=True)
     engine = Engine(config)
     print(f"# {engine!r}", file=sys.stderr)

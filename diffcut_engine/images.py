@@ -176,7 +176,8 @@ def prepare(image: LoadedImage, size: Tuple[int, int], mode: str):
 def list_image_files(inputs) -> list:
     """Expand files, folders (their images, sorted, not recursive) and glob patterns into a list of paths.
 
-    Non-existing plain paths are kept so that the caller reports them as missing.
+    Non-existing plain paths are kept so that the caller reports them as missing; a glob pattern that matches
+    nothing adds nothing.
     """
     import glob
 
@@ -186,10 +187,7 @@ def list_image_files(inputs) -> list:
         if p.is_dir():
             out.extend(sorted(q for q in p.iterdir() if q.is_file() and q.suffix.lower() in IMAGE_EXTENSIONS))
         elif any(ch in str(item) for ch in "*?[") and not p.exists():
-            matches = sorted(glob.glob(str(item), recursive=True))
-            if not matches:
-                out.append(p)  # reported as missing
-            out.extend(Path(m) for m in matches if Path(m).is_file())
+            out.extend(Path(m) for m in sorted(glob.glob(str(item), recursive=True)) if Path(m).is_file())
         else:
             out.append(p)
     return out

@@ -108,6 +108,7 @@ def test_list_image_files(tmp_path):
     (tmp_path / "d").mkdir()
     for n in ("b.png", "a.jpg", "notes.txt"):
         (tmp_path / "d" / n).write_bytes(b"x")
-    files = list_image_files([tmp_path / "d", str(tmp_path / "d" / "*.png"), tmp_path / "missing.png"])
+    files = list_image_files([tmp_path / "d", str(tmp_path / "d" / "*.png"), tmp_path / "missing.png",
+                              str(tmp_path / "none*.png")])
     names = [p.name for p in files]
     assert names == ["a.jpg", "b.png", "b.png", "missing.png"]
