@@ -1,14 +1,18 @@
 """Graph stage: affinity and recursive Normalized Cut on feature grids (numpy; no torch import)."""
 
 from .affinity import affinity, affinity_from_tokens, l2_normalize
+from .eigen import SOLVERS, fiedler_vector
 from .ncut import (
     NUM_THRESHOLDS,
-    NCutRecord,
+    NCutNode,
+    NCutTree,
     best_threshold_split,
+    build_tree,
     candidate_thresholds,
-    fiedler_vector,
     labels_from_masks,
+    ncut_tree,
     ncut_values,
+    prefix_ncut_values,
     recursive_ncut,
     recursive_ncut_affinity,
 )
@@ -17,13 +21,18 @@ __all__ = [
     "affinity",
     "affinity_from_tokens",
     "l2_normalize",
-    "NUM_THRESHOLDS",
-    "NCutRecord",
-    "best_threshold_split",
-    "candidate_thresholds",
+    "SOLVERS",
     "fiedler_vector",
+    "NUM_THRESHOLDS",
+    "NCutNode",
+    "NCutTree",
+    "best_threshold_split",
+    "build_tree",
+    "candidate_thresholds",
     "labels_from_masks",
+    "ncut_tree",
     "ncut_values",
+    "prefix_ncut_values",
     "recursive_ncut",
     "recursive_ncut_affinity",
 ]

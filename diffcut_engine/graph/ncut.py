@@ -9,59 +9,19 @@ NeurIPS 2024 (arXiv 2406.02842); official code ``diffcut/recursive_normalized_cu
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import List
+from dataclasses import dataclass
+from typing import Iterator, List, Optional, Tuple
 
 import numpy as np
-import scipy.linalg
 
 from ..errors import InputError
 from .affinity import affinity_from_tokens, as_token_matrix, l2_normalize
+from .eigen import fiedler_vector, validate_solver
 
 COMPAT_MODES = ("clean", "official")
 
 #: Number of candidate thresholds along the Fiedler vector (official value).
 NUM_THRESHOLDS = 100
-
-
-def fiedler_vector(A: np.ndarray, d: np.ndarray, *, solver: str = "subset") -> np.ndarray:
-    """Generalised Fiedler vector of a graph: the y solving (D - A) y = lambda D y for the second-smallest lambda.
-
-    Computed as y = D^-1/2 u2 where u2 is the eigenvector of the second-smallest eigenvalue of the symmetric
-    normalised Laplacian D^-1/2 (D - A) D^-1/2. The sign is fixed so that the entry of largest magnitude is
-    positive (the official rule; it only decides which side is "1" and hence the traversal order).
-
-    Parameters
-    ----------
-    A : numpy.ndarray
-        (n, n) symmetric non-negative affinity of the (sub)graph, n >= 2, float32 or float64.
-    d : numpy.ndarray
-        (n,) degrees ``A.sum(1)``, positive.
-    solver : {"subset", "full"}
-        ``subset``: LAPACK ``syevr`` for the two smallest eigenpairs only; ``full``: all eigenpairs with
-        ``syevd`` (what ``torch.linalg.eigh`` does; used by ``compat="official"``).
-
-    Returns
-    -------
-    numpy.ndarray
-        (n,) Fiedler vector in the dtype of ``A``.
-    """
-    dis = 1.0 / np.sqrt(d)
-    # (D^-1/2 (D - A)) D^-1/2 in this association order, as the official product of diagonal matrices computes it.
-    lap = -A.copy()
-    lap[np.diag_indices_from(lap)] += d
-    lap = (dis[:, None] * lap) * dis[None, :]
-    if solver == "subset":
-        _, vecs = scipy.linalg.eigh(lap, subset_by_index=[0, 1], driver="evr", check_finite=False)
-    elif solver == "full":
-        _, vecs = np.linalg.eigh(lap)
-    else:
-        raise InputError(f"unknown eigensolver {solver!r}; choose 'subset' or 'full'")
-    y = dis * vecs[:, 1]
-    big = np.argmax(np.abs(y))
-    if y[big] < 0:
-        y = -y
-    return y
 
 
 def candidate_thresholds(y: np.ndarray, num: int = NUM_THRESHOLDS) -> np.ndarray:
@@ -100,8 +60,52 @@ def ncut_values(A: np.ndarray, d: np.ndarray, X: np.ndarray) -> np.ndarray:
     return values
 
 
-def best_threshold_split(A: np.ndarray, d: np.ndarray, y: np.ndarray, *, num_thresholds: int = NUM_THRESHOLDS):
+def prefix_ncut_values(A: np.ndarray, d: np.ndarray, y: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
+    """Exact NCut of every split ``y > theta`` in O(n^2 + n log n), without forming the k indicator vectors.
+
+    Each candidate "1"-side is a prefix of the nodes sorted by decreasing y. With the affinity permuted into
+    that order, the association of the first m nodes is the running sum of ``A_ii + 2 sum_{l<i} A_il``, and
+    vol is the running sum of degrees, so all candidates come from two cumulative sums. Ties in y never split
+    a prefix, since a threshold puts equal values on the same side.
+
+    Parameters
+    ----------
+    A : numpy.ndarray
+        (n, n) affinity.
+    d : numpy.ndarray
+        (n,) degrees.
+    y : numpy.ndarray
+        (n,) Fiedler vector.
+    thresholds : numpy.ndarray
+        (k,) candidate thresholds.
+
+    Returns
+    -------
+    numpy.ndarray
+        (k,) NCut values, equal to :func:`ncut_values` of the indicators ``y > thresholds``; +inf where a side
+        is empty.
+    """
+    order = np.argsort(-y, kind="stable")
+    Ap = A[np.ix_(order, order)]
+    gain = np.diagonal(Ap) + 2.0 * np.tril(Ap, -1).sum(axis=1)
+    assoc = np.concatenate(([0.0], np.cumsum(gain)))
+    vol = np.concatenate(([0.0], np.cumsum(d[order])))
+    m = y.size - np.searchsorted(np.sort(y), thresholds, side="right")
+    vol_s = vol[m]
+    cut = vol_s - assoc[m]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        values = cut / vol_s + cut / (vol[-1] - vol_s)
+    values[(m == 0) | (m == y.size) | ~np.isfinite(values)] = np.inf
+    return values
+
+
+def best_threshold_split(A: np.ndarray, d: np.ndarray, y: np.ndarray, *, num_thresholds: int = NUM_THRESHOLDS,
+                         method: str = "prefix"):
     """Best of ``num_thresholds`` splits ``y > theta`` by exact NCut (the first one on ties, as ``argmin``).
+
+    ``method="prefix"`` scores all candidates with :func:`prefix_ncut_values` (O(n^2)); ``"indicators"``
+    forms the (n, k) indicator matrix and scores it with :func:`ncut_values` (O(n^2 k)), in the dtype of ``A``
+    as the official code does (used by ``compat="official"``).
 
     Returns
     -------
@@ -111,57 +115,114 @@ def best_threshold_split(A: np.ndarray, d: np.ndarray, y: np.ndarray, *, num_thr
         Its NCut value (``inf`` if no candidate splits the graph).
     """
     thresholds = candidate_thresholds(y, num_thresholds)
-    X = y[:, None] > thresholds[None, :]
-    values = ncut_values(A, d, X)
+    if method == "prefix":
+        values = prefix_ncut_values(A, d, y, thresholds)
+    else:
+        values = ncut_values(A, d, y[:, None] > thresholds[None, :])
     best = int(np.argmin(values))
-    return X[:, best], float(values[best])
+    return y > thresholds[best], float(values[best])
 
 
 @dataclass
-class NCutRecord:
-    """What one recursive NCut run did (for inspection and tests).
+class NCutNode:
+    """One subgraph visited by the recursion.
 
     Attributes
     ----------
-    masks : list of numpy.ndarray
-        Accepted "1"-sides in the order the official code accumulates them (pre-order), as index arrays.
-    visits : list of tuple
-        ``(indices, ncut_value, accepted)`` for every subgraph that was solved, in visiting order.
+    indices : numpy.ndarray
+        Node ids (into the flattened grid) on this side of the parent's split, in increasing order: the official
+        accumulator's mask. With ``compat="official"`` the nodes among them whose row of W holds an exact zero
+        are left out of this node's own solve (below the root).
+    depth : int
+        0 for the root.
+    value : float
+        NCut of this subgraph's best split; ``inf`` when it has fewer than two nodes (a leaf at every tau).
+    one, zero : NCutNode or None
+        The "1"-side and "0"-side subgraphs, present when ``value < tau_max``.
     """
 
-    masks: List[np.ndarray] = field(default_factory=list)
-    visits: list = field(default_factory=list)
+    indices: np.ndarray
+    depth: int
+    value: float = float("inf")
+    one: Optional["NCutNode"] = None
+    zero: Optional["NCutNode"] = None
+
+    @property
+    def is_split(self) -> bool:
+        return self.one is not None
 
 
-def _recurse(W: np.ndarray, *, tau: float, compat: str, num_thresholds: int, record: NCutRecord) -> None:
-    n = W.shape[0]
-    solve_dtype = np.float32 if compat == "official" else np.float64
-    solver = "full" if compat == "official" else "subset"
-    # The official code keeps, below the root, only nodes whose row of the masked W has no exact zero; painted
-    # nodes are excluded by it and so are nodes with a zero anywhere in their original row (see DIFFCUT.md 3.5).
-    zero_row = (W == 0).any(axis=1) if compat == "official" else None
-    stack = [(np.arange(n), 0)]
-    while stack:
-        idx, depth = stack.pop()
-        if zero_row is not None and depth > 0:
-            idx = idx[~zero_row[idx]]
-        if idx.size < 2:
-            continue
-        A = W[np.ix_(idx, idx)].astype(solve_dtype, copy=False)
-        d = A.sum(axis=1)
-        if not np.all(d > 0):  # an isolated node (all-zero row): no meaningful Laplacian
-            record.visits.append((idx, float("inf"), False))
-            continue
-        y = fiedler_vector(A, d, solver=solver)
-        side, value = best_threshold_split(A, d, y, num_thresholds=num_thresholds)
-        accepted = value < tau
-        record.visits.append((idx, value, accepted))
-        if accepted:
-            one = idx[side]
-            record.masks.append(one)
-            # LIFO: the "1"-side subtree is finished before the "0"-side, as the official pre-order recursion.
-            stack.append((idx[~side], depth + 1))
-            stack.append((one, depth + 1))
+class NCutTree:
+    """The whole hierarchy of one recursive NCut run, cut at any tau without solving again.
+
+    The recursion is deterministic and a split is accepted exactly when its NCut is below tau, so the run at
+    any ``tau <= tau_max`` visits a sub-tree of this one with identical computations:
+    ``tree.cut(tau) == recursive_ncut(..., tau=tau)`` for every such tau.
+
+    Attributes
+    ----------
+    root : NCutNode
+    shape : tuple of int
+        Shape of the label maps ``cut`` returns: (h, w) for feature grids, (N,) for a bare affinity.
+    tau_max : float
+    """
+
+    def __init__(self, root: NCutNode, shape: Tuple[int, ...], tau_max: float, compat: str):
+        self.root = root
+        self.shape = tuple(shape)
+        self.tau_max = float(tau_max)
+        self.compat = compat
+
+    def __repr__(self):
+        return f"NCutTree(shape={self.shape}, tau_max={self.tau_max}, splits={len(self.split_values())})"
+
+    def nodes(self) -> Iterator[NCutNode]:
+        """All solved subgraphs in the official pre-order ("1"-side before "0"-side)."""
+        stack = [self.root]
+        while stack:
+            node = stack.pop()
+            yield node
+            if node.is_split:
+                stack.append(node.zero)
+                stack.append(node.one)
+
+    def split_values(self) -> np.ndarray:
+        """Sorted NCut values of the stored splits: the taus at which the segmentation changes."""
+        return np.sort(np.array([n.value for n in self.nodes() if n.is_split], dtype=np.float64))
+
+    def masks(self, tau: float) -> List[np.ndarray]:
+        """The accepted "1"-sides at ``tau``, in pre-order (the official accumulator)."""
+        tau = self._check_tau(tau)
+        out, stack = [], [self.root]
+        while stack:
+            node = stack.pop()
+            if node.is_split and node.value < tau:
+                out.append(node.one.indices)
+                stack.append(node.zero)
+                stack.append(node.one)
+        return out
+
+    def cut(self, tau: float) -> np.ndarray:
+        """Labels at threshold ``tau`` (<= ``tau_max``), numbered as :func:`recursive_ncut` numbers them.
+
+        Returns
+        -------
+        numpy.ndarray
+            int32 labels 0..K-1 of shape ``self.shape``.
+        """
+        n = int(np.prod(self.shape))
+        return labels_from_masks(self.masks(tau), n).reshape(self.shape)
+
+    def num_segments(self, tau: float) -> int:
+        return len(self.masks(tau)) + 1
+
+    def _check_tau(self, tau) -> float:
+        if not (isinstance(tau, (int, float, np.floating)) and tau > 0):
+            raise InputError(f"tau must be a positive number, got {tau!r}")
+        if tau > self.tau_max:
+            raise InputError(f"tau={tau} is above this tree's tau_max={self.tau_max}: splits with NCut in "
+                             f"[{self.tau_max}, {tau}) were never solved; build the tree with a larger tau_max")
+        return float(tau)
 
 
 def labels_from_masks(masks: List[np.ndarray], n: int) -> np.ndarray:
@@ -186,8 +247,74 @@ def validate_compat(compat: str) -> None:
         raise InputError(f"unknown compat {compat!r}; choose one of {', '.join(COMPAT_MODES)}")
 
 
-def recursive_ncut_affinity(W, *, tau: float = 0.5, compat: str = "clean",
-                            num_thresholds: int = NUM_THRESHOLDS, return_record: bool = False):
+def _validate_common(tau, compat, solver, num_thresholds, name="tau"):
+    validate_compat(compat)
+    validate_solver(solver)
+    if not (isinstance(tau, (int, float, np.floating)) and tau > 0):
+        raise InputError(f"{name} must be a positive number, got {tau!r}")
+    if not (isinstance(num_thresholds, (int, np.integer)) and num_thresholds >= 2):
+        raise InputError(f"num_thresholds must be an integer >= 2, got {num_thresholds!r}")
+
+
+def build_tree(W, *, tau_max: float, compat: str = "clean", solver: str = "auto",
+               num_thresholds: int = NUM_THRESHOLDS, shape=None) -> NCutTree:
+    """Run the recursive NCut on a dense affinity, keeping every split with NCut < ``tau_max``.
+
+    Parameters
+    ----------
+    W : numpy.ndarray
+        (N, N) symmetric non-negative affinity, float32 (as :func:`affinity_from_tokens` returns it).
+    tau_max : float
+        Largest tau the tree will be cut at.
+    compat, solver, num_thresholds
+        See :func:`recursive_ncut`.
+    shape : tuple of int, optional
+        Shape of the label maps (default ``(N,)``).
+    """
+    _validate_common(tau_max, compat, solver, num_thresholds, name="tau_max")
+    W = np.asarray(W)
+    if W.ndim != 2 or W.shape[0] != W.shape[1]:
+        raise InputError(f"affinity must be a square (N, N) matrix, got shape {W.shape}")
+    if not np.all(np.isfinite(W)):
+        raise InputError("affinity contains NaN or infinite values")
+    n = W.shape[0]
+    official = compat == "official"
+    # official: float32 throughout and a full syevd, as torch.linalg.eigh on the official float32 matrices.
+    solve_dtype = np.float32 if official else np.float64
+    if official and solver == "auto":
+        solver = "full"
+    scoring = "indicators" if official else "prefix"
+    # The official code keeps, below the root, only nodes whose row of the masked W has no exact zero; painted
+    # nodes are excluded by it and so are nodes with a zero anywhere in their original row (DIFFCUT.md 3.5).
+    zero_row = (W == 0).any(axis=1) if official else None
+    root = NCutNode(np.arange(n), 0)
+    stack = [(root, None)]  # (node, parent's Fiedler vector over node.indices, for warm starts)
+    while stack:
+        node, warm = stack.pop()
+        idx = node.indices
+        if zero_row is not None and node.depth > 0:
+            keep = ~zero_row[idx]
+            idx = idx[keep]
+            warm = None if warm is None else warm[keep]
+        if idx.size < 2:
+            continue
+        A = W[np.ix_(idx, idx)].astype(solve_dtype, copy=False)
+        d = A.sum(axis=1)
+        if not np.all(d > 0):  # an isolated node (all-zero row): no meaningful Laplacian
+            continue
+        y = fiedler_vector(A, d, solver=solver, warm_start=warm)
+        side, node.value = best_threshold_split(A, d, y, num_thresholds=num_thresholds, method=scoring)
+        if node.value < tau_max:
+            node.one = NCutNode(idx[side], node.depth + 1)
+            node.zero = NCutNode(idx[~side], node.depth + 1)
+            # LIFO: the "1"-side subtree is finished before the "0"-side, as the official pre-order recursion.
+            stack.append((node.zero, y[~side]))
+            stack.append((node.one, y[side]))
+    return NCutTree(root, shape or (n,), tau_max, compat)
+
+
+def recursive_ncut_affinity(W, *, tau: float = 0.5, compat: str = "clean", solver: str = "auto",
+                            num_thresholds: int = NUM_THRESHOLDS) -> np.ndarray:
     """Recursive NCut of a given dense affinity matrix; see :func:`recursive_ncut`.
 
     Parameters
@@ -197,29 +324,39 @@ def recursive_ncut_affinity(W, *, tau: float = 0.5, compat: str = "clean",
 
     Returns
     -------
-    labels : numpy.ndarray
+    numpy.ndarray
         (N,) int32 labels 0..K-1.
-    record : NCutRecord
-        Only if ``return_record``.
     """
-    validate_compat(compat)
-    if not (isinstance(tau, (int, float, np.floating)) and tau > 0):
-        raise InputError(f"tau must be a positive number, got {tau!r}")
-    if not (isinstance(num_thresholds, (int, np.integer)) and num_thresholds >= 2):
-        raise InputError(f"num_thresholds must be an integer >= 2, got {num_thresholds!r}")
-    W = np.asarray(W)
-    if W.ndim != 2 or W.shape[0] != W.shape[1]:
-        raise InputError(f"affinity must be a square (N, N) matrix, got shape {W.shape}")
-    if not np.all(np.isfinite(W)):
-        raise InputError("affinity contains NaN or infinite values")
-    record = NCutRecord()
-    _recurse(W, tau=float(tau), compat=compat, num_thresholds=int(num_thresholds), record=record)
-    labels = labels_from_masks(record.masks, W.shape[0])
-    return (labels, record) if return_record else labels
+    return build_tree(W, tau_max=tau, compat=compat, solver=solver, num_thresholds=num_thresholds).cut(tau)
+
+
+def _affinity_of(features, alpha):
+    if not (isinstance(alpha, (int, float, np.floating, np.integer)) and alpha > 0):
+        raise InputError(f"alpha must be a positive number, got {alpha!r}")
+    tokens, grid = as_token_matrix(features)
+    return affinity_from_tokens(l2_normalize(tokens), float(alpha)), grid
+
+
+def ncut_tree(features, *, alpha: float = 10.0, tau_max: float = 1.0, compat: str = "clean",
+              solver: str = "auto", num_thresholds: int = NUM_THRESHOLDS) -> NCutTree:
+    """The full recursive-NCut hierarchy of a feature grid, to be cut at any ``tau <= tau_max``.
+
+    ``ncut_tree(f, tau_max=t).cut(tau)`` equals ``recursive_ncut(f, tau=tau)`` for every ``tau <= t``, so every
+    granularity comes from one pass. Parameters as :func:`recursive_ncut`.
+
+    Returns
+    -------
+    NCutTree
+        ``cut(tau)`` gives (h, w) int32 labels.
+    """
+    _validate_common(tau_max, compat, solver, num_thresholds, name="tau_max")
+    W, grid = _affinity_of(features, alpha)
+    return build_tree(W, tau_max=tau_max, compat=compat, solver=solver, num_thresholds=num_thresholds,
+                      shape=grid)
 
 
 def recursive_ncut(features, *, alpha: float = 10.0, tau: float = 0.5, compat: str = "clean",
-                   num_thresholds: int = NUM_THRESHOLDS) -> np.ndarray:
+                   solver: str = "auto", num_thresholds: int = NUM_THRESHOLDS) -> np.ndarray:
     """Segment a feature grid by DiffCut's recursive two-way Normalized Cut.
 
     The affinity is W = ((S - min S) / (max S - min S)) ** alpha with S the cosine similarity of the L2-normalised
@@ -244,6 +381,9 @@ def recursive_ncut(features, *, alpha: float = 10.0, tau: float = 0.5, compat: s
         it also solves in float32 with a full ``syevd``, as ``torch.linalg.eigh`` does. Bit-for-bit agreement
         with the official code needs float32 and that kind of solver: a float64 solve can put a node within
         rounding of a threshold on the other side.
+    solver : {"auto", "dense", "full", "lobpcg"}, default "auto"
+        Fiedler-vector solver (see :mod:`diffcut_engine.graph.eigen`); every solver gives the dense solve's
+        split. ``compat="official"`` uses ``full`` unless another is named.
     num_thresholds : int, default 100
         Candidate thresholds per split.
 
@@ -265,10 +405,5 @@ def recursive_ncut(features, *, alpha: float = 10.0, tau: float = 0.5, compat: s
        NeurIPS 2024, arXiv:2406.02842.
     .. [2] J. Shi and J. Malik, "Normalized Cuts and Image Segmentation", TPAMI 2000.
     """
-    validate_compat(compat)
-    if not (isinstance(alpha, (int, float, np.floating, np.integer)) and alpha > 0):
-        raise InputError(f"alpha must be a positive number, got {alpha!r}")
-    tokens, (h, w) = as_token_matrix(features)
-    W = affinity_from_tokens(l2_normalize(tokens), float(alpha))
-    labels = recursive_ncut_affinity(W, tau=tau, compat=compat, num_thresholds=num_thresholds)
-    return labels.reshape(h, w)
+    return ncut_tree(features, alpha=alpha, tau_max=tau, compat=compat, solver=solver,
+                     num_thresholds=num_thresholds).cut(tau)

@@ -1,0 +1,94 @@
+import numpy as np
+import pytest
+
+from diffcut_engine import InputError
+from diffcut_engine.graph import (
+    affinity,
+    fiedler_vector,
+    ncut_tree,
+    ncut_values,
+    prefix_ncut_values,
+    recursive_ncut,
+)
+from diffcut_engine.graph import eigen
+
+from planted import planted_features, planted_regions
+from test_graph import smooth_field
+
+
+def test_prefix_scoring_equals_indicator_scoring():
+    rng = np.random.default_rng(0)
+    A = rng.random((60, 60)) ** 3
+    A = (A + A.T) / 2
+    d = A.sum(1)
+    y = rng.normal(size=60)
+    y[10:15] = y[3]  # ties must stay on one side
+    thresholds = np.linspace(y.min() * 0.99, y.max() * 0.99, 100)
+    expected = ncut_values(A, d, y[:, None] > thresholds[None, :])
+    np.testing.assert_allclose(prefix_ncut_values(A, d, y, thresholds), expected, rtol=1e-10)
+    # thresholds outside the range of y leave a side empty: never chosen
+    assert np.isinf(prefix_ncut_values(A, d, y, np.array([y.max() + 1, y.min() - 1]))).all()
+
+
+def nested_features(seed=0):
+    """Two coarse regions, each made of finer sub-regions: a planted hierarchy."""
+    rng = np.random.default_rng(seed)
+    fine = planted_regions(24, 32, "quadrants") * 2 + (np.arange(32)[None, :] % 16 >= 8)
+    coarse = fine // 4
+    c_coarse = rng.normal(size=(2, 64)) * 2.0
+    c_fine = rng.normal(size=(8, 64)) * 1.0
+    return (c_coarse[coarse] + c_fine[fine] + 0.25 * rng.normal(size=fine.shape + (64,))).astype(np.float32)
+
+
+@pytest.mark.parametrize("make", [lambda: nested_features(0), lambda: smooth_field(16, 20, seed=1),
+                                  lambda: planted_features(planted_regions(20, 20, "disc"), seed=4)])
+@pytest.mark.parametrize("compat", ["clean", "official"])
+def test_tree_cut_equals_recursive_ncut_at_every_tau(make, compat):
+    feats = make()
+    tree = ncut_tree(feats, tau_max=0.6, compat=compat)
+    splits = tree.split_values()
+    # every split value (where the segmentation changes), just above each, and a regular sweep
+    taus = sorted(set(np.round(np.linspace(0.02, 0.6, 12), 4)) | set(splits[splits < 0.6] + 1e-9))
+    counts = []
+    for tau in taus:
+        labels = tree.cut(tau)
+        np.testing.assert_array_equal(labels, recursive_ncut(feats, tau=tau, compat=compat))
+        counts.append(tree.num_segments(tau))
+        assert labels.max() + 1 == counts[-1]
+    assert counts == sorted(counts) and counts[-1] > counts[0]
+
+
+def test_tree_rejects_tau_above_tau_max():
+    tree = ncut_tree(smooth_field(8, 8), tau_max=0.3)
+    with pytest.raises(InputError, match="tau_max"):
+        tree.cut(0.5)
+    assert tree.cut(0.3).shape == (8, 8)
+
+
+def test_lobpcg_is_certified_and_equals_dense_on_a_smooth_graph():
+    W = affinity(smooth_field(24, 28, seed=2), 10.0).astype(np.float64)
+    d = W.sum(1)
+    u = eigen._lobpcg(W, d, None)
+    assert u is not None, "LOBPCG should converge with a certificate on this graph"
+    dense = fiedler_vector(W, d, solver="dense")
+    lob = fiedler_vector(W, d, solver="lobpcg")
+    np.testing.assert_allclose(lob, dense, atol=1e-7 * np.abs(dense).max())
+
+
+def test_lobpcg_falls_back_to_dense_on_clustered_spectrum():
+    # Nearly disconnected blobs: many eigenvalues of M within 1e-6 of 1, so no certificate is possible.
+    W = affinity(planted_features(planted_regions(16, 16, "quadrants"), noise=1.0), 10.0).astype(np.float64)
+    d = W.sum(1)
+    np.testing.assert_allclose(fiedler_vector(W, d, solver="lobpcg"), fiedler_vector(W, d, solver="dense"))
+
+
+@pytest.mark.parametrize("solver", ["dense", "lobpcg", "full", "auto"])
+def test_every_solver_gives_the_same_partition(solver):
+    feats = smooth_field(24, 24, seed=5)
+    np.testing.assert_array_equal(recursive_ncut(feats, tau=0.15, solver=solver),
+                                  recursive_ncut(feats, tau=0.15, solver="dense"))
+
+
+def test_unknown_solver():
+    with pytest.raises(InputError, match="eigensolver"):
+        recursive_ncut(np.ones((2, 2, 3)), solver="magic")
