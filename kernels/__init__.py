@@ -1,8 +1,15 @@
 """Triton kernels, installed as ``diffcut_engine.kernels`` (mapped from the top-level ``kernels/`` folder).
 
-One file per kernel, each with its torch reference, a checking wrapper and a parity test. The fused affinity
-kernel (normalise + Gram tile + global min/max + power alpha + degrees) is the first planned one; until it lands,
-the graph stage computes the affinity with numpy (``diffcut_engine.graph.affinity``).
+One file per kernel, each with its torch reference, a checking wrapper, its autotune configurations and a parity
+test (``tests/test_kernel_<name>.py``); its benchmark is ``benchmarks/bench_<name>.py``.
+
+- ``affinity``: fused DiffCut affinity (L2 normalisation + Gram tiles + global min/max + power alpha + degrees):
+  ``fused_affinity`` (Triton), ``affinity_reference`` (torch) and the dispatcher ``affinity_with_degrees``, which
+  falls back to the reference where Triton cannot run. The numpy graph stage (``diffcut_engine.graph.affinity``)
+  has the same semantics.
+
+Triton is optional (extra ``[gpu]``): the modules import without it. Set ``TRITON_INTERPRET=1`` before importing a
+kernel module to run its kernels on the CPU interpreter.
 """
 
 __all__: list = []
