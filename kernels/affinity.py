@@ -102,7 +102,8 @@ if tl is not None:
         # The atomics of pass 1 need (+inf, -inf) to start from; doing it here avoids a separate fill launch.
         two = tl.arange(0, 2)
         init = tl.where(two == 0, float("inf"), float("-inf"))
-        tl.store(minmax_ptr + two, init, mask=(two < 2) & (pid == 0))
+        if pid == 0:  # a branch, not a scalar in the mask: Triton 3.9's interpreter rejects bool-scalar masks
+            tl.store(minmax_ptr + two, init)
 
     @triton.jit
     def _gram_minmax_kernel(x_ptr, inv_ptr, s_ptr, minmax_ptr, N, C, stride_xn, stride_xc,
