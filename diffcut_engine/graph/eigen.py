@@ -19,8 +19,17 @@ Solvers (``solver=``):
     ``residual / (lambda2 - lambda3)`` must be below ``LOBPCG_ANGLE_TOL``; otherwise (clustered spectra, as in
     graphs of nearly disconnected blobs) the dense solve runs instead, so the split never depends on an
     unconverged vector.
+``"lanczos"``
+    Lanczos on the deflated M (every Lanczos vector orthogonalised against sqrt(d) and, fully, against all
+    previous ones), plain ``numpy`` matrix-vector products on the dense M, float64; started from the parent's
+    Fiedler vector restricted to the subgraph (when given) plus a little seeded random noise. Steps are added
+    (``LANCZOS_MIN_STEPS`` first, then ``LANCZOS_STEP_GROWTH`` at a time, at most ``LANCZOS_MAX_STEPS``) until the
+    top Ritz vector carries a Davis-Kahan certificate ``residual / gap < LANCZOS_ANGLE_TOL``, the gap being taken
+    conservatively from the *converged* second Ritz pair and from the trivial eigenvalue 1 (see
+    :func:`_lanczos`); uncertified, it falls back to the dense solve, exactly like ``lobpcg``. O(n^2 k) with
+    k ~ 20-60: several times faster than ``dense`` from a few hundred nodes up.
 ``"auto"``
-    ``dense`` up to ``AUTO_DENSE_MAX`` nodes, ``lobpcg`` (with its dense fallback) above.
+    ``dense`` up to ``AUTO_DENSE_MAX`` nodes, ``lanczos`` (with its dense fallback) above.
 """
 
 from __future__ import annotations
@@ -33,15 +42,27 @@ from ..errors import InputError
 
 logger = logging.getLogger(__name__)
 
-SOLVERS = ("auto", "dense", "full", "lobpcg")
+SOLVERS = ("auto", "dense", "full", "lobpcg", "lanczos")
 
 #: Largest subgraph the ``auto`` solver hands to the dense solver.
-AUTO_DENSE_MAX = 512
+AUTO_DENSE_MAX = 256
 #: Davis-Kahan acceptance bound on sin(angle) between the LOBPCG vector and the exact eigenvector.
 LOBPCG_ANGLE_TOL = 1e-6
 LOBPCG_MAXITER = 400
 #: Below this size LOBPCG has nothing to gain (scipy even switches to a dense solve without constraints).
 LOBPCG_MIN_NODES = 32
+#: Davis-Kahan acceptance bound on sin(angle) between the Lanczos Ritz vector and the exact eigenvector.
+LANCZOS_ANGLE_TOL = 1e-6
+#: Krylov dimensions: the first certificate check, the increment between checks, and the last one.
+LANCZOS_MIN_STEPS = 20
+LANCZOS_STEP_GROWTH = 10
+LANCZOS_MAX_STEPS = 160
+#: Give up (dense solve) when the certificate would need a residual below this (rounding level of ||M|| = 1).
+LANCZOS_HOPELESS = 1e-13
+#: Weight of the random part of a warm-started Lanczos start vector (the warm part has norm 1).
+LANCZOS_NOISE = 1e-2
+#: Below this size Lanczos has nothing to gain over the dense solve.
+LANCZOS_MIN_NODES = 32
 
 
 def validate_solver(solver: str) -> None:
@@ -102,6 +123,96 @@ def _lobpcg(A, d, warm_start):
     return u
 
 
+def _lanczos(A, d, warm_start):
+    """Top non-trivial eigenvector u2 of M = D^-1/2 A D^-1/2 by Lanczos, with a certificate; or None.
+
+    The certificate. Let P = I - u1 u1^T (u1 = sqrt(d)/||sqrt(d)||, M u1 = u1) and lambda_2 >= lambda_3 >= ... the
+    eigenvalues of M on range(P). For the top Ritz pair (theta_1, x_1) with residual r_1 = ||P M x_1 - theta_1 x_1||,
+    Davis-Kahan gives sin angle(x_1, u2) <= r_1 / delta with delta = the distance from theta_1 to the rest of the
+    spectrum of M, i.e. min(1 - theta_1, theta_1 - lambda_3) (theta_1 <= lambda_2 < 1 by Cauchy interlacing).
+    lambda_3 is not known. The second Ritz value is *not* an upper bound for it: interlacing gives
+    theta_2 <= lambda_3, so theta_1 - theta_2 over-estimates theta_1 - lambda_3 (unsafe). What is known is that an
+    eigenvalue of M lies within r_2 of theta_2 (r_2 the second Ritz pair's residual), and Lanczos resolves the
+    top of the spectrum in order, so when x_2 has converged that eigenvalue is lambda_3 and lambda_3 <= theta_2 + r_2.
+    Hence we require ``r_1 / min(1 - theta_1 - r_1, theta_1 - theta_2 - r_2) < LANCZOS_ANGLE_TOL`` (both terms
+    positive), which demands that the second Ritz pair be converged to a fraction of the gap as well. The one
+    assumption, that no eigenvalue between theta_2 + r_2 and lambda_2 was missed, fails only for a start vector
+    (almost) orthogonal to its eigenvector, which the seeded random component of the start vector rules out in
+    practice; the same assumption underlies every Krylov/LOBPCG certificate. With full reorthogonalisation the
+    Ritz residuals are |beta_k s_i[-1]|; the accepted vector's residual is recomputed explicitly before use.
+    """
+    import scipy.linalg
+
+    n = A.shape[0]
+    A = np.asarray(A, dtype=np.float64)
+    sqrt_d = np.sqrt(np.asarray(d, dtype=np.float64))
+    dis = 1.0 / sqrt_d
+    u1 = sqrt_d / np.linalg.norm(sqrt_d)
+
+    def matvec(x):  # M x = D^-1/2 A D^-1/2 x, without forming M (saves a pass over the n x n matrix)
+        return dis * (A @ (dis * x))
+
+    rng = np.random.default_rng(n)
+    v = rng.standard_normal(n)
+    v /= np.linalg.norm(v)
+    if warm_start is not None and warm_start.shape == (n,) and np.all(np.isfinite(warm_start)):
+        w = np.asarray(warm_start, dtype=np.float64) * sqrt_d  # y = D^-1/2 u  ->  u = D^1/2 y
+        w -= u1 * (u1 @ w)
+        norm = np.linalg.norm(w)
+        if norm > 0:
+            v = w / norm + LANCZOS_NOISE * v
+    kmax = min(LANCZOS_MAX_STEPS, n - 1)  # range(P) has dimension n - 1
+    Q = np.empty((kmax + 1, n))  # Lanczos vectors as rows
+    alpha = np.empty(kmax)
+    beta = np.empty(kmax)
+    for _ in range(2):
+        v -= u1 * (u1 @ v)
+    Q[0] = v / np.linalg.norm(v)
+    checks = set(range(min(LANCZOS_MIN_STEPS, kmax), kmax, LANCZOS_STEP_GROWTH)) | {kmax}
+    for j in range(kmax):
+        w = matvec(Q[j])
+        alpha[j] = Q[j] @ w
+        w -= alpha[j] * Q[j]
+        if j > 0:
+            w -= beta[j - 1] * Q[j - 1]
+        # full reorthogonalisation against u1 and every previous Lanczos vector, twice ("twice is enough")
+        for _ in range(2):
+            w -= u1 * (u1 @ w)
+            w -= (Q[:j + 1] @ w) @ Q[:j + 1]
+        beta[j] = np.linalg.norm(w)
+        k = j + 1
+        breakdown = not beta[j] > 1e-12 * max(1.0, abs(alpha[j]))
+        if breakdown and k < n - 1:
+            return None  # an invariant subspace that is not the whole space: the gap cannot be trusted
+        if not breakdown:
+            Q[k] = w / beta[j]
+        if (k not in checks and not breakdown) or k < 3:
+            continue
+        theta, S = scipy.linalg.eigh_tridiagonal(alpha[:k], beta[:k - 1], select="i",
+                                                 select_range=(k - 2, k - 1), check_finite=False)
+        (theta2, theta1), (s2, s1) = theta, S.T
+        b = 0.0 if breakdown else beta[j]
+        r1, r2 = abs(b * s1[-1]), abs(b * s2[-1])
+        gap = min(1.0 - theta1 - r1, theta1 - theta2 - r2)
+        if not min(1.0 - theta1, theta1 - theta2) * LANCZOS_ANGLE_TOL > LANCZOS_HOPELESS:
+            # both over-estimate their true gaps (interlacing): the residual needed is below rounding level
+            return None
+        if gap > 0 and r1 < LANCZOS_ANGLE_TOL * gap:
+            u = s1 @ Q[:k]
+            u -= u1 * (u1 @ u)
+            u /= np.linalg.norm(u)
+            Mu = matvec(u)
+            rho = u @ Mu
+            true_r1 = np.linalg.norm(Mu - rho * u - u1 * (u1 @ Mu))
+            gap = min(1.0 - rho - true_r1, rho - theta2 - r2)
+            if np.isfinite(true_r1) and gap > 0 and true_r1 < LANCZOS_ANGLE_TOL * gap:
+                return u
+            return None
+        if breakdown:
+            break
+    return None
+
+
 def fiedler_vector(A: np.ndarray, d: np.ndarray, *, solver: str = "auto", warm_start=None) -> np.ndarray:
     """Generalised Fiedler vector of a graph: the y solving (D - A) y = lambda D y for the second-smallest lambda.
 
@@ -111,11 +222,11 @@ def fiedler_vector(A: np.ndarray, d: np.ndarray, *, solver: str = "auto", warm_s
         (n, n) symmetric non-negative affinity of the (sub)graph, n >= 2, float32 or float64.
     d : numpy.ndarray
         (n,) degrees ``A.sum(1)``, positive.
-    solver : {"auto", "dense", "full", "lobpcg"}
+    solver : {"auto", "dense", "full", "lobpcg", "lanczos"}
         See the module notes.
     warm_start : numpy.ndarray, optional
         (n,) approximation of y (e.g. the parent's Fiedler vector restricted to this subgraph), used by
-        ``lobpcg``.
+        ``lobpcg`` and ``lanczos``.
 
     Returns
     -------
@@ -125,8 +236,12 @@ def fiedler_vector(A: np.ndarray, d: np.ndarray, *, solver: str = "auto", warm_s
     validate_solver(solver)
     n = A.shape[0]
     if solver == "auto":
-        solver = "dense" if n <= AUTO_DENSE_MAX else "lobpcg"
+        solver = "dense" if n <= AUTO_DENSE_MAX else "lanczos"
     u = None
+    if solver == "lanczos" and n >= LANCZOS_MIN_NODES:
+        u = _lanczos(A, d, warm_start)
+        if u is None:
+            logger.debug("lanczos not certified on %d nodes; dense solve instead", n)
     if solver == "lobpcg" and n >= LOBPCG_MIN_NODES:
         u = _lobpcg(A, d, warm_start)
         if u is None:
