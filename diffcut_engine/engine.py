@@ -63,6 +63,9 @@ class Segmentation:
     crop_box: Tuple[int, int, int, int] = (0, 0, 0, 0)
     tau: float = 0.0
     features: Optional[np.ndarray] = field(default=None, repr=False)
+    #: The NCut hierarchy (:class:`~diffcut_engine.graph.NCutTree`), if requested with ``return_tree=True``:
+    #: ``tree.cut(t)`` gives the grid labels at any ``t <= tree.tau_max`` without solving again.
+    tree: Optional[object] = field(default=None, repr=False)
 
     def __repr__(self):
         h, w = self.labels.shape
@@ -127,7 +130,8 @@ class Engine:
 
     # ------------------------------------------------------------------------------------------------ public API
     def segment(self, images_, *, tau: Optional[float] = None, return_features: bool = False,
-                errors: str = "raise", progress: bool = False):
+                return_tree: bool = False, tree_tau_max: Optional[float] = None, errors: str = "raise",
+                progress: bool = False):
         """Segment one image or a list of images.
 
         Parameters
@@ -138,6 +142,11 @@ class Engine:
             Override the engine's NCut threshold for this call.
         return_features : bool
             Keep the (h, w, C) features on each result.
+        return_tree : bool
+            Keep the NCut hierarchy on each result (``seg.tree``), built up to ``tree_tau_max`` (default: tau),
+            so that ``seg.tree.cut(t)`` gives the grid labels at every ``t <= tree_tau_max`` from this one pass.
+        tree_tau_max : float, optional
+            Depth of the kept tree (>= tau); implies ``return_tree``.
         errors : {"raise", "skip"}
             For a list: ``raise`` finishes every good input, then raises :class:`BatchError` whose ``results``
             keep them; ``skip`` returns ``None`` in place of each failed input (and logs a warning).
@@ -156,7 +165,8 @@ class Engine:
         items = [images_] if single else list(images_)
         results: List[Optional[Segmentation]] = [None] * len(items)
         failures = {}
-        for res in self.iter_segment(items, tau=tau, return_features=return_features, progress=progress):
+        for res in self.iter_segment(items, tau=tau, return_features=return_features, return_tree=return_tree,
+                                     tree_tau_max=tree_tau_max, progress=progress):
             if res.ok:
                 results[res.index] = res.segmentation
             else:
@@ -172,6 +182,7 @@ class Engine:
         return results
 
     def iter_segment(self, inputs: Iterable, *, tau: Optional[float] = None, return_features: bool = False,
+                     return_tree: bool = False, tree_tau_max: Optional[float] = None,
                      batch_size: Optional[int] = None, progress: bool = False,
                      return_image: bool = False) -> Iterator[SegmentResult]:
         """Stream results in input order, batching the encoder; a bad input yields a result with ``error`` set.
@@ -181,13 +192,19 @@ class Engine:
         propagate.
         """
         tau = self._resolve_tau(tau)
+        tree_tau = None
+        if return_tree or tree_tau_max is not None:
+            tree_tau = tau if tree_tau_max is None else self._resolve_tau(tree_tau_max)
+            if tree_tau < tau:
+                raise InputError(f"tree_tau_max={tree_tau} must be at least tau={tau}")
+        options = {"tau": tau, "tree_tau": tree_tau, "features": return_features, "image": return_image}
         batch_size = batch_size or self.config.batch_size
         inputs = list(inputs) if not isinstance(inputs, list) else inputs
         bar = _progress(len(inputs), progress)
         try:
             for start in range(0, len(inputs), batch_size):
                 chunk = list(enumerate(inputs[start:start + batch_size], start))
-                for res in self._segment_batch(chunk, tau, return_features, return_image):
+                for res in self._segment_batch(chunk, options):
                     bar.update(1)
                     yield res
         finally:
@@ -201,7 +218,7 @@ class Engine:
         return self._encode(batch)
 
     # -------------------------------------------------------------------------------------------- the pipeline
-    def _segment_batch(self, chunk, tau: float, return_features: bool, return_image: bool) -> List[SegmentResult]:
+    def _segment_batch(self, chunk, options: dict) -> List[SegmentResult]:
         out = {}
         prepared = []
         # 1. Decode and validate each input; one bad input does not stop the others.
@@ -224,23 +241,27 @@ class Engine:
             share = (time.perf_counter() - t0) / len(prepared)
             for (index, image, _, view, box, timings), feats in zip(prepared, features):
                 timings["encode"] = share
-                seg = self._segment_features(feats, view, tau, timings)
+                seg = self._segment_features(feats, view, options["tau"], options["tree_tau"], timings)
                 seg.name, seg.image_size, seg.crop_box = image.name, image.size, box
-                if return_features:
+                if options["features"]:
                     seg.features = feats.float().cpu().numpy()
-                out[index] = SegmentResult(index, image.name, segmentation=seg, image=view if return_image else None)
+                out[index] = SegmentResult(index, image.name, segmentation=seg,
+                                           image=view if options["image"] else None)
         return [out[index] for index, _ in chunk]
 
     def _encode(self, batch: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode():
             return self.encoder.encode(batch.to(self.encoder.device))
 
-    def _segment_features(self, feats: torch.Tensor, view: torch.Tensor, tau: float, timings: dict) -> Segmentation:
+    def _segment_features(self, feats: torch.Tensor, view: torch.Tensor, tau: float, tree_tau: Optional[float],
+                          timings: dict) -> Segmentation:
         cfg = self.config
         out_size = cfg.output_size or tuple(view.shape[-2:])
         # 4. Recursive Normalized Cut on the feature grid.
         t0 = time.perf_counter()
-        grid_labels = graph.recursive_ncut(feats.float().cpu().numpy(), alpha=cfg.alpha, tau=tau, compat=cfg.compat)
+        tree = graph.ncut_tree(feats.float().cpu().numpy(), alpha=cfg.alpha, tau_max=tree_tau or tau,
+                               compat=cfg.compat)
+        grid_labels = tree.cut(tau)
         num_segments = int(grid_labels.max()) + 1
         t1 = time.perf_counter()
         # 5. Concept assignment: argmax over the K upsampled score maps.
@@ -257,7 +278,8 @@ class Engine:
         timings.update(graph=t1 - t0, assign=t2 - t1, refine=t3 - t2)
         timings["total"] = sum(timings.values())
         return Segmentation(labels=labels.cpu().numpy().astype(np.int32), grid_labels=grid_labels,
-                            num_segments=num_segments, timings=timings, tau=tau)
+                            num_segments=num_segments, timings=timings, tau=tau,
+                            tree=tree if tree_tau is not None else None)
 
     def _resolve_tau(self, tau):
         if tau is None:

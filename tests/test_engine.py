@@ -165,3 +165,18 @@ def test_missing_model_is_model_load_error(tmp_path):
 
     with pytest.raises(ModelLoadError, match="nowhere"):
         Engine.from_pretrained(str(tmp_path / "nowhere"))
+
+
+def test_return_tree_gives_every_granularity(engine):
+    rng = np.random.default_rng(2)
+    blocks = rng.integers(0, 255, size=(3, 4, 3)).astype(np.uint8)
+    img = np.kron(blocks, np.ones((32, 32, 1), dtype=np.uint8))
+    seg = engine.segment(img, tau=0.3, tree_tau_max=0.9)
+    assert seg.tree is not None and seg.tree.tau_max == 0.9
+    np.testing.assert_array_equal(seg.tree.cut(0.3), seg.grid_labels)
+    for t in (0.05, 0.3, 0.6, 0.9):
+        np.testing.assert_array_equal(seg.tree.cut(t), engine.segment(img, tau=t).grid_labels)
+    assert engine.segment(img).tree is None
+    assert engine.segment(img, return_tree=True).tree.tau_max == engine.tau
+    with pytest.raises(InputError, match="tree_tau_max"):
+        engine.segment(img, tau=0.5, tree_tau_max=0.2)
