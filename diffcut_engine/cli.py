@@ -50,6 +50,16 @@ def _int_list(text):
     return vals
 
 
+def _tau_list(text):
+    try:
+        vals = tuple(sorted({float(t) for t in text.split(",") if t.strip()}))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}")
+    if not vals or min(vals) <= 0:
+        raise argparse.ArgumentTypeError(f"expected positive numbers, got {text!r}")
+    return vals
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="diffcut", description="Zero-shot image segmentation with diffusion "
                                      "features (DiffCut, NeurIPS 2024).")
@@ -78,6 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
     g = seg.add_argument_group("method")
     g.add_argument("--tau", type=_positive_float, default=None,
                    help="NCut threshold; larger gives more segments (default: 0.5 SDXL-type, 0.2 SD 1.x)")
+    g.add_argument("--taus", type=_tau_list, default=None, metavar="T1,T2,...",
+                   help="several thresholds from one NCut tree per image: writes <name>_tau<T>_labels.png etc. "
+                   "for each (replaces --tau)")
     g.add_argument("--alpha", type=_positive_float, default=10.0, help="affinity exponent (default 10)")
     g.add_argument("--size", default=None, help="network input size, 1024 or WxH such as 1024x576; "
                    "multiples of 32 (default: 1024 for diffusion models, 768 for efficientnet-lite0)")
@@ -160,19 +173,27 @@ def cmd_segment(args) -> int:
     engine = Engine(config)
     print(f"# {engine!r}", file=sys.stderr)
     used, failed, summary = set(), 0, []
-    for res in engine.iter_segment(paths, progress=not args.quiet, return_image=args.overlay):
+    taus = args.taus
+    extra = {"tau": taus[0], "tree_tau_max": taus[-1], "return_features": True} if taus else {}
+    for res in engine.iter_segment(paths, progress=not args.quiet, return_image=args.overlay or bool(taus),
+                                   **extra):
         source = str(paths[res.index])
         if not res.ok:
             failed += 1
             print(f"error: {res.error}", file=sys.stderr)
             summary.append({"input": source, "error": str(res.error)})
             continue
-        seg = res.segmentation
         stem = _unique_stem(source, used)
-        files = write_outputs(seg, res.image, args.output, stem, overlay=args.overlay, save_npy=args.save_npy)
-        print(f"{source}: {seg.num_segments} segments -> {files[0]}")
-        summary.append({"input": source, "num_segments": seg.num_segments, "outputs": [str(f) for f in files],
-                        "timings": {k: round(v, 6) for k, v in seg.timings.items()}})
+        # One tree per image: every further tau is a cut of it plus concept assignment and refinement.
+        variants = [(res.segmentation, stem)] if not taus else [
+            (res.segmentation if t == taus[0] else engine.at_tau(res.segmentation, t, res.image), f"{stem}_tau{t:g}")
+            for t in taus]
+        for seg, name in variants:
+            files = write_outputs(seg, res.image, args.output, name, overlay=args.overlay, save_npy=args.save_npy)
+            print(f"{source}: {seg.num_segments} segments at tau {seg.tau:g} -> {files[0]}")
+            summary.append({"input": source, "tau": seg.tau, "num_segments": seg.num_segments,
+                            "outputs": [str(f) for f in files],
+                            "timings": {k: round(v, 6) for k, v in seg.timings.items()}})
     with open(args.output / "summary.json", "w") as fh:
         json.dump({"engine": repr(engine), "tau": engine.tau, "results": summary}, fh, indent=1)
     if failed:

@@ -256,12 +256,20 @@ class Engine:
     def _segment_features(self, feats: torch.Tensor, view: torch.Tensor, tau: float, tree_tau: Optional[float],
                           timings: dict) -> Segmentation:
         cfg = self.config
-        out_size = cfg.output_size or tuple(view.shape[-2:])
         # 4. Recursive Normalized Cut on the feature grid.
         t0 = time.perf_counter()
         tree = graph.ncut_tree(feats.float().cpu().numpy(), alpha=cfg.alpha, tau_max=tree_tau or tau,
                                compat=cfg.compat)
         grid_labels = tree.cut(tau)
+        timings["graph"] = time.perf_counter() - t0
+        seg = self._pixel_labels(feats, grid_labels, view, timings)
+        seg.tau, seg.tree = tau, tree if tree_tau is not None else None
+        return seg
+
+    def _pixel_labels(self, feats: torch.Tensor, grid_labels: np.ndarray, view: torch.Tensor,
+                      timings: dict) -> Segmentation:
+        cfg = self.config
+        out_size = cfg.output_size or tuple(view.shape[-2:])
         num_segments = int(grid_labels.max()) + 1
         t1 = time.perf_counter()
         # 5. Concept assignment: argmax over the K upsampled score maps.
@@ -275,11 +283,42 @@ class Engine:
                 labels = refine.refine(rgb, labels, num_segments=num_segments, iters=cfg.pamr_iters,
                                        dilations=cfg.pamr_dilations, median=True)
         t3 = time.perf_counter()
-        timings.update(graph=t1 - t0, assign=t2 - t1, refine=t3 - t2)
-        timings["total"] = sum(timings.values())
+        timings.update(assign=t2 - t1, refine=t3 - t2)
+        timings["total"] = sum(v for k, v in timings.items() if k != "total")
         return Segmentation(labels=labels.cpu().numpy().astype(np.int32), grid_labels=grid_labels,
-                            num_segments=num_segments, timings=timings, tau=tau,
-                            tree=tree if tree_tau is not None else None)
+                            num_segments=num_segments, timings=timings)
+
+    def at_tau(self, seg: Segmentation, tau: float, image) -> Segmentation:
+        """The segmentation of the same image at another ``tau``, from its kept tree and features.
+
+        No encoder pass and no eigen-solve: the grid labels come from ``seg.tree.cut(tau)``; concept assignment
+        and refinement run again.
+
+        Parameters
+        ----------
+        seg : Segmentation
+            A result of ``segment(..., return_features=True, tree_tau_max=...)``.
+        tau : float
+            At most ``seg.tree.tau_max``.
+        image : torch.Tensor
+            (3, h, w) float [0, 1]: the region the labels cover (``SegmentResult.image``).
+
+        Returns
+        -------
+        Segmentation
+        """
+        if seg.tree is None or seg.features is None:
+            raise InputError("at_tau needs a result made with return_features=True and return_tree=True "
+                             "(or tree_tau_max=...)")
+        tau = self._resolve_tau(tau)
+        t0 = time.perf_counter()
+        grid_labels = seg.tree.cut(tau)
+        timings = {"graph": time.perf_counter() - t0}
+        feats = torch.from_numpy(seg.features).to(self.encoder.device)
+        out = self._pixel_labels(feats, grid_labels, image, timings)
+        out.name, out.image_size, out.crop_box = seg.name, seg.image_size, seg.crop_box
+        out.tau, out.tree, out.features = tau, seg.tree, seg.features
+        return out
 
     def _resolve_tau(self, tau):
         if tau is None:

@@ -40,7 +40,7 @@ def test_segment_folder_writes_outputs(image_folder, tmp_path, tiny_sdxl_path, c
         np.testing.assert_array_equal(np.load(out / f"img{k}_labels.npy"), labels)
         overlay = Image.open(out / f"img{k}_overlay.png")
         assert overlay.size == (96, 72) and overlay.mode == "RGB"
-    assert stdout.count("segments ->") == 3
+    assert stdout.count(" segments at tau 0.8 -> ") == 3
     summary = json.loads((out / "summary.json").read_text())
     assert len(summary["results"]) == 3 and summary["tau"] == 0.8
     assert all(r["num_segments"] >= 1 for r in summary["results"])
@@ -94,3 +94,23 @@ def test_console_entry_point_runs():
     assert proc.returncode == 0 and proc.stdout.startswith("diffcut-engine ")
     proc = subprocess.run([sys.executable, "-m", "diffcut_engine"], capture_output=True, text=True)
     assert proc.returncode == 2
+
+
+def test_several_taus_from_one_tree(image_folder, tmp_path, tiny_sdxl_path, capsys):
+    out = tmp_path / "out"
+    code, stdout, stderr = run(["segment", str(image_folder / "img0.png"), "-o", str(out), "--model",
+                                tiny_sdxl_path, "--size", "64x96", "--device", "cpu", "-q", "--save-npy",
+                                "--taus", "0.9,0.2,0.5"], capsys)
+    assert code == 0, stderr
+    for t in ("0.2", "0.5", "0.9"):
+        assert (out / f"img0_tau{t}_labels.png").exists() and (out / f"img0_tau{t}_overlay.png").exists()
+    summary = json.loads((out / "summary.json").read_text())
+    assert [r["tau"] for r in summary["results"]] == [0.2, 0.5, 0.9]
+    # each file equals a plain run at that tau
+    for t in ("0.2", "0.9"):
+        single = tmp_path / f"single{t}"
+        assert main(["segment", str(image_folder / "img0.png"), "-o", str(single), "--model", tiny_sdxl_path,
+                     "--size", "64x96", "--device", "cpu", "-q", "--save-npy", "--tau", t]) == 0
+        np.testing.assert_array_equal(np.load(out / f"img0_tau{t}_labels.npy"),
+                                      np.load(single / "img0_labels.npy"))
+    capsys.readouterr()

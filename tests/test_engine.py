@@ -180,3 +180,17 @@ def test_return_tree_gives_every_granularity(engine):
     assert engine.segment(img, return_tree=True).tree.tau_max == engine.tau
     with pytest.raises(InputError, match="tree_tau_max"):
         engine.segment(img, tau=0.5, tree_tau_max=0.2)
+
+
+def test_at_tau_equals_a_fresh_run(engine):
+    rng = np.random.default_rng(3)
+    blocks = rng.integers(0, 255, size=(3, 4, 3)).astype(np.uint8)
+    img = np.kron(blocks, np.ones((32, 32, 1), dtype=np.uint8))
+    res = next(engine.iter_segment([img], tau=0.1, tree_tau_max=0.9, return_features=True, return_image=True))
+    for t in (0.1, 0.5, 0.9):
+        other = engine.at_tau(res.segmentation, t, res.image)
+        fresh = engine.segment(img, tau=t)
+        np.testing.assert_array_equal(other.labels, fresh.labels)
+        assert other.tau == t and other.num_segments == fresh.num_segments
+    with pytest.raises(InputError, match="return_features"):
+        engine.at_tau(engine.segment(img), 0.3, res.image)
