@@ -241,10 +241,9 @@ class Engine:
             share = (time.perf_counter() - t0) / len(prepared)
             for (index, image, _, view, box, timings), feats in zip(prepared, features):
                 timings["encode"] = share
-                seg = self._segment_features(feats, view, options["tau"], options["tree_tau"], timings)
+                seg = self._segment_features(feats, view, options["tau"], options["tree_tau"], timings,
+                                             keep_features=options["features"])
                 seg.name, seg.image_size, seg.crop_box = image.name, image.size, box
-                if options["features"]:
-                    seg.features = feats.float().cpu().numpy()
                 out[index] = SegmentResult(index, image.name, segmentation=seg,
                                            image=view if options["image"] else None)
         return [out[index] for index, _ in chunk]
@@ -254,16 +253,17 @@ class Engine:
             return self.encoder.encode(batch.to(self.encoder.device))
 
     def _segment_features(self, feats: torch.Tensor, view: torch.Tensor, tau: float, tree_tau: Optional[float],
-                          timings: dict) -> Segmentation:
+                          timings: dict, *, keep_features: bool = False) -> Segmentation:
         cfg = self.config
-        # 4. Recursive Normalized Cut on the feature grid.
+        # 4. Recursive Normalized Cut on the feature grid (on the host: one copy, also kept if asked for).
         t0 = time.perf_counter()
-        tree = graph.ncut_tree(feats.float().cpu().numpy(), alpha=cfg.alpha, tau_max=tree_tau or tau,
-                               compat=cfg.compat)
+        host_feats = feats.float().cpu().numpy()
+        tree = graph.ncut_tree(host_feats, alpha=cfg.alpha, tau_max=tree_tau or tau, compat=cfg.compat)
         grid_labels = tree.cut(tau)
         timings["graph"] = time.perf_counter() - t0
         seg = self._pixel_labels(feats, grid_labels, view, timings)
         seg.tau, seg.tree = tau, tree if tree_tau is not None else None
+        seg.features = host_feats if keep_features else None
         return seg
 
     def _pixel_labels(self, feats: torch.Tensor, grid_labels: np.ndarray, view: torch.Tensor,

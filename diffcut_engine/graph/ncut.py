@@ -29,6 +29,14 @@ def candidate_thresholds(y: np.ndarray, num: int = NUM_THRESHOLDS) -> np.ndarray
     return np.linspace(y.min() * 0.99, y.max() * 0.99, num, dtype=y.dtype)
 
 
+def _ncut_from_cut(cut: np.ndarray, vol_s: np.ndarray, vol_all) -> np.ndarray:
+    """cut / vol(S) + cut / vol(S'), +inf where it is not finite (an empty side)."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        values = cut / vol_s + cut / (vol_all - vol_s)
+    values[~np.isfinite(values)] = np.inf
+    return values
+
+
 def ncut_values(A: np.ndarray, d: np.ndarray, X: np.ndarray) -> np.ndarray:
     """Exact Shi-Malik NCut of many candidate bipartitions at once.
 
@@ -51,13 +59,8 @@ def ncut_values(A: np.ndarray, d: np.ndarray, X: np.ndarray) -> np.ndarray:
     """
     X = X.astype(A.dtype, copy=False)
     vol_s = d @ X
-    vol_all = d.sum()
     assoc = np.einsum("ik,ik->k", X, A @ X)
-    cut = vol_s - assoc
-    with np.errstate(divide="ignore", invalid="ignore"):
-        values = cut / vol_s + cut / (vol_all - vol_s)
-    values[~np.isfinite(values)] = np.inf
-    return values
+    return _ncut_from_cut(vol_s - assoc, vol_s, d.sum())
 
 
 def prefix_ncut_values(A: np.ndarray, d: np.ndarray, y: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
@@ -91,11 +94,8 @@ def prefix_ncut_values(A: np.ndarray, d: np.ndarray, y: np.ndarray, thresholds: 
     assoc = np.concatenate(([0.0], np.cumsum(gain)))
     vol = np.concatenate(([0.0], np.cumsum(d[order])))
     m = y.size - np.searchsorted(np.sort(y), thresholds, side="right")
-    vol_s = vol[m]
-    cut = vol_s - assoc[m]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        values = cut / vol_s + cut / (vol[-1] - vol_s)
-    values[(m == 0) | (m == y.size) | ~np.isfinite(values)] = np.inf
+    values = _ncut_from_cut(vol[m] - assoc[m], vol[m], vol[-1])
+    values[(m == 0) | (m == y.size)] = np.inf
     return values
 
 

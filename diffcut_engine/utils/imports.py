@@ -57,27 +57,3 @@ def require(module: str, purpose: str):
     except ImportError as exc:  # installed but broken (e.g. a CUDA library missing)
         raise BackendUnavailableError(f"{purpose} needs {module}, which is installed but fails to import: {exc}") \
             from exc
-
-
-def is_torch_available() -> bool:
-    return is_available("torch")
-
-
-def is_diffusers_available() -> bool:
-    return is_available("diffusers")
-
-
-def is_onnxruntime_available() -> bool:
-    return is_available("onnxruntime")
-
-
-def is_tensorrt_available() -> bool:
-    return is_available("tensorrt")
-
-
-def is_cupy_available() -> bool:
-    return is_available("cupy")
-
-
-def is_triton_available() -> bool:
-    return is_available("triton")
