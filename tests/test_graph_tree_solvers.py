@@ -7,7 +7,8 @@ from diffcut_engine.graph import (
     fiedler_vector,
     ncut_tree,
     ncut_values,
-    prefix_ncut_values,
+    binned_ncut_values,
+    build_tree,
     recursive_ncut,
 )
 from diffcut_engine.graph import eigen
@@ -16,7 +17,7 @@ from planted import planted_features, planted_regions
 from test_graph import smooth_field
 
 
-def test_prefix_scoring_equals_indicator_scoring():
+def test_binned_scoring_equals_indicator_scoring():
     rng = np.random.default_rng(0)
     A = rng.random((60, 60)) ** 3
     A = (A + A.T) / 2
@@ -25,9 +26,9 @@ def test_prefix_scoring_equals_indicator_scoring():
     y[10:15] = y[3]  # ties must stay on one side
     thresholds = np.linspace(y.min() * 0.99, y.max() * 0.99, 100)
     expected = ncut_values(A, d, y[:, None] > thresholds[None, :])
-    np.testing.assert_allclose(prefix_ncut_values(A, d, y, thresholds), expected, rtol=1e-10)
+    np.testing.assert_allclose(binned_ncut_values(A, d, y, thresholds), expected, rtol=1e-10)
     # thresholds outside the range of y leave a side empty: never chosen
-    assert np.isinf(prefix_ncut_values(A, d, y, np.array([y.max() + 1, y.min() - 1]))).all()
+    assert np.isinf(binned_ncut_values(A, d, y, np.array([y.min() - 1, y.max() + 1]))).all()
 
 
 def nested_features(seed=0):
@@ -171,3 +172,74 @@ def test_lanczos_recursion_gives_the_dense_labels_on_real_features(chelsea_grid)
     for tau in (0.08, 0.3):
         np.testing.assert_array_equal(recursive_ncut(chelsea_grid, tau=tau, solver="lanczos"),
                                       recursive_ncut(chelsea_grid, tau=tau, solver="dense"))
+
+
+def test_binned_scoring_keeps_small_cuts_accurate():
+    # two nearly disconnected blocks: cut / vol ~ 1e-12, where vol - assoc would lose every digit
+    rng = np.random.default_rng(3)
+    A = np.kron(np.eye(2), np.ones((20, 20))) + 1e-14 * rng.random((40, 40))
+    A = (A + A.T) / 2
+    d = A.sum(1)
+    y = np.r_[np.full(20, 1.0), np.full(20, -1.0)] + 1e-3 * rng.normal(size=40)
+    t = np.array([0.0])
+    exact = A[:20, 20:].sum() / d[:20].sum() + A[:20, 20:].sum() / d[20:].sum()
+    np.testing.assert_allclose(binned_ncut_values(A, d, y, t), [exact], rtol=1e-9)
+
+
+def _random_graph(n, seed, power=6):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, 8))
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    s = x @ x.T
+    return ((s - s.min()) / (s.max() - s.min())) ** power
+
+
+@pytest.mark.parametrize("n,seed", [(5, 0), (40, 1), (200, 2), (600, 3)])
+def test_spectral_lower_bound_is_below_lambda2_and_every_ncut(n, seed):
+    from diffcut_engine.graph.ncut import spectral_lower_bound
+
+    A = _random_graph(n, seed)
+    d = A.sum(1)
+    lap = np.eye(n) - A / np.sqrt(np.outer(d, d))
+    lam2 = np.linalg.eigvalsh(lap)[1]
+    bound = spectral_lower_bound(A, d)
+    assert bound <= lam2 + 1e-12
+    rng = np.random.default_rng(seed)
+    X = rng.random((n, 50)) < 0.5
+    assert np.all(bound <= ncut_values(A, d, X) + 1e-12)
+
+
+def test_spectral_lower_bound_is_tight_on_a_uniform_graph():
+    from diffcut_engine.graph.ncut import spectral_lower_bound
+
+    A = np.ones((50, 50))
+    # complete graph with self-loops: mu_2 = 0, so lambda_2 = 1 and the bound is exact
+    assert spectral_lower_bound(A, A.sum(1)) == pytest.approx(1.0, abs=1e-6)
+
+
+@pytest.mark.parametrize("tau", [0.3, 0.5, 0.8])
+def test_leaf_bounds_change_no_cut(tau):
+    feats = planted_features(planted_regions(24, 24, "quadrants"), seed=2)
+    W = affinity(feats)
+    fast = build_tree(W, tau_max=tau)
+    slow = build_tree(W, tau_max=tau, leaf_bounds=False)
+    skipped = [node for node in fast.nodes() if not node.exact]
+    assert skipped, "the planted leaves should be certified without a solve"
+    for node in skipped:
+        assert not node.is_split and node.value >= tau
+    for t in np.linspace(0.05, tau, 9):
+        np.testing.assert_array_equal(fast.cut(t), slow.cut(t))
+    np.testing.assert_array_equal(fast.split_values(), slow.split_values())
+
+
+@pytest.mark.parametrize("alpha", [1, 2, 3, 7, 10, 16, 33])
+def test_integer_power_by_squaring_matches_np_power(alpha):
+    from diffcut_engine.graph.affinity import affinity_from_tokens, l2_normalize
+
+    rng = np.random.default_rng(alpha)
+    tokens = l2_normalize(rng.normal(size=(300, 16)).astype(np.float32))
+    fast = affinity_from_tokens(tokens, alpha)
+    exact = affinity_from_tokens(tokens, alpha, exact_power=True)
+    assert fast.dtype == exact.dtype == np.float32
+    np.testing.assert_allclose(fast, exact, rtol=8 * alpha * np.finfo(np.float32).eps, atol=1e-37)
+    assert not np.array_equal(tokens, 0)

@@ -59,13 +59,36 @@ def l2_normalize(tokens: np.ndarray) -> np.ndarray:
     return (tokens / np.maximum(norms, _NORM_EPS)[:, None]).astype(np.float32, copy=False)
 
 
-def affinity_from_tokens(tokens: np.ndarray, alpha: float = 10.0) -> np.ndarray:
+def _power_inplace(s: np.ndarray, k: int) -> np.ndarray:
+    """s ** k for a positive integer k by binary powering, reusing ``s`` (destroyed) and one more buffer."""
+    result = None
+    while True:
+        if k & 1:
+            if result is None:
+                result = s.copy()
+            else:
+                result *= s
+        k >>= 1
+        if not k:
+            return result
+        np.multiply(s, s, out=s)
+
+
+#: Integer exponents up to this use binary powering (a few multiplications) instead of ``np.power``.
+_MAX_SQUARING_EXPONENT = 64
+
+
+def affinity_from_tokens(tokens: np.ndarray, alpha: float = 10.0, *, exact_power: bool = False) -> np.ndarray:
     """W = ((S - min S) / (max S - min S)) ** alpha with S = X X^T, in float32.
 
     ``tokens`` must already be L2-normalised. The min-max scaling is global over the whole matrix, so the diagonal
-    is 1 and the least similar pair is exactly 0; float32 is kept on purpose so that the pattern of exact zeros
-    (the global minimum pair and entries that underflow for large alpha) is the one of the official code.
-    If all similarities are equal (constant features) every entry is 1.
+    is 1 and the least similar pair is exactly 0. If all similarities are equal (constant features) every entry
+    is 1.
+
+    For an integer ``alpha`` (the paper's 10) the power is taken by binary powering, in place: about 3x faster
+    than ``np.power`` and within a few float32 ulps of it. ``exact_power=True`` uses ``np.power`` (the correctly
+    rounded ``powf``), which ``compat="official"`` needs: there the exact pattern of float32 zeros (the global
+    minimum pair and entries that underflow for large alpha) decides which nodes the official code drops.
     """
     s = tokens @ tokens.T
     lo, hi = s.min(), s.max()
@@ -73,6 +96,8 @@ def affinity_from_tokens(tokens: np.ndarray, alpha: float = 10.0) -> np.ndarray:
         return np.ones_like(s)
     s -= lo
     s /= hi - lo
+    if not exact_power and float(alpha).is_integer() and 1 <= alpha <= _MAX_SQUARING_EXPONENT:
+        return _power_inplace(s, int(alpha))
     return np.power(s, np.float32(alpha), dtype=np.float32)
 
 

@@ -54,7 +54,7 @@ LOBPCG_MIN_NODES = 32
 #: Davis-Kahan acceptance bound on sin(angle) between the Lanczos Ritz vector and the exact eigenvector.
 LANCZOS_ANGLE_TOL = 1e-6
 #: Krylov dimensions: the first certificate check, the increment between checks, and the last one.
-LANCZOS_MIN_STEPS = 20
+LANCZOS_MIN_STEPS = 10
 LANCZOS_STEP_GROWTH = 10
 LANCZOS_MAX_STEPS = 160
 #: Give up (dense solve) when the certificate would need a residual below this (rounding level of ||M|| = 1).
