@@ -1,6 +1,7 @@
 """The ``diffcut`` command line.
 
-``diffcut segment INPUT... -o OUTDIR`` segments images (files, folders, globs); ``diffcut info`` prints versions,
+``diffcut segment INPUT... -o OUTDIR`` segments images (files, folders, globs); ``diffcut eval --dataset D --root DIR
+--out RUN`` scores the engine on a segmentation benchmark with the paper's protocol; ``diffcut info`` prints versions,
 backends and devices. Results go to stdout, progress and logs to stderr. A :class:`DiffCutError` is printed as one
 ``error: ...`` line with exit code 2 (``--debug`` shows the traceback); inputs that fail are reported one line
 each and the run goes on, ending with exit code 1.
@@ -113,6 +114,10 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("--json", action="store_true", help="machine-readable output")
     info.add_argument("--debug", action="store_true", help="show tracebacks")
     info.set_defaults(func=cmd_info)
+
+    from .eval.cli import add_eval_parser  # here: diffcut_engine.eval imports this module's helpers lazily
+
+    add_eval_parser(sub)
     return parser
 
 

@@ -1,6 +1,7 @@
 """Graph stage: affinity and recursive Normalized Cut on feature grids (numpy; no torch import)."""
 
 from .affinity import affinity, affinity_from_tokens, l2_normalize
+from .batched import build_trees_batched
 from .eigen import SOLVERS, fiedler_vector
 from .ncut import (
     NUM_THRESHOLDS,
@@ -17,6 +18,7 @@ from .ncut import (
     recursive_ncut,
     recursive_ncut_affinity,
 )
+from .xp import array_namespace, as_array, cupy_available, is_device, to_host
 
 __all__ = [
     "affinity",
@@ -37,4 +39,10 @@ __all__ = [
     "prefix_ncut_values",
     "recursive_ncut",
     "recursive_ncut_affinity",
+    "build_trees_batched",
+    "array_namespace",
+    "as_array",
+    "cupy_available",
+    "is_device",
+    "to_host",
 ]

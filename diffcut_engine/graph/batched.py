@@ -185,7 +185,7 @@ def _solve_bucket(xp, stack, img, rows, mask, num_thresholds: int, sanitize: boo
     values = xp.where(bad, xp.inf, values)
     best = xp.argmin(values, axis=1)[:, None]
     value = xp.ascontiguousarray(xp.take_along_axis(values, best, axis=1)[:, 0])
-    side = (y >= xp.take_along_axis(thr, best, axis=1)) & real
+    side = (y > xp.take_along_axis(thr, best, axis=1)) & real
     return xp.concatenate([value.view(xp.uint8).reshape(b, _VALUE_BYTES), side.astype(xp.uint8)], axis=1)
 
 

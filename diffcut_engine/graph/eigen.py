@@ -63,6 +63,8 @@ LANCZOS_HOPELESS = 1e-13
 LANCZOS_NOISE = 1e-2
 #: Below this size Lanczos has nothing to gain over the dense solve.
 LANCZOS_MIN_NODES = 32
+#: Reorthogonalise a second time only when the first pass kept less than this fraction of the vector's norm.
+REORTH_KEEP = 0.7071
 
 
 def validate_solver(solver: str) -> None:
@@ -175,11 +177,16 @@ def _lanczos(A, d, warm_start):
         w -= alpha[j] * Q[j]
         if j > 0:
             w -= beta[j - 1] * Q[j - 1]
-        # full reorthogonalisation against u1 and every previous Lanczos vector, twice ("twice is enough")
+        # full reorthogonalisation against u1 and every previous Lanczos vector; a second pass only when the
+        # first one removed most of w (Kahan-Parlett: "twice is enough", and once is when the norm stays)
+        norm_before = np.linalg.norm(w)
         for _ in range(2):
             w -= u1 * (u1 @ w)
             w -= (Q[:j + 1] @ w) @ Q[:j + 1]
-        beta[j] = np.linalg.norm(w)
+            beta[j] = np.linalg.norm(w)
+            if beta[j] > REORTH_KEEP * norm_before:
+                break
+            norm_before = beta[j]
         k = j + 1
         breakdown = not beta[j] > 1e-12 * max(1.0, abs(alpha[j]))
         if breakdown and k < n - 1:

@@ -80,7 +80,7 @@ def array_namespace(*arrays):
     Parameters
     ----------
     *arrays
-        Arrays (or nested lists / tuples of arrays are *not* searched: pass the arrays themselves).
+        The arrays themselves (containers are not searched: a list counts as one host input).
 
     Returns
     -------
