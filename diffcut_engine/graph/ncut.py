@@ -17,6 +17,7 @@ import numpy as np
 from ..errors import InputError
 from .affinity import affinity_from_tokens, as_token_matrix, l2_normalize
 from .eigen import fiedler_vector, validate_solver
+from .xp import is_device
 
 COMPAT_MODES = ("clean", "official")
 
@@ -291,11 +292,32 @@ def _validate_common(tau, compat, solver, num_thresholds, name="tau"):
         raise InputError(f"num_thresholds must be an integer >= 2, got {num_thresholds!r}")
 
 
-def _subgraph(W: np.ndarray, idx: np.ndarray, dtype) -> np.ndarray:
-    """W[idx][:, idx] in ``dtype``: two ``take`` passes (about twice as fast as ``np.ix_``), no copy for the root."""
-    if idx.size == W.shape[0]:  # the root: idx is arange(N)
-        return W.astype(dtype, copy=False)
-    return W.take(idx, axis=0).take(idx, axis=1).astype(dtype, copy=False)
+class _Workspace:
+    """One reusable buffer for the subgraph matrices of a run (the recursion needs one at a time).
+
+    Gathering each subgraph into fresh memory costs a page fault per 4 KiB page on first touch (tens of
+    milliseconds for a few thousand nodes); reusing one buffer pays that once.
+    """
+
+    def __init__(self):
+        self._buf = None
+
+    def subgraph(self, W: np.ndarray, idx: np.ndarray, dtype) -> np.ndarray:
+        """W[idx][:, idx] in ``dtype``, gathered in row blocks; W itself (no copy) for the root."""
+        n, m = W.shape[0], idx.size
+        if m == n:  # the root: idx is arange(N)
+            return W.astype(dtype, copy=False)
+        if self._buf is None or self._buf.dtype != dtype or self._buf.size < m * m:
+            self._buf = np.empty(m * m, dtype=dtype)
+        A = self._buf[:m * m].reshape(m, m)
+        step = max(1, _BLOCK_ELEMENTS // n)
+        for a in range(0, m, step):
+            rows = W.take(idx[a:a + step], axis=0)
+            if rows.dtype == A.dtype:
+                np.take(rows, idx, axis=1, out=A[a:a + step])
+            else:
+                A[a:a + step] = rows[:, idx]
+        return A
 
 
 def spectral_lower_bound(A: np.ndarray, d: np.ndarray) -> float:
@@ -357,6 +379,12 @@ def build_tree(W, *, tau_max: float, compat: str = "clean", solver: str = "auto"
         raise InputError(f"affinity must be a square (N, N) matrix, got shape {W.shape}")
     if not np.all(np.isfinite(W)):
         raise InputError("affinity contains NaN or infinite values")
+    return _build_tree(W, tau_max=tau_max, compat=compat, solver=solver, num_thresholds=num_thresholds,
+                       shape=shape, leaf_bounds=leaf_bounds)
+
+
+def _build_tree(W, *, tau_max, compat, solver, num_thresholds, shape, leaf_bounds) -> NCutTree:
+    """:func:`build_tree` on a validated affinity (finite, square)."""
     n = W.shape[0]
     official = compat == "official"
     # official: float32 throughout and a full syevd, as torch.linalg.eigh on the official float32 matrices.
@@ -367,6 +395,7 @@ def build_tree(W, *, tau_max: float, compat: str = "clean", solver: str = "auto"
     # The official code keeps, below the root, only nodes whose row of the masked W has no exact zero; painted
     # nodes are excluded by it and so are nodes with a zero anywhere in their original row (DIFFCUT.md 3.5).
     zero_row = (W == 0).any(axis=1) if official else None
+    workspace = _Workspace()
     root = NCutNode(np.arange(n), 0)
     stack = [(root, None)]  # (node, parent's Fiedler vector over node.indices, for warm starts)
     while stack:
@@ -378,7 +407,7 @@ def build_tree(W, *, tau_max: float, compat: str = "clean", solver: str = "auto"
             warm = None if warm is None else warm[keep]
         if idx.size < 2:
             continue
-        A = _subgraph(W, idx, solve_dtype)
+        A = workspace.subgraph(W, idx, solve_dtype)
         d = A.sum(axis=1)
         if not np.all(d > 0):  # an isolated node (all-zero row): no meaningful Laplacian
             continue
@@ -416,10 +445,16 @@ def recursive_ncut_affinity(W, *, tau: float = 0.5, compat: str = "clean", solve
 
 
 def _affinity_of(features, alpha, compat="clean"):
+    """Affinity of a feature grid, as the recursion consumes it: float32 for ``official`` (whose float32
+    semantics depend on it), else the same values widened to float64 in the same pass (the float64 solvers
+    then need no conversion of the root matrix)."""
     if not (isinstance(alpha, (int, float, np.floating, np.integer)) and alpha > 0):
         raise InputError(f"alpha must be a positive number, got {alpha!r}")
     tokens, grid = as_token_matrix(features)
-    return affinity_from_tokens(l2_normalize(tokens), float(alpha), exact_power=compat == "official"), grid
+    official = compat == "official"
+    W = affinity_from_tokens(l2_normalize(tokens), float(alpha), exact_power=official,
+                             dtype=np.float32 if official else np.float64)
+    return W, grid
 
 
 def ncut_tree(features, *, alpha: float = 10.0, tau_max: float = 1.0, compat: str = "clean",
@@ -434,10 +469,14 @@ def ncut_tree(features, *, alpha: float = 10.0, tau_max: float = 1.0, compat: st
     NCutTree
         ``cut(tau)`` gives (h, w) int32 labels.
     """
+    if is_device(features):  # CuPy array or CUDA tensor: built on the device (graph/device.py)
+        from .device import device_ncut_tree  # here: device.py imports this module
+        return device_ncut_tree(features, alpha=alpha, tau_max=tau_max, compat=compat, solver=solver,
+                                num_thresholds=num_thresholds)
     _validate_common(tau_max, compat, solver, num_thresholds, name="tau_max")
-    W, grid = _affinity_of(features, alpha, compat)
-    return build_tree(W, tau_max=tau_max, compat=compat, solver=solver, num_thresholds=num_thresholds,
-                      shape=grid)
+    W, grid = _affinity_of(features, alpha, compat)  # finite by construction (the features were checked)
+    return _build_tree(W, tau_max=tau_max, compat=compat, solver=solver, num_thresholds=num_thresholds,
+                       shape=grid, leaf_bounds=True)
 
 
 def recursive_ncut(features, *, alpha: float = 10.0, tau: float = 0.5, compat: str = "clean",
@@ -490,5 +529,9 @@ def recursive_ncut(features, *, alpha: float = 10.0, tau: float = 0.5, compat: s
        NeurIPS 2024, arXiv:2406.02842.
     .. [2] J. Shi and J. Malik, "Normalized Cuts and Image Segmentation", TPAMI 2000.
     """
+    if is_device(features):  # solved on the device; the cut's labels are the one read-back (numpy)
+        from .device import device_ncut_tree
+        return device_ncut_tree(features, alpha=alpha, tau_max=tau, compat=compat, solver=solver,
+                                num_thresholds=num_thresholds).cut(tau)
     return ncut_tree(features, alpha=alpha, tau_max=tau, compat=compat, solver=solver,
                      num_thresholds=num_thresholds).cut(tau)
