@@ -5,6 +5,9 @@
     python benchmarks/bench_graph.py --grids 32,64 --cases planted --repeats 5 --json graph.json
     python benchmarks/bench_graph.py --device cuda        # reference on the GPU (engine gets CuPy input if
                                                           # CuPy is installed; --engine-input numpy to keep host)
+    python benchmarks/bench_graph.py --engine-input cupy  # engine on the GPU, reference on the CPU
+    python benchmarks/bench_graph.py --device cuda --engine-input cuda-tensor   # both on the GPU; the engine gets
+                                                          # a CUDA torch tensor (Triton affinity, DLPack to CuPy)
 
 For every case it times, per image and from features to labels (affinity construction included on both sides):
 
@@ -13,6 +16,10 @@ For every case it times, per image and from features to labels (affinity constru
   cost structure with explicit index sets (the partitions the engine's ``compat="clean"`` promises);
 - the engine, ``diffcut_engine.graph.recursive_ncut(features, alpha=..., tau=...)``, once per solver named in
   ``diffcut_engine.graph.SOLVERS`` when the package has it (passed as ``solver=name``), else the default call.
+  With a device input (``--engine-input cupy``: a CuPy array; ``cuda-tensor``: a CUDA torch tensor) the engine
+  runs its device path (``graph/device.py``: affinity on the GPU, batched level-synchronous recursion), which
+  takes ``solver="auto"`` only, so that is the one timed unless ``--solvers`` says otherwise. The engine's time
+  then includes the host-to-device copy of the features and the read-back of the labels.
 
 Each time is the median of ``--repeats`` runs after one untimed warm-up of every function; the reference runs
 ``--reference-repeats`` times (default: ``--repeats``, but once on grids above 2048 nodes, where one run takes
@@ -173,8 +180,9 @@ class RealFeatures:
 # Timing and comparison
 # ------------------------------------------------------------------------------------------------------------
 
-def engine_solvers(requested) -> list:
-    """Solver names to time: ``graph.SOLVERS`` if the package has it (None = the default call otherwise)."""
+def engine_solvers(requested, device_input: bool = False) -> list:
+    """Solver names to time: ``graph.SOLVERS`` if the package has it (None = the default call otherwise); only
+    ``auto`` for a device input unless others are requested (the device path rejects named host solvers)."""
     available = getattr(graph, "SOLVERS", None)
     if available is None:
         if requested:
@@ -187,6 +195,8 @@ def engine_solvers(requested) -> list:
         if unknown:
             raise SystemExit(f"error: unknown solver(s) {unknown}; available: {names}")
         names = [s for s in names if s in requested]
+    elif device_input and "auto" in names:
+        names = ["auto"]
     return names
 
 
@@ -205,6 +215,10 @@ def make_engine_call(solver, engine_input: str):
 
         def call(feats, alpha, tau):
             labels = graph.recursive_ncut(cupy.asarray(feats), alpha=alpha, tau=tau, **kwargs)
+            return to_numpy(labels)
+    elif engine_input == "cuda-tensor":
+        def call(feats, alpha, tau):
+            labels = graph.recursive_ncut(torch.from_numpy(feats).cuda(), alpha=alpha, tau=tau, **kwargs)
             return to_numpy(labels)
     else:
         def call(feats, alpha, tau):
@@ -352,8 +366,9 @@ def main(argv=None) -> int:
     ap.add_argument("--alpha", type=float, default=10.0)
     ap.add_argument("--solvers", default=None, help="comma-separated subset of diffcut_engine.graph.SOLVERS")
     ap.add_argument("--device", default="cpu", help="torch device of the reference (cpu, cuda)")
-    ap.add_argument("--engine-input", choices=("auto", "numpy", "cupy"), default="auto",
-                    help="array type given to the engine (auto: cupy when --device is cuda and CuPy imports)")
+    ap.add_argument("--engine-input", choices=("auto", "numpy", "cupy", "cuda-tensor"), default="auto",
+                    help="array type given to the engine (auto: cupy when --device is cuda and CuPy imports; "
+                    "cupy / cuda-tensor: the engine's device path, whatever --device the reference uses)")
     ap.add_argument("--quick", action="store_true", help=f"smoke run: grids {QUICK_GRIDS}, 1 repeat")
     ap.add_argument("--json", help="write all results to this file")
     args = ap.parse_args(argv)
@@ -373,7 +388,11 @@ def main(argv=None) -> int:
             except ImportError:
                 pass
 
-    solvers = engine_solvers([s for s in (args.solvers or "").split(",") if s])
+    device_input = args.engine_input in ("cupy", "cuda-tensor")
+    if device_input and not graph.cupy_available():
+        raise SystemExit(f"error: --engine-input {args.engine_input} needs CuPy with a CUDA device "
+                         f"(pip install 'diffcut-engine[gpu]')")
+    solvers = engine_solvers([s for s in (args.solvers or "").split(",") if s], device_input)
     calls = {s: make_engine_call(s, args.engine_input) for s in solvers}
     env = environment(args, solvers)
     print(f"diffcut_engine {env['diffcut_engine']} ({env['commit'] or 'no git'}), torch {env['torch']}, "

@@ -30,3 +30,12 @@ tail -n 8 "$OUT/bench_affinity.txt" | tee -a "$OUT/summary.txt"
 step "graph stage (CPU side of the device machine, quick)"
 timeout 90 python3 benchmarks/bench_graph.py --quick --json "$OUT/bench_graph.json" > "$OUT/bench_graph.txt" 2>&1
 tail -n 12 "$OUT/bench_graph.txt" | tee -a "$OUT/summary.txt"
+
+step "graph stage on the device (CuPy input; reference on CUDA): features to labels"
+timeout 100 python3 benchmarks/bench_graph.py --grids 32,64 --cases planted,real --repeats 3 --device cuda \
+  --engine-input cupy --json "$OUT/bench_graph_device.json" > "$OUT/bench_graph_device.txt" 2>&1
+tail -n 10 "$OUT/bench_graph_device.txt" | tee -a "$OUT/summary.txt"
+# the same from CUDA torch tensors (Triton affinity handed to CuPy through DLPack); appended: few files come back
+timeout 50 python3 benchmarks/bench_graph.py --grids 32,64 --cases planted --repeats 3 --device cuda \
+  --engine-input cuda-tensor >> "$OUT/bench_graph_device.txt" 2>&1
+tail -n 4 "$OUT/bench_graph_device.txt" | tee -a "$OUT/summary.txt"

@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 from . import __version__
-from .config import BACKBONES, COMPAT_MODES, DEFAULT_MODEL, DTYPES, RESIZE_MODES, EngineConfig
+from .config import BACKBONES, COMPAT_MODES, DEFAULT_MODEL, DTYPES, GRAPH_DEVICES, RESIZE_MODES, EngineConfig
 from .errors import DiffCutError, InputError
 
 EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE = 0, 1, 2
@@ -99,6 +99,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="resize: squash the whole image (default); center_crop: the evaluation protocol")
     g.add_argument("--compat", choices=COMPAT_MODES, default="clean",
                    help="official: also reproduce the official code's zero-row quirk")
+    g.add_argument("--graph-device", choices=GRAPH_DEVICES, default="auto",
+                   help="where the NCut runs: device (CuPy on the GPU, a whole batch at once; needs "
+                   "pip install 'diffcut-engine[gpu]' and --compat clean), host (numpy), or auto (default: device "
+                   "when the features are on CUDA and CuPy is available)")
     g.add_argument("--no-refine", dest="refine", action="store_false", help="skip PAMR and the median filter")
     g.add_argument("--pamr-iters", type=int, default=10, help="PAMR iterations (default 10)")
     g.add_argument("--pamr-dilations", type=_int_list, default=(1, 2, 4, 8), help="default 1,2,4,8")
@@ -126,7 +130,8 @@ def _config_from_args(args) -> EngineConfig:
                         resize_mode=args.resize_mode, timestep=args.timestep, seed=args.seed, alpha=args.alpha,
                         tau=args.tau, compat=args.compat, refine=args.refine, pamr_iters=args.pamr_iters,
                         pamr_dilations=args.pamr_dilations, output_size=args.output_size, device=args.device,
-                        dtype=args.dtype, batch_size=args.batch_size, local_files_only=args.local_files_only)
+                        dtype=args.dtype, batch_size=args.batch_size, local_files_only=args.local_files_only,
+                        graph_device=args.graph_device)
 
 
 def _unique_stem(path_or_name: str, used: set) -> str:

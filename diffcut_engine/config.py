@@ -27,6 +27,7 @@ RESIZE_MODES = ("resize", "center_crop")
 COMPAT_MODES = ("clean", "official")
 DTYPES = ("auto", "fp32", "fp16", "bf16")
 DEVICES = ("auto", "cpu", "cuda")
+GRAPH_DEVICES = ("auto", "host", "device")
 
 #: tau presets by feature family: the paper's value for SDXL-type UNets, the author's value for SD 1.x (issue #5 of
 #: the official repository), and our own for the offline backbone (chosen on scikit-image photos, see encoders/lite.py).
@@ -119,6 +120,11 @@ class EngineConfig:
         Precision of the UNet / backbone. ``auto``: fp16 on CUDA, fp32 on CPU. The VAE always encodes in fp32.
     batch_size : int
         Images per encoder call.
+    graph_device : {"auto", "host", "device"}
+        Where the recursive NCut runs. ``host``: numpy, one image at a time. ``device``: CuPy on the CUDA device,
+        the trees of a whole batch built in one batched call (``compat="clean"`` only; needs the ``[gpu]`` extra,
+        CPU features are copied to the device). ``auto``: ``device`` when the features are on CUDA, CuPy sees a
+        device and ``compat="clean"``, else ``host``.
     """
 
     model: str = DEFAULT_MODEL
@@ -139,6 +145,7 @@ class EngineConfig:
     dtype: str = "auto"
     batch_size: int = 4
     local_files_only: bool = False
+    graph_device: str = "auto"
 
     def __post_init__(self):
         set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731  (frozen dataclass)
@@ -179,6 +186,11 @@ class EngineConfig:
             raise InputError(f"unknown dtype {self.dtype!r}; choose one of {', '.join(DTYPES)}")
         if not (isinstance(self.batch_size, int) and self.batch_size >= 1):
             raise InputError(f"batch_size must be a positive integer, got {self.batch_size!r}")
+        if self.graph_device not in GRAPH_DEVICES:
+            raise InputError(f"unknown graph_device {self.graph_device!r}; choose one of {', '.join(GRAPH_DEVICES)}")
+        if self.graph_device == "device" and self.compat != "clean":
+            raise InputError(f"graph_device='device' needs compat='clean' (compat={self.compat!r} runs on the "
+                             f"host only)")
 
     @property
     def grid_size(self) -> Size:

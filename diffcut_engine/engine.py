@@ -41,7 +41,9 @@ class Segmentation:
         K, the number of NCut leaves.
     timings : dict
         Seconds per stage: ``load``, ``preprocess``, ``encode`` (this image's share of its batch), ``graph``,
-        ``assign``, ``refine``, ``total``.
+        ``assign``, ``refine``, ``total``. When the graph stage runs on the device (``graph_device``), the trees of
+        a whole batch are built in one call: ``graph`` is then that call's time divided evenly between the
+        batch's images, plus this image's own cut.
     name : str
         Source file name or a description of the input.
     image_size : tuple of int
@@ -239,10 +241,13 @@ class Engine:
             t0 = time.perf_counter()
             features = self._encode(torch.stack([p[2] for p in prepared]))
             share = (time.perf_counter() - t0) / len(prepared)
-            for (index, image, _, view, box, timings), feats in zip(prepared, features):
+            # 4. On the device, the NCut trees of the whole batch are built together (None: per image, on the host).
+            trees, graph_share = self._device_trees(features, options["tree_tau"] or options["tau"])
+            for k, ((index, image, _, view, box, timings), feats) in enumerate(zip(prepared, features)):
                 timings["encode"] = share
                 seg = self._segment_features(feats, view, options["tau"], options["tree_tau"], timings,
-                                             keep_features=options["features"])
+                                             keep_features=options["features"],
+                                             tree=trees[k] if trees else None, graph_seconds=graph_share)
                 seg.name, seg.image_size, seg.crop_box = image.name, image.size, box
                 out[index] = SegmentResult(index, image.name, segmentation=seg,
                                            image=view if options["image"] else None)
@@ -252,15 +257,49 @@ class Engine:
         with torch.inference_mode():
             return self.encoder.encode(batch.to(self.encoder.device))
 
-    def _segment_features(self, feats: torch.Tensor, view: torch.Tensor, tau: float, tree_tau: Optional[float],
-                          timings: dict, *, keep_features: bool = False) -> Segmentation:
+    def _graph_namespace(self, features: torch.Tensor):
+        """Where step 4 runs for a batch: ``None`` for the host (numpy, image by image), else the array module of
+        the batched device path (CuPy). See ``EngineConfig.graph_device``.
+
+        Raises
+        ------
+        BackendUnavailableError
+            For ``graph_device="device"`` without CuPy and a CUDA device (the message names the extra).
+        """
         cfg = self.config
-        # 4. Recursive Normalized Cut on the feature grid (on the host: one copy, also kept if asked for).
+        if cfg.graph_device == "host":
+            return None
+        if cfg.graph_device == "auto" and not (features.is_cuda and cfg.compat == "clean"
+                                               and graph.cupy_available()):
+            return None
+        return graph.device_namespace()
+
+    def _device_trees(self, features: torch.Tensor, tau_max: float):
+        """The NCut trees of a whole batch, built in one call on the device, and each image's even share of its
+        time; ``(None, 0.0)`` when the graph stage runs on the host."""
+        xp = self._graph_namespace(features)
+        if xp is None:
+            return None, 0.0
         t0 = time.perf_counter()
-        host_feats = feats.float().cpu().numpy()
-        tree = graph.ncut_tree(host_feats, alpha=cfg.alpha, tau_max=tree_tau or tau, compat=cfg.compat)
+        # the trees' last level transfer has finished every device computation: the wall time is complete
+        trees = graph.device_ncut_trees(list(features.float()), alpha=self.config.alpha, tau_max=tau_max, xp=xp)
+        return trees, (time.perf_counter() - t0) / len(trees)
+
+    def _segment_features(self, feats: torch.Tensor, view: torch.Tensor, tau: float, tree_tau: Optional[float],
+                          timings: dict, *, keep_features: bool = False, tree=None,
+                          graph_seconds: float = 0.0) -> Segmentation:
+        cfg = self.config
+        # 4. Recursive Normalized Cut on the feature grid: on the host (one copy, also kept if asked for), unless
+        #    ``tree`` was built on the device for the whole batch (``graph_seconds``: this image's share of it).
+        t0 = time.perf_counter()
+        host_feats = None
+        if tree is None:
+            host_feats = feats.float().cpu().numpy()
+            tree = graph.ncut_tree(host_feats, alpha=cfg.alpha, tau_max=tree_tau or tau, compat=cfg.compat)
         grid_labels = tree.cut(tau)
-        timings["graph"] = time.perf_counter() - t0
+        timings["graph"] = graph_seconds + time.perf_counter() - t0
+        if keep_features and host_feats is None:
+            host_feats = feats.float().cpu().numpy()
         seg = self._pixel_labels(feats, grid_labels, view, timings)
         seg.tau, seg.tree = tau, tree if tree_tau is not None else None
         seg.features = host_feats if keep_features else None

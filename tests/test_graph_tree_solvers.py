@@ -13,7 +13,7 @@ from diffcut_engine.graph import (
 )
 from diffcut_engine.graph import eigen
 
-from planted import planted_features, planted_regions
+from planted import planted_features, planted_regions, same_partition
 from test_graph import smooth_field
 
 
@@ -243,3 +243,18 @@ def test_integer_power_by_squaring_matches_np_power(alpha):
     assert fast.dtype == exact.dtype == np.float32
     np.testing.assert_allclose(fast, exact, rtol=8 * alpha * np.finfo(np.float32).eps, atol=1e-37)
     assert not np.array_equal(tokens, 0)
+
+
+@pytest.mark.parametrize("solver", ["dense", "lanczos", "lobpcg", "auto", "full"])
+def test_duplicate_features_give_the_planted_partition(solver):
+    # every token of a region is the same vector (exact duplicates); region 1 lies between regions 0 and 2, so the
+    # graph stays connected (only the 0-2 pair is at the global minimum similarity)
+    regions = planted_regions(12, 15, "quadrants") % 3
+    angle = np.array([0.0, 0.6, 1.2])
+    centres = np.stack([np.cos(angle), np.sin(angle), np.zeros(3)], axis=1).astype(np.float32)
+    feats = centres[regions]
+    labels = recursive_ncut(feats, tau=0.5, solver=solver)
+    assert labels.max() + 1 == 3
+    assert same_partition(labels, regions)
+    tree = ncut_tree(feats, tau_max=0.5, solver=solver)
+    assert same_partition(tree.cut(0.5), regions)

@@ -2,6 +2,7 @@
 
 from .affinity import affinity, affinity_from_tokens, l2_normalize
 from .batched import build_trees_batched
+from .device import device_affinity, device_namespace, device_ncut_trees
 from .eigen import SOLVERS, fiedler_vector
 from .ncut import (
     NUM_THRESHOLDS,
@@ -40,6 +41,9 @@ __all__ = [
     "recursive_ncut",
     "recursive_ncut_affinity",
     "build_trees_batched",
+    "device_affinity",
+    "device_namespace",
+    "device_ncut_trees",
     "array_namespace",
     "as_array",
     "cupy_available",

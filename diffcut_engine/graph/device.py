@@ -1,0 +1,314 @@
+"""Graph stage on a CUDA device: affinity and recursive NCut of feature grids that already live on the GPU.
+
+When the encoder runs on CUDA its features are already on the device; copying them to the host only to build a
+1024 x 1024 affinity and solve ~20 eigenproblems there wastes the GPU. :func:`device_ncut_trees` keeps everything
+on the device up to the trees' split decisions:
+
+1. validate every (h, w, C) grid (shape and dtype on the host, for free; NaN / infinite tokens counted on the
+   device and read back in **one** small transfer for the whole batch);
+2. build each affinity on the device: a CUDA torch tensor goes through the fused Triton kernel
+   (``diffcut_engine.kernels.affinity.fused_affinity``) when Triton can run, and its output is handed to CuPy
+   without a copy (DLPack); otherwise (CuPy arrays, or no Triton) :func:`device_affinity` computes it with CuPy
+   (normalise, Gram, global min/max, in-place scale and binary powering, as the host's
+   :func:`~diffcut_engine.graph.affinity.affinity_from_tokens`);
+3. one :func:`~diffcut_engine.graph.batched.build_trees_batched` call for all images: the recursion runs level by
+   level with stacked eigensolves, one device-to-host copy per level.
+
+The trees are those of the host's ``compat="clean"`` recursion (same nodes, values equal to rounding; see
+:mod:`diffcut_engine.graph.batched` for where a rounding tie can differ), and ``tree.cut(tau)`` returns numpy labels:
+the final read-back. ``compat="official"`` reproduces float32 torch arithmetic and a zero-row quirk of the official
+code, and the named solvers (``dense``, ``lanczos``, ...) are host solvers: both need host features.
+
+Everything here also runs on numpy (``xp=numpy``), which is how the CPU test suite checks this code path.
+"""
+
+from __future__ import annotations
+
+import logging
+from contextlib import nullcontext
+from typing import List, Sequence
+
+import numpy as np
+
+from ..errors import BackendUnavailableError, InputError
+from .affinity import _MAX_SQUARING_EXPONENT, _NORM_EPS
+from .batched import _validate as _validate_tree_options
+from .batched import build_trees_batched
+from .eigen import validate_solver
+from .ncut import NUM_THRESHOLDS, NCutTree, validate_compat
+from .xp import _is_torch_tensor, _torch_on_cuda, array_namespace, as_array, cupy_available, to_host
+
+__all__ = ["device_affinity", "device_ncut_trees", "device_ncut_tree", "device_namespace", "check_device_options"]
+
+logger = logging.getLogger(__name__)
+
+#: How to get the device graph stage.
+GPU_INSTALL_HINT = "pip install 'diffcut-engine[gpu]'"
+_TO_HOST_HINT = "move the features to the host first (cupy.asnumpy(x) or tensor.cpu())"
+
+
+def device_namespace():
+    """The CuPy module, for running the graph stage on the current CUDA device.
+
+    Returns
+    -------
+    module
+        ``cupy``.
+
+    Raises
+    ------
+    BackendUnavailableError
+        If CuPy is not installed, fails to import, or sees no CUDA device; the message names the extra to install.
+    """
+    if not cupy_available():
+        raise BackendUnavailableError(f"the device graph stage needs CuPy and a CUDA device, which are not "
+                                      f"available here; install it with: {GPU_INSTALL_HINT} (or run the graph "
+                                      f"stage on the host: graph_device='host')")
+    import cupy
+
+    return cupy
+
+
+def check_device_options(compat: str = "clean", solver: str = "auto") -> None:
+    """Reject the options that only the host recursion has, for features that live on a device.
+
+    Raises
+    ------
+    InputError
+        On an unknown ``compat`` or ``solver``, on ``compat="official"``, or on a solver other than ``"auto"``.
+    """
+    validate_compat(compat)
+    validate_solver(solver)
+    if compat != "clean":
+        raise InputError(f"compat={compat!r} runs on the host only (it reproduces the official code's float32 "
+                         f"torch arithmetic); got device (CuPy / CUDA) features: {_TO_HOST_HINT}, or use "
+                         f"compat='clean'")
+    if solver != "auto":
+        raise InputError(f"solver={solver!r} is a host eigensolver; device (CuPy / CUDA) features are solved with "
+                         f"the batched device eigensolver: use solver='auto', or {_TO_HOST_HINT}")
+
+
+def _check_alpha(alpha) -> float:
+    if isinstance(alpha, bool) or not (isinstance(alpha, (int, float, np.integer, np.floating))
+                                       and 0 < alpha < np.inf):
+        raise InputError(f"alpha must be a positive number, got {alpha!r}")
+    return float(alpha)
+
+
+def _power_inplace(s, k: int):
+    """s ** k for a positive integer k by binary powering, ``s`` destroyed: the host's
+    ``affinity._power_inplace`` (same multiplications in the same order, so the same float32 values) written with
+    in-place operators only, so that it runs on numpy and CuPy arrays alike."""
+    result = None
+    while True:
+        if k & 1:
+            if result is None:
+                result = s.copy()
+            else:
+                result *= s
+        k >>= 1
+        if not k:
+            return result
+        s *= s
+
+
+def _affinity(xp, tokens, alpha: float):
+    """W of (N, C) float32 tokens in namespace ``xp``, without validation and without a host synchronisation."""
+    norms = xp.sqrt(xp.einsum("ij,ij->i", tokens, tokens))
+    s = tokens / xp.maximum(norms, _NORM_EPS)[:, None]  # as l2_normalize: a zero token stays zero
+    s = xp.matmul(s, s.T)
+    lo, hi = s.min(), s.max()
+    spread = hi > lo  # a 0-d array: deciding the degenerate case below needs no host round trip
+    s -= lo
+    s /= xp.where(spread, hi - lo, xp.ones_like(hi))
+    if float(alpha).is_integer() and 1 <= alpha <= _MAX_SQUARING_EXPONENT:
+        s = _power_inplace(s, int(alpha))
+    else:
+        xp.power(s, xp.float32(alpha), out=s)
+    # constant similarities (max S == min S): s is all zeros here, and every entry must be 1 as on the host;
+    # otherwise this adds exactly 0
+    s += ~spread
+    return s
+
+
+def device_affinity(tokens, alpha: float = 10.0, *, check_finite: bool = True):
+    """DiffCut affinity of tokens in their own namespace (CuPy on a CUDA device, or numpy).
+
+    The same arithmetic as :func:`~diffcut_engine.graph.affinity.affinity_from_tokens` after
+    :func:`~diffcut_engine.graph.affinity.l2_normalize`, in float32: rows normalised to unit L2 norm (eps 1e-12,
+    zero rows stay zero), S = X X^T, W = ((S - min S) / (max S - min S)) ** alpha with the global min and max, in
+    place, the power by binary powering for integer ``alpha`` up to 64; all ones if every similarity is equal.
+
+    Parameters
+    ----------
+    tokens : array
+        (N, C) real tokens, not necessarily normalised: a CuPy or numpy array, or a torch tensor (CUDA tensors
+        are viewed as CuPy arrays without a copy, CPU tensors as numpy arrays).
+    alpha : float, default 10
+        Positive exponent.
+    check_finite : bool, default True
+        Reject NaN and infinite tokens (one small device-to-host copy on a device).
+
+    Returns
+    -------
+    array
+        (N, N) float32 in the namespace of ``tokens``, symmetric to rounding, entries in [0, 1].
+
+    Raises
+    ------
+    InputError
+        On a wrong shape or dtype, non-finite tokens, a non-positive alpha, or a CUDA tensor without CuPy.
+    """
+    alpha = _check_alpha(alpha)
+    x = as_array(tokens)
+    xp = array_namespace(x)
+    if x.ndim != 2 or 0 in x.shape:
+        raise InputError(f"tokens must be a non-empty (N, C) array, got shape {tuple(x.shape)}")
+    if x.dtype.kind not in "iuf":
+        raise InputError(f"tokens must be a real numeric array, got dtype {x.dtype}")
+    x = x.astype(xp.float32, copy=False)
+    if check_finite:
+        bad = int(to_host((~xp.isfinite(x)).any(axis=1).sum()))
+        if bad:
+            raise InputError(f"tokens contain NaN or infinite values ({bad} of {x.shape[0]} tokens)")
+    return _affinity(xp, x, alpha)
+
+
+def _resolve(features_list: list, xp):
+    """(namespace, arrays in it): the inputs' own namespace, or moved to the one forced by ``xp``."""
+    if xp is None:
+        arrays = [as_array(f) for f in features_list]
+        return array_namespace(*arrays), arrays
+    name = getattr(xp, "__name__", None)
+    if name == "numpy":
+        return np, [to_host(f) for f in features_list]
+    if name == "cupy":
+        return xp, [xp.asarray(as_array(f)) for f in features_list]
+    raise InputError(f"xp must be the numpy or the cupy module, got {xp!r}")
+
+
+def _token_matrices(xp, arrays: list) -> tuple:
+    """Validate each (h, w, C) grid and flatten it to (h*w, C) float32 tokens; NaN / inf found in one transfer."""
+    names = ["features"] if len(arrays) == 1 else [f"features {i}" for i in range(len(arrays))]
+    tokens, grids = [], []
+    for name, x in zip(names, arrays):
+        if x.ndim != 3:
+            raise InputError(f"{name} must be an (h, w, C) array, got shape {tuple(x.shape)}")
+        h, w, c = (int(v) for v in x.shape)
+        if h * w == 0 or c == 0:
+            raise InputError(f"{name} must not be empty, got shape {tuple(x.shape)}")
+        if x.dtype.kind not in "iuf":
+            raise InputError(f"{name} must be a real numeric array, got dtype {x.dtype}")
+        tokens.append(x.reshape(h * w, c).astype(xp.float32, copy=False))
+        grids.append((h, w))
+    bad = to_host(xp.stack([(~xp.isfinite(t)).any(axis=1).sum() for t in tokens]))  # the one transfer
+    for name, t, count in zip(names, tokens, bad.tolist()):
+        if count:
+            raise InputError(f"{name} contain NaN or infinite values ({count} of {t.shape[0]} tokens)")
+    return tokens, grids
+
+
+def _fused_affinity_module():
+    """``diffcut_engine.kernels.affinity`` when its Triton kernels are compiled for CUDA here, else None.
+
+    Called only for torch tensors, so importing that (torch-importing) module costs nothing new.
+    """
+    try:
+        from ..kernels import affinity as kaff
+    except Exception as exc:  # pragma: no cover - a broken torch / Triton install: the CuPy path still works
+        logger.debug("device affinity: Triton kernel module unavailable (%s); using CuPy", exc)
+        return None
+    if kaff.tl is None or kaff.triton_interpreted():
+        return None
+    return kaff
+
+
+def _triton_affinity(tensor, alpha: float):
+    """The fused Triton affinity of a CUDA (h, w, C) tensor as a CuPy array (no copy), or None if it cannot run."""
+    if not tensor.is_floating_point():  # the kernel reads floats; CuPy converts integer grids
+        return None
+    kaff = _fused_affinity_module()
+    if kaff is None:
+        return None
+    h, w, c = tensor.shape
+    try:
+        W, _ = kaff.fused_affinity(tensor.reshape(h * w, c), alpha, check_finite=False)
+    except BackendUnavailableError as exc:  # e.g. Triton older than 3.0
+        logger.debug("device affinity: %s; using CuPy", exc)
+        return None
+    return as_array(W)  # DLPack: CuPy view of the kernel's output, same device memory
+
+
+def device_ncut_trees(features_list: Sequence, *, alpha: float = 10.0, tau_max: float = 1.0,
+                      num_thresholds: int = NUM_THRESHOLDS, xp=None) -> List[NCutTree]:
+    """Recursive-NCut trees of several feature grids at once, built on the device that holds them.
+
+    Equivalent, image by image, to ``ncut_tree(features, alpha=alpha, tau_max=tau_max)`` (``compat="clean"``) on
+    the host: same splits, values equal to rounding (a node within rounding of a threshold may fall on the other
+    side, as between two host solvers). All affinities are built on the device and all trees come from **one**
+    :func:`~diffcut_engine.graph.batched.build_trees_batched` call, so sibling subgraphs of every image share the
+    stacked eigensolves of each recursion level.
+
+    Parameters
+    ----------
+    features_list : sequence of array
+        (h_i, w_i, C_i) real feature grids, not necessarily normalised; grid sizes may differ. CuPy arrays,
+        CUDA torch tensors (read without a copy; their affinity comes from the fused Triton kernel when Triton can
+        run, else from CuPy), or, for ``xp=numpy`` or host inputs, numpy arrays and CPU tensors.
+    alpha : float, default 10
+        Affinity exponent.
+    tau_max : float, default 1
+        Largest tau the trees will be cut at.
+    num_thresholds : int, default 100
+        Candidate thresholds per split.
+    xp : module, optional
+        ``numpy`` or ``cupy`` to force the namespace (inputs are moved there); default: the inputs' own.
+
+    Returns
+    -------
+    list of NCutTree
+        One per grid, in input order, ``shape == (h_i, w_i)``, ``compat == "clean"``; ``tree.cut(tau)`` gives
+        numpy int32 labels.
+
+    Raises
+    ------
+    InputError
+        On a grid that is not 3-D, is empty, not real, or holds NaN or infinite values (named by its position);
+        mixed host and device inputs; a CUDA tensor without CuPy; a non-positive alpha or tau_max;
+        ``num_thresholds < 2``.
+    """
+    # 1. Check inputs (one transfer of per-image counts of non-finite tokens)
+    alpha = _check_alpha(alpha)
+    _validate_tree_options(tau_max, num_thresholds)
+    features_list = list(features_list)
+    if not features_list:
+        return []
+    xp, arrays = _resolve(features_list, xp)
+    # CuPy computes on its current device: make that the one holding the features (e.g. cuda:1)
+    with nullcontext() if xp is np else arrays[0].device:
+        tokens, grids = _token_matrices(xp, arrays)
+
+        # 2. Affinities on the device: the Triton kernel for CUDA tensors where it runs, else the xp code
+        Ws = []
+        for f, t in zip(features_list, tokens):
+            torch_cuda = _is_torch_tensor(f) and _torch_on_cuda(f)
+            W = _triton_affinity(f, alpha) if torch_cuda and xp is not np else None
+            Ws.append(_affinity(xp, t, alpha) if W is None else W)
+
+        # 3. All trees in one level-synchronous batched recursion
+        return build_trees_batched(Ws, tau_max=tau_max, num_thresholds=num_thresholds, shapes=grids, xp=xp)
+
+
+def device_ncut_tree(features, *, alpha: float = 10.0, tau_max: float = 1.0, compat: str = "clean",
+                     solver: str = "auto", num_thresholds: int = NUM_THRESHOLDS) -> NCutTree:
+    """:func:`~diffcut_engine.graph.ncut.ncut_tree` for one grid on a device: what ``ncut_tree`` and
+    ``recursive_ncut`` call for CuPy arrays and CUDA tensors.
+
+    Raises
+    ------
+    InputError
+        As :func:`device_ncut_trees`, and for ``compat="official"`` or a named host solver (see
+        :func:`check_device_options`).
+    """
+    check_device_options(compat, solver)
+    return device_ncut_trees([features], alpha=alpha, tau_max=tau_max, num_thresholds=num_thresholds)[0]
