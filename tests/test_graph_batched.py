@@ -391,3 +391,20 @@ def test_gpu_cuda_tensor_is_viewed_without_copy():
     W = planted_W(8, 8, "quadrants", 1)
     got, = build_trees_batched([torch.from_numpy(W).cuda()], tau_max=0.5)
     assert_same_tree(host_tree(W, 0.5), got)
+
+
+@pytest.mark.parametrize("limit", [40, 100])
+def test_iterative_solver_for_large_buckets_gives_the_dense_trees(monkeypatch, limit):
+    import diffcut_engine.graph.batched as batched_mod
+
+    feats = planted_features(planted_regions(14, 16, "quadrants"), seed=5)
+    W = affinity(feats)
+    dense = build_trees_batched([W], tau_max=0.5)[0]
+    monkeypatch.setattr(batched_mod, "DENSE_MAX_NODES", limit)
+    calls = []
+    real_eigsh = batched_mod._eigsh(np)
+    monkeypatch.setattr(batched_mod, "_eigsh", lambda xp: lambda *a, **k: calls.append(1) or real_eigsh(*a, **k))
+    iterative = build_trees_batched([W], tau_max=0.5)[0]
+    assert calls, "no subgraph took the iterative path"
+    np.testing.assert_array_equal(iterative.cut(0.5), dense.cut(0.5))
+    np.testing.assert_allclose(iterative.split_values(), dense.split_values(), rtol=1e-9)

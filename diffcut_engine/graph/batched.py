@@ -13,7 +13,9 @@ depth can be solved together. At each depth, every pending subgraph of every ima
    size ``n_max`` of its bucket (see below);
 2. form ``M = D^-1/2 A D^-1/2`` with the padding block set to ``PAD_EIGENVALUE * I`` and solve the whole bucket with
    one stacked ``xp.linalg.eigh`` call (numpy loops LAPACK ``syevd`` in C; ``cupy.linalg.eigh`` calls cuSOLVER's
-   batched Jacobi solver ``syevjBatched``); the Fiedler vector is column ``-2`` (second-largest eigenvalue);
+   batched Jacobi solver ``syevjBatched``); the Fiedler vector is column ``-2`` (second-largest eigenvalue).
+   Buckets of subgraphs above ``DENSE_MAX_NODES`` nodes (the root of a 64x64 grid, say) are solved one by one by
+   Lanczos instead (``eigsh`` with the trivial eigenvector deflated; see :func:`_fiedler_iterative`);
 3. score all ``num_thresholds`` candidate splits of all subgraphs with one-hot matrix products (below) and take the
    first minimum, all without leaving the device;
 4. copy the best value and the side mask of each subgraph to the host in **one** transfer for the whole level
@@ -84,6 +86,9 @@ __all__ = ["build_trees_batched", "PAD_EIGENVALUE", "SMALL_BUCKET"]
 PAD_EIGENVALUE = -2.0
 #: Subgraphs of at most this many nodes share one bucket; larger ones are bucketed by ``ceil(log2 n)``.
 SMALL_BUCKET = 32
+#: Subgraphs above this size get an iterative solve each (``eigsh`` on the deflated M) instead of the stacked
+#: dense ``eigh``, whose O(n^3) cost dominates from a few thousand nodes up (PERFORMANCE.md: measure on the device).
+DENSE_MAX_NODES = 2048
 #: Bytes of the float64 best value at the start of each packed row of the per-level transfer.
 _VALUE_BYTES = 8
 
@@ -159,8 +164,12 @@ def _solve_bucket(xp, stack, img, rows, mask, num_thresholds: int, sanitize: boo
     M = (dis[:, :, None] * A) * dis[:, None, :]
     diag = xp.arange(n)
     M[:, diag, diag] += xp.where(real, 0.0, PAD_EIGENVALUE)
-    _, vecs = xp.linalg.eigh(M)
-    y = dis * vecs[:, :, -2]  # y = D^-1/2 u2; zero on the padding
+    if n > DENSE_MAX_NODES:
+        u2 = _fiedler_iterative(xp, M, d, real)
+    else:
+        _, vecs = xp.linalg.eigh(M)
+        u2 = vecs[:, :, -2]
+    y = dis * u2  # y = D^-1/2 u2; zero on the padding
     big = xp.argmax(xp.abs(y), axis=1)
     y = xp.where(xp.take_along_axis(y, big[:, None], axis=1) < 0, -y, y)
 
@@ -187,6 +196,33 @@ def _solve_bucket(xp, stack, img, rows, mask, num_thresholds: int, sanitize: boo
     value = xp.ascontiguousarray(xp.take_along_axis(values, best, axis=1)[:, 0])
     side = (y > xp.take_along_axis(thr, best, axis=1)) & real
     return xp.concatenate([value.view(xp.uint8).reshape(b, _VALUE_BYTES), side.astype(xp.uint8)], axis=1)
+
+
+def _eigsh(xp):
+    if xp is np:
+        from scipy.sparse.linalg import eigsh
+    else:
+        from cupyx.scipy.sparse.linalg import eigsh
+    return eigsh
+
+
+def _fiedler_iterative(xp, M, d, real):
+    """Second eigenvectors of a bucket of large padded subgraphs, one Lanczos solve (``eigsh``) each.
+
+    For every subgraph, the trivial eigenvector ``u1 = sqrt(d) / ||sqrt(d)||`` (eigenvalue 1) is deflated from
+    ``M`` (``M - u1 u1^T``), so the largest eigenpair of what remains is the Fiedler pair; ``eigsh(..., k=1,
+    which="LA", tol=0)`` (ARPACK on the host, CuPy's thick-restart Lanczos on the device) computes it to machine
+    precision. The padding block (eigenvalue ``PAD_EIGENVALUE``) stays out of the way as in the dense path.
+    """
+    eigsh = _eigsh(xp)
+    out = xp.zeros(M.shape[:2], dtype=M.dtype)
+    for i in range(M.shape[0]):
+        u1 = xp.where(real[i], xp.sqrt(xp.where(real[i], d[i], 0.0)), 0.0)
+        u1 = u1 / xp.linalg.norm(u1)
+        deflated = M[i] - u1[:, None] * u1[None, :]
+        _, vec = eigsh(deflated, k=1, which="LA", tol=0)
+        out[i] = vec[:, 0]
+    return out
 
 
 def _stack_affinities(xp, Ws: list, sizes: List[int]):
