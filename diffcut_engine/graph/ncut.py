@@ -292,6 +292,16 @@ def _validate_common(tau, compat, solver, num_thresholds, name="tau"):
         raise InputError(f"num_thresholds must be an integer >= 2, got {num_thresholds!r}")
 
 
+def _take_square(A: np.ndarray, loc: np.ndarray) -> np.ndarray:
+    """A[loc][:, loc] as a new array, gathered in row blocks (no full-height temporary)."""
+    m = loc.size
+    out = np.empty((m, m), dtype=A.dtype)
+    step = max(1, _BLOCK_ELEMENTS // A.shape[0])
+    for a in range(0, m, step):
+        np.take(A.take(loc[a:a + step], axis=0), loc, axis=1, out=out[a:a + step])
+    return out
+
+
 class _Workspace:
     """One reusable buffer for the subgraph matrices of a run (the recursion needs one at a time).
 
@@ -397,9 +407,10 @@ def _build_tree(W, *, tau_max, compat, solver, num_thresholds, shape, leaf_bound
     zero_row = (W == 0).any(axis=1) if official else None
     workspace = _Workspace()
     root = NCutNode(np.arange(n), 0)
-    stack = [(root, None)]  # (node, parent's Fiedler vector over node.indices, for warm starts)
+    # (node, parent's Fiedler vector over node.indices for warm starts, the node's affinity when already gathered)
+    stack = [(root, None, None)]
     while stack:
-        node, warm = stack.pop()
+        node, warm, A = stack.pop()
         idx = node.indices
         if zero_row is not None and node.depth > 0:
             keep = ~zero_row[idx]
@@ -407,11 +418,12 @@ def _build_tree(W, *, tau_max, compat, solver, num_thresholds, shape, leaf_bound
             warm = None if warm is None else warm[keep]
         if idx.size < 2:
             continue
-        A = workspace.subgraph(W, idx, solve_dtype)
+        if A is None:
+            A = workspace.subgraph(W, idx, solve_dtype)
         d = A.sum(axis=1)
         if not np.all(d > 0):  # an isolated node (all-zero row): no meaningful Laplacian
             continue
-        if leaf_bounds and not official:
+        if leaf_bounds and not official and node.depth > 0:  # (the root is a leaf only for near-uniform images)
             bound = spectral_lower_bound(A, d)
             if bound >= tau_max + LEAF_BOUND_MARGIN:
                 node.value, node.exact = bound, False
@@ -421,9 +433,15 @@ def _build_tree(W, *, tau_max, compat, solver, num_thresholds, shape, leaf_bound
         if node.value < tau_max:
             node.one = NCutNode(idx[side], node.depth + 1)
             node.zero = NCutNode(idx[~side], node.depth + 1)
+            # clean: the children's affinities come from this node's (m wide rows instead of N) while it is at
+            # hand; official: gathered from W later, after its zero-row filter
+            A_one = A_zero = None
+            if zero_row is None:
+                A_one, A_zero = _take_square(A, np.flatnonzero(side)), _take_square(A, np.flatnonzero(~side))
             # LIFO: the "1"-side subtree is finished before the "0"-side, as the official pre-order recursion.
-            stack.append((node.zero, y[~side]))
-            stack.append((node.one, y[side]))
+            stack.append((node.zero, y[~side], A_zero))
+            stack.append((node.one, y[side], A_one))
+        A = None
     return NCutTree(root, shape or (n,), tau_max, compat)
 
 
