@@ -30,7 +30,21 @@ Solvers (``solver=``):
     :func:`_lanczos`); uncertified, it falls back to the dense solve, exactly like ``lobpcg``. O(n^2 k) with
     k ~ 20-60: several times faster than ``dense`` from a few hundred nodes up.
 ``"auto"``
-    ``dense`` up to ``AUTO_DENSE_MAX`` nodes, ``lanczos`` (with its dense fallback) above.
+    ``dense`` up to ``AUTO_DENSE_MAX`` nodes, ``lanczos`` (with its dense fallback) above. The crossover was
+    measured on the subgraphs of real and planted 32x32 trees (single thread): Lanczos wins from ~200 nodes on
+    and is 5-20x faster than ``dense`` at 500-1000 nodes.
+
+Accuracy. ``dense`` and ``full`` are backward stable: the angle between the computed and the exact u2 is of order
+``eps * ||L|| / gap`` (eps of the working dtype: 1e-16 in float64, 6e-8 in float32 for ``compat="official"``).
+``lanczos`` and ``lobpcg`` return a vector only with the certificate ``sin angle <= 1e-6`` (float64), otherwise
+the dense solve; at that angle an entry of y moves by at most ``1.5e-6 / sqrt(d_i)``, so a split changes only if a
+node lies that close to the chosen threshold, which the tests never observe (every solver gives the dense split on
+planted, smooth and real features). On the device (:mod:`.batched`), the stacked ``eigh`` (cuSOLVER) is backward
+stable like ``dense``, and subgraphs above ``batched.DENSE_MAX_NODES`` nodes use ``eigsh(tol=0)`` (converged to
+machine precision).
+
+Before any solve, :func:`~diffcut_engine.graph.ncut.spectral_lower_bound` may prove a subgraph to be a leaf
+(every NCut >= lambda_2 >= tau) and skip it entirely; see ``build_tree(leaf_bounds=...)``.
 """
 
 from __future__ import annotations
