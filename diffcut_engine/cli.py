@@ -18,7 +18,8 @@ import sys
 from pathlib import Path
 
 from . import __version__
-from .config import BACKBONES, COMPAT_MODES, DEFAULT_MODEL, DTYPES, GRAPH_DEVICES, RESIZE_MODES, EngineConfig
+from .config import (BACKBONES, BACKENDS, COMPAT_MODES, DEFAULT_MODEL, DTYPES, GRAPH_DEVICES, RESIZE_MODES,
+                     EngineConfig)
 from .errors import DiffCutError, InputError
 
 EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE = 0, 1, 2
@@ -28,6 +29,13 @@ SEGMENT_EXAMPLES = """examples:
   diffcut segment photos/ 'more/*.png' -o out/ --tau 0.4    # folders and globs
   diffcut segment photo.jpg -o out/ --backbone efficientnet-lite0   # offline backbone, no download
   diffcut segment frame.png -o out/ --size 1024x576 --device cuda --dtype fp16
+  diffcut segment photo.jpg -o out/ --backend onnx --engine-dir ssd1b-onnx/   # a `diffcut export` folder
+"""
+
+EXPORT_EXAMPLES = """examples:
+  diffcut export --model segmind/SSD-1B --format onnx --out ssd1b-onnx/                # fp32, 1024 px
+  diffcut export --model SSD-1B --format onnx --out ssd1b-fp16/ --fp16 --batch 1..8 --device cuda
+  diffcut export --model SSD-1B --format tensorrt --out ssd1b-fp16/ --fp16 --batch 8  # + build the engine
 """
 
 
@@ -74,8 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders or glob patterns")
     seg.add_argument("-o", "--output", required=True, type=Path, metavar="OUTDIR", help="output folder")
     g = seg.add_argument_group("model")
-    g.add_argument("--model", default=DEFAULT_MODEL,
-                   help=f"hub id or local diffusers folder (default {DEFAULT_MODEL}; also SSD-vega, SD1.4)")
+    g.add_argument("--model", default=None,
+                   help=f"hub id or local diffusers folder (default {DEFAULT_MODEL}, or the --engine-dir's "
+                   "model; also SSD-vega, SD1.4)")
     g.add_argument("--backbone", choices=BACKBONES, default="diffusion",
                    help="feature extractor; efficientnet-lite0 runs offline (extra [lite])")
     g.add_argument("--revision", default=None, help="hub revision of --model")
@@ -84,8 +93,14 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--dtype", choices=DTYPES, default="auto", help="network precision (default: fp16 on "
                    "CUDA, fp32 on CPU; the VAE always encodes in fp32)")
     g.add_argument("--batch-size", type=int, default=4, help="images per encoder call (default 4)")
-    g.add_argument("--timestep", type=int, default=50, help="noise timestep (default 50, the paper's)")
-    g.add_argument("--seed", type=int, default=42, help="noise seed (default 42, the paper's)")
+    g.add_argument("--timestep", type=int, default=None, help="noise timestep (default 50, the paper's)")
+    g.add_argument("--seed", type=int, default=None, help="noise seed (default 42, the paper's)")
+    g.add_argument("--backend", choices=BACKENDS, default="torch",
+                   help="encoder runtime: torch (default), or onnx (onnxruntime) / tensorrt running an "
+                   "--engine-dir written by `diffcut export` (no diffusers weights loaded)")
+    g.add_argument("--engine-dir", default=None, metavar="DIR",
+                   help="exported encoder folder for --backend onnx/tensorrt; its model, size, timestep and "
+                   "seed are the defaults")
     g = seg.add_argument_group("method")
     g.add_argument("--tau", type=_positive_float, default=None,
                    help="NCut threshold; larger gives more segments (default: 0.5 SDXL-type, 0.2 SD 1.x)")
@@ -107,12 +122,48 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--pamr-iters", type=int, default=10, help="PAMR iterations (default 10)")
     g.add_argument("--pamr-dilations", type=_int_list, default=(1, 2, 4, 8), help="default 1,2,4,8")
     g.add_argument("--output-size", default=None, help="label size WxH (default: each image's own size)")
+    add_method_arguments(seg)
     g = seg.add_argument_group("output")
     g.add_argument("--save-npy", action="store_true", help="also write the labels as .npy (int32)")
     g.add_argument("--no-overlay", dest="overlay", action="store_false", help="do not write overlay PNGs")
     g.add_argument("--quiet", "-q", action="store_true", help="no progress bar (also DIFFCUT_NO_PROGRESS=1)")
     g.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
     seg.set_defaults(func=cmd_segment)
+
+    exp = sub.add_parser("export", help="export the encoder to ONNX (and build a TensorRT engine)",
+                         description="Export the DiffCut encoder (VAE + noise + truncated UNet + L2 normalisation) "
+                         "as one ONNX graph from pixels in [-1, 1] to features (B, h, w, C), with the empty-prompt "
+                         "conditioning and the seeded noise baked in, a dynamic batch axis and a manifest.json. "
+                         "Run it with `diffcut segment --backend onnx --engine-dir DIR`.",
+                         epilog=EXPORT_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    exp.add_argument("--model", default=DEFAULT_MODEL, help=f"hub id or local diffusers folder (default "
+                     f"{DEFAULT_MODEL})")
+    exp.add_argument("--format", choices=("onnx", "tensorrt"), default="onnx",
+                     help="onnx: the ONNX folder; tensorrt: the same, then build and cache the TensorRT engine")
+    exp.add_argument("--out", required=True, type=Path, metavar="DIR", help="output folder")
+    exp.add_argument("--size", default="1024", help="input size, 1024 or WxH such as 1024x576 (default 1024)")
+    exp.add_argument("--batch", default="1", metavar="N|MIN..MAX",
+                     help="batch range for the TensorRT profile (the ONNX batch axis is dynamic; default 1)")
+    exp.add_argument("--fp16", action="store_true", help="UNet in float16 (the VAE stays float32)")
+    exp.add_argument("--constants-as-inputs", action="store_true",
+                     help="keep the noise and empty-prompt conditioning as graph inputs (values in "
+                     "constants.npz) instead of baking them in")
+    exp.add_argument("--device", default="cpu", help="where the model is traced and checked; also the noise "
+                     "generator (cpu or cuda, as the torch backend; default cpu)")
+    exp.add_argument("--opset", type=int, default=18, help="ONNX opset (default 18)")
+    exp.add_argument("--exporter", choices=("dynamo", "torchscript"), default="dynamo",
+                     help="PyTorch ONNX exporter (default dynamo)")
+    exp.add_argument("--external-data", action="store_true",
+                     help="always store the weights in model.onnx.data (automatic above 2 GB)")
+    exp.add_argument("--revision", default=None, help="hub revision of --model")
+    exp.add_argument("--local-files-only", action="store_true", help="never download; use the local cache only")
+    exp.add_argument("--timestep", type=int, default=50, help="noise timestep (default 50)")
+    exp.add_argument("--seed", type=int, default=42, help="noise seed (default 42)")
+    exp.add_argument("--no-verify", dest="verify", action="store_false",
+                     help="skip the onnxruntime-vs-torch check at export")
+    exp.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    exp.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
+    exp.set_defaults(func=cmd_export)
 
     info = sub.add_parser("info", help="print versions, backends and devices")
     info.add_argument("--json", action="store_true", help="machine-readable output")
@@ -122,16 +173,71 @@ def build_parser() -> argparse.ArgumentParser:
     from .eval.cli import add_eval_parser  # here: diffcut_engine.eval imports this module's helpers lazily
 
     add_eval_parser(sub)
+    from .tools_cli import add_video_and_bench_parsers  # `diffcut video` and `diffcut bench` (issue 8)
+    add_video_and_bench_parsers(sub)
     return parser
 
 
+def add_method_arguments(parser) -> None:
+    """``--method`` and the ``--rw-*`` options of the random-walk NCut (shared by ``segment`` and ``eval``)."""
+    from .config import METHODS, RWNCutOptions
+
+    d = RWNCutOptions()
+    g = parser.add_argument_group("random-walk NCut (--method rwncut; see diffcut_engine/graph/rwncut.py)")
+    g.add_argument("--method", choices=METHODS, default="diffcut",
+                   help="diffcut (default) or rwncut: random-walk NCut on the UNet self-attention")
+    g.add_argument("--rw-source", choices=("auto", "attention", "features"), default=d.source,
+                   help="transition matrix: UNet attention (torch diffusion backbone) or the feature-affinity walk "
+                   "(lite backbone, ONNX/TensorRT); default auto")
+    g.add_argument("--rw-extraction", choices=("single", "inversion"), default=d.extraction,
+                   help="one UNet call at --rw-timestep (default) or a short DDIM inversion")
+    g.add_argument("--rw-timestep", type=int, default=d.timestep, help=f"default {d.timestep} (DiffSeg)")
+    g.add_argument("--rw-noise", action="store_true", help="noise the latent to --rw-timestep (default: clean)")
+    g.add_argument("--rw-steps", type=int, default=d.steps, help=f"inversion steps (default {d.steps} of "
+                   f"--rw-inference-steps {d.num_inference_steps})")
+    g.add_argument("--rw-inference-steps", type=int, default=d.num_inference_steps)
+    g.add_argument("--rw-graph", choices=("flow", "symmetric", "raw", "cooccurrence", "cosine", "bhattacharyya"),
+                   default=d.graph, help="graph that is cut (default flow: the exact random-walk NCut)")
+    g.add_argument("--rw-k", type=int, default=d.k, help=f"random-walk steps P^k (default {d.k})")
+    g.add_argument("--rw-threshold", choices=("random", "mean", "constant"), default=d.threshold,
+                   help="split acceptance: parameter-free random/mean, or constant (uses --tau); default random")
+    g.add_argument("--rw-min-size", type=int, default=d.min_size, help=f"smallest segment in grid nodes "
+                   f"(default {d.min_size})")
+    g.add_argument("--rw-subgraph", choices=("restrict", "renormalize"), default=d.subgraph)
+    g.add_argument("--rw-labels", choices=("diffseg", "concept"), default=d.labels,
+                   help="pixel labels: DiffSeg soft maps (default) or DiffCut concept assignment")
+    g.add_argument("--rw-factors", type=_int_list, default=None, metavar="F1,F2",
+                   help="attention layers at these latent downsampling factors only (default all)")
+    g.add_argument("--rw-grid-factor", type=int, default=None, help="target grid factor (default: finest)")
+
+
+def rwncut_options_from_args(args):
+    """``(method, rwncut options dict or None)`` from the arguments of :func:`add_method_arguments`."""
+    if args.method != "rwncut":
+        return args.method, None
+    return args.method, dict(source=args.rw_source, extraction=args.rw_extraction, timestep=args.rw_timestep,
+                             noise=args.rw_noise, steps=args.rw_steps, num_inference_steps=args.rw_inference_steps,
+                             graph=args.rw_graph, k=args.rw_k, threshold=args.rw_threshold,
+                             min_size=args.rw_min_size, subgraph=args.rw_subgraph, labels=args.rw_labels,
+                             factors=args.rw_factors, grid_factor=args.rw_grid_factor)
+
+
 def _config_from_args(args) -> EngineConfig:
-    return EngineConfig(model=args.model, backbone=args.backbone, revision=args.revision, size=args.size,
-                        resize_mode=args.resize_mode, timestep=args.timestep, seed=args.seed, alpha=args.alpha,
-                        tau=args.tau, compat=args.compat, refine=args.refine, pamr_iters=args.pamr_iters,
-                        pamr_dilations=args.pamr_dilations, output_size=args.output_size, device=args.device,
-                        dtype=args.dtype, batch_size=args.batch_size, local_files_only=args.local_files_only,
-                        graph_device=args.graph_device)
+    from .encoders.artifacts import apply_manifest_defaults
+
+    options = dict(model=args.model, backbone=args.backbone, revision=args.revision, size=args.size,
+                   resize_mode=args.resize_mode, timestep=args.timestep, seed=args.seed, alpha=args.alpha,
+                   tau=args.tau, compat=args.compat, refine=args.refine, pamr_iters=args.pamr_iters,
+                   pamr_dilations=args.pamr_dilations, output_size=args.output_size, device=args.device,
+                   dtype=args.dtype, batch_size=args.batch_size, local_files_only=args.local_files_only,
+                   graph_device=args.graph_device, backend=args.backend, engine_dir=args.engine_dir)
+    # An engine folder supplies the model, size, timestep and seed that were not given.
+    options = apply_manifest_defaults(options)
+    for key, default in (("model", DEFAULT_MODEL), ("timestep", 50), ("seed", 42)):
+        if options[key] is None:
+            options[key] = default
+    options["method"], options["rwncut"] = rwncut_options_from_args(args)
+    return EngineConfig(**options)
 
 
 def _unique_stem(path_or_name: str, used: set) -> str:
@@ -209,6 +315,28 @@ def cmd_segment(args) -> int:
     if failed:
         print(f"{failed} of {len(paths)} inputs failed", file=sys.stderr)
         return EXIT_SOME_FAILED
+    return EXIT_OK
+
+
+def cmd_export(args) -> int:
+    from .encoders.onnx_export import export_onnx
+
+    manifest = export_onnx(args.model, str(args.out), size=args.size, batch=args.batch, fp16=args.fp16,
+                           constants="inputs" if args.constants_as_inputs else "baked", opset=args.opset,
+                           device=args.device, revision=args.revision, local_files_only=args.local_files_only,
+                           timestep=args.timestep, seed=args.seed, external_data=True if args.external_data else None,
+                           exporter=args.exporter, verify=args.verify, overwrite=args.overwrite)
+    tol = manifest["tolerance"]
+    check = (f"max |onnx - torch| = {tol['max_abs']:.2e} on {tol['provider']}" if tol.get("measured")
+             else "not checked" + (f" ({tol['reason']})" if tol.get("reason") else ""))
+    h, w = manifest["input"]["size"]
+    print(f"{args.out}: {manifest['model']['id']} -> ONNX ({manifest['dtype']}, {w}x{h}, opset {manifest['opset']}, "
+          f"files {', '.join(manifest['files'])}); {check}")
+    if args.format == "tensorrt":
+        from .encoders.tensorrt import TensorRTEncoder
+
+        encoder = TensorRTEncoder(str(args.out), device="cuda" if args.device == "cpu" else args.device)
+        print(f"{args.out}: TensorRT engine {encoder.spec.key} in {encoder.cache.root}")
     return EXIT_OK
 
 

@@ -6,6 +6,7 @@ This module imports neither torch nor diffusers, so a configuration can be built
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 from dataclasses import dataclass
 from typing import Optional, Tuple, Union
@@ -27,7 +28,11 @@ RESIZE_MODES = ("resize", "center_crop")
 COMPAT_MODES = ("clean", "official")
 DTYPES = ("auto", "fp32", "fp16", "bf16")
 DEVICES = ("auto", "cpu", "cuda")
+#: Encoder runtimes: the PyTorch reference, or a folder written by ``diffcut export`` run by onnxruntime or TensorRT.
+BACKENDS = ("torch", "onnx", "tensorrt")
 GRAPH_DEVICES = ("auto", "host", "device")
+#: Segmentation methods: DiffCut (recursive NCut of feature affinities) or the random-walk NCut of self-attention.
+METHODS = ("diffcut", "rwncut")
 
 #: tau presets by feature family: the paper's value for SDXL-type UNets, the author's value for SD 1.x (issue #5 of
 #: the official repository), and our own for the offline backbone (chosen on scikit-image photos, see encoders/lite.py).
@@ -125,6 +130,12 @@ class EngineConfig:
         the trees of a whole batch built in one batched call (``compat="clean"`` only; needs the ``[gpu]`` extra,
         CPU features are copied to the device). ``auto``: ``device`` when the features are on CUDA, CuPy sees a
         device and ``compat="clean"``, else ``host``.
+    backend : {"torch", "onnx", "tensorrt"}
+        Encoder runtime. ``torch`` loads the diffusers weights; ``onnx`` (onnxruntime) and ``tensorrt`` run the
+        folder ``engine_dir`` written by ``diffcut export`` instead, after checking that it was exported for this
+        ``model``, ``size``, ``timestep`` and ``seed`` (``Engine.from_pretrained`` takes them from the folder).
+    engine_dir : str, optional
+        Exported encoder folder, required by the ``onnx`` and ``tensorrt`` backends.
     """
 
     model: str = DEFAULT_MODEL
@@ -146,6 +157,10 @@ class EngineConfig:
     batch_size: int = 4
     local_files_only: bool = False
     graph_device: str = "auto"
+    backend: str = "torch"
+    engine_dir: Optional[str] = None
+    method: str = "diffcut"
+    rwncut: Optional[Union["RWNCutOptions", dict]] = None
 
     def __post_init__(self):
         set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731  (frozen dataclass)
@@ -186,11 +201,41 @@ class EngineConfig:
             raise InputError(f"unknown dtype {self.dtype!r}; choose one of {', '.join(DTYPES)}")
         if not (isinstance(self.batch_size, int) and self.batch_size >= 1):
             raise InputError(f"batch_size must be a positive integer, got {self.batch_size!r}")
+        if self.backend not in BACKENDS:
+            raise InputError(f"unknown backend {self.backend!r}; choose one of {', '.join(BACKENDS)}")
+        if self.engine_dir is not None:
+            set_("engine_dir", os.fspath(self.engine_dir))
+        if self.backend != "torch":
+            if self.backbone != "diffusion":
+                raise InputError(f"backend={self.backend!r} runs exported diffusion encoders; backbone "
+                                 f"{self.backbone!r} only has the torch backend")
+            if not self.engine_dir:
+                raise InputError(f"backend={self.backend!r} needs engine_dir, a folder written by "
+                                 "`diffcut export --model M --format onnx --out DIR`")
+        self._check_method(set_)
         if self.graph_device not in GRAPH_DEVICES:
             raise InputError(f"unknown graph_device {self.graph_device!r}; choose one of {', '.join(GRAPH_DEVICES)}")
         if self.graph_device == "device" and self.compat != "clean":
             raise InputError(f"graph_device='device' needs compat='clean' (compat={self.compat!r} runs on the "
                              f"host only)")
+
+    def _check_method(self, set_) -> None:
+        """``method`` and its ``rwncut`` options (a dict becomes :class:`RWNCutOptions`)."""
+        if self.method not in METHODS:
+            raise InputError(f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
+        opts = self.rwncut
+        if isinstance(opts, dict):
+            opts = RWNCutOptions.from_options(**opts)
+        elif opts is None:
+            opts = RWNCutOptions() if self.method == "rwncut" else None
+        elif not isinstance(opts, RWNCutOptions):
+            raise InputError(f"rwncut must be an RWNCutOptions or a dict, got {type(opts).__name__}")
+        set_("rwncut", opts)
+        if self.method == "rwncut" and opts.source == "attention" and (
+                self.backbone != "diffusion" or getattr(self, "backend", "torch") != "torch"):
+            raise InputError("rwncut source='attention' needs the PyTorch diffusion UNet (backbone='diffusion', "
+                             "backend='torch'): exported encoders and the lite backbone return no attention; "
+                             "use source='features' (or 'auto')")
 
     @property
     def grid_size(self) -> Size:
@@ -211,3 +256,103 @@ class EngineConfig:
         if unknown:
             raise InputError(f"unknown EngineConfig option(s): {', '.join(sorted(unknown))}")
         return dataclasses.replace(self, **changes)
+
+
+@dataclass(frozen=True)
+class RWNCutOptions:
+    """Options of ``method="rwncut"``, the random-walk NCut on self-attention (``shared/design/RWNCUT.md``).
+
+    Each open choice of the method is an option; defaults are documented with their reasoning in
+    :mod:`diffcut_engine.graph.rwncut` and :mod:`diffcut_engine.encoders.attention`.
+
+    Parameters
+    ----------
+    source : {"auto", "attention", "features"}
+        The transition matrix P. ``attention``: the aggregated UNet self-attention (needs the PyTorch diffusion
+        backbone). ``features``: the random walk on DiffCut's feature affinity, P = D^-1 A (the lite backbone and
+        the exported ONNX/TensorRT encoders, which return no attention). ``auto``: attention when available.
+    extraction : {"single", "inversion"}
+        One UNet call at ``timestep`` (DiffSeg), or the first ``steps`` of a ``num_inference_steps`` DDIM
+        inversion with attention averaged over the visited steps.
+    timestep : int
+        Timestep of ``single`` (DiffSeg: 300).
+    noise : bool
+        ``single`` on the latent noised to ``timestep`` instead of the clean latent (DiffSeg: clean).
+    steps, num_inference_steps : int
+        Inversion length (10 of 50).
+    layers : tuple of str, optional
+        Keep self-attention layers whose module path contains one of these strings (default: all).
+    factors : tuple of int, optional
+        Keep layers at these grid factors relative to the latent (1, 2, 4, 8; default: all).
+    resolution_weights : {"side", "uniform"}
+        Per-resolution weights: proportional to the side length (DiffSeg) or equal.
+    grid_factor : int, optional
+        Factor of the target attention grid (default: the finest selected, e.g. 64x64 at 1024 px for SDXL).
+    graph : {"flow", "symmetric", "raw", "cooccurrence", "cosine", "bhattacharyya"}
+        What is cut (default ``flow``, the exact random-walk NCut).
+    k : int
+        Random-walk steps (P^k), default 1.
+    threshold : {"random", "mean", "constant"}
+        Split acceptance (default ``random``, parameter-free; ``constant`` uses the engine's ``tau``).
+    min_size : int
+        Smallest segment in grid nodes a split may leave (default 16, 1/256 of a 64x64 grid).
+    subgraph : {"restrict", "renormalize"}
+        How a side's graph is formed in the recursion.
+    labels : {"diffseg", "concept"}
+        Pixel labels: segment-mean attention rows upsampled bilinearly and argmax (DiffSeg), or DiffCut's concept
+        assignment; PAMR follows either when ``refine`` is on.
+    """
+
+    source: str = "auto"
+    extraction: str = "single"
+    timestep: int = 300
+    noise: bool = False
+    steps: int = 10
+    num_inference_steps: int = 50
+    layers: Optional[Tuple[str, ...]] = None
+    factors: Optional[Tuple[int, ...]] = None
+    resolution_weights: str = "side"
+    grid_factor: Optional[int] = None
+    graph: str = "flow"
+    k: int = 1
+    threshold: str = "random"
+    min_size: int = 16
+    subgraph: str = "restrict"
+    labels: str = "diffseg"
+
+    def __post_init__(self):
+        set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731  (frozen dataclass)
+        choices = {"source": ("auto", "attention", "features"), "extraction": ("single", "inversion"),
+                   "resolution_weights": ("side", "uniform"),
+                   "graph": ("flow", "symmetric", "raw", "cooccurrence", "cosine", "bhattacharyya"),
+                   "threshold": ("random", "mean", "constant"), "subgraph": ("restrict", "renormalize"),
+                   "labels": ("diffseg", "concept")}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise InputError(f"unknown rwncut {name} {getattr(self, name)!r}; choose one of {', '.join(allowed)}")
+        for name, lo in (("timestep", 0), ("steps", 1), ("num_inference_steps", 1), ("k", 1), ("min_size", 1)):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+                raise InputError(f"rwncut {name} must be an integer >= {lo}, got {v!r}")
+        if self.timestep >= 1000:
+            raise InputError(f"rwncut timestep must be in [0, 999], got {self.timestep}")
+        if self.steps > self.num_inference_steps:
+            raise InputError(f"rwncut steps={self.steps} exceeds num_inference_steps={self.num_inference_steps}")
+        if self.grid_factor is not None and not (isinstance(self.grid_factor, int) and self.grid_factor >= 1):
+            raise InputError(f"rwncut grid_factor must be a positive integer, got {self.grid_factor!r}")
+        if self.layers is not None:
+            set_("layers", (self.layers,) if isinstance(self.layers, str) else tuple(self.layers))
+        if self.factors is not None:
+            f = (self.factors,) if isinstance(self.factors, int) else tuple(self.factors)
+            if not f or not all(isinstance(x, int) and x >= 1 for x in f):
+                raise InputError(f"rwncut factors must be positive integers, got {self.factors!r}")
+            set_("factors", f)
+        set_("noise", bool(self.noise))
+
+    @classmethod
+    def from_options(cls, **options) -> "RWNCutOptions":
+        """Build from keyword options, rejecting unknown names with an :class:`InputError`."""
+        unknown = set(options) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise InputError(f"unknown rwncut option(s): {', '.join(sorted(unknown))}")
+        return cls(**options)

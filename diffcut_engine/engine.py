@@ -111,6 +111,11 @@ class Engine:
         self.config = config if config is not None else EngineConfig()
         self.encoder = encoder if encoder is not None else load_encoder(self.config)
         self.tau = self.config.tau if self.config.tau is not None else (self.encoder.default_tau or 0.5)
+        self._rw = None
+        if self.config.method == "rwncut":  # steps 3-6 of the random-walk NCut (rwsegment.py)
+            from .rwsegment import RWNCutPipeline
+
+            self._rw = RWNCutPipeline(self.encoder, self.config)
         logger.info("engine ready: %s, tau=%s, alpha=%s", self.encoder.name, self.tau, self.config.alpha)
 
     @classmethod
@@ -118,17 +123,23 @@ class Engine:
         """Build an engine from a hub id or a local folder; keyword arguments override :class:`EngineConfig`.
 
         ``Engine.from_pretrained(backbone="efficientnet-lite0")`` runs fully offline.
+        ``Engine.from_pretrained(backend="onnx", engine_dir=DIR)`` runs a folder written by ``diffcut export``
+        without loading the diffusers weights; its model, size, timestep and seed are the folder's unless given.
         """
+        from .encoders.artifacts import apply_manifest_defaults
+
         if model is not None:
             overrides["model"] = model
-        return cls(EngineConfig.from_options(**overrides))
+        return cls(EngineConfig.from_options(**apply_manifest_defaults(overrides)))
 
     @property
     def device(self) -> torch.device:
         return self.encoder.device
 
     def __repr__(self):
-        return f"Engine({self.encoder.name}, size={self.config.size}, tau={self.tau}, alpha={self.config.alpha})"
+        method = f", {self._rw.describe()}" if self._rw is not None else ""
+        return (f"Engine({self.encoder.name}, size={self.config.size}, tau={self.tau}, "
+                f"alpha={self.config.alpha}{method})")
 
     # ------------------------------------------------------------------------------------------------ public API
     def segment(self, images_, *, tau: Optional[float] = None, return_features: bool = False,
@@ -199,6 +210,9 @@ class Engine:
             tree_tau = tau if tree_tau_max is None else self._resolve_tau(tree_tau_max)
             if tree_tau < tau:
                 raise InputError(f"tree_tau_max={tree_tau} must be at least tau={tau}")
+        if self._rw is not None and (tree_tau is not None or return_features):
+            raise InputError("return_tree, tree_tau_max and return_features are for method='diffcut'; "
+                             "method='rwncut' keeps no feature tree")
         options = {"tau": tau, "tree_tau": tree_tau, "features": return_features, "image": return_image}
         batch_size = batch_size or self.config.batch_size
         inputs = list(inputs) if not isinstance(inputs, list) else inputs
@@ -211,6 +225,18 @@ class Engine:
                     yield res
         finally:
             bar.close()
+
+    def segment_video(self, source, **options):
+        """Segment a video (file or iterable of frames) as a stream, with segment ids kept across frames.
+
+        Returns a :class:`~diffcut_engine.video.VideoSegmentation`: iterate it for one
+        :class:`~diffcut_engine.video.VideoFrame` per input frame, in order; ``.stats`` holds the label
+        stability once the loop ends. Options as :func:`diffcut_engine.video.segment_video` (``every``,
+        ``max_frames``, ``batch_size``, ``tau``, ``tracking``, ...). Files need the ``[video]`` extra (PyAV).
+        """
+        from .video import segment_video
+
+        return segment_video(self, source, **options)
 
     def encode(self, images_) -> torch.Tensor:
         """Features of one image or a list: (B, h, w, C) float32, L2-normalised, on the engine's device."""
@@ -236,7 +262,15 @@ class Engine:
                 continue
             timings = {"load": t1 - t0, "preprocess": time.perf_counter() - t1}
             prepared.append((index, image, net_input, view, box, timings))
-        if prepared:
+        if prepared and self._rw is not None:
+            # 3-6. method="rwncut": transition matrices, random-walk NCut, pixel labels (rwsegment.py).
+            segs = self._rw.segment(torch.stack([p[2] for p in prepared]), [p[3] for p in prepared],
+                                    options["tau"], [p[5] for p in prepared])
+            for (index, image, _, view, box, _), seg in zip(prepared, segs):
+                seg.name, seg.image_size, seg.crop_box = image.name, image.size, box
+                out[index] = SegmentResult(index, image.name, segmentation=seg,
+                                           image=view if options["image"] else None)
+        elif prepared:
             # 3. Encode the whole batch at once.
             t0 = time.perf_counter()
             features = self._encode(torch.stack([p[2] for p in prepared]))

@@ -50,3 +50,33 @@ def tiny_sd_encoder(tiny_sd_path):
     from diffcut_engine.encoders.diffusion import DiffusionEncoder
 
     return DiffusionEncoder.from_pretrained(tiny_sd_path, device="cpu", dtype="fp32")
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Exported encoder folders (diffcut export), built once per session from the tiny encoders above
+# ------------------------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="session")
+def tiny_sdxl_onnx(tiny_sdxl_encoder, tmp_path_factory) -> str:
+    """The tiny SDXL encoder exported to ONNX: 128x96 px (width x height), batch 1..4, constants baked in.
+
+    Uses the TorchScript exporter (about ten times faster than the dynamo one on these models).
+    """
+    pytest.importorskip("onnxruntime")
+    from diffcut_engine.encoders.onnx_export import export_onnx
+
+    out = tmp_path_factory.mktemp("onnx") / "tiny_sdxl"
+    export_onnx(None, out, size=(96, 128), batch=4, encoder=tiny_sdxl_encoder, exporter="torchscript")
+    return str(out)
+
+
+@pytest.fixture(scope="session")
+def tiny_sd_onnx(tiny_sd_encoder, tmp_path_factory) -> str:
+    """The tiny SD 1.x encoder exported to ONNX: 64 px, constants kept as inputs, weights as external data."""
+    pytest.importorskip("onnxruntime")
+    from diffcut_engine.encoders.onnx_export import export_onnx
+
+    out = tmp_path_factory.mktemp("onnx") / "tiny_sd"
+    export_onnx(None, out, size=64, batch="1..2", encoder=tiny_sd_encoder, exporter="torchscript",
+                constants="inputs", external_data=True)
+    return str(out)

@@ -194,8 +194,8 @@ def test_every_dataset_format_end_to_end(tmp_path, fmt):
 
 def test_bad_arguments(voc):
     eng = make_engine()
-    with pytest.raises(InputError, match="rwncut"):
-        evaluate(voc, eng, method="rwncut", progress=False)
+    with pytest.raises(InputError, match="unknown method"):
+        evaluate(voc, eng, method="nope", progress=False)
     with pytest.raises(InputError):
         evaluate(voc, eng, fp_counting="clean", progress=False)
     with pytest.raises(InputError):
@@ -207,7 +207,7 @@ def test_bad_arguments(voc):
 def test_cli_end_to_end(tmp_path, tiny_sdxl_path, capsys):
     key, root, names, _ = make_dataset("voc-d2", tmp_path, n=3)
     with pytest.raises(SystemExit):
-        main(["eval", "--dataset", "voc", "--root", str(root), "--out", "x", "--method", "rwncut"])
+        main(["eval", "--dataset", "voc", "--root", str(root), "--out", "x", "--method", "nope"])
     out = tmp_path / "run"
     argv = ["eval", "--dataset", "VOC20", "--root", str(root), "--out", str(out), "--model", tiny_sdxl_path,
             "--size", "64", "--eval-size", "32", "--device", "cpu", "--tau", "0.5,0.8", "--quiet", "--limit", "2"]

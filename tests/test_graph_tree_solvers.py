@@ -258,3 +258,31 @@ def test_duplicate_features_give_the_planted_partition(solver):
     assert same_partition(labels, regions)
     tree = ncut_tree(feats, tau_max=0.5, solver=solver)
     assert same_partition(tree.cut(0.5), regions)
+
+
+@pytest.mark.parametrize("solver", ["dense", "full"])
+def test_sign_is_deterministic_when_the_largest_entries_tie(solver):
+    from diffcut_engine.graph.batched import build_trees_batched
+
+    # two tokens: u2 = (1, -1) / sqrt(2) up to rounding, so "largest entry positive" would follow rounding noise
+    for w in (0.5, 0.25, 0.1):
+        A = np.array([[1.0, w], [w, 1.0]])
+        y = fiedler_vector(A, A.sum(1), solver=solver)
+        assert y[0] > 0 > y[1]
+        tree = build_trees_batched([A], tau_max=5.0)[0]
+        np.testing.assert_array_equal(tree.root.one.indices, [0])
+    # without a tie the official rule holds: the entry of largest magnitude is positive
+    y = fiedler_vector(*(lambda A: (A, A.sum(1)))(np.array([[1.0, 0.9, 0.0], [0.9, 1.0, 0.2], [0.0, 0.2, 1.0]])),
+                       solver=solver)
+    assert y[np.argmax(np.abs(y))] > 0
+
+
+def test_sign_reference_ignores_rounding_level_differences():
+    from diffcut_engine.graph.eigen import _fix_sign, sign_reference
+
+    y = np.array([0.3, -0.7, 0.7 * (1 + 1e-12), 0.1])
+    assert sign_reference(y) == 1 and _fix_sign(y)[1] > 0     # first of the tied largest, not the argmax
+    y = np.array([0.3, -0.7, 0.7 * (1 + 1e-6), 0.1])
+    assert sign_reference(y) == 2 and _fix_sign(y)[2] > 0     # a real difference: the official rule
+    stack = np.array([[1.0, -1.0 - 1e-13], [-1.0, 0.5]])
+    np.testing.assert_array_equal(sign_reference(stack), [0, 0])

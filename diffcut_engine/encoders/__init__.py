@@ -9,6 +9,17 @@ __all__ = ["FeatureEncoder", "load_encoder"]
 
 def load_encoder(config) -> FeatureEncoder:
     """Build the encoder an :class:`~diffcut_engine.config.EngineConfig` asks for (loads weights once)."""
+    if config.backend in ("onnx", "tensorrt"):
+        # An exported folder: no diffusers weights are loaded; the folder must match the configuration.
+        expect = {"model": config.model, "size": config.size, "timestep": config.timestep, "seed": config.seed,
+                  "dtype": config.dtype}
+        if config.backend == "onnx":
+            from .onnx import OnnxEncoder
+
+            return OnnxEncoder(config.engine_dir, device=config.device, expect=expect)
+        from .tensorrt import TensorRTEncoder
+
+        return TensorRTEncoder(config.engine_dir, device=config.device, expect=expect)
     if config.backbone == "efficientnet-lite0":
         from .lite import LiteEncoder
 

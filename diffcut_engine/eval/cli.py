@@ -44,9 +44,6 @@ def add_eval_parser(subparsers) -> argparse.ArgumentParser:
                    "of Coco164kFull_Stuff_Coarse_7.txt)")
     g.add_argument("--limit", type=int, default=None, metavar="N", help="evaluate the first N images only")
     g = p.add_argument_group("method")
-    g.add_argument("--method", choices=("diffcut",), default="diffcut",
-                   help="segmentation method; only diffcut for now (rwncut, the random-walk NCut, is not "
-                   "implemented yet)")
     g.add_argument("--tau", type=_tau_list, default=None, metavar="T[,T2,...]",
                    help="NCut threshold(s); several are evaluated from one NCut tree per image "
                    "(default: the backbone's, 0.5 for SSD-1B)")
@@ -83,12 +80,16 @@ def add_eval_parser(subparsers) -> argparse.ArgumentParser:
     g.add_argument("--json", action="store_true", help="print the results JSON instead of the table")
     g.add_argument("--quiet", "-q", action="store_true", help="no progress bar (also DIFFCUT_NO_PROGRESS=1)")
     g.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
+    from ..cli import add_method_arguments
+
+    add_method_arguments(p)  # --method diffcut|rwncut and the --rw-* options
     p.set_defaults(func=cmd_eval)
     return p
 
 
 def cmd_eval(args) -> int:
     """Run ``diffcut eval``; exit code 0, or 1 when some images could not be scored."""
+    from ..cli import rwncut_options_from_args
     from ..config import EngineConfig
     from ..engine import Engine
     from .datasets import get_dataset
@@ -100,7 +101,8 @@ def cmd_eval(args) -> int:
                           resize_mode="center_crop", timestep=args.timestep, seed=args.seed, alpha=args.alpha,
                           tau=tau, compat=args.compat, refine=args.refine, pamr_iters=args.pamr_iters,
                           pamr_dilations=args.pamr_dilations, device=args.device, dtype=args.dtype,
-                          batch_size=args.batch_size, local_files_only=args.local_files_only)
+                          batch_size=args.batch_size, local_files_only=args.local_files_only,
+                          **dict(zip(("method", "rwncut"), rwncut_options_from_args(args))))
     engine = Engine(config)
     print(f"# {dataset!r}", file=sys.stderr)
     print(f"# {engine!r}", file=sys.stderr)

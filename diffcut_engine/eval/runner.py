@@ -43,20 +43,21 @@ logger = logging.getLogger("diffcut_engine")
 __all__ = ["evaluate", "eval_engine", "output_paths", "score_prediction", "format_table", "CACHE_VERSION"]
 
 CACHE_VERSION = 1
-METHODS = ("diffcut",)
+METHODS = ("diffcut", "rwncut")
 
 
 # ------------------------------------------------------------------------------------------------------------
 # Protocol pieces
 # ------------------------------------------------------------------------------------------------------------
 
-def eval_engine(engine, eval_size: int):
+def eval_engine(engine, eval_size: int, method: Optional[str] = None):
     """The engine used for scoring: same encoder and settings, but centre-crop preprocessing, labels at
-    ``eval_size`` and no built-in refinement (the runner refines after the background merge)."""
+    ``eval_size`` and no built-in refinement (the runner refines after the background merge); ``method``
+    overrides the engine's."""
     from ..engine import Engine
 
     cfg = engine.config.replace(resize_mode="center_crop", output_size=(eval_size, eval_size), refine=False,
-                                tau=engine.tau)
+                                tau=engine.tau, method=method or engine.config.method)
     return Engine(cfg, encoder=engine.encoder)
 
 
@@ -279,7 +280,13 @@ def _write_confusion(path: Path, conf: np.ndarray, class_names: Sequence[str]) -
 def _settings(dataset: SegmentationDataset, engine, taus, eval_size, fp_counting, method) -> dict:
     """What defines the numbers (and so must match to resume); not the device or the batch size."""
     cfg = engine.config
-    return _jsonable({
+    extra = {}
+    if method == "rwncut":  # (only then: caches of diffcut runs keep their settings)
+        import dataclasses
+
+        from ..config import RWNCutOptions
+        extra["rwncut"] = dataclasses.asdict(cfg.rwncut or RWNCutOptions())
+    return _jsonable({**extra,
         "dataset": dataset.key, "root": str(dataset.root.resolve()), "layout": dataset.layout,
         "split_file": str(dataset.split_file.resolve()) if dataset.split_file else None,
         "method": method, "encoder": f"{type(engine.encoder).__module__}.{type(engine.encoder).__qualname__}",
@@ -334,8 +341,9 @@ def evaluate(dataset: SegmentationDataset, engine, *, taus=None, eval_size: int 
         Discard a cache made with other settings instead of raising.
     progress : bool
         Show a progress bar with the running mIoU on stderr.
-    method : {"diffcut"}
-        The segmentation method (random-walk NCut is not available yet).
+    method : {"diffcut", "rwncut"}
+        The segmentation method (overrides the engine's ``config.method``); ``rwncut`` takes one tau and the
+        engine's ``config.rwncut`` options.
 
     Returns
     -------
@@ -352,8 +360,7 @@ def evaluate(dataset: SegmentationDataset, engine, *, taus=None, eval_size: int 
     from ..utils.progress import progress_bar
 
     if method not in METHODS:
-        raise InputError(f"unknown method {method!r}; available: {', '.join(METHODS)} (rwncut is not implemented "
-                         "yet)")
+        raise InputError(f"unknown method {method!r}; available: {', '.join(METHODS)}")
     if fp_counting not in FP_COUNTING:
         raise InputError(f"unknown fp_counting {fp_counting!r}; choose one of {', '.join(FP_COUNTING)}")
     if isinstance(eval_size, bool) or not isinstance(eval_size, int) or eval_size < 2:
@@ -361,7 +368,9 @@ def evaluate(dataset: SegmentationDataset, engine, *, taus=None, eval_size: int 
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
         raise InputError(f"limit must be a positive integer, got {limit!r}")
     taus = _check_taus(taus, engine.tau)
-    ev = eval_engine(engine, eval_size)
+    if method == "rwncut" and len(taus) > 1:
+        raise InputError("method='rwncut' evaluates one tau per run (its automatic thresholds build no NCut tree)")
+    ev = eval_engine(engine, eval_size, method=method)
     cfg = ev.config
     net_size = cfg.size[0]
     refine = {"iters": cfg.pamr_iters, "dilations": cfg.pamr_dilations} if engine.config.refine else None

@@ -77,6 +77,7 @@ from typing import List, Optional, Sequence
 import numpy as np
 
 from ..errors import InputError
+from .eigen import sign_reference
 from .ncut import NUM_THRESHOLDS, NCutNode, NCutTree
 from .xp import array_namespace, as_array, to_host
 
@@ -170,7 +171,7 @@ def _solve_bucket(xp, stack, img, rows, mask, num_thresholds: int, sanitize: boo
         _, vecs = xp.linalg.eigh(M)
         u2 = vecs[:, :, -2]
     y = dis * u2  # y = D^-1/2 u2; zero on the padding
-    big = xp.argmax(xp.abs(y), axis=1)
+    big = sign_reference(y)  # (the padding is 0, never the reference)
     y = xp.where(xp.take_along_axis(y, big[:, None], axis=1) < 0, -y, y)
 
     thr = _thresholds(xp, xp.where(real, y, xp.inf).min(axis=1), xp.where(real, y, -xp.inf).max(axis=1), K)

@@ -97,9 +97,26 @@ def normalized_laplacian(A: np.ndarray, d: np.ndarray) -> np.ndarray:
     return (dis[:, None] * lap) * dis[None, :]
 
 
+#: Entries of |y| within this relative distance of the largest count as tied for the sign convention.
+SIGN_TIE_RTOL = 1e-9
+
+
+def sign_reference(y):
+    """Index of the entry whose sign fixes the vector's sign: the first entry of (near-)largest magnitude.
+
+    The official rule is "the entry of largest magnitude is positive". When the largest magnitudes tie up to
+    rounding with opposite signs (a two-token split gives y = (x, -x)), that rule follows rounding noise, so two
+    correct solvers (or two backends' features equal to 1e-7) could give mirrored splits and swapped label ids;
+    taking the first entry within ``SIGN_TIE_RTOL`` of the largest makes the choice deterministic. Without a tie it
+    is the official entry (all near-largest entries then have one sign). Works on numpy and cupy arrays and on
+    stacks (along the last axis).
+    """
+    a = abs(y)
+    return (a >= a.max(axis=-1, keepdims=True) * (1.0 - SIGN_TIE_RTOL)).argmax(axis=-1)
+
+
 def _fix_sign(y: np.ndarray) -> np.ndarray:
-    big = np.argmax(np.abs(y))
-    return -y if y[big] < 0 else y
+    return -y if y[sign_reference(y)] < 0 else y
 
 
 def _dense(A, d, full: bool):

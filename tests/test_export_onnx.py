@@ -1,0 +1,306 @@
+"""ONNX export and the onnxruntime backend on the tiny SDXL-type and SD 1.x-type pipelines (CPU, offline).
+
+The exported folders come from the session fixtures ``tiny_sdxl_onnx`` (128x96 px, constants baked) and
+``tiny_sd_onnx`` (64 px, constants as inputs, external data) in conftest.py.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("onnxruntime")
+pytest.importorskip("onnx")
+
+from diffcut_engine import Engine, EngineConfig  # noqa: E402
+from diffcut_engine.cli import main  # noqa: E402
+from diffcut_engine.encoders import artifacts  # noqa: E402
+from diffcut_engine.encoders.onnx import OnnxEncoder  # noqa: E402
+from diffcut_engine.encoders.onnx_export import export_onnx, parse_batch_range  # noqa: E402
+from diffcut_engine.errors import BackendUnavailableError, InputError, ModelLoadError  # noqa: E402
+
+
+def _pixels(batch, height, width, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(batch, 3, height, width, generator=g) * 2 - 1
+
+
+@pytest.fixture(params=["sdxl", "sd"])
+def family(request):
+    return request.param
+
+
+@pytest.fixture
+def exported(family, request):
+    """(torch encoder, exported folder, (height, width)) of one tiny family."""
+    size = {"sdxl": (96, 128), "sd": (64, 64)}[family]
+    return (request.getfixturevalue(f"tiny_{family}_encoder"), request.getfixturevalue(f"tiny_{family}_onnx"),
+            size)
+
+
+@pytest.fixture
+def damaged(tiny_sdxl_onnx, tmp_path):
+    """A private copy of the SDXL export, free to break."""
+    return str(shutil.copytree(tiny_sdxl_onnx, tmp_path / "copy"))
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Parity with the PyTorch encoder
+# ------------------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_onnx_features_match_torch(exported, batch):
+    encoder, folder, (h, w) = exported
+    runner = OnnxEncoder(folder, device="cpu")
+    pixels = _pixels(batch, h, w, seed=batch)  # batch 3: the graph was traced with 2, the axis is dynamic
+    ref = encoder.encode(pixels)
+    got = runner.encode(pixels)
+    assert got.shape == ref.shape == (batch, h // 32, w // 32, ref.shape[-1])
+    assert got.dtype == torch.float32 and got.device.type == "cpu"
+    assert float((got - ref).abs().max()) < 1e-4
+    np.testing.assert_allclose(got.norm(dim=-1).numpy(), 1.0, atol=1e-5)
+    assert runner.family == encoder.family and runner.stride == 32
+
+
+def test_engine_labels_identical(tiny_sdxl_encoder, tiny_sdxl_path, tiny_sdxl_onnx):
+    rng = np.random.default_rng(3)
+    image = np.zeros((90, 120, 3), np.uint8)
+    image[:, :50], image[:, 50:] = (220, 40, 40), (30, 80, 230)
+    image[30:60, 70:100] = (40, 200, 60)
+    image = (image + rng.integers(0, 25, image.shape)).astype(np.uint8)
+    # refine=False: the 3x3 median filter of the refinement works on the numeric segment ids (as the official
+    # code), so it is only comparable between runs that number the segments the same way (see below).
+    reference = Engine(EngineConfig(model=tiny_sdxl_path, size=(96, 128), device="cpu", refine=False),
+                       encoder=tiny_sdxl_encoder)
+    onnx_engine = Engine.from_pretrained(backend="onnx", engine_dir=tiny_sdxl_onnx, device="cpu", refine=False)
+    assert isinstance(onnx_engine.encoder, OnnxEncoder)
+    # model, size, timestep and seed come from the folder
+    cfg = onnx_engine.config
+    assert (cfg.model, cfg.size, cfg.timestep, cfg.seed) == (tiny_sdxl_path, (96, 128), 50, 42)
+    for tau in (0.2, 0.3, 0.5):
+        a = reference.segment(image, tau=tau, return_features=True)
+        b = onnx_engine.segment(image, tau=tau, return_features=True)
+        assert np.abs(a.features - b.features).max() < 1e-4
+        assert a.num_segments == b.num_segments > 1
+        # The same segments. Their ids can differ: on these random weights some splits separate two tokens
+        # whose Fiedler vector is (x, -x), whose sign (and so which side is numbered first) follows rounding.
+        ids = _partition_map(a.grid_labels, b.grid_labels)
+        # Pixels: the same, up to argmax near-ties of the concept scores (one pixel in 10^4 here).
+        same = np.vectorize(ids.get)(a.labels) == b.labels
+        assert same.mean() > 0.999
+
+
+def _partition_map(a, b) -> dict:
+    """The id bijection between two labelings of the same partition (fails if the partitions differ)."""
+    pairs = dict(zip(a.ravel().tolist(), b.ravel().tolist()))
+    assert len(set(zip(a.ravel().tolist(), b.ravel().tolist()))) == len(pairs) == len(set(pairs.values())), \
+        "the segments differ, not only their ids"
+    return pairs
+
+
+def test_onnx_backend_loads_no_diffusers_weights(tiny_sd_onnx, monkeypatch):
+    import diffusers
+
+    from diffcut_engine.encoders.diffusion import DiffusionEncoder
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("diffusers weights were loaded")
+
+    monkeypatch.setattr(DiffusionEncoder, "from_pretrained", forbidden)
+    monkeypatch.setattr(diffusers.DiffusionPipeline, "from_pretrained", forbidden)
+    engine = Engine.from_pretrained(backend="onnx", engine_dir=tiny_sd_onnx, device="cpu")
+    assert engine.encoder.family == "sd" and engine.tau == 0.2  # the SD 1.x preset, from the manifest's family
+    seg = engine.segment(np.full((64, 64, 3), 128, np.uint8))
+    assert seg.labels.shape == (64, 64)
+
+
+def test_constants_as_inputs_are_fed_from_constants_npz(tiny_sd_onnx, tiny_sd_encoder):
+    manifest = artifacts.read_manifest(tiny_sd_onnx)
+    assert manifest["constants"] == "inputs"
+    assert [i["name"] for i in manifest["constant_inputs"]] == ["noise", "prompt_embeds"]
+    with np.load(os.path.join(tiny_sd_onnx, artifacts.CONSTANTS_NAME)) as data:
+        np.testing.assert_array_equal(data["noise"], tiny_sd_encoder.noise((8, 8)).numpy())
+    # a different noise changes the features: the input is really used
+    runner = OnnxEncoder(tiny_sd_onnx, device="cpu")
+    pixels = _pixels(1, 64, 64)
+    base = runner.encode(pixels)
+    runner._constants["noise"] = runner._constants["noise"] * 0
+    assert float((runner.encode(pixels) - base).abs().max()) > 1e-3
+
+
+def test_session_options(tiny_sd_onnx):
+    runner = OnnxEncoder(tiny_sd_onnx, device="cpu", threads=1, graph_optimization="basic")
+    assert runner.providers == ["CPUExecutionProvider"]
+    assert runner.describe()["backend"] == "onnx"
+    with pytest.raises(InputError, match="graph_optimization"):
+        OnnxEncoder(tiny_sd_onnx, device="cpu", graph_optimization="max")
+    with pytest.raises(InputError, match="threads"):
+        OnnxEncoder(tiny_sd_onnx, device="cpu", threads=0)
+
+
+def test_cuda_provider_missing_is_backend_unavailable(tiny_sd_onnx):
+    import onnxruntime
+
+    if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+        pytest.skip("this onnxruntime has the CUDA provider")
+    with pytest.raises(BackendUnavailableError, match="onnxruntime"):
+        OnnxEncoder(tiny_sd_onnx, device="cpu", providers=["cuda"])
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Manifest
+# ------------------------------------------------------------------------------------------------------------
+
+def test_manifest_is_complete(tiny_sdxl_onnx, tiny_sdxl_path, tiny_sdxl_encoder):
+    m = artifacts.read_manifest(tiny_sdxl_onnx)
+    assert set(artifacts.REQUIRED_KEYS) <= set(m)
+    assert m["model"]["id"] == tiny_sdxl_path and m["model"]["family"] == "sdxl"
+    assert m["model"]["folder_sha256"] == artifacts.folder_digest(
+        tiny_sdxl_path, ["model_index.json", "scheduler", "text_encoder", "text_encoder_2", "tokenizer",
+                         "tokenizer_2", "unet", "vae"])
+    assert m["model"]["hook_path"] == tiny_sdxl_encoder.hook_path
+    assert m["input"]["size"] == [96, 128] and m["input"]["shape"] == ["batch", 3, 96, 128]
+    assert m["output"]["shape"] == ["batch", 3, 4, 64]
+    assert m["batch"] == {"min": 1, "opt": 4, "max": 4, "dynamic_axis": 0}
+    assert m["dtype"] == "fp32" and m["precision"]["vae"] == "fp32" and m["constants"] == "baked"
+    assert m["method"]["timestep"] == 50 and m["method"]["seed"] == 42 and m["method"]["noise_generator"] == "cpu"
+    assert m["opset"] >= 17
+    for dist in ("torch", "diffusers", "onnx", "onnxruntime", "diffcut-engine"):
+        assert m["exporter"][dist]
+    tol = m["tolerance"]
+    assert tol["measured"] and tol["passed"] and tol["max_abs"] < 1e-4 and tol["min_cosine"] > 0.9999
+    assert m["external_data"] is False and sorted(m["files"]) == ["model.onnx"]
+    for name, facts in m["files"].items():
+        path = os.path.join(tiny_sdxl_onnx, name)
+        assert os.path.getsize(path) == facts["bytes"] and artifacts.file_digest(path) == facts["sha256"]
+    # the graph's real signature: dynamic batch, static everything else
+    (inp,), (out,) = m["graph"]["inputs"], m["graph"]["outputs"]
+    assert inp["name"] == "pixels" and isinstance(inp["shape"][0], str) and inp["shape"][1:] == [3, 96, 128]
+    assert out["name"] == "features" and out["shape"][1:] == [3, 4, 64]
+
+
+def test_external_data_export(tiny_sd_onnx):
+    m = artifacts.read_manifest(tiny_sd_onnx)
+    assert m["external_data"] is True
+    assert sorted(m["files"]) == ["constants.npz", "model.onnx", "model.onnx.data"]
+    assert m["files"]["model.onnx.data"]["bytes"] > m["files"]["model.onnx"]["bytes"]
+
+
+def test_parse_batch_range():
+    assert parse_batch_range(None) == (1, 1)
+    assert parse_batch_range(8) == (1, 8)
+    assert parse_batch_range("2..8") == parse_batch_range("2-8") == (2, 8)
+    for bad in ("0", "8..2", "x", 0, True):
+        with pytest.raises(InputError):
+            parse_batch_range(bad)
+
+
+def test_export_refuses_bad_options(tiny_sd_encoder, tiny_sd_onnx, tmp_path):
+    with pytest.raises(InputError, match="not empty"):
+        export_onnx(None, tiny_sd_onnx, size=64, encoder=tiny_sd_encoder, exporter="torchscript")
+    with pytest.raises(InputError, match="multiple of 32"):
+        export_onnx(None, tmp_path / "x", size=48, encoder=tiny_sd_encoder, exporter="torchscript")
+    with pytest.raises(InputError, match="constants"):
+        export_onnx(None, tmp_path / "x", size=64, encoder=tiny_sd_encoder, constants="folded")
+    with pytest.raises(InputError, match="exporter"):
+        export_onnx(None, tmp_path / "x", size=64, encoder=tiny_sd_encoder, exporter="jit")
+    assert not os.path.exists(tmp_path / "x")
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Damaged or mismatched folders are refused
+# ------------------------------------------------------------------------------------------------------------
+
+def test_missing_folder_or_manifest(tmp_path, damaged):
+    with pytest.raises(ModelLoadError, match="does not exist"):
+        OnnxEncoder(str(tmp_path / "nowhere"), device="cpu")
+    os.remove(os.path.join(damaged, "manifest.json"))
+    with pytest.raises(ModelLoadError, match="no manifest.json"):
+        OnnxEncoder(damaged, device="cpu")
+
+
+def test_truncated_or_modified_file(damaged):
+    path = os.path.join(damaged, "model.onnx")
+    data = open(path, "rb").read()
+    with open(path, "wb") as fh:
+        fh.write(data[: len(data) // 2])
+    with pytest.raises(ModelLoadError, match="truncated"):
+        OnnxEncoder(damaged, device="cpu")
+    with open(path, "wb") as fh:  # same size, one byte changed
+        fh.write(data[:-10] + bytes([data[-10] ^ 1]) + data[-9:])
+    with pytest.raises(ModelLoadError, match="SHA-256"):
+        OnnxEncoder(damaged, device="cpu")
+
+
+def test_missing_external_data(tiny_sd_onnx, tmp_path):
+    folder = shutil.copytree(tiny_sd_onnx, tmp_path / "copy")
+    os.remove(folder / "model.onnx.data")
+    with pytest.raises(ModelLoadError, match="model.onnx.data is missing"):
+        OnnxEncoder(str(folder), device="cpu")
+
+
+def test_manifest_of_another_export(damaged):
+    path = os.path.join(damaged, "manifest.json")
+    m = json.load(open(path))
+    m["input"]["size"] = [64, 64]
+    json.dump(m, open(path, "w"))
+    with pytest.raises(ModelLoadError, match="different exports"):
+        OnnxEncoder(damaged, device="cpu")
+    m["format_version"] = 99
+    json.dump(m, open(path, "w"))
+    with pytest.raises(ModelLoadError, match="format_version"):
+        OnnxEncoder(damaged, device="cpu")
+
+
+@pytest.mark.parametrize("override, message", [
+    ({"size": 256}, "exported for 128x96"),
+    ({"model": "someone/other-model"}, "exported from model"),
+    ({"timestep": 100}, "timestep=50"),
+    ({"seed": 0}, "seed=42"),
+    ({"dtype": "fp16"}, "exported in fp32"),
+])
+def test_configuration_mismatch(tiny_sdxl_onnx, override, message):
+    with pytest.raises(ModelLoadError, match=message):
+        Engine.from_pretrained(backend="onnx", engine_dir=tiny_sdxl_onnx, device="cpu", **override)
+
+
+def test_wrong_pixel_size_is_input_error(tiny_sdxl_onnx):
+    runner = OnnxEncoder(tiny_sdxl_onnx, device="cpu")
+    with pytest.raises(InputError, match="exported for 128x96"):
+        runner.encode(_pixels(1, 128, 128))
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Command line
+# ------------------------------------------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_cli_export_then_segment(tiny_sd_path, tmp_path, capsys):
+    """The default exporter (dynamo, ~30 s here; the fixtures use the faster TorchScript one), end to end."""
+    pytest.importorskip("onnxscript")
+    out = tmp_path / "engine"
+    code = main(["export", "--model", tiny_sd_path, "--format", "onnx", "--out", str(out), "--size", "64",
+                 "--batch", "2"])
+    stdout = capsys.readouterr().out
+    assert code == 0 and "max |onnx - torch|" in stdout
+    m = artifacts.read_manifest(str(out))
+    assert m["batch"]["max"] == 2 and m["exporter"]["method"] == "torch.onnx.export(dynamo=True)"
+    assert m["tolerance"]["passed"] and m["tolerance"]["max_abs"] < 1e-4
+    image = tmp_path / "img.png"
+    from PIL import Image
+
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 60, 3), dtype=np.uint8)).save(image)
+    code = main(["segment", str(image), "-o", str(tmp_path / "seg"), "--backend", "onnx", "--engine-dir",
+                 str(out), "--device", "cpu", "-q"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert "onnx" in captured.err and (tmp_path / "seg" / "img_labels.png").exists()
+    # a size the folder was not exported for: one error line, exit code 2
+    code = main(["segment", str(image), "-o", str(tmp_path / "seg2"), "--backend", "onnx", "--engine-dir",
+                 str(out), "--size", "128", "-q"])
+    assert code == 2 and "exported for 64x64" in capsys.readouterr().err
