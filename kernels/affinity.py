@@ -149,7 +149,7 @@ if tl is not None:
                          mask=cmask[:, None] & rmask[None, :])
 
     @triton.jit
-    def _scale_pow_degree_kernel(w_ptr, deg_ptr, minmax_ptr, N, alpha,
+    def _scale_pow_degree_kernel(w_ptr, deg_ptr, minmax_ptr, N, alpha, spread_rtol,
                                  USE_LIBDEVICE: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
         """Pass 2, in place over BLOCK_R full rows: W = clamp((S - lo) / (hi - lo), 0, 1) ** alpha; deg = W.sum(1)."""
         pid = tl.program_id(0)
@@ -159,7 +159,8 @@ if tl is not None:
         cs = tl.arange(0, BLOCK_C)
         lo = tl.load(minmax_ptr)
         hi = tl.load(minmax_ptr + 1)
-        spread = hi > lo          # False only for constant similarities: every entry is then 1, as in the reference
+        # False for constant similarities (a spread at rounding level): every entry is then 1, as in the reference
+        spread = (hi - lo) > spread_rtol * tl.maximum(tl.abs(hi), tl.abs(lo))
         span = tl.where(spread, hi - lo, 1.0)
         # 2-D accumulator, reduced once after the loop (one reduction per program instead of one per slice)
         deg = tl.zeros((BLOCK_R, BLOCK_C), dtype=tl.float32)
@@ -214,6 +215,16 @@ def triton_interpreted() -> bool:
 # ------------------------------------------------------------------------------------------------------------
 # Validation
 # ------------------------------------------------------------------------------------------------------------
+
+def spread_rtol(channels: int) -> float:
+    """Relative spread of the similarities below which the features count as constant (all of W is 1).
+
+    Dot products of identical unit tokens of width C differ by up to about ``C * eps_float32`` from rounding alone;
+    min-max scaling such a spread would turn rounding noise into the whole [0, 1] range. The same rule as
+    :func:`diffcut_engine.graph.affinity.affinity_from_tokens`.
+    """
+    return float(channels) * float(torch.finfo(torch.float32).eps)
+
 
 def _check_alpha(alpha) -> float:
     if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real) or not (0 < float(alpha) < math.inf):
@@ -277,7 +288,7 @@ def affinity_reference(tokens: torch.Tensor, alpha: float = 10.0, *, check_finit
     xn = torch.nn.functional.normalize(x, dim=1, eps=NORM_EPS)
     s = xn @ xn.T
     lo, hi = s.min(), s.max()
-    spread = hi > lo
+    spread = (hi - lo) > spread_rtol(x.shape[1]) * torch.maximum(hi.abs(), lo.abs())
     span = torch.where(spread, hi - lo, torch.ones_like(hi))
     w = ((s - lo) / span).clamp_(0.0, 1.0).pow_(alpha)
     w = torch.where(spread, w, torch.ones_like(w))
@@ -401,7 +412,7 @@ def fused_affinity(tokens: torch.Tensor, alpha: float = 10.0, *, block: int | No
     else:
         rows_r, rows_c, rows_warps = (8 if n >= 1024 else 4), 256, 4
     _scale_pow_degree_kernel[(triton.cdiv(n, rows_r),)](
-        w, deg, minmax, n, alpha,
+        w, deg, minmax, n, alpha, spread_rtol(c),
         USE_LIBDEVICE=(libdevice is not None and not _INTERPRETED),
         BLOCK_R=rows_r, BLOCK_C=rows_c, num_warps=rows_warps)
     return w, deg

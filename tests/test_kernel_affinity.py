@@ -318,3 +318,10 @@ def test_gpu_degenerate_and_dispatch():
     w1, d1 = kaff.affinity_with_degrees(x, 10.0)
     w2, d2 = kaff.fused_affinity(x, 10.0)
     assert torch.equal(w1, w2) and torch.equal(d1, d2)
+
+
+def test_reference_treats_a_rounding_level_spread_as_constant():
+    x = torch.linspace(-1, 1, 1280).repeat(600, 1)
+    w, d = kaff.affinity_reference(x, 10.0)
+    assert torch.all(w == 1) and torch.all(d == 600)
+    assert np.array_equal(w.numpy(), affinity_from_tokens(l2_normalize(x.numpy()), 10.0))

@@ -85,7 +85,9 @@ def _power_inplace(s: np.ndarray, k: int, work: np.ndarray = None) -> np.ndarray
 #: Integer exponents up to this use binary powering (a few multiplications) instead of ``np.power``.
 _MAX_SQUARING_EXPONENT = 64
 #: Elements per row block of the scale-and-power pass (a block and its temporary stay in the L2 cache).
-_BLOCK_ELEMENTS = 1 << 16
+_BLOCK_ELEMENTS = 1 << 18
+#: Side of the square tiles of the mirror pass.
+_MIRROR_TILE = 256
 
 
 def affinity_from_tokens(tokens: np.ndarray, alpha: float = 10.0, *, exact_power: bool = False,
@@ -96,11 +98,18 @@ def affinity_from_tokens(tokens: np.ndarray, alpha: float = 10.0, *, exact_power
     is 1 and the least similar pair is exactly 0. If all similarities are equal (constant features) every entry
     is 1.
 
-    For an integer ``alpha`` (the paper's 10) the power is taken by binary powering: about 3x faster than
-    ``np.power`` and within a few float32 ulps of it. ``exact_power=True`` uses ``np.power`` (the correctly
-    rounded ``powf``), which ``compat="official"`` needs: there the exact pattern of float32 zeros (the global
-    minimum pair and entries that underflow for large alpha) decides which nodes the official code drops.
-    Scaling and power run over row blocks that stay in cache, with one small temporary.
+    Two paths:
+
+    - default: S by BLAS ``ssyrk`` (one triangle: half the flops of a general product, and exactly symmetric),
+      then one pass over row blocks that stay in cache: min-max, the power (an integer ``alpha``, the paper's 10,
+      by binary powering: within a few float32 ulps of ``np.power``, about 3x faster), the write in ``dtype``,
+      then the mirror. A spread ``max S - min S`` at rounding level (at most ``C * eps_float32``, C the token
+      width) is treated as constant features: min-max scaling would otherwise blow float32 rounding noise of
+      identical tokens up to the whole [0, 1] range.
+    - ``exact_power=True`` (``compat="official"``): the official operations on full matrices, S by a general
+      product and the correctly rounded ``np.power``; the exact pattern of float32 zeros (the global minimum pair
+      and entries that underflow for large alpha) decides there which nodes the official code drops, and no
+      rounding-level guard is applied.
 
     Parameters
     ----------
@@ -108,30 +117,73 @@ def affinity_from_tokens(tokens: np.ndarray, alpha: float = 10.0, *, exact_power
         Dtype of the returned matrix. ``numpy.float64`` returns exactly the float32 result widened (what the
         float64 eigensolvers consume), without a separate full-size conversion pass.
     """
-    s = tokens @ tokens.T
-    n = s.shape[0]
+    if exact_power:
+        return _affinity_official(tokens, alpha, dtype)
+    n, c = tokens.shape
+    s = _gram_lower(tokens)
     out = s if np.dtype(dtype) == s.dtype else np.empty((n, n), dtype=dtype)
-    lo, hi = s.min(), s.max()
-    if not hi > lo:
+    step = max(1, min(n, _BLOCK_ELEMENTS // n))
+    tri = np.tri(step, dtype=bool)
+    # 1. global min / max over the valid (lower) triangle
+    lo, hi = np.inf, -np.inf
+    for a in range(0, n, step):
+        m = min(step, n - a)
+        diag = s[a:a + m, a:a + m]
+        diag[~tri[:m, :m]] = diag[tri[:m, :m]].max()  # the unused upper part: neutral for min/max, finite
+        lo, hi = min(lo, diag.min()), max(hi, diag.max())
+        if a:
+            lo, hi = min(lo, s[a:a + m, :a].min()), max(hi, s[a:a + m, :a].max())
+    if not hi - lo > c * np.finfo(np.float32).eps * max(abs(hi), abs(lo), np.finfo(np.float32).tiny):
         out[...] = 1
         return out
-    span = hi - lo
-    squaring = not exact_power and float(alpha).is_integer() and 1 <= alpha <= _MAX_SQUARING_EXPONENT
-    step = max(1, _BLOCK_ELEMENTS // n)
-    work = np.empty((min(step, n), n), dtype=s.dtype)
+    lo, span = np.float32(lo), np.float32(hi - lo)
+    squaring = float(alpha).is_integer() and 1 <= alpha <= _MAX_SQUARING_EXPONENT
+    work = np.empty((step, n), dtype=s.dtype)
+    # 2. scale, power and write the lower triangle (with the diagonal block whole), block by block
     for a in range(0, n, step):
-        blk = s[a:a + step]
+        m = min(step, n - a)
+        blk = s[a:a + m, :a + m]
         blk -= lo
         blk /= span
         if squaring:
-            res = _power_inplace(blk, int(alpha), work[:blk.shape[0]])
+            res = _power_inplace(blk, int(alpha), work[:m, :a + m])
         else:
             res = np.power(blk, np.float32(alpha), out=blk, dtype=np.float32)
         if out is not s:
-            out[a:a + step] = res
+            out[a:a + m, :a + m] = res
         elif res is not blk:
             blk[...] = res
+    # 3. mirror: the upper triangle from the lower one, in square tiles (transposed reads stay in cache)
+    t = _MIRROR_TILE
+    for a in range(0, n, t):
+        for b in range(a + t, n, t):
+            out[a:a + t, b:b + t] = out[b:b + t, a:a + t].T
+        diag = out[a:a + t, a:a + t]
+        upper = np.triu_indices(diag.shape[0], 1)
+        diag[upper] = diag.T[upper]
     return out
+
+
+def _gram_lower(tokens: np.ndarray) -> np.ndarray:
+    """X X^T in float32 with one BLAS ``ssyrk`` call; C-ordered, valid on and below the diagonal only."""
+    from scipy.linalg.blas import ssyrk
+
+    x = np.ascontiguousarray(tokens, dtype=np.float32)
+    c = ssyrk(1.0, x.T, trans=1)  # x.T is Fortran-ordered (no copy); c: Fortran order, upper triangle filled
+    return c.T  # the same memory read in C order: the lower triangle
+
+
+def _affinity_official(tokens: np.ndarray, alpha: float, dtype) -> np.ndarray:
+    """The official operations on the full float32 matrix: general product, min-max, ``np.power``."""
+    s = tokens @ tokens.T
+    lo, hi = s.min(), s.max()
+    if not hi > lo:
+        s[...] = 1
+    else:
+        s -= lo
+        s /= hi - lo
+        np.power(s, np.float32(alpha), out=s, dtype=np.float32)
+    return s.astype(dtype, copy=False)
 
 
 def affinity(features, alpha: float = 10.0) -> np.ndarray:

@@ -31,7 +31,7 @@ from typing import List, Sequence
 import numpy as np
 
 from ..errors import BackendUnavailableError, InputError
-from .affinity import _MAX_SQUARING_EXPONENT, _NORM_EPS
+from .affinity import _MAX_SQUARING_EXPONENT, _NORM_EPS, affinity_from_tokens, l2_normalize
 from .batched import _validate as _validate_tree_options
 from .batched import build_trees_batched
 from .eigen import validate_solver
@@ -114,11 +114,15 @@ def _power_inplace(s, k: int):
 
 def _affinity(xp, tokens, alpha: float):
     """W of (N, C) float32 tokens in namespace ``xp``, without validation and without a host synchronisation."""
+    if xp is np:  # the host: exactly the host graph stage (ssyrk Gram, blocked passes)
+        return affinity_from_tokens(l2_normalize(tokens), alpha)
     norms = xp.sqrt(xp.einsum("ij,ij->i", tokens, tokens))
     s = tokens / xp.maximum(norms, _NORM_EPS)[:, None]  # as l2_normalize: a zero token stays zero
     s = xp.matmul(s, s.T)
     lo, hi = s.min(), s.max()
-    spread = hi > lo  # a 0-d array: deciding the degenerate case below needs no host round trip
+    # a 0-d array: deciding the degenerate case below needs no host round trip; a spread at rounding level counts
+    # as constant features, as on the host
+    spread = (hi - lo) > tokens.shape[1] * np.finfo(np.float32).eps * xp.maximum(abs(hi), abs(lo))
     s -= lo
     s /= xp.where(spread, hi - lo, xp.ones_like(hi))
     if float(alpha).is_integer() and 1 <= alpha <= _MAX_SQUARING_EXPONENT:
