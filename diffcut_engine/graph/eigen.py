@@ -23,9 +23,9 @@ Solvers (``solver=``):
     Lanczos on the deflated M (every Lanczos vector orthogonalised against sqrt(d) and, fully, against all
     previous ones), plain ``numpy`` matrix-vector products on the dense M, float64; started from the parent's
     Fiedler vector restricted to the subgraph (when given) plus a little seeded random noise. Steps are added
-    (``LANCZOS_MIN_STEPS`` first, then ``LANCZOS_STEP_GROWTH`` at a time from 512 nodes up, twice that below,
-    at most ``LANCZOS_MAX_STEPS``) until the
-    top Ritz vector carries a Davis-Kahan certificate ``residual / gap < LANCZOS_ANGLE_TOL``, the gap being taken
+    (``LANCZOS_MIN_STEPS`` first, then 2 at a time from 2048 nodes up, ``LANCZOS_STEP_GROWTH`` from 512 nodes,
+    twice that below, at most ``LANCZOS_MAX_STEPS``) until the top Ritz vector carries a Davis-Kahan
+    certificate ``residual / gap < LANCZOS_ANGLE_TOL``, the gap being taken
     conservatively from the *converged* second Ritz pair and from the trivial eigenvalue 1 (see
     :func:`_lanczos`); uncertified, it falls back to the dense solve, exactly like ``lobpcg``. O(n^2 k) with
     k ~ 20-60: several times faster than ``dense`` from a few hundred nodes up.
@@ -73,6 +73,8 @@ LANCZOS_MIN_STEPS = 10
 LANCZOS_STEP_GROWTH = 5
 #: From this size on, check the certificate every ``LANCZOS_STEP_GROWTH`` steps (else every other time).
 LANCZOS_FINE_CHECKS_MIN_NODES = 512
+#: From this size on, check every 2 steps (a step costs several checks' worth there).
+LANCZOS_FINEST_CHECKS_MIN_NODES = 2048
 LANCZOS_MAX_STEPS = 160
 #: Give up (dense solve) when the certificate would need a residual below this (rounding level of ||M|| = 1).
 LANCZOS_HOPELESS = 1e-13
@@ -206,7 +208,12 @@ def _lanczos(A, d, warm_start):
     Q[0] = v / np.linalg.norm(v)
     # a check (a 2-pair tridiagonal solve, ~0.1 ms) costs about one matrix-vector product at n ~ 500: check
     # more often on larger graphs, where every step saved is worth more
-    growth = LANCZOS_STEP_GROWTH if n >= LANCZOS_FINE_CHECKS_MIN_NODES else 2 * LANCZOS_STEP_GROWTH
+    if n >= LANCZOS_FINEST_CHECKS_MIN_NODES:
+        growth = 2
+    elif n >= LANCZOS_FINE_CHECKS_MIN_NODES:
+        growth = LANCZOS_STEP_GROWTH
+    else:
+        growth = 2 * LANCZOS_STEP_GROWTH
     checks = set(range(min(LANCZOS_MIN_STEPS, kmax), kmax, growth)) | {kmax}
     for j in range(kmax):
         w = matvec(Q[j])

@@ -105,6 +105,12 @@ def binned_ncut_values(A: np.ndarray, d: np.ndarray, y: np.ndarray, thresholds: 
         (k,) float64 NCut values, equal (to rounding) to :func:`ncut_values` of the indicators
         ``y > thresholds``; +inf where a side is empty.
     """
+    return _binned_scores(A, d, y, thresholds)[0]
+
+
+def _binned_scores(A, d, y, thresholds):
+    """:func:`binned_ncut_values` and what it computed on the way: ``(values, bins, GA)``, GA (k+1, n) the sums
+    of A's rows over each bin (so ``GA[c, i]`` is node i's affinity to bin c)."""
     import scipy.sparse
 
     n, k = y.size, thresholds.size
@@ -123,7 +129,20 @@ def binned_ncut_values(A: np.ndarray, d: np.ndarray, y: np.ndarray, thresholds: 
         values = cut / vol_one + cut / vol_zero
     ones = np.cumsum(count[::-1])[::-1][1:]
     values[(ones == 0) | (ones == n) | ~np.isfinite(values)] = np.inf
-    return values
+    return values, bins, GA
+
+
+def _best_binned_split(A, d, y, num_thresholds):
+    """The clean recursion's split: :func:`best_threshold_split` with ``method="binned"``, plus the degrees of
+    both sides inside their own subgraph (read off the bin sums, no pass over A): ``(side, value, d_one,
+    d_zero)``; each degree is a sum of non-negative bin sums (no ``d - cut`` cancellation)."""
+    thresholds = candidate_thresholds(y, num_thresholds)
+    values, bins, GA = _binned_scores(A, d, y, thresholds)
+    best = int(np.argmin(values))
+    side = y > thresholds[best]  # == bins > best
+    d_one = GA[best + 1:, side].sum(axis=0)
+    d_zero = GA[:best + 1, ~side].sum(axis=0)
+    return side, float(values[best]), d_one, d_zero
 
 
 def prefix_ncut_values(A: np.ndarray, d: np.ndarray, y: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
@@ -408,9 +427,9 @@ def _build_tree(W, *, tau_max, compat, solver, num_thresholds, shape, leaf_bound
     workspace = _Workspace()
     root = NCutNode(np.arange(n), 0)
     # (node, parent's Fiedler vector over node.indices for warm starts, the node's affinity when already gathered)
-    stack = [(root, None, None)]
+    stack = [(root, None, None, None)]  # + the node's affinity and degrees when already at hand
     while stack:
-        node, warm, A = stack.pop()
+        node, warm, A, d = stack.pop()
         idx = node.indices
         if zero_row is not None and node.depth > 0:
             keep = ~zero_row[idx]
@@ -420,7 +439,7 @@ def _build_tree(W, *, tau_max, compat, solver, num_thresholds, shape, leaf_bound
             continue
         if A is None:
             A = workspace.subgraph(W, idx, solve_dtype)
-        d = A.sum(axis=1)
+            d = A.sum(axis=1)
         if not np.all(d > 0):  # an isolated node (all-zero row): no meaningful Laplacian
             continue
         if leaf_bounds and not official and node.depth > 0:  # (the root is a leaf only for near-uniform images)
@@ -429,19 +448,24 @@ def _build_tree(W, *, tau_max, compat, solver, num_thresholds, shape, leaf_bound
                 node.value, node.exact = bound, False
                 continue
         y = fiedler_vector(A, d, solver=solver, warm_start=warm)
-        side, node.value = best_threshold_split(A, d, y, num_thresholds=num_thresholds, method=scoring)
+        if official:
+            side, node.value = best_threshold_split(A, d, y, num_thresholds=num_thresholds, method=scoring)
+        else:
+            side, node.value, d_one, d_zero = _best_binned_split(A, d, y, num_thresholds)
         if node.value < tau_max:
             node.one = NCutNode(idx[side], node.depth + 1)
             node.zero = NCutNode(idx[~side], node.depth + 1)
             # clean: the children's affinities come from this node's (m wide rows instead of N) while it is at
-            # hand; official: gathered from W later, after its zero-row filter
-            A_one = A_zero = None
-            if zero_row is None:
-                A_one, A_zero = _take_square(A, np.flatnonzero(side)), _take_square(A, np.flatnonzero(~side))
+            # hand, their degrees from the split's bin sums; official: gathered from W later, after its
+            # zero-row filter
+            one = zero = (None, None)
+            if not official:
+                one = (_take_square(A, np.flatnonzero(side)), d_one)
+                zero = (_take_square(A, np.flatnonzero(~side)), d_zero)
             # LIFO: the "1"-side subtree is finished before the "0"-side, as the official pre-order recursion.
-            stack.append((node.zero, y[~side], A_zero))
-            stack.append((node.one, y[side], A_one))
-        A = None
+            stack.append((node.zero, y[~side]) + zero)
+            stack.append((node.one, y[side]) + one)
+        A = d = None
     return NCutTree(root, shape or (n,), tau_max, compat)
 
 
