@@ -303,3 +303,20 @@ def test_constant_wide_features_are_one_segment():
     feats[0, 0, :10] += 0.5
     W = affinity(feats)
     assert W.min() == 0 and W.max() == 1
+
+
+def test_scratch_memory_is_reused_and_never_returned_to_callers():
+    from diffcut_engine.graph import memory
+
+    memory.release()
+    feats = planted_features(planted_regions(24, 24, "quadrants"), seed=2)
+    first = recursive_ncut(feats, tau=0.5)
+    assert memory.cached_bytes() >= (24 * 24) ** 2 * 8  # at least the float64 root affinity came back
+    held = memory.cached_bytes()
+    np.testing.assert_array_equal(recursive_ncut(feats, tau=0.5), first)  # the second run reuses the buffers
+    assert memory.cached_bytes() <= max(held, memory.CACHE_LIMIT_BYTES)
+    W = affinity(feats)  # a public result is never pool memory: giving it back is a no-op
+    memory.give_back(W)
+    assert all(b is not W.base for b in memory._free_list())
+    memory.release()
+    assert memory.cached_bytes() == 0

@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import InputError
+from . import memory
 
 #: epsilon of ``torch.nn.functional.normalize``; a zero token stays a zero vector.
 _NORM_EPS = 1e-12
@@ -91,7 +92,7 @@ _MIRROR_TILE = 256
 
 
 def affinity_from_tokens(tokens: np.ndarray, alpha: float = 10.0, *, exact_power: bool = False,
-                         dtype=np.float32) -> np.ndarray:
+                         dtype=np.float32, _pooled: bool = False) -> np.ndarray:
     """W = ((S - min S) / (max S - min S)) ** alpha with S = X X^T, computed in float32.
 
     ``tokens`` must already be L2-normalised. The min-max scaling is global over the whole matrix, so the diagonal
@@ -116,12 +117,18 @@ def affinity_from_tokens(tokens: np.ndarray, alpha: float = 10.0, *, exact_power
     dtype : numpy dtype, default float32
         Dtype of the returned matrix. ``numpy.float64`` returns exactly the float32 result widened (what the
         float64 eigensolvers consume), without a separate full-size conversion pass.
+    _pooled : bool
+        Internal: take the matrices from :mod:`.memory` (the result must then be given back to it, and the
+        caller owns it exclusively).
     """
     if exact_power:
         return _affinity_official(tokens, alpha, dtype)
     n, c = tokens.shape
-    s = _gram_lower(tokens)
-    out = s if np.dtype(dtype) == s.dtype else np.empty((n, n), dtype=dtype)
+    s = _gram_lower(tokens, pooled=_pooled)
+    if np.dtype(dtype) == s.dtype:
+        out = s
+    else:
+        out = memory.empty((n, n), dtype) if _pooled else np.empty((n, n), dtype=dtype)
     step = max(1, min(n, _BLOCK_ELEMENTS // n))
     tri = np.tri(step, dtype=bool)
     # 1. global min / max over the valid (lower) triangle
@@ -135,6 +142,8 @@ def affinity_from_tokens(tokens: np.ndarray, alpha: float = 10.0, *, exact_power
             lo, hi = min(lo, s[a:a + m, :a].min()), max(hi, s[a:a + m, :a].max())
     if not hi - lo > c * np.finfo(np.float32).eps * max(abs(hi), abs(lo), np.finfo(np.float32).tiny):
         out[...] = 1
+        if _pooled and out is not s:
+            memory.give_back(s)
         return out
     lo, span = np.float32(lo), np.float32(hi - lo)
     squaring = float(alpha).is_integer() and 1 <= alpha <= _MAX_SQUARING_EXPONENT
@@ -161,15 +170,22 @@ def affinity_from_tokens(tokens: np.ndarray, alpha: float = 10.0, *, exact_power
         diag = out[a:a + t, a:a + t]
         upper = np.triu_indices(diag.shape[0], 1)
         diag[upper] = diag.T[upper]
+    if _pooled and out is not s:
+        memory.give_back(s)
     return out
 
 
-def _gram_lower(tokens: np.ndarray) -> np.ndarray:
+def _gram_lower(tokens: np.ndarray, pooled: bool = False) -> np.ndarray:
     """X X^T in float32 with one BLAS ``ssyrk`` call; C-ordered, valid on and below the diagonal only."""
     from scipy.linalg.blas import ssyrk
 
     x = np.ascontiguousarray(tokens, dtype=np.float32)
-    c = ssyrk(1.0, x.T, trans=1)  # x.T is Fortran-ordered (no copy); c: Fortran order, upper triangle filled
+    n = x.shape[0]
+    if pooled:
+        c = memory.empty((n, n), np.float32, order="F")
+        c = ssyrk(1.0, x.T, beta=0.0, c=c, trans=1, overwrite_c=1)
+    else:
+        c = ssyrk(1.0, x.T, trans=1)  # x.T is Fortran-ordered (no copy); c: Fortran order, upper triangle filled
     return c.T  # the same memory read in C order: the lower triangle
 
 

@@ -15,6 +15,7 @@ from typing import Iterator, List, Optional, Tuple
 import numpy as np
 
 from ..errors import InputError
+from . import memory
 from .affinity import affinity_from_tokens, as_token_matrix, l2_normalize
 from .eigen import fiedler_vector, validate_solver
 from .xp import is_device
@@ -314,7 +315,7 @@ def _validate_common(tau, compat, solver, num_thresholds, name="tau"):
 def _take_square(A: np.ndarray, loc: np.ndarray) -> np.ndarray:
     """A[loc][:, loc] as a new array, gathered in row blocks (no full-height temporary)."""
     m = loc.size
-    out = np.empty((m, m), dtype=A.dtype)
+    out = memory.empty((m, m), A.dtype)  # given back to the pool once its node is solved
     step = max(1, _BLOCK_ELEMENTS // A.shape[0])
     for a in range(0, m, step):
         np.take(A.take(loc[a:a + step], axis=0), loc, axis=1, out=out[a:a + step])
@@ -412,8 +413,35 @@ def build_tree(W, *, tau_max: float, compat: str = "clean", solver: str = "auto"
                        shape=shape, leaf_bounds=leaf_bounds)
 
 
-def _build_tree(W, *, tau_max, compat, solver, num_thresholds, shape, leaf_bounds) -> NCutTree:
-    """:func:`build_tree` on a validated affinity (finite, square)."""
+def _solve_node(node, idx, A, d, warm, *, tau_max, solver, official, scoring, num_thresholds, leaf_bounds):
+    """Solve one subgraph; return its children's stack entries ("1"-side first), none for a leaf."""
+    if not np.all(d > 0):  # an isolated node (all-zero row): no meaningful Laplacian
+        return []
+    if leaf_bounds and not official and node.depth > 0:  # (the root is a leaf only for near-uniform images)
+        bound = spectral_lower_bound(A, d)
+        if bound >= tau_max + LEAF_BOUND_MARGIN:
+            node.value, node.exact = bound, False
+            return []
+    y = fiedler_vector(A, d, solver=solver, warm_start=warm)
+    if official:
+        side, node.value = best_threshold_split(A, d, y, num_thresholds=num_thresholds, method=scoring)
+    else:
+        side, node.value, d_one, d_zero = _best_binned_split(A, d, y, num_thresholds)
+    if not node.value < tau_max:
+        return []
+    node.one = NCutNode(idx[side], node.depth + 1)
+    node.zero = NCutNode(idx[~side], node.depth + 1)
+    if official:  # gathered from W when popped, after the zero-row filter
+        return [(node.one, y[side], None, None, False), (node.zero, y[~side], None, None, False)]
+    # clean: the children's affinities come from this node's (m-wide rows instead of N) while it is at hand,
+    # as pooled scratch; their degrees from the split's bin sums
+    return [(node.one, y[side], _take_square(A, np.flatnonzero(side)), d_one, True),
+            (node.zero, y[~side], _take_square(A, np.flatnonzero(~side)), d_zero, True)]
+
+
+def _build_tree(W, *, tau_max, compat, solver, num_thresholds, shape, leaf_bounds, owned=False) -> NCutTree:
+    """:func:`build_tree` on a validated affinity (finite, square). ``owned``: W comes from :mod:`.memory` and
+    is this call's to give back (and to reuse as scratch) once the root is solved."""
     n = W.shape[0]
     official = compat == "official"
     # official: float32 throughout and a full syevd, as torch.linalg.eigh on the official float32 matrices.
@@ -427,44 +455,27 @@ def _build_tree(W, *, tau_max, compat, solver, num_thresholds, shape, leaf_bound
     workspace = _Workspace()
     root = NCutNode(np.arange(n), 0)
     # (node, parent's Fiedler vector over node.indices for warm starts, the node's affinity when already gathered)
-    stack = [(root, None, None, None)]  # + the node's affinity and degrees when already at hand
+    # (node, parent's Fiedler vector, the node's affinity and degrees when already at hand, whether that affinity
+    # is pooled scratch to give back once the node is solved)
+    stack = [(root, None, None, None, False)]
     while stack:
-        node, warm, A, d = stack.pop()
+        node, warm, A, d, pooled = stack.pop()
         idx = node.indices
         if zero_row is not None and node.depth > 0:
             keep = ~zero_row[idx]
             idx = idx[keep]
             warm = None if warm is None else warm[keep]
-        if idx.size < 2:
-            continue
-        if A is None:
-            A = workspace.subgraph(W, idx, solve_dtype)
-            d = A.sum(axis=1)
-        if not np.all(d > 0):  # an isolated node (all-zero row): no meaningful Laplacian
-            continue
-        if leaf_bounds and not official and node.depth > 0:  # (the root is a leaf only for near-uniform images)
-            bound = spectral_lower_bound(A, d)
-            if bound >= tau_max + LEAF_BOUND_MARGIN:
-                node.value, node.exact = bound, False
-                continue
-        y = fiedler_vector(A, d, solver=solver, warm_start=warm)
-        if official:
-            side, node.value = best_threshold_split(A, d, y, num_thresholds=num_thresholds, method=scoring)
-        else:
-            side, node.value, d_one, d_zero = _best_binned_split(A, d, y, num_thresholds)
-        if node.value < tau_max:
-            node.one = NCutNode(idx[side], node.depth + 1)
-            node.zero = NCutNode(idx[~side], node.depth + 1)
-            # clean: the children's affinities come from this node's (m wide rows instead of N) while it is at
-            # hand, their degrees from the split's bin sums; official: gathered from W later, after its
-            # zero-row filter
-            one = zero = (None, None)
-            if not official:
-                one = (_take_square(A, np.flatnonzero(side)), d_one)
-                zero = (_take_square(A, np.flatnonzero(~side)), d_zero)
+        if idx.size >= 2:
+            if A is None:
+                A = workspace.subgraph(W, idx, solve_dtype)
+                d = A.sum(axis=1)
+                pooled = owned and A is W
+            children = _solve_node(node, idx, A, d, warm, tau_max=tau_max, solver=solver, official=official,
+                                   scoring=scoring, num_thresholds=num_thresholds, leaf_bounds=leaf_bounds)
             # LIFO: the "1"-side subtree is finished before the "0"-side, as the official pre-order recursion.
-            stack.append((node.zero, y[~side]) + zero)
-            stack.append((node.one, y[side]) + one)
+            stack.extend(children[::-1])
+        if pooled:
+            memory.give_back(A)
         A = d = None
     return NCutTree(root, shape or (n,), tau_max, compat)
 
@@ -495,7 +506,7 @@ def _affinity_of(features, alpha, compat="clean"):
     tokens, grid = as_token_matrix(features)
     official = compat == "official"
     W = affinity_from_tokens(l2_normalize(tokens), float(alpha), exact_power=official,
-                             dtype=np.float32 if official else np.float64)
+                             dtype=np.float32 if official else np.float64, _pooled=not official)
     return W, grid
 
 
@@ -518,7 +529,7 @@ def ncut_tree(features, *, alpha: float = 10.0, tau_max: float = 1.0, compat: st
     _validate_common(tau_max, compat, solver, num_thresholds, name="tau_max")
     W, grid = _affinity_of(features, alpha, compat)  # finite by construction (the features were checked)
     return _build_tree(W, tau_max=tau_max, compat=compat, solver=solver, num_thresholds=num_thresholds,
-                       shape=grid, leaf_bounds=True)
+                       shape=grid, leaf_bounds=True, owned=compat != "official")
 
 
 def recursive_ncut(features, *, alpha: float = 10.0, tau: float = 0.5, compat: str = "clean",
