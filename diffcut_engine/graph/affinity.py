@@ -6,6 +6,8 @@ NeurIPS 2024 (arXiv 2406.02842), section 3; official code ``diffcut/recursive_no
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from ..errors import InputError
@@ -130,16 +132,16 @@ def affinity_from_tokens(tokens: np.ndarray, alpha: float = 10.0, *, exact_power
     else:
         out = memory.empty((n, n), dtype) if _pooled else np.empty((n, n), dtype=dtype)
     step = max(1, min(n, _BLOCK_ELEMENTS // n))
-    tri = np.tri(step, dtype=bool)
-    # 1. global min / max over the valid (lower) triangle
+    # 1. complete the diagonal blocks (their upper part from their lower part), then the global min / max over
+    #    the lower block rows, which are now all valid
     lo, hi = np.inf, -np.inf
     for a in range(0, n, step):
         m = min(step, n - a)
         diag = s[a:a + m, a:a + m]
-        diag[~tri[:m, :m]] = diag[tri[:m, :m]].max()  # the unused upper part: neutral for min/max, finite
-        lo, hi = min(lo, diag.min()), max(hi, diag.max())
-        if a:
-            lo, hi = min(lo, s[a:a + m, :a].min()), max(hi, s[a:a + m, :a].max())
+        upper = _upper_indices(m)
+        diag[upper] = diag.T[upper]
+        blk = s[a:a + m, :a + m]
+        lo, hi = min(lo, blk.min()), max(hi, blk.max())
     if not hi - lo > c * np.finfo(np.float32).eps * max(abs(hi), abs(lo), np.finfo(np.float32).tiny):
         out[...] = 1
         if _pooled and out is not s:
@@ -148,7 +150,7 @@ def affinity_from_tokens(tokens: np.ndarray, alpha: float = 10.0, *, exact_power
     lo, span = np.float32(lo), np.float32(hi - lo)
     squaring = float(alpha).is_integer() and 1 <= alpha <= _MAX_SQUARING_EXPONENT
     work = np.empty((step, n), dtype=s.dtype)
-    # 2. scale, power and write the lower triangle (with the diagonal block whole), block by block
+    # 2. scale, power and write the lower block rows (diagonal blocks whole), block by block
     for a in range(0, n, step):
         m = min(step, n - a)
         blk = s[a:a + m, :a + m]
@@ -162,17 +164,23 @@ def affinity_from_tokens(tokens: np.ndarray, alpha: float = 10.0, *, exact_power
             out[a:a + m, :a + m] = res
         elif res is not blk:
             blk[...] = res
-    # 3. mirror: the upper triangle from the lower one, in square tiles (transposed reads stay in cache)
+    # 3. mirror the blocks above the diagonal blocks, in square tiles (transposed reads stay in cache)
     t = _MIRROR_TILE
-    for a in range(0, n, t):
-        for b in range(a + t, n, t):
-            out[a:a + t, b:b + t] = out[b:b + t, a:a + t].T
-        diag = out[a:a + t, a:a + t]
-        upper = np.triu_indices(diag.shape[0], 1)
-        diag[upper] = diag.T[upper]
+    for a in range(0, n, step):
+        m = min(step, n - a)
+        for r in range(a, a + m, t):
+            rows = slice(r, min(r + t, a + m))
+            for b in range(a + m, n, t):
+                out[rows, b:b + t] = out[b:b + t, rows].T
     if _pooled and out is not s:
         memory.give_back(s)
     return out
+
+
+@functools.lru_cache(maxsize=8)
+def _upper_indices(m: int):
+    """Indices of the strict upper triangle of an (m, m) block (cached: the blocks repeat)."""
+    return np.triu_indices(m, 1)
 
 
 def _gram_lower(tokens: np.ndarray, pooled: bool = False) -> np.ndarray:

@@ -54,6 +54,7 @@ import logging
 import numpy as np
 
 from ..errors import InputError
+from ._blas import matvec as blas_matvec, rmatvec
 
 logger = logging.getLogger(__name__)
 
@@ -188,7 +189,7 @@ def _lanczos(A, d, warm_start):
     u1 = sqrt_d / np.linalg.norm(sqrt_d)
 
     def matvec(x):  # M x = D^-1/2 A D^-1/2 x, without forming M (saves a pass over the n x n matrix)
-        return dis * (A @ (dis * x))
+        return dis * blas_matvec(A, dis * x)
 
     rng = np.random.default_rng(n)
     v = rng.standard_normal(n)
@@ -226,7 +227,7 @@ def _lanczos(A, d, warm_start):
         norm_before = np.linalg.norm(w)
         for _ in range(2):
             w -= u1 * (u1 @ w)
-            w -= (Q[:j + 1] @ w) @ Q[:j + 1]
+            w -= rmatvec(Q[:j + 1], blas_matvec(Q[:j + 1], w))
             beta[j] = np.linalg.norm(w)
             if beta[j] > REORTH_KEEP * norm_before:
                 break
@@ -249,7 +250,7 @@ def _lanczos(A, d, warm_start):
             # both over-estimate their true gaps (interlacing): the residual needed is below rounding level
             return None
         if gap > 0 and r1 < LANCZOS_ANGLE_TOL * gap:
-            u = s1 @ Q[:k]
+            u = rmatvec(Q[:k], s1)
             u -= u1 * (u1 @ u)
             u /= np.linalg.norm(u)
             Mu = matvec(u)

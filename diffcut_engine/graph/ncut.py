@@ -15,6 +15,7 @@ from typing import Iterator, List, Optional, Tuple
 import numpy as np
 
 from ..errors import InputError
+from ._blas import matmul, matvec
 from . import memory
 from .affinity import affinity_from_tokens, as_token_matrix, l2_normalize
 from .eigen import fiedler_vector, validate_solver
@@ -374,12 +375,12 @@ def spectral_lower_bound(A: np.ndarray, d: np.ndarray) -> float:
     for start in range(0, n, step):
         rows = A[start:start + step]
         sq = np.square(rows, out=buf[:rows.shape[0]])
-        fro2 += float(dinv[start:start + step] @ (sq @ dinv))
+        fro2 += float(dinv[start:start + step] @ matvec(sq, dinv))
     mu2 = np.sqrt(max(fro2 - 1.0, 0.0))
     if mu2 < 1.0 and n <= LEAF_BOUND_GEMM_MAX:
         dis = np.sqrt(dinv)
         M = (dis[:, None] * A) * dis[None, :]
-        M2 = M @ M
+        M2 = matmul(M, M)
         mu2 = min(mu2, max(float(np.einsum("ij,ij->", M2, M2)) - 1.0, 0.0) ** 0.25)
     return 1.0 - mu2
 
