@@ -138,8 +138,7 @@ def affinity_from_tokens(tokens: np.ndarray, alpha: float = 10.0, *, exact_power
     for a in range(0, n, step):
         m = min(step, n - a)
         diag = s[a:a + m, a:a + m]
-        upper = _upper_indices(m)
-        diag[upper] = diag.T[upper]
+        np.copyto(diag, diag.T, where=_upper_mask(m))
         blk = s[a:a + m, :a + m]
         lo, hi = min(lo, blk.min()), max(hi, blk.max())
     if not hi - lo > c * np.finfo(np.float32).eps * max(abs(hi), abs(lo), np.finfo(np.float32).tiny):
@@ -178,9 +177,9 @@ def affinity_from_tokens(tokens: np.ndarray, alpha: float = 10.0, *, exact_power
 
 
 @functools.lru_cache(maxsize=8)
-def _upper_indices(m: int):
-    """Indices of the strict upper triangle of an (m, m) block (cached: the blocks repeat)."""
-    return np.triu_indices(m, 1)
+def _upper_mask(m: int) -> np.ndarray:
+    """Mask of the strict upper triangle of an (m, m) block (cached: the blocks repeat)."""
+    return np.triu(np.ones((m, m), dtype=bool), 1)
 
 
 def _gram_lower(tokens: np.ndarray, pooled: bool = False) -> np.ndarray:
