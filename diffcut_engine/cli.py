@@ -18,8 +18,8 @@ import sys
 from pathlib import Path
 
 from . import __version__
-from .config import (BACKBONES, BACKENDS, COMPAT_MODES, DEFAULT_MODEL, DTYPES, GRAPH_DEVICES, RESIZE_MODES,
-                     EngineConfig)
+from .config import (ATTENTION_MODES, BACKBONES, BACKENDS, COMPAT_MODES, COMPILE_MODES, DEFAULT_MODEL, DTYPES,
+                     GRAPH_DEVICES, RESIZE_MODES, EngineConfig)
 from .errors import DiffCutError, InputError
 
 EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE = 0, 1, 2
@@ -101,6 +101,16 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--engine-dir", default=None, metavar="DIR",
                    help="exported encoder folder for --backend onnx/tensorrt; its model, size, timestep and "
                    "seed are the defaults")
+    g = seg.add_argument_group("torch backend speed options (all off by default)")
+    g.add_argument("--compile", choices=COMPILE_MODES, default=None, metavar="MODE",
+                   help="torch.compile the truncated UNet with this mode (default, reduce-overhead, "
+                   "max-autotune); falls back to eager with a warning if compiling fails")
+    g.add_argument("--channels-last", action="store_true", help="channels-last memory format for the UNet")
+    g.add_argument("--attention", choices=ATTENTION_MODES, default="auto",
+                   help="attention processor: sdpa (AttnProcessor2_0), default (classic AttnProcessor) or auto "
+                   "(diffusers' choice, the default)")
+    g.add_argument("--cuda-graphs", action="store_true",
+                   help="capture the truncated UNet in a CUDA graph per input shape and replay it (CUDA only)")
     g = seg.add_argument_group("method")
     g.add_argument("--tau", type=_positive_float, default=None,
                    help="NCut threshold; larger gives more segments (default: 0.5 SDXL-type, 0.2 SD 1.x)")
@@ -230,7 +240,9 @@ def _config_from_args(args) -> EngineConfig:
                    tau=args.tau, compat=args.compat, refine=args.refine, pamr_iters=args.pamr_iters,
                    pamr_dilations=args.pamr_dilations, output_size=args.output_size, device=args.device,
                    dtype=args.dtype, batch_size=args.batch_size, local_files_only=args.local_files_only,
-                   graph_device=args.graph_device, backend=args.backend, engine_dir=args.engine_dir)
+                   graph_device=args.graph_device, backend=args.backend, engine_dir=args.engine_dir,
+                   compile=args.compile, channels_last=args.channels_last, attention=args.attention,
+                   cuda_graphs=args.cuda_graphs)
     # An engine folder supplies the model, size, timestep and seed that were not given.
     options = apply_manifest_defaults(options)
     for key, default in (("model", DEFAULT_MODEL), ("timestep", 50), ("seed", 42)):

@@ -33,6 +33,10 @@ BACKENDS = ("torch", "onnx", "tensorrt")
 GRAPH_DEVICES = ("auto", "host", "device")
 #: Segmentation methods: DiffCut (recursive NCut of feature affinities) or the random-walk NCut of self-attention.
 METHODS = ("diffcut", "rwncut")
+#: ``torch.compile`` modes accepted for ``compile`` (``None``: no compilation).
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
+#: Attention kernels of the truncated UNet: keep the checkpoint's processors, PyTorch SDPA, or the classic one.
+ATTENTION_MODES = ("auto", "sdpa", "default")
 
 #: tau presets by feature family: the paper's value for SDXL-type UNets, the author's value for SD 1.x (issue #5 of
 #: the official repository), and our own for the offline backbone (chosen on scikit-image photos, see encoders/lite.py).
@@ -136,6 +140,18 @@ class EngineConfig:
         ``model``, ``size``, ``timestep`` and ``seed`` (``Engine.from_pretrained`` takes them from the folder).
     engine_dir : str, optional
         Exported encoder folder, required by the ``onnx`` and ``tensorrt`` backends.
+    compile : {None, "default", "reduce-overhead", "max-autotune"}
+        ``backend="torch"`` speed option: wrap the truncated UNet in ``torch.compile(mode=compile)`` at first
+        use; if compilation fails at run time a warning is logged and the eager module is used. Default off.
+    channels_last : bool
+        ``backend="torch"``: keep the UNet weights and its input in the channels-last memory format.
+    attention : {"auto", "sdpa", "default"}
+        ``backend="torch"``: attention processor of the truncated UNet. ``auto`` keeps diffusers' choice,
+        ``sdpa`` sets ``AttnProcessor2_0`` (``scaled_dot_product_attention``), ``default`` the classic
+        ``AttnProcessor``.
+    cuda_graphs : bool
+        ``backend="torch"``: capture the truncated UNet call with ``torch.cuda.CUDAGraph`` once per input
+        shape and replay it afterwards. Needs CUDA.
     """
 
     model: str = DEFAULT_MODEL
@@ -161,6 +177,10 @@ class EngineConfig:
     engine_dir: Optional[str] = None
     method: str = "diffcut"
     rwncut: Optional[Union["RWNCutOptions", dict]] = None
+    compile: Optional[str] = None
+    channels_last: bool = False
+    attention: str = "auto"
+    cuda_graphs: bool = False
 
     def __post_init__(self):
         set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731  (frozen dataclass)
@@ -213,11 +233,35 @@ class EngineConfig:
                 raise InputError(f"backend={self.backend!r} needs engine_dir, a folder written by "
                                  "`diffcut export --model M --format onnx --out DIR`")
         self._check_method(set_)
+        self._check_speed_options()
         if self.graph_device not in GRAPH_DEVICES:
             raise InputError(f"unknown graph_device {self.graph_device!r}; choose one of {', '.join(GRAPH_DEVICES)}")
         if self.graph_device == "device" and self.compat != "clean":
             raise InputError(f"graph_device='device' needs compat='clean' (compat={self.compat!r} runs on the "
                              f"host only)")
+
+    def _check_speed_options(self) -> None:
+        """The torch backend speed options: ``compile``, ``channels_last``, ``attention``, ``cuda_graphs``."""
+        if self.compile is not None and self.compile not in COMPILE_MODES:
+            raise InputError(f"unknown compile mode {self.compile!r}; choose None or one of "
+                             f"{', '.join(COMPILE_MODES)}")
+        for name in ("channels_last", "cuda_graphs"):
+            if not isinstance(getattr(self, name), bool):
+                raise InputError(f"{name} must be True or False, got {getattr(self, name)!r}")
+        if self.attention not in ATTENTION_MODES:
+            raise InputError(f"unknown attention {self.attention!r}; choose one of {', '.join(ATTENTION_MODES)}")
+        used = [name for name, on in (("compile", self.compile is not None), ("channels_last", self.channels_last),
+                                      ("attention", self.attention != "auto"), ("cuda_graphs", self.cuda_graphs))
+                if on]
+        if used and (self.backend != "torch" or self.backbone != "diffusion"):
+            raise InputError(f"{', '.join(used)} apply to the PyTorch diffusion encoder (backbone='diffusion', "
+                             f"backend='torch'), not backbone={self.backbone!r}, backend={self.backend!r}")
+        if self.cuda_graphs and self.compile is not None:
+            raise InputError("compile and cuda_graphs cannot be combined; compile='reduce-overhead' already "
+                             "uses CUDA graphs")
+        if self.cuda_graphs and self.device == "cpu":
+            raise InputError("cuda_graphs=True needs CUDA (device='cuda' or 'auto' on a machine with a GPU), "
+                             "got device='cpu'")
 
     def _check_method(self, set_) -> None:
         """``method`` and its ``rwncut`` options (a dict becomes :class:`RWNCutOptions`)."""

@@ -26,6 +26,10 @@ def load_encoder(config) -> FeatureEncoder:
         return LiteEncoder.from_pretrained(device=config.device, dtype=config.dtype)
     from .diffusion import DiffusionEncoder
 
-    return DiffusionEncoder.from_pretrained(config.model, revision=config.revision, device=config.device,
-                                            dtype=config.dtype, timestep=config.timestep, seed=config.seed,
-                                            local_files_only=config.local_files_only)
+    encoder = DiffusionEncoder.from_pretrained(config.model, revision=config.revision, device=config.device,
+                                               dtype=config.dtype, timestep=config.timestep, seed=config.seed,
+                                               local_files_only=config.local_files_only)
+    return encoder.configure_speed(compile=getattr(config, "compile", None),
+                                   channels_last=getattr(config, "channels_last", False),
+                                   attention=getattr(config, "attention", "auto"),
+                                   cuda_graphs=getattr(config, "cuda_graphs", False))

@@ -393,6 +393,67 @@ class DiffusionEncoder(FeatureEncoder):
         self._noise_cache: Dict[Tuple[int, int], "torch.Tensor"] = {}
         self._time_ids_cache: Dict[Tuple[int, int], "torch.Tensor"] = {}
         self.name = f"{model or 'diffusion'} (torch, {_dtype_name(self.dtype)}, {self.device})"
+        # Speed options (configure_speed); all off by default.
+        self.compile_mode: Optional[str] = None
+        self.channels_last = False
+        self.attention = "auto"
+        self.cuda_graphs = False
+        self._compiled = None
+        self._graphs: dict = {}
+
+    def configure_speed(self, *, compile: Optional[str] = None, channels_last: bool = False,
+                        attention: str = "auto", cuda_graphs: bool = False) -> "DiffusionEncoder":
+        """Set the PyTorch speed options of the truncated UNet (see :class:`~diffcut_engine.config.EngineConfig`).
+
+        Parameters
+        ----------
+        compile : {None, "default", "reduce-overhead", "max-autotune"}
+            Wrap the truncated UNet in ``torch.compile(mode=compile)``, lazily at the first call. If compiling
+            fails there (no compiler toolchain, an unsupported op), a warning is logged and the eager module is
+            used from then on.
+        channels_last : bool
+            Convert the UNet to the channels-last memory format; its input latents follow.
+        attention : {"auto", "sdpa", "default"}
+            ``sdpa``: ``AttnProcessor2_0`` on the truncated UNet's attention modules; ``default``: the classic
+            ``AttnProcessor``; ``auto``: leave diffusers' choice.
+        cuda_graphs : bool
+            Capture the truncated UNet call in a ``torch.cuda.CUDAGraph`` per input shape and replay it.
+
+        Returns
+        -------
+        DiffusionEncoder
+            ``self``.
+
+        Raises
+        ------
+        InputError
+            For an unknown option value, ``cuda_graphs`` off CUDA, or ``compile`` with ``cuda_graphs``.
+        """
+        from ..config import ATTENTION_MODES, COMPILE_MODES
+
+        if compile is not None and compile not in COMPILE_MODES:
+            raise InputError(f"unknown compile mode {compile!r}; choose None or one of {', '.join(COMPILE_MODES)}")
+        if attention not in ATTENTION_MODES:
+            raise InputError(f"unknown attention {attention!r}; choose one of {', '.join(ATTENTION_MODES)}")
+        if cuda_graphs and self.device.type != "cuda":
+            raise InputError(f"cuda_graphs=True needs CUDA; this encoder runs on {self.device}")
+        if cuda_graphs and compile is not None:
+            raise InputError("compile and cuda_graphs cannot be combined; compile='reduce-overhead' already "
+                             "uses CUDA graphs")
+        if attention != "auto":
+            from diffusers.models.attention_processor import Attention, AttnProcessor, AttnProcessor2_0
+
+            processor = AttnProcessor2_0 if attention == "sdpa" else AttnProcessor
+            for block in self.unet.down_blocks[: self.truncated_unet.block_index + 1]:
+                for module in block.modules():
+                    if isinstance(module, Attention):
+                        module.set_processor(processor())
+        if channels_last:
+            self.unet.to(memory_format=torch.channels_last)
+        self.compile_mode, self.channels_last = compile, bool(channels_last)
+        self.attention, self.cuda_graphs = attention, bool(cuda_graphs)
+        self._compiled, self._graphs = None, {}
+        return self
 
     # --------------------------------------------------------------------------------------------------------
     # Loading
@@ -685,6 +746,10 @@ class DiffusionEncoder(FeatureEncoder):
             "seed": self.seed,
             "scheduler": "DDIMScheduler(timestep_spacing='trailing')",
             "prompt_embeds_shape": tuple(self._prompt_embeds.shape),
+            "compile": self.compile_mode,
+            "channels_last": self.channels_last,
+            "attention": self.attention,
+            "cuda_graphs": self.cuda_graphs,
         })
         if self._pooled_prompt_embeds is not None:
             info["pooled_prompt_embeds_shape"] = tuple(self._pooled_prompt_embeds.shape)
@@ -709,12 +774,65 @@ class DiffusionEncoder(FeatureEncoder):
         text_embeds, time_ids = (added["text_embeds"], added["time_ids"]) if added else (None, None)
         # DDIM's scale_model_input is the identity; the UNet takes the latents in its own dtype.
         noisy = self.scheduler.scale_model_input(noisy, self.timestep).to(self.dtype)
-        return self.truncated_unet(noisy, self.timesteps(b), hidden, text_embeds, time_ids)
+        if self.channels_last:
+            noisy = noisy.contiguous(memory_format=torch.channels_last)
+        args = (noisy, self.timesteps(b), hidden, text_embeds, time_ids)
+        if self.cuda_graphs:
+            return self._graph_call(args)
+        if self.compile_mode is not None:
+            return self._compiled_call(args)
+        return self.truncated_unet(*args)
+
+    def _compiled_call(self, args):
+        # Compiled lazily at the first call; any failure there falls back to eager for good (never wrong output).
+        if self._compiled is None:
+            try:
+                self._compiled = torch.compile(self.truncated_unet, mode=self.compile_mode)
+            except Exception as exc:  # noqa: BLE001  (torch.compile itself refusing, e.g. unsupported Python)
+                return self._compile_failed(exc, args)
+        if self._compiled is False:
+            return self.truncated_unet(*args)
+        try:
+            return self._compiled(*args)
+        except Exception as exc:  # noqa: BLE001  (inductor/dynamo errors of many types)
+            return self._compile_failed(exc, args)
+
+    def _compile_failed(self, exc, args):
+        logger.warning("torch.compile(mode=%r) of the truncated UNet failed (%s: %s); running it eagerly",
+                       self.compile_mode, type(exc).__name__, _first_line(exc))
+        self._compiled = False
+        return self.truncated_unet(*args)
+
+    def _graph_call(self, args):
+        # One CUDA graph per input shape: captured on first sight (after a warm-up on a side stream), then
+        # replayed with the inputs copied into its static buffers. The output is cloned out of the graph's pool.
+        key = tuple(None if a is None else (tuple(a.shape), a.dtype) for a in args)
+        entry = self._graphs.get(key)
+        if entry is None:
+            static_in = [None if a is None else a.clone() for a in args]
+            stream = torch.cuda.Stream(device=self.device)
+            stream.wait_stream(torch.cuda.current_stream(self.device))
+            with torch.cuda.stream(stream):
+                for _ in range(2):
+                    self.truncated_unet(*static_in)
+            torch.cuda.current_stream(self.device).wait_stream(stream)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                static_out = self.truncated_unet(*static_in)
+            entry = self._graphs[key] = (graph, static_in, static_out)
+            logger.info("captured a CUDA graph of the truncated UNet for input shape %s", tuple(args[0].shape))
+        graph, static_in, static_out = entry
+        for dst, src in zip(static_in, args):
+            if dst is not None:
+                dst.copy_(src)
+        graph.replay()
+        return static_out.clone()
 
     def _unet_precision(self):
         # On CUDA the official code runs the fp16 UNet under fp16 autocast (norms/softmax in fp32): same here.
+        # The autocast weight cache is off under CUDA graphs: cached casts must not outlive a capture.
         if self.device.type == "cuda" and self.dtype != torch.float32:
-            return torch.autocast("cuda", dtype=self.dtype)
+            return torch.autocast("cuda", dtype=self.dtype, cache_enabled=not self.cuda_graphs)
         return contextlib.nullcontext()
 
 
