@@ -69,19 +69,11 @@ def _tau_list(text):
     return vals
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="diffcut", description="Zero-shot image segmentation with diffusion "
-                                     "features (DiffCut, NeurIPS 2024).")
-    parser.add_argument("--version", action="version", version=f"diffcut-engine {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-
-    seg = sub.add_parser("segment", help="segment images and write label maps and overlays",
-                         description="Segment images with DiffCut and write, per image, a label PNG and a "
-                         "colour overlay PNG (and optionally the labels as .npy).",
-                         epilog=SEGMENT_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
-    seg.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders or glob patterns")
-    seg.add_argument("-o", "--output", required=True, type=Path, metavar="OUTDIR", help="output folder")
-    g = seg.add_argument_group("model")
+def add_engine_options(parser: argparse.ArgumentParser, *, batch_size: int = 4) -> None:
+    """The model, speed and method options of every command that builds an engine (``segment``, ``video``,
+    ``bench``): one definition, so that the commands share names, defaults and help; :func:`config_from_args`
+    reads them back."""
+    g = parser.add_argument_group("model")
     g.add_argument("--model", default=None,
                    help=f"hub id or local diffusers folder (default {DEFAULT_MODEL}, or the --engine-dir's "
                    "model; also SSD-vega, SD1.4)")
@@ -92,7 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
     g.add_argument("--dtype", choices=DTYPES, default="auto", help="network precision (default: fp16 on "
                    "CUDA, fp32 on CPU; the VAE always encodes in fp32)")
-    g.add_argument("--batch-size", type=int, default=4, help="images per encoder call (default 4)")
+    g.add_argument("--batch-size", type=int, default=batch_size,
+                   help=f"images per encoder call (default {batch_size})")
     g.add_argument("--timestep", type=int, default=None, help="noise timestep (default 50, the paper's)")
     g.add_argument("--seed", type=int, default=None, help="noise seed (default 42, the paper's)")
     g.add_argument("--backend", choices=BACKENDS, default="torch",
@@ -101,7 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--engine-dir", default=None, metavar="DIR",
                    help="exported encoder folder for --backend onnx/tensorrt; its model, size, timestep and "
                    "seed are the defaults")
-    g = seg.add_argument_group("torch backend speed options (all off by default)")
+    g = parser.add_argument_group("torch backend speed options (all off by default)")
     g.add_argument("--compile", choices=COMPILE_MODES, default=None, metavar="MODE",
                    help="torch.compile the truncated UNet with this mode (default, reduce-overhead, "
                    "max-autotune); falls back to eager with a warning if compiling fails")
@@ -111,12 +104,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "(diffusers' choice, the default)")
     g.add_argument("--cuda-graphs", action="store_true",
                    help="capture the truncated UNet in a CUDA graph per input shape and replay it (CUDA only)")
-    g = seg.add_argument_group("method")
+    g = parser.add_argument_group("method")
     g.add_argument("--tau", type=_positive_float, default=None,
                    help="NCut threshold; larger gives more segments (default: 0.5 SDXL-type, 0.2 SD 1.x)")
-    g.add_argument("--taus", type=_tau_list, default=None, metavar="T1,T2,...",
-                   help="several thresholds from one NCut tree per image: writes <name>_tau<T>_labels.png etc. "
-                   "for each (replaces --tau)")
     g.add_argument("--alpha", type=_positive_float, default=10.0, help="affinity exponent (default 10)")
     g.add_argument("--size", default=None, help="network input size, 1024 or WxH such as 1024x576; "
                    "multiples of 32 (default: 1024 for diffusion models, 768 for efficientnet-lite0)")
@@ -132,7 +122,25 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--pamr-iters", type=int, default=10, help="PAMR iterations (default 10)")
     g.add_argument("--pamr-dilations", type=_int_list, default=(1, 2, 4, 8), help="default 1,2,4,8")
     g.add_argument("--output-size", default=None, help="label size WxH (default: each image's own size)")
-    add_method_arguments(seg)
+    add_method_arguments(parser)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="diffcut", description="Zero-shot image segmentation with diffusion "
+                                     "features (DiffCut, NeurIPS 2024).")
+    parser.add_argument("--version", action="version", version=f"diffcut-engine {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    seg = sub.add_parser("segment", help="segment images and write label maps and overlays",
+                         description="Segment images with DiffCut and write, per image, a label PNG and a "
+                         "colour overlay PNG (and optionally the labels as .npy).",
+                         epilog=SEGMENT_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    seg.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders or glob patterns")
+    seg.add_argument("-o", "--output", required=True, type=Path, metavar="OUTDIR", help="output folder")
+    add_engine_options(seg)
+    seg.add_argument("--taus", type=_tau_list, default=None, metavar="T1,T2,...",
+                     help="several thresholds from one NCut tree per image: writes <name>_tau<T>_labels.png etc. "
+                     "for each (replaces --tau)")
     g = seg.add_argument_group("output")
     g.add_argument("--save-npy", action="store_true", help="also write the labels as .npy (int32)")
     g.add_argument("--no-overlay", dest="overlay", action="store_false", help="do not write overlay PNGs")
@@ -232,7 +240,8 @@ def rwncut_options_from_args(args):
                              factors=args.rw_factors, grid_factor=args.rw_grid_factor)
 
 
-def _config_from_args(args) -> EngineConfig:
+def config_from_args(args) -> EngineConfig:
+    """The :class:`EngineConfig` of :func:`add_engine_options`' options (an engine folder fills in the rest)."""
     from .encoders.artifacts import apply_manifest_defaults
 
     options = dict(model=args.model, backbone=args.backbone, revision=args.revision, size=args.size,
@@ -293,7 +302,7 @@ def cmd_segment(args) -> int:
     from . import images
     from .engine import Engine
 
-    config = _config_from_args(args)
+    config = config_from_args(args)
     paths = images.list_image_files(args.inputs)
     if not paths:
         raise InputError("no input images found in " + ", ".join(args.inputs))

@@ -12,6 +12,8 @@ import sys
 import time
 from pathlib import Path
 
+from .cli import add_engine_options, config_from_args
+
 VIDEO_EXAMPLES = """examples:
   diffcut video clip.mp4 -o clip_seg.mp4 --backbone efficientnet-lite0 --size 512     # offline backbone
   diffcut video clip.mp4 -o out.mp4 --labels-out labels.npz --every 2 --batch-size 8  # labels of every 2nd frame
@@ -31,62 +33,6 @@ BENCH_EXAMPLES = """examples:
 
 Every backend writes the same JSON layout (schema diffcut-bench/1), so runs can be compared.
 """
-
-
-def add_engine_options(parser: argparse.ArgumentParser, *, batch_size: int = 4):
-    """The model and method options shared with ``diffcut segment`` (same names and defaults)."""
-    from .cli import _int_list, _positive_float
-    from .config import BACKBONES, BACKENDS, COMPAT_MODES, DEFAULT_MODEL, DTYPES, GRAPH_DEVICES, RESIZE_MODES
-
-    g = parser.add_argument_group("model")
-    g.add_argument("--model", default=None, help=f"hub id or local diffusers folder (default {DEFAULT_MODEL}, "
-                   "or the --engine-dir's model)")
-    g.add_argument("--backbone", choices=BACKBONES, default="diffusion",
-                   help="feature extractor; efficientnet-lite0 runs offline (extra [lite])")
-    g.add_argument("--revision", default=None, help="hub revision of --model")
-    g.add_argument("--local-files-only", action="store_true", help="never download; use the local cache only")
-    g.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
-    g.add_argument("--dtype", choices=DTYPES, default="auto", help="network precision (default: fp16 on CUDA, "
-                   "fp32 on CPU)")
-    g.add_argument("--batch-size", type=int, default=batch_size,
-                   help=f"images per encoder call (default {batch_size})")
-    g.add_argument("--timestep", type=int, default=None, help="noise timestep (default 50)")
-    g.add_argument("--seed", type=int, default=None, help="noise seed (default 42)")
-    g.add_argument("--backend", choices=BACKENDS, default="torch",
-                   help="encoder runtime: torch (default), or onnx / tensorrt running an --engine-dir")
-    g.add_argument("--engine-dir", default=None, metavar="DIR", help="exported encoder folder (diffcut export)")
-    g = parser.add_argument_group("method")
-    g.add_argument("--tau", type=_positive_float, default=None,
-                   help="NCut threshold; larger gives more segments (default: the backbone's)")
-    g.add_argument("--alpha", type=_positive_float, default=10.0, help="affinity exponent (default 10)")
-    g.add_argument("--size", default=None, help="network input size, 1024 or WxH such as 1024x576; multiples "
-                   "of 32 (default: 1024 for diffusion models, 768 for efficientnet-lite0)")
-    g.add_argument("--resize-mode", choices=RESIZE_MODES, default="resize", help="default resize")
-    g.add_argument("--compat", choices=COMPAT_MODES, default="clean", help="default clean")
-    g.add_argument("--graph-device", choices=GRAPH_DEVICES, default="auto",
-                   help="where the NCut runs: device (CuPy), host (numpy) or auto (default)")
-    g.add_argument("--no-refine", dest="refine", action="store_false", help="skip PAMR and the median filter")
-    g.add_argument("--pamr-iters", type=int, default=10, help="PAMR iterations (default 10)")
-    g.add_argument("--pamr-dilations", type=_int_list, default=(1, 2, 4, 8), help="default 1,2,4,8")
-    g.add_argument("--output-size", default=None, help="label size WxH (default: each frame's own size)")
-
-
-def config_from_args(args):
-    """The :class:`EngineConfig` of :func:`add_engine_options`' options (an engine folder fills in the rest)."""
-    from .config import DEFAULT_MODEL, EngineConfig
-    from .encoders.artifacts import apply_manifest_defaults
-
-    options = dict(model=args.model, backbone=args.backbone, revision=args.revision, size=args.size,
-                   resize_mode=args.resize_mode, timestep=args.timestep, seed=args.seed, alpha=args.alpha,
-                   tau=args.tau, compat=args.compat, refine=args.refine, pamr_iters=args.pamr_iters,
-                   pamr_dilations=args.pamr_dilations, output_size=args.output_size, device=args.device,
-                   dtype=args.dtype, batch_size=args.batch_size, local_files_only=args.local_files_only,
-                   graph_device=args.graph_device, backend=args.backend, engine_dir=args.engine_dir)
-    options = apply_manifest_defaults(options)
-    for key, default in (("model", DEFAULT_MODEL), ("timestep", 50), ("seed", 42)):
-        if options[key] is None:
-            options[key] = default
-    return EngineConfig(**options)
 
 
 def _common_flags(parser):

@@ -15,13 +15,11 @@ import torch
 
 from diffcut_engine.encoders.diffusion import DiffusionEncoder
 from diffcut_engine.errors import InputError, ModelLoadError
+from tiny_models import random_pixels
 
 STRIDE = 32
 
 
-def _pixels(batch, height, width, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return torch.rand(batch, 3, height, width, generator=g) * 2 - 1
 
 
 @pytest.fixture(params=["sdxl", "sd"])
@@ -131,9 +129,9 @@ def test_text_encoders_run_once_and_are_released(tiny_sdxl_path, monkeypatch):
         monkeypatch.setattr(cls, "forward", counted)
 
     enc = DiffusionEncoder.from_pretrained(tiny_sdxl_path, device="cpu")
-    enc.encode(_pixels(2, 64, 64))
-    enc.encode(_pixels(1, 96, 64))
-    enc.full_unet_hook_features(_pixels(1, 64, 64))
+    enc.encode(random_pixels(2, 64, 64))
+    enc.encode(random_pixels(1, 96, 64))
+    enc.full_unet_hook_features(random_pixels(1, 64, 64))
     assert calls == {"text_encoder": 1, "text_encoder_2": 1}
     held = [m for m in vars(enc).values() if isinstance(m, (CLIPTextModel, CLIPTextModelWithProjection))]
     assert held == []
@@ -144,7 +142,7 @@ def test_text_encoders_run_once_and_are_released(tiny_sdxl_path, monkeypatch):
 # ------------------------------------------------------------------------------------------------------------
 
 def test_features_match_official_procedure(encoder, family, pipelines):
-    x = _pixels(2, 96, 64, seed=1)  # non-square: SDXL time ids and the grid must follow (H, W)
+    x = random_pixels(2, 96, 64, seed=1)  # non-square: SDXL time ids and the grid must follow (H, W)
     ours = encoder.encode(x)
     ref = _official_features(pipelines[family], x)
     assert ours.shape == ref.shape == (2, 3, 2, encoder.hooked_module.to_out[0].out_features)
@@ -167,7 +165,7 @@ def test_truncated_unet_equals_full_unet_hook_and_skips_everything_after(encoder
                for name, m in after.items()]
     handles.append(encoder.hooked_module.register_forward_hook(lambda m, i, o: ran.append("attn1")))
     try:
-        x = _pixels(2, 64, 96, seed=2)
+        x = random_pixels(2, 64, 96, seed=2)
         truncated = encoder.encode(x)
         assert ran == ["attn1"]
         ran.clear()
@@ -206,8 +204,8 @@ def test_time_ids_fed_to_unet_follow_pixel_size(tiny_sdxl_encoder):
     seen = []
     handle = enc.unet.add_time_proj.register_forward_hook(lambda m, i, o: seen.append(i[0].clone()))
     try:
-        enc.encode(_pixels(2, 96, 64))
-        enc.encode(_pixels(1, 64, 128))
+        enc.encode(random_pixels(2, 96, 64))
+        enc.encode(random_pixels(1, 64, 128))
     finally:
         handle.remove()
     assert seen[0].tolist() == [96, 64, 0, 0, 96, 64] * 2
@@ -237,7 +235,7 @@ def test_noise_is_seeded_cached_and_shared_across_the_batch(tiny_sdxl_encoder):
     torch.testing.assert_close(noise, expected, atol=0, rtol=0)
     assert enc.noise((3, 2)) is noise  # drawn once per latent size
 
-    x = _pixels(3, 96, 64)
+    x = random_pixels(3, 96, 64)
     z = enc.encode_latents(x)
     noisy = enc.add_noise(z)
     # abar_50 from the scaled-linear betas, computed here from the definition.
@@ -255,7 +253,7 @@ def test_vae_uses_posterior_mean_times_own_scaling_factor(encoder, family, model
 
     vae = AutoencoderKL.from_pretrained(model_path, subfolder="vae")
     assert vae.config.scaling_factor == {"sdxl": 0.13025, "sd": 0.18215}[family]
-    x = _pixels(2, 64, 96, seed=3)
+    x = random_pixels(2, 64, 96, seed=3)
     z = encoder.encode_latents(x)
     with torch.no_grad():
         posterior = vae.encode(x).latent_dist
@@ -272,14 +270,14 @@ def test_vae_uses_posterior_mean_times_own_scaling_factor(encoder, family, model
 
 @pytest.mark.parametrize("height,width", [(64, 64), (96, 64), (64, 128)])
 def test_output_shape_dtype_and_unit_norm(encoder, height, width):
-    feats = encoder.encode(_pixels(2, height, width).double())  # any float dtype is accepted
+    feats = encoder.encode(random_pixels(2, height, width).double())  # any float dtype is accepted
     assert feats.shape == (2, height // 32, width // 32, encoder.hooked_module.to_out[0].out_features)
     assert feats.dtype == torch.float32 and feats.device == encoder.device
     torch.testing.assert_close(feats.norm(dim=-1), torch.ones(feats.shape[:-1]), atol=1e-5, rtol=0)
 
 
 def test_batch_equals_one_by_one(encoder):
-    x = _pixels(3, 64, 96, seed=4)
+    x = random_pixels(3, 64, 96, seed=4)
     batched = encoder.encode(x)
     single = torch.cat([encoder.encode(x[i:i + 1]) for i in range(3)])
     torch.testing.assert_close(batched, single, atol=1e-5, rtol=1e-5)
@@ -290,7 +288,7 @@ def test_bf16_runs_on_cpu_close_to_fp32_with_fp32_vae(tiny_sdxl_path, tiny_sdxl_
     enc = DiffusionEncoder.from_pretrained(tiny_sdxl_path, device="cpu", dtype="bf16")
     assert enc.dtype == torch.bfloat16 and enc.unet.dtype == torch.bfloat16 and "bf16" in enc.name
     assert enc.vae.dtype == torch.float32
-    x = _pixels(2, 96, 64, seed=5)
+    x = random_pixels(2, 96, 64, seed=5)
     # The VAE is the same fp32 computation whatever the UNet precision.
     torch.testing.assert_close(enc.encode_latents(x), tiny_sdxl_encoder.encode_latents(x), atol=0, rtol=0)
     low, ref = enc.encode(x), tiny_sdxl_encoder.encode(x)
@@ -347,7 +345,7 @@ def test_bad_pixel_shapes_raise_input_error(tiny_sd_encoder, bad):
 
 
 def test_nan_pixels_raise_input_error(tiny_sd_encoder):
-    x = _pixels(1, 64, 64)
+    x = random_pixels(1, 64, 64)
     x[0, 1, 5, 7] = float("nan")
     with pytest.raises(InputError, match="NaN"):
         tiny_sd_encoder.encode(x)

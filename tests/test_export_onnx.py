@@ -23,11 +23,9 @@ from diffcut_engine.encoders import artifacts  # noqa: E402
 from diffcut_engine.encoders.onnx import OnnxEncoder  # noqa: E402
 from diffcut_engine.encoders.onnx_export import export_onnx, parse_batch_range  # noqa: E402
 from diffcut_engine.errors import BackendUnavailableError, InputError, ModelLoadError  # noqa: E402
+from tiny_models import random_pixels  # noqa: E402
 
 
-def _pixels(batch, height, width, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return torch.rand(batch, 3, height, width, generator=g) * 2 - 1
 
 
 @pytest.fixture(params=["sdxl", "sd"])
@@ -57,7 +55,7 @@ def damaged(tiny_sdxl_onnx, tmp_path):
 def test_onnx_features_match_torch(exported, batch):
     encoder, folder, (h, w) = exported
     runner = OnnxEncoder(folder, device="cpu")
-    pixels = _pixels(batch, h, w, seed=batch)  # batch 3: the graph was traced with 2, the axis is dynamic
+    pixels = random_pixels(batch, h, w, seed=batch)  # batch 3: the graph was traced with 2, the axis is dynamic
     ref = encoder.encode(pixels)
     got = runner.encode(pixels)
     assert got.shape == ref.shape == (batch, h // 32, w // 32, ref.shape[-1])
@@ -127,7 +125,7 @@ def test_constants_as_inputs_are_fed_from_constants_npz(tiny_sd_onnx, tiny_sd_en
         np.testing.assert_array_equal(data["noise"], tiny_sd_encoder.noise((8, 8)).numpy())
     # a different noise changes the features: the input is really used
     runner = OnnxEncoder(tiny_sd_onnx, device="cpu")
-    pixels = _pixels(1, 64, 64)
+    pixels = random_pixels(1, 64, 64)
     base = runner.encode(pixels)
     runner._constants["noise"] = runner._constants["noise"] * 0
     assert float((runner.encode(pixels) - base).abs().max()) > 1e-3
@@ -272,7 +270,7 @@ def test_configuration_mismatch(tiny_sdxl_onnx, override, message):
 def test_wrong_pixel_size_is_input_error(tiny_sdxl_onnx):
     runner = OnnxEncoder(tiny_sdxl_onnx, device="cpu")
     with pytest.raises(InputError, match="exported for 128x96"):
-        runner.encode(_pixels(1, 128, 128))
+        runner.encode(random_pixels(1, 128, 128))
 
 
 # ------------------------------------------------------------------------------------------------------------

@@ -257,12 +257,12 @@ def test_config_graph_device_validation():
 
 
 def test_cli_graph_device_option():
-    from diffcut_engine.cli import _config_from_args, build_parser
+    from diffcut_engine.cli import build_parser, config_from_args
 
     parser = build_parser()
     args = parser.parse_args(["segment", "a.png", "-o", "out", "--graph-device", "host"])
-    assert _config_from_args(args).graph_device == "host"
-    assert _config_from_args(parser.parse_args(["segment", "a.png", "-o", "out"])).graph_device == "auto"
+    assert config_from_args(args).graph_device == "host"
+    assert config_from_args(parser.parse_args(["segment", "a.png", "-o", "out"])).graph_device == "auto"
     with pytest.raises(SystemExit):
         parser.parse_args(["segment", "a.png", "-o", "out", "--graph-device", "gpu"])
 

@@ -15,11 +15,9 @@ pytest.importorskip("diffusers")
 
 from diffcut_engine.config import EngineConfig  # noqa: E402
 from diffcut_engine.errors import InputError  # noqa: E402
+from tiny_models import random_pixels  # noqa: E402
 
 
-def _pixels(b=2, h=64, w=96, seed=0):
-    gen = torch.Generator().manual_seed(seed)
-    return torch.rand((b, 3, h, w), generator=gen) * 2 - 1
 
 
 @pytest.fixture
@@ -31,7 +29,7 @@ def fresh_encoder(tiny_sdxl_path):
 
 
 def test_channels_last_features_equal_default(tiny_sdxl_encoder, fresh_encoder):
-    x = _pixels()
+    x = random_pixels()
     expected = tiny_sdxl_encoder.encode(x)
     fresh_encoder.configure_speed(channels_last=True)
     assert fresh_encoder.unet.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
@@ -45,7 +43,7 @@ def test_attention_sdpa_matches_default(fresh_encoder):
     from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
 
     enc = fresh_encoder
-    x = _pixels(1)
+    x = random_pixels(1)
     hooked = enc.hooked_module
     enc.configure_speed(attention="default")
     assert type(hooked.processor) is AttnProcessor
@@ -109,7 +107,7 @@ def test_compile_failure_falls_back_to_eager(tiny_sdxl_encoder, fresh_encoder, m
         return compiled
 
     monkeypatch.setattr(torch, "compile", broken_compile)
-    x = _pixels(1)
+    x = random_pixels(1)
     expected = tiny_sdxl_encoder.encode(x)
     fresh_encoder.configure_speed(compile="max-autotune")
     with caplog.at_level(logging.WARNING, logger="diffcut_engine.encoders.diffusion"):
@@ -132,23 +130,23 @@ def test_compile_is_lazy(fresh_encoder, monkeypatch):
     monkeypatch.setattr(torch, "compile", fake_compile)
     fresh_encoder.configure_speed(compile="default")
     assert calls == []
-    fresh_encoder.encode(_pixels(1))
-    fresh_encoder.encode(_pixels(1))
+    fresh_encoder.encode(random_pixels(1))
+    fresh_encoder.encode(random_pixels(1))
     assert calls == ["default"]
     assert fresh_encoder.describe()["compile"] == "default"
 
 
 def test_cli_speed_options():
-    from diffcut_engine.cli import _config_from_args, build_parser
+    from diffcut_engine.cli import build_parser, config_from_args
 
     parser = build_parser()
-    cfg = _config_from_args(parser.parse_args(["segment", "a.png", "-o", "out"]))
+    cfg = config_from_args(parser.parse_args(["segment", "a.png", "-o", "out"]))
     assert (cfg.compile, cfg.channels_last, cfg.attention, cfg.cuda_graphs) == (None, False, "auto", False)
     args = parser.parse_args(["segment", "a.png", "-o", "out", "--compile", "reduce-overhead", "--channels-last",
                               "--attention", "sdpa"])
-    cfg = _config_from_args(args)
+    cfg = config_from_args(args)
     assert (cfg.compile, cfg.channels_last, cfg.attention) == ("reduce-overhead", True, "sdpa")
-    cfg = _config_from_args(parser.parse_args(["segment", "a.png", "-o", "out", "--cuda-graphs", "--device",
+    cfg = config_from_args(parser.parse_args(["segment", "a.png", "-o", "out", "--cuda-graphs", "--device",
                                                "cuda"]))
     assert cfg.cuda_graphs
     with pytest.raises(SystemExit):

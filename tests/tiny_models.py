@@ -195,3 +195,9 @@ def make_tiny_sd(path) -> str:
 
 
 __all__ = ["make_tiny_sdxl", "make_tiny_sd", "make_tiny_tokenizer", "SCHEDULER_KWARGS", "STRIDE"]
+
+
+def random_pixels(batch: int = 2, height: int = 64, width: int = 96, seed: int = 0) -> torch.Tensor:
+    """(batch, 3, height, width) seeded uniform pixels in [-1, 1]."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(batch, 3, height, width, generator=g) * 2 - 1

@@ -3,9 +3,10 @@
 NumPy and SciPy wheels each bundle their own OpenBLAS, each with its own thread pool, and an OpenBLAS worker
 spins for a while after a call before it sleeps. Alternating the two libraries (SciPy's ``ssyrk`` for the Gram
 matrix and LAPACK for dense solves, NumPy's ``@`` for the Lanczos products) therefore leaves one library's idle
-workers spinning on the cores the other needs: on a 2-core machine the matrix-vector products then ran 2-3x slower
-than alone (measured: a 32x32 graph stage went from 36 ms to 90 ms). So every product on the hot path goes through
-``scipy.linalg.blas`` here, and only BLAS-free NumPy (element-wise operations, reductions, gathers) is used beside it.
+workers spinning on the cores the other needs; on a 2-core machine that slowed the matrix-vector products
+several-fold in A/B runs against the mixed version (not kept as a script). So every product on the hot path goes
+through ``scipy.linalg.blas`` here, and only BLAS-free NumPy (element-wise operations, reductions, gathers) is used
+beside it.
 """
 
 from __future__ import annotations
@@ -21,22 +22,23 @@ def _c(a: np.ndarray) -> np.ndarray:
     return a if a.flags.c_contiguous else np.ascontiguousarray(a)
 
 
-def matvec(A: np.ndarray, x: np.ndarray) -> np.ndarray:
-    """``A @ x`` for a 2-D float32/float64 ``A`` (C-ordered is copy-free) and a 1-D ``x`` of the same dtype."""
+def _gemv(A: np.ndarray, x: np.ndarray, transpose: bool) -> np.ndarray:
     A = _c(A)
     gemv = _GEMV.get(A.dtype)
-    if gemv is None or A.shape[0] == 0 or A.shape[1] == 0:
-        return A @ x
-    return gemv(1.0, A.T, np.asarray(x, dtype=A.dtype), trans=1)
+    if gemv is None or 0 in A.shape:
+        return x @ A if transpose else A @ x
+    # a C-ordered A is A.T in Fortran order: BLAS computes (A.T)^T x = A x with trans=1, A.T x with trans=0
+    return gemv(1.0, A.T, np.asarray(x, dtype=A.dtype), trans=0 if transpose else 1)
+
+
+def matvec(A: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """``A @ x`` for a 2-D float32/float64 ``A`` (C-ordered is copy-free) and a 1-D ``x`` of the same dtype."""
+    return _gemv(A, x, transpose=False)
 
 
 def rmatvec(A: np.ndarray, x: np.ndarray) -> np.ndarray:
     """``A.T @ x`` (equivalently ``x @ A``) for a 2-D ``A`` and a 1-D ``x``."""
-    A = _c(A)
-    gemv = _GEMV.get(A.dtype)
-    if gemv is None or A.shape[0] == 0 or A.shape[1] == 0:
-        return x @ A
-    return gemv(1.0, A.T, np.asarray(x, dtype=A.dtype), trans=0)
+    return _gemv(A, x, transpose=True)
 
 
 def matmul(A: np.ndarray, B: np.ndarray) -> np.ndarray:

@@ -31,7 +31,7 @@ from typing import List, Sequence
 import numpy as np
 
 from ..errors import BackendUnavailableError, InputError
-from .affinity import _MAX_SQUARING_EXPONENT, _NORM_EPS, affinity_from_tokens, l2_normalize
+from .affinity import _MAX_SQUARING_EXPONENT, _NORM_EPS, _power_inplace, affinity_from_tokens, l2_normalize
 from .batched import _validate as _validate_tree_options
 from .batched import build_trees_batched
 from .eigen import validate_solver
@@ -93,23 +93,6 @@ def _check_alpha(alpha) -> float:
                                        and 0 < alpha < np.inf):
         raise InputError(f"alpha must be a positive number, got {alpha!r}")
     return float(alpha)
-
-
-def _power_inplace(s, k: int):
-    """s ** k for a positive integer k by binary powering, ``s`` destroyed: the host's
-    ``affinity._power_inplace`` (same multiplications in the same order, so the same float32 values) written with
-    in-place operators only, so that it runs on numpy and CuPy arrays alike."""
-    result = None
-    while True:
-        if k & 1:
-            if result is None:
-                result = s.copy()
-            else:
-                result *= s
-        k >>= 1
-        if not k:
-            return result
-        s *= s
 
 
 def _affinity(xp, tokens, alpha: float):

@@ -2,8 +2,8 @@
 
 The recursive NCut of an N-node grid allocates a few N x N matrices per image (the Gram matrix, the float64
 affinity, the subgraphs' matrices): 400 MB at a 64x64 grid. Fresh memory of that size comes from the kernel,
-which must fault in and zero every page on first touch; at 64x64 that costs about 100 ms per image, a sixth of
-the whole graph stage. This module keeps freed scratch buffers for the next subgraph or the next image instead.
+which must fault in and zero every page on first touch, a visible share of the graph stage at 64x64. This module
+keeps freed scratch buffers for the next subgraph or the next image instead.
 
 Only the graph stage's *internal* temporaries come from here; nothing returned to a caller (``affinity()``, the
 tree's index arrays, labels) does. Pools are per thread (the video pipeline runs graph workers in threads), and

@@ -313,42 +313,19 @@ def _validate_common(tau, compat, solver, num_thresholds, name="tau"):
         raise InputError(f"num_thresholds must be an integer >= 2, got {num_thresholds!r}")
 
 
-def _take_square(A: np.ndarray, loc: np.ndarray) -> np.ndarray:
-    """A[loc][:, loc] as a new array, gathered in row blocks (no full-height temporary)."""
+def _take_square(A: np.ndarray, loc: np.ndarray, dtype=None) -> np.ndarray:
+    """A[loc][:, loc] in ``dtype`` (default A's), gathered in row blocks (no full-height temporary) into scratch
+    memory from :mod:`.memory`: give it back once its node is solved."""
     m = loc.size
-    out = memory.empty((m, m), A.dtype)  # given back to the pool once its node is solved
+    out = memory.empty((m, m), A.dtype if dtype is None else dtype)
     step = max(1, _BLOCK_ELEMENTS // A.shape[0])
     for a in range(0, m, step):
-        np.take(A.take(loc[a:a + step], axis=0), loc, axis=1, out=out[a:a + step])
+        rows = A.take(loc[a:a + step], axis=0)
+        if rows.dtype == out.dtype:
+            np.take(rows, loc, axis=1, out=out[a:a + step])
+        else:
+            out[a:a + step] = rows[:, loc]
     return out
-
-
-class _Workspace:
-    """One reusable buffer for the subgraph matrices of a run (the recursion needs one at a time).
-
-    Gathering each subgraph into fresh memory costs a page fault per 4 KiB page on first touch (tens of
-    milliseconds for a few thousand nodes); reusing one buffer pays that once.
-    """
-
-    def __init__(self):
-        self._buf = None
-
-    def subgraph(self, W: np.ndarray, idx: np.ndarray, dtype) -> np.ndarray:
-        """W[idx][:, idx] in ``dtype``, gathered in row blocks; W itself (no copy) for the root."""
-        n, m = W.shape[0], idx.size
-        if m == n:  # the root: idx is arange(N)
-            return W.astype(dtype, copy=False)
-        if self._buf is None or self._buf.dtype != dtype or self._buf.size < m * m:
-            self._buf = np.empty(m * m, dtype=dtype)
-        A = self._buf[:m * m].reshape(m, m)
-        step = max(1, _BLOCK_ELEMENTS // n)
-        for a in range(0, m, step):
-            rows = W.take(idx[a:a + step], axis=0)
-            if rows.dtype == A.dtype:
-                np.take(rows, idx, axis=1, out=A[a:a + step])
-            else:
-                A[a:a + step] = rows[:, idx]
-        return A
 
 
 def spectral_lower_bound(A: np.ndarray, d: np.ndarray) -> float:
@@ -453,9 +430,7 @@ def _build_tree(W, *, tau_max, compat, solver, num_thresholds, shape, leaf_bound
     # The official code keeps, below the root, only nodes whose row of the masked W has no exact zero; painted
     # nodes are excluded by it and so are nodes with a zero anywhere in their original row (DIFFCUT.md 3.5).
     zero_row = (W == 0).any(axis=1) if official else None
-    workspace = _Workspace()
     root = NCutNode(np.arange(n), 0)
-    # (node, parent's Fiedler vector over node.indices for warm starts, the node's affinity when already gathered)
     # (node, parent's Fiedler vector, the node's affinity and degrees when already at hand, whether that affinity
     # is pooled scratch to give back once the node is solved)
     stack = [(root, None, None, None, False)]
@@ -467,10 +442,13 @@ def _build_tree(W, *, tau_max, compat, solver, num_thresholds, shape, leaf_bound
             idx = idx[keep]
             warm = None if warm is None else warm[keep]
         if idx.size >= 2:
-            if A is None:
-                A = workspace.subgraph(W, idx, solve_dtype)
+            if A is None:  # the root, and every official node (gathered after its zero-row filter)
+                if idx.size == n:
+                    A = W.astype(solve_dtype, copy=False)
+                    pooled = owned and A is W
+                else:
+                    A, pooled = _take_square(W, idx, solve_dtype), True
                 d = A.sum(axis=1)
-                pooled = owned and A is W
             children = _solve_node(node, idx, A, d, warm, tau_max=tau_max, solver=solver, official=official,
                                    scoring=scoring, num_thresholds=num_thresholds, leaf_bounds=leaf_bounds)
             # LIFO: the "1"-side subtree is finished before the "0"-side, as the official pre-order recursion.

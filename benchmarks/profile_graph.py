@@ -1,0 +1,155 @@
+"""Where the host graph stage spends its time: per-phase wall time and Lanczos steps per subgraph.
+
+    python benchmarks/profile_graph.py                         # planted 32x32 and 64x64, real chelsea 32x32
+    python benchmarks/profile_graph.py --cases planted:64 --repeats 5
+    python benchmarks/profile_graph.py --crossover             # dense vs Lanczos on every subgraph of 32x32 trees
+
+Phases (medians over ``--repeats`` runs after one warm-up, milliseconds per image): ``affinity`` (validation,
+normalisation, Gram matrix, min-max, power), ``fiedler`` (eigensolves), ``scoring`` (the 100 thresholds of every
+split, with the children's degrees), ``gather`` (the children's affinities), ``bound`` (spectral leaf bounds),
+``other`` (the rest: tree bookkeeping, labels). The phases are timed by wrapping the graph stage's own functions,
+so the total is the plain ``recursive_ncut`` call plus a few microseconds per wrapped call.
+
+``--crossover`` collects every subgraph the recursion solves and times the ``dense`` and ``lanczos`` solvers on each
+(single BLAS thread recommended: ``OPENBLAS_NUM_THREADS=1``), which is how ``eigen.AUTO_DENSE_MAX`` was chosen.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+from collections import defaultdict
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+
+import diffcut_engine.graph.eigen as eigen  # noqa: E402
+import diffcut_engine.graph.ncut as ncut  # noqa: E402
+from bench_graph import RealFeatures, planted_case  # noqa: E402
+
+PHASES = {"_affinity_of": "affinity", "fiedler_vector": "fiedler", "_best_binned_split": "scoring",
+          "_take_square": "gather", "spectral_lower_bound": "bound"}
+TAUS = {"planted": 0.5, "chelsea": 0.08, "coffee": 0.08}
+
+
+def features(case: str, grid: int):
+    if case == "planted":
+        return planted_case(grid, grid, 0)[0]
+    return RealFeatures()(case, grid, grid)
+
+
+def profile(feats, tau: float, repeats: int) -> dict:
+    """Median milliseconds per phase, and (nodes, Lanczos steps) of every Lanczos solve of one run."""
+    spent = defaultdict(float)
+    originals = {name: getattr(ncut, name) for name in PHASES}
+
+    def timed(name, fn):
+        def wrapper(*args, **kwargs):
+            t = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                spent[PHASES[name]] += time.perf_counter() - t
+        return wrapper
+
+    import scipy.linalg
+
+    steps = []
+
+    real_tridiagonal, real_lanczos = scipy.linalg.eigh_tridiagonal, eigen._lanczos
+    sizes = []
+
+    def counting_tridiagonal(d, e, **kwargs):
+        sizes.append(len(d))
+        return real_tridiagonal(d, e, **kwargs)
+
+    def counting_lanczos(A, d, warm):
+        sizes.clear()
+        out = real_lanczos(A, d, warm)
+        steps.append((A.shape[0], sizes[-1] if sizes else 0, warm is not None))
+        return out
+
+    rows = defaultdict(list)
+    try:
+        for name, fn in originals.items():
+            setattr(ncut, name, timed(name, fn))
+        scipy.linalg.eigh_tridiagonal, eigen._lanczos = counting_tridiagonal, counting_lanczos
+        ncut.recursive_ncut(feats, tau=tau)  # warm-up
+        for _ in range(repeats):
+            spent.clear()
+            steps.clear()
+            t = time.perf_counter()
+            ncut.recursive_ncut(feats, tau=tau)
+            total = time.perf_counter() - t
+            for phase in PHASES.values():
+                rows[phase].append(spent[phase])
+            rows["other"].append(total - sum(spent.values()))
+            rows["total"].append(total)
+    finally:
+        for name, fn in originals.items():
+            setattr(ncut, name, fn)
+        scipy.linalg.eigh_tridiagonal, eigen._lanczos = real_tridiagonal, real_lanczos
+    return {k: 1e3 * statistics.median(v) for k, v in rows.items()}, list(steps)
+
+
+def crossover(grid: int, repeats: int) -> None:
+    problems = []
+    real = ncut.fiedler_vector
+
+    def collect(A, d, *, solver="auto", warm_start=None):
+        problems.append((np.array(A), np.array(d), None if warm_start is None else np.array(warm_start)))
+        return real(A, d, solver=solver, warm_start=warm_start)
+
+    ncut.fiedler_vector = collect
+    try:
+        for case in ("chelsea", "coffee"):
+            ncut.recursive_ncut(features(case, grid), tau=0.3)
+        ncut.recursive_ncut(features("planted", grid), tau=0.5)
+    finally:
+        ncut.fiedler_vector = real
+
+    def best(fn):
+        fn()
+        return 1e3 * min(_time(fn) for _ in range(repeats))
+
+    print(f"{'nodes':>6} {'dense ms':>9} {'lanczos ms':>11}")
+    for A, d, warm in sorted(problems, key=lambda p: p[0].shape[0]):
+        if A.shape[0] < eigen.LANCZOS_MIN_NODES:
+            continue
+        print(f"{A.shape[0]:6d} {best(lambda: eigen._dense(A, d, False)):9.2f} "
+              f"{best(lambda: eigen._lanczos(A, d, warm)):11.2f}")
+
+
+def _time(fn) -> float:
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--cases", default="planted:32,chelsea:32,planted:64",
+                    help="comma-separated CASE:GRID, CASE in planted, chelsea, coffee")
+    ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--crossover", action="store_true", help="dense vs Lanczos per subgraph instead")
+    args = ap.parse_args(argv)
+    if args.crossover:
+        crossover(32, args.repeats)
+        return 0
+    cols = ["affinity", "fiedler", "scoring", "gather", "bound", "other", "total"]
+    print(f"{'case':16s}" + "".join(f"{c:>10s}" for c in cols) + "   Lanczos solves (nodes: steps, w = warm start)")
+    for spec in args.cases.split(","):
+        case, grid = spec.split(":")
+        ms, steps = profile(features(case, int(grid)), TAUS[case], args.repeats)
+        solves = ", ".join(f"{n}:{k}{'w' if w else ''}" for n, k, w in steps)
+        print(f"{case + ' ' + grid + 'x' + grid:16s}" + "".join(f"{ms[c]:10.1f}" for c in cols) + f"   {solves}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
