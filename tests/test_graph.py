@@ -151,6 +151,21 @@ def test_labels_from_masks_matches_weighted_sum_assembly():
     np.testing.assert_array_equal(labels_from_masks(masks, n), _assemble(dense, n))
 
 
+@pytest.mark.parametrize("count", [1, 20, 62, 63, 90])
+def test_labels_from_masks_packed_codes_match_row_ranking(count, monkeypatch):
+    # up to 62 masks the patterns are ranked as int64 bit codes; beyond, as byte rows: both give one order
+    import diffcut_engine.graph.ncut as ncut_module
+
+    rng = np.random.default_rng(count)
+    n = 300
+    masks = [np.flatnonzero(rng.random(n) > 0.3) for _ in range(count)]
+    got = labels_from_masks(masks, n)
+    monkeypatch.setattr(ncut_module, "_PACKED_MASKS", -1)
+    rows = labels_from_masks(masks, n)
+    np.testing.assert_array_equal(got, rows)
+    assert got.dtype == np.int32 and got.max() == len(np.unique(got)) - 1
+
+
 def test_single_segment_cases():
     # constant features, a tiny tau, one node and two nodes
     assert np.all(recursive_ncut(np.ones((4, 4, 8)), tau=0.5) == 0)

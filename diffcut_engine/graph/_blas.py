@@ -16,6 +16,7 @@ from scipy.linalg import blas as _blas
 
 _GEMV = {np.dtype(np.float64): _blas.dgemv, np.dtype(np.float32): _blas.sgemv}
 _GEMM = {np.dtype(np.float64): _blas.dgemm, np.dtype(np.float32): _blas.sgemm}
+_SYMV = {np.dtype(np.float64): _blas.dsymv, np.dtype(np.float32): _blas.ssymv}
 
 
 def _c(a: np.ndarray) -> np.ndarray:
@@ -39,6 +40,30 @@ def matvec(A: np.ndarray, x: np.ndarray) -> np.ndarray:
 def rmatvec(A: np.ndarray, x: np.ndarray) -> np.ndarray:
     """``A.T @ x`` (equivalently ``x @ A``) for a 2-D ``A`` and a 1-D ``x``."""
     return _gemv(A, x, transpose=True)
+
+
+def symv(A: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """``A @ x`` for a symmetric 2-D ``A``, by BLAS ``symv``: it reads one triangle (A's lower one), half the
+    memory traffic of ``gemv``, which is what a matrix-vector product on a dense affinity is bound by."""
+    A = _c(A)
+    fn = _SYMV.get(A.dtype)
+    if fn is None or 0 in A.shape:
+        return A @ x
+    # A.T is A's memory in Fortran order; symv reads its upper triangle, i.e. A's lower one
+    return fn(1.0, A.T, np.asarray(x, dtype=A.dtype))
+
+
+def project_out(Q: np.ndarray, w: np.ndarray) -> None:
+    """``w -= Q.T @ (Q @ w)`` in place: one classical Gram-Schmidt pass of ``w`` against the rows of a
+    C-ordered ``Q`` (orthonormal rows), as two ``gemv`` calls and no temporary of ``w``'s size."""
+    gemv = _GEMV.get(Q.dtype)
+    if gemv is None or w.dtype != Q.dtype or not (Q.flags.c_contiguous and w.flags.c_contiguous):
+        w -= (Q @ w) @ Q
+        return
+    h = gemv(1.0, Q.T, w, trans=1)
+    out = gemv(-1.0, Q.T, h, beta=1.0, y=w, overwrite_y=1, trans=0)
+    if out is not w:  # (f2py copies only if w were unsuitable, which the checks above rule out)
+        w[...] = out
 
 
 def matmul(A: np.ndarray, B: np.ndarray) -> np.ndarray:
