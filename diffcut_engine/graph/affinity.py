@@ -88,10 +88,10 @@ def _power_inplace(s, k: int, work=None):
 
 #: Integer exponents up to this use binary powering (a few multiplications) instead of ``np.power``.
 _MAX_SQUARING_EXPONENT = 64
-#: Elements per row block of the scale-and-power pass (a block and its temporary stay in the L2 cache).
-_BLOCK_ELEMENTS = 1 << 18
+#: Elements per chunk of the scale-and-power pass (a chunk and its temporary stay in the L2 cache).
+_CHUNK_ELEMENTS = 1 << 16
 #: Side of the square tiles of the mirror pass.
-_MIRROR_TILE = 256
+_MIRROR_TILE = 128
 
 
 def affinity_from_tokens(tokens: np.ndarray, alpha: float = 10.0, *, exact_power: bool = False,
@@ -105,11 +105,13 @@ def affinity_from_tokens(tokens: np.ndarray, alpha: float = 10.0, *, exact_power
     Two paths:
 
     - default: S by BLAS ``ssyrk`` (one triangle: half the flops of a general product, and exactly symmetric),
-      then one pass over row blocks that stay in cache: min-max, the power (an integer ``alpha``, the paper's 10,
-      by binary powering: within a few float32 ulps of ``np.power``, and cheaper), the write in ``dtype``,
-      then the mirror. A spread ``max S - min S`` at rounding level (at most ``C * eps_float32``, C the token
-      width) is treated as constant features: min-max scaling would otherwise blow float32 rounding noise of
-      identical tokens up to the whole [0, 1] range.
+      mirrored to the other triangle in cache-sized tiles, then passes over the whole matrix as one contiguous
+      array (NumPy's element-wise loops are several times slower on row blocks of a wider matrix): min and max,
+      then, chunk by chunk in cache, the min-max scaling, the power (an integer ``alpha``, the paper's 10, by
+      binary powering: within a few float32 ulps of ``np.power``, and cheaper) and the write in ``dtype``. A
+      spread ``max S - min S`` at rounding level (at most ``C * eps_float32``, C the token width) is treated as
+      constant features: min-max scaling would otherwise blow float32 rounding noise of identical tokens up to
+      the whole [0, 1] range.
     - ``exact_power=True`` (``compat="official"``): the official operations on full matrices, S by a general
       product and the correctly rounded ``np.power``; the exact pattern of float32 zeros (the global minimum pair
       and entries that underflow for large alpha) decides there which nodes the official code drops, and no
@@ -128,20 +130,13 @@ def affinity_from_tokens(tokens: np.ndarray, alpha: float = 10.0, *, exact_power
         return _affinity_official(tokens, alpha, dtype)
     n, c = tokens.shape
     s = _gram_lower(tokens, pooled=_pooled)
+    _mirror_lower(s)
+    flat = s.reshape(-1)
+    lo, hi = flat.min(), flat.max()
     if np.dtype(dtype) == s.dtype:
         out = s
     else:
         out = memory.empty((n, n), dtype) if _pooled else np.empty((n, n), dtype=dtype)
-    step = max(1, min(n, _BLOCK_ELEMENTS // n))
-    # 1. complete the diagonal blocks (their upper part from their lower part), then the global min / max over
-    #    the lower block rows, which are now all valid
-    lo, hi = np.inf, -np.inf
-    for a in range(0, n, step):
-        m = min(step, n - a)
-        diag = s[a:a + m, a:a + m]
-        np.copyto(diag, diag.T, where=_upper_mask(m))
-        blk = s[a:a + m, :a + m]
-        lo, hi = min(lo, blk.min()), max(hi, blk.max())
     if not hi - lo > c * np.finfo(np.float32).eps * max(abs(hi), abs(lo), np.finfo(np.float32).tiny):
         out[...] = 1
         if _pooled and out is not s:
@@ -149,32 +144,34 @@ def affinity_from_tokens(tokens: np.ndarray, alpha: float = 10.0, *, exact_power
         return out
     lo, span = np.float32(lo), np.float32(hi - lo)
     squaring = float(alpha).is_integer() and 1 <= alpha <= _MAX_SQUARING_EXPONENT
-    work = np.empty((step, n), dtype=s.dtype)
-    # 2. scale, power and write the lower block rows (diagonal blocks whole), block by block
-    for a in range(0, n, step):
-        m = min(step, n - a)
-        blk = s[a:a + m, :a + m]
+    chunk = _CHUNK_ELEMENTS
+    work = np.empty(min(chunk, flat.size), dtype=s.dtype)
+    dst = out.reshape(-1)
+    for a in range(0, flat.size, chunk):
+        blk = flat[a:a + chunk]
         blk -= lo
         blk /= span
         if squaring:
-            res = _power_inplace(blk, int(alpha), work[:m, :a + m])
+            res = _power_inplace(blk, int(alpha), work[:blk.size])
         else:
             res = np.power(blk, np.float32(alpha), out=blk, dtype=np.float32)
-        if out is not s:
-            out[a:a + m, :a + m] = res
-        elif res is not blk:
-            blk[...] = res
-    # 3. mirror the blocks above the diagonal blocks, in square tiles (transposed reads stay in cache)
-    t = _MIRROR_TILE
-    for a in range(0, n, step):
-        m = min(step, n - a)
-        for r in range(a, a + m, t):
-            rows = slice(r, min(r + t, a + m))
-            for b in range(a + m, n, t):
-                out[rows, b:b + t] = out[b:b + t, rows].T
+        if out is not s or res is not blk:
+            dst[a:a + chunk] = res
     if _pooled and out is not s:
         memory.give_back(s)
     return out
+
+
+def _mirror_lower(s: np.ndarray, tile: int = _MIRROR_TILE) -> None:
+    """Copy the lower triangle of a square C-ordered matrix onto its upper one, tile by tile (a transposed
+    read stays in cache)."""
+    n = s.shape[0]
+    for i in range(0, n, tile):
+        e = min(i + tile, n)
+        diag = s[i:e, i:e]
+        np.copyto(diag, diag.T, where=_upper_mask(e - i))
+        for j in range(e, n, tile):
+            s[i:e, j:j + tile] = s[j:j + tile, i:e].T
 
 
 @functools.lru_cache(maxsize=8)
