@@ -212,6 +212,22 @@ def test_spectral_lower_bound_is_below_lambda2_and_every_ncut(n, seed):
     assert np.all(bound <= ncut_values(A, d, X) + 1e-12)
 
 
+@pytest.mark.parametrize("n,power", [(40, 10.0), (300, 10.0), (300, 0.2), (700, 10.0), (700, 0.05)])
+def test_spectral_lower_bound_stop_below_gives_the_same_decision(n, power):
+    # with stop_below the bound may return early, but only with a value below it; at or above it, exactly the full
+    # bound (so the leaf decision of the recursion never changes)
+    from diffcut_engine.graph.ncut import spectral_lower_bound
+
+    A = _random_graph(n, 7, power=power)
+    d = A.sum(1)
+    full = spectral_lower_bound(A, d)
+    for stop in (-2.0, 0.0, 0.3, 0.5, full - 1e-9, full, full + 1e-9, 0.99, 1.5):
+        early = spectral_lower_bound(A, d, stop_below=stop)
+        assert (early >= stop) == (full >= stop), (stop, early, full)
+        if full >= stop:
+            assert early == full
+
+
 def test_spectral_lower_bound_is_tight_on_a_uniform_graph():
     from diffcut_engine.graph.ncut import spectral_lower_bound
 

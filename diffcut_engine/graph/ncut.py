@@ -117,14 +117,17 @@ def _binned_scores(A, d, y, thresholds):
 
     n, k = y.size, thresholds.size
     bins = threshold_bins(y, thresholds)
-    G = scipy.sparse.csr_matrix((np.ones(n), (bins, np.arange(n))), shape=(k + 1, n))
+    count = np.bincount(bins, minlength=k + 1)
+    indptr = np.zeros(k + 2, dtype=np.intp)
+    np.cumsum(count, out=indptr[1:])
+    # the one-hot (k+1, n) bin matrix built as CSR directly: row c holds the nodes of bin c, in increasing order
+    G = scipy.sparse.csr_matrix((np.ones(n), np.argsort(bins, kind="stable"), indptr), shape=(k + 1, n))
     GA = np.asarray(G @ np.asarray(A, dtype=np.float64))  # (k+1, n): row c = sum of A's rows in bin c
     B = np.asarray(G @ GA.T)  # (k+1, k+1); symmetric like A
     below = np.cumsum(B, axis=1)  # below[c, t] = sum_{c' <= t} B[c, c']
     cut = np.cumsum(below[::-1], axis=0)[::-1]  # cut[c, t] = sum_{c2 >= c, c' <= t} B[c2, c']
     cut = cut[np.arange(1, k + 1), np.arange(k)]
     vol_bin = np.bincount(bins, weights=d, minlength=k + 1)
-    count = np.bincount(bins, minlength=k + 1)
     vol_one = np.cumsum(vol_bin[::-1])[::-1][1:]  # bins above t
     vol_zero = np.cumsum(vol_bin)[:-1]  # bins at or below t
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -142,8 +145,8 @@ def _best_binned_split(A, d, y, num_thresholds):
     values, bins, GA = _binned_scores(A, d, y, thresholds)
     best = int(np.argmin(values))
     side = y > thresholds[best]  # == bins > best
-    d_one = GA[best + 1:, side].sum(axis=0)
-    d_zero = GA[:best + 1, ~side].sum(axis=0)
+    d_one = GA[best + 1:].sum(axis=0)[side]
+    d_zero = GA[:best + 1].sum(axis=0)[~side]
     return side, float(values[best]), d_one, d_zero
 
 
@@ -340,7 +343,7 @@ def _take_square(A: np.ndarray, loc: np.ndarray, dtype=None) -> np.ndarray:
     return out
 
 
-def spectral_lower_bound(A: np.ndarray, d: np.ndarray) -> float:
+def spectral_lower_bound(A: np.ndarray, d: np.ndarray, stop_below=None) -> float:
     """A cheap, rigorous lower bound on the NCut of *every* bipartition of a graph.
 
     Every NCut value is a Rayleigh quotient of the normalised Laplacian on a vector orthogonal to its trivial
@@ -350,21 +353,44 @@ def spectral_lower_bound(A: np.ndarray, d: np.ndarray) -> float:
     mu_2 <= (||M^2||_F^2 - 1)^(1/4) (p = 2, one matrix product). A subgraph whose bound reaches tau is a leaf at
     that tau without any eigensolve: near-uniform segments (the typical leaves) have mu_2 close to 0.
 
+    Parameters
+    ----------
+    stop_below : float, optional
+        Return early once the bound is certain to be below this value (the caller only asks whether it reaches
+        it). ||M||_F^2 is a sum of non-negative row terms, so a partial sum already caps the bound: big subgraphs
+        far from a leaf are settled after a few rows.
+
     Returns
     -------
     float
-        1 - (upper bound of mu_2), in (-inf, 1]; meaningless (<= 0) for graphs that are far from a leaf.
+        1 - (upper bound of mu_2), in (-inf, 1]; meaningless (<= 0) for graphs that are far from a leaf. With
+        ``stop_below``, a value below it is only known to be below it.
     """
     n = A.shape[0]
     dinv = 1.0 / d
-    # ||M||_F^2 = sum_ij A_ij^2 / (d_i d_j), in row blocks so that no (n, n) temporary is allocated
+    # the row sum of ||M||_F^2 above which neither form can reach stop_below (the trace(M^4) form needs
+    # ||M||_F^2 < 2)
+    give_up = np.inf
+    if stop_below is not None:
+        if stop_below > 1.0:
+            return 1.0  # the bound never exceeds 1
+        give_up = 1.0 + max(1.0 - stop_below, 0.0) ** 2
+        if n <= LEAF_BOUND_GEMM_MAX:
+            give_up = max(give_up, 2.0)
+    # ||M||_F^2 = sum_ij A_ij^2 / (d_i d_j), in row blocks so that no (n, n) temporary is allocated; the blocks
+    # start small and double, to give up early on subgraphs far from a leaf
     step = max(1, _BLOCK_ELEMENTS // n)
     buf = np.empty((min(step, n), n), dtype=A.dtype)
     fro2 = 0.0
-    for start in range(0, n, step):
-        rows = A[start:start + step]
+    start, size = 0, max(1, min(step, n // 16))
+    while start < n:
+        rows = A[start:start + size]
         sq = np.square(rows, out=buf[:rows.shape[0]])
-        fro2 += float(dinv[start:start + step] @ matvec(sq, dinv))
+        fro2 += float(dinv[start:start + size] @ matvec(sq, dinv))
+        start += size
+        size = min(2 * size, step)
+        if fro2 > give_up:
+            return 1.0 - np.sqrt(max(fro2 - 1.0, 0.0))
     mu2 = np.sqrt(max(fro2 - 1.0, 0.0))
     if mu2 < 1.0 and n <= LEAF_BOUND_GEMM_MAX:
         dis = np.sqrt(dinv)
@@ -408,7 +434,7 @@ def _solve_node(node, idx, A, d, warm, *, tau_max, solver, official, scoring, nu
     if not np.all(d > 0):  # an isolated node (all-zero row): no meaningful Laplacian
         return []
     if leaf_bounds and not official and node.depth > 0:  # (the root is a leaf only for near-uniform images)
-        bound = spectral_lower_bound(A, d)
+        bound = spectral_lower_bound(A, d, stop_below=tau_max + LEAF_BOUND_MARGIN)
         if bound >= tau_max + LEAF_BOUND_MARGIN:
             node.value, node.exact = bound, False
             return []
