@@ -23,7 +23,9 @@ For every case it times, per image and from features to labels (affinity constru
 
 Each time is the median of ``--repeats`` runs after one untimed warm-up of every function; the reference runs
 ``--reference-repeats`` times (default: ``--repeats``, but once on grids above 2048 nodes, where one run takes
-tens of seconds on a 2-core CPU). The table gives the case, grid, the reference's number of segments K and time,
+tens of seconds on a 2-core CPU). When the reference and the engine run the same number of times, their calls
+alternate (reference, each solver, reference, ...), so a slow phase of a shared machine slows both sides alike
+instead of biasing the ratio. The table gives the case, grid, the reference's number of segments K and time,
 then per solver the engine time, the ratio reference / engine, the engine's K, whether the two label maps are the
 same partition (up to renumbering), whether the labels are identical, and how many nodes would have to move to
 turn one partition into the other (after an optimal one-to-one matching of segments).
@@ -283,16 +285,57 @@ def build_cases(args) -> list:
     return cases
 
 
+def interleaved(fns: dict, repeats: int) -> dict:
+    """``timed`` for several functions at once, their calls alternating (A B C A B C ...), so that the slow
+    phases of a shared machine fall on all of them alike: {name: (median seconds, all times, last result)};
+    a function that raises is reported as {name: exception} and dropped from the rotation."""
+    times = {name: [] for name in fns}
+    results, failed = {}, {}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            if name in failed:
+                continue
+            start = time.perf_counter()
+            try:
+                results[name] = fn()
+            except Exception as exc:
+                failed[name] = exc
+                continue
+            times[name].append(time.perf_counter() - start)
+    out = {name: (statistics.median(t), t, results[name]) for name, t in times.items() if name not in failed}
+    out.update(failed)
+    return out
+
+
 def run_case(case, args, solvers, calls) -> dict:
     feats, tau = case["feats"], case["tau"]
     n = feats.shape[0] * feats.shape[1]
     ref_repeats = args.reference_repeats or (args.repeats if n <= 2048 else 1)
     row = {k: v for k, v in case.items() if k != "feats"}
-    row.update({"nodes": n, "alpha": args.alpha, "reference_repeats": ref_repeats, "engine": {}})
+    row.update({"nodes": n, "alpha": args.alpha, "reference_repeats": ref_repeats, "engine": {},
+                "interleaved": ref_repeats == args.repeats})
+
+    def reference():
+        return official_recursive_ncut(feats, alpha=args.alpha, tau=tau, device=args.device, index_sets=True,
+                                       return_info=True)
+
+    if row["interleaved"]:  # reference and engine calls alternate
+        fns = {"reference": reference}
+        fns.update({solver: (lambda solver=solver: calls[solver](feats, args.alpha, tau)) for solver in solvers})
+        runs = interleaved(fns, args.repeats)
+    else:
+        runs = {}
+        for key, fn, repeats in [("reference", reference, ref_repeats)] + [
+                (solver, lambda solver=solver: calls[solver](feats, args.alpha, tau), args.repeats)
+                for solver in solvers]:
+            try:
+                runs[key] = timed(fn, repeats)
+            except Exception as exc:
+                runs[key] = exc
     try:
-        ref_s, ref_times, (ref_labels, info) = timed(
-            lambda: official_recursive_ncut(feats, alpha=args.alpha, tau=tau, device=args.device,
-                                            index_sets=True, return_info=True), ref_repeats)
+        if isinstance(runs["reference"], Exception):
+            raise runs["reference"]
+        ref_s, ref_times, (ref_labels, info) = runs["reference"]
         row.update({"reference_s": ref_s, "reference_times": ref_times, "reference_segments": info["segments"],
                     "reference_solves": info["solves"]})
     except Exception as exc:  # e.g. DegenerateSplitError: the official code would not finish this input
@@ -300,11 +343,11 @@ def run_case(case, args, solvers, calls) -> dict:
         row["reference_error"] = f"{type(exc).__name__}: {exc}"
     for solver in solvers:
         name = solver or "default"
-        try:
-            eng_s, eng_times, labels = timed(lambda: calls[solver](feats, args.alpha, tau), args.repeats)
-        except Exception as exc:  # a solver this input/machine cannot run: report it, go on
+        if isinstance(runs[solver], Exception):  # a solver this input/machine cannot run: report it, go on
+            exc = runs[solver]
             row["engine"][name] = {"error": f"{type(exc).__name__}: {exc}"}
             continue
+        eng_s, eng_times, labels = runs[solver]
         result = {"seconds": eng_s, "times": eng_times, "segments": int(len(np.unique(labels)))}
         if ref_labels is not None:
             result.update({"ratio": row["reference_s"] / eng_s,
