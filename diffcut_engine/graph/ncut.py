@@ -123,7 +123,10 @@ def _binned_scores(A, d, y, thresholds):
     # the one-hot (k+1, n) bin matrix built as CSR directly: row c holds the nodes of bin c, in increasing order
     G = scipy.sparse.csr_matrix((np.ones(n), np.argsort(bins, kind="stable"), indptr), shape=(k + 1, n))
     GA = np.asarray(G @ np.asarray(A, dtype=np.float64))  # (k+1, n): row c = sum of A's rows in bin c
-    B = np.asarray(G @ GA.T)  # (k+1, k+1); symmetric like A
+    # B = G A G^T, (k+1, k+1), symmetric like A: B[c', c] = sum of GA[c, j] over the nodes j of bin c', as one
+    # weighted histogram of GA's entries (no transposed copy of GA, which a sparse product would make)
+    flat = (np.arange(k + 1)[:, None] * (k + 1) + bins[None, :]).ravel()
+    B = np.bincount(flat, weights=GA.ravel(), minlength=(k + 1) ** 2).reshape(k + 1, k + 1).T
     below = np.cumsum(B, axis=1)  # below[c, t] = sum_{c' <= t} B[c, c']
     cut = np.cumsum(below[::-1], axis=0)[::-1]  # cut[c, t] = sum_{c2 >= c, c' <= t} B[c2, c']
     cut = cut[np.arange(1, k + 1), np.arange(k)]
@@ -337,7 +340,8 @@ def _take_square(A: np.ndarray, loc: np.ndarray, dtype=None) -> np.ndarray:
     for a in range(0, m, step):
         rows = A.take(loc[a:a + step], axis=0)
         if rows.dtype == out.dtype:
-            np.take(rows, loc, axis=1, out=out[a:a + step])
+            # (mode "clip": the indices are valid, and "raise" would buffer the whole output first)
+            np.take(rows, loc, axis=1, out=out[a:a + step], mode="clip")
         else:
             out[a:a + step] = rows[:, loc]
     return out
