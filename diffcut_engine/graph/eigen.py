@@ -33,7 +33,7 @@ Solvers (``solver=``):
 ``"auto"``
     ``dense`` up to ``AUTO_DENSE_MAX`` nodes, ``lanczos`` (with its dense fallback) above. The crossover was
     measured on the subgraphs of real and planted 32x32 trees (single thread): Lanczos wins from ~200 nodes on
-    and is 4-8x faster than ``dense`` at 500-1000 nodes (``benchmarks/profile_graph.py --crossover``).
+    and is 4-20x faster than ``dense`` at 400-1000 nodes (``benchmarks/profile_graph.py --crossover``).
 
 Accuracy. ``dense`` and ``full`` are backward stable: the angle between the computed and the exact u2 is of order
 ``eps * ||L|| / gap`` (eps of the working dtype: 1e-16 in float64, 6e-8 in float32 for ``compat="official"``).
