@@ -78,10 +78,10 @@ LANCZOS_MAX_STEPS = 160
 #: 2-pair MRRR solve of the small tridiagonal matrix, costs a fraction of a step there), else every
 #: ``LANCZOS_CHECK_EVERY`` steps.
 LANCZOS_CHECK_EVERY = 3
+LANCZOS_EVERY_STEP_MIN_NODES = 384
 #: Largest factor by which the top Ritz residual is assumed to shrink per step when scheduling the next check
 #: (only when the check runs, never whether the result is accepted, depends on it).
 LANCZOS_FASTEST_RATE = 4.0
-LANCZOS_EVERY_STEP_MIN_NODES = 384
 #: Give up (dense solve) when the certificate would need a residual below this (rounding level of ||M|| = 1).
 LANCZOS_HOPELESS = 1e-13
 #: Weight of the random part of a warm-started Lanczos start vector (the warm part has norm 1).
@@ -203,7 +203,6 @@ def _lanczos(A, d, warm_start):
     practice; the same assumption underlies every Krylov/LOBPCG certificate. With full reorthogonalisation the
     Ritz residuals are |beta_k s_i[-1]|; the accepted vector's residual is recomputed explicitly before use.
     """
-    import scipy.linalg
 
     n = A.shape[0]
     A = np.asarray(A, dtype=np.float64)
