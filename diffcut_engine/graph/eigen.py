@@ -292,7 +292,8 @@ def fiedler_vector(A: np.ndarray, d: np.ndarray, *, solver: str = "auto", warm_s
     Parameters
     ----------
     A : numpy.ndarray
-        (n, n) symmetric non-negative affinity of the (sub)graph, n >= 2, float32 or float64.
+        (n, n) symmetric non-negative affinity of the (sub)graph, n >= 2, float32 or float64. It must be
+        symmetric: the ``lanczos`` products read its lower triangle only.
     d : numpy.ndarray
         (n,) degrees ``A.sum(1)``, positive.
     solver : {"auto", "dense", "full", "lobpcg", "lanczos"}
