@@ -228,17 +228,6 @@ def make_engine_call(solver, engine_input: str):
     return call
 
 
-def timed(fn, repeats: int) -> tuple:
-    """(median seconds, all times, last result) of ``repeats`` calls."""
-    times = []
-    result = None
-    for _ in range(repeats):
-        start = time.perf_counter()
-        result = fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times), times, result
-
-
 def same_partition(a, b) -> bool:
     a, b = np.asarray(a).ravel(), np.asarray(b).ravel()
     pairs = set(zip(a.tolist(), b.tolist()))
@@ -286,9 +275,9 @@ def build_cases(args) -> list:
 
 
 def interleaved(fns: dict, repeats: int) -> dict:
-    """``timed`` for several functions at once, their calls alternating (A B C A B C ...), so that the slow
-    phases of a shared machine fall on all of them alike: {name: (median seconds, all times, last result)};
-    a function that raises is reported as {name: exception} and dropped from the rotation."""
+    """Time ``repeats`` calls of each function, the calls alternating (A B C A B C ...), so that the slow phases of
+    a shared machine fall on all of them alike: {name: (median seconds, all times, last result)}; a function that
+    raises is reported as {name: exception} and dropped from the rotation."""
     times = {name: [] for name in fns}
     results, failed = {}, {}
     for _ in range(repeats):
@@ -319,19 +308,14 @@ def run_case(case, args, solvers, calls) -> dict:
         return official_recursive_ncut(feats, alpha=args.alpha, tau=tau, device=args.device, index_sets=True,
                                        return_info=True)
 
+    fns = {"reference": reference}
+    fns.update({solver: (lambda solver=solver: calls[solver](feats, args.alpha, tau)) for solver in solvers})
     if row["interleaved"]:  # reference and engine calls alternate
-        fns = {"reference": reference}
-        fns.update({solver: (lambda solver=solver: calls[solver](feats, args.alpha, tau)) for solver in solvers})
         runs = interleaved(fns, args.repeats)
-    else:
+    else:  # one function after the other
         runs = {}
-        for key, fn, repeats in [("reference", reference, ref_repeats)] + [
-                (solver, lambda solver=solver: calls[solver](feats, args.alpha, tau), args.repeats)
-                for solver in solvers]:
-            try:
-                runs[key] = timed(fn, repeats)
-            except Exception as exc:
-                runs[key] = exc
+        for name, fn in fns.items():
+            runs.update(interleaved({name: fn}, ref_repeats if name == "reference" else args.repeats))
     try:
         if isinstance(runs["reference"], Exception):
             raise runs["reference"]

@@ -144,8 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
     g = seg.add_argument_group("output")
     g.add_argument("--save-npy", action="store_true", help="also write the labels as .npy (int32)")
     g.add_argument("--no-overlay", dest="overlay", action="store_false", help="do not write overlay PNGs")
-    g.add_argument("--quiet", "-q", action="store_true", help="no progress bar (also DIFFCUT_NO_PROGRESS=1)")
-    g.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
+    add_run_flags(g)
     seg.set_defaults(func=cmd_segment)
 
     exp = sub.add_parser("export", help="export the encoder to ONNX (and build a TensorRT engine)",
@@ -194,6 +193,12 @@ def build_parser() -> argparse.ArgumentParser:
     from .tools_cli import add_video_and_bench_parsers  # `diffcut video` and `diffcut bench` (issue 8)
     add_video_and_bench_parsers(sub)
     return parser
+
+
+def add_run_flags(parser) -> None:
+    """``--quiet`` and ``--debug`` (shared by ``segment``, ``eval``, ``video`` and ``bench``)."""
+    parser.add_argument("--quiet", "-q", action="store_true", help="no progress bar (also DIFFCUT_NO_PROGRESS=1)")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
 
 
 def add_method_arguments(parser) -> None:

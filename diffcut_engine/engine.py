@@ -90,6 +90,17 @@ class SegmentResult:
         return self.error is None
 
 
+def refine_labels(labels: torch.Tensor, view: torch.Tensor, out_size: Tuple[int, int], num_segments: int,
+                  config: EngineConfig) -> torch.Tensor:
+    """Step 6: PAMR on the image resized to ``out_size`` (on the labels' device), then a 3x3 median filter;
+    the labels unchanged when ``config.refine`` is off or there is a single segment."""
+    if not (config.refine and num_segments > 1):
+        return labels
+    rgb = images.resize(view, out_size).to(labels.device)
+    return refine.refine(rgb, labels, num_segments=num_segments, iters=config.pamr_iters,
+                         dilations=config.pamr_dilations, median=True)
+
+
 class Engine:
     """DiffCut segmentation engine.
 
@@ -350,11 +361,7 @@ class Engine:
             grid_t = torch.from_numpy(grid_labels.astype(np.int64)).to(feats.device)
             labels = refine.concept_assign(feats, grid_t, out_size, num_segments=num_segments)
             t2 = time.perf_counter()
-            # 6. PAMR on the image at the output size, then a 3x3 median filter.
-            if cfg.refine and num_segments > 1:
-                rgb = images.resize(view, out_size).to(feats.device)
-                labels = refine.refine(rgb, labels, num_segments=num_segments, iters=cfg.pamr_iters,
-                                       dilations=cfg.pamr_dilations, median=True)
+            labels = refine_labels(labels, view, out_size, num_segments, cfg)
         t3 = time.perf_counter()
         timings.update(assign=t2 - t1, refine=t3 - t2)
         timings["total"] = sum(v for k, v in timings.items() if k != "total")

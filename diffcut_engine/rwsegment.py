@@ -20,7 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import images, refine
+from . import refine
 from .errors import InputError
 from .graph.rwncut import feature_transition_matrix, rw_ncut
 
@@ -99,7 +99,7 @@ class RWNCutPipeline:
 
     def segment(self, pixels, views: List[torch.Tensor], tau: float, timings: List[dict]):
         """Segment a prepared batch; returns one :class:`~diffcut_engine.engine.Segmentation` per image."""
-        from .engine import Segmentation
+        from .engine import Segmentation, refine_labels
 
         cfg, opts = self.config, self.options
         t0 = time.perf_counter()
@@ -123,10 +123,7 @@ class RWNCutPipeline:
                 else:
                     labels = refine.concept_assign(feats[b], g, out_size, num_segments=k)
                 t3 = time.perf_counter()
-                if cfg.refine and k > 1:
-                    rgb = images.resize(view, out_size).to(P.device)
-                    labels = refine.refine(rgb, labels, num_segments=k, iters=cfg.pamr_iters,
-                                           dilations=cfg.pamr_dilations, median=True)
+                labels = refine_labels(labels, view, out_size, k, cfg)
             t4 = time.perf_counter()
             tm.update(graph=t2 - t1, assign=t3 - t2, refine=t4 - t3)
             tm["total"] = sum(v for key, v in tm.items() if key != "total")

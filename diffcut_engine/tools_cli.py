@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from .cli import add_engine_options, config_from_args
+from .cli import add_engine_options, add_run_flags, config_from_args
 
 VIDEO_EXAMPLES = """examples:
   diffcut video clip.mp4 -o clip_seg.mp4 --backbone efficientnet-lite0 --size 512     # offline backbone
@@ -33,11 +33,6 @@ BENCH_EXAMPLES = """examples:
 
 Every backend writes the same JSON layout (schema diffcut-bench/1), so runs can be compared.
 """
-
-
-def _common_flags(parser):
-    parser.add_argument("--quiet", "-q", action="store_true", help="no progress bar (also DIFFCUT_NO_PROGRESS=1)")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
 
 
 def add_video_and_bench_parsers(subparsers):
@@ -71,7 +66,7 @@ def add_video_and_bench_parsers(subparsers):
     g.add_argument("--opacity", type=float, default=0.5, help="weight of the segment colours (default 0.5)")
     g.add_argument("--stats", type=Path, default=None, metavar="FILE.json", help="write the run's statistics")
     add_engine_options(p)
-    _common_flags(p)
+    add_run_flags(p)
     p.set_defaults(func=cmd_video)
 
     b = subparsers.add_parser("bench", help="per-stage latency, throughput and memory of the pipeline",
@@ -88,7 +83,7 @@ def add_video_and_bench_parsers(subparsers):
                    help="size of the synthetic input (default: the network size); labels are computed at it")
     g.add_argument("--json", type=Path, default=None, metavar="FILE", help="write the report as JSON")
     add_engine_options(b, batch_size=1)
-    _common_flags(b)
+    add_run_flags(b)
     b.set_defaults(func=cmd_bench)
 
 

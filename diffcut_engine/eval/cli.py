@@ -78,10 +78,9 @@ def add_eval_parser(subparsers) -> argparse.ArgumentParser:
     g.add_argument("--overlays", type=int, default=4, metavar="N", help="example strips for the first N images")
     g.add_argument("--restart", action="store_true", help="discard a cache made with other settings")
     g.add_argument("--json", action="store_true", help="print the results JSON instead of the table")
-    g.add_argument("--quiet", "-q", action="store_true", help="no progress bar (also DIFFCUT_NO_PROGRESS=1)")
-    g.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
-    from ..cli import add_method_arguments
+    from ..cli import add_method_arguments, add_run_flags
 
+    add_run_flags(g)
     add_method_arguments(p)  # --method diffcut|rwncut and the --rw-* options
     p.set_defaults(func=cmd_eval)
     return p

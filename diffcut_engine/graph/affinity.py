@@ -106,7 +106,7 @@ def affinity_from_tokens(tokens: np.ndarray, alpha: float = 10.0, *, exact_power
 
     - default: S by BLAS ``ssyrk`` (one triangle: half the flops of a general product, and exactly symmetric),
       mirrored to the other triangle in cache-sized tiles, then passes over the whole matrix as one contiguous
-      array (NumPy's element-wise loops are several times slower on row blocks of a wider matrix): min and max,
+      array (NumPy's element-wise loops run slower on row blocks of a wider matrix): min and max,
       then, chunk by chunk in cache, the min-max scaling, the power (an integer ``alpha``, the paper's 10, by
       binary powering: within a few float32 ulps of ``np.power``, and cheaper) and the write in ``dtype``. A
       spread ``max S - min S`` at rounding level (at most ``C * eps_float32``, C the token width) is treated as

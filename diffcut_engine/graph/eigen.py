@@ -33,7 +33,7 @@ Solvers (``solver=``):
 ``"auto"``
     ``dense`` up to ``AUTO_DENSE_MAX`` nodes, ``lanczos`` (with its dense fallback) above. The crossover was
     measured on the subgraphs of real and planted 32x32 trees (single thread): Lanczos wins from ~200 nodes on
-    and is 4-20x faster than ``dense`` at 400-1000 nodes (``benchmarks/profile_graph.py --crossover``).
+    and is 3.5-20x faster than ``dense`` at 400-1000 nodes (``benchmarks/profile_graph.py --crossover``).
 
 Accuracy. ``dense`` and ``full`` are backward stable: the angle between the computed and the exact u2 is of order
 ``eps * ||L|| / gap`` (eps of the working dtype: 1e-16 in float64, 6e-8 in float32 for ``compat="official"``).
@@ -170,7 +170,7 @@ def _lobpcg(A, d, warm_start):
 def _top_ritz_pairs(alpha: np.ndarray, beta: np.ndarray):
     """The two largest eigenpairs of the symmetric tridiagonal matrix with diagonal ``alpha`` and off-diagonal
     ``beta``: ``((theta2, theta1), (s2, s1))``, ascending. LAPACK ``dstemr`` (MRRR) called directly: the same
-    solver that ``scipy.linalg.eigh_tridiagonal`` picks, without its per-call overhead (a third of the time)."""
+    solver that ``scipy.linalg.eigh_tridiagonal`` picks, without its per-call argument handling."""
     from scipy.linalg.lapack import dstemr
 
     k = alpha.size
