@@ -198,13 +198,11 @@ def _token_matrices(xp, arrays: list) -> tuple:
 def _fused_affinity_module():
     """``diffcut_engine.kernels.affinity`` when its Triton kernels are compiled for CUDA here, else None.
 
-    Called only for torch tensors, so importing that (torch-importing) module costs nothing new.
+    Called only for torch tensors, so importing that (torch-importing) module costs nothing new. The module guards
+    its own Triton import (``kaff.tl is None`` when Triton is missing or broken); an import error of our own module
+    is a bug and surfaces.
     """
-    try:
-        from ..kernels import affinity as kaff
-    except Exception as exc:  # pragma: no cover - a broken torch / Triton install: the CuPy path still works
-        logger.debug("device affinity: Triton kernel module unavailable (%s); using CuPy", exc)
-        return None
+    from ..kernels import affinity as kaff
     if kaff.tl is None or kaff.triton_interpreted():
         return None
     return kaff

@@ -1,4 +1,4 @@
-"""Triton kernels, installed as ``diffcut_engine.kernels`` (mapped from the top-level ``kernels/`` folder).
+"""Triton kernels of the engine (``diffcut_engine.kernels``), importable from an install and a plain checkout alike.
 
 One file per kernel, each with its torch reference, a checking wrapper, its autotune configurations and a parity
 test (``tests/test_kernel_<name>.py``); its benchmark is ``benchmarks/bench_<name>.py``.
