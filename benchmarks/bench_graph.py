@@ -40,6 +40,12 @@ Cases:
   the 1280 of SSD-1B) of scikit-image's ``chelsea`` and ``coffee`` photos, resized (torch bilinear, squashed to
   the grid's aspect) to 32 px per grid cell (a 64x64 grid is a 2048 px input); tau 0.08, the lite preset.
 
+``--baseline DIR`` also times another checkout's graph stage (e.g. the previous commit, ``git worktree add DIR
+main``), imported beside this one in the same process, as solver ``base:NAME``, its calls alternated with this
+checkout's; a final table gives baseline seconds / these seconds and whether the labels are identical. With
+``--reference-repeats`` different from ``--repeats`` the reference runs on its own first and the engine calls
+(this checkout's and the baseline's) alternate among themselves.
+
 ``--tau`` overrides tau for all cases, ``--tau-real`` for the real ones only. At the lite preset the real
 features give few segments (1-3 on these grids: the preset was chosen at 768 px, and the NCut values grow with
 the grid), so those cases time little more than the root solve; ``--tau-real 0.2`` gives about 3-16 segments and
@@ -332,10 +338,9 @@ def run_case(case, args, solvers, calls) -> dict:
     fns.update({solver: (lambda solver=solver: calls[solver](feats, args.alpha, tau)) for solver in calls})
     if row["interleaved"]:  # reference and engine calls alternate
         runs = interleaved(fns, args.repeats)
-    else:  # one function after the other
-        runs = {}
-        for name, fn in fns.items():
-            runs.update(interleaved({name: fn}, ref_repeats if name == "reference" else args.repeats))
+    else:  # the reference on its own, then the engine calls alternating among themselves
+        runs = interleaved({"reference": reference}, ref_repeats)
+        runs.update(interleaved({k: fn for k, fn in fns.items() if k != "reference"}, args.repeats))
     try:
         if isinstance(runs["reference"], Exception):
             raise runs["reference"]

@@ -10,6 +10,7 @@ suite checks this path. See docs/PERFORMANCE.md.
 
 from __future__ import annotations
 
+import importlib
 import logging
 from contextlib import nullcontext
 from typing import List, Sequence
@@ -153,7 +154,8 @@ def _fused_affinity_module():
     its own Triton import (``kaff.tl is None`` when Triton is missing or broken); an import error of our own module
     is a bug and surfaces.
     """
-    from ..kernels import affinity as kaff
+    # (import_module consults sys.modules: a module marked broken there raises instead of being reused)
+    kaff = importlib.import_module("diffcut_engine.kernels.affinity")
     if kaff.tl is None or kaff.triton_interpreted():
         return None
     return kaff
