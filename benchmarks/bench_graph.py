@@ -40,6 +40,12 @@ Cases:
   the 1280 of SSD-1B) of scikit-image's ``chelsea`` and ``coffee`` photos, resized (torch bilinear, squashed to
   the grid's aspect) to 32 px per grid cell (a 64x64 grid is a 2048 px input); tau 0.08, the lite preset.
 
+``--baseline DIR`` also times another checkout's graph stage (e.g. the previous commit, ``git worktree add DIR
+main``), imported beside this one in the same process, as solver ``base:NAME``, its calls alternated with this
+checkout's; a final table gives baseline seconds / these seconds and whether the labels are identical. With
+``--reference-repeats`` different from ``--repeats`` the reference runs on its own first and the engine calls
+(this checkout's and the baseline's) alternate among themselves.
+
 ``--tau`` overrides tau for all cases, ``--tau-real`` for the real ones only. At the lite preset the real
 features give few segments (1-3 on these grids: the preset was chosen at 768 px, and the NCut values grow with
 the grid), so those cases time little more than the root solve; ``--tau-real 0.2`` gives about 3-16 segments and
@@ -210,21 +216,41 @@ def to_numpy(labels) -> np.ndarray:
     return np.asarray(labels)
 
 
-def make_engine_call(solver, engine_input: str):
+def load_baseline(path: str):
+    """The ``diffcut_engine.graph`` of another checkout (e.g. the previous commit: ``git worktree add DIR main``),
+    imported beside this one as the package ``diffcut_engine_baseline``, so that both run in one process with
+    their calls alternated."""
+    import importlib.util
+
+    init = os.path.join(path, "diffcut_engine", "__init__.py")
+    if not os.path.isfile(init):
+        raise SystemExit(f"error: --baseline {path} holds no diffcut_engine/__init__.py")
+    spec = importlib.util.spec_from_file_location("diffcut_engine_baseline", init,
+                                                  submodule_search_locations=[os.path.dirname(init)])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["diffcut_engine_baseline"] = module
+    spec.loader.exec_module(module)
+    import importlib
+
+    return importlib.import_module("diffcut_engine_baseline.graph")
+
+
+def make_engine_call(solver, engine_input: str, module=None):
+    graph_module = graph if module is None else module
     kwargs = {} if solver is None else {"solver": solver}
     if engine_input == "cupy":
         import cupy
 
         def call(feats, alpha, tau):
-            labels = graph.recursive_ncut(cupy.asarray(feats), alpha=alpha, tau=tau, **kwargs)
+            labels = graph_module.recursive_ncut(cupy.asarray(feats), alpha=alpha, tau=tau, **kwargs)
             return to_numpy(labels)
     elif engine_input == "cuda-tensor":
         def call(feats, alpha, tau):
-            labels = graph.recursive_ncut(torch.from_numpy(feats).cuda(), alpha=alpha, tau=tau, **kwargs)
+            labels = graph_module.recursive_ncut(torch.from_numpy(feats).cuda(), alpha=alpha, tau=tau, **kwargs)
             return to_numpy(labels)
     else:
         def call(feats, alpha, tau):
-            return to_numpy(graph.recursive_ncut(feats, alpha=alpha, tau=tau, **kwargs))
+            return to_numpy(graph_module.recursive_ncut(feats, alpha=alpha, tau=tau, **kwargs))
     return call
 
 
@@ -309,13 +335,12 @@ def run_case(case, args, solvers, calls) -> dict:
                                        return_info=True)
 
     fns = {"reference": reference}
-    fns.update({solver: (lambda solver=solver: calls[solver](feats, args.alpha, tau)) for solver in solvers})
+    fns.update({solver: (lambda solver=solver: calls[solver](feats, args.alpha, tau)) for solver in calls})
     if row["interleaved"]:  # reference and engine calls alternate
         runs = interleaved(fns, args.repeats)
-    else:  # one function after the other
-        runs = {}
-        for name, fn in fns.items():
-            runs.update(interleaved({name: fn}, ref_repeats if name == "reference" else args.repeats))
+    else:  # the reference on its own, then the engine calls alternating among themselves
+        runs = interleaved({"reference": reference}, ref_repeats)
+        runs.update(interleaved({k: fn for k, fn in fns.items() if k != "reference"}, args.repeats))
     try:
         if isinstance(runs["reference"], Exception):
             raise runs["reference"]
@@ -325,8 +350,8 @@ def run_case(case, args, solvers, calls) -> dict:
     except Exception as exc:  # e.g. DegenerateSplitError: the official code would not finish this input
         ref_labels = None
         row["reference_error"] = f"{type(exc).__name__}: {exc}"
-    for solver in solvers:
-        name = solver or "default"
+    for solver in calls:
+        name = solver if isinstance(solver, str) and solver.startswith("base:") else (solver or "default")
         if isinstance(runs[solver], Exception):  # a solver this input/machine cannot run: report it, go on
             exc = runs[solver]
             row["engine"][name] = {"error": f"{type(exc).__name__}: {exc}"}
@@ -338,6 +363,10 @@ def run_case(case, args, solvers, calls) -> dict:
                            "same_partition": same_partition(ref_labels, labels),
                            "same_labels": bool(np.array_equal(ref_labels, labels)),
                            "moved_nodes": moved_nodes(ref_labels, labels)})
+        base = runs.get("base:" + name)
+        if base is not None and not isinstance(base, Exception):
+            result.update({"baseline_s": base[0], "speedup_vs_baseline": base[0] / eng_s,
+                           "same_labels_as_baseline": bool(np.array_equal(base[2], labels))})
         row["engine"][name] = result
     return row
 
@@ -398,6 +427,8 @@ def main(argv=None) -> int:
                     "cupy / cuda-tensor: the engine's device path, whatever --device the reference uses)")
     ap.add_argument("--quick", action="store_true", help=f"smoke run: grids {QUICK_GRIDS}, 1 repeat")
     ap.add_argument("--json", help="write all results to this file")
+    ap.add_argument("--baseline", help="another checkout's root (e.g. the previous commit): its graph stage is "
+                                       "timed in the same process, calls alternated, as solver 'base:NAME'")
     args = ap.parse_args(argv)
 
     args.grids = [parse_grid(g) for g in (args.grids or (QUICK_GRIDS if args.quick else DEFAULT_GRIDS)).split(",")]
@@ -421,6 +452,10 @@ def main(argv=None) -> int:
                          f"(pip install 'diffcut-engine[gpu]')")
     solvers = engine_solvers([s for s in (args.solvers or "").split(",") if s], device_input)
     calls = {s: make_engine_call(s, args.engine_input) for s in solvers}
+    if args.baseline:
+        base_graph = load_baseline(args.baseline)
+        calls.update({"base:" + (s or "default"): make_engine_call(s, args.engine_input, base_graph)
+                      for s in solvers})
     env = environment(args, solvers)
     print(f"diffcut_engine {env['diffcut_engine']} ({env['commit'] or 'no git'}), torch {env['torch']}, "
           f"numpy {env['numpy']}, {env['torch_threads']} torch threads, {env['machine']}; reference on "
@@ -450,6 +485,13 @@ def main(argv=None) -> int:
     if mismatched:
         print("partitions differ from the reference in: "
               + ", ".join(f"{c} {g} ({n})" for c, g, n in mismatched))
+    if args.baseline:
+        print(f"\nthis checkout vs --baseline {args.baseline} (same run, calls alternated): baseline s / this s")
+        for r in rows:
+            for name, e in r["engine"].items():
+                if "speedup_vs_baseline" in e:
+                    print(f"{r['case']:<14} {r['grid']:>6}  {name:<8} {e['baseline_s']:>9.4f} {e['seconds']:>9.4f} "
+                          f"{e['speedup_vs_baseline']:>6.2f}x  labels {'identical' if e['same_labels_as_baseline'] else 'DIFFER'}")
     if args.json:
         with open(args.json, "w") as fh:
             json.dump({"environment": env, "repeats": args.repeats, "results": rows}, fh, indent=1)

@@ -29,11 +29,12 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
 import diffcut_engine.graph.eigen as eigen  # noqa: E402
+import diffcut_engine.graph.host as host  # noqa: E402
 import diffcut_engine.graph.ncut as ncut  # noqa: E402
 from bench_graph import RealFeatures, planted_case  # noqa: E402
 
-PHASES = {"_affinity_of": "affinity", "fiedler_vector": "fiedler", "_best_binned_split": "scoring",
-          "_take_square": "gather", "spectral_lower_bound": "bound"}
+PHASES = {"_affinity_of": "affinity", "fiedler_vector": "fiedler", "binned_scores": "scoring",
+          "take_square": "gather", "spectral_lower_bound": "bound"}
 TAUS = {"planted": 0.5, "chelsea": 0.08, "coffee": 0.08}
 
 
@@ -46,7 +47,9 @@ def features(case: str, grid: int):
 def profile(feats, tau: float, repeats: int) -> dict:
     """Median milliseconds per phase, and (nodes, Lanczos steps) of every Lanczos solve of one run."""
     spent = defaultdict(float)
-    originals = {name: getattr(ncut, name) for name in PHASES}
+    # where each phase's function is looked up when the recursion calls it
+    owner = {name: ncut if name == "_affinity_of" else host for name in PHASES}
+    originals = {name: getattr(owner[name], name) for name in PHASES}
 
     def timed(name, fn):
         def wrapper(*args, **kwargs):
@@ -75,7 +78,7 @@ def profile(feats, tau: float, repeats: int) -> dict:
     rows = defaultdict(list)
     try:
         for name, fn in originals.items():
-            setattr(ncut, name, timed(name, fn))
+            setattr(owner[name], name, timed(name, fn))
         eigen._top_ritz_pairs, eigen._lanczos = counting_ritz, counting_lanczos
         ncut.recursive_ncut(feats, tau=tau)  # warm-up
         for _ in range(repeats):
@@ -90,26 +93,26 @@ def profile(feats, tau: float, repeats: int) -> dict:
             rows["total"].append(total)
     finally:
         for name, fn in originals.items():
-            setattr(ncut, name, fn)
+            setattr(owner[name], name, fn)
         eigen._top_ritz_pairs, eigen._lanczos = real_ritz, real_lanczos
     return {k: 1e3 * statistics.median(v) for k, v in rows.items()}, list(steps)
 
 
 def crossover(grid: int, repeats: int) -> None:
     problems = []
-    real = ncut.fiedler_vector
+    real = host.fiedler_vector
 
     def collect(A, d, *, solver="auto", warm_start=None):
         problems.append((np.array(A), np.array(d), None if warm_start is None else np.array(warm_start)))
         return real(A, d, solver=solver, warm_start=warm_start)
 
-    ncut.fiedler_vector = collect
+    host.fiedler_vector = collect
     try:
         for case in ("chelsea", "coffee"):
             ncut.recursive_ncut(features(case, grid), tau=0.3)
         ncut.recursive_ncut(features("planted", grid), tau=0.5)
     finally:
-        ncut.fiedler_vector = real
+        host.fiedler_vector = real
 
     def best(fn):
         fn()

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Optional, Tuple, Union
 
 from .errors import InputError
+from .graph.validation import COMPAT_MODES, check_alpha, check_tau
 
 #: Default diffusion model of the paper (SDXL-type UNet with 1.3B parameters).
 DEFAULT_MODEL = "segmind/SSD-1B"
@@ -25,9 +26,7 @@ MODEL_ALIASES = {
 
 BACKBONES = ("diffusion", "efficientnet-lite0")
 RESIZE_MODES = ("resize", "center_crop")
-COMPAT_MODES = ("clean", "official")
 DTYPES = ("auto", "fp32", "fp16", "bf16")
-DEVICES = ("auto", "cpu", "cuda")
 #: Encoder runtimes: the PyTorch reference, or a folder written by ``diffcut export`` run by onnxruntime or TensorRT.
 BACKENDS = ("torch", "onnx", "tensorrt")
 GRAPH_DEVICES = ("auto", "host", "device")
@@ -42,7 +41,7 @@ ATTENTION_MODES = ("auto", "sdpa", "default")
 #: the official repository), and our own for the offline backbone (chosen on scikit-image photos, see encoders/lite.py).
 TAU_PRESETS = {"sdxl": 0.5, "sd": 0.2, "efficientnet-lite0": 0.08}
 
-#: Default network input size per backbone: the paper's 1024 px for diffusion UNets (a 32x32 grid); 512 px for the
+#: Default network input size per backbone: the paper's 1024 px for diffusion UNets (a 32x32 grid); 768 px for the
 #: ImageNet CNN, chosen on scikit-image photos with reference masks (see encoders/lite.py).
 SIZE_PRESETS = {"diffusion": 1024, "efficientnet-lite0": 768}
 
@@ -199,13 +198,9 @@ class EngineConfig:
             raise InputError(f"timestep must be an integer in [0, 999], got {self.timestep!r}")
         if not isinstance(self.seed, int):
             raise InputError(f"seed must be an integer, got {self.seed!r}")
-        if not (isinstance(self.alpha, (int, float)) and self.alpha > 0):
-            raise InputError(f"alpha must be a positive number, got {self.alpha!r}")
-        set_("alpha", float(self.alpha))
+        set_("alpha", check_alpha(self.alpha))
         if self.tau is not None:
-            if not (isinstance(self.tau, (int, float)) and self.tau > 0):
-                raise InputError(f"tau must be a positive number, got {self.tau!r}")
-            set_("tau", float(self.tau))
+            set_("tau", check_tau(self.tau))
         if self.compat not in COMPAT_MODES:
             raise InputError(f"unknown compat {self.compat!r}; choose one of {', '.join(COMPAT_MODES)}")
         if not (isinstance(self.pamr_iters, int) and self.pamr_iters >= 0):
@@ -276,7 +271,7 @@ class EngineConfig:
             raise InputError(f"rwncut must be an RWNCutOptions or a dict, got {type(opts).__name__}")
         set_("rwncut", opts)
         if self.method == "rwncut" and opts.source == "attention" and (
-                self.backbone != "diffusion" or getattr(self, "backend", "torch") != "torch"):
+                self.backbone != "diffusion" or self.backend != "torch"):
             raise InputError("rwncut source='attention' needs the PyTorch diffusion UNet (backbone='diffusion', "
                              "backend='torch'): exported encoders and the lite backbone return no attention; "
                              "use source='features' (or 'auto')")
@@ -304,7 +299,7 @@ class EngineConfig:
 
 @dataclass(frozen=True)
 class RWNCutOptions:
-    """Options of ``method="rwncut"``, the random-walk NCut on self-attention (``shared/design/RWNCUT.md``).
+    """Options of ``method="rwncut"``, the random-walk NCut on self-attention (docs/ALGORITHM.md).
 
     Each open choice of the method is an option; defaults are documented with their reasoning in
     :mod:`diffcut_engine.graph.rwncut` and :mod:`diffcut_engine.encoders.attention`.

@@ -154,13 +154,13 @@ def test_labels_from_masks_matches_weighted_sum_assembly():
 @pytest.mark.parametrize("count", [1, 20, 62, 63, 90])
 def test_labels_from_masks_packed_codes_match_row_ranking(count, monkeypatch):
     # up to 62 masks the patterns are ranked as int64 bit codes; beyond, as byte rows: both give one order
-    import diffcut_engine.graph.ncut as ncut_module
+    import diffcut_engine.graph.tree as tree_module
 
     rng = np.random.default_rng(count)
     n = 300
     masks = [np.flatnonzero(rng.random(n) > 0.3) for _ in range(count)]
     got = labels_from_masks(masks, n)
-    monkeypatch.setattr(ncut_module, "_PACKED_MASKS", -1)
+    monkeypatch.setattr(tree_module, "PACKED_MASKS", -1)
     rows = labels_from_masks(masks, n)
     np.testing.assert_array_equal(got, rows)
     assert got.dtype == np.int32 and got.max() == len(np.unique(got)) - 1
@@ -202,3 +202,51 @@ def test_bad_parameters_raise_input_error():
         recursive_ncut(feats, alpha=-1)
     with pytest.raises(InputError, match="square"):
         recursive_ncut_affinity(np.ones((3, 4)))
+
+
+# ------------------------------------------------------------------------------------------------------------
+# One affinity definition: host, array-namespace (the CuPy path, run here on numpy) and the torch reference of the
+# Triton kernel, all against graph.affinity.reference_affinity
+# ------------------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("alpha", [10.0, 2.5, 1.0])
+@pytest.mark.parametrize("case", ["planted", "smooth", "zero_token"])
+def test_affinity_implementations_match_the_reference(case, alpha):
+    from diffcut_engine.graph.affinity import affinity_from_tokens, l2_normalize, namespace_affinity, reference_affinity
+
+    if case == "planted":
+        f = planted_features(planted_regions(10, 12, "disc"), seed=3)
+    else:
+        f = smooth_field(10, 12, c=32, seed=2)
+    tokens = f.reshape(-1, f.shape[-1]).astype(np.float32)
+    if case == "zero_token":
+        tokens[5] = 0.0  # a zero token stays a zero vector (eps rule): similarity 0 to everything
+    ref = reference_affinity(tokens, alpha)
+    host = affinity_from_tokens(l2_normalize(tokens), alpha)
+    generic = namespace_affinity(np, tokens.copy(), alpha)
+    for W in (host, generic):
+        assert W.dtype == np.float32 and W.min() == 0.0 and W.max() <= 1.0
+        np.testing.assert_allclose(W, ref, rtol=2e-4, atol=2e-6)
+    torch = pytest.importorskip("torch")
+    import diffcut_engine.kernels.affinity as kaff
+
+    w_t, d_t = kaff.affinity_reference(torch.from_numpy(tokens), alpha)
+    np.testing.assert_allclose(w_t.numpy(), ref, rtol=2e-4, atol=2e-6)
+    assert d_t.dtype == torch.float64
+    np.testing.assert_allclose(d_t.numpy(), w_t.numpy().sum(1, dtype=np.float64), rtol=1e-12)
+
+
+@pytest.mark.parametrize("spread", [0.0, 1e-9, 0.3])
+def test_constant_features_rule_is_shared(spread):
+    """Near-identical tokens: every implementation applies the same C * eps_float32 rule (all ones or not)."""
+    from diffcut_engine.graph.affinity import (affinity_from_tokens, l2_normalize, namespace_affinity,
+                                               reference_affinity, spread_tolerance)
+
+    rng = np.random.default_rng(0)
+    base = rng.normal(size=32).astype(np.float32)
+    tokens = np.tile(base, (20, 1)) + spread * rng.normal(size=(20, 32)).astype(np.float32)
+    host = affinity_from_tokens(l2_normalize(tokens), 10.0)
+    generic = namespace_affinity(np, tokens.copy(), 10.0)
+    constant = bool(np.all(reference_affinity(tokens, 10.0) == 1))
+    assert constant == (spread < spread_tolerance(32))
+    assert np.all(host == 1) == constant == np.all(generic == 1)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from diffcut_engine import InputError
-from diffcut_engine.graph import affinity, build_tree, recursive_ncut_affinity
+from diffcut_engine.graph import affinity, build_tree, candidate_thresholds, recursive_ncut_affinity
 from diffcut_engine.graph import batched
 from diffcut_engine.graph.batched import build_trees_batched
 from diffcut_engine.graph.xp import array_namespace, as_array, cupy_available, is_device, to_host
@@ -143,14 +143,14 @@ def test_thresholds_reproduce_numpy_linspace_bitwise():
     y[3] = 0.25  # constant row: zero step
     y[4, :] = 0.0
     y[5] = 1e-310 * np.arange(37)  # subnormal: the step underflows to zero
-    thr = batched._thresholds(np, y.min(1), y.max(1), 100)
+    thr = candidate_thresholds(y, 100)  # a stack: numpy's linspace operation by operation, row by row
     for row, t in zip(y, thr):
         ref = np.linspace(row.min() * 0.99, row.max() * 0.99, 100, dtype=row.dtype)
         np.testing.assert_array_equal(t, ref)
 
 
 def test_bucket_keys():
-    assert [batched._bucket_key(n) for n in (2, 32, 33, 64, 65, 128, 129, 1024, 1025)] == [0, 0, 6, 6, 7, 7, 8, 10, 11]
+    assert [batched.bucket_key(n) for n in (2, 32, 33, 64, 65, 128, 129, 1024, 1025)] == [0, 0, 6, 6, 7, 7, 8, 10, 11]
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -395,15 +395,15 @@ def test_gpu_cuda_tensor_is_viewed_without_copy():
 
 @pytest.mark.parametrize("limit", [40, 100])
 def test_iterative_solver_for_large_buckets_gives_the_dense_trees(monkeypatch, limit):
-    import diffcut_engine.graph.batched as batched_mod
+    import diffcut_engine.graph.eigen as eigen_mod
 
     feats = planted_features(planted_regions(14, 16, "quadrants"), seed=5)
     W = affinity(feats)
     dense = build_trees_batched([W], tau_max=0.5)[0]
-    monkeypatch.setattr(batched_mod, "DENSE_MAX_NODES", limit)
+    monkeypatch.setattr(eigen_mod, "DENSE_MAX_NODES", limit)
     calls = []
-    real_eigsh = batched_mod._eigsh(np)
-    monkeypatch.setattr(batched_mod, "_eigsh", lambda xp: lambda *a, **k: calls.append(1) or real_eigsh(*a, **k))
+    real_eigsh = eigen_mod._eigsh(np)
+    monkeypatch.setattr(eigen_mod, "_eigsh", lambda xp: lambda *a, **k: calls.append(1) or real_eigsh(*a, **k))
     iterative = build_trees_batched([W], tau_max=0.5)[0]
     assert calls, "no subgraph took the iterative path"
     np.testing.assert_array_equal(iterative.cut(0.5), dense.cut(0.5))

@@ -12,7 +12,7 @@ import torch
 
 from diffcut_engine import BackendUnavailableError, EngineConfig, InputError
 from diffcut_engine.engine import Engine
-from diffcut_engine.graph import affinity, build_tree, device, ncut, ncut_tree, recursive_ncut
+from diffcut_engine.graph import affinity, batched, build_tree, device, ncut, ncut_tree, recursive_ncut
 from diffcut_engine.graph.device import device_affinity, device_ncut_trees
 from diffcut_engine.graph.xp import cupy_available
 
@@ -381,7 +381,7 @@ def test_gpu_cuda_tensor_is_consumed_without_copy(monkeypatch):
 
     f = planted(20, 24, "disc", 3, channels=256)
     t = torch.from_numpy(f).cuda()
-    _, arrays = device._resolve([t], None)
+    _, arrays = batched.resolve_namespace([t], None)
     assert isinstance(arrays[0], cupy.ndarray) and arrays[0].data.ptr == t.data_ptr()  # DLPack view
 
     kernel_outputs, handed = [], []

@@ -115,7 +115,7 @@ def test_interpreter_matches_reference(interpreter_run, name):
     w, d = out["results"][name]
     w_ref, d_ref = kaff.affinity_reference(x, alpha)
     n = x.shape[0]
-    assert w.shape == (n, n) and d.shape == (n,) and w.dtype == d.dtype == torch.float32
+    assert w.shape == (n, n) and d.shape == (n,) and w.dtype == torch.float32 and d.dtype == torch.float64
     torch.testing.assert_close(w, w_ref, rtol=rtol, atol=1e-6)
     torch.testing.assert_close(d, d_ref, rtol=rtol, atol=1e-6)
     # structural guarantees of the kernel: exactly symmetric, exact 0 (least similar pair) and exact 1 (max)
@@ -140,7 +140,7 @@ def test_interpreter_degenerate_cases_are_all_ones(interpreter_run, name):
     x, alpha, _, _ = cases[name]
     w, d = out["results"][name]
     n = x.shape[0]
-    assert torch.equal(w, torch.ones(n, n)) and torch.equal(d, torch.full((n,), float(n)))
+    assert torch.equal(w, torch.ones(n, n)) and torch.equal(d, torch.full((n,), float(n), dtype=torch.float64))
     w_ref, d_ref = kaff.affinity_reference(x, alpha)
     assert torch.equal(w_ref, w) and torch.equal(d_ref, d)
 
@@ -163,7 +163,7 @@ def test_reference_degenerate_matches_numpy():
     x = torch.ones(7, 4)
     w, d = kaff.affinity_reference(x, 10.0)
     assert np.array_equal(w.numpy(), affinity_from_tokens(l2_normalize(x.numpy()), 10.0))
-    assert torch.equal(d, torch.full((7,), 7.0))
+    assert torch.equal(d, torch.full((7,), 7.0, dtype=torch.float64))
 
 
 # ------------------------------------------------------------------------------------------------------------

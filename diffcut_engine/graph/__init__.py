@@ -1,35 +1,39 @@
-"""Graph stage: affinity and recursive Normalized Cut on feature grids (numpy; no torch import)."""
+"""Graph stage: affinity and recursive Normalized Cut on feature grids (numpy; no torch import).
 
-from .affinity import affinity, affinity_from_tokens, l2_normalize
+Layout (docs/ALGORITHM.md): :mod:`.affinity` (the one affinity definition), :mod:`.eigen` (every Fiedler solver),
+:mod:`.scoring` (thresholds and split scores), :mod:`.tree` (the one recursion: tree, acceptance rule, schedule),
+:mod:`.host` and :mod:`.batched` (its splitters), :mod:`.ncut` and :mod:`.device` (entry points on host and device
+features), :mod:`.rwncut` (the random-walk NCut).
+"""
+
+from .affinity import affinity, affinity_from_tokens, l2_normalize, namespace_affinity, reference_affinity
 from .batched import build_trees_batched
 from .device import device_affinity, device_namespace, device_ncut_trees
-from .eigen import SOLVERS, fiedler_vector
-from .ncut import (
-    NUM_THRESHOLDS,
-    NCutNode,
-    NCutTree,
-    best_threshold_split,
-    binned_ncut_values,
-    build_tree,
-    candidate_thresholds,
-    labels_from_masks,
-    ncut_tree,
-    ncut_values,
-    prefix_ncut_values,
-    recursive_ncut,
-    recursive_ncut_affinity,
-)
+from .eigen import SOLVERS, fiedler_vector, spectral_lower_bound, stacked_fiedler_vectors
+from .ncut import build_tree, ncut_tree, recursive_ncut, recursive_ncut_affinity
+from .scoring import (NUM_THRESHOLDS, best_threshold_split, binned_ncut_values, candidate_thresholds,
+                      ncut_values)
+from .tree import ACCEPT_RULES, SCHEDULES, Acceptance, NCutNode, NCutTree, grow, labels_from_masks
+from .validation import COMPAT_MODES, check_alpha, check_tau
 from .xp import array_namespace, as_array, cupy_available, is_device, to_host
 
 __all__ = [
     "affinity",
     "affinity_from_tokens",
     "l2_normalize",
+    "namespace_affinity",
+    "reference_affinity",
     "SOLVERS",
     "fiedler_vector",
+    "spectral_lower_bound",
+    "stacked_fiedler_vectors",
     "NUM_THRESHOLDS",
     "NCutNode",
     "NCutTree",
+    "Acceptance",
+    "ACCEPT_RULES",
+    "SCHEDULES",
+    "grow",
     "best_threshold_split",
     "binned_ncut_values",
     "build_tree",
@@ -37,13 +41,15 @@ __all__ = [
     "labels_from_masks",
     "ncut_tree",
     "ncut_values",
-    "prefix_ncut_values",
     "recursive_ncut",
     "recursive_ncut_affinity",
     "build_trees_batched",
     "device_affinity",
     "device_namespace",
     "device_ncut_trees",
+    "COMPAT_MODES",
+    "check_alpha",
+    "check_tau",
     "array_namespace",
     "as_array",
     "cupy_available",

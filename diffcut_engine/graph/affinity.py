@@ -1,5 +1,16 @@
 """Dense affinity of DiffCut: min-max scaled cosine similarity raised to the power alpha.
 
+The one definition, implemented here for numpy (:func:`affinity_from_tokens`, and :func:`namespace_affinity` for
+any array namespace, which the CuPy device path runs) and by the Triton kernel
+(``diffcut_engine.kernels.affinity``); all are parity-tested against :func:`reference_affinity`::
+
+    Xn = X / max(||X_i||, NORM_EPS)            (a zero token stays a zero vector)
+    S = Xn Xn^T, lo = min S, hi = max S        (global)
+    W = ((S - lo) / (hi - lo)) ** alpha        (in [0, 1]: lo and hi are reduced from the stored S)
+    W = 1 everywhere if hi - lo <= C * eps_float32 * max(|hi|, |lo|)   (constant features; C the token width)
+
+in float32. See docs/ALGORITHM.md.
+
 Reference: Couairon et al., "Zero-Shot Image Segmentation via Recursive Normalized Cut on Diffusion Features",
 NeurIPS 2024 (arXiv 2406.02842), section 3; official code ``diffcut/recursive_normalized_cut.py``.
 """
@@ -12,9 +23,19 @@ import numpy as np
 
 from ..errors import InputError
 from . import memory
+from .validation import check_alpha
 
 #: epsilon of ``torch.nn.functional.normalize``; a zero token stays a zero vector.
-_NORM_EPS = 1e-12
+NORM_EPS = 1e-12
+
+
+def spread_tolerance(channels: int) -> float:
+    """Relative spread of the similarities at or below which the features count as constant (W all ones).
+
+    Dot products of identical unit tokens of width C differ by up to about ``C * eps_float32`` from rounding alone;
+    min-max scaling such a spread would turn rounding noise into the whole [0, 1] range.
+    """
+    return float(channels) * float(np.finfo(np.float32).eps)
 
 
 def as_token_matrix(features, *, name: str = "features") -> tuple:
@@ -59,10 +80,10 @@ def as_token_matrix(features, *, name: str = "features") -> tuple:
 def l2_normalize(tokens: np.ndarray) -> np.ndarray:
     """Normalise rows to unit L2 norm (float32), as ``F.normalize(x, dim=-1)``: zero rows stay zero."""
     norms = np.sqrt(np.einsum("ij,ij->i", tokens, tokens, dtype=np.float32))
-    return (tokens / np.maximum(norms, _NORM_EPS)[:, None]).astype(np.float32, copy=False)
+    return (tokens / np.maximum(norms, NORM_EPS)[:, None]).astype(np.float32, copy=False)
 
 
-def _power_inplace(s, k: int, work=None):
+def power_inplace(s, k: int, work=None):
     """s ** k for a positive integer k by binary powering; ``s`` is destroyed.
 
     Returns the array that holds the result: ``s`` itself when k is a power of two, else ``work`` (an array
@@ -87,7 +108,7 @@ def _power_inplace(s, k: int, work=None):
 
 
 #: Integer exponents up to this use binary powering (a few multiplications) instead of ``np.power``.
-_MAX_SQUARING_EXPONENT = 64
+MAX_SQUARING_EXPONENT = 64
 #: Elements per chunk of the scale-and-power pass (a chunk and its temporary stay in the L2 cache).
 _CHUNK_ELEMENTS = 1 << 16
 #: Side of the square tiles of the mirror pass.
@@ -95,7 +116,7 @@ _MIRROR_TILE = 128
 
 
 def affinity_from_tokens(tokens: np.ndarray, alpha: float = 10.0, *, exact_power: bool = False,
-                         dtype=np.float32, _pooled: bool = False) -> np.ndarray:
+                         dtype=np.float32, pooled: bool = False) -> np.ndarray:
     """W = ((S - min S) / (max S - min S)) ** alpha with S = X X^T, computed in float32.
 
     ``tokens`` must already be L2-normalised. The min-max scaling is global over the whole matrix, so the diagonal
@@ -122,28 +143,28 @@ def affinity_from_tokens(tokens: np.ndarray, alpha: float = 10.0, *, exact_power
     dtype : numpy dtype, default float32
         Dtype of the returned matrix. ``numpy.float64`` returns exactly the float32 result widened (what the
         float64 eigensolvers consume), without a separate full-size conversion pass.
-    _pooled : bool
-        Internal: take the matrices from :mod:`.memory` (the result must then be given back to it, and the
+    pooled : bool
+        Take the matrices from :mod:`.memory` (the result must then be given back to it, and the
         caller owns it exclusively).
     """
     if exact_power:
         return _affinity_official(tokens, alpha, dtype)
     n, c = tokens.shape
-    s = _gram_lower(tokens, pooled=_pooled)
+    s = _gram_lower(tokens, pooled=pooled)
     _mirror_lower(s)
     flat = s.reshape(-1)
     lo, hi = flat.min(), flat.max()
     if np.dtype(dtype) == s.dtype:
         out = s
     else:
-        out = memory.empty((n, n), dtype) if _pooled else np.empty((n, n), dtype=dtype)
-    if not hi - lo > c * np.finfo(np.float32).eps * max(abs(hi), abs(lo), np.finfo(np.float32).tiny):
+        out = memory.empty((n, n), dtype) if pooled else np.empty((n, n), dtype=dtype)
+    if not hi - lo > spread_tolerance(c) * max(abs(hi), abs(lo)):
         out[...] = 1
-        if _pooled and out is not s:
+        if pooled and out is not s:
             memory.give_back(s)
         return out
     lo, span = np.float32(lo), np.float32(hi - lo)
-    squaring = float(alpha).is_integer() and 1 <= alpha <= _MAX_SQUARING_EXPONENT
+    squaring = float(alpha).is_integer() and 1 <= alpha <= MAX_SQUARING_EXPONENT
     chunk = _CHUNK_ELEMENTS
     work = np.empty(min(chunk, flat.size), dtype=s.dtype)
     dst = out.reshape(-1)
@@ -152,12 +173,12 @@ def affinity_from_tokens(tokens: np.ndarray, alpha: float = 10.0, *, exact_power
         blk -= lo
         blk /= span
         if squaring:
-            res = _power_inplace(blk, int(alpha), work[:blk.size])
+            res = power_inplace(blk, int(alpha), work[:blk.size])
         else:
             res = np.power(blk, np.float32(alpha), out=blk, dtype=np.float32)
         if out is not s or res is not blk:
             dst[a:a + chunk] = res
-    if _pooled and out is not s:
+    if pooled and out is not s:
         memory.give_back(s)
     return out
 
@@ -227,7 +248,41 @@ def affinity(features, alpha: float = 10.0) -> np.ndarray:
     InputError
         On a wrong shape, NaN or infinite features, or a non-positive alpha.
     """
-    if not (isinstance(alpha, (int, float, np.floating, np.integer)) and alpha > 0):
-        raise InputError(f"alpha must be a positive number, got {alpha!r}")
+    alpha = check_alpha(alpha)
     tokens, _ = as_token_matrix(features)
-    return affinity_from_tokens(l2_normalize(tokens), float(alpha))
+    return affinity_from_tokens(l2_normalize(tokens), alpha)
+
+
+def namespace_affinity(xp, tokens, alpha: float):
+    """W of (N, C) float32 tokens in array namespace ``xp`` (numpy or CuPy): no validation, no host sync.
+
+    The module's definition with the namespace's own product (``xp.matmul``) and in-place passes; what the
+    device graph stage runs on CuPy arrays. The degenerate case (constant features) is decided by a 0-d array,
+    so no value is read back.
+    """
+    norms = xp.sqrt(xp.einsum("ij,ij->i", tokens, tokens))
+    s = tokens / xp.maximum(norms, NORM_EPS)[:, None]  # as l2_normalize: a zero token stays zero
+    s = xp.matmul(s, s.T)
+    lo, hi = s.min(), s.max()
+    spread = (hi - lo) > spread_tolerance(tokens.shape[1]) * xp.maximum(abs(hi), abs(lo))
+    s -= lo
+    s /= xp.where(spread, hi - lo, xp.ones_like(hi))
+    if float(alpha).is_integer() and 1 <= alpha <= MAX_SQUARING_EXPONENT:
+        s = power_inplace(s, int(alpha))
+    else:
+        xp.power(s, xp.float32(alpha), out=s)
+    # constant similarities: s is all zeros here and every entry must be 1; otherwise this adds exactly 0
+    s += ~spread
+    return s
+
+
+def reference_affinity(tokens, alpha: float) -> np.ndarray:
+    """The definition, written plainly in float64 from (N, C) tokens (not necessarily normalised): the
+    reference that every implementation is parity-tested against (to float32 rounding)."""
+    x = np.asarray(tokens, dtype=np.float64)
+    x = x / np.maximum(np.linalg.norm(x, axis=1), NORM_EPS)[:, None]
+    s = x @ x.T
+    lo, hi = s.min(), s.max()
+    if not hi - lo > spread_tolerance(x.shape[1]) * max(abs(hi), abs(lo)):
+        return np.ones_like(s)
+    return ((s - lo) / (hi - lo)) ** float(alpha)

@@ -1,29 +1,16 @@
 """Graph stage on a CUDA device: affinity and recursive NCut of feature grids that already live on the GPU.
 
-When the encoder runs on CUDA its features are already on the device; copying them to the host only to build a
-1024 x 1024 affinity and solve ~20 eigenproblems there wastes the GPU. :func:`device_ncut_trees` keeps everything
-on the device up to the trees' split decisions:
-
-1. validate every (h, w, C) grid (shape and dtype on the host, for free; NaN / infinite tokens counted on the
-   device and read back in **one** small transfer for the whole batch);
-2. build each affinity on the device: a CUDA torch tensor goes through the fused Triton kernel
-   (``diffcut_engine.kernels.affinity.fused_affinity``) when Triton can run, and its output is handed to CuPy
-   without a copy (DLPack); otherwise (CuPy arrays, or no Triton) :func:`device_affinity` computes it with CuPy
-   (normalise, Gram, global min/max, in-place scale and binary powering, as the host's
-   :func:`~diffcut_engine.graph.affinity.affinity_from_tokens`);
-3. one :func:`~diffcut_engine.graph.batched.build_trees_batched` call for all images: the recursion runs level by
-   level with stacked eigensolves, one device-to-host copy per level.
-
-The trees are those of the host's ``compat="clean"`` recursion (same nodes, values equal to rounding; see
-:mod:`diffcut_engine.graph.batched` for where a rounding tie can differ), and ``tree.cut(tau)`` returns numpy labels:
-the final read-back. ``compat="official"`` reproduces float32 torch arithmetic and a zero-row quirk of the official
-code, and the named solvers (``dense``, ``lanczos``, ...) are host solvers: both need host features.
-
-Everything here also runs on numpy (``xp=numpy``), which is how the CPU test suite checks this code path.
+:func:`device_ncut_trees` validates a batch of grids (one small transfer), builds each affinity on the device
+(the fused Triton kernel for CUDA tensors where it runs, its float64 degrees reused by the recursion; else
+:func:`~diffcut_engine.graph.affinity.namespace_affinity` on CuPy) and solves all trees in one
+:func:`~diffcut_engine.graph.batched.build_trees_batched` call. The trees are those of the host's ``clean``
+recursion (values equal to rounding). Everything also runs on numpy (``xp=numpy``), which is how the CPU test
+suite checks this path. See docs/PERFORMANCE.md.
 """
 
 from __future__ import annotations
 
+import importlib
 import logging
 from contextlib import nullcontext
 from typing import List, Sequence
@@ -31,12 +18,13 @@ from typing import List, Sequence
 import numpy as np
 
 from ..errors import BackendUnavailableError, InputError
-from .affinity import _MAX_SQUARING_EXPONENT, _NORM_EPS, _power_inplace, affinity_from_tokens, l2_normalize
-from .batched import _validate as _validate_tree_options
-from .batched import build_trees_batched
+from .affinity import affinity_from_tokens, l2_normalize, namespace_affinity
+from .batched import build_trees_batched, resolve_namespace
 from .eigen import validate_solver
-from .ncut import NUM_THRESHOLDS, NCutTree, validate_compat
-from .xp import _is_torch_tensor, _torch_on_cuda, array_namespace, as_array, cupy_available, to_host
+from .scoring import NUM_THRESHOLDS
+from .tree import NCutTree
+from .validation import check_alpha, check_compat, check_num_thresholds, check_tau
+from .xp import array_namespace, as_array, cupy_available, is_cuda_tensor, to_host
 
 __all__ = ["device_affinity", "device_ncut_trees", "device_ncut_tree", "device_namespace", "check_device_options"]
 
@@ -77,7 +65,7 @@ def check_device_options(compat: str = "clean", solver: str = "auto") -> None:
     InputError
         On an unknown ``compat`` or ``solver``, on ``compat="official"``, or on a solver other than ``"auto"``.
     """
-    validate_compat(compat)
+    check_compat(compat)
     validate_solver(solver)
     if compat != "clean":
         raise InputError(f"compat={compat!r} runs on the host only (it reproduces the official code's float32 "
@@ -88,34 +76,11 @@ def check_device_options(compat: str = "clean", solver: str = "auto") -> None:
                          f"the batched device eigensolver: use solver='auto', or {_TO_HOST_HINT}")
 
 
-def _check_alpha(alpha) -> float:
-    if isinstance(alpha, bool) or not (isinstance(alpha, (int, float, np.integer, np.floating))
-                                       and 0 < alpha < np.inf):
-        raise InputError(f"alpha must be a positive number, got {alpha!r}")
-    return float(alpha)
-
-
 def _affinity(xp, tokens, alpha: float):
     """W of (N, C) float32 tokens in namespace ``xp``, without validation and without a host synchronisation."""
     if xp is np:  # the host: exactly the host graph stage (ssyrk Gram, blocked passes)
         return affinity_from_tokens(l2_normalize(tokens), alpha)
-    norms = xp.sqrt(xp.einsum("ij,ij->i", tokens, tokens))
-    s = tokens / xp.maximum(norms, _NORM_EPS)[:, None]  # as l2_normalize: a zero token stays zero
-    s = xp.matmul(s, s.T)
-    lo, hi = s.min(), s.max()
-    # a 0-d array: deciding the degenerate case below needs no host round trip; a spread at rounding level counts
-    # as constant features, as on the host
-    spread = (hi - lo) > tokens.shape[1] * np.finfo(np.float32).eps * xp.maximum(abs(hi), abs(lo))
-    s -= lo
-    s /= xp.where(spread, hi - lo, xp.ones_like(hi))
-    if float(alpha).is_integer() and 1 <= alpha <= _MAX_SQUARING_EXPONENT:
-        s = _power_inplace(s, int(alpha))
-    else:
-        xp.power(s, xp.float32(alpha), out=s)
-    # constant similarities (max S == min S): s is all zeros here, and every entry must be 1 as on the host;
-    # otherwise this adds exactly 0
-    s += ~spread
-    return s
+    return namespace_affinity(xp, tokens, alpha)
 
 
 def device_affinity(tokens, alpha: float = 10.0, *, check_finite: bool = True):
@@ -146,7 +111,7 @@ def device_affinity(tokens, alpha: float = 10.0, *, check_finite: bool = True):
     InputError
         On a wrong shape or dtype, non-finite tokens, a non-positive alpha, or a CUDA tensor without CuPy.
     """
-    alpha = _check_alpha(alpha)
+    alpha = check_alpha(alpha)
     x = as_array(tokens)
     xp = array_namespace(x)
     if x.ndim != 2 or 0 in x.shape:
@@ -159,19 +124,6 @@ def device_affinity(tokens, alpha: float = 10.0, *, check_finite: bool = True):
         if bad:
             raise InputError(f"tokens contain NaN or infinite values ({bad} of {x.shape[0]} tokens)")
     return _affinity(xp, x, alpha)
-
-
-def _resolve(features_list: list, xp):
-    """(namespace, arrays in it): the inputs' own namespace, or moved to the one forced by ``xp``."""
-    if xp is None:
-        arrays = [as_array(f) for f in features_list]
-        return array_namespace(*arrays), arrays
-    name = getattr(xp, "__name__", None)
-    if name == "numpy":
-        return np, [to_host(f) for f in features_list]
-    if name == "cupy":
-        return xp, [xp.asarray(as_array(f)) for f in features_list]
-    raise InputError(f"xp must be the numpy or the cupy module, got {xp!r}")
 
 
 def _token_matrices(xp, arrays: list) -> tuple:
@@ -202,14 +154,16 @@ def _fused_affinity_module():
     its own Triton import (``kaff.tl is None`` when Triton is missing or broken); an import error of our own module
     is a bug and surfaces.
     """
-    from ..kernels import affinity as kaff
+    # (import_module consults sys.modules: a module marked broken there raises instead of being reused)
+    kaff = importlib.import_module("diffcut_engine.kernels.affinity")
     if kaff.tl is None or kaff.triton_interpreted():
         return None
     return kaff
 
 
 def _triton_affinity(tensor, alpha: float):
-    """The fused Triton affinity of a CUDA (h, w, C) tensor as a CuPy array (no copy), or None if it cannot run."""
+    """The fused Triton affinity and float64 degrees of a CUDA (h, w, C) tensor as CuPy arrays (no copy), or
+    None if the kernel cannot run."""
     if not tensor.is_floating_point():  # the kernel reads floats; CuPy converts integer grids
         return None
     kaff = _fused_affinity_module()
@@ -217,11 +171,11 @@ def _triton_affinity(tensor, alpha: float):
         return None
     h, w, c = tensor.shape
     try:
-        W, _ = kaff.fused_affinity(tensor.reshape(h * w, c), alpha, check_finite=False)
+        W, d = kaff.fused_affinity(tensor.reshape(h * w, c), alpha, check_finite=False)
     except BackendUnavailableError as exc:  # e.g. Triton older than 3.0
         logger.debug("device affinity: %s; using CuPy", exc)
         return None
-    return as_array(W)  # DLPack: CuPy view of the kernel's output, same device memory
+    return as_array(W), as_array(d)  # DLPack: CuPy views of the kernel's outputs, same device memory
 
 
 def device_ncut_trees(features_list: Sequence, *, alpha: float = 10.0, tau_max: float = 1.0,
@@ -263,25 +217,27 @@ def device_ncut_trees(features_list: Sequence, *, alpha: float = 10.0, tau_max: 
         ``num_thresholds < 2``.
     """
     # 1. Check inputs (one transfer of per-image counts of non-finite tokens)
-    alpha = _check_alpha(alpha)
-    _validate_tree_options(tau_max, num_thresholds)
+    alpha = check_alpha(alpha)
+    tau_max = check_tau(tau_max, "tau_max")
+    check_num_thresholds(num_thresholds)
     features_list = list(features_list)
     if not features_list:
         return []
-    xp, arrays = _resolve(features_list, xp)
+    xp, arrays = resolve_namespace(features_list, xp)
     # CuPy computes on its current device: make that the one holding the features (e.g. cuda:1)
     with nullcontext() if xp is np else arrays[0].device:
         tokens, grids = _token_matrices(xp, arrays)
 
         # 2. Affinities on the device: the Triton kernel for CUDA tensors where it runs, else the xp code
-        Ws = []
+        Ws, degrees = [], []
         for f, t in zip(features_list, tokens):
-            torch_cuda = _is_torch_tensor(f) and _torch_on_cuda(f)
-            W = _triton_affinity(f, alpha) if torch_cuda and xp is not np else None
-            Ws.append(_affinity(xp, t, alpha) if W is None else W)
+            fused = _triton_affinity(f, alpha) if is_cuda_tensor(f) and xp is not np else None
+            Ws.append(_affinity(xp, t, alpha) if fused is None else fused[0])
+            degrees.append(None if fused is None else fused[1])
 
-        # 3. All trees in one level-synchronous batched recursion
-        return build_trees_batched(Ws, tau_max=tau_max, num_thresholds=num_thresholds, shapes=grids, xp=xp)
+        # 3. All trees in one level-synchronous batched recursion (the kernel's degrees used for the roots)
+        return build_trees_batched(Ws, tau_max=tau_max, num_thresholds=num_thresholds, shapes=grids, xp=xp,
+                                   degrees=degrees if any(d is not None for d in degrees) else None)
 
 
 def device_ncut_tree(features, *, alpha: float = 10.0, tau_max: float = 1.0, compat: str = "clean",

@@ -1,51 +1,13 @@
-"""Fiedler-vector solvers for the recursive Normalized Cut.
+"""Every Fiedler-vector solver of the graph stage, and the spectral leaf bound.
 
-Every solver returns the generalised Fiedler vector y = D^-1/2 u2 of a (sub)graph, where u2 is the eigenvector of
-the second-smallest eigenvalue of the normalised Laplacian L = I - D^-1/2 A D^-1/2 (equivalently, of the
-second-largest eigenvalue of M = D^-1/2 A D^-1/2, whose largest eigenpair is 1 and sqrt(d)). The sign is fixed
-so that the entry of largest magnitude is positive, as the official code does.
-
-Solvers (``solver=``):
-
-``"dense"``
-    LAPACK ``syevr`` for the two smallest eigenpairs of L only (``scipy.linalg.eigh(subset_by_index=[0, 1])``);
-    exact to rounding, O(n^3). The reference every other solver is checked against.
-``"full"``
-    All eigenpairs with ``syevd``, as ``torch.linalg.eigh`` computes them; used by ``compat="official"``.
-``"lobpcg"``
-    LOBPCG for the top of M with sqrt(d) as a constraint (deflated), two vectors per block, warm-started from
-    the parent's Fiedler vector restricted to the subgraph when one is given; O(n^2) per iteration. It is
-    accepted only when its angle to the true eigenvector is provably small: the Davis-Kahan bound
-    ``residual / (lambda2 - lambda3)`` must be below ``LOBPCG_ANGLE_TOL``; otherwise (clustered spectra, as in
-    graphs of nearly disconnected blobs) the dense solve runs instead, so the split never depends on an
-    unconverged vector.
-``"lanczos"``
-    Lanczos on the deflated M (every Lanczos vector orthogonalised against sqrt(d) and, fully, against all
-    previous ones), float64, matrix-vector products by BLAS ``symv`` on A (one triangle read: half the memory
-    traffic of ``gemv``) with the D^-1/2 scaling applied to the vectors; started from the parent's Fiedler
-    vector restricted to the subgraph (when given) plus a little seeded random noise. Steps are added
-    (``LANCZOS_MIN_STEPS`` first, then one at a time from ``LANCZOS_EVERY_STEP_MIN_NODES`` nodes up,
-    ``LANCZOS_CHECK_EVERY`` below, at most ``LANCZOS_MAX_STEPS``) until the top Ritz vector carries a Davis-Kahan
-    certificate ``residual / gap < LANCZOS_ANGLE_TOL``, the gap being taken
-    conservatively from the *converged* second Ritz pair and from the trivial eigenvalue 1 (see
-    :func:`_lanczos`); uncertified, it falls back to the dense solve, exactly like ``lobpcg``. O(n^2 k) with
-    k ~ 20-60: several times faster than ``dense`` from a few hundred nodes up.
-``"auto"``
-    ``dense`` up to ``AUTO_DENSE_MAX`` nodes, ``lanczos`` (with its dense fallback) above. The crossover was
-    measured on the subgraphs of real and planted 32x32 trees (single thread): Lanczos wins from ~200 nodes on
-    and is 3.5-20x faster than ``dense`` at 400-1000 nodes (``benchmarks/profile_graph.py --crossover``).
-
-Accuracy. ``dense`` and ``full`` are backward stable: the angle between the computed and the exact u2 is of order
-``eps * ||L|| / gap`` (eps of the working dtype: 1e-16 in float64, 6e-8 in float32 for ``compat="official"``).
-``lanczos`` and ``lobpcg`` return a vector only with the certificate ``sin angle <= 1e-6`` (float64), otherwise
-the dense solve; at that angle an entry of y moves by at most ``1.5e-6 / sqrt(d_i)``, so a split changes only if a
-node lies that close to the chosen threshold, which the tests never observe (every solver gives the dense split on
-planted, smooth and real features). On the device (:mod:`.batched`), the stacked ``eigh`` (cuSOLVER) is backward
-stable like ``dense``, and subgraphs above ``batched.DENSE_MAX_NODES`` nodes use ``eigsh(tol=0)`` (converged to
-machine precision).
-
-Before any solve, :func:`~diffcut_engine.graph.ncut.spectral_lower_bound` may prove a subgraph to be a leaf
-(every NCut >= lambda_2 >= tau) and skip it entirely; see ``build_tree(leaf_bounds=...)``.
+Each returns the generalised Fiedler vector y = D^-1/2 u2 (u2 the eigenvector of the second-largest eigenvalue of
+M = D^-1/2 A D^-1/2), its largest-magnitude entry positive (:func:`sign_reference`). Host solvers
+(:func:`fiedler_vector`, ``solver=``): ``dense`` (LAPACK ``syevr``, two pairs; the reference), ``full`` (all
+pairs by ``syevd``, as ``torch.linalg.eigh``; ``compat="official"``), ``lanczos`` and ``lobpcg`` (accepted only
+with a Davis-Kahan certificate sin(angle) < 1e-6, else the dense solve), ``auto`` (``dense`` up to
+``AUTO_DENSE_MAX`` nodes, ``lanczos`` above). Stacks of padded subgraphs in any array namespace:
+:func:`stacked_fiedler_vectors`. :func:`spectral_lower_bound` proves leaves without solving. Accuracy,
+certificates and measured crossovers: docs/ALGORITHM.md and docs/PERFORMANCE.md.
 """
 
 from __future__ import annotations
@@ -56,7 +18,7 @@ import math
 import numpy as np
 
 from ..errors import InputError
-from ._blas import project_out, rmatvec, symv
+from ._blas import matmul, matvec, project_out, rmatvec, symv
 
 logger = logging.getLogger(__name__)
 
@@ -88,6 +50,17 @@ LANCZOS_HOPELESS = 1e-13
 LANCZOS_NOISE = 1e-2
 #: Below this size Lanczos has nothing to gain over the dense solve.
 LANCZOS_MIN_NODES = 32
+#: A subgraph is a leaf without solving when its spectral lower bound is at least tau_max plus this margin.
+LEAF_BOUND_MARGIN = 1e-9
+#: Largest subgraph for which :func:`spectral_lower_bound` also tries the sharper trace(M^4) bound.
+LEAF_BOUND_GEMM_MAX = 512
+#: Row-block size (in elements) of streamed passes over a subgraph's affinity.
+BLOCK_ELEMENTS = 1 << 18
+#: Eigenvalue given to the padding rows of a stacked ``M``; below ``-1``, the least eigenvalue ``M`` can have.
+PAD_EIGENVALUE = -2.0
+#: Padded subgraphs above this size get an iterative solve each (``eigsh`` on the deflated M) instead of the
+#: stacked dense ``eigh``, whose O(n^3) cost dominates from a few thousand nodes up.
+DENSE_MAX_NODES = 2048
 #: Reorthogonalise a second time only when the first pass kept less than this fraction of the vector's norm.
 REORTH_KEEP = 0.7071
 
@@ -324,3 +297,133 @@ def fiedler_vector(A: np.ndarray, d: np.ndarray, *, solver: str = "auto", warm_s
         u = _dense(A, d, full=(solver == "full"))
     y = (1.0 / np.sqrt(d)) * u
     return _fix_sign(y.astype(A.dtype, copy=False))
+
+
+def spectral_lower_bound(A: np.ndarray, d: np.ndarray, stop_below=None) -> float:
+    """A cheap, rigorous lower bound on the NCut of *every* bipartition of a graph.
+
+    Every NCut value is a Rayleigh quotient of the normalised Laplacian on a vector orthogonal to its trivial
+    eigenvector (Shi and Malik's z), so NCut >= lambda_2 = 1 - mu_2, mu_2 the second-largest eigenvalue of
+    M = D^-1/2 A D^-1/2. Since mu_1 = 1, ``sum_{i >= 2} mu_i^(2p) = trace(M^(2p)) - 1 >= mu_2^(2p)``, which gives
+    mu_2 <= (||M||_F^2 - 1)^(1/2) (p = 1, O(n^2)) and, for graphs up to ``LEAF_BOUND_GEMM_MAX`` nodes,
+    mu_2 <= (||M^2||_F^2 - 1)^(1/4) (p = 2, one matrix product). A subgraph whose bound reaches tau is a leaf at
+    that tau without any eigensolve: near-uniform segments (the typical leaves) have mu_2 close to 0.
+
+    Parameters
+    ----------
+    stop_below : float, optional
+        Return early once the bound is certain to be below this value (the caller only asks whether it reaches
+        it). ||M||_F^2 is a sum of non-negative row terms, so a partial sum already caps the bound: big subgraphs
+        far from a leaf are settled after a few rows.
+
+    Returns
+    -------
+    float
+        1 - (upper bound of mu_2), in (-inf, 1]; meaningless (<= 0) for graphs that are far from a leaf. With
+        ``stop_below``, a value below it is only known to be below it.
+    """
+    n = A.shape[0]
+    dinv = 1.0 / d
+    # the row sum of ||M||_F^2 above which neither form can reach stop_below (the trace(M^4) form needs
+    # ||M||_F^2 < 2)
+    give_up = np.inf
+    if stop_below is not None:
+        if stop_below > 1.0:
+            return 1.0  # the bound never exceeds 1
+        give_up = 1.0 + max(1.0 - stop_below, 0.0) ** 2
+        if n <= LEAF_BOUND_GEMM_MAX:
+            give_up = max(give_up, 2.0)
+    # ||M||_F^2 = sum_ij A_ij^2 / (d_i d_j), in row blocks so that no (n, n) temporary is allocated; the blocks
+    # start small and double, to give up early on subgraphs far from a leaf
+    step = max(1, BLOCK_ELEMENTS // n)
+    buf = np.empty((min(step, n), n), dtype=A.dtype)
+    fro2 = 0.0
+    start, size = 0, max(1, min(step, n // 16))
+    while start < n:
+        rows = A[start:start + size]
+        sq = np.square(rows, out=buf[:rows.shape[0]])
+        fro2 += float(dinv[start:start + size] @ matvec(sq, dinv))
+        start += size
+        size = min(2 * size, step)
+        if fro2 > give_up:
+            return 1.0 - np.sqrt(max(fro2 - 1.0, 0.0))
+    mu2 = np.sqrt(max(fro2 - 1.0, 0.0))
+    if mu2 < 1.0 and n <= LEAF_BOUND_GEMM_MAX:
+        dis = np.sqrt(dinv)
+        M = (dis[:, None] * A) * dis[None, :]
+        M2 = matmul(M, M)
+        mu2 = min(mu2, max(float(np.einsum("ij,ij->", M2, M2)) - 1.0, 0.0) ** 0.25)
+    return 1.0 - mu2
+
+
+def _eigsh(xp):
+    if xp is np:
+        from scipy.sparse.linalg import eigsh
+    else:
+        from cupyx.scipy.sparse.linalg import eigsh
+    return eigsh
+
+
+def _fiedler_iterative(xp, M, d, real):
+    """Second eigenvectors of a stack of large padded M, one Lanczos solve (``eigsh``) each.
+
+    For every subgraph, the trivial eigenvector ``u1 = sqrt(d) / ||sqrt(d)||`` (eigenvalue 1) is deflated from
+    ``M`` (``M - u1 u1^T``), so the largest eigenpair of what remains is the Fiedler pair; ``eigsh(..., k=1,
+    which="LA", tol=0)`` (ARPACK on the host, CuPy's thick-restart Lanczos on the device) computes it to machine
+    precision. The padding block (eigenvalue ``PAD_EIGENVALUE``) stays out of the way as in the dense path.
+    """
+    eigsh = _eigsh(xp)
+    out = xp.zeros(M.shape[:2], dtype=M.dtype)
+    for i in range(M.shape[0]):
+        u1 = xp.where(real[i], xp.sqrt(xp.where(real[i], d[i], 0.0)), 0.0)
+        u1 = u1 / xp.linalg.norm(u1)
+        deflated = M[i] - u1[:, None] * u1[None, :]
+        _, vec = eigsh(deflated, k=1, which="LA", tol=0)
+        out[i] = vec[:, 0]
+    return out
+
+
+def stacked_fiedler_vectors(xp, A, real, degrees=None):
+    """Fiedler vectors of a stack of zero-padded subgraphs, in their array namespace (numpy or CuPy).
+
+    Each (n, n) block ``A[i]`` holds a subgraph on its ``real[i]`` entries and zeros elsewhere. ``M = D^-1/2 A
+    D^-1/2`` gets ``PAD_EIGENVALUE`` on the padding diagonal, which keeps its top two eigenpairs those of the
+    subgraph (the eigenvalues of M lie in [-1, 1]); the whole stack is solved by one ``xp.linalg.eigh`` call
+    (numpy loops LAPACK ``syevd``; CuPy calls cuSOLVER's batched Jacobi solver), or, above ``DENSE_MAX_NODES``
+    rows, by deflated Lanczos per subgraph. The sign is fixed as :func:`fiedler_vector` fixes it.
+
+    Parameters
+    ----------
+    A : array
+        (b, n, n) float64 padded affinities.
+    real : array
+        (b, n) bool.
+    degrees : array, optional
+        (b, n) float64 row sums of ``A`` when already known (zero on the padding).
+
+    Returns
+    -------
+    y : array
+        (b, n) Fiedler vectors ``D^-1/2 u2``, zero on the padding.
+    d : array
+        (b, n) degrees.
+    solvable : array
+        (b,) bool: False for a subgraph with an isolated node (no meaningful Laplacian; it stays a leaf).
+    """
+    n = A.shape[1]
+    d = A.sum(axis=2) if degrees is None else degrees
+    positive = d > 0
+    solvable = xp.all(positive | ~real, axis=1)
+    dis = xp.where(positive, 1.0 / xp.sqrt(xp.where(positive, d, 1.0)), 0.0)
+    M = (dis[:, :, None] * A) * dis[:, None, :]
+    diag = xp.arange(n)
+    M[:, diag, diag] += xp.where(real, 0.0, PAD_EIGENVALUE)
+    if n > DENSE_MAX_NODES:
+        u2 = _fiedler_iterative(xp, M, d, real)
+    else:
+        _, vecs = xp.linalg.eigh(M)
+        u2 = vecs[:, :, -2]
+    y = dis * u2  # y = D^-1/2 u2; zero on the padding
+    big = sign_reference(y)  # (the padding is 0, never the reference)
+    y = xp.where(xp.take_along_axis(y, big[:, None], axis=1) < 0, -y, y)
+    return y, d, solvable

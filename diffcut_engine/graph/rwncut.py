@@ -1,54 +1,14 @@
 """Random-walk Normalized Cut on a transition matrix (e.g. diffusion self-attention probabilities).
 
-The method of Ivanova et al. [1]_ (see ``shared/design/RWNCUT.md``): a row-stochastic matrix P (softmax attention
-rows) is the transition matrix of a random walk over image patches, and the image is split recursively by the
-random-walk NCut of Meila and Shi [2]_: the probability that the walk, started from its stationary distribution
-in one side, leaves it in one step, summed over both sides.
-
-The exact statement used here. Let pi be the stationary distribution (pi^T P = pi^T) and F = diag(pi) P the flow
-matrix; its row and column sums are both pi, so the flow across any cut is balanced, F(A, B) = F(B, A). Hence
-
-    RWNCut(A, B) = F(A, B) / pi(A) + F(B, A) / pi(B) = ShiMalikNCut_W(A, B),   W = (F + F^T) / 2,
-
-with degrees pi (:func:`flow_graph`). The recursion therefore runs the graph stage's own code on W: the Fiedler
-vector of :func:`~diffcut_engine.graph.eigen.fiedler_vector`, the official candidate thresholds of
-:func:`~diffcut_engine.graph.ncut.candidate_thresholds` scored by
-:func:`~diffcut_engine.graph.ncut.binned_ncut_values`, and, for a constant threshold without the extra options,
-:func:`~diffcut_engine.graph.ncut.build_tree` itself. There is no second NCut formula here.
-
-Open choices of RWNCUT.md and their defaults (every one is an option of :func:`rw_ncut`):
-
-``graph`` (default ``"flow"``)
-    ``flow``: W = (diag(pi) P + P^T diag(pi)) / 2, the exact random-walk NCut. ``symmetric``: (P + P^T) / 2,
-    ignores pi (cheaper, not the random-walk NCut). ``raw``: the splitting vector is the right eigenvector of the
-    (restricted, row-renormalised) P for its second-largest real eigenvalue, scored by the random-walk NCut (the
-    flow W); for a reversible P it equals the Fiedler vector of ``flow``. Adjacencies from attention rows treated
-    as descriptors: ``cooccurrence`` P P^T, ``cosine`` DiffCut's min-max cosine ** alpha of the rows,
-    ``bhattacharyya`` sum_l sqrt(P_il P_jl).
-``k`` (default 1)
-    Multi-node paths: the graph is built from P^k (:func:`transition_power`, binary powering, any integer k).
-    P^k keeps pi and raises the eigenvalues to the k-th power (coarser segments); as k grows P^k tends to
-    1 pi^T and the structure vanishes. 1 is the paper's base method; larger k is its ablation.
-``threshold`` (default ``"random"``)
-    When a split is accepted. ``constant``: NCut < ``tau`` (DiffCut's rule). ``random`` (parameter-free): NCut
-    below the expected NCut of a uniformly random split of the same subgraph,
-    E = n / (n - 1) * (1 - trace(W_S) / vol(S)) (:func:`expected_random_ncut`; ratio of expectations, in which
-    the two side sizes cancel). ``mean`` (parameter-free): NCut below the mean NCut of the sweep splits at
-    ``num_thresholds`` evenly spaced *rank* positions along the same Fiedler vector (ties broken by node
-    order), i.e. the best split must beat an arbitrary cut of the same ordering. Both are met with equality by
-    a structureless (rank-one) subgraph, where every split has NCut exactly 1, so they stop there; a relative
-    rounding margin ``AUTO_MARGIN`` keeps exact ties from splitting. ``random`` is the default because its
-    baseline does not depend on the Fiedler vector at all (the ``mean`` baseline shrinks when the vector is
-    noisy); the evaluation harness should decide between them on real data (RWNCUT.md). Known limit of both:
-    on a *noisy* homogeneous region the best split along a noise direction beats either baseline a little, so
-    they over-split it down to ``min_size`` (tested on noisy planted features: no region is ever merged, but
-    regions are split); ``constant`` tau or a larger ``min_size`` is then the remedy.
-``min_size`` (default 1)
-    Candidate splits leaving fewer than ``min_size`` nodes on a side are not considered (DiffCut has no guard).
-``subgraph`` (default ``"restrict"``)
-    Recursion on a side S: ``restrict`` takes W[S, S] and recomputes degrees, as DiffCut does; ``renormalize``
-    renormalises (P^k)[S, S] row-wise, recomputes pi_S and builds the graph again (the walk conditioned to
-    stay in S).
+The method of Ivanova et al. [1]_: a row-stochastic P is the transition matrix of a random walk over image
+patches, and the image is split recursively by the random-walk NCut of Meila and Shi [2]_. With pi the stationary
+distribution and F = diag(pi) P, RWNCut(A, B) = ShiMalikNCut_W(A, B) for W = (F + F^T) / 2 with degrees pi
+(:func:`flow_graph`), so the recursion is the graph stage's own (:func:`~diffcut_engine.graph.tree.grow` with the
+host splitter) on W, configured by the options of :func:`rw_ncut`: the graph (``flow``, ``symmetric``, ``raw``,
+attention adjacencies), the walk length ``k`` (P^k), the acceptance rule (``constant`` tau, or the
+parameter-free ``random`` and ``mean`` baselines of :class:`~diffcut_engine.graph.tree.Acceptance`),
+``min_size`` and how a side's graph is formed (``restrict`` or ``renormalize``). The definitions and the reasons
+for the defaults are in docs/ALGORITHM.md.
 
 References
 ----------
@@ -67,10 +27,12 @@ from typing import List, Optional, Tuple
 import numpy as np
 
 from ..errors import InputError
-from .affinity import affinity_from_tokens, l2_normalize
-from .eigen import fiedler_vector, sign_reference, validate_solver
-from .ncut import (NUM_THRESHOLDS, NCutNode, NCutTree, binned_ncut_values, build_tree, candidate_thresholds,
-                   labels_from_masks, threshold_bins)
+from .affinity import affinity_from_tokens, as_token_matrix, l2_normalize
+from .eigen import sign_reference, validate_solver
+from .host import HostSplitter
+from .scoring import NUM_THRESHOLDS, expected_random_ncut
+from .tree import AUTO_MARGIN, Acceptance, NCutNode, NCutTree, accepted_masks, grow, labels_from_masks
+from .validation import check_alpha, check_num_thresholds, check_tau
 
 logger = logging.getLogger(__name__)
 
@@ -78,17 +40,13 @@ __all__ = [
     "GRAPHS", "THRESHOLD_RULES", "SUBGRAPH_MODES", "StationaryDistribution", "RWNCutResult",
     "check_transition_matrix", "stationary_distribution", "transition_power", "flow_graph", "symmetric_graph",
     "attention_adjacency", "random_walk_affinity", "expected_random_ncut", "rw_ncut", "feature_transition_matrix",
+    "AUTO_MARGIN",
 ]
 
 GRAPHS = ("flow", "symmetric", "raw", "cooccurrence", "cosine", "bhattacharyya")
 THRESHOLD_RULES = ("random", "mean", "constant")
 SUBGRAPH_MODES = ("restrict", "renormalize")
 
-#: A split is accepted by an automatic rule when NCut < baseline * (1 - AUTO_MARGIN): exact ties (a structureless
-#: subgraph, where every split has NCut equal to the baseline) stay leaves despite rounding. Affinities are float32
-#: (relative rounding ~6e-8 per entry, and a Gram product's rounding depends on the BLAS kernel), which moves an NCut
-#: by up to ~1e-7 relative; real splits beat the baseline by orders of magnitude more than this margin.
-AUTO_MARGIN = 1e-6
 #: Row sums of a transition matrix must be 1 within this (absolute) tolerance.
 ROW_SUM_TOL = 1e-4
 #: Power-iteration defaults: L1 change between iterates, and the iteration cap.
@@ -311,19 +269,6 @@ def random_walk_affinity(P, *, graph: str = "flow", k: int = 1, alpha: float = 1
     return _graph_of(transition_power(P, k), graph, alpha, tol, max_iter)
 
 
-def expected_random_ncut(A: np.ndarray, d: np.ndarray) -> float:
-    """Expected NCut of a uniformly random split of a graph, n / (n - 1) * (1 - trace(A) / vol).
-
-    For a uniformly random subset S of m nodes, E[cut(S, S')] = m (n - m) / (n (n - 1)) * (vol - trace(A)) and
-    E[vol(S)] = m / n * vol; the ratio of expectations E[cut]/E[vol(S)] + E[cut]/E[vol(S')] then no longer
-    depends on m. For a structureless (rank-one) graph every split has exactly this NCut when the weights are
-    uniform, and at least it otherwise.
-    """
-    n = A.shape[0]
-    vol = float(d.sum())
-    return n / (n - 1) * (1.0 - float(np.trace(A)) / vol)
-
-
 # ------------------------------------------------------------------------------------------------------------
 # The recursion
 # ------------------------------------------------------------------------------------------------------------
@@ -371,17 +316,18 @@ def _validate(graph, threshold, tau, min_size, subgraph, solver, num_thresholds,
     _check_graph(graph)
     if threshold not in THRESHOLD_RULES:
         raise InputError(f"unknown threshold rule {threshold!r}; choose one of {', '.join(THRESHOLD_RULES)}")
-    if threshold == "constant" and not (isinstance(tau, (int, float, np.floating)) and tau > 0):
-        raise InputError(f"threshold='constant' needs a positive tau, got {tau!r}")
+    if threshold == "constant":
+        try:
+            check_tau(tau)
+        except InputError:
+            raise InputError(f"threshold='constant' needs a positive tau, got {tau!r}") from None
     if isinstance(min_size, bool) or not isinstance(min_size, (int, np.integer)) or min_size < 1:
         raise InputError(f"min_size must be a positive integer, got {min_size!r}")
     if subgraph not in SUBGRAPH_MODES:
         raise InputError(f"unknown subgraph mode {subgraph!r}; choose one of {', '.join(SUBGRAPH_MODES)}")
     validate_solver(solver)
-    if isinstance(num_thresholds, bool) or not isinstance(num_thresholds, (int, np.integer)) or num_thresholds < 2:
-        raise InputError(f"num_thresholds must be an integer >= 2, got {num_thresholds!r}")
-    if not (isinstance(alpha, (int, float, np.floating)) and alpha > 0):
-        raise InputError(f"alpha must be a positive number, got {alpha!r}")
+    check_num_thresholds(num_thresholds)
+    check_alpha(alpha)
 
 
 def _raw_vector(P_S: np.ndarray) -> np.ndarray:
@@ -400,17 +346,6 @@ def _renormalized(Pk: np.ndarray, idx: np.ndarray) -> np.ndarray:
     rows = sub.sum(axis=1)
     rows[rows <= 0] = 1.0
     return sub / rows[:, None]
-
-
-def _mean_sweep_ncut(A, d, y, num) -> float:
-    """Mean NCut of the splits at ``num`` evenly spaced rank positions of y (ties broken by node order)."""
-    n = y.size
-    rank = np.empty(n, dtype=np.float64)
-    rank[np.argsort(y, kind="stable")] = np.arange(n)
-    positions = np.unique(np.linspace(0.5, n - 1.5, min(num, n - 1)))
-    values = binned_ncut_values(A, d, rank, positions)
-    finite = values[np.isfinite(values)]
-    return float(finite.mean()) if finite.size else float("inf")
 
 
 def rw_ncut(P, *, graph: str = "flow", k: int = 1, threshold: str = "random", tau: float = 0.5,
@@ -467,77 +402,33 @@ def rw_ncut(P, *, graph: str = "flow", k: int = 1, threshold: str = "random", ta
     Pk = transition_power(P, k)
     W, stationary = _graph_of(Pk, graph, alpha, tol, max_iter)
 
-    # The plain case is DiffCut's recursion on W: the graph stage's own tree builder does it.
-    if (threshold == "constant" and subgraph == "restrict" and graph != "raw" and min_size == 1
-            and max_depth is None):
-        tree = build_tree(W, tau_max=float(tau), solver=solver, num_thresholds=num_thresholds, shape=shape)
-        splits = [{"depth": nd.depth, "size": int(nd.indices.size), "ncut": nd.value, "baseline": float(tau),
-                   "accepted": nd.is_split} for nd in tree.nodes()]
-        return RWNCutResult(tree.cut(tau), tree.root, tree, stationary, splits)
-
+    # DiffCut's recursion on W (the plain case: constant tau, restricted subgraphs, warm starts and leaf bounds
+    # as in graph.ncut), or with the random-walk options
+    plain = (threshold == "constant" and subgraph == "restrict" and graph != "raw" and min_size == 1
+             and max_depth is None)
+    vector = (lambda A, d, idx: _raw_vector(_renormalized(Pk, idx))) if graph == "raw" else None
+    sub = (lambda idx: _graph_of(_renormalized(Pk, idx), graph, alpha, tol, max_iter)[0]) \
+        if subgraph == "renormalize" else None
+    splitter = HostSplitter(W, solver=solver, num_thresholds=num_thresholds, leaf_bounds=plain, warm_start=plain,
+                            bin_degrees=plain, min_size=min_size, max_depth=max_depth, vector=vector, subgraph=sub)
+    rule = {"constant": "tau", "random": "random", "mean": "mean"}[threshold]
+    accept = Acceptance(rule, float(tau) if rule == "tau" else None, num_thresholds)
     root = NCutNode(np.arange(n), 0)
     splits: List[dict] = []
-    stack = [(root, None, None)]  # (node, its graph when already built, its row-renormalised P^k for "raw")
-    while stack:
-        node, A, P_S = stack.pop()
-        idx = node.indices
-        if idx.size < max(2, 2 * min_size) or (max_depth is not None and node.depth >= max_depth):
-            continue
-        if A is None:
-            if subgraph == "renormalize" and node.depth > 0:
-                P_S = _renormalized(Pk, idx)
-                A, _ = _graph_of(P_S, graph, alpha, tol, max_iter)
-            else:
-                A = W[np.ix_(idx, idx)]
-        d = A.sum(axis=1)
-        if not np.all(d > 0):
-            continue
-        if graph == "raw":
-            y = _raw_vector(P_S if P_S is not None else _renormalized(Pk, idx))
-        else:
-            y = fiedler_vector(A, d, solver=solver)
-        thresholds = candidate_thresholds(y, num_thresholds)
-        values = binned_ncut_values(A, d, y, thresholds)
-        if min_size > 1:
-            count = np.bincount(threshold_bins(y, thresholds), minlength=thresholds.size + 1)
-            ones = np.cumsum(count[::-1])[::-1][1:]  # nodes with y above each threshold
-            values[(ones < min_size) | (idx.size - ones < min_size)] = np.inf
-        best = int(np.argmin(values))
-        node.value = value = float(values[best])
-        if threshold == "constant":
-            baseline, accept = float(tau), value < tau
-        else:
-            baseline = (expected_random_ncut(A, d) if threshold == "random"
-                        else _mean_sweep_ncut(A, d, y, num_thresholds))
-            accept = value < baseline * (1.0 - AUTO_MARGIN)
-        accept = accept and np.isfinite(value)
-        splits.append({"depth": node.depth, "size": int(idx.size), "ncut": value, "baseline": baseline,
-                       "accepted": bool(accept)})
-        if accept:
-            side = y > thresholds[best]
-            node.one = NCutNode(idx[side], node.depth + 1)
-            node.zero = NCutNode(idx[~side], node.depth + 1)
-            nxt = []
-            for child, mask in ((node.zero, ~side), (node.one, side)):
-                loc = np.flatnonzero(mask)
-                A_c = A[np.ix_(loc, loc)] if subgraph == "restrict" else None
-                nxt.append((child, A_c, None))
-            stack.extend(nxt)  # LIFO: the "1"-side is finished first, as DiffCut's pre-order
-    masks = _masks(root)
-    labels = labels_from_masks(masks, n).reshape(shape)
+
+    def record(node, proposal, accepted):
+        splits.append({"depth": node.depth, "size": int(node.indices.size), "ncut": proposal.value,
+                       "baseline": proposal.baseline, "accepted": bool(accepted)})
+
+    grow([root], [splitter.root_state()], splitter.propose, accept, schedule="depth_first",
+         on_solved=None if plain else record, release=splitter.release)
     ncut_tree = NCutTree(root, shape, float(tau), "clean") if threshold == "constant" else None
+    if plain:
+        splits = [{"depth": nd.depth, "size": int(nd.indices.size), "ncut": nd.value, "baseline": float(tau),
+                   "accepted": nd.is_split} for nd in ncut_tree.nodes()]
+        return RWNCutResult(ncut_tree.cut(tau), root, ncut_tree, stationary, splits)
+    labels = labels_from_masks(accepted_masks(root), n).reshape(shape)
     return RWNCutResult(labels, root, ncut_tree, stationary, splits)
-
-
-def _masks(root: NCutNode) -> List[np.ndarray]:
-    out, stack = [], [root]
-    while stack:
-        node = stack.pop()
-        if node.is_split:
-            out.append(node.one.indices)
-            stack.append(node.zero)
-            stack.append(node.one)
-    return out
 
 
 def feature_transition_matrix(features, *, alpha: float = 10.0) -> np.ndarray:
@@ -557,8 +448,6 @@ def feature_transition_matrix(features, *, alpha: float = 10.0) -> np.ndarray:
     numpy.ndarray
         (h*w, h*w) float64 row-stochastic matrix.
     """
-    from .affinity import as_token_matrix
-
     tokens, _ = as_token_matrix(features)
     A = affinity_from_tokens(l2_normalize(tokens), float(alpha), dtype=np.float64)
     d = A.sum(axis=1)

@@ -14,7 +14,7 @@ import numpy as np
 
 from ..errors import InputError
 
-__all__ = ["array_namespace", "as_array", "cupy_available", "is_device", "to_host"]
+__all__ = ["array_namespace", "as_array", "cupy_available", "is_cuda_tensor", "is_device", "to_host"]
 
 _GPU_HINT = "install 'diffcut-engine[gpu]' (CuPy) or move the tensor to the CPU with .cpu()"
 
@@ -62,6 +62,11 @@ def _cupy():
         raise InputError(f"a device (CUDA) array needs CuPy, which cannot be imported ({exc}); {_GPU_HINT}") \
             from exc
     return cupy
+
+
+def is_cuda_tensor(x) -> bool:
+    """True for a torch tensor on a CUDA device."""
+    return _is_torch_tensor(x) and _torch_on_cuda(x)
 
 
 def is_device(x) -> bool:

@@ -6,9 +6,9 @@ Computes, from tokens ``X`` (N, C), the dense DiffCut affinity and its row sums:
     W = ((S - min S) / (max S - min S)) ** alpha                        (all ones if max S == min S)
     d = W.sum(1)                                                        (degrees)
 
-with the semantics of :func:`diffcut_engine.graph.affinity.affinity_from_tokens` (numpy) and
-:func:`affinity_reference` (torch, here). The global min-max needs a reduction over the whole matrix before any
-entry of ``W`` can be written, so the kernel runs in passes (see PERFORMANCE.md, "two-pass min/max"):
+with the one definition of :mod:`diffcut_engine.graph.affinity` (its constants ``NORM_EPS`` and
+``spread_tolerance`` are imported from there; parity-tested against :func:`affinity_reference`, torch, here). The global min-max needs a reduction over the whole matrix before any
+entry of ``W`` can be written, so the kernel runs in passes (docs/PERFORMANCE.md):
 
 0. ``_row_inv_norm_kernel``: one inverse L2 norm per token; program 0 also initialises the two-float min/max
    buffer to (+inf, -inf), which saves a separate fill launch.
@@ -49,12 +49,11 @@ import os
 import torch
 
 from diffcut_engine.errors import BackendUnavailableError, InputError
+from diffcut_engine.graph.affinity import NORM_EPS, spread_tolerance
+from diffcut_engine.graph.validation import check_alpha
 from diffcut_engine.utils.imports import install_hint, is_available
 
 logger = logging.getLogger(__name__)
-
-#: epsilon of ``torch.nn.functional.normalize`` (and of the numpy graph stage): a zero token stays a zero vector.
-NORM_EPS = 1e-12
 
 #: ``precision`` values accepted by :func:`fused_affinity` (Triton's ``tl.dot(input_precision=...)`` names).
 PRECISIONS = ("ieee", "tf32", "tf32x3")
@@ -162,8 +161,9 @@ if tl is not None:
         # False for constant similarities (a spread at rounding level): every entry is then 1, as in the reference
         spread = (hi - lo) > spread_rtol * tl.maximum(tl.abs(hi), tl.abs(lo))
         span = tl.where(spread, hi - lo, 1.0)
-        # 2-D accumulator, reduced once after the loop (one reduction per program instead of one per slice)
-        deg = tl.zeros((BLOCK_R, BLOCK_C), dtype=tl.float32)
+        # 2-D float64 accumulator (the degrees the recursion uses, as accurate as a host float64 sum), reduced
+        # once after the loop (one reduction per program instead of one per slice)
+        deg = tl.zeros((BLOCK_R, BLOCK_C), dtype=tl.float64)
         for c0 in range(0, N, BLOCK_C):
             cols = c0 + cs
             mask = rmask[:, None] & (cols < N)[None, :]
@@ -180,7 +180,7 @@ if tl is not None:
             w = tl.where(spread, w, 1.0)
             w = tl.where(mask, w, 0.0)
             tl.store(ptrs, w, mask=mask)
-            deg += w
+            deg += w.to(tl.float64)
         tl.store(deg_ptr + rows, tl.sum(deg, axis=1), mask=rmask)
 
     def _gram_configs():
@@ -217,19 +217,12 @@ def triton_interpreted() -> bool:
 # ------------------------------------------------------------------------------------------------------------
 
 def spread_rtol(channels: int) -> float:
-    """Relative spread of the similarities below which the features count as constant (all of W is 1).
-
-    Dot products of identical unit tokens of width C differ by up to about ``C * eps_float32`` from rounding alone;
-    min-max scaling such a spread would turn rounding noise into the whole [0, 1] range. The same rule as
-    :func:`diffcut_engine.graph.affinity.affinity_from_tokens`.
-    """
-    return float(channels) * float(torch.finfo(torch.float32).eps)
+    """The constant-features rule of :func:`diffcut_engine.graph.affinity.spread_tolerance` (one definition)."""
+    return spread_tolerance(channels)
 
 
 def _check_alpha(alpha) -> float:
-    if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real) or not (0 < float(alpha) < math.inf):
-        raise InputError(f"alpha must be a positive finite number, got {alpha!r}")
-    return float(alpha)
+    return check_alpha(alpha)
 
 
 def _check_tokens(tokens, *, check_finite: bool) -> torch.Tensor:
@@ -276,7 +269,7 @@ def affinity_reference(tokens: torch.Tensor, alpha: float = 10.0, *, check_finit
     W : torch.Tensor
         (N, N) float32 on the device of ``tokens``, entries in [0, 1]; all ones if every similarity is equal.
     d : torch.Tensor
-        (N,) float32, ``W.sum(1)``.
+        (N,) float64, ``W.sum(1)`` accumulated in float64.
 
     Raises
     ------
@@ -292,7 +285,7 @@ def affinity_reference(tokens: torch.Tensor, alpha: float = 10.0, *, check_finit
     span = torch.where(spread, hi - lo, torch.ones_like(hi))
     w = ((s - lo) / span).clamp_(0.0, 1.0).pow_(alpha)
     w = torch.where(spread, w, torch.ones_like(w))
-    return w, w.sum(dim=1)
+    return w, w.sum(dim=1, dtype=torch.float64)
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -354,7 +347,7 @@ def fused_affinity(tokens: torch.Tensor, alpha: float = 10.0, *, block: int | No
         is exactly 0 and the most similar exactly 1 (the diagonal is 1 up to rounding, but for zero tokens, whose
         similarities are all 0); all ones if every similarity is equal.
     d : torch.Tensor
-        (N,) float32 row sums of ``W`` (degrees).
+        (N,) float64 row sums of ``W`` (degrees), accumulated in float64.
 
     Raises
     ------
@@ -378,7 +371,7 @@ def fused_affinity(tokens: torch.Tensor, alpha: float = 10.0, *, block: int | No
 
     # 2. Allocate: W holds the raw similarities after pass 1 and is scaled in place by pass 2.
     w = torch.empty((n, n), dtype=torch.float32, device=x.device)
-    deg = torch.empty((n,), dtype=torch.float32, device=x.device)
+    deg = torch.empty((n,), dtype=torch.float64, device=x.device)
     inv_norm = torch.empty((n,), dtype=torch.float32, device=x.device)
     minmax = torch.empty((2,), dtype=torch.float32, device=x.device)
 
@@ -443,7 +436,7 @@ def affinity_with_degrees(tokens: torch.Tensor, alpha: float = 10.0, *, precisio
     W : torch.Tensor
         (N, N) float32, on the device of ``tokens``.
     d : torch.Tensor
-        (N,) float32 degrees.
+        (N,) float64 degrees.
 
     Raises
     ------

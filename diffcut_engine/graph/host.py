@@ -1,0 +1,182 @@
+"""The host splitter: one subgraph at a time on numpy, for :func:`~diffcut_engine.graph.tree.grow`.
+
+What it adds to the bare recursion, all of it exact (same splits): warm starts (the parent's Fiedler vector
+restricted to the child), the children's affinities cut out of the parent's while it is at hand (pooled scratch
+from :mod:`.memory`) with their degrees read off the split's bin sums, and leaf bounds (a subgraph whose
+spectral lower bound reaches tau_max is a leaf without an eigensolve). ``compat="official"`` (float32, full
+``syevd``, indicator scoring, the zero-row rule) is a configuration of the same splitter. See docs/ALGORITHM.md.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import numpy as np
+
+from . import memory
+from .eigen import BLOCK_ELEMENTS, LEAF_BOUND_MARGIN, fiedler_vector, spectral_lower_bound
+from .scoring import binned_scores, candidate_thresholds, ncut_values
+from .tree import Acceptance, NCutNode, NCutTree, Proposal, grow
+
+
+def take_square(A: np.ndarray, loc: np.ndarray, dtype=None) -> np.ndarray:
+    """A[loc][:, loc] in ``dtype`` (default A's), gathered in row blocks (no full-height temporary) into scratch
+    memory from :mod:`.memory`: give it back once its node is solved."""
+    m = loc.size
+    out = memory.empty((m, m), A.dtype if dtype is None else dtype)
+    step = max(1, BLOCK_ELEMENTS // A.shape[0])
+    for a in range(0, m, step):
+        rows = A.take(loc[a:a + step], axis=0)
+        if rows.dtype == out.dtype:
+            # (mode "clip": the indices are valid, and "raise" would buffer the whole output first)
+            np.take(rows, loc, axis=1, out=out[a:a + step], mode="clip")
+        else:
+            out[a:a + step] = rows[:, loc]
+    return out
+
+
+@dataclass
+class _State:
+    """A pending node's splitter state: the parent's vector on it, its affinity and degrees when at hand."""
+
+    warm: Optional[np.ndarray] = None
+    A: Optional[np.ndarray] = None
+    d: Optional[np.ndarray] = None
+    pooled: bool = False
+
+
+class HostSplitter:
+    """Solves the nodes of one affinity ``W`` on the host.
+
+    Parameters
+    ----------
+    W : numpy.ndarray
+        (N, N) validated affinity.
+    official : bool
+        ``compat="official"``: float32 solves (``solver="auto"`` means ``full``), indicator scoring in float32,
+        and the zero-row rule (below the root, nodes whose row of W holds an exact zero are left out).
+    solver : str
+        :func:`~diffcut_engine.graph.eigen.fiedler_vector` solver.
+    num_thresholds : int
+    leaf_bounds : bool
+        Skip the eigensolve of a subgraph proved to be a leaf under the ``tau`` rule (clean mode only).
+    warm_start : bool
+        Start iterative solvers from the parent's vector.
+    bin_degrees : bool
+        Take a child's degrees from the split's bin sums (else ``A.sum(1)`` when it is solved).
+    min_size : int
+        Smallest side a candidate split may leave.
+    max_depth : int, optional
+        Nodes at this depth are leaves.
+    owned : bool
+        ``W`` comes from :mod:`.memory` and is this splitter's to give back once the root is solved.
+    vector : callable, optional
+        ``vector(A, d, idx) -> y`` replacing the Fiedler vector (the random-walk ``raw`` graph).
+    subgraph : callable, optional
+        ``subgraph(idx) -> A`` forming a child's graph instead of restricting the parent's.
+    """
+
+    def __init__(self, W, *, official: bool = False, solver: str = "auto", num_thresholds: int = 100,
+                 leaf_bounds: bool = True, warm_start: bool = True, bin_degrees: bool = True, min_size: int = 1,
+                 max_depth: Optional[int] = None, owned: bool = False, vector: Optional[Callable] = None,
+                 subgraph: Optional[Callable] = None):
+        self.W = W
+        self.official = official
+        self.dtype = np.float32 if official else np.float64
+        self.solver = "full" if official and solver == "auto" else solver
+        self.num_thresholds = num_thresholds
+        self.leaf_bounds = leaf_bounds and not official
+        self.warm_start = warm_start
+        self.bin_degrees = bin_degrees and not official and subgraph is None
+        self.min_size = min_size
+        self.max_depth = max_depth
+        self.owned = owned
+        self.vector = vector
+        self.subgraph = subgraph
+        # The official code keeps, below the root, only nodes whose row of the masked W has no exact zero.
+        self.zero_row = (W == 0).any(axis=1) if official else None
+
+    def root_state(self) -> _State:
+        return _State()
+
+    def release(self, state: _State) -> None:
+        if state.pooled:
+            memory.give_back(state.A)
+        state.A = state.d = None
+
+    def propose(self, batch, accept: Acceptance):
+        return [self._propose(node, state, accept) for node, state in batch]
+
+    def _propose(self, node: NCutNode, state: _State, accept: Acceptance):
+        idx, warm = node.indices, state.warm
+        if self.zero_row is not None and node.depth > 0:
+            keep = ~self.zero_row[idx]
+            idx = idx[keep]
+            warm = None if warm is None else warm[keep]
+        if idx.size < max(2, 2 * self.min_size) or (self.max_depth is not None and node.depth >= self.max_depth):
+            return None
+        A, d = state.A, state.d
+        if A is None:
+            if self.subgraph is not None and node.depth > 0:
+                A = self.subgraph(idx)
+            elif idx.size == self.W.shape[0]:
+                A = self.W.astype(self.dtype, copy=False)
+                state.pooled = self.owned and A is self.W
+            else:
+                A, state.pooled = take_square(self.W, idx, self.dtype), True
+            state.A = A
+        if d is None:
+            d = A.sum(axis=1)
+        if not np.all(d > 0):  # an isolated node (all-zero row): no meaningful Laplacian
+            return None
+        if self.leaf_bounds and accept.rule == "tau" and node.depth > 0:
+            # (the root is a leaf only for near-uniform images)
+            bound = spectral_lower_bound(A, d, stop_below=accept.tau + LEAF_BOUND_MARGIN)
+            if bound >= accept.tau + LEAF_BOUND_MARGIN:
+                return Proposal(bound, accept.tau, exact=False)
+        if self.vector is not None:
+            y = self.vector(A, d, idx)
+        else:
+            y = fiedler_vector(A, d, solver=self.solver, warm_start=warm if self.warm_start else None)
+        thresholds = candidate_thresholds(y, self.num_thresholds)
+        GA = None
+        if self.official:
+            values = ncut_values(A, d, y[:, None] > thresholds[None, :])
+        else:
+            values, bins, GA = binned_scores(A, d, y, thresholds)
+            if self.min_size > 1:
+                count = np.bincount(bins, minlength=thresholds.size + 1)
+                ones = np.cumsum(count[::-1])[::-1][1:]  # nodes with y above each threshold
+                values[(ones < self.min_size) | (idx.size - ones < self.min_size)] = np.inf
+        best = int(np.argmin(values))
+        value = float(values[best])
+        baseline = accept.baseline(A, d, y)
+        side = y > thresholds[best]
+
+        def children(one: NCutNode, zero: NCutNode):
+            warm_one, warm_zero = y[side], y[~side]
+            if self.official or self.subgraph is not None:  # gathered when popped (after the zero-row filter)
+                return _State(warm_one), _State(warm_zero)
+            # the children's affinities come from this node's (m-wide rows instead of N) while it is at hand, as
+            # pooled scratch; their degrees from the split's bin sums (sums of non-negative terms)
+            d_one = d_zero = None
+            if self.bin_degrees:
+                d_one = GA[best + 1:].sum(axis=0)[side]
+                d_zero = GA[:best + 1].sum(axis=0)[~side]
+            return (_State(warm_one, take_square(A, np.flatnonzero(side)), d_one, True),
+                    _State(warm_zero, take_square(A, np.flatnonzero(~side)), d_zero, True))
+
+        return Proposal(value, baseline, idx[side], idx[~side], children)
+
+
+def host_tree(W, *, tau_max: float, compat: str, solver: str, num_thresholds: int, shape, leaf_bounds: bool,
+              owned: bool = False) -> NCutTree:
+    """The DiffCut tree of a validated affinity: :func:`~diffcut_engine.graph.tree.grow`, depth first, with a
+    :class:`HostSplitter` and the ``tau`` rule at ``tau_max``."""
+    splitter = HostSplitter(W, official=compat == "official", solver=solver, num_thresholds=num_thresholds,
+                            leaf_bounds=leaf_bounds, owned=owned)
+    root = NCutNode(np.arange(W.shape[0]), 0)
+    grow([root], [splitter.root_state()], splitter.propose, Acceptance("tau", tau_max), schedule="depth_first",
+         release=splitter.release)
+    return NCutTree(root, shape or (W.shape[0],), tau_max, compat)

@@ -1,0 +1,39 @@
+"""Checks of the graph stage's public parameters, defined once (the engine's configuration uses them too)."""
+
+from __future__ import annotations
+
+import math
+import numbers
+
+from ..errors import InputError
+
+#: ``compat`` modes of the recursion (see :func:`~diffcut_engine.graph.ncut.recursive_ncut`).
+COMPAT_MODES = ("clean", "official")
+
+
+def _positive(value, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 < float(value) < math.inf:
+        raise InputError(f"{name} must be a positive number, got {value!r}")
+    return float(value)
+
+
+def check_alpha(alpha) -> float:
+    """``alpha`` as a float; :class:`InputError` unless it is a finite positive number."""
+    return _positive(alpha, "alpha")
+
+
+def check_tau(tau, name: str = "tau") -> float:
+    """``tau`` (or ``tau_max``) as a float; :class:`InputError` unless it is a finite positive number."""
+    return _positive(tau, name)
+
+
+def check_num_thresholds(num_thresholds) -> int:
+    if isinstance(num_thresholds, bool) or not isinstance(num_thresholds, numbers.Integral) or num_thresholds < 2:
+        raise InputError(f"num_thresholds must be an integer >= 2, got {num_thresholds!r}")
+    return int(num_thresholds)
+
+
+def check_compat(compat) -> str:
+    if compat not in COMPAT_MODES:
+        raise InputError(f"unknown compat {compat!r}; choose one of {', '.join(COMPAT_MODES)}")
+    return compat
