@@ -205,7 +205,7 @@ def run_bench(engine, *, batch_size: Optional[int] = None, iters: int = 10, warm
     # 2. Timed batches; the affinity and the NCut are timed apart on the same features.
     per_stage = {s: [] for s in STAGES}
     batch_s, segments, image_size = [], [], ()
-    host_graph = engine._graph_namespace(torch.zeros(1, device=engine.device)) is None
+    host_graph = engine.graph_namespace() is None
     bar = progress_bar(total=iters, enabled=progress, desc="bench", unit="batch")
     try:
         for _ in range(iters):
