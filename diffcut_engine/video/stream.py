@@ -122,7 +122,7 @@ class VideoSegmentation:
             raise InputError(f"max_frames must be a non-negative integer, got {max_frames!r}")
         if batch_size is not None and not (isinstance(batch_size, int) and batch_size >= 1):
             raise InputError(f"batch_size must be a positive integer, got {batch_size!r}")
-        if getattr(engine.config, "method", "diffcut") != "diffcut":
+        if engine.config.method != "diffcut":
             raise InputError(f"segment_video runs method='diffcut' only, got method={engine.config.method!r}")
         self.engine = engine
         self.every, self.max_frames, self.graph_workers = every, max_frames, graph_workers
