@@ -26,8 +26,9 @@ from ..errors import InputError
 from ..graph.rwncut import feature_transition_matrix, rw_ncut
 from ..result import Segmentation
 from .diffcut import refine_labels
+from .rwncut_options import RWNCutOptions
 
-__all__ = ["diffseg_assign", "RWNCutPipeline"]
+__all__ = ["diffseg_assign", "RWNCutOptions", "RWNCutPipeline"]
 
 
 def diffseg_assign(P, grid_labels, out_size) -> torch.Tensor:
