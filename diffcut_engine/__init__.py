@@ -20,6 +20,8 @@ __all__ = [
     "Engine",
     "EngineConfig",
     "Segmentation",
+    "SegmentResult",
+    "PreparedImage",
     "segment",
     "DiffCutError",
     "InputError",
@@ -32,8 +34,12 @@ __all__ = [
 
 def __getattr__(name):
     # The engine pulls in torch; keep `import diffcut_engine` (config, errors, graph) light until it is needed.
-    if name in ("Engine", "Segmentation", "segment"):
+    if name in ("Engine", "segment"):
         from . import engine
 
         return getattr(engine, name)
+    if name in ("Segmentation", "SegmentResult", "PreparedImage"):
+        from . import result
+
+        return getattr(result, name)
     raise AttributeError(f"module 'diffcut_engine' has no attribute {name!r}")

@@ -184,7 +184,7 @@ def run_bench(engine, *, batch_size: Optional[int] = None, iters: int = 10, warm
     batch = [image] * batch_size
     cuda = engine.device.type == "cuda"
     # DiffCut's graph stage can be split into affinity and NCut here; other methods report the engine's stages only
-    diffcut = getattr(engine.config, "method", "diffcut") == "diffcut"
+    diffcut = engine.config.method == "diffcut"
 
     def sync():
         if cuda:
@@ -205,7 +205,7 @@ def run_bench(engine, *, batch_size: Optional[int] = None, iters: int = 10, warm
     # 2. Timed batches; the affinity and the NCut are timed apart on the same features.
     per_stage = {s: [] for s in STAGES}
     batch_s, segments, image_size = [], [], ()
-    host_graph = engine._graph_namespace(torch.zeros(1, device=engine.device)) is None
+    host_graph = engine.graph_namespace() is None
     bar = progress_bar(total=iters, enabled=progress, desc="bench", unit="batch")
     try:
         for _ in range(iters):
@@ -246,13 +246,13 @@ def run_bench(engine, *, batch_size: Optional[int] = None, iters: int = 10, warm
         "schema": SCHEMA,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "config": {
-            "engine": repr(engine), "encoder": getattr(engine.encoder, "name", type(engine.encoder).__name__),
+            "engine": repr(engine), "encoder": engine.encoder.name,
             "backbone": cfg.backbone, "model": cfg.model if cfg.backbone == "diffusion" else None,
             "backend": cfg.backend, "device": str(engine.device), "dtype": cfg.dtype,
             "size": list(cfg.size), "grid": list(cfg.grid_size), "input": source,
             "input_size": list(image_size),
             "batch_size": batch_size, "iters": iters, "warmup": warmup, "tau": engine.tau, "alpha": cfg.alpha,
-            "method": getattr(cfg, "method", "diffcut"),
+            "method": cfg.method,
             "refine": cfg.refine, "pamr_iters": cfg.pamr_iters, "compat": cfg.compat,
             "graph_device": "host" if host_graph else "device",
         },

@@ -1,104 +1,33 @@
-"""The Engine: loads a backbone once and runs DiffCut on images.
+"""The Engine: loads a backbone once and runs DiffCut on images, as numbered public stages.
 
-Pipeline (DiffCut, Couairon et al., NeurIPS 2024, arXiv:2406.02842):
+1. :meth:`Engine.preprocess`: decode, validate, resize (or centre-crop) one input;
+2. :meth:`Engine.encode`: a batch into L2-normalised feature grids;
+3. :meth:`Engine.trees`: the recursive Normalized Cut tree of each grid, for a batch (host or device);
+4. :meth:`Engine.labels`: grid labels at tau -> concept assignment -> PAMR -> median (one image).
 
-1. decode and validate each image; 2. resize (or centre-crop, then resize) to the network size; 3. encode a batch
-into L2-normalised feature grids; 4. recursive Normalized Cut of each grid; 5. concept assignment at the output
-size; 6. PAMR and a 3x3 median filter. ``Engine.segment`` is these steps, one helper each.
+:meth:`Engine.segment`, :meth:`Engine.iter_segment`, the video pipeline, the benchmark and the evaluation are
+these stages in sequence. ``method="rwncut"`` replaces 2-4 by :mod:`diffcut_engine.methods.rwncut`.
+Couairon et al., "DiffCut", NeurIPS 2024 (arXiv:2406.02842).
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
-from typing import Iterable, Iterator, List, Optional, Tuple
+from typing import Iterable, Iterator, List, Optional, Sequence
 
-import numpy as np
 import torch
 
-from . import graph, images, refine
+from . import graph, images
 from .config import EngineConfig
 from .encoders import FeatureEncoder, load_encoder
 from .errors import BatchError, DiffCutError, InputError
+from .methods.diffcut import pixel_labels, refine_labels
+from .result import PreparedImage, Segmentation, SegmentResult
 
 logger = logging.getLogger("diffcut_engine")
 
-
-@dataclass
-class Segmentation:
-    """The result for one image.
-
-    Attributes
-    ----------
-    labels : numpy.ndarray
-        (H, W) int32 segment ids at the output size (the input image's own size unless ``output_size`` was set;
-        in ``center_crop`` mode, the size of the crop). Ids are those of ``grid_labels``; a segment can vanish
-        at full resolution, so some ids in 0..num_segments-1 may be absent.
-    grid_labels : numpy.ndarray
-        (h, w) int32 segment ids 0..K-1 on the feature grid (the recursive NCut output).
-    num_segments : int
-        K, the number of NCut leaves.
-    timings : dict
-        Seconds per stage: ``load``, ``preprocess``, ``encode`` (this image's share of its batch), ``graph``,
-        ``assign``, ``refine``, ``total``. When the graph stage runs on the device (``graph_device``), the trees of
-        a whole batch are built in one call: ``graph`` is then that call's time divided evenly between the
-        batch's images, plus this image's own cut.
-    name : str
-        Source file name or a description of the input.
-    image_size : tuple of int
-        (height, width) of the decoded input image.
-    crop_box : tuple of int
-        (top, left, height, width) of the region of the input that ``labels`` covers.
-    tau : float
-        The NCut threshold that was used.
-    features : numpy.ndarray or None
-        (h, w, C) float32 normalised features, if requested with ``return_features=True``.
-    """
-
-    labels: np.ndarray
-    grid_labels: np.ndarray
-    num_segments: int
-    timings: dict
-    name: str = ""
-    image_size: Tuple[int, int] = (0, 0)
-    crop_box: Tuple[int, int, int, int] = (0, 0, 0, 0)
-    tau: float = 0.0
-    features: Optional[np.ndarray] = field(default=None, repr=False)
-    #: The NCut hierarchy (:class:`~diffcut_engine.graph.NCutTree`), if requested with ``return_tree=True``:
-    #: ``tree.cut(t)`` gives the grid labels at any ``t <= tree.tau_max`` without solving again.
-    tree: Optional[object] = field(default=None, repr=False)
-
-    def __repr__(self):
-        h, w = self.labels.shape
-        return f"Segmentation(name={self.name!r}, labels={w}x{h}, num_segments={self.num_segments})"
-
-
-@dataclass
-class SegmentResult:
-    """One item of :meth:`Engine.iter_segment`: either a segmentation or the error that stopped this input."""
-
-    index: int
-    name: str
-    segmentation: Optional[Segmentation] = None
-    error: Optional[DiffCutError] = None
-    #: (3, h, w) float [0, 1] region of the input that the labels cover, if ``return_image=True``.
-    image: Optional[torch.Tensor] = None
-
-    @property
-    def ok(self) -> bool:
-        return self.error is None
-
-
-def refine_labels(labels: torch.Tensor, view: torch.Tensor, out_size: Tuple[int, int], num_segments: int,
-                  config: EngineConfig) -> torch.Tensor:
-    """Step 6: PAMR on the image resized to ``out_size`` (on the labels' device), then a 3x3 median filter;
-    the labels unchanged when ``config.refine`` is off or there is a single segment."""
-    if not (config.refine and num_segments > 1):
-        return labels
-    rgb = images.resize(view, out_size).to(labels.device)
-    return refine.refine(rgb, labels, num_segments=num_segments, iters=config.pamr_iters,
-                         dilations=config.pamr_dilations, median=True)
+__all__ = ["Engine", "Segmentation", "SegmentResult", "PreparedImage", "refine_labels", "segment"]
 
 
 class Engine:
@@ -116,6 +45,13 @@ class Engine:
     >>> engine = Engine.from_pretrained("segmind/SSD-1B")            # doctest: +SKIP
     >>> seg = engine.segment("photo.jpg")                            # doctest: +SKIP
     >>> seg.labels.shape, seg.num_segments                           # doctest: +SKIP
+
+    The same, stage by stage:
+
+    >>> prepared = [engine.preprocess("photo.jpg")]                  # doctest: +SKIP
+    >>> features = engine.encode(prepared)                           # doctest: +SKIP
+    >>> trees = engine.trees(features)                               # doctest: +SKIP
+    >>> seg = engine.labels(prepared[0], features[0], trees[0])      # doctest: +SKIP
     """
 
     def __init__(self, config: Optional[EngineConfig] = None, *, encoder: Optional[FeatureEncoder] = None):
@@ -123,8 +59,8 @@ class Engine:
         self.encoder = encoder if encoder is not None else load_encoder(self.config)
         self.tau = self.config.tau if self.config.tau is not None else (self.encoder.default_tau or 0.5)
         self._rw = None
-        if self.config.method == "rwncut":  # steps 3-6 of the random-walk NCut (rwsegment.py)
-            from .rwsegment import RWNCutPipeline
+        if self.config.method == "rwncut":  # stages 2-4 of the random-walk NCut (methods/rwncut.py)
+            from .methods.rwncut import RWNCutPipeline
 
             self._rw = RWNCutPipeline(self.encoder, self.config)
         logger.info("engine ready: %s, tau=%s, alpha=%s", self.encoder.name, self.tau, self.config.alpha)
@@ -152,7 +88,7 @@ class Engine:
         return (f"Engine({self.encoder.name}, size={self.config.size}, tau={self.tau}, "
                 f"alpha={self.config.alpha}{method})")
 
-    # ------------------------------------------------------------------------------------------------ public API
+    # ------------------------------------------------------------------------------------------ whole pipeline
     def segment(self, images_, *, tau: Optional[float] = None, return_features: bool = False,
                 return_tree: bool = False, tree_tau_max: Optional[float] = None, errors: str = "raise",
                 progress: bool = False):
@@ -215,27 +151,54 @@ class Engine:
         without decoding the file again). Errors that are not about one input (out of memory, a broken model)
         propagate.
         """
-        tau = self._resolve_tau(tau)
+        tau = self.resolve_tau(tau)
         tree_tau = None
         if return_tree or tree_tau_max is not None:
-            tree_tau = tau if tree_tau_max is None else self._resolve_tau(tree_tau_max)
+            tree_tau = tau if tree_tau_max is None else self.resolve_tau(tree_tau_max)
             if tree_tau < tau:
                 raise InputError(f"tree_tau_max={tree_tau} must be at least tau={tau}")
         if self._rw is not None and (tree_tau is not None or return_features):
             raise InputError("return_tree, tree_tau_max and return_features are for method='diffcut'; "
                              "method='rwncut' keeps no feature tree")
-        options = {"tau": tau, "tree_tau": tree_tau, "features": return_features, "image": return_image}
         batch_size = batch_size or self.config.batch_size
         inputs = list(inputs) if not isinstance(inputs, list) else inputs
         bar = _progress(len(inputs), progress)
         try:
             for start in range(0, len(inputs), batch_size):
                 chunk = list(enumerate(inputs[start:start + batch_size], start))
-                for res in self._segment_batch(chunk, options):
+                for res in self._segment_batch(chunk, tau, tree_tau, return_features, return_image):
                     bar.update(1)
                     yield res
         finally:
             bar.close()
+
+    def _segment_batch(self, chunk, tau: float, tree_tau: Optional[float], keep_features: bool,
+                       keep_image: bool) -> List[SegmentResult]:
+        out, prepared, segs = {}, [], []
+        # 1. Decode, validate and resize each input; one bad input does not stop the others.
+        for index, source in chunk:
+            try:
+                prepared.append(self.preprocess(source, index))
+            except DiffCutError as exc:
+                out[index] = SegmentResult(index, images.describe(source, index), error=exc)
+        if prepared and self._rw is not None:
+            # 2-4. method="rwncut": transition matrices, random-walk NCut, pixel labels (methods/rwncut.py).
+            segs = self._rw.segment(prepared, tau)
+        elif prepared:
+            # 2. Encode the whole batch at once.
+            t0 = time.perf_counter()
+            features = self.encode(prepared)
+            share = (time.perf_counter() - t0) / len(prepared)
+            timings = [{**p.timings, "encode": share} for p in prepared]
+            # 3. The NCut tree of every image, deep enough for every tau asked for.
+            trees = self.trees(features, tau_max=tree_tau or tau, timings=timings)
+            # 4. Labels at tau: concept assignment, PAMR, median.
+            segs = [self.labels(p, f, tree, tau=tau, timings=tm, keep_tree=tree_tau is not None,
+                                keep_features=keep_features)
+                    for p, f, tree, tm in zip(prepared, features, trees, timings)]
+        for p, seg in zip(prepared, segs):
+            out[p.index] = SegmentResult(p.index, p.name, segmentation=seg, image=p.view if keep_image else None)
+        return [out[index] for index, _ in chunk]
 
     def segment_video(self, source, **options):
         """Segment a video (file or iterable of frames) as a stream, with segment ids kept across frames.
@@ -249,62 +212,63 @@ class Engine:
 
         return segment_video(self, source, **options)
 
-    def encode(self, images_) -> torch.Tensor:
-        """Features of one image or a list: (B, h, w, C) float32, L2-normalised, on the engine's device."""
-        items = [images_] if not isinstance(images_, (list, tuple)) else list(images_)
-        loaded = [images.load_image(x, i) for i, x in enumerate(items)]
-        batch = torch.stack([images.prepare(im, self.config.size, self.config.resize_mode)[0] for im in loaded])
-        return self._encode(batch)
+    # ---------------------------------------------------------------------------------------------- the stages
+    def preprocess(self, source, index: int = 0, *, name: Optional[str] = None) -> PreparedImage:
+        """Stage 1: decode and validate one input, then resize (or centre-crop and resize) it to the network size.
 
-    # -------------------------------------------------------------------------------------------- the pipeline
-    def _segment_batch(self, chunk, options: dict) -> List[SegmentResult]:
-        out = {}
-        prepared = []
-        # 1. Decode and validate each input; one bad input does not stop the others.
-        for index, source in chunk:
-            t0 = time.perf_counter()
-            try:
-                image = images.load_image(source, index)
-                t1 = time.perf_counter()
-                # 2. Resize (or centre-crop) to the network input.
-                net_input, view, box = images.prepare(image, self.config.size, self.config.resize_mode)
-            except DiffCutError as exc:
-                out[index] = SegmentResult(index, images._describe(source, index), error=exc)
-                continue
-            timings = {"load": t1 - t0, "preprocess": time.perf_counter() - t1}
-            prepared.append((index, image, net_input, view, box, timings))
-        if prepared and self._rw is not None:
-            # 3-6. method="rwncut": transition matrices, random-walk NCut, pixel labels (rwsegment.py).
-            segs = self._rw.segment(torch.stack([p[2] for p in prepared]), [p[3] for p in prepared],
-                                    options["tau"], [p[5] for p in prepared])
-            for (index, image, _, view, box, _), seg in zip(prepared, segs):
-                seg.name, seg.image_size, seg.crop_box = image.name, image.size, box
-                out[index] = SegmentResult(index, image.name, segmentation=seg,
-                                           image=view if options["image"] else None)
-        elif prepared:
-            # 3. Encode the whole batch at once.
-            t0 = time.perf_counter()
-            features = self._encode(torch.stack([p[2] for p in prepared]))
-            share = (time.perf_counter() - t0) / len(prepared)
-            # 4. On the device, the NCut trees of the whole batch are built together (None: per image, on the host).
-            trees, graph_share = self._device_trees(features, options["tree_tau"] or options["tau"])
-            for k, ((index, image, _, view, box, timings), feats) in enumerate(zip(prepared, features)):
-                timings["encode"] = share
-                seg = self._segment_features(feats, view, options["tau"], options["tree_tau"], timings,
-                                             keep_features=options["features"],
-                                             tree=trees[k] if trees else None, graph_seconds=graph_share)
-                seg.name, seg.image_size, seg.crop_box = image.name, image.size, box
-                out[index] = SegmentResult(index, image.name, segmentation=seg,
-                                           image=view if options["image"] else None)
-        return [out[index] for index, _ in chunk]
+        Parameters
+        ----------
+        source : path, PIL.Image, numpy.ndarray or torch.Tensor
+            See :mod:`diffcut_engine.images`.
+        index : int
+            Position of the input in its call (names inputs that have no file name).
+        name : str, optional
+            The result's name instead of the file name or ``"<ndarray 0>"``.
 
-    def _encode(self, batch: torch.Tensor) -> torch.Tensor:
-        with torch.inference_mode():
-            return self.encoder.encode(batch.to(self.encoder.device))
+        Returns
+        -------
+        PreparedImage
 
-    def _graph_namespace(self, features: torch.Tensor):
-        """Where step 4 runs for a batch: ``None`` for the host (numpy, image by image), else the array module of
-        the batched device path (CuPy). See ``EngineConfig.graph_device``.
+        Raises
+        ------
+        InputError
+            Naming the input and the reason (missing file, cannot decode, wrong shape, dtype or range, NaN).
+        """
+        t0 = time.perf_counter()
+        image = images.load_image(source, index)
+        t1 = time.perf_counter()
+        net_input, view, box = images.prepare(image, self.config.size, self.config.resize_mode)
+        timings = {"load": t1 - t0, "preprocess": time.perf_counter() - t1}
+        return PreparedImage(index=index, name=image.name if name is None else name, image_size=image.size,
+                             net_input=net_input, view=view, box=box, timings=timings)
+
+    def encode(self, batch) -> torch.Tensor:
+        """Stage 2: the features of a batch, (B, h, w, C) float32, L2-normalised, on the engine's device.
+
+        Parameters
+        ----------
+        batch : PreparedImage, image, or a list of them
+            Results of :meth:`preprocess`, or images in any accepted form (preprocessed here).
+
+        Notes
+        -----
+        Runs under ``torch.no_grad()``, not ``inference_mode``: the features (and any buffers an encoder keeps,
+        such as CUDA-graph inputs) are ordinary tensors, usable in or out of inference mode.
+        """
+        items = list(batch) if isinstance(batch, (list, tuple)) else [batch]
+        prepared = [x if isinstance(x, PreparedImage) else self.preprocess(x, i) for i, x in enumerate(items)]
+        pixels = torch.stack([p.net_input for p in prepared])
+        with torch.no_grad():
+            return self.encoder.encode(pixels.to(self.encoder.device))
+
+    def graph_namespace(self, features=None):
+        """Where stage 3 runs: ``None`` for the host (numpy, image by image), else the array module of the
+        batched device path (CuPy). See ``EngineConfig.graph_device``.
+
+        Parameters
+        ----------
+        features : torch.Tensor or list of torch.Tensor, optional
+            The features stage 3 will get (default: judged by the engine's device).
 
         Raises
         ------
@@ -314,65 +278,99 @@ class Engine:
         cfg = self.config
         if cfg.graph_device == "host":
             return None
-        if cfg.graph_device == "auto" and not (features.is_cuda and cfg.compat == "clean"
-                                               and graph.cupy_available()):
+        if features is None:
+            on_cuda = self.device.type == "cuda"
+        else:
+            on_cuda = (features[0] if isinstance(features, (list, tuple)) else features).is_cuda
+        if cfg.graph_device == "auto" and not (on_cuda and cfg.compat == "clean" and graph.cupy_available()):
             return None
         return graph.device_namespace()
 
-    def _device_trees(self, features: torch.Tensor, tau_max: float):
-        """The NCut trees of a whole batch, built in one call on the device, and each image's even share of its
-        time; ``(None, 0.0)`` when the graph stage runs on the host."""
-        xp = self._graph_namespace(features)
-        if xp is None:
-            return None, 0.0
-        t0 = time.perf_counter()
-        # the trees' last level transfer has finished every device computation: the wall time is complete
-        trees = graph.device_ncut_trees(list(features.float()), alpha=self.config.alpha, tau_max=tau_max, xp=xp)
-        return trees, (time.perf_counter() - t0) / len(trees)
+    def trees(self, features, *, tau_max: Optional[float] = None,
+              timings: Optional[Sequence[dict]] = None) -> list:
+        """Stage 3: the recursive NCut tree of every feature grid of a batch, cut later at any ``tau <= tau_max``.
 
-    def _segment_features(self, feats: torch.Tensor, view: torch.Tensor, tau: float, tree_tau: Optional[float],
-                          timings: dict, *, keep_features: bool = False, tree=None,
-                          graph_seconds: float = 0.0) -> Segmentation:
+        On the host each grid is solved on its own (numpy); on the device (:meth:`graph_namespace`) the trees
+        of the whole batch are built in one call.
+
+        Parameters
+        ----------
+        features : torch.Tensor or list of torch.Tensor
+            (B, h, w, C) features from :meth:`encode`, or a list of (h, w, C) grids.
+        tau_max : float, optional
+            Depth of the trees (default: the engine's tau).
+        timings : list of dict, optional
+            One per grid; receives ``graph``, the seconds of its tree (on the device, an even share of the call).
+
+        Returns
+        -------
+        list of NCutTree
+        """
+        tau_max = self.resolve_tau(tau_max)
+        grids = list(features)
+        if not grids:
+            return []
         cfg = self.config
-        # 4. Recursive Normalized Cut on the feature grid: on the host (one copy, also kept if asked for), unless
-        #    ``tree`` was built on the device for the whole batch (``graph_seconds``: this image's share of it).
+        xp = self.graph_namespace(grids)
+        if xp is not None:
+            t0 = time.perf_counter()
+            # the trees' last level transfer has finished every device computation: the wall time is complete
+            trees = graph.device_ncut_trees([f.float() for f in grids], alpha=cfg.alpha, tau_max=tau_max, xp=xp)
+            seconds = [(time.perf_counter() - t0) / len(trees)] * len(trees)
+        else:
+            trees, seconds = [], []
+            for f in grids:
+                t0 = time.perf_counter()
+                trees.append(graph.ncut_tree(f.float().cpu().numpy(), alpha=cfg.alpha, tau_max=tau_max,
+                                             compat=cfg.compat))
+                seconds.append(time.perf_counter() - t0)
+        for tm, s in zip(timings or (), seconds):
+            tm["graph"] = s
+        return trees
+
+    def labels(self, prepared: PreparedImage, features: torch.Tensor, tree, *, tau: Optional[float] = None,
+               timings: Optional[dict] = None, keep_tree: bool = False,
+               keep_features: bool = False) -> Segmentation:
+        """Stage 4: the segmentation of one image from its tree: grid labels at ``tau``, concept assignment at
+        the output size, PAMR and a 3x3 median filter (:func:`~diffcut_engine.methods.diffcut.pixel_labels`).
+
+        Parameters
+        ----------
+        prepared : PreparedImage
+            From :meth:`preprocess`; its ``view`` is the image the labels cover.
+        features : torch.Tensor
+            (h, w, C) features of this image (an item of :meth:`encode`'s result).
+        tree : NCutTree
+            Its tree (an item of :meth:`trees`' result), with ``tree.tau_max >= tau``.
+        tau : float, optional
+            The NCut threshold (default: the engine's).
+        timings : dict, optional
+            Seconds of the earlier stages (default: ``prepared.timings``); the cut is added to its ``graph``.
+        keep_tree, keep_features : bool
+            Keep the tree, and the features as a host array, on the result.
+
+        Returns
+        -------
+        Segmentation
+        """
+        tau = self.resolve_tau(tau)
+        timings = dict(prepared.timings if timings is None else timings)
         t0 = time.perf_counter()
-        host_feats = None
-        if tree is None:
-            host_feats = feats.float().cpu().numpy()
-            tree = graph.ncut_tree(host_feats, alpha=cfg.alpha, tau_max=tree_tau or tau, compat=cfg.compat)
         grid_labels = tree.cut(tau)
-        timings["graph"] = graph_seconds + time.perf_counter() - t0
-        if keep_features and host_feats is None:
-            host_feats = feats.float().cpu().numpy()
-        seg = self._pixel_labels(feats, grid_labels, view, timings)
-        seg.tau, seg.tree = tau, tree if tree_tau is not None else None
-        seg.features = host_feats if keep_features else None
-        return seg
-
-    def _pixel_labels(self, feats: torch.Tensor, grid_labels: np.ndarray, view: torch.Tensor,
-                      timings: dict) -> Segmentation:
-        cfg = self.config
-        out_size = cfg.output_size or tuple(view.shape[-2:])
-        num_segments = int(grid_labels.max()) + 1
-        t1 = time.perf_counter()
-        # 5. Concept assignment: argmax over the K upsampled score maps.
-        with torch.inference_mode():
-            grid_t = torch.from_numpy(grid_labels.astype(np.int64)).to(feats.device)
-            labels = refine.concept_assign(feats, grid_t, out_size, num_segments=num_segments)
-            t2 = time.perf_counter()
-            labels = refine_labels(labels, view, out_size, num_segments, cfg)
-        t3 = time.perf_counter()
-        timings.update(assign=t2 - t1, refine=t3 - t2)
+        timings["graph"] = timings.get("graph", 0.0) + time.perf_counter() - t0
+        host_features = features.float().cpu().numpy() if keep_features else None
+        labels = pixel_labels(features, grid_labels, prepared.view, self.config, timings)
         timings["total"] = sum(v for k, v in timings.items() if k != "total")
-        return Segmentation(labels=labels.cpu().numpy().astype(np.int32), grid_labels=grid_labels,
-                            num_segments=num_segments, timings=timings)
+        return Segmentation(labels=labels, grid_labels=grid_labels, num_segments=int(grid_labels.max()) + 1,
+                            timings=timings, name=prepared.name, image_size=prepared.image_size,
+                            crop_box=prepared.box, tau=tau, features=host_features,
+                            tree=tree if keep_tree else None)
 
     def at_tau(self, seg: Segmentation, tau: float, image) -> Segmentation:
         """The segmentation of the same image at another ``tau``, from its kept tree and features.
 
         No encoder pass and no eigen-solve: the grid labels come from ``seg.tree.cut(tau)``; concept assignment
-        and refinement run again.
+        and refinement run again (:meth:`labels`).
 
         Parameters
         ----------
@@ -390,17 +388,20 @@ class Engine:
         if seg.tree is None or seg.features is None:
             raise InputError("at_tau needs a result made with return_features=True and return_tree=True "
                              "(or tree_tau_max=...)")
-        tau = self._resolve_tau(tau)
-        t0 = time.perf_counter()
-        grid_labels = seg.tree.cut(tau)
-        timings = {"graph": time.perf_counter() - t0}
+        prepared = PreparedImage(index=0, name=seg.name, image_size=seg.image_size, net_input=None, view=image,
+                                 box=seg.crop_box)
         feats = torch.from_numpy(seg.features).to(self.encoder.device)
-        out = self._pixel_labels(feats, grid_labels, image, timings)
-        out.name, out.image_size, out.crop_box = seg.name, seg.image_size, seg.crop_box
-        out.tau, out.tree, out.features = tau, seg.tree, seg.features
-        return out
+        out = self.labels(prepared, feats, seg.tree, tau=tau, timings={}, keep_tree=True)
+        return out.replace(features=seg.features)
 
-    def _resolve_tau(self, tau):
+    def resolve_tau(self, tau: Optional[float] = None) -> float:
+        """``tau`` checked (a positive number), or the engine's own when ``None``.
+
+        Raises
+        ------
+        InputError
+            For anything but a positive number.
+        """
         if tau is None:
             return self.tau
         if not (isinstance(tau, (int, float)) and tau > 0):

@@ -46,13 +46,22 @@ class LoadedImage:
         return tuple(self.pixels.shape[-2:])
 
 
-def _describe(source, index: int) -> str:
+def describe(source, index: int) -> str:
+    """How messages and results name an input: the path, else ``"<ndarray 3>"``-style (type and position)."""
     if isinstance(source, (str, os.PathLike)):
         return str(source)
     return f"<{type(source).__name__} {index}>"
 
 
-def _from_array(arr: np.ndarray, name: str) -> torch.Tensor:
+def from_array(arr: np.ndarray, name: str) -> torch.Tensor:
+    """(3, H, W) float32 [0, 1] tensor of an (H, W), (H, W, 3) or (H, W, 4) uint8 or float [0, 1] array.
+
+    Raises
+    ------
+    InputError
+        For another shape or dtype (the message starts with ``name``). Values are not range-checked here
+        (:func:`load_image` does that).
+    """
     if arr.ndim == 2:
         arr = np.repeat(arr[:, :, None], 3, axis=2)
     if arr.ndim != 3 or arr.shape[2] not in (3, 4):
@@ -91,7 +100,7 @@ def load_image(source, index: int = 0) -> LoadedImage:
         If the file is missing or cannot be decoded, or the array/tensor has a wrong shape, dtype, range, or
         contains NaN.
     """
-    name = _describe(source, index)
+    name = describe(source, index)
     path = None
     if isinstance(source, (str, os.PathLike)):
         path = Path(source)
@@ -102,15 +111,15 @@ def load_image(source, index: int = 0) -> LoadedImage:
         try:
             with Image.open(path) as im:
                 im.load()
-                pixels = _from_array(np.array(im.convert("RGB")), name)
+                pixels = from_array(np.array(im.convert("RGB")), name)
         except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
             raise InputError(f"{name}: cannot decode image ({type(exc).__name__}: {exc})") from exc
         except Image.DecompressionBombError as exc:
             raise InputError(f"{name}: image too large to decode safely ({exc})") from exc
     elif isinstance(source, Image.Image):
-        pixels = _from_array(np.array(source.convert("RGB")), name)
+        pixels = from_array(np.array(source.convert("RGB")), name)
     elif isinstance(source, np.ndarray):
-        pixels = _from_array(source, name)
+        pixels = from_array(source, name)
     elif isinstance(source, torch.Tensor):
         pixels = _from_tensor(source, name)
     else:

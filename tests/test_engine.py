@@ -194,3 +194,81 @@ def test_at_tau_equals_a_fresh_run(engine):
         assert other.tau == t and other.num_segments == fresh.num_segments
     with pytest.raises(InputError, match="return_features"):
         engine.at_tau(engine.segment(img), 0.3, res.image)
+
+
+class StaticBufferEncoder(ColourEncoder):
+    """Keeps its input in a buffer made at the first call and updated in place later, as a CUDA-graph capture
+    keeps its static inputs (encoders/diffusion.py ``_graph_call``)."""
+
+    def __init__(self):
+        super().__init__()
+        self.static = None
+
+    def encode(self, pixels):
+        if self.static is None:
+            self.static = pixels.clone()
+        self.static.copy_(pixels)
+        return super().encode(self.static)
+
+
+def test_encode_buffers_work_in_and_out_of_inference_mode():
+    """Issue 21: buffers an encoder creates during ``Engine.encode`` are ordinary tensors, so a later call outside
+    inference mode can update them in place, and so are the features it returns."""
+    engine = Engine(EngineConfig(size=(96, 128), tau=0.5), encoder=StaticBufferEncoder())
+    img = two_colour_image(edge=64)
+    feats = engine.encode(img)
+    assert not feats.is_inference() and not engine.encoder.static.is_inference()
+    feats.mul_(1.0)  # in place, outside inference mode
+    pixels = engine.preprocess(img).net_input[None]
+    np.testing.assert_array_equal(engine.encoder.encode(pixels).numpy(), feats.numpy())  # copy_ outside
+    with torch.inference_mode():
+        np.testing.assert_array_equal(engine.encoder.encode(pixels).numpy(), feats.numpy())  # copy_ inside
+    assert engine.segment(img).num_segments == 2
+
+
+def test_public_stages_compose_to_segment(engine):
+    """preprocess -> encode -> trees -> labels gives exactly what segment gives, field by field."""
+    rng = np.random.default_rng(4)
+    imgs = [np.kron(rng.integers(0, 255, size=(3, 4, 3)).astype(np.uint8), np.ones((32, 32, 1), np.uint8))
+            for _ in range(3)]
+    ref = engine.segment(imgs, tau=0.4, tree_tau_max=0.8, return_features=True)
+    prepared = [engine.preprocess(x, i) for i, x in enumerate(imgs)]
+    assert prepared[1].name == "<ndarray 1>" and prepared[0].net_input.shape == (3, 96, 128)
+    features = engine.encode(prepared)
+    assert features.shape == (3, 3, 4, 21)
+    trees = engine.trees(features, tau_max=0.8)
+    assert [t.tau_max for t in trees] == [0.8] * 3
+    for p, f, tree, r in zip(prepared, features, trees, ref):
+        seg = engine.labels(p, f, tree, tau=0.4, keep_tree=True, keep_features=True)
+        np.testing.assert_array_equal(seg.labels, r.labels)
+        np.testing.assert_array_equal(seg.grid_labels, r.grid_labels)
+        np.testing.assert_array_equal(seg.features, r.features)
+        assert (seg.num_segments, seg.tau, seg.name, seg.image_size, seg.crop_box) == \
+            (r.num_segments, r.tau, r.name, r.image_size, r.crop_box)
+        assert set(seg.timings) == set(r.timings) - {"encode"}  # encode seconds are the caller's to add
+    # encode takes images as well as prepared inputs; trees takes a list of grids
+    np.testing.assert_array_equal(engine.encode(imgs).numpy(), features.numpy())
+    np.testing.assert_array_equal(engine.trees(list(features), tau_max=0.8)[2].cut(0.5), trees[2].cut(0.5))
+    assert engine.graph_namespace(features) is None  # CPU features: the host graph stage
+    with pytest.raises(InputError, match="tau_max"):
+        engine.labels(prepared[0], features[0], trees[0], tau=0.9)
+    with pytest.raises(InputError, match="tau"):
+        engine.trees(features, tau_max=0)
+
+
+def test_results_are_immutable(engine):
+    import dataclasses
+
+    seg = engine.segment(two_colour_image(edge=64))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        seg.labels = seg.labels + 1
+    other = seg.replace(name="renamed")
+    assert other.name == "renamed" and seg.name == "<ndarray 0>" and other.labels is seg.labels
+    res = next(engine.iter_segment([two_colour_image()]))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        res.error = None
+    import diffcut_engine
+    from diffcut_engine import result
+
+    assert diffcut_engine.Segmentation is result.Segmentation is Segmentation
+    assert diffcut_engine.SegmentResult is result.SegmentResult

@@ -318,7 +318,7 @@ def test_engine_batched_device_branch_equals_host(monkeypatch):
         return real(features_list, **kw)
 
     monkeypatch.setattr("diffcut_engine.graph.device_ncut_trees", spy)
-    monkeypatch.setattr(Engine, "_graph_namespace", lambda self, features: np)  # the device branch, on numpy
+    monkeypatch.setattr(Engine, "graph_namespace", lambda self, features=None: np)  # the device branch, on numpy
     dev = make_engine(graph_device="auto")
     got = dev.segment(imgs, tree_tau_max=0.8, return_features=True)
     assert calls == [(4, np), (1, np)]  # batch_size 4: one batched call per encoder batch

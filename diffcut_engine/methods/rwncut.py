@@ -1,6 +1,7 @@
 """The random-walk NCut method (``method="rwncut"``): transition matrix -> recursive random-walk NCut -> pixels.
 
-Steps for a batch (used by :class:`~diffcut_engine.engine.Engine` when ``EngineConfig.method == "rwncut"``):
+Steps for a prepared batch (used by :class:`~diffcut_engine.engine.Engine` when
+``EngineConfig.method == "rwncut"``):
 
 3. the transition matrix P of each image: the aggregated UNet self-attention
    (:class:`~diffcut_engine.encoders.attention.AttentionExtractor`) or, where the encoder gives no attention (the
@@ -8,7 +9,7 @@ Steps for a batch (used by :class:`~diffcut_engine.engine.Engine` when ``EngineC
    (:func:`~diffcut_engine.graph.rwncut.feature_transition_matrix`);
 4. the recursive random-walk NCut of P (:func:`~diffcut_engine.graph.rwncut.rw_ncut`);
 5. pixel labels: DiffSeg's (:func:`diffseg_assign`) or DiffCut's concept assignment;
-6. PAMR and the 3x3 median filter (``refine``), as for DiffCut.
+6. PAMR and the 3x3 median filter (:func:`~diffcut_engine.methods.diffcut.refine_labels`), as for DiffCut.
 """
 
 from __future__ import annotations
@@ -20,11 +21,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import refine
-from .errors import InputError
-from .graph.rwncut import feature_transition_matrix, rw_ncut
+from .. import refine
+from ..errors import InputError
+from ..graph.rwncut import feature_transition_matrix, rw_ncut
+from ..result import Segmentation
+from .diffcut import refine_labels
+from .rwncut_options import RWNCutOptions
 
-__all__ = ["diffseg_assign", "RWNCutPipeline"]
+__all__ = ["diffseg_assign", "RWNCutOptions", "RWNCutPipeline"]
 
 
 def diffseg_assign(P, grid_labels, out_size) -> torch.Tensor:
@@ -71,7 +75,7 @@ class RWNCutPipeline:
         self.source = source
         self.extractor = None
         if source == "attention":
-            from .encoders.attention import AttentionExtractor
+            from ..encoders.attention import AttentionExtractor
 
             self.extractor = AttentionExtractor(
                 encoder, mode=opts.extraction, timestep=opts.timestep, noise=opts.noise, steps=opts.steps,
@@ -97,18 +101,18 @@ class RWNCutPipeline:
                          for f in feats]).float()
         return P.to(feats.device), grid, feats
 
-    def segment(self, pixels, views: List[torch.Tensor], tau: float, timings: List[dict]):
-        """Segment a prepared batch; returns one :class:`~diffcut_engine.engine.Segmentation` per image."""
-        from .engine import Segmentation, refine_labels
-
+    def segment(self, prepared: List, tau: float) -> List[Segmentation]:
+        """Segment a prepared batch (:class:`~diffcut_engine.result.PreparedImage` items, from
+        ``Engine.preprocess``); returns one :class:`~diffcut_engine.result.Segmentation` per image."""
         cfg, opts = self.config, self.options
+        pixels = torch.stack([p.net_input for p in prepared])
         t0 = time.perf_counter()
         with torch.inference_mode():
             P, grid, feats = self.transition_matrices(pixels)
-        share = (time.perf_counter() - t0) / len(views)
+        share = (time.perf_counter() - t0) / len(prepared)
         out = []
-        for b, (view, tm) in enumerate(zip(views, timings)):
-            tm["encode"] = share
+        for b, item in enumerate(prepared):
+            view, tm = item.view, {**item.timings, "encode": share}
             t1 = time.perf_counter()
             res = rw_ncut(P[b].double().cpu().numpy(), graph=opts.graph, k=opts.k, threshold=opts.threshold,
                           tau=tau, min_size=opts.min_size, subgraph=opts.subgraph, alpha=cfg.alpha, shape=grid)
@@ -127,7 +131,7 @@ class RWNCutPipeline:
             t4 = time.perf_counter()
             tm.update(graph=t2 - t1, assign=t3 - t2, refine=t4 - t3)
             tm["total"] = sum(v for key, v in tm.items() if key != "total")
-            seg = Segmentation(labels=labels.cpu().numpy().astype(np.int32), grid_labels=grid_labels,
-                               num_segments=k, timings=tm, tau=float(tau), tree=res.ncut_tree)
-            out.append(seg)
+            out.append(Segmentation(labels=labels.cpu().numpy().astype(np.int32), grid_labels=grid_labels,
+                                    num_segments=k, timings=tm, name=item.name, image_size=item.image_size,
+                                    crop_box=item.box, tau=float(tau), tree=res.ncut_tree))
         return out

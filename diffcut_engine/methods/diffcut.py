@@ -1,0 +1,65 @@
+"""DiffCut's label rule: grid labels -> concept assignment at the output size -> PAMR -> 3x3 median.
+
+Couairon et al., "DiffCut", NeurIPS 2024 (arXiv:2406.02842), section 3.3.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Optional, Tuple
+
+import numpy as np
+import torch
+
+from .. import images, refine
+
+__all__ = ["refine_labels", "pixel_labels"]
+
+
+def refine_labels(labels: torch.Tensor, view: torch.Tensor, out_size: Tuple[int, int], num_segments: int,
+                  config) -> torch.Tensor:
+    """PAMR on the image resized to ``out_size`` (on the labels' device), then a 3x3 median filter.
+
+    The labels come back unchanged when ``config.refine`` is off or there is a single segment.
+    """
+    if not (config.refine and num_segments > 1):
+        return labels
+    rgb = images.resize(view, out_size).to(labels.device)
+    return refine.refine(rgb, labels, num_segments=num_segments, iters=config.pamr_iters,
+                         dilations=config.pamr_dilations, median=True)
+
+
+def pixel_labels(features: torch.Tensor, grid_labels: np.ndarray, view: torch.Tensor, config,
+                 timings: Optional[dict] = None) -> np.ndarray:
+    """Pixel labels of one image from its grid labels: concept assignment, then refinement.
+
+    Parameters
+    ----------
+    features : torch.Tensor
+        (h, w, C) L2-normalised features of the image.
+    grid_labels : numpy.ndarray
+        (h, w) int segment ids 0..K-1.
+    view : torch.Tensor
+        (3, H, W) float [0, 1]: the region the labels cover (its size is the output size unless
+        ``config.output_size`` is set).
+    config : EngineConfig
+    timings : dict, optional
+        Receives the seconds of ``assign`` and ``refine``.
+
+    Returns
+    -------
+    numpy.ndarray
+        (H, W) int32 labels.
+    """
+    out_size = config.output_size or tuple(view.shape[-2:])
+    num_segments = int(grid_labels.max()) + 1
+    t0 = time.perf_counter()
+    with torch.inference_mode():
+        grid_t = torch.from_numpy(grid_labels.astype(np.int64)).to(features.device)
+        labels = refine.concept_assign(features, grid_t, out_size, num_segments=num_segments)
+        t1 = time.perf_counter()
+        labels = refine_labels(labels, view, out_size, num_segments, config)
+    t2 = time.perf_counter()
+    if timings is not None:
+        timings.update(assign=t1 - t0, refine=t2 - t1)
+    return labels.cpu().numpy().astype(np.int32)

@@ -1,0 +1,132 @@
+"""Video input: open and probe a file with PyAV (the optional ``[video]`` extra)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from fractions import Fraction
+from typing import Optional
+
+from ..errors import InputError
+
+#: Default frame rate for an iterable of images (no container to take it from).
+DEFAULT_FPS = 25
+
+__all__ = ["DEFAULT_FPS", "VideoError", "VideoInfo", "require_av", "open_input", "info_of", "probe_video"]
+
+
+class VideoError(InputError):
+    """A video cannot be opened, or its stream broke off (corrupt or truncated file).
+
+    Attributes
+    ----------
+    frames_done : int
+        Frames decoded (and passed on) before the stream broke off; 0 when the file could not be opened.
+    """
+
+    def __init__(self, message: str, frames_done: int = 0):
+        super().__init__(message)
+        self.frames_done = frames_done
+
+
+def require_av():
+    """The ``av`` module (PyAV), or a :class:`BackendUnavailableError` naming the ``[video]`` extra."""
+    from ..utils.imports import require
+
+    return require("av", "video decoding and encoding")
+
+
+@dataclass
+class VideoInfo:
+    """What the output needs to keep from the input.
+
+    Attributes
+    ----------
+    width, height : int
+        Frame size in pixels.
+    fps : fractions.Fraction
+        Frame rate (the stream's average rate, else its guessed or base rate).
+    time_base : fractions.Fraction
+        Unit of the frames' ``pts``.
+    frames : int or None
+        Frame count declared by the container (``None`` if unknown).
+    duration : float or None
+        Stream duration in seconds, if declared.
+    has_audio : bool
+        The container has an audio stream (copied to the output by :class:`VideoWriter`).
+    codec : str
+        Video codec name of the input.
+    path : str or None
+        Source file (``None`` for an iterable of images).
+    """
+
+    width: int
+    height: int
+    fps: Fraction
+    time_base: Fraction
+    frames: Optional[int] = None
+    duration: Optional[float] = None
+    has_audio: bool = False
+    codec: str = ""
+    path: Optional[str] = None
+
+    @property
+    def expected_frames(self) -> Optional[int]:
+        """Frames the container promises: declared, else duration x rate (``None`` if neither is known)."""
+        if self.frames:
+            return self.frames
+        if self.duration:
+            return int(round(self.duration * float(self.fps)))
+        return None
+
+
+def open_input(path):
+    """The PyAV input container of a video file, or a :class:`VideoError` saying why it cannot be opened."""
+    av = require_av()
+    name = os.fspath(path)
+    if not os.path.exists(name):
+        raise VideoError(f"{name}: file not found")
+    if os.path.isdir(name):
+        raise VideoError(f"{name}: is a directory, not a video")
+    try:
+        container = av.open(name, "r")
+    except av.FFmpegError as exc:
+        raise VideoError(f"{name}: cannot open video ({exc.strerror or exc}); the file is not a video, or it is "
+                         "truncated or corrupt") from exc
+    if not container.streams.video:
+        container.close()
+        raise VideoError(f"{name}: no video stream")
+    return container
+
+
+def info_of(container, path) -> VideoInfo:
+    """The :class:`VideoInfo` of an open container's first video stream."""
+    stream = container.streams.video[0]
+    ctx = stream.codec_context
+    fps = stream.average_rate or stream.guessed_rate or stream.base_rate or Fraction(DEFAULT_FPS)
+    time_base = stream.time_base or Fraction(1, int(round(float(fps))) or DEFAULT_FPS)
+    duration = None
+    if stream.duration is not None and stream.time_base:
+        duration = float(stream.duration * stream.time_base)
+    elif container.duration is not None:
+        duration = container.duration / 1e6
+    return VideoInfo(width=ctx.width, height=ctx.height, fps=Fraction(fps), time_base=Fraction(time_base),
+                     frames=int(stream.frames) or None, duration=duration, has_audio=bool(container.streams.audio),
+                     codec=ctx.name, path=os.fspath(path))
+
+
+def probe_video(path) -> VideoInfo:
+    """Size, frame rate, time base, frame count, duration and audio of a video file.
+
+    Raises
+    ------
+    VideoError
+        If the file is missing, is not a video, or is truncated before its index (e.g. an MP4 without ``moov``).
+    BackendUnavailableError
+        If PyAV is not installed (the message gives ``pip install 'diffcut-engine[video]'``).
+    """
+    container = open_input(path)
+    try:
+        return info_of(container, path)
+    finally:
+        container.close()
