@@ -166,7 +166,7 @@ class DiffusionEncoder(FeatureEncoder):
             ``AttnProcessor``; ``auto``: leave diffusers' choice.
         cuda_graphs : bool
             Capture the truncated UNet call in a ``torch.cuda.CUDAGraph`` per input shape and replay it
-        (:class:`.speed.CUDAGraphs`).
+            (:class:`.speed.CUDAGraphs`).
 
         Returns
         -------
