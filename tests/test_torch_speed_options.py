@@ -110,7 +110,7 @@ def test_compile_failure_falls_back_to_eager(tiny_sdxl_encoder, fresh_encoder, m
     x = random_pixels(1)
     expected = tiny_sdxl_encoder.encode(x)
     fresh_encoder.configure_speed(compile="max-autotune")
-    with caplog.at_level(logging.WARNING, logger="diffcut_engine.encoders.diffusion"):
+    with caplog.at_level(logging.WARNING, logger="diffcut_engine.encoders.speed"):
         got = fresh_encoder.encode(x)
         again = fresh_encoder.encode(x)
     torch.testing.assert_close(got, expected, atol=0, rtol=0)
@@ -151,3 +151,99 @@ def test_cli_speed_options():
     assert cfg.cuda_graphs
     with pytest.raises(SystemExit):
         parser.parse_args(["segment", "a.png", "-o", "out", "--compile", "fast"])
+
+
+class _CPUGraph:
+    """A stand-in for a captured CUDA graph: replay re-runs the function on the static inputs, in place."""
+
+    def __init__(self, fn, static_in, static_out):
+        self.fn, self.static_in, self.static_out = fn, static_in, static_out
+
+    def replay(self):
+        self.static_out.copy_(self.fn(*self.static_in))
+
+
+class _CPUCapture:
+    def __init__(self, device=None):
+        self.captures = 0
+
+    def capture(self, fn, static_in):
+        self.captures += 1
+        out = fn(*static_in)
+        return _CPUGraph(fn, static_in, out), out
+
+
+def test_cuda_graph_buffers_made_in_inference_mode_accept_later_calls_outside_it():
+    from diffcut_engine.encoders.speed import CUDAGraphs
+
+    capture = _CPUCapture()
+    runner = CUDAGraphs(lambda x, y, z: x * 2 + y, torch.device("cpu"), capture=capture)
+    g = torch.Generator().manual_seed(0)
+    a, b, c, d = (torch.randn(2, 3, generator=g) for _ in range(4))
+    with torch.inference_mode():
+        first = runner(a, b, None)  # captured here, inside inference mode (as under Engine.segment)
+    second = runner(c, d, None)  # replayed outside it: the static inputs must accept copy_
+    with torch.no_grad():
+        third = runner(a, d, None)
+    torch.testing.assert_close(first, a * 2 + b, atol=0, rtol=0)
+    torch.testing.assert_close(second, c * 2 + d, atol=0, rtol=0)
+    torch.testing.assert_close(third, a * 2 + d, atol=0, rtol=0)
+    assert capture.captures == 1
+    (_, static_in, static_out), = runner.graphs.values()
+    assert not any(t.is_inference() for t in static_in if t is not None) and not static_out.is_inference()
+    runner(torch.zeros(1, 3), torch.zeros(1, 3), None)  # a new shape: a second graph
+    assert capture.captures == 2 and len(runner.graphs) == 2
+
+
+def test_encoder_cuda_graph_path_inside_then_outside_inference_mode(tiny_sdxl_encoder, fresh_encoder, monkeypatch):
+    """The encoder's CUDA-graph path, with the capture replaced by the CPU stand-in: same features as eager,
+    first inside inference mode, then outside it."""
+    from diffcut_engine.encoders import diffusion, speed
+
+    monkeypatch.setattr(diffusion, "check_speed_options", lambda **kw: None)  # it refuses cuda_graphs on a CPU
+    monkeypatch.setattr(speed, "_CUDACapture", _CPUCapture)
+    fresh_encoder.configure_speed(cuda_graphs=True)
+    x, y = random_pixels(1), random_pixels(1, seed=1)
+    with torch.inference_mode():
+        got_x = fresh_encoder.encode(x)
+    got_y = fresh_encoder.encode(y)
+    torch.testing.assert_close(got_x, tiny_sdxl_encoder.encode(x), atol=1e-6, rtol=0)
+    torch.testing.assert_close(got_y, tiny_sdxl_encoder.encode(y), atol=1e-6, rtol=0)
+
+
+def test_vae_tf32_option_sets_cudnn_flag_for_the_vae_only():
+    from diffcut_engine.encoders.speed import vae_precision
+
+    before = torch.backends.cudnn.allow_tf32
+    cuda = torch.device("cuda")  # the context only reads the device type; no GPU needed
+    for tf32 in (False, True):
+        with vae_precision(cuda, tf32=tf32):
+            assert torch.backends.cudnn.allow_tf32 is tf32
+        assert torch.backends.cudnn.allow_tf32 == before
+    with pytest.raises(ValueError):
+        with vae_precision(cuda, tf32=False):
+            raise ValueError("restored on errors too")
+    assert torch.backends.cudnn.allow_tf32 == before
+    with vae_precision(torch.device("cpu"), tf32=False):  # nothing changes on the CPU
+        assert torch.backends.cudnn.allow_tf32 == before
+
+
+def test_vae_tf32_on_the_encoder(tiny_sdxl_path, tiny_sdxl_encoder, monkeypatch):
+    from diffcut_engine.encoders import diffusion
+    from diffcut_engine.encoders.diffusion import DiffusionEncoder
+
+    assert tiny_sdxl_encoder.describe()["vae_tf32"] is True  # the default: as the official code ran
+    enc = DiffusionEncoder.from_pretrained(tiny_sdxl_path, device="cpu", dtype="fp32", vae_tf32=False)
+    assert enc.vae_tf32 is False and enc.describe()["vae_tf32"] is False
+    seen, real = [], diffusion.vae_precision
+
+    def recording(device, *, tf32):
+        seen.append(tf32)
+        return real(device, tf32=tf32)
+
+    monkeypatch.setattr(diffusion, "vae_precision", recording)
+    x = random_pixels(1)
+    torch.testing.assert_close(enc.encode(x), tiny_sdxl_encoder.encode(x), atol=0, rtol=0)  # no change on a CPU
+    assert seen == [False, True]  # the VAE ran under each encoder's own setting
+    with pytest.raises(InputError, match="vae_tf32"):
+        DiffusionEncoder.from_pretrained(tiny_sdxl_path, device="cpu", dtype="fp32", vae_tf32="no")

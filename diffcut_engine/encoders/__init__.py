@@ -1,10 +1,28 @@
-"""Feature encoders: every way to turn images into L2-normalised feature grids, behind one interface."""
+"""Feature encoders: every way to turn images into L2-normalised feature grids, behind one interface.
+
+:class:`FeatureEncoder` and the device/dtype helpers are in :mod:`.base`; the diffusion encoder is
+:mod:`.diffusion` (with :mod:`.loading`, :mod:`.conditioning`, :mod:`.truncated_unet` and :mod:`.speed`), the
+offline backbone :mod:`.lite`, the exported runtimes :mod:`.onnx` and :mod:`.tensorrt`.
+"""
 
 from __future__ import annotations
 
-from .base import FeatureEncoder
+from .base import FeatureEncoder, resolve_device, resolve_dtype
 
-__all__ = ["FeatureEncoder", "load_encoder"]
+__all__ = ["FeatureEncoder", "load_encoder", "resolve_device", "resolve_dtype", "DiffusionEncoder", "LiteEncoder",
+           "OnnxEncoder", "TensorRTEncoder"]
+
+# Imported on first use: each pulls in its own optional dependencies (diffusers, onnxruntime, TensorRT).
+_LAZY = {"DiffusionEncoder": ".diffusion", "LiteEncoder": ".lite", "OnnxEncoder": ".onnx",
+         "TensorRTEncoder": ".tensorrt"}
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name], __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def load_encoder(config) -> FeatureEncoder:
@@ -26,10 +44,10 @@ def load_encoder(config) -> FeatureEncoder:
         return LiteEncoder.from_pretrained(device=config.device, dtype=config.dtype)
     from .diffusion import DiffusionEncoder
 
+    # vae_tf32: read with a default until EngineConfig has the field (config.py belongs to another change).
     encoder = DiffusionEncoder.from_pretrained(config.model, revision=config.revision, device=config.device,
                                                dtype=config.dtype, timestep=config.timestep, seed=config.seed,
-                                               local_files_only=config.local_files_only)
-    return encoder.configure_speed(compile=getattr(config, "compile", None),
-                                   channels_last=getattr(config, "channels_last", False),
-                                   attention=getattr(config, "attention", "auto"),
-                                   cuda_graphs=getattr(config, "cuda_graphs", False))
+                                               local_files_only=config.local_files_only,
+                                               vae_tf32=getattr(config, "vae_tf32", True))
+    return encoder.configure_speed(compile=config.compile, channels_last=config.channels_last,
+                                   attention=config.attention, cuda_graphs=config.cuda_graphs)

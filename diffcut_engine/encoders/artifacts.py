@@ -9,7 +9,7 @@ SHA-256 of every file. The runtime backends (:mod:`~diffcut_engine.encoders.onnx
 folder that is missing a file, has a truncated or modified file, or was exported for another model, size or
 method setting, instead of producing wrong features.
 
-This module imports neither torch nor onnx.
+This module itself imports neither torch nor onnx.
 """
 
 from __future__ import annotations

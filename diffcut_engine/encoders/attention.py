@@ -1,6 +1,6 @@
 """Self-attention probabilities of a diffusers UNet, aggregated into one row-stochastic matrix (DiffSeg recipe).
 
-For the random-walk NCut (``graph/rwncut.py``, ``shared/design/RWNCUT.md``) the transition matrix P is the
+For the random-walk NCut (``graph/rwncut.py``, docs/ALGORITHM.md section 7) the transition matrix P is the
 self-attention of the UNet, aggregated over layers and resolutions as DiffSeg [1]_ does:
 
 - for each selected self-attention (``attn1``) layer, softmax(Q K^T / sqrt(d)) is computed explicitly, one head at

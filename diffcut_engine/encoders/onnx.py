@@ -19,8 +19,7 @@ from typing import Optional, Sequence
 from ..errors import BackendUnavailableError, InputError, ModelLoadError
 from ..utils.imports import require
 from . import artifacts
-from .base import FeatureEncoder
-from .diffusion import resolve_device, torch
+from .base import FeatureEncoder, resolve_device, torch
 
 logger = logging.getLogger(__name__)
 

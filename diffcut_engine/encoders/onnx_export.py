@@ -41,7 +41,9 @@ from ..config import parse_size
 from ..errors import ExportError, InputError
 from ..utils.imports import require
 from . import artifacts
-from .diffusion import DiffusionEncoder, _dtype_name, _looks_like_path, torch
+from .base import dtype_name, torch
+from .diffusion import DiffusionEncoder
+from .loading import looks_like_path
 
 logger = logging.getLogger(__name__)
 
@@ -243,7 +245,7 @@ def export_onnx(model: Optional[str], out_dir: str, *, size: Union[int, str, Tup
         encoder = DiffusionEncoder.from_pretrained(model, revision=revision, device=device,
                                                    dtype="fp16" if fp16 else "fp32", timestep=timestep,
                                                    seed=seed, local_files_only=local_files_only)
-    dtype = _dtype_name(encoder.dtype)
+    dtype = dtype_name(encoder.dtype)
     if dtype not in TOLERANCES:
         raise InputError(f"ONNX export supports fp32 and fp16 UNets, got {dtype}")
     hw = parse_size(size, name="size", multiple=encoder.stride)
@@ -409,7 +411,7 @@ def _model_facts(encoder, revision) -> dict:
         used = [n for n in ("model_index.json", "vae", "unet", "scheduler", "text_encoder", "text_encoder_2",
                             "tokenizer", "tokenizer_2") if os.path.exists(os.path.join(encoder.model, n))]
         facts["folder_sha256"] = artifacts.folder_digest(encoder.model, used)
-    elif encoder.model and not _looks_like_path(encoder.model):
+    elif encoder.model and not looks_like_path(encoder.model):
         facts["commit"] = _hub_commit(encoder.model, revision)
     return facts
 

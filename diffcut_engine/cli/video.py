@@ -1,7 +1,6 @@
-"""``diffcut video`` and ``diffcut bench``: streaming video segmentation and the latency benchmark.
+"""``diffcut video``: streaming video segmentation with segment ids kept stable across frames.
 
-Registered by :func:`diffcut_engine.cli.build_parser` through :func:`add_video_and_bench_parsers`. Results go to
-stdout (one summary line; the bench table), progress and logs to stderr.
+One summary line goes to stdout, progress and logs to stderr.
 """
 
 from __future__ import annotations
@@ -9,10 +8,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
-from .cli import add_engine_options, add_run_flags, config_from_args
+from ..errors import InputError
+from .options import EXIT_OK, EXIT_SOME_FAILED, add_engine_options, add_run_flags, config_from_args
 
 VIDEO_EXAMPLES = """examples:
   diffcut video clip.mp4 -o clip_seg.mp4 --backbone efficientnet-lite0 --size 512     # offline backbone
@@ -24,19 +23,8 @@ The output keeps the input's frame rate, time base and timestamps, and its audio
 from frame to frame, so a region keeps its id and colour; the summary gives the label stability.
 """
 
-BENCH_EXAMPLES = """examples:
-  diffcut bench --backbone efficientnet-lite0 --size 512 --iters 20              # offline, CPU or GPU
-  diffcut bench --backbone efficientnet-lite0 --input-size 1280x720 --json lite.json
-  diffcut bench --model segmind/SSD-1B --device cuda --batch-size 8 --json ssd1b-torch.json
-  diffcut bench --backend onnx --engine-dir ssd1b-onnx/ --batch-size 8 --json ssd1b-onnx.json
-  diffcut bench --model path/to/random-weight-pipeline --local-files-only        # any local diffusers folder
-
-Every backend writes the same JSON layout (schema diffcut-bench/1), so runs can be compared.
-"""
-
-
-def add_video_and_bench_parsers(subparsers):
-    """Add the ``video`` and ``bench`` sub-commands to the ``diffcut`` parser's sub-parsers."""
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    """Add the ``video`` sub-command to the ``diffcut`` parser's sub-parsers and return it."""
     p = subparsers.add_parser("video", help="segment a video, streaming, with ids stable across frames",
                               description="Segment every frame (or every N-th) of a video with DiffCut and write "
                               "an overlay video with the input's frame rate, time base and audio. Decoding, the "
@@ -68,30 +56,13 @@ def add_video_and_bench_parsers(subparsers):
     add_engine_options(p)
     add_run_flags(p)
     p.set_defaults(func=cmd_video)
-
-    b = subparsers.add_parser("bench", help="per-stage latency, throughput and memory of the pipeline",
-                              description="Warm up, then time batches end to end and per stage (preprocess, "
-                              "encoder, affinity, NCut, graph, assign, refine): p50/p90/p99 latency, throughput, "
-                              "peak host and device memory, machine and versions. The same JSON layout for every "
-                              "backend.", epilog=BENCH_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
-    g = b.add_argument_group("benchmark")
-    g.add_argument("--iters", type=int, default=10, metavar="N", help="timed batches (default 10)")
-    g.add_argument("--warmup", type=int, default=2, metavar="N", help="untimed batches first (default 2)")
-    g.add_argument("--input", default=None, metavar="IMAGE",
-                   help="input image (default: a synthetic image of --input-size)")
-    g.add_argument("--input-size", default=None, metavar="WxH",
-                   help="size of the synthetic input (default: the network size); labels are computed at it")
-    g.add_argument("--json", type=Path, default=None, metavar="FILE", help="write the report as JSON")
-    add_engine_options(b, batch_size=1)
-    add_run_flags(b)
-    b.set_defaults(func=cmd_bench)
+    return p
 
 
 def cmd_video(args) -> int:
-    from .cli import EXIT_OK, EXIT_SOME_FAILED
-    from .engine import Engine
-    from .errors import InputError
-    from .video import VideoError, probe_video, segment_video, write_video
+    """Run ``diffcut video``; exit code 0, or 1 when the stream broke off (what was written is kept)."""
+    from ..engine import Engine
+    from ..video import VideoError, probe_video, segment_video, write_video
 
     if args.output.exists() and args.output.is_dir():
         raise InputError(f"--output {args.output} is a folder; give a video file name such as out.mp4")
@@ -126,22 +97,4 @@ def cmd_video(args) -> int:
         print(f"error: {error}; the {stats.frames} frames before it were written to {args.output}",
               file=sys.stderr)
         return EXIT_SOME_FAILED
-    return EXIT_OK
-
-
-def cmd_bench(args) -> int:
-    from .bench import format_report, run_bench
-    from .cli import EXIT_OK
-    from .engine import Engine
-
-    t0 = time.perf_counter()
-    engine = Engine(config_from_args(args))
-    report = run_bench(engine, batch_size=args.batch_size, iters=args.iters, warmup=args.warmup, image=args.input,
-                       input_size=args.input_size, load_seconds=time.perf_counter() - t0,
-                       progress=not args.quiet)
-    print(format_report(report))
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=1))
-        print(f"report written to {args.json}", file=sys.stderr)
     return EXIT_OK

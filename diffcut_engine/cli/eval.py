@@ -1,8 +1,7 @@
-"""``diffcut eval``: run a benchmark with the official DiffCut protocol.
+"""``diffcut eval``: run a benchmark with the official DiffCut protocol (docs/EVAL.md).
 
-Registered by :func:`diffcut_engine.cli.build_parser` through :func:`add_eval_parser`. The summary table goes to
-stdout, progress and logs to stderr; results, the per-image cache, a confusion matrix PNG per tau and a few
-example overlays go to ``--out``.
+The summary table goes to stdout, progress and logs to stderr; results, the per-image cache, a confusion matrix
+PNG per tau and a few example overlays go to ``--out``.
 """
 
 from __future__ import annotations
@@ -11,6 +10,10 @@ import argparse
 import json
 import sys
 from pathlib import Path
+
+from ..config import BACKBONES, COMPAT_MODES, DEFAULT_MODEL, DTYPES, EngineConfig
+from .options import (EXIT_OK, EXIT_SOME_FAILED, add_method_arguments, add_run_flags, int_list, positive_float,
+                      rwncut_options_from_args, tau_list)
 
 EVAL_EXAMPLES = """examples:
   diffcut eval --dataset voc --root datasets/VOCdevkit/VOC2012 --out runs/voc/          # the paper's setting
@@ -23,12 +26,10 @@ coco-object, cityscapes, ade20k; folder layouts in docs/EVAL.md. A killed run re
 """
 
 
-def add_eval_parser(subparsers) -> argparse.ArgumentParser:
+def add_parser(subparsers) -> argparse.ArgumentParser:
     """Add the ``eval`` sub-command to the ``diffcut`` parser's sub-parsers and return it."""
-    from ..cli import _int_list, _positive_float, _tau_list
-    from ..config import BACKBONES, COMPAT_MODES, DEFAULT_MODEL, DTYPES
-    from .datasets import DATASETS
-    from .metrics import FP_COUNTING
+    from ..eval.datasets import DATASETS
+    from ..eval.metrics import FP_COUNTING
 
     p = subparsers.add_parser("eval", help="benchmark on VOC, Context, COCO-Stuff/Object, Cityscapes, ADE20K",
                               description="Evaluate zero-shot segmentation on a benchmark with the protocol of "
@@ -44,16 +45,16 @@ def add_eval_parser(subparsers) -> argparse.ArgumentParser:
                    "of Coco164kFull_Stuff_Coarse_7.txt)")
     g.add_argument("--limit", type=int, default=None, metavar="N", help="evaluate the first N images only")
     g = p.add_argument_group("method")
-    g.add_argument("--tau", type=_tau_list, default=None, metavar="T[,T2,...]",
+    g.add_argument("--tau", type=tau_list, default=None, metavar="T[,T2,...]",
                    help="NCut threshold(s); several are evaluated from one NCut tree per image "
                    "(default: the backbone's, 0.5 for SSD-1B)")
-    g.add_argument("--alpha", type=_positive_float, default=10.0, help="affinity exponent (default 10)")
+    g.add_argument("--alpha", type=positive_float, default=10.0, help="affinity exponent (default 10)")
     g.add_argument("--compat", choices=COMPAT_MODES, default="clean",
                    help="official: also reproduce the official code's zero-row NCut quirk")
     g.add_argument("--no-refine", dest="refine", action="store_false",
                    help="skip PAMR and the median filter (the paper's numbers use them)")
     g.add_argument("--pamr-iters", type=int, default=10, help="PAMR iterations (default 10)")
-    g.add_argument("--pamr-dilations", type=_int_list, default=(1, 2, 4, 8), help="default 1,2,4,8")
+    g.add_argument("--pamr-dilations", type=int_list, default=(1, 2, 4, 8), help="default 1,2,4,8")
     g = p.add_argument_group("model")
     g.add_argument("--model", default=DEFAULT_MODEL, help=f"hub id or local diffusers folder (default "
                    f"{DEFAULT_MODEL})")
@@ -78,8 +79,6 @@ def add_eval_parser(subparsers) -> argparse.ArgumentParser:
     g.add_argument("--overlays", type=int, default=4, metavar="N", help="example strips for the first N images")
     g.add_argument("--restart", action="store_true", help="discard a cache made with other settings")
     g.add_argument("--json", action="store_true", help="print the results JSON instead of the table")
-    from ..cli import add_method_arguments, add_run_flags
-
     add_run_flags(g)
     add_method_arguments(p)  # --method diffcut|rwncut and the --rw-* options
     p.set_defaults(func=cmd_eval)
@@ -88,11 +87,9 @@ def add_eval_parser(subparsers) -> argparse.ArgumentParser:
 
 def cmd_eval(args) -> int:
     """Run ``diffcut eval``; exit code 0, or 1 when some images could not be scored."""
-    from ..cli import rwncut_options_from_args
-    from ..config import EngineConfig
     from ..engine import Engine
-    from .datasets import get_dataset
-    from .runner import evaluate, format_table, output_paths
+    from ..eval.datasets import get_dataset
+    from ..eval.runner import evaluate, format_table, output_paths
 
     dataset = get_dataset(args.dataset, args.root, split_file=args.split_file)
     tau = args.tau[0] if args.tau else None
@@ -115,4 +112,4 @@ def cmd_eval(args) -> int:
         print(f"results written to {output_paths(args.out)['results']}", file=sys.stderr)
     for f in results["failed"]:
         print(f"error: {f['name']}: {f['error']}", file=sys.stderr)
-    return 1 if results["failed"] else 0
+    return EXIT_SOME_FAILED if results["failed"] else EXIT_OK
