@@ -199,7 +199,7 @@ def _random_graph(n, seed, power=6):
 
 @pytest.mark.parametrize("n,seed", [(5, 0), (40, 1), (200, 2), (600, 3)])
 def test_spectral_lower_bound_is_below_lambda2_and_every_ncut(n, seed):
-    from diffcut_engine.graph.ncut import spectral_lower_bound
+    from diffcut_engine.graph.eigen import spectral_lower_bound
 
     A = _random_graph(n, seed)
     d = A.sum(1)
@@ -216,7 +216,7 @@ def test_spectral_lower_bound_is_below_lambda2_and_every_ncut(n, seed):
 def test_spectral_lower_bound_stop_below_gives_the_same_decision(n, power):
     # with stop_below the bound may return early, but only with a value below it; at or above it, exactly the full
     # bound (so the leaf decision of the recursion never changes)
-    from diffcut_engine.graph.ncut import spectral_lower_bound
+    from diffcut_engine.graph.eigen import spectral_lower_bound
 
     A = _random_graph(n, 7, power=power)
     d = A.sum(1)
@@ -229,7 +229,7 @@ def test_spectral_lower_bound_stop_below_gives_the_same_decision(n, power):
 
 
 def test_spectral_lower_bound_is_tight_on_a_uniform_graph():
-    from diffcut_engine.graph.ncut import spectral_lower_bound
+    from diffcut_engine.graph.eigen import spectral_lower_bound
 
     A = np.ones((50, 50))
     # complete graph with self-loops: mu_2 = 0, so lambda_2 = 1 and the bound is exact
@@ -253,13 +253,13 @@ def test_leaf_bounds_change_no_cut(tau):
 
 @pytest.mark.parametrize("alpha", [1, 2, 3, 7, 10, 16, 33])
 def test_integer_power_by_squaring_matches_np_power(alpha):
-    from diffcut_engine.graph.affinity import _power_inplace, affinity_from_tokens, l2_normalize
+    from diffcut_engine.graph.affinity import affinity_from_tokens, l2_normalize, power_inplace
 
     rng = np.random.default_rng(alpha)
     s = rng.random((50, 70)).astype(np.float32)
     exact = np.power(s, np.float32(alpha))
     work = np.empty_like(s)
-    fast = _power_inplace(s.copy(), alpha, work)
+    fast = power_inplace(s.copy(), alpha, work)
     assert fast.dtype == np.float32
     np.testing.assert_allclose(fast, exact, rtol=2 * alpha * np.finfo(np.float32).eps, atol=1e-37)
     # the whole fast affinity (ssyrk Gram, blocked passes, mirror) against the official full-matrix operations
