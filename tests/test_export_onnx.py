@@ -302,3 +302,83 @@ def test_cli_export_then_segment(tiny_sd_path, tmp_path, capsys):
     code = main(["segment", str(image), "-o", str(tmp_path / "seg2"), "--backend", "onnx", "--engine-dir",
                  str(out), "--size", "128", "-q"])
     assert code == 2 and "exported for 64x64" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Every variant (fp32/fp16, constants baked/as inputs, both exporters) is a valid graph that onnxruntime runs
+# ------------------------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def tiny_sdxl_fp16_encoder(tiny_sdxl_path):
+    from diffcut_engine.encoders.diffusion import DiffusionEncoder
+
+    return DiffusionEncoder.from_pretrained(tiny_sdxl_path, device="cpu", dtype="fp16")
+
+
+def _variant(exporter):
+    marks = [pytest.mark.slow] if exporter == "dynamo" else []
+    return [pytest.param(exporter, dtype, constants, marks=marks, id=f"{exporter}-{dtype}-{constants}")
+            for dtype in ("fp32", "fp16") for constants in ("baked", "inputs")]
+
+
+@pytest.mark.parametrize("exporter, dtype, constants", _variant("torchscript") + _variant("dynamo"))
+def test_every_export_variant_is_valid_and_close(exporter, dtype, constants, tiny_sdxl_encoder,
+                                                 tiny_sdxl_fp16_encoder, tmp_path):
+    """The SDXL-type UNet concatenates the pooled text embeddings with float32 time-id embeddings: the fp16
+    dynamo export used to join float16 with float32 there (refused by the checker and by onnxruntime)."""
+    import onnx
+
+    from diffcut_engine.encoders.onnx_export import TOLERANCES
+
+    if exporter == "dynamo":
+        pytest.importorskip("onnxscript")
+    encoder = tiny_sdxl_fp16_encoder if dtype == "fp16" else tiny_sdxl_encoder
+    out = tmp_path / "engine"
+    m = export_onnx(None, out, size=64, encoder=encoder, exporter=exporter, constants=constants)
+    onnx.checker.check_model(str(out / "model.onnx"), full_check=True)
+    assert m["dtype"] == dtype and m["constants"] == constants
+    assert m["tolerance"]["measured"] and m["tolerance"]["passed"]
+    assert m["tolerance"]["provider"] == "CPUExecutionProvider"
+    runner = OnnxEncoder(str(out), device="cpu")
+    pixels = random_pixels(2, 64, 64, seed=7)
+    got = runner.encode(pixels)
+    # The stated bound against the PyTorch encoder of the same precision ...
+    assert float((got - encoder.encode(pixels).float()).abs().max()) <= TOLERANCES[dtype]
+    # ... and, for fp16, against the fp32 encoder (the reference the method is defined by).
+    assert float((got - tiny_sdxl_encoder.encode(pixels)).abs().max()) <= TOLERANCES["fp16"]
+
+
+def test_export_failing_the_full_check_fails(tiny_sd_encoder, tmp_path, monkeypatch):
+    """A graph whose declared types contradict its nodes: the export raises and leaves nothing behind."""
+    import onnx
+
+    from diffcut_engine.encoders import onnx_export
+    from diffcut_engine.errors import ExportError
+
+    real = onnx_export._export_graph
+
+    def broken(module, args, input_names, opset, exporter, path, *rest):
+        weights = real(module, args, input_names, opset, exporter, path, *rest)
+        proto = onnx.load(path)
+        proto.graph.output[0].type.tensor_type.elem_type = onnx.TensorProto.FLOAT16  # the graph computes float32
+        onnx.save(proto, path)
+        return weights
+
+    monkeypatch.setattr(onnx_export, "_export_graph", broken)
+    with pytest.raises(ExportError, match="full check"):
+        export_onnx(None, tmp_path / "x", size=64, encoder=tiny_sd_encoder, exporter="torchscript", verify=False)
+    assert not os.path.exists(tmp_path / "x") and os.listdir(tmp_path) == []
+
+
+def test_fp16_graph_onnxruntime_refuses_is_an_error(tiny_sdxl_fp16_encoder, tmp_path, monkeypatch):
+    """No more "fp16 graph not checked" warning: an fp16 graph onnxruntime cannot run fails the export."""
+    from diffcut_engine.encoders import onnx as onnx_backend
+    from diffcut_engine.errors import ExportError
+
+    def refuse(*args, **kwargs):
+        raise RuntimeError("[ONNXRuntimeError] : 1 : FAIL : Type Error")
+
+    monkeypatch.setattr(onnx_backend, "OnnxEncoder", refuse)
+    with pytest.raises(ExportError, match="onnxruntime could not run the exported fp16 graph"):
+        export_onnx(None, tmp_path / "x", size=64, encoder=tiny_sdxl_fp16_encoder, exporter="torchscript")
+    assert not os.path.exists(tmp_path / "x")

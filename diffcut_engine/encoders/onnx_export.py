@@ -20,7 +20,10 @@ without exporting again. The batch axis is dynamic; the spatial size is fixed at
 
 **Precision.** ``fp16=True`` exports the UNet part in float16 and keeps the VAE and the final normalisation in
 float32 (inputs and outputs stay float32); this is the graph the TensorRT backend builds its fp16 engine from
-(as a strongly typed network, so TensorRT keeps the VAE in float32).
+(as a strongly typed network, so TensorRT keeps the VAE in float32). Every export, fp16 included, must pass
+``onnx.checker.check_model(..., full_check=True)`` and load and run in onnxruntime (the CPU provider is enough),
+or :func:`export_onnx` raises and writes nothing; the fp16 graph's features stay within ``TOLERANCES["fp16"]``
+of the PyTorch fp16 encoder (measured at export, recorded in the manifest).
 
 **Manifest.** ``manifest.json`` records the model (hub id and revision or commit, or the SHA-256 of a local
 folder), input/output shapes, batch range, dtype, opset, the versions of every tool involved, the size and
@@ -125,7 +128,11 @@ class ExportableEncoder(torch.nn.Module):
         hidden = prompt_embeds.to(self.unet_dtype).expand(batch, -1, -1)
         text_embeds = ids = None
         if pooled_prompt_embeds is not None:
-            text_embeds = pooled_prompt_embeds.to(self.unet_dtype).expand(batch, -1)
+            # The UNet concatenates the pooled embeddings with float32 sinusoidal time-id embeddings; eager
+            # PyTorch promotes that Concat to float32, the exporters do not (an fp16 graph would join float16
+            # with float32, which the ONNX checker and every runtime refuse). Rounding through the UNet dtype
+            # and back to float32 gives the promoted values exactly, and a well-typed float32 Concat.
+            text_embeds = pooled_prompt_embeds.to(self.unet_dtype).float().expand(batch, -1)
             ids = time_ids.to(self.unet_dtype).expand(batch, -1)
         tokens = self.truncated_unet(noisy.to(self.unet_dtype), self.timestep, hidden, text_embeds, ids)
         # 4. L2 over channels in float32.
@@ -200,8 +207,10 @@ def export_onnx(model: Optional[str], out_dir: str, *, size: Union[int, str, Tup
         PyTorch's ONNX exporter (see :data:`EXPORTERS`); recorded in the manifest.
     verify : bool
         Run the exported graph with onnxruntime on seeded random pixels (batch 1 and 2) and compare with the
-        PyTorch encoder; raise if the distance exceeds :data:`TOLERANCES`. The measured figures go to the
-        manifest either way (``{"measured": false}`` when skipped).
+        PyTorch encoder; raise if onnxruntime cannot load or run it (on any provider, fp16 included) or if the
+        distance exceeds :data:`TOLERANCES`. The measured figures go to the manifest either way
+        (``{"measured": false}`` when skipped). The ONNX checker's full check (types and shapes inferred
+        through every node) runs regardless, and its failure is an :class:`ExportError`.
     overwrite : bool
         Replace an existing ``out_dir``.
     encoder : DiffusionEncoder, optional
@@ -218,7 +227,8 @@ def export_onnx(model: Optional[str], out_dir: str, *, size: Union[int, str, Tup
         On a bad size, batch range, opset or ``constants`` value, or an existing ``out_dir`` without
         ``overwrite``.
     ExportError
-        If tracing, saving or the tolerance check fails.
+        If tracing, saving, the ONNX full check, loading in onnxruntime or the tolerance check fails; nothing
+        is left at ``out_dir`` then.
     BackendUnavailableError
         If ``onnx`` (or ``onnxruntime`` with ``verify``) is not installed.
     """
@@ -267,6 +277,7 @@ def export_onnx(model: Optional[str], out_dir: str, *, size: Union[int, str, Tup
 
             np.savez(os.path.join(work, artifacts.CONSTANTS_NAME),
                      **{k: v.detach().float().cpu().numpy() for k, v in module.constant_values().items()})
+        _full_check(onnx, onnx_path)
         graph = _graph_facts(onnx, onnx_path)
 
         # 3. Features of the graph vs the PyTorch encoder, on seeded random pixels (batch 1 and 2).
@@ -340,6 +351,17 @@ def _export_graph(module, args, input_names, opset, exporter, path, external_dat
     return weights
 
 
+def _full_check(onnx, onnx_path) -> None:
+    """``onnx.checker.check_model(path, full_check=True)``: structure, then types and shapes inferred through
+    every node in strict mode (a node joining float16 with float32 fails here). Raises :class:`ExportError`."""
+    try:
+        # By path, so that external data (and models above protobuf's 2 GiB limit) are checked too.
+        onnx.checker.check_model(onnx_path, full_check=True)
+    except Exception as exc:  # noqa: BLE001  (ValidationError, InferenceError, protobuf errors)
+        raise ExportError(f"the exported graph fails the ONNX full check: {type(exc).__name__}: "
+                          f"{_first_line(exc)}") from exc
+
+
 def _graph_facts(onnx, onnx_path) -> dict:
     # Read the structure back (without the weights) to record the graph's real I/O signature.
     proto = onnx.load(onnx_path, load_external_data=False)
@@ -382,11 +404,9 @@ def _measure(encoder, folder, hw, dtype, module) -> dict:
     except ExportError:
         raise
     except Exception as exc:  # noqa: BLE001  (onnxruntime raises its own untyped errors)
-        if dtype == "fp16" and device == "cpu":
-            # onnxruntime's CPU provider lacks float16 kernels for some ops: to be measured on a GPU instead.
-            logger.warning("fp16 graph not checked on the CPU provider: %s", _first_line(exc))
-            return {"measured": False, "reason": f"fp16 on CPUExecutionProvider: {_first_line(exc)}"}
-        raise ExportError(f"onnxruntime could not run the exported graph: {_first_line(exc)}") from exc
+        # No exception for fp16: onnxruntime's CPU provider runs float16 graphs (it inserts casts around the
+        # few ops without float16 kernels), so a graph it refuses is broken, not merely untested.
+        raise ExportError(f"onnxruntime could not run the exported {dtype} graph: {_first_line(exc)}") from exc
     bound = TOLERANCES[dtype]
     return {"measured": True, "batches": [1, 2], "provider": runner.providers[0], "metric": "max |onnx - torch| "
             "over normalised features; min cosine per token", "max_abs": worst_abs, "mean_abs": worst_mean,
