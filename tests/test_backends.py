@@ -203,3 +203,154 @@ def test_engine_cache_location(tmp_path, monkeypatch):
     assert timing == EngineCache(tmp_path).timing_cache_path(engine_spec(_manifest(dtype="fp32"), **GPU))
     assert timing != EngineCache(tmp_path).timing_cache_path(
         engine_spec(_manifest(), **{**GPU, "tensorrt_version": "10.4.0"}))
+
+
+# ------------------------------------------------------------------------------------------------------------
+# TensorRT: supported versions, network flags and the logger's lifetime, against a stub ``tensorrt`` module
+# ------------------------------------------------------------------------------------------------------------
+
+def _stub_tensorrt(version, strongly_typed_flag=True, parse_ok=True):
+    """A stand-in for the ``tensorrt`` module: just the calls :func:`build_engine` makes, recorded."""
+    import enum
+    import types
+
+    calls = {}
+    trt = types.ModuleType("tensorrt")
+    trt.__version__ = version
+
+    class ILogger:
+        class Severity(enum.IntEnum):
+            INTERNAL_ERROR, ERROR, WARNING, INFO, VERBOSE = range(5)
+
+        def __init__(self):
+            pass
+
+    members = {"EXPLICIT_BATCH": 0, **({"STRONGLY_TYPED": 5} if strongly_typed_flag else {})}
+    trt.ILogger = ILogger
+    trt.NetworkDefinitionCreationFlag = enum.IntEnum("NetworkDefinitionCreationFlag", members)
+    trt.MemoryPoolType = enum.IntEnum("MemoryPoolType", {"WORKSPACE": 0})
+
+    class Config:
+        def set_memory_pool_limit(self, pool, size):
+            calls["workspace"] = size
+
+        def add_optimization_profile(self, profile):
+            calls["profile"] = profile.shapes
+
+        def create_timing_cache(self, blob):
+            calls["timing_cache_in"] = blob
+            return types.SimpleNamespace(serialize=lambda: b"timings")
+
+        def set_timing_cache(self, cache, ignore_mismatch):
+            self.cache = cache
+
+        def get_timing_cache(self):
+            return self.cache
+
+    class Profile:
+        def __init__(self):
+            self.shapes = {}
+
+        def set_shape(self, name, lo, opt, hi):
+            self.shapes[name] = (lo, opt, hi)
+
+    class Builder:
+        def __init__(self, logger):
+            calls["builder_logger"] = logger
+
+        def create_network(self, flags):
+            calls["flags"] = flags
+            return object()
+
+        def create_builder_config(self):
+            return Config()
+
+        def create_optimization_profile(self):
+            return Profile()
+
+        def build_serialized_network(self, network, config):
+            return b"plan"
+
+    class OnnxParser:
+        num_errors = 0 if parse_ok else 1
+
+        def __init__(self, network, logger):
+            calls["parser_logger"] = logger
+
+        def parse_from_file(self, path):
+            return parse_ok
+
+        def get_error(self, i):
+            return "unsupported op Foo"
+
+    trt.Builder, trt.OnnxParser = Builder, OnnxParser
+    return trt, calls
+
+
+def test_tensorrt_version_logic(caplog):
+    from diffcut_engine.encoders.tensorrt import SUPPORTED_TENSORRT_MAJORS, check_tensorrt_version
+
+    assert SUPPORTED_TENSORRT_MAJORS == (10, 11)
+    assert check_tensorrt_version("10.3.0.26") == (10, 3)
+    assert check_tensorrt_version("11.0.0") == (11, 0)
+    assert check_tensorrt_version("10") == (10, 0)
+    for old in ("8.6.1", "9.3.0.post12.dev1"):
+        with pytest.raises(BackendUnavailableError, match=r"too old.*10\.x and 11\.x"):
+            check_tensorrt_version(old)
+    with pytest.raises(BackendUnavailableError, match="cannot read"):
+        check_tensorrt_version("")
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="diffcut_engine.encoders.tensorrt"):
+        assert check_tensorrt_version("12.1.0") == (12, 1)
+    assert "newer than" in caplog.text
+
+
+@pytest.mark.parametrize("version, typed_flag, expected_flags", [
+    ("10.3.0", True, 1 << 5),   # TensorRT 10: strongly typed on request
+    ("11.0.0", True, 1 << 5),   # TensorRT 11 keeping the flag
+    ("11.2.0", False, 0),       # TensorRT 11 without it: every network is strongly typed
+])
+def test_build_engine_with_stub_tensorrt(tmp_path, version, typed_flag, expected_flags):
+    import gc
+    import weakref
+
+    from diffcut_engine.encoders.tensorrt import build_engine
+
+    trt, calls = _stub_tensorrt(version, strongly_typed_flag=typed_flag)
+    shapes = profile_shapes(_manifest())
+    cache = tmp_path / "cache" / "timing.bin"
+    assert build_engine("model.onnx", shapes, timing_cache=str(cache), workspace_bytes=1 << 30, trt=trt) == b"plan"
+    assert calls["flags"] == expected_flags
+    assert calls["profile"] == shapes and calls["workspace"] == 1 << 30
+    assert cache.read_bytes() == b"timings" and calls["timing_cache_in"] == b""
+    # one logger for the builder and the parser, still alive after the build, and the same one next time
+    assert calls["builder_logger"] is calls["parser_logger"]
+    ref = weakref.ref(calls.pop("builder_logger"))
+    calls.pop("parser_logger")
+    gc.collect()
+    assert ref() is not None
+    build_engine("model.onnx", shapes, trt=trt)
+    assert calls["builder_logger"] is ref()
+
+
+def test_build_engine_refuses_old_tensorrt_and_reports_parser_errors():
+    from diffcut_engine.encoders.tensorrt import build_engine
+
+    trt, calls = _stub_tensorrt("9.3.0")
+    with pytest.raises(BackendUnavailableError, match="too old"):
+        build_engine("model.onnx", profile_shapes(_manifest()), trt=trt)
+    assert "flags" not in calls
+    trt, _ = _stub_tensorrt("10.3.0", parse_ok=False)
+    with pytest.raises(ModelLoadError, match="unsupported op Foo"):
+        build_engine("model.onnx", profile_shapes(_manifest()), trt=trt)
+
+
+def test_tensorrt_encoder_refuses_old_tensorrt_module(tmp_path, monkeypatch):
+    import sys
+
+    trt, _ = _stub_tensorrt("8.6.1")
+    real = imports.is_available
+    monkeypatch.setattr(imports, "is_available", lambda module: True if module == "tensorrt" else real(module))
+    monkeypatch.setitem(sys.modules, "tensorrt", trt)
+    with pytest.raises(BackendUnavailableError, match="TensorRT 8.6.1 is too old"):
+        TensorRTEncoder(str(tmp_path))

@@ -18,6 +18,13 @@ Pieces, so that everything but the TensorRT calls runs (and is tested) without T
 
 ``import tensorrt`` is guarded: without it :class:`TensorRTEncoder` raises
 :class:`~diffcut_engine.errors.BackendUnavailableError` with the install hint.
+
+**Supported TensorRT versions: 10.x and 11.x** (:data:`SUPPORTED_TENSORRT_MAJORS`; the ``tensorrt`` extra pins
+``>=10.0,<12``). Both have the name-based I/O API used here (``set_tensor_address``, ``execute_async_v3``) and
+strongly typed networks; TensorRT 11 removed weak typing and ``BuilderFlag.FP16``, which this module never uses,
+and where the ``STRONGLY_TYPED`` creation flag is gone (every network is strongly typed) none is passed. Older
+versions raise :class:`~diffcut_engine.errors.BackendUnavailableError`; newer ones are tried with a warning.
+None of this has run on a GPU yet (README, "GPU status").
 """
 
 from __future__ import annotations
@@ -39,6 +46,9 @@ logger = logging.getLogger(__name__)
 
 #: Version of the cache layout; part of every key.
 CACHE_FORMAT = 1
+
+#: TensorRT major versions this module is written for (see the module notes).
+SUPPORTED_TENSORRT_MAJORS = (10, 11)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -233,11 +243,57 @@ def _atomic_write(path: str, data: bytes) -> None:
 # ------------------------------------------------------------------------------------------------------------
 
 def _require_tensorrt():
-    return require("tensorrt", "the tensorrt backend")
+    trt = require("tensorrt", "the tensorrt backend")
+    check_tensorrt_version(getattr(trt, "__version__", ""))
+    return trt
+
+
+def check_tensorrt_version(version: str) -> Tuple[int, int]:
+    """(major, minor) of a ``tensorrt.__version__`` string such as ``"10.3.0.26"`` or ``"11.0.0"``.
+
+    Raises
+    ------
+    BackendUnavailableError
+        If the version cannot be read or is older than :data:`SUPPORTED_TENSORRT_MAJORS`; a newer major
+        version only logs a warning (it may work; it has not been tried).
+    """
+    parts = str(version).strip().split(".")
+    try:
+        major, minor = int(parts[0]), int(parts[1]) if len(parts) > 1 else 0
+    except ValueError:
+        raise BackendUnavailableError(f"cannot read the TensorRT version {version!r}; the tensorrt backend "
+                                      f"supports TensorRT {_supported_text()}") from None
+    if major < SUPPORTED_TENSORRT_MAJORS[0]:
+        raise BackendUnavailableError(f"TensorRT {version} is too old: the tensorrt backend supports TensorRT "
+                                      f"{_supported_text()}; install it with: pip install 'diffcut-engine[tensorrt]'")
+    if major > SUPPORTED_TENSORRT_MAJORS[-1]:
+        logger.warning("TensorRT %s is newer than the versions this backend was written for (%s); trying it",
+                       version, _supported_text())
+    return major, minor
+
+
+def _supported_text() -> str:
+    return " and ".join(f"{m}.x" for m in SUPPORTED_TENSORRT_MAJORS)
+
+
+def network_flags(trt) -> int:
+    """Network creation flags: ``STRONGLY_TYPED`` where the enum has it (TensorRT 10; kept or default in 11)."""
+    flag = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
+    return 0 if flag is None else 1 << int(flag)
+
+
+#: One forwarding logger per ``tensorrt`` module, alive as long as the process: TensorRT keeps a raw pointer to
+#: the logger of every builder and runtime (a collected Python logger crashes the next message) and wants the
+#: same one for all of them.
+_TRT_LOGGERS: dict = {}
 
 
 def _trt_logger(trt):
-    """A ``trt.ILogger`` that forwards TensorRT's messages to this module's ``logging`` logger."""
+    """The ``trt.ILogger`` that forwards TensorRT's messages to this module's ``logging`` logger (one per
+    ``tensorrt`` module, kept referenced for the life of the process)."""
+    cached = _TRT_LOGGERS.get(id(trt))
+    if cached is not None and cached[0] is trt:
+        return cached[1]
     levels = {trt.ILogger.Severity.INTERNAL_ERROR: logging.CRITICAL, trt.ILogger.Severity.ERROR: logging.ERROR,
               trt.ILogger.Severity.WARNING: logging.WARNING, trt.ILogger.Severity.INFO: logging.INFO,
               trt.ILogger.Severity.VERBOSE: logging.DEBUG}
@@ -249,7 +305,9 @@ def _trt_logger(trt):
         def log(self, severity, msg):
             logger.log(levels.get(severity, logging.INFO), "tensorrt: %s", msg)
 
-    return _Logger()
+    instance = _Logger()
+    _TRT_LOGGERS[id(trt)] = (trt, instance)
+    return instance
 
 
 def build_engine(onnx_path: str, shapes: dict, *, timing_cache: Optional[str] = None,
@@ -272,11 +330,13 @@ def build_engine(onnx_path: str, shapes: dict, *, timing_cache: Optional[str] = 
     ModelLoadError
         If the ONNX parser or the builder fails (the parser's errors are in the message).
     """
-    trt = trt or _require_tensorrt()
+    if trt is None:
+        trt = _require_tensorrt()
+    else:
+        check_tensorrt_version(getattr(trt, "__version__", ""))
     trt_logger = _trt_logger(trt)
     builder = trt.Builder(trt_logger)
-    flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
-    network = builder.create_network(flags)
+    network = builder.create_network(network_flags(trt))
     parser = trt.OnnxParser(network, trt_logger)
     if not parser.parse_from_file(onnx_path):
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
@@ -370,7 +430,9 @@ class TensorRTEncoder(FeatureEncoder):
                 logger.info("cached TensorRT engine %s", plan)
             with open(plan, "rb") as fh:
                 data = fh.read()
-            self._runtime = trt.Runtime(_trt_logger(trt))
+            # The logger, the runtime and the engine are kept referenced as long as the context that uses them.
+            self._trt_logger = _trt_logger(trt)
+            self._runtime = trt.Runtime(self._trt_logger)
             self.engine = self._runtime.deserialize_cuda_engine(data)
             if self.engine is None:
                 raise ModelLoadError(f"TensorRT could not load the cached engine {plan!r}; delete it to rebuild")
@@ -430,4 +492,4 @@ class TensorRTEncoder(FeatureEncoder):
 
 
 __all__ = ["EngineSpec", "engine_spec", "profile_shapes", "plan_batches", "EngineCache", "build_engine",
-           "TensorRTEncoder", "CACHE_FORMAT"]
+           "TensorRTEncoder", "CACHE_FORMAT", "SUPPORTED_TENSORRT_MAJORS", "check_tensorrt_version", "network_flags"]
