@@ -75,6 +75,23 @@ _INTERPRETER_SCRIPT = textwrap.dedent("""
         out["results"][name] = kaff.fused_affinity(x, alpha, **opts)
     x, alpha, _, _ = cases["n37_c3_a10"]
     out["dispatched"] = kaff.affinity_with_degrees(x, alpha)
+    # The pass-1 autotuner, with a benchmark that leaves the min/max buffer as a trial whose rounding differs
+    # would: the buffer must be reset before the real launch.
+    at = kaff.gram_minmax_autotuned
+    trials = []
+    def bench(kernel_call, quantiles):
+        kernel_call()
+        at.nargs["minmax_ptr"][0], at.nargs["minmax_ptr"][1] = -5.0, 5.0
+        trials.append(at.nargs["minmax_ptr"].clone())
+        return [float(len(trials))] * 3
+    at.do_bench = bench
+    n, c = 100, 64
+    x = cases["n100_c64_a10_block32"][0]
+    inv = 1 / x.norm(dim=1).clamp_min(1e-12)
+    s, mm = torch.empty(n, n), torch.tensor([float("inf"), float("-inf")])
+    at[lambda meta: (kaff.triton.cdiv(n, meta["BLOCK"]),) * 2](x, inv, s, mm, n, c, x.stride(0), x.stride(1),
+                                                              kaff.n_bucket(n), PRECISION="ieee")
+    out["autotune"] = {"trials": len(trials), "minmax": mm, "s": s, "best": at.best_config.kwargs}
     torch.save(out, sys.argv[2])
 """)
 
@@ -263,6 +280,53 @@ def test_integer_and_numpy_alpha_are_accepted():
     w1, _ = kaff.affinity_reference(x, 3)
     w2, _ = kaff.affinity_reference(x, np.float32(3.0))
     assert torch.equal(w1, w2)
+
+
+def test_interpreter_autotune_resets_minmax_between_trials(interpreter_run):
+    _, out, _ = interpreter_run
+    at = out["autotune"]
+    assert at["trials"] == len(kaff.GRAM_TILES["ieee"]) == 3   # the ieee subset only, every tile <= 128 here
+    assert at["best"] == {"BLOCK": 32, "BLOCK_K": 32}            # the fastest (first) trial
+    # the extremes of the S written by the real launch, not the (-5, 5) the last trial left
+    assert at["minmax"].tolist() == [at["s"].min().item(), at["s"].max().item()]
+
+
+@pytest.mark.skipif(not HAS_TRITON, reason="triton is not installed")
+def test_autotune_space_is_pruned_per_precision_and_size():
+    configs = kaff.gram_configs()
+    assert len(configs) == len({t for tiles in kaff.GRAM_TILES.values() for t in tiles}) == 6
+    assert {c.num_stages for c in configs} == {kaff.GRAM_STAGES}
+
+    def kept(precision, n):
+        return sorted((c.kwargs["BLOCK"], c.kwargs["BLOCK_K"], c.num_warps)
+                      for c in kaff.prune_gram_configs(configs, {"N": n, "C": 1280}, PRECISION=precision))
+
+    assert kept("ieee", 1024) == sorted(kaff.GRAM_TILES["ieee"])
+    assert all(block <= 64 for block, _, _ in kept("ieee", 4096))        # no spilling 128-wide ieee tiles
+    assert kept("tf32", 4096) == kept("tf32x3", 4096) == sorted(kaff.GRAM_TILES["tf32"])
+    assert kept("tf32", 100) == [(64, 32, 8), (128, 16, 8), (128, 32, 8)]  # 128 >= next_pow2(100): kept
+    assert kept("tf32", 40) == [(64, 32, 8)]                             # wider than the matrix: dropped
+    assert kept("ieee", 20) == [(32, 32, 4)]                             # the smallest always stays
+    # the key is a bucket of N: one benchmark for every N up to the same power of two
+    assert [kaff.n_bucket(n) for n in (1, 37, 256, 257, 1000, 1024, 1025, 4096)] == \
+        [256, 256, 256, 512, 1024, 1024, 2048, 4096]
+
+
+def test_reset_minmax_hook():
+    buf = torch.tensor([-5.0, 5.0])
+    kaff.reset_minmax({"minmax_ptr": buf})
+    assert buf.tolist() == [float("inf"), float("-inf")]
+    buf[:] = 0
+    kaff.reset_minmax({"minmax_ptr": buf}, reset_only=True)   # the call the autotuner makes before the real run
+    assert buf.tolist() == [float("inf"), float("-inf")]
+
+
+@pytest.mark.skipif(not HAS_TRITON, reason="triton is not installed")
+def test_block_256_only_under_the_interpreter(monkeypatch):
+    monkeypatch.setattr(kaff, "_INTERPRETED", False)
+    with pytest.raises(InputError, match=r"16, 32, 64, 128 on a GPU"):
+        kaff.fused_affinity(torch.randn(4, 3), 10.0, block=256)
+    assert kaff.GPU_BLOCKS == (16, 32, 64, 128) and kaff.INTERPRETER_BLOCKS[-1] == 256
 
 
 @pytest.mark.skipif(not HAS_TRITON, reason="triton is not installed")

@@ -7,16 +7,18 @@ Computes, from tokens ``X`` (N, C), the dense DiffCut affinity and its row sums:
     d = W.sum(1)                                                        (degrees)
 
 with the one definition of :mod:`diffcut_engine.graph.affinity` (its constants ``NORM_EPS`` and
-``spread_tolerance`` are imported from there; parity-tested against :func:`affinity_reference`, torch, here). The global min-max needs a reduction over the whole matrix before any
-entry of ``W`` can be written, so the kernel runs in passes (docs/PERFORMANCE.md):
+``spread_tolerance`` are imported from there; parity-tested against :func:`affinity_reference`, torch, here).
+The global min-max needs a reduction over the whole matrix before any entry of ``W`` can be written, so the
+kernel runs in passes (docs/PERFORMANCE.md):
 
 0. ``_row_inv_norm_kernel``: one inverse L2 norm per token; program 0 also initialises the two-float min/max
    buffer to (+inf, -inf), which saves a separate fill launch.
-1. ``_gram_minmax_kernel``: one program per (BLOCK x BLOCK) tile of the upper triangle of ``S`` (``S`` is
-   symmetric, so the lower tiles are written as transposes of the upper ones: half the FLOPs, and ``W`` comes out
-   exactly symmetric). The tokens are normalised inside the tile, the Gram tile is accumulated over C in
-   ``BLOCK_K`` slices with ``tl.dot``, stored raw into the output, and its min/max are folded into the global
-   buffer with ``tl.atomic_min`` / ``tl.atomic_max`` (order independent, hence deterministic).
+1. ``_gram_minmax_kernel`` (autotuned on GPU over the few tiles of :data:`GRAM_TILES`, keyed on a power-of-two
+   bucket of N, with the min/max buffer reset before every trial): one program per (BLOCK x BLOCK) tile of the upper
+   triangle of ``S`` (``S`` is symmetric, so the lower tiles are written as transposes of the upper ones: half the
+   FLOPs, and ``W`` comes out exactly symmetric). The tokens are normalised inside the tile, the Gram tile is
+   accumulated over C in ``BLOCK_K`` slices with ``tl.dot``, stored raw into the output, and its min/max are folded
+   into the global buffer with ``tl.atomic_min`` / ``tl.atomic_max`` (order independent, hence deterministic).
 2. ``_scale_pow_degree_kernel``: one program per block of rows, in place over the output: scale, clamp, power,
    store, and accumulate the row sums in registers (no atomics: the degrees are deterministic).
 
@@ -42,7 +44,6 @@ NeurIPS 2024 (arXiv 2406.02842), section 3; official code ``diffcut/recursive_no
 from __future__ import annotations
 
 import logging
-import math
 import numbers
 import os
 
@@ -57,6 +58,23 @@ logger = logging.getLogger(__name__)
 
 #: ``precision`` values accepted by :func:`fused_affinity` (Triton's ``tl.dot(input_precision=...)`` names).
 PRECISIONS = ("ieee", "tf32", "tf32x3")
+
+#: Pass-1 tile shapes (BLOCK, BLOCK_K, num_warps) autotuned per ``tl.dot`` precision (GPU only; square tiles, the
+#: mirror write needs BLOCK_M == BLOCK_N). 32-wide tiles fill an H100/H200 at N = 1024 (528 upper tiles against
+#: 136 at 64). With ``"ieee"`` the dot runs on FMA units and ptxas (sm_90) spills at 64 x 32 / 4 warps and at
+#: 128-wide tiles, so those are tried only for the tensor-core precisions. Three configurations per precision,
+#: one pipeline depth: the first call per (N bucket, C, precision) benchmarks three, not twelve.
+GRAM_TILES = {
+    "ieee": ((32, 32, 4), (64, 16, 4), (64, 16, 8)),
+    "tf32": ((64, 32, 8), (128, 16, 8), (128, 32, 8)),
+    "tf32x3": ((64, 32, 8), (128, 16, 8), (128, 32, 8)),
+}
+GRAM_STAGES = 3
+
+#: Tile sides :func:`fused_affinity` accepts; 256 only under the CPU interpreter (a 256 x 256 float32 accumulator
+#: is 256 KiB of registers per program on a GPU: it cannot compile, or spills everything).
+GPU_BLOCKS = (16, 32, 64, 128)
+INTERPRETER_BLOCKS = GPU_BLOCKS + (256,)
 
 # Triton is optional (extra ``[gpu]``): the module imports without it, and only the Triton path needs it.
 triton = None
@@ -74,6 +92,40 @@ if is_available("triton"):
             from triton.language.extra import libdevice
         except ImportError:  # pragma: no cover - very old Triton; the exp2/log2 power is used instead
             libdevice = None
+
+
+def n_bucket(n: int) -> int:
+    """The autotuning key of N: the next power of two, at least 256 (one benchmark per bucket, not per N)."""
+    return max(256, 1 << max(0, int(n) - 1).bit_length())
+
+
+def gram_configs() -> list:
+    """Every pass-1 configuration of :data:`GRAM_TILES` as a ``triton.Config`` (duplicates removed); the
+    precision's own subset is chosen by :func:`prune_gram_configs` at launch."""
+    shapes = sorted({shape for tiles in GRAM_TILES.values() for shape in tiles})
+    return [triton.Config({"BLOCK": block, "BLOCK_K": block_k}, num_warps=warps, num_stages=GRAM_STAGES)
+            for block, block_k, warps in shapes]
+
+
+def prune_gram_configs(configs, named_args, **kwargs) -> list:
+    """``early_config_prune`` of the pass-1 autotuner: keep the tiles of the launch's precision
+    (:data:`GRAM_TILES`), and drop tiles wider than the matrix (but the smallest), which only add masked work."""
+    precision = kwargs.get("PRECISION", named_args.get("PRECISION", "ieee"))
+    wanted = set(GRAM_TILES.get(precision, GRAM_TILES["ieee"]))
+    kept = [c for c in configs if (c.kwargs["BLOCK"], c.kwargs["BLOCK_K"], c.num_warps) in wanted]
+    n = int(named_args.get("N", 0) or 0)
+    if n:
+        small = min(c.kwargs["BLOCK"] for c in kept)
+        kept = [c for c in kept if c.kwargs["BLOCK"] <= max(small, 1 << max(0, n - 1).bit_length())]
+    return kept
+
+
+def reset_minmax(nargs, reset_only=False):
+    """Autotuner ``pre_hook``: set the min/max buffer back to (+inf, -inf) before every trial and before the
+    real launch, so that no trial's rounding leaks into the extremes pass 2 reads."""
+    buf = nargs["minmax_ptr"]
+    buf[0:1].fill_(float("inf"))
+    buf[1:2].fill_(float("-inf"))
 
 
 if tl is not None:
@@ -105,10 +157,11 @@ if tl is not None:
             tl.store(minmax_ptr + two, init)
 
     @triton.jit
-    def _gram_minmax_kernel(x_ptr, inv_ptr, s_ptr, minmax_ptr, N, C, stride_xn, stride_xc,
+    def _gram_minmax_kernel(x_ptr, inv_ptr, s_ptr, minmax_ptr, N, C, stride_xn, stride_xc, N_BUCKET,
                             PRECISION: tl.constexpr, BLOCK: tl.constexpr, BLOCK_K: tl.constexpr):
         """Pass 1: Gram tile (pid_m, pid_n), pid_n >= pid_m, of the normalised tokens; raw S stored (and mirrored),
-        tile min/max folded into ``minmax_ptr[0:2]`` with atomics. Tiles below the diagonal do nothing."""
+        tile min/max folded into ``minmax_ptr[0:2]`` with atomics. Tiles below the diagonal do nothing.
+        ``N_BUCKET`` is not read: it is the autotuning key in place of N (see :func:`n_bucket`)."""
         pid_m = tl.program_id(0)
         pid_n = tl.program_id(1)
         if pid_n >= pid_m:
@@ -183,21 +236,14 @@ if tl is not None:
             deg += w.to(tl.float64)
         tl.store(deg_ptr + rows, tl.sum(deg, axis=1), mask=rmask)
 
-    def _gram_configs():
-        """Autotune space of pass 1 (GPU only). Square tiles (the mirror write needs BLOCK_M == BLOCK_N).
-
-        32-wide tiles give enough programs to fill an H100/H200 at N = 1024 (528 upper tiles against 136 at 64);
-        with ``"ieee"`` the dot runs on FMA units and ptxas (sm_90) spills at 64 x 32 / 4 warps and at 128-wide
-        tiles, which are kept for the tensor-core precisions (tf32, tf32x3).
-        """
-        shapes = ((32, 32, 4), (64, 16, 4), (64, 16, 8), (64, 32, 8), (128, 16, 8), (128, 32, 8))
-        return [triton.Config({"BLOCK": block, "BLOCK_K": block_k}, num_warps=warps, num_stages=stages)
-                for block, block_k, warps in shapes for stages in (3, 4)]
-
-    # Re-running pass 1 while autotuning is harmless: S is overwritten with the same values and atomic min/max of
-    # the same values are idempotent (pass 2, in place and not idempotent, is not autotuned).
-    _gram_minmax_autotuned = triton.autotune(configs=_gram_configs(), key=["N", "C", "PRECISION"])(
-        _gram_minmax_kernel)
+    # Re-running pass 1 while autotuning rewrites every entry of S, but the atomic min/max fold each trial's values
+    # into the same buffer, and configurations that sum in another order round differently: without a reset the
+    # buffer would hold the extremes over all trials, not those of the S that pass 2 scales (W would then miss
+    # exact 0 and 1). ``reset_minmax`` runs before every trial and once more before the real launch (pass 2, in
+    # place and not idempotent, is not autotuned).
+    gram_minmax_autotuned = triton.autotune(configs=gram_configs(), key=["N_BUCKET", "C", "PRECISION"],
+                                            prune_configs_by={"early_config_prune": prune_gram_configs},
+                                            pre_hook=reset_minmax)(_gram_minmax_kernel)
 
     _INTERPRETED = type(_gram_minmax_kernel).__name__ == "InterpretedFunction"
 else:
@@ -305,11 +351,13 @@ def _require_triton():
                                       f"found {triton.__version__}; install it with: pip install 'diffcut-engine[gpu]'")
 
 
-def _check_block(block):
+def _check_block(block, interpreted: bool):
     if block is None:
         return None
-    if isinstance(block, bool) or not isinstance(block, numbers.Integral) or block not in (16, 32, 64, 128, 256):
-        raise InputError(f"block must be None or one of 16, 32, 64, 128, 256, got {block!r}")
+    allowed = INTERPRETER_BLOCKS if interpreted else GPU_BLOCKS
+    if isinstance(block, bool) or not isinstance(block, numbers.Integral) or block not in allowed:
+        where = "under the CPU interpreter" if interpreted else "on a GPU (256 only under the CPU interpreter)"
+        raise InputError(f"block must be None or one of {', '.join(map(str, allowed))} {where}, got {block!r}")
     return int(block)
 
 
@@ -329,9 +377,9 @@ def fused_affinity(tokens: torch.Tensor, alpha: float = 10.0, *, block: int | No
     alpha : float, default 10
         Positive exponent applied to the min-max scaled cosine similarity.
     block : int, optional
-        Side of the square Gram tiles (16, 32, 64, 128 or 256). ``None``: autotuned on GPU (the first call per
-        (N, C, precision) benchmarks the configurations), 256 under the interpreter, where few large programs
-        are fast.
+        Side of the square Gram tiles: 16, 32, 64 or 128 on a GPU (:data:`GPU_BLOCKS`), also 256 under the
+        interpreter. ``None``: autotuned on GPU (the first call per (N bucket, C, precision) benchmarks the three
+        configurations of :data:`GRAM_TILES`), 256 under the interpreter, where few large programs are fast.
     precision : {"ieee", "tf32", "tf32x3"}, default "ieee"
         ``tl.dot`` input precision. ``"ieee"``: fp32 products, parity with the float32 reference (rtol ~1e-5).
         ``"tf32"``: tensor cores with a 10-bit mantissa, several times faster on GPU but ~1e-3 relative error on
@@ -362,7 +410,7 @@ def fused_affinity(tokens: torch.Tensor, alpha: float = 10.0, *, block: int | No
     alpha = _check_alpha(alpha)
     if precision not in PRECISIONS:
         raise InputError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-    block = _check_block(block)
+    block = _check_block(block, _INTERPRETED)
     x = _check_tokens(tokens, check_finite=check_finite)
     if x.device.type != "cuda" and not _INTERPRETED:
         raise InputError(f"fused_affinity needs a CUDA tensor, got device {x.device} (or set TRITON_INTERPRET=1 "
@@ -385,12 +433,12 @@ def fused_affinity(tokens: torch.Tensor, alpha: float = 10.0, *, block: int | No
         EPS=NORM_EPS, BLOCK_R=norm_r, BLOCK_C=norm_c, num_warps=norm_warps)
 
     # 4. Pass 1: Gram tiles of the upper triangle, stored raw and mirrored; global min/max by atomics
-    args = (x, inv_norm, w, minmax, n, c, x.stride(0), x.stride(1))
+    args = (x, inv_norm, w, minmax, n, c, x.stride(0), x.stride(1), n_bucket(n))
     if block is None and not _INTERPRETED:
         def grid(meta):
             t = triton.cdiv(n, meta["BLOCK"])
             return (t, t)
-        _gram_minmax_autotuned[grid](*args, PRECISION=precision)
+        gram_minmax_autotuned[grid](*args, PRECISION=precision)
     else:
         b = block or (256 if _INTERPRETED else 64)
         # a large K slice under the interpreter (fewer numpy steps); 32 on GPU keeps registers in check
@@ -455,4 +503,6 @@ def affinity_with_degrees(tokens: torch.Tensor, alpha: float = 10.0, *, precisio
     return affinity_reference(tokens, alpha)
 
 
-__all__ = ["affinity_reference", "fused_affinity", "affinity_with_degrees", "triton_interpreted", "PRECISIONS"]
+__all__ = ["affinity_reference", "fused_affinity", "affinity_with_degrees", "triton_interpreted", "PRECISIONS",
+           "GRAM_TILES", "GPU_BLOCKS", "INTERPRETER_BLOCKS", "n_bucket", "gram_configs", "prune_gram_configs",
+           "reset_minmax"]
