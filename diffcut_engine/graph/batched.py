@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from typing import List, Optional, Sequence
 
+import logging
+
 import numpy as np
 
 from ..errors import InputError
@@ -24,6 +26,8 @@ from .validation import check_num_thresholds, check_tau
 from .xp import array_namespace, as_array, to_host
 
 __all__ = ["build_trees_batched", "BatchedSplitter", "SMALL_BUCKET"]
+
+logger = logging.getLogger(__name__)
 
 #: Subgraphs of at most this many nodes share one bucket; larger ones are bucketed by ``ceil(log2 n)``.
 SMALL_BUCKET = 32
@@ -49,10 +53,12 @@ def resolve_namespace(arrays: list, xp):
     raise InputError(f"xp must be the numpy or the cupy module, got {xp!r}")
 
 
-def _solve_bucket(xp, stack, img, rows, mask, num_thresholds: int, sanitize: bool, degrees=None):
+def _solve_bucket(xp, stack, img, rows, mask, num_thresholds: int, sanitize: bool, degrees=None, method=None):
     """Fiedler vectors and best threshold splits of one bucket of padded subgraphs, all in namespace ``xp``.
 
     Returns a (b, 8 + n) uint8 array: each subgraph's best NCut value as float64 bytes, then its "1"-side mask.
+    The value is NaN where the stacked eigensolver missed its convergence check (:func:`_resolve_unconverged`).
+    ``method``: the stacked eigensolver (:data:`~diffcut_engine.graph.eigen.STACKED_EIGH_METHODS`).
     """
     b, n = rows.shape
     img_d = xp.asarray(img)
@@ -62,11 +68,13 @@ def _solve_bucket(xp, stack, img, rows, mask, num_thresholds: int, sanitize: boo
     if sanitize:
         A = xp.where(xp.isfinite(A), A, 0.0)
     A = xp.where(real[:, :, None] & real[:, None, :], A, 0.0)
-    y, d, solvable = stacked_fiedler_vectors(xp, A, real, degrees=degrees)
+    y, d, solvable, converged = stacked_fiedler_vectors(xp, A, real, degrees=degrees, return_converged=True,
+                                                        method=method)
     values, thr = stacked_scores(xp, A, d, y, real, num_thresholds)
     values = xp.where(solvable[:, None], values, xp.inf)
     best = xp.argmin(values, axis=1)[:, None]
-    value = xp.ascontiguousarray(xp.take_along_axis(values, best, axis=1)[:, 0])
+    value = xp.take_along_axis(values, best, axis=1)[:, 0]
+    value = xp.ascontiguousarray(xp.where(converged | ~solvable, value, xp.nan))
     side = (y > xp.take_along_axis(thr, best, axis=1)) & real
     return xp.concatenate([value.view(xp.uint8).reshape(b, VALUE_BYTES), side.astype(xp.uint8)], axis=1)
 
@@ -138,11 +146,33 @@ class BatchedSplitter:
             offset += len(items) * width
             values = np.ascontiguousarray(block[:, :VALUE_BYTES]).view(np.float64)[:, 0]
             sides = block[:, VALUE_BYTES:].astype(bool)
+            if np.isnan(values).any():  # the stacked eigensolver did not converge for some: solve them again
+                values, sides = _resolve_unconverged(xp, self.stack, items, n, values, sides, self.num_thresholds)
             for k, (pos, i, node) in enumerate(items):
                 side = sides[k, :node.indices.size]
                 out[pos] = Proposal(float(values[k]), accept.baseline(), node.indices[side], node.indices[~side],
                                     lambda one, zero, i=i: (i, i))
         return out
+
+
+def _resolve_unconverged(xp, stack, items, n: int, values, sides, num_thresholds: int):
+    """Solve again, one ``syevd`` per matrix (``method="loop"``), the subgraphs of a bucket whose stacked solve
+    missed the convergence check (NaN values); one extra transfer, only when that happens."""
+    redo = np.flatnonzero(np.isnan(values))
+    logger.warning("stacked eigensolver: %d of %d subgraphs of %d nodes missed the convergence check; solving "
+                   "them again one by one", redo.size, values.size, n)
+    img = np.array([items[k][1] for k in redo], dtype=np.intp)
+    rows = np.zeros((redo.size, n), dtype=np.intp)
+    mask = np.zeros((redo.size, n), dtype=bool)
+    for j, k in enumerate(redo):
+        indices = items[k][2].indices
+        rows[j, :indices.size] = indices
+        mask[j, :indices.size] = True
+    block = to_host(_solve_bucket(xp, stack, img, rows, mask, num_thresholds, sanitize=True, method="loop"))
+    values, sides = values.copy(), sides.copy()
+    values[redo] = np.ascontiguousarray(block[:, :VALUE_BYTES]).view(np.float64)[:, 0]
+    sides[redo] = block[:, VALUE_BYTES:].astype(bool)
+    return values, sides
 
 
 def _stack_affinities(xp, Ws: list, sizes: List[int]):

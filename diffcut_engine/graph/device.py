@@ -26,7 +26,8 @@ from .tree import NCutTree
 from .validation import check_alpha, check_compat, check_num_thresholds, check_tau
 from .xp import array_namespace, as_array, cupy_available, is_cuda_tensor, to_host
 
-__all__ = ["device_affinity", "device_ncut_trees", "device_ncut_tree", "device_namespace", "check_device_options"]
+__all__ = ["device_affinity", "device_ncut_trees", "device_ncut_tree", "device_namespace", "check_device_options",
+           "torch_device_of"]
 
 logger = logging.getLogger(__name__)
 
@@ -161,6 +162,16 @@ def _fused_affinity_module():
     return kaff
 
 
+def torch_device_of(tensor):
+    """``torch.cuda.device(tensor.device)`` for a CUDA tensor (kernels launched inside run on the GPU that holds
+    it, whatever torch's current device is), a no-op context otherwise."""
+    if getattr(getattr(tensor, "device", None), "type", None) != "cuda":
+        return nullcontext()
+    import torch
+
+    return torch.cuda.device(tensor.device)
+
+
 def _triton_affinity(tensor, alpha: float):
     """The fused Triton affinity and float64 degrees of a CUDA (h, w, C) tensor as CuPy arrays (no copy), or
     None if the kernel cannot run."""
@@ -171,7 +182,9 @@ def _triton_affinity(tensor, alpha: float):
         return None
     h, w, c = tensor.shape
     try:
-        W, d = kaff.fused_affinity(tensor.reshape(h * w, c), alpha, check_finite=False)
+        # Triton launches on torch's current device: make that the tensor's (as CuPy's is, in device_ncut_trees)
+        with torch_device_of(tensor):
+            W, d = kaff.fused_affinity(tensor.reshape(h * w, c), alpha, check_finite=False)
     except BackendUnavailableError as exc:  # e.g. Triton older than 3.0
         logger.debug("device affinity: %s; using CuPy", exc)
         return None
@@ -224,7 +237,13 @@ def device_ncut_trees(features_list: Sequence, *, alpha: float = 10.0, tau_max: 
     if not features_list:
         return []
     xp, arrays = resolve_namespace(features_list, xp)
-    # CuPy computes on its current device: make that the one holding the features (e.g. cuda:1)
+    if xp is not np:
+        devices = sorted({int(a.device.id) for a in arrays})
+        if len(devices) > 1:
+            raise InputError(f"features on several devices (CUDA {', '.join(map(str, devices))}) cannot be solved in "
+                             f"one batch; call once per device")
+    # CuPy computes on its current device: make that the one holding the features (e.g. cuda:1); the Triton
+    # kernel is launched under the same device (torch_device_of)
     with nullcontext() if xp is np else arrays[0].device:
         tokens, grids = _token_matrices(xp, arrays)
 

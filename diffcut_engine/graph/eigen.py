@@ -364,33 +364,138 @@ def _eigsh(xp):
     return eigsh
 
 
+#: Seed of the start vectors of :func:`_fiedler_iterative` (with the subgraph's size and position in the stack).
+EIGSH_SEED = 20240602
+
+
+def eigsh_start_vector(n: int, real_mask: np.ndarray, u1: np.ndarray, index: int = 0) -> np.ndarray:
+    """The seeded start vector of one iterative solve: uniform in [0.5, 1.5) on the real nodes, zero on the
+    padding, the trivial direction ``u1`` projected out. The same numbers on the host and on a device (drawn by
+    numpy, then copied), so near-tie splits do not depend on ARPACK's or CuPy's own random start."""
+    rng = np.random.default_rng([EIGSH_SEED, int(n), int(index)])
+    v0 = np.where(real_mask, rng.random(n) + 0.5, 0.0)
+    return v0 - u1 * float(u1 @ v0)
+
+
 def _fiedler_iterative(xp, M, d, real):
     """Second eigenvectors of a stack of large padded M, one Lanczos solve (``eigsh``) each.
 
     For every subgraph, the trivial eigenvector ``u1 = sqrt(d) / ||sqrt(d)||`` (eigenvalue 1) is deflated from
     ``M`` (``M - u1 u1^T``), so the largest eigenpair of what remains is the Fiedler pair; ``eigsh(..., k=1,
     which="LA", tol=0)`` (ARPACK on the host, CuPy's thick-restart Lanczos on the device) computes it to machine
-    precision. The padding block (eigenvalue ``PAD_EIGENVALUE``) stays out of the way as in the dense path.
+    precision, from the seeded start vector of :func:`eigsh_start_vector` (not the library's unseeded random one).
+    The padding block (eigenvalue ``PAD_EIGENVALUE``) stays out of the way as in the dense path. On a device
+    this still runs subgraph by subgraph, and CuPy's ``eigsh`` synchronises at its restarts.
     """
     eigsh = _eigsh(xp)
     out = xp.zeros(M.shape[:2], dtype=M.dtype)
+    real_host = np.asarray(real.get() if hasattr(real, "get") else real)
+    d_host = np.asarray(d.get() if hasattr(d, "get") else d)
     for i in range(M.shape[0]):
-        u1 = xp.where(real[i], xp.sqrt(xp.where(real[i], d[i], 0.0)), 0.0)
-        u1 = u1 / xp.linalg.norm(u1)
-        deflated = M[i] - u1[:, None] * u1[None, :]
-        _, vec = eigsh(deflated, k=1, which="LA", tol=0)
+        u1 = np.where(real_host[i], np.sqrt(np.where(real_host[i], d_host[i], 0.0)), 0.0)
+        u1 = u1 / np.linalg.norm(u1)
+        v0 = eigsh_start_vector(M.shape[1], real_host[i], u1, i)
+        u1_x = xp.asarray(u1)
+        deflated = M[i] - u1_x[:, None] * u1_x[None, :]
+        _, vec = eigsh(deflated, k=1, which="LA", tol=0, v0=xp.asarray(v0))
         out[i] = vec[:, 0]
     return out
 
 
-def stacked_fiedler_vectors(xp, A, real, degrees=None):
+# ------------------------------------------------------------------------------------------------------------
+# Stacked dense eigensolvers (the batched splitter's buckets), selectable, with a convergence check
+# ------------------------------------------------------------------------------------------------------------
+
+#: Ways to solve a stack of (n, n) symmetric M (:func:`stacked_eigh`): ``batched`` one ``xp.linalg.eigh`` call on
+#: the stack (numpy loops LAPACK ``syevd``; CuPy calls cuSOLVER's batched Jacobi ``syevjBatched``, tuned for
+#: n <= 32), ``loop`` one ``xp.linalg.eigh`` per matrix (cuSOLVER ``syevd`` on a device, no host sync with CuPy's
+#: default ``linalg='ignore'`` error state), ``torch`` ``torch.linalg.eigh`` on the stack through DLPack (no copy;
+#: it synchronises on CUDA), ``auto`` (``batched`` up to ``BATCHED_JACOBI_MAX`` nodes or on the host, ``loop``
+#: above on a device; provisional: benchmarks/gpu_check.sh measures the three on the GPU, which no run has done).
+STACKED_EIGH_METHODS = ("auto", "batched", "loop", "torch")
+#: Largest n for which ``auto`` uses the batched Jacobi solver on a device.
+BATCHED_JACOBI_MAX = 32
+#: Residual bound ||M u - lambda u|| of the two top eigenpairs (||M|| <= 2 with the padding) below which a
+#: stacked solve counts as converged; above it the matrix is solved again with ``loop`` (syevd).
+EIGH_RESIDUAL_TOL = 1e-8
+
+_stacked_eigh_method = "auto"
+
+
+def _check_stacked_method(method: str) -> str:
+    if method not in STACKED_EIGH_METHODS:
+        raise InputError(f"unknown stacked eigensolver {method!r}; choose one of {', '.join(STACKED_EIGH_METHODS)}")
+    return method
+
+
+def set_stacked_eigh(method: str) -> str:
+    """Choose how :func:`stacked_fiedler_vectors` solves its stacks (:data:`STACKED_EIGH_METHODS`), process-wide;
+    returns the previous choice. The trees do not depend on it (beyond rounding): the benchmarks compare them."""
+    global _stacked_eigh_method
+    previous, _stacked_eigh_method = _stacked_eigh_method, _check_stacked_method(method)
+    return previous
+
+
+def get_stacked_eigh() -> str:
+    """The current :func:`set_stacked_eigh` choice."""
+    return _stacked_eigh_method
+
+
+def resolve_stacked_method(xp, n: int, method: str | None = None) -> str:
+    """The concrete method (``batched``, ``loop`` or ``torch``) ``auto`` stands for, for n x n matrices in ``xp``."""
+    method = _check_stacked_method(method or _stacked_eigh_method)
+    if method != "auto":
+        return method
+    return "batched" if xp is np or n <= BATCHED_JACOBI_MAX else "loop"
+
+
+def _eigh_torch(xp, M):
+    import torch
+
+    from .xp import as_array
+
+    vals, vecs = torch.linalg.eigh(torch.from_dlpack(M) if xp is not np else torch.from_numpy(M))
+    return as_array(vals), as_array(vecs)
+
+
+def stacked_eigh(xp, M, method: str | None = None):
+    """Eigenvalues (ascending) and eigenvectors of a (b, n, n) stack of symmetric float64 matrices.
+
+    ``method``: one of :data:`STACKED_EIGH_METHODS` (default: :func:`get_stacked_eigh`).
+    """
+    method = resolve_stacked_method(xp, int(M.shape[-1]), method)
+    if method == "batched":
+        return xp.linalg.eigh(M)
+    if method == "torch":
+        return _eigh_torch(xp, M)
+    vals = xp.empty(M.shape[:2], dtype=M.dtype)
+    vecs = xp.empty(M.shape, dtype=M.dtype)
+    for i in range(M.shape[0]):
+        vals[i], vecs[i] = xp.linalg.eigh(M[i])
+    return vals, vecs
+
+
+def eigh_residuals(xp, M, vals, vecs, top: int = 2):
+    """(b,) largest residual ``||M u - lambda u||`` over the ``top`` largest eigenpairs of each matrix, plus the
+    deviation of those vectors from unit norm (a solver that stopped early fails one or the other)."""
+    u = vecs[:, :, -top:]
+    lam = vals[:, -top:]
+    r = xp.matmul(M, u) - u * lam[:, None, :]
+    res = xp.sqrt((r * r).sum(axis=1)).max(axis=1)
+    norm_err = xp.abs(xp.sqrt((u * u).sum(axis=1)) - 1.0).max(axis=1)
+    return xp.maximum(res, norm_err)
+
+
+def stacked_fiedler_vectors(xp, A, real, degrees=None, *, return_converged: bool = False, method=None):
     """Fiedler vectors of a stack of zero-padded subgraphs, in their array namespace (numpy or CuPy).
 
     Each (n, n) block ``A[i]`` holds a subgraph on its ``real[i]`` entries and zeros elsewhere. ``M = D^-1/2 A
     D^-1/2`` gets ``PAD_EIGENVALUE`` on the padding diagonal, which keeps its top two eigenpairs those of the
     subgraph (the eigenvalues of M lie in [-1, 1]); the whole stack is solved by one ``xp.linalg.eigh`` call
-    (numpy loops LAPACK ``syevd``; CuPy calls cuSOLVER's batched Jacobi solver), or, above ``DENSE_MAX_NODES``
-    rows, by deflated Lanczos per subgraph. The sign is fixed as :func:`fiedler_vector` fixes it.
+    (numpy loops LAPACK ``syevd``; CuPy calls cuSOLVER's batched Jacobi solver), or another
+    :data:`STACKED_EIGH_METHODS` choice (:func:`set_stacked_eigh`), or, above ``DENSE_MAX_NODES`` rows, by deflated
+    Lanczos per subgraph from a seeded start. The sign is fixed as :func:`fiedler_vector` fixes it. Each dense
+    solve is checked (:func:`eigh_residuals` <= ``EIGH_RESIDUAL_TOL``) on the device, without a host sync.
 
     Parameters
     ----------
@@ -400,6 +505,8 @@ def stacked_fiedler_vectors(xp, A, real, degrees=None):
         (b, n) bool.
     degrees : array, optional
         (b, n) float64 row sums of ``A`` when already known (zero on the padding).
+    method : str, optional
+        A :data:`STACKED_EIGH_METHODS` entry for this call (default: :func:`get_stacked_eigh`).
 
     Returns
     -------
@@ -409,6 +516,9 @@ def stacked_fiedler_vectors(xp, A, real, degrees=None):
         (b, n) degrees.
     solvable : array
         (b,) bool: False for a subgraph with an isolated node (no meaningful Laplacian; it stays a leaf).
+    converged : array
+        (b,) bool, only with ``return_converged=True``: False where the stacked solve missed the residual bound
+        (to be solved again with ``method="loop"``).
     """
     n = A.shape[1]
     d = A.sum(axis=2) if degrees is None else degrees
@@ -420,10 +530,15 @@ def stacked_fiedler_vectors(xp, A, real, degrees=None):
     M[:, diag, diag] += xp.where(real, 0.0, PAD_EIGENVALUE)
     if n > DENSE_MAX_NODES:
         u2 = _fiedler_iterative(xp, M, d, real)
+        converged = xp.ones(M.shape[0], dtype=bool)
     else:
-        _, vecs = xp.linalg.eigh(M)
+        vals, vecs = stacked_eigh(xp, M, method)
         u2 = vecs[:, :, -2]
+        # No host sync here: the flags travel with the level's one transfer (a NaN value, see batched.py)
+        converged = eigh_residuals(xp, M, vals, vecs) <= EIGH_RESIDUAL_TOL
     y = dis * u2  # y = D^-1/2 u2; zero on the padding
     big = sign_reference(y)  # (the padding is 0, never the reference)
     y = xp.where(xp.take_along_axis(y, big[:, None], axis=1) < 0, -y, y)
+    if return_converged:
+        return y, d, solvable, converged
     return y, d, solvable
