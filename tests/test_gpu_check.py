@@ -59,3 +59,16 @@ def test_gpu_mode_without_cuda_stops_in_preflight(tmp_path):
 
 def test_bad_usage_exit_code(tmp_path):
     assert _run(tmp_path, "--fast", timeout=30).returncode == 2
+
+
+def test_gpu_extras_for_cuda_12_and_13():
+    """``gpu-cu12`` / ``gpu-cu13`` pick CuPy's wheel for the CUDA major version; ``gpu`` stays (as gpu-cu12), and
+    the TensorRT extra states the supported majors. Read through setuptools, which validates the table."""
+    from setuptools.config.pyprojecttoml import read_configuration
+
+    extras = read_configuration(os.path.join(ROOT, "pyproject.toml"))["project"]["optional-dependencies"]
+    assert any(r.startswith("cupy-cuda12x") for r in extras["gpu-cu12"])
+    assert any(r.startswith("cupy-cuda13x") for r in extras["gpu-cu13"])
+    assert all(any(r.startswith("triton") for r in extras[k]) for k in ("gpu-cu12", "gpu-cu13"))
+    assert extras["gpu"] == ["diffcut-engine[gpu-cu12]"]
+    assert "tensorrt>=10.0,<12" in extras["tensorrt"]
