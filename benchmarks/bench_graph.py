@@ -162,6 +162,22 @@ def planted_case(h: int, w: int, seed: int) -> tuple:
     return (centres[regions] + noise).astype(np.float32), regions
 
 
+def disconnected_case(h: int, w: int, regions: int, noise: float, seed: int) -> tuple:
+    """Mutually unrelated regions (issue 22): C = 1280 features, ``regions`` Voronoi cells of random seed points
+    on the grid, each region's centre an independent random unit vector (so the centres are nearly orthogonal:
+    think sky, road and car), each token its centre plus Gaussian noise of norm about ``noise``. After min-max
+    scaling and the power alpha the graph is nearly disconnected and the top of the spectrum of
+    D^-1/2 W D^-1/2 is a cluster (one eigenvalue near 1 per region)."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:h, 0:w] + 0.5
+    seeds = rng.uniform(0, 1, size=(regions, 2)) * (h, w)
+    labels = np.argmin((yy[..., None] - seeds[:, 0]) ** 2 + (xx[..., None] - seeds[:, 1]) ** 2, axis=-1)
+    centres = rng.normal(size=(regions, PLANTED_CHANNELS))
+    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+    feats = centres[labels] + noise / np.sqrt(PLANTED_CHANNELS) * rng.normal(size=(h, w, PLANTED_CHANNELS))
+    return feats.astype(np.float32), labels
+
+
 class RealFeatures:
     """Features of scikit-image photos from the offline EfficientNet-Lite0 backbone (built on first use)."""
 
