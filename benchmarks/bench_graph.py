@@ -11,9 +11,10 @@
 
 For every case it times, per image and from features to labels (affinity construction included on both sides):
 
-- the reference, ``reference_official.official_recursive_ncut(..., index_sets=True)``: float32 torch, a full
-  ``torch.linalg.eigh`` per subgraph and a Python loop with a host sync per threshold, i.e. the official code's
-  cost structure with explicit index sets (the partitions the engine's ``compat="clean"`` promises);
+- the reference, ``reference_official.official_recursive_ncut(...)``: float32 torch, a full ``torch.linalg.eigh``
+  per subgraph and a Python loop with a host sync per threshold, the official painting recursion (zero-row rule
+  included), i.e. the official code's cost structure and partitions, which the engine's default
+  ``compat="official"`` promises (``--compat clean``: the index-set variant against ``compat="clean"``);
 - the engine, ``diffcut_engine.graph.recursive_ncut(features, alpha=..., tau=...)``, once per solver named in
   ``diffcut_engine.graph.SOLVERS`` when the package has it (passed as ``solver=name``), else the default call.
   With a device input (``--engine-input cupy``: a CuPy array; ``cuda-tensor``: a CUDA torch tensor) the engine
@@ -36,6 +37,11 @@ Cases:
   a diagonal stripe), each token its region's centre plus Gaussian noise, centres along a chain so that
   neighbouring regions are similar (see ``planted_case``); tau 0.5 (the paper's value). Both sides recover
   the planted regions exactly on every grid here.
+- ``disconnected`` (issue 22): mutually unrelated regions, ``disconnected_case``: Voronoi cells whose centres are
+  independent random unit vectors in C = 1280 plus Gaussian noise, for each (region count, noise) in
+  ``DISCONNECTED``; the graph is nearly disconnected and the top of its spectrum clustered. tau 0.5.
+- ``photos`` (issue 22): ``tests/realistic.py`` features of scikit-image photos (Lab colour + position + noise,
+  a filter bank + noise), ``PHOTO_CASES``, tau 0.7.
 - ``real``: the offline backbone's features (``LiteEncoder``, EfficientNet-Lite0, stride 32, **C = 320**, not
   the 1280 of SSD-1B) of scikit-image's ``chelsea`` and ``coffee`` photos, resized (torch bilinear, squashed to
   the grid's aspect) to 32 px per grid cell (a 64x64 grid is a 2048 px input); tau 0.08, the lite preset.
@@ -81,6 +87,12 @@ PLANTED_TAU = 0.5
 LITE_TAU = getattr(__import__("diffcut_engine.config", fromlist=["TAU_PRESETS"]), "TAU_PRESETS",
                    {}).get("efficientnet-lite0", 0.08)
 REAL_IMAGES = ("chelsea", "coffee")
+#: The nearly disconnected family (issue 22): (region count, noise norm) per case, tau PLANTED_TAU.
+DISCONNECTED = ((4, 0.5), (8, 0.5), (12, 0.5), (8, 0.3))
+#: The realistic family (tests/realistic.py): Lab colour + position + noise and filter-bank features of photos.
+PHOTO_CASES = (("lab", "astronaut"), ("filters", "coffee"))
+PHOTO_TAU = 0.7
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -162,6 +174,22 @@ def planted_case(h: int, w: int, seed: int) -> tuple:
     return (centres[regions] + noise).astype(np.float32), regions
 
 
+def disconnected_case(h: int, w: int, regions: int, noise: float, seed: int) -> tuple:
+    """Mutually unrelated regions (issue 22): C = 1280 features, ``regions`` Voronoi cells of random seed points
+    on the grid, each region's centre an independent random unit vector (so the centres are nearly orthogonal:
+    think sky, road and car), each token its centre plus Gaussian noise of norm about ``noise``. After min-max
+    scaling and the power alpha the graph is nearly disconnected and the top of the spectrum of
+    D^-1/2 W D^-1/2 is a cluster (one eigenvalue near 1 per region)."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:h, 0:w] + 0.5
+    seeds = rng.uniform(0, 1, size=(regions, 2)) * (h, w)
+    labels = np.argmin((yy[..., None] - seeds[:, 0]) ** 2 + (xx[..., None] - seeds[:, 1]) ** 2, axis=-1)
+    centres = rng.normal(size=(regions, PLANTED_CHANNELS))
+    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+    feats = centres[labels] + noise / np.sqrt(PLANTED_CHANNELS) * rng.normal(size=(h, w, PLANTED_CHANNELS))
+    return feats.astype(np.float32), labels
+
+
 class RealFeatures:
     """Features of scikit-image photos from the offline EfficientNet-Lite0 backbone (built on first use)."""
 
@@ -235,9 +263,11 @@ def load_baseline(path: str):
     return importlib.import_module("diffcut_engine_baseline.graph")
 
 
-def make_engine_call(solver, engine_input: str, module=None):
+def make_engine_call(solver, engine_input: str, module=None, compat: str = "official"):
     graph_module = graph if module is None else module
     kwargs = {} if solver is None else {"solver": solver}
+    if compat != "official":
+        kwargs["compat"] = compat
     if engine_input == "cupy":
         import cupy
 
@@ -282,6 +312,19 @@ def build_cases(args) -> list:
     real = RealFeatures()
     for h, w in args.grids:
         grid = f"{h}x{w}"
+        if "disconnected" in args.cases:
+            for regions, noise in DISCONNECTED:
+                feats, _ = disconnected_case(h, w, regions, noise, seed=h * 1000 + w + regions)
+                cases.append({"case": f"disc/{regions}/{noise:g}", "grid": grid, "feats": feats,
+                              "channels": PLANTED_CHANNELS, "tau": args.tau if args.tau is not None else PLANTED_TAU,
+                              "planted_regions": regions})
+        if "photos" in args.cases:
+            from realistic import FAMILIES
+
+            for family, photo in PHOTO_CASES:
+                feats = FAMILIES[family](photo, h, w)
+                cases.append({"case": f"{family}/{photo}", "grid": grid, "feats": feats,
+                              "channels": feats.shape[-1], "tau": args.tau if args.tau is not None else PHOTO_TAU})
         if "planted" in args.cases:
             feats, regions = planted_case(h, w, seed=h * 1000 + w)
             cases.append({"case": "planted", "grid": grid, "feats": feats, "channels": PLANTED_CHANNELS,
@@ -331,8 +374,8 @@ def run_case(case, args, solvers, calls) -> dict:
                 "interleaved": ref_repeats == args.repeats})
 
     def reference():
-        return official_recursive_ncut(feats, alpha=args.alpha, tau=tau, device=args.device, index_sets=True,
-                                       return_info=True)
+        return official_recursive_ncut(feats, alpha=args.alpha, tau=tau, device=args.device,
+                                       index_sets=args.compat == "clean", return_info=True)
 
     fns = {"reference": reference}
     fns.update({solver: (lambda solver=solver: calls[solver](feats, args.alpha, tau)) for solver in calls})
@@ -368,6 +411,11 @@ def run_case(case, args, solvers, calls) -> dict:
             result.update({"baseline_s": base[0], "speedup_vs_baseline": base[0] / eng_s,
                            "same_labels_as_baseline": bool(np.array_equal(base[2], labels))})
         row["engine"][name] = result
+    dense = row["engine"].get("dense")
+    if dense is not None and "error" not in dense:  # the float64 rule solved densely: the exact partition
+        for name, result in row["engine"].items():
+            if "error" not in result and not name.startswith("base:"):
+                result["same_as_dense"] = bool(np.array_equal(runs[name][2], runs["dense"][2]))
     return row
 
 
@@ -411,7 +459,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--grids", default=None, help=f"comma-separated grids, N or HxW (default {DEFAULT_GRIDS})")
-    ap.add_argument("--cases", default="planted,real", help="comma-separated: planted, real")
+    ap.add_argument("--cases", default="planted,real,disconnected,photos",
+                    help="comma-separated: planted, real, disconnected, photos")
     ap.add_argument("--repeats", type=int, default=None, help="timed runs per engine call (default 3)")
     ap.add_argument("--reference-repeats", type=int, default=None,
                     help="timed runs of the reference (default: --repeats, 1 above 2048 nodes)")
@@ -420,6 +469,9 @@ def main(argv=None) -> int:
     ap.add_argument("--tau-real", type=float, default=None,
                     help="tau for the real cases only (overrides --tau there)")
     ap.add_argument("--alpha", type=float, default=10.0)
+    ap.add_argument("--compat", choices=("official", "clean"), default="official",
+                    help="official (default): the engine's default against the official painting recursion; "
+                    "clean: compat='clean' against the reference's index-set variant")
     ap.add_argument("--solvers", default=None, help="comma-separated subset of diffcut_engine.graph.SOLVERS")
     ap.add_argument("--device", default="cpu", help="torch device of the reference (cpu, cuda)")
     ap.add_argument("--engine-input", choices=("auto", "numpy", "cupy", "cuda-tensor"), default="auto",
@@ -433,7 +485,7 @@ def main(argv=None) -> int:
 
     args.grids = [parse_grid(g) for g in (args.grids or (QUICK_GRIDS if args.quick else DEFAULT_GRIDS)).split(",")]
     args.cases = [c.strip() for c in args.cases.split(",") if c.strip()]
-    if set(args.cases) - {"planted", "real"}:
+    if set(args.cases) - {"planted", "real", "disconnected", "photos"}:
         ap.error(f"unknown case(s) in --cases: {args.cases}")
     if args.repeats is None:
         args.repeats = 1 if args.quick else 3
@@ -451,10 +503,10 @@ def main(argv=None) -> int:
         raise SystemExit(f"error: --engine-input {args.engine_input} needs CuPy with a CUDA device "
                          f"(pip install 'diffcut-engine[gpu]')")
     solvers = engine_solvers([s for s in (args.solvers or "").split(",") if s], device_input)
-    calls = {s: make_engine_call(s, args.engine_input) for s in solvers}
+    calls = {s: make_engine_call(s, args.engine_input, compat=args.compat) for s in solvers}
     if args.baseline:
         base_graph = load_baseline(args.baseline)
-        calls.update({"base:" + (s or "default"): make_engine_call(s, args.engine_input, base_graph)
+        calls.update({"base:" + (s or "default"): make_engine_call(s, args.engine_input, base_graph, args.compat)
                       for s in solvers})
     env = environment(args, solvers)
     print(f"diffcut_engine {env['diffcut_engine']} ({env['commit'] or 'no git'}), torch {env['torch']}, "
@@ -463,7 +515,8 @@ def main(argv=None) -> int:
 
     # Warm-up (untimed): first calls pay for lazy imports, allocator and solver initialisation.
     warm, _ = planted_case(16, 16, seed=1)
-    official_recursive_ncut(warm, alpha=args.alpha, tau=PLANTED_TAU, device=args.device, index_sets=True)
+    official_recursive_ncut(warm, alpha=args.alpha, tau=PLANTED_TAU, device=args.device,
+                            index_sets=args.compat == "clean")
     for s in solvers:
         try:
             calls[s](warm, args.alpha, PLANTED_TAU)
@@ -485,6 +538,23 @@ def main(argv=None) -> int:
     if mismatched:
         print("partitions differ from the reference in: "
               + ", ".join(f"{c} {g} ({n})" for c, g, n in mismatched))
+    for r in rows:
+        for name, e in r["engine"].items():
+            if "same_as_dense" in e:
+                print(f"{r['case']:<14} {r['grid']:>6}  {name:<8} labels identical to the dense float64 solve: "
+                      f"{'yes' if e['same_as_dense'] else 'NO'}")
+    worst = {}
+    for r in rows:
+        for name, e in r["engine"].items():
+            if "ratio" in e and not name.startswith("base:"):
+                key = (r["case"].split("/")[0], r["grid"], name)
+                if key not in worst or e["ratio"] < worst[key][0]:
+                    worst[key] = (e["ratio"], r["case"], e["same_labels"])
+    if worst:
+        print("\nworst case per family and grid (lowest ratio reference / engine):")
+        for (family, grid, name), (ratio, case, same) in sorted(worst.items()):
+            labels = "identical" if same else "DIFFER"
+            print(f"{family:<14} {grid:>6}  {name:<8} {ratio:>8.1f}x  {case}  labels {labels}")
     if args.baseline:
         print(f"\nthis checkout vs --baseline {args.baseline} (same run, calls alternated): baseline s / this s")
         for r in rows:

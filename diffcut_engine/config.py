@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Optional, Tuple, Union
 
 from .errors import InputError
-from .graph.validation import COMPAT_MODES, check_alpha, check_tau
+from .graph.validation import COMPAT_MODES, DEFAULT_COMPAT, check_alpha, check_tau
 from .methods.rwncut_options import RWNCutOptions
 
 #: Default diffusion model of the paper (SDXL-type UNet with 1.3B parameters).
@@ -113,8 +113,9 @@ class EngineConfig:
     tau : float, optional
         NCut acceptance threshold; larger gives more segments. ``None`` takes the preset of the backbone
         (0.5 for SDXL-type models, 0.2 for SD 1.x/2.x, 0.08 for efficientnet-lite0).
-    compat : {"clean", "official"}
-        ``clean`` recurses on explicit index sets; ``official`` also reproduces the official code's zero-row quirk.
+    compat : {"official", "official-float32", "clean"}
+        ``official`` (default): the official partitions (the official code's zero-row rule, on the fast solvers);
+        ``official-float32``: the official float32 computation itself (slow); ``clean``: plain index sets.
     refine : bool
         Run PAMR and the 3x3 median filter after concept assignment.
     pamr_iters : int
@@ -131,9 +132,9 @@ class EngineConfig:
         Images per encoder call.
     graph_device : {"auto", "host", "device"}
         Where the recursive NCut runs. ``host``: numpy, one image at a time. ``device``: CuPy on the CUDA device,
-        the trees of a whole batch built in one batched call (``compat="clean"`` only; needs the ``[gpu]`` extra,
-        CPU features are copied to the device). ``auto``: ``device`` when the features are on CUDA, CuPy sees a
-        device and ``compat="clean"``, else ``host``.
+        the trees of a whole batch built in one batched call (not with ``compat="official-float32"``; needs the
+        ``[gpu]`` extra, CPU features are copied to the device). ``auto``: ``device`` when the features are on
+        CUDA, CuPy sees a device and ``compat`` is not ``"official-float32"``, else ``host``.
     backend : {"torch", "onnx", "tensorrt"}
         Encoder runtime. ``torch`` loads the diffusers weights; ``onnx`` (onnxruntime) and ``tensorrt`` run the
         folder ``engine_dir`` written by ``diffcut export`` instead, after checking that it was exported for this
@@ -163,7 +164,7 @@ class EngineConfig:
     seed: int = 42
     alpha: float = 10.0
     tau: Optional[float] = None
-    compat: str = "clean"
+    compat: str = DEFAULT_COMPAT
     refine: bool = True
     pamr_iters: int = 10
     pamr_dilations: Tuple[int, ...] = (1, 2, 4, 8)
@@ -232,9 +233,9 @@ class EngineConfig:
         self._check_speed_options()
         if self.graph_device not in GRAPH_DEVICES:
             raise InputError(f"unknown graph_device {self.graph_device!r}; choose one of {', '.join(GRAPH_DEVICES)}")
-        if self.graph_device == "device" and self.compat != "clean":
-            raise InputError(f"graph_device='device' needs compat='clean' (compat={self.compat!r} runs on the "
-                             f"host only)")
+        if self.graph_device == "device" and self.compat == "official-float32":
+            raise InputError(f"graph_device='device' needs compat='official' or 'clean' (compat={self.compat!r} "
+                             f"runs on the host only)")
 
     def _check_speed_options(self) -> None:
         """The torch backend speed options: ``compile``, ``channels_last``, ``attention``, ``cuda_graphs``."""

@@ -282,7 +282,8 @@ class Engine:
             on_cuda = self.device.type == "cuda"
         else:
             on_cuda = (features[0] if isinstance(features, (list, tuple)) else features).is_cuda
-        if cfg.graph_device == "auto" and not (on_cuda and cfg.compat == "clean" and graph.cupy_available()):
+        if cfg.graph_device == "auto" and not (on_cuda and cfg.compat != "official-float32"
+                                               and graph.cupy_available()):
             return None
         return graph.device_namespace()
 
@@ -315,7 +316,8 @@ class Engine:
         if xp is not None:
             t0 = time.perf_counter()
             # the trees' last level transfer has finished every device computation: the wall time is complete
-            trees = graph.device_ncut_trees([f.float() for f in grids], alpha=cfg.alpha, tau_max=tau_max, xp=xp)
+            trees = graph.device_ncut_trees([f.float() for f in grids], alpha=cfg.alpha, tau_max=tau_max, xp=xp,
+                                            compat=cfg.compat)
             seconds = [(time.perf_counter() - t0) / len(trees)] * len(trees)
         else:
             trees, seconds = [], []

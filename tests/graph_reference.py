@@ -4,9 +4,11 @@ Two references, both written from DIFFCUT.md section 3 (a behavioural descriptio
 ``diffcut/recursive_normalized_cut.py``), one step per line, with Python loops and no vectorisation:
 
 - ``literal_clean``: recursion on explicit index sets (what ``compat="clean"`` promises), float64.
-- ``literal_official``: the official painting logic: a ``painting`` grid, the masked affinity ``W * (1 - p p^T)``,
-  the "keep rows with no exact zero" subgraph rule below the root, float32 full eigendecomposition, the Python
-  loop over 100 thresholds with the z-vector NCut formula, pre-order recursion, and the weighted-sum assembly.
+- ``literal_official``: the official painting logic (the rule that ``compat="official"`` applies, and with
+  ``dtype=np.float32`` the arithmetic that ``compat="official-float32"`` reproduces): a ``painting`` grid, the
+  masked affinity ``W * (1 - p p^T)``, the "keep rows with no exact zero" subgraph rule below the root, a full
+  eigendecomposition, the Python loop over 100 thresholds with the z-vector NCut formula, pre-order recursion,
+  and the weighted-sum assembly.
 """
 
 import numpy as np
@@ -86,7 +88,9 @@ def literal_clean(features, alpha=10.0, tau=0.5):
     return _assemble(masks, n).reshape(h, w)
 
 
-def literal_official(features, alpha=10.0, tau=0.5, W=None):
+def literal_official(features, alpha=10.0, tau=0.5, W=None, dtype=np.float32):
+    """The official painting recursion; ``dtype=np.float64`` solves in float64 (the rule without the float32
+    rounding of the official eigensolves: what ``compat="official"`` promises)."""
     h, w, _ = features.shape
     n = h * w
     masks = []
@@ -99,10 +103,9 @@ def literal_official(features, alpha=10.0, tau=0.5, W=None):
         if level == 0:
             keep = np.arange(n)
         else:
-            zero_rows = set(np.where(affinity == 0)[0].tolist())
-            keep = np.array(sorted(set(range(n)) - zero_rows), dtype=int)
+            keep = np.flatnonzero(~(affinity == 0).any(axis=1))  # rows of the masked W with no exact zero
         if len(keep) > 1:
-            y, A, D = _fiedler(affinity[np.ix_(keep, keep)], np.float32)
+            y, A, D = _fiedler(affinity[np.ix_(keep, keep)], dtype)
             side, value = _bipartition(y, A, D)
             bip = np.zeros(n, dtype=np.float32)
             bip[keep[side]] = 1

@@ -39,23 +39,29 @@ def smooth_field(h, w, c=48, seed=0):
 def test_recovers_planted_partition_exactly(h, w, kind, seed):
     regions = planted_regions(h, w, kind)
     feats = planted_features(regions, seed=seed)
-    labels = recursive_ncut(feats, alpha=10.0, tau=0.5)
+    labels = recursive_ncut(feats, alpha=10.0, tau=0.5, compat="clean")
     assert labels.shape == (h, w) and labels.dtype == np.int32
     assert same_partition(labels, regions), np.unique(labels)
     # numbered 0..K-1 without gaps
     assert set(np.unique(labels).tolist()) == set(range(regions.max() + 1))
+    # the default (official) rule moves only the nodes of the exactly-zero rows, which keep the side they had at
+    # the root's split
+    default = recursive_ncut(feats, alpha=10.0, tau=0.5)
+    zero_rows = (official_affinity(feats, 10.0) == 0).any(axis=1).reshape(h, w)
+    assert same_partition(default[~zero_rows], regions[~zero_rows])
+    assert default.max() == regions.max()
 
 
 @pytest.mark.parametrize("h,w,kind,seed", PLANTED[:3])
 def test_clean_equals_literal_reference(h, w, kind, seed):
     feats = planted_features(planted_regions(h, w, kind), seed=seed)
-    np.testing.assert_array_equal(recursive_ncut(feats, tau=0.5), literal_clean(feats, tau=0.5))
+    np.testing.assert_array_equal(recursive_ncut(feats, tau=0.5, compat="clean"), literal_clean(feats, tau=0.5))
 
 
 @pytest.mark.parametrize("seed,tau", [(0, 0.1), (1, 0.2), (2, 0.15)])
 def test_clean_equals_literal_reference_on_smooth_fields(seed, tau):
     feats = smooth_field(16, 20, seed=seed)
-    ours = recursive_ncut(feats, tau=tau)
+    ours = recursive_ncut(feats, tau=tau, compat="clean")
     assert ours.max() >= 1, "test case should produce several segments"
     np.testing.assert_array_equal(ours, literal_clean(feats, tau=tau))
 
@@ -63,9 +69,11 @@ def test_clean_equals_literal_reference_on_smooth_fields(seed, tau):
 @pytest.mark.parametrize("h,w,kind,seed", PLANTED[:3])
 def test_official_compat_equals_literal_painting_port(h, w, kind, seed):
     feats = planted_features(planted_regions(h, w, kind), seed=seed)
-    official = recursive_ncut(feats, tau=0.5, compat="official")
+    official = recursive_ncut(feats, tau=0.5, compat="official-float32")
     np.testing.assert_array_equal(official, literal_official(feats, tau=0.5))
-    clean = recursive_ncut(feats, tau=0.5)
+    # the default applies the same rule on the fast float64 path
+    np.testing.assert_array_equal(recursive_ncut(feats, tau=0.5), official)
+    clean = recursive_ncut(feats, tau=0.5, compat="clean")
     # The quirk moves only the nodes of the exactly-zero rows, never the number of segments.
     W = official_affinity(feats, 10.0)
     zero_rows = (W == 0).any(axis=1).reshape(h, w)
@@ -77,8 +85,10 @@ def test_official_compat_equals_literal_painting_port(h, w, kind, seed):
 @pytest.mark.parametrize("seed", [3, 4])
 def test_official_compat_equals_literal_on_smooth_fields(seed):
     feats = smooth_field(16, 16, seed=seed)
-    np.testing.assert_array_equal(recursive_ncut(feats, tau=0.15, compat="official"),
+    np.testing.assert_array_equal(recursive_ncut(feats, tau=0.15, compat="official-float32"),
                                   literal_official(feats, tau=0.15))
+    np.testing.assert_array_equal(recursive_ncut(feats, tau=0.15),
+                                  literal_official(feats, tau=0.15, dtype=np.float64))
 
 
 def test_official_quirk_with_underflow():
@@ -92,9 +102,10 @@ def test_official_quirk_with_underflow():
     W = official_affinity(feats, 20.0)
     assert (W == 0).any(axis=1).sum() > 2
     # Same W for both: which entries underflow depends on the last ulp of the normalisation.
-    ours = recursive_ncut_affinity(W, tau=0.5, compat="official")
+    ours = recursive_ncut_affinity(W, tau=0.5, compat="official-float32")
     np.testing.assert_array_equal(ours.reshape(16, 16), literal_official(feats, tau=0.5, W=W))
-    clean = recursive_ncut_affinity(W, tau=0.5)
+    np.testing.assert_array_equal(recursive_ncut_affinity(W, tau=0.5), ours)  # the default, fast path
+    clean = recursive_ncut_affinity(W, tau=0.5, compat="clean")
     assert not np.array_equal(ours, clean)
 
 

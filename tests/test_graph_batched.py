@@ -35,7 +35,7 @@ def planted_W(h, w, kind, seed, **kw):
 
 def assert_same_tree(ref, got, rtol=1e-9):
     """Node-by-node equality in pre-order; returns the number of splits (so callers can require a non-trivial tree)."""
-    assert got.shape == ref.shape and got.tau_max == ref.tau_max and got.compat == "clean"
+    assert got.shape == ref.shape and got.tau_max == ref.tau_max and got.compat == ref.compat
     ref_nodes, got_nodes = list(ref.nodes()), list(got.nodes())
     assert len(got_nodes) == len(ref_nodes)
     for r, g in zip(ref_nodes, got_nodes):

@@ -101,7 +101,7 @@ def test_device_affinity_rejects_bad_input(tokens, alpha, match):
 ])
 def test_device_tree_equals_host_tree(feats, tau):
     tree, = device_ncut_trees([feats], alpha=10.0, tau_max=tau, xp=np)
-    assert tree.shape == feats.shape[:2] and tree.compat == "clean"
+    assert tree.shape == feats.shape[:2] and tree.compat == "official"
     assert assert_same_tree(host_tree(feats, tau), tree) >= 2
     host = ncut_tree(feats, alpha=10.0, tau_max=tau)  # the default host tree (auto solver, leaf bounds)
     for t in (tau / 3, tau / 2, tau):
@@ -113,7 +113,7 @@ def test_device_tree_equals_host_tree(feats, tau):
 
 def test_planted_regions_are_recovered():
     regions = planted_regions(16, 20, "stripes")
-    tree, = device_ncut_trees([planted_features(regions, seed=5)], tau_max=0.5, xp=np)
+    tree, = device_ncut_trees([planted_features(regions, seed=5)], tau_max=0.5, xp=np, compat="clean")
     labels = tree.cut(0.5)
     assert labels.max() + 1 == regions.max() + 1
     pairs = set(zip(labels.ravel().tolist(), regions.ravel().tolist()))
@@ -176,7 +176,7 @@ def test_bad_features_raise_input_error(feats, kw, match):
 # ------------------------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("kw,match", [
-    ({"compat": "official"}, r"compat='official' runs on the host.*cupy\.asnumpy"),
+    ({"compat": "official-float32"}, r"compat='official-float32' runs on the host.*cupy\.asnumpy"),
     ({"solver": "dense"}, r"solver='dense' is a host eigensolver.*tensor\.cpu\(\)"),
     ({"solver": "lanczos"}, "host eigensolver"),
     ({"solver": "nope"}, "unknown eigensolver"),
@@ -222,7 +222,7 @@ def test_device_input_is_routed_to_the_batched_path(monkeypatch):
     assert calls == [1, 1] and tree.shape == (12, 16)
     np.testing.assert_array_equal(tree.cut(0.6), expected[0.6])
     with pytest.raises(InputError, match="official"):
-        recursive_ncut(f, tau=0.3, compat="official")
+        recursive_ncut(f, tau=0.3, compat="official-float32")
     assert calls == [1, 1]
 
 
@@ -233,7 +233,7 @@ def test_host_input_stays_on_the_host(monkeypatch):
     monkeypatch.setattr(device, "device_ncut_trees", forbidden)
     f = planted(6, 8, "quadrants", 1)
     assert recursive_ncut(f, tau=0.5).max() == 3
-    assert recursive_ncut(f, tau=0.5, compat="official", solver="dense").max() == 3
+    assert recursive_ncut(f, tau=0.5, compat="official-float32", solver="dense").max() == 3
     assert ncut_tree(torch.from_numpy(f), tau_max=0.5).num_segments(0.5) == 4
 
 
@@ -250,8 +250,9 @@ def test_config_graph_device_validation():
     for bad in ("gpu", "cuda", None, ""):
         with pytest.raises(InputError, match="graph_device"):
             EngineConfig(graph_device=bad)
-    with pytest.raises(InputError, match=r"graph_device='device' needs compat='clean'"):
-        EngineConfig(graph_device="device", compat="official")
+    assert EngineConfig(graph_device="device").compat == "official"
+    with pytest.raises(InputError, match=r"graph_device='device' needs compat='official' or 'clean'"):
+        EngineConfig(graph_device="device", compat="official-float32")
     with pytest.raises(InputError, match="graph_device"):
         EngineConfig(graph_device="host").replace(graph_device="both")
 

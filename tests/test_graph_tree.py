@@ -34,7 +34,7 @@ def test_host_splitter_gives_the_same_tree_under_both_schedules(official):
     assert sum(n.is_split for n in preorder(depth_first)) >= 4
     assert _tree_sig(depth_first) == _tree_sig(level)
     # and the public entry point is this configuration
-    ref = build_tree(W, tau_max=0.6, compat="official" if official else "clean")
+    ref = build_tree(W, tau_max=0.6, compat="official-float32" if official else "clean")
     assert _tree_sig(ref.root) == _tree_sig(depth_first)
 
 

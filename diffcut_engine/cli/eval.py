@@ -49,8 +49,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="NCut threshold(s); several are evaluated from one NCut tree per image "
                    "(default: the backbone's, 0.5 for SSD-1B)")
     g.add_argument("--alpha", type=positive_float, default=10.0, help="affinity exponent (default 10)")
-    g.add_argument("--compat", choices=COMPAT_MODES, default="clean",
-                   help="official: also reproduce the official code's zero-row NCut quirk")
+    g.add_argument("--compat", choices=COMPAT_MODES, default="official",
+                   help="official (default): the official partitions on the fast solvers; official-float32: "
+                   "the official float32 computation (slow); clean: plain index sets (no zero-row rule)")
     g.add_argument("--no-refine", dest="refine", action="store_false",
                    help="skip PAMR and the median filter (the paper's numbers use them)")
     g.add_argument("--pamr-iters", type=int, default=10, help="PAMR iterations (default 10)")

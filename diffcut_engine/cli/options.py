@@ -108,12 +108,13 @@ def add_engine_options(parser: argparse.ArgumentParser, *, batch_size: int = 4) 
                    "multiples of 32 (default: 1024 for diffusion models, 768 for efficientnet-lite0)")
     g.add_argument("--resize-mode", choices=RESIZE_MODES, default="resize",
                    help="resize: squash the whole image (default); center_crop: the evaluation protocol")
-    g.add_argument("--compat", choices=COMPAT_MODES, default="clean",
-                   help="official: also reproduce the official code's zero-row quirk")
+    g.add_argument("--compat", choices=COMPAT_MODES, default="official",
+                   help="official (default): the official partitions on the fast solvers; official-float32: "
+                   "the official float32 computation (slow); clean: plain index sets (no zero-row rule)")
     g.add_argument("--graph-device", choices=GRAPH_DEVICES, default="auto",
                    help="where the NCut runs: device (CuPy on the GPU, a whole batch at once; needs "
-                   "pip install 'diffcut-engine[gpu]' and --compat clean), host (numpy), or auto (default: device "
-                   "when the features are on CUDA and CuPy is available)")
+                   "pip install 'diffcut-engine[gpu]'; not with --compat official-float32), host (numpy), or auto "
+                   "(default: device when the features are on CUDA and CuPy is available)")
     g.add_argument("--no-refine", dest="refine", action="store_false", help="skip PAMR and the median filter")
     g.add_argument("--pamr-iters", type=int, default=10, help="PAMR iterations (default 10)")
     g.add_argument("--pamr-dilations", type=int_list, default=(1, 2, 4, 8), help="default 1,2,4,8")

@@ -7,7 +7,9 @@ one, larger ones by ``ceil(log2 n)``), each bucket is gathered zero-padded from 
 one stacked eigensolve (:func:`~diffcut_engine.graph.eigen.stacked_fiedler_vectors`) and scored by
 :func:`~diffcut_engine.graph.scoring.stacked_scores`; the best value and side of every subgraph of the level come
 to the host in **one** transfer (the first also carries one finiteness flag per image). A tree of depth L costs
-L + 1 device-to-host copies. See docs/ALGORITHM.md and docs/PERFORMANCE.md.
+L + 1 device-to-host copies. The official zero-row rule (``compat="official"``, the default) is applied as on
+the host: the first transfer also carries, per image, which nodes have an exact zero in their row of W, and
+those are left out of every subgraph below the root. See docs/ALGORITHM.md and docs/PERFORMANCE.md.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from ..errors import InputError
 from .eigen import stacked_fiedler_vectors
 from .scoring import NUM_THRESHOLDS, stacked_scores
 from .tree import Acceptance, NCutNode, NCutTree, Proposal, grow
-from .validation import check_num_thresholds, check_tau
+from .validation import DEFAULT_COMPAT, ZERO_ROW_MODES, check_compat, check_num_thresholds, check_tau
 from .xp import array_namespace, as_array, to_host
 
 __all__ = ["build_trees_batched", "BatchedSplitter", "SMALL_BUCKET"]
@@ -91,53 +93,77 @@ class BatchedSplitter:
     num_thresholds : int
     degrees : list of array or None, optional
         Root degrees of each affinity when already known (e.g. the fused Triton kernel's float64 row sums).
+    zero_rows : bool, default True
+        Apply the official zero-row rule (``compat="official"``): below the root, nodes whose row of their W
+        holds an exact zero are left out of every subgraph.
     """
 
-    def __init__(self, xp, Ws: list, num_thresholds: int, degrees=None):
+    def __init__(self, xp, Ws: list, num_thresholds: int, degrees=None, zero_rows: bool = True):
         self.xp = xp
         self.sizes = [int(W.shape[0]) for W in Ws]
         self.stack = _stack_affinities(xp, Ws, self.sizes)
         self.num_thresholds = num_thresholds
         self.degrees = degrees
-        # stays on the device until the first level's transfer
+        # stay on the device until the first level's transfer: one finiteness flag per image, then (zero-row
+        # rule) one flag per node of every image
         self.finite = xp.stack([xp.all(xp.isfinite(W)) for W in Ws]).astype(xp.uint8)
+        self.zero_flags = (xp.concatenate([(W == 0).any(axis=1) for W in Ws]).astype(xp.uint8)
+                           if zero_rows else None)
+        self.zero_row = None  # per image, on the host after the first level
         self.first = True
+
+    def _solved_nodes(self, node: NCutNode, image: int) -> np.ndarray:
+        """The node ids a node's subgraph is solved on (the zero-row rule below the root)."""
+        if self.zero_row is None or node.depth == 0:
+            return node.indices
+        return node.indices[~self.zero_row[image][node.indices]]
 
     def propose(self, batch, accept: Acceptance):
         xp = self.xp
         groups = {}
         for pos, (node, image) in enumerate(batch):
-            if node.indices.size >= 2:
-                groups.setdefault(bucket_key(node.indices.size), []).append((pos, image, node))
+            idx = self._solved_nodes(node, image)
+            if idx.size >= 2:
+                groups.setdefault(bucket_key(idx.size), []).append((pos, image, idx))
         parts, layout = [], []
         for key in sorted(groups):
             items = groups[key]
-            n = max(node.indices.size for _, _, node in items)
+            n = max(idx.size for _, _, idx in items)
             img = np.empty(len(items), dtype=np.intp)
             rows = np.zeros((len(items), n), dtype=np.intp)
             mask = np.zeros((len(items), n), dtype=bool)
-            for k, (_, i, node) in enumerate(items):
+            for k, (_, i, idx) in enumerate(items):
                 img[k] = i
-                rows[k, :node.indices.size] = node.indices
-                mask[k, :node.indices.size] = True
+                rows[k, :idx.size] = idx
+                mask[k, :idx.size] = True
             degrees = None
             if self.first and self.degrees is not None:  # roots only: their degrees are known
                 degrees = xp.zeros((len(items), n), dtype=xp.float64)
-                for k, (_, i, node) in enumerate(items):
-                    degrees[k, :node.indices.size] = self.degrees[i]
+                for k, (_, i, idx) in enumerate(items):
+                    degrees[k, :idx.size] = self.degrees[i]
             parts.append(_solve_bucket(xp, self.stack, img, rows, mask, self.num_thresholds, sanitize=self.first,
                                        degrees=degrees).ravel())
             layout.append((items, n))
+        tail = 0
         if self.first:
             parts.append(self.finite)
+            tail = len(self.sizes)
+            if self.zero_flags is not None:
+                parts.append(self.zero_flags)
+                tail += sum(self.sizes)
         out = [None] * len(batch)
         if not parts:
             return out
         host = to_host(xp.concatenate(parts))  # the one device -> host copy of this level
         if self.first:
-            bad = np.flatnonzero(host[-len(self.sizes):] == 0)
+            flags = host[host.size - tail:]
+            bad = np.flatnonzero(flags[:len(self.sizes)] == 0)
             if bad.size:
                 raise InputError(f"affinity {int(bad[0])} contains NaN or infinite values")
+            if self.zero_flags is not None:
+                bounds = np.cumsum([len(self.sizes)] + self.sizes)
+                self.zero_row = [flags[a:b].astype(bool) for a, b in zip(bounds[:-1], bounds[1:])]
+                self.zero_flags = None
             self.first = False
         offset = 0
         for items, n in layout:
@@ -148,9 +174,9 @@ class BatchedSplitter:
             sides = block[:, VALUE_BYTES:].astype(bool)
             if np.isnan(values).any():  # the stacked eigensolver did not converge for some: solve them again
                 values, sides = _resolve_unconverged(xp, self.stack, items, n, values, sides, self.num_thresholds)
-            for k, (pos, i, node) in enumerate(items):
-                side = sides[k, :node.indices.size]
-                out[pos] = Proposal(float(values[k]), accept.baseline(), node.indices[side], node.indices[~side],
+            for k, (pos, i, idx) in enumerate(items):
+                side = sides[k, :idx.size]
+                out[pos] = Proposal(float(values[k]), accept.baseline(), idx[side], idx[~side],
                                     lambda one, zero, i=i: (i, i))
         return out
 
@@ -165,7 +191,7 @@ def _resolve_unconverged(xp, stack, items, n: int, values, sides, num_thresholds
     rows = np.zeros((redo.size, n), dtype=np.intp)
     mask = np.zeros((redo.size, n), dtype=bool)
     for j, k in enumerate(redo):
-        indices = items[k][2].indices
+        indices = items[k][2]
         rows[j, :indices.size] = indices
         mask[j, :indices.size] = True
     block = to_host(_solve_bucket(xp, stack, img, rows, mask, num_thresholds, sanitize=True, method="loop"))
@@ -188,11 +214,12 @@ def _stack_affinities(xp, Ws: list, sizes: List[int]):
 
 
 def build_trees_batched(Ws: Sequence, *, tau_max: float, num_thresholds: int = NUM_THRESHOLDS,
-                        shapes: Optional[Sequence] = None, xp=None, degrees=None) -> List[NCutTree]:
+                        shapes: Optional[Sequence] = None, xp=None, degrees=None,
+                        compat: str = DEFAULT_COMPAT) -> List[NCutTree]:
     """Recursive-NCut trees of several affinities at once, solved level by level on the host or a CUDA device.
 
-    Gives, image by image, the tree of ``build_tree(W, tau_max=tau_max, solver="dense")`` (``compat="clean"``):
-    same nodes and sorted indices, depths, and values up to rounding (see the module notes for the schedule, the
+    Gives, image by image, the tree of ``build_tree(W, tau_max=tau_max, compat=compat, solver="dense")``: same
+    nodes and sorted indices, depths, and values up to rounding (see the module notes for the schedule, the
     padding and the one host transfer per level).
 
     Parameters
@@ -211,11 +238,14 @@ def build_trees_batched(Ws: Sequence, *, tau_max: float, num_thresholds: int = N
     degrees : sequence of array, optional
         Row sums of each affinity, float64, in the same namespace, when already computed (the fused Triton
         kernel returns them); used for the roots instead of summing again.
+    compat : {"official", "clean"}, default "official"
+        ``official``: the official zero-row rule (see :func:`~diffcut_engine.graph.ncut.recursive_ncut`);
+        ``clean``: plain index sets. (``official-float32`` is the host's float32 computation only.)
 
     Returns
     -------
     list of NCutTree
-        One tree per affinity, in input order, with ``compat="clean"``.
+        One tree per affinity, in input order, with this ``compat``.
 
     Raises
     ------
@@ -225,6 +255,9 @@ def build_trees_batched(Ws: Sequence, *, tau_max: float, num_thresholds: int = N
     """
     tau_max = check_tau(tau_max, "tau_max")
     check_num_thresholds(num_thresholds)
+    if check_compat(compat) == "official-float32":
+        raise InputError("compat='official-float32' (the official float32 full-syevd computation) runs on the "
+                         "host only; the batched path takes compat='official' (the same rule) or 'clean'")
     Ws = [as_array(W) for W in Ws]
     if not Ws:
         return []
@@ -246,7 +279,7 @@ def build_trees_batched(Ws: Sequence, *, tau_max: float, num_thresholds: int = N
             if int(np.prod(shape)) != n:
                 raise InputError(f"shape {shape} of image {i} does not match its affinity of {n} nodes")
 
-    splitter = BatchedSplitter(xp, Ws, num_thresholds, degrees=degrees)
+    splitter = BatchedSplitter(xp, Ws, num_thresholds, degrees=degrees, zero_rows=compat in ZERO_ROW_MODES)
     roots = [NCutNode(np.arange(n), 0) for n in sizes]
     grow(roots, list(range(len(roots))), splitter.propose, Acceptance("tau", tau_max), schedule="level")
-    return [NCutTree(root, shape, tau_max, "clean") for root, shape in zip(roots, shapes)]
+    return [NCutTree(root, shape, tau_max, compat) for root, shape in zip(roots, shapes)]

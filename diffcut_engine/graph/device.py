@@ -3,9 +3,9 @@
 :func:`device_ncut_trees` validates a batch of grids (one small transfer), builds each affinity on the device
 (the fused Triton kernel for CUDA tensors where it runs, its float64 degrees reused by the recursion; else
 :func:`~diffcut_engine.graph.affinity.namespace_affinity` on CuPy) and solves all trees in one
-:func:`~diffcut_engine.graph.batched.build_trees_batched` call. The trees are those of the host's ``clean``
-recursion (values equal to rounding). Everything also runs on numpy (``xp=numpy``), which is how the CPU test
-suite checks this path. See docs/PERFORMANCE.md.
+:func:`~diffcut_engine.graph.batched.build_trees_batched` call. The trees are those of the host's recursion
+in the same ``compat`` mode (``official``, the default, or ``clean``; values equal to rounding). Everything also
+runs on numpy (``xp=numpy``), which is how the CPU test suite checks this path. See docs/PERFORMANCE.md.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from .batched import build_trees_batched, resolve_namespace
 from .eigen import validate_solver
 from .scoring import NUM_THRESHOLDS
 from .tree import NCutTree
-from .validation import check_alpha, check_compat, check_num_thresholds, check_tau
+from .validation import DEFAULT_COMPAT, check_alpha, check_compat, check_num_thresholds, check_tau
 from .xp import array_namespace, as_array, cupy_available, is_cuda_tensor, to_host
 
 __all__ = ["device_affinity", "device_ncut_trees", "device_ncut_tree", "device_namespace", "check_device_options",
@@ -58,20 +58,21 @@ def device_namespace():
     return cupy
 
 
-def check_device_options(compat: str = "clean", solver: str = "auto") -> None:
+def check_device_options(compat: str = DEFAULT_COMPAT, solver: str = "auto") -> None:
     """Reject the options that only the host recursion has, for features that live on a device.
 
     Raises
     ------
     InputError
-        On an unknown ``compat`` or ``solver``, on ``compat="official"``, or on a solver other than ``"auto"``.
+        On an unknown ``compat`` or ``solver``, on ``compat="official-float32"``, or on a solver other than
+        ``"auto"``.
     """
     check_compat(compat)
     validate_solver(solver)
-    if compat != "clean":
+    if compat == "official-float32":
         raise InputError(f"compat={compat!r} runs on the host only (it reproduces the official code's float32 "
                          f"torch arithmetic); got device (CuPy / CUDA) features: {_TO_HOST_HINT}, or use "
-                         f"compat='clean'")
+                         f"compat='official' (the same partitions rule on the fast path)")
     if solver != "auto":
         raise InputError(f"solver={solver!r} is a host eigensolver; device (CuPy / CUDA) features are solved with "
                          f"the batched device eigensolver: use solver='auto', or {_TO_HOST_HINT}")
@@ -192,10 +193,10 @@ def _triton_affinity(tensor, alpha: float):
 
 
 def device_ncut_trees(features_list: Sequence, *, alpha: float = 10.0, tau_max: float = 1.0,
-                      num_thresholds: int = NUM_THRESHOLDS, xp=None) -> List[NCutTree]:
+                      num_thresholds: int = NUM_THRESHOLDS, xp=None, compat: str = DEFAULT_COMPAT) -> List[NCutTree]:
     """Recursive-NCut trees of several feature grids at once, built on the device that holds them.
 
-    Equivalent, image by image, to ``ncut_tree(features, alpha=alpha, tau_max=tau_max)`` (``compat="clean"``) on
+    Equivalent, image by image, to ``ncut_tree(features, alpha=alpha, tau_max=tau_max, compat=compat)`` on
     the host: same splits, values equal to rounding (a node within rounding of a threshold may fall on the other
     side, as between two host solvers). All affinities are built on the device and all trees come from **one**
     :func:`~diffcut_engine.graph.batched.build_trees_batched` call, so sibling subgraphs of every image share the
@@ -215,11 +216,13 @@ def device_ncut_trees(features_list: Sequence, *, alpha: float = 10.0, tau_max: 
         Candidate thresholds per split.
     xp : module, optional
         ``numpy`` or ``cupy`` to force the namespace (inputs are moved there); default: the inputs' own.
+    compat : {"official", "clean"}, default "official"
+        As for the host (:func:`~diffcut_engine.graph.ncut.recursive_ncut`); ``official-float32`` is host only.
 
     Returns
     -------
     list of NCutTree
-        One per grid, in input order, ``shape == (h_i, w_i)``, ``compat == "clean"``; ``tree.cut(tau)`` gives
+        One per grid, in input order, ``shape == (h_i, w_i)``, with this ``compat``; ``tree.cut(tau)`` gives
         numpy int32 labels.
 
     Raises
@@ -233,6 +236,7 @@ def device_ncut_trees(features_list: Sequence, *, alpha: float = 10.0, tau_max: 
     alpha = check_alpha(alpha)
     tau_max = check_tau(tau_max, "tau_max")
     check_num_thresholds(num_thresholds)
+    check_device_options(compat)
     features_list = list(features_list)
     if not features_list:
         return []
@@ -256,10 +260,11 @@ def device_ncut_trees(features_list: Sequence, *, alpha: float = 10.0, tau_max: 
 
         # 3. All trees in one level-synchronous batched recursion (the kernel's degrees used for the roots)
         return build_trees_batched(Ws, tau_max=tau_max, num_thresholds=num_thresholds, shapes=grids, xp=xp,
-                                   degrees=degrees if any(d is not None for d in degrees) else None)
+                                   degrees=degrees if any(d is not None for d in degrees) else None,
+                                   compat=compat)
 
 
-def device_ncut_tree(features, *, alpha: float = 10.0, tau_max: float = 1.0, compat: str = "clean",
+def device_ncut_tree(features, *, alpha: float = 10.0, tau_max: float = 1.0, compat: str = DEFAULT_COMPAT,
                      solver: str = "auto", num_thresholds: int = NUM_THRESHOLDS) -> NCutTree:
     """:func:`~diffcut_engine.graph.ncut.ncut_tree` for one grid on a device: what ``ncut_tree`` and
     ``recursive_ncut`` call for CuPy arrays and CUDA tensors.
@@ -267,8 +272,9 @@ def device_ncut_tree(features, *, alpha: float = 10.0, tau_max: float = 1.0, com
     Raises
     ------
     InputError
-        As :func:`device_ncut_trees`, and for ``compat="official"`` or a named host solver (see
+        As :func:`device_ncut_trees`, and for ``compat="official-float32"`` or a named host solver (see
         :func:`check_device_options`).
     """
     check_device_options(compat, solver)
-    return device_ncut_trees([features], alpha=alpha, tau_max=tau_max, num_thresholds=num_thresholds)[0]
+    return device_ncut_trees([features], alpha=alpha, tau_max=tau_max, num_thresholds=num_thresholds,
+                             compat=compat)[0]

@@ -3,9 +3,11 @@
 Each returns the generalised Fiedler vector y = D^-1/2 u2 (u2 the eigenvector of the second-largest eigenvalue of
 M = D^-1/2 A D^-1/2), its largest-magnitude entry positive (:func:`sign_reference`). Host solvers
 (:func:`fiedler_vector`, ``solver=``): ``dense`` (LAPACK ``syevr``, two pairs; the reference), ``full`` (all
-pairs by ``syevd``, as ``torch.linalg.eigh``; ``compat="official"``), ``lanczos`` and ``lobpcg`` (accepted only
-with a Davis-Kahan certificate sin(angle) < 1e-6, else the dense solve), ``auto`` (``dense`` up to
-``AUTO_DENSE_MAX`` nodes, ``lanczos`` above). Stacks of padded subgraphs in any array namespace:
+pairs by ``syevd``, as ``torch.linalg.eigh``; ``compat="official-float32"``), ``lanczos`` and ``lobpcg``
+(accepted only with a Davis-Kahan certificate sin(angle) < 1e-6, else the dense solve), ``block`` (block Krylov
+with an invariant-subspace certificate, :func:`subspace_certificate`: for clustered spectra, nearly disconnected
+graphs), ``auto`` (``dense`` up to ``AUTO_DENSE_MAX`` nodes; above, ``lanczos``, then ``block`` where Lanczos
+cannot certify, then ``dense``). Stacks of padded subgraphs in any array namespace:
 :func:`stacked_fiedler_vectors`. :func:`spectral_lower_bound` proves leaves without solving. Accuracy,
 certificates and measured crossovers: docs/ALGORITHM.md and docs/PERFORMANCE.md.
 """
@@ -22,7 +24,7 @@ from ._blas import matmul, matvec, project_out, rmatvec, symv
 
 logger = logging.getLogger(__name__)
 
-SOLVERS = ("auto", "dense", "full", "lobpcg", "lanczos")
+SOLVERS = ("auto", "dense", "full", "lobpcg", "lanczos", "block")
 
 #: Largest subgraph the ``auto`` solver hands to the dense solver.
 AUTO_DENSE_MAX = 192
@@ -31,6 +33,11 @@ LOBPCG_ANGLE_TOL = 1e-6
 LOBPCG_MAXITER = 400
 #: Below this size LOBPCG has nothing to gain (scipy even switches to a dense solve without constraints).
 LOBPCG_MIN_NODES = 32
+#: Block Krylov (``solver="block"``, and ``auto``'s second try): block size, the most Krylov columns, the largest
+#: cluster of near-top eigenvalues whose invariant subspace is certified, and columns between certificate checks.
+BLOCK_SIZE = 8
+BLOCK_MAX_COLUMNS = 320
+BLOCK_MAX_CLUSTER = 32
 #: Davis-Kahan acceptance bound on sin(angle) between the Lanczos Ritz vector and the exact eigenvector.
 LANCZOS_ANGLE_TOL = 1e-6
 #: Krylov dimensions: the first certificate check, and the last one.
@@ -259,6 +266,118 @@ def _lanczos(A, d, warm_start):
     return None
 
 
+def subspace_certificate(theta: np.ndarray, r: np.ndarray):
+    """Bound on sin(angle) between the top Ritz vector and u2 from a cluster's invariant-subspace certificate.
+
+    ``theta`` are Ritz values of M on range(P) (descending) from one Rayleigh-Ritz projection, ``r`` the explicit
+    residual norms of their Ritz vectors. For a cluster of the top ``m`` pairs (Ritz vectors X_m, residual
+    block R_m, ||R_m|| <= ||R_m||_F):
+
+    1. Outer gap (Davis-Kahan sin(Theta)): the eigenvalues of M outside the cluster's invariant subspace U_m lie
+       at or below theta_{m+1} + r_{m+1} (an eigenvalue lies within r_{m+1} of theta_{m+1}, and Krylov methods
+       resolve the top of the spectrum in order: the assumption every Krylov certificate here makes, see
+       :func:`_lanczos`), so sin angle(X_m, U_m) <= ||R_m|| / delta_out, delta_out = theta_m - theta_{m+1} -
+       r_{m+1}. u2 lies in U_m, so sin angle(u2, span X_m) obeys the same bound.
+    2. Inner gap (Rayleigh-Ritz inside span X_m; Saad, Numerical Methods for Large Eigenvalue Problems, Thm 4.6):
+       sin angle(x_1, u2) <= sqrt(1 + gamma^2 / delta_in^2) sin angle(u2, span X_m) with gamma =
+       ||P_X M (I - P_X)|| = ||R_m|| (X_m are Ritz vectors) and delta_in = min_{j >= 2} |lambda_2 - theta_j| >=
+       theta_1 - theta_2 (lambda_2 >= theta_1 by interlacing).
+
+    So sin angle(x_1, u2) <= sqrt(1 + ||R_m||^2 / (theta_1 - theta_2)^2) * ||R_m|| / delta_out: about residual^2
+    / (inner gap * outer gap) once the residual exceeds the inner gap. With m = 1 this is Davis-Kahan for one
+    vector (the Lanczos certificate). Returns ``(bound, m)``, the smallest bound over m = 1 .. len(theta) - 1.
+    """
+    best, best_m = np.inf, 0
+    sq = np.cumsum(np.square(r))
+    inner = theta[0] - theta[1] if theta.size > 1 else np.inf
+    for m in range(1, theta.size):
+        outer = theta[m - 1] - theta[m] - r[m]
+        if not outer > 0:
+            continue
+        res = math.sqrt(sq[m - 1])
+        factor = 1.0 if m == 1 else (math.sqrt(1.0 + (res / inner) ** 2) if inner > 0 else np.inf)
+        bound = factor * res / outer
+        if bound < best:
+            best, best_m = bound, m
+    return best, best_m
+
+
+def _orthonormal_rows(V: np.ndarray, Q: np.ndarray, rng) -> np.ndarray:
+    """The rows of V made orthonormal and orthogonal to the (orthonormal) rows of Q: two block Gram-Schmidt
+    passes and a QR; rank-deficient directions are replaced by random ones (a breakdown of the block Krylov
+    space: an invariant subspace was found, and the search goes on in fresh directions)."""
+    import scipy.linalg
+
+    for attempt in range(3):
+        for _ in range(2):
+            V -= matmul(matmul(V, Q.T), Q)
+        q, r = scipy.linalg.qr(V.T, mode="economic", check_finite=False)
+        diag = np.abs(np.diag(r))
+        small = diag <= 1e-10 * max(diag.max(initial=0.0), 1e-300)
+        if not small.any():
+            return np.ascontiguousarray(q.T)
+        V = np.ascontiguousarray(q.T)
+        V[small] = rng.standard_normal((int(small.sum()), V.shape[1]))
+    return None
+
+
+def _block_krylov(A, d, warm_start, tol: float = LANCZOS_ANGLE_TOL):
+    """u2 of M = D^-1/2 A D^-1/2 by block Krylov with an invariant-subspace certificate, or None.
+
+    For nearly disconnected graphs the top of the spectrum is a cluster (one eigenvalue near 1 per weakly
+    linked part) with tiny gaps inside it but a wide gap below it. A single vector cannot be certified there
+    (residual / inner gap); a block Krylov space of ``BLOCK_SIZE`` vectors per step converges on the cluster's
+    whole invariant subspace at the rate of the outer gap, and Rayleigh-Ritz inside it then gives u2 with the
+    error bound of :func:`subspace_certificate`. Products are BLAS-3 (``gemm``) with full reorthogonalisation
+    in float64 (two passes), against u1 too; residuals are computed explicitly from the stored products.
+    """
+    import scipy.linalg
+
+    n = A.shape[0]
+    A = np.asarray(A, dtype=np.float64)
+    sqrt_d = np.sqrt(np.asarray(d, dtype=np.float64))
+    dis = 1.0 / sqrt_d
+    u1 = sqrt_d / np.linalg.norm(sqrt_d)
+    b = max(1, min(BLOCK_SIZE, (n - 1) // 4))
+    kmax = min(BLOCK_MAX_COLUMNS, n - 1)
+    rng = np.random.default_rng(n)
+    V = rng.standard_normal((b, n))
+    if warm_start is not None and warm_start.shape == (n,) and np.all(np.isfinite(warm_start)):
+        w = np.asarray(warm_start, dtype=np.float64) * sqrt_d
+        norm = np.linalg.norm(w)
+        if norm > 0:
+            V[0] = w / norm * math.sqrt(n) + LANCZOS_NOISE * V[0]
+    Q = np.empty((kmax + 1, n))  # row 0: u1; rows 1..k: the orthonormal Krylov basis
+    Q[0] = u1
+    MQ = np.empty((kmax, n))
+    T = np.empty((kmax, kmax))
+    V = _orthonormal_rows(V, Q[:1], rng)
+    k = 0
+    while V is not None and k + V.shape[0] <= kmax:
+        b = V.shape[0]
+        Q[1 + k:1 + k + b] = V
+        MQ[k:k + b] = matmul(V * dis, A) * dis  # rows of (M V^T)^T = V M
+        k += b
+        # T = Q^T M Q, one new block column (and row, by symmetry) per step
+        T[:k, k - b:k] = matmul(Q[1:1 + k], MQ[k - b:k].T)
+        T[k - b:k, :k - b] = T[:k - b, k - b:k].T
+        Tk = (T[:k, :k] + T[:k, :k].T) / 2
+        theta, S = scipy.linalg.eigh(Tk, check_finite=False)
+        theta, S = theta[::-1], S[:, ::-1]
+        p = min(k, BLOCK_MAX_CLUSTER + 1)
+        X = matmul(np.ascontiguousarray(S[:, :p].T), Q[1:1 + k])
+        R = matmul(np.ascontiguousarray(S[:, :p].T), MQ[:k]) - theta[:p, None] * X
+        r = np.sqrt(np.einsum("ij,ij->i", R, R))
+        bound, m = subspace_certificate(theta[:p], r)
+        if np.isfinite(bound) and bound < tol and 1.0 - theta[0] - r[0] > 0:
+            u = X[0] - u1 * (u1 @ X[0])
+            return u / np.linalg.norm(u)
+        if k + b > kmax:
+            break
+        V = _orthonormal_rows(MQ[k - b:k].copy(), Q[:1 + k], rng)
+    return None
+
+
 def fiedler_vector(A: np.ndarray, d: np.ndarray, *, solver: str = "auto", warm_start=None) -> np.ndarray:
     """Generalised Fiedler vector of a graph: the y solving (D - A) y = lambda D y for the second-smallest lambda.
 
@@ -269,7 +388,7 @@ def fiedler_vector(A: np.ndarray, d: np.ndarray, *, solver: str = "auto", warm_s
         symmetric: the ``lanczos`` products read its lower triangle only.
     d : numpy.ndarray
         (n,) degrees ``A.sum(1)``, positive.
-    solver : {"auto", "dense", "full", "lobpcg", "lanczos"}
+    solver : {"auto", "dense", "full", "lobpcg", "lanczos", "block"}
         See the module notes.
     warm_start : numpy.ndarray, optional
         (n,) approximation of y (e.g. the parent's Fiedler vector restricted to this subgraph), used by
@@ -283,12 +402,17 @@ def fiedler_vector(A: np.ndarray, d: np.ndarray, *, solver: str = "auto", warm_s
     validate_solver(solver)
     n = A.shape[0]
     if solver == "auto":
-        solver = "dense" if n <= AUTO_DENSE_MAX else "lanczos"
+        solver = "dense" if n <= AUTO_DENSE_MAX else "auto_iterative"
     u = None
-    if solver == "lanczos" and n >= LANCZOS_MIN_NODES:
+    if solver in ("lanczos", "auto_iterative") and n >= LANCZOS_MIN_NODES:
         u = _lanczos(A, d, warm_start)
         if u is None:
-            logger.debug("lanczos not certified on %d nodes; dense solve instead", n)
+            logger.debug("lanczos not certified on %d nodes; %s instead", n,
+                         "block Krylov" if solver == "auto_iterative" else "dense solve")
+    if u is None and solver in ("block", "auto_iterative") and n >= LANCZOS_MIN_NODES:
+        u = _block_krylov(A, d, warm_start)
+        if u is None:
+            logger.debug("block Krylov not certified on %d nodes; dense solve instead", n)
     if solver == "lobpcg" and n >= LOBPCG_MIN_NODES:
         u = _lobpcg(A, d, warm_start)
         if u is None:

@@ -3,8 +3,10 @@
 What it adds to the bare recursion, all of it exact (same splits): warm starts (the parent's Fiedler vector
 restricted to the child), the children's affinities cut out of the parent's while it is at hand (pooled scratch
 from :mod:`.memory`) with their degrees read off the split's bin sums, and leaf bounds (a subgraph whose
-spectral lower bound reaches tau_max is a leaf without an eigensolve). ``compat="official"`` (float32, full
-``syevd``, indicator scoring, the zero-row rule) is a configuration of the same splitter. See docs/ALGORITHM.md.
+spectral lower bound reaches tau_max is a leaf without an eigensolve). The official zero-row rule
+(``compat="official"``, the default) is an index-set rule of the same splitter on the same fast path;
+``compat="official-float32"`` (float32, full ``syevd``, indicator scoring, the zero-row rule) is another
+configuration of it. See docs/ALGORITHM.md.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from . import memory
 from .eigen import BLOCK_ELEMENTS, LEAF_BOUND_MARGIN, fiedler_vector, spectral_lower_bound
 from .scoring import binned_scores, candidate_thresholds, ncut_values
 from .tree import Acceptance, NCutNode, NCutTree, Proposal, grow
+from .validation import ZERO_ROW_MODES
 
 
 def take_square(A: np.ndarray, loc: np.ndarray, dtype=None) -> np.ndarray:
@@ -54,8 +57,12 @@ class HostSplitter:
     W : numpy.ndarray
         (N, N) validated affinity.
     official : bool
-        ``compat="official"``: float32 solves (``solver="auto"`` means ``full``), indicator scoring in float32,
-        and the zero-row rule (below the root, nodes whose row of W holds an exact zero are left out).
+        ``compat="official-float32"``: float32 solves (``solver="auto"`` means ``full``), indicator scoring in
+        float32, and the zero-row rule.
+    zero_rows : bool, optional
+        The official zero-row rule: below the root, nodes whose row of ``W`` holds an exact zero are left out of
+        every subgraph (they keep the label path they had at the root's split). Default: ``official``.
+        ``compat="official"`` is this rule on the fast float64 path.
     solver : str
         :func:`~diffcut_engine.graph.eigen.fiedler_vector` solver.
     num_thresholds : int
@@ -77,7 +84,8 @@ class HostSplitter:
         ``subgraph(idx) -> A`` forming a child's graph instead of restricting the parent's.
     """
 
-    def __init__(self, W, *, official: bool = False, solver: str = "auto", num_thresholds: int = 100,
+    def __init__(self, W, *, official: bool = False, zero_rows: Optional[bool] = None, solver: str = "auto",
+                 num_thresholds: int = 100,
                  leaf_bounds: bool = True, warm_start: bool = True, bin_degrees: bool = True, min_size: int = 1,
                  max_depth: Optional[int] = None, owned: bool = False, vector: Optional[Callable] = None,
                  subgraph: Optional[Callable] = None):
@@ -95,7 +103,9 @@ class HostSplitter:
         self.vector = vector
         self.subgraph = subgraph
         # The official code keeps, below the root, only nodes whose row of the masked W has no exact zero.
-        self.zero_row = (W == 0).any(axis=1) if official else None
+        self.zero_row = zero_row_mask(W) if (official if zero_rows is None else zero_rows) else None
+        if self.zero_row is not None and not self.zero_row.any():
+            self.zero_row = None  # nothing to leave out: the plain index sets
 
     def root_state(self) -> _State:
         return _State()
@@ -111,9 +121,8 @@ class HostSplitter:
     def _propose(self, node: NCutNode, state: _State, accept: Acceptance):
         idx, warm = node.indices, state.warm
         if self.zero_row is not None and node.depth > 0:
-            keep = ~self.zero_row[idx]
-            idx = idx[keep]
-            warm = None if warm is None else warm[keep]
+            # (children() already gave this node's warm start, affinity and degrees on the kept nodes only)
+            idx = idx[~self.zero_row[idx]]
         if idx.size < max(2, 2 * self.min_size) or (self.max_depth is not None and node.depth >= self.max_depth):
             return None
         A, d = state.A, state.d
@@ -155,27 +164,46 @@ class HostSplitter:
         side = y > thresholds[best]
 
         def children(one: NCutNode, zero: NCutNode):
-            warm_one, warm_zero = y[side], y[~side]
-            if self.official or self.subgraph is not None:  # gathered when popped (after the zero-row filter)
+            one_side, zero_side = side, ~side
+            dropped = False
+            if self.zero_row is not None:  # the children solve their kept nodes only (no-op below depth 1)
+                kept = ~self.zero_row[idx]
+                dropped = not kept.all()
+                if dropped:
+                    one_side, zero_side = side & kept, ~side & kept
+            warm_one, warm_zero = y[one_side], y[zero_side]
+            if self.official or self.subgraph is not None:  # gathered when popped
                 return _State(warm_one), _State(warm_zero)
             # the children's affinities come from this node's (m-wide rows instead of N) while it is at hand, as
-            # pooled scratch; their degrees from the split's bin sums (sums of non-negative terms)
+            # pooled scratch; their degrees from the split's bin sums (sums of non-negative terms), unless
+            # nodes were left out (then summed when solved)
             d_one = d_zero = None
-            if self.bin_degrees:
+            if self.bin_degrees and not dropped:
                 d_one = GA[best + 1:].sum(axis=0)[side]
                 d_zero = GA[:best + 1].sum(axis=0)[~side]
-            return (_State(warm_one, take_square(A, np.flatnonzero(side)), d_one, True),
-                    _State(warm_zero, take_square(A, np.flatnonzero(~side)), d_zero, True))
+            return (_State(warm_one, take_square(A, np.flatnonzero(one_side)), d_one, True),
+                    _State(warm_zero, take_square(A, np.flatnonzero(zero_side)), d_zero, True))
 
         return Proposal(value, baseline, idx[side], idx[~side], children)
+
+
+def zero_row_mask(W) -> np.ndarray:
+    """(N,) bool: the nodes whose row of ``W`` holds an exact zero (the official rule leaves them out of every
+    subgraph below the root). Streamed in row blocks (no N x N temporary)."""
+    n = W.shape[0]
+    out = np.empty(n, dtype=bool)
+    step = max(1, BLOCK_ELEMENTS // max(n, 1))
+    for a in range(0, n, step):
+        out[a:a + step] = (W[a:a + step] == 0).any(axis=1)
+    return out
 
 
 def host_tree(W, *, tau_max: float, compat: str, solver: str, num_thresholds: int, shape, leaf_bounds: bool,
               owned: bool = False) -> NCutTree:
     """The DiffCut tree of a validated affinity: :func:`~diffcut_engine.graph.tree.grow`, depth first, with a
     :class:`HostSplitter` and the ``tau`` rule at ``tau_max``."""
-    splitter = HostSplitter(W, official=compat == "official", solver=solver, num_thresholds=num_thresholds,
-                            leaf_bounds=leaf_bounds, owned=owned)
+    splitter = HostSplitter(W, official=compat == "official-float32", zero_rows=compat in ZERO_ROW_MODES,
+                            solver=solver, num_thresholds=num_thresholds, leaf_bounds=leaf_bounds, owned=owned)
     root = NCutNode(np.arange(W.shape[0]), 0)
     grow([root], [splitter.root_state()], splitter.propose, Acceptance("tau", tau_max), schedule="depth_first",
          release=splitter.release)

@@ -2,7 +2,7 @@
 
 Each call is a configuration of the one recursion (:func:`~diffcut_engine.graph.tree.grow`): features on the
 host go to the host splitter (:mod:`.host`), features on a CUDA device to the batched device path
-(:mod:`.device`). The exact semantics, including ``compat="official"``, are in docs/ALGORITHM.md.
+(:mod:`.device`). The exact semantics of the ``compat`` modes are in docs/ALGORITHM.md.
 
 References
 ----------
@@ -22,7 +22,7 @@ from .eigen import validate_solver
 from .host import host_tree
 from .scoring import NUM_THRESHOLDS
 from .tree import NCutTree
-from .validation import check_alpha, check_compat, check_num_thresholds, check_tau
+from .validation import DEFAULT_COMPAT, check_alpha, check_compat, check_num_thresholds, check_tau
 from .xp import is_device
 
 
@@ -34,7 +34,7 @@ def check_options(tau, compat, solver, num_thresholds, name="tau") -> float:
     return check_tau(tau, name)
 
 
-def build_tree(W, *, tau_max: float, compat: str = "clean", solver: str = "auto",
+def build_tree(W, *, tau_max: float, compat: str = DEFAULT_COMPAT, solver: str = "auto",
                num_thresholds: int = NUM_THRESHOLDS, shape=None, leaf_bounds: bool = True) -> NCutTree:
     """Run the recursive NCut on a dense affinity, keeping every split with NCut < ``tau_max``.
 
@@ -49,9 +49,9 @@ def build_tree(W, *, tau_max: float, compat: str = "clean", solver: str = "auto"
     shape : tuple of int, optional
         Shape of the label maps (default ``(N,)``).
     leaf_bounds : bool, default True
-        With ``compat="clean"``, skip the eigensolve of a subgraph whose :func:`spectral_lower_bound` proves that
-        no bipartition has NCut < ``tau_max`` (its node gets that bound as ``value`` and ``exact=False``). The
-        tree and every cut are unchanged; only leaf values differ.
+        Except with ``compat="official-float32"``, skip the eigensolve of a subgraph whose
+        :func:`spectral_lower_bound` proves that no bipartition has NCut < ``tau_max`` (its node gets that bound
+        as ``value`` and ``exact=False``). The tree and every cut are unchanged; only leaf values differ.
     """
     tau_max = check_options(tau_max, compat, solver, num_thresholds, name="tau_max")
     W = np.asarray(W)
@@ -63,7 +63,7 @@ def build_tree(W, *, tau_max: float, compat: str = "clean", solver: str = "auto"
                      shape=shape, leaf_bounds=leaf_bounds)
 
 
-def recursive_ncut_affinity(W, *, tau: float = 0.5, compat: str = "clean", solver: str = "auto",
+def recursive_ncut_affinity(W, *, tau: float = 0.5, compat: str = DEFAULT_COMPAT, solver: str = "auto",
                             num_thresholds: int = NUM_THRESHOLDS) -> np.ndarray:
     """Recursive NCut of a given dense affinity matrix; see :func:`recursive_ncut`.
 
@@ -80,18 +80,18 @@ def recursive_ncut_affinity(W, *, tau: float = 0.5, compat: str = "clean", solve
     return build_tree(W, tau_max=tau, compat=compat, solver=solver, num_thresholds=num_thresholds).cut(tau)
 
 
-def _affinity_of(features, alpha, compat="clean"):
-    """Affinity of a feature grid, as the recursion consumes it: float32 for ``official`` (whose float32
+def _affinity_of(features, alpha, compat=DEFAULT_COMPAT):
+    """Affinity of a feature grid, as the recursion consumes it: float32 for ``official-float32`` (whose float32
     semantics depend on it), else the same values widened to float64 in the same pass (the float64 solvers
-    then need no conversion of the root matrix)."""
+    then need no conversion of the root matrix; widening keeps the exact zeros of the zero-row rule)."""
     tokens, grid = as_token_matrix(features)
-    official = compat == "official"
+    official = compat == "official-float32"
     W = affinity_from_tokens(l2_normalize(tokens), float(alpha), exact_power=official,
                              dtype=np.float32 if official else np.float64, pooled=not official)
     return W, grid
 
 
-def ncut_tree(features, *, alpha: float = 10.0, tau_max: float = 1.0, compat: str = "clean",
+def ncut_tree(features, *, alpha: float = 10.0, tau_max: float = 1.0, compat: str = DEFAULT_COMPAT,
               solver: str = "auto", num_thresholds: int = NUM_THRESHOLDS) -> NCutTree:
     """The full recursive-NCut hierarchy of a feature grid, to be cut at any ``tau <= tau_max``.
 
@@ -110,10 +110,10 @@ def ncut_tree(features, *, alpha: float = 10.0, tau_max: float = 1.0, compat: st
     alpha = check_alpha(alpha)
     W, grid = _affinity_of(features, alpha, compat)  # finite by construction (the features were checked)
     return host_tree(W, tau_max=tau_max, compat=compat, solver=solver, num_thresholds=num_thresholds,
-                     shape=grid, leaf_bounds=True, owned=compat != "official")
+                     shape=grid, leaf_bounds=True, owned=compat != "official-float32")
 
 
-def recursive_ncut(features, *, alpha: float = 10.0, tau: float = 0.5, compat: str = "clean",
+def recursive_ncut(features, *, alpha: float = 10.0, tau: float = 0.5, compat: str = DEFAULT_COMPAT,
                    solver: str = "auto", num_thresholds: int = NUM_THRESHOLDS) -> np.ndarray:
     """Segment a feature grid by DiffCut's recursive two-way Normalized Cut.
 
@@ -131,17 +131,21 @@ def recursive_ncut(features, *, alpha: float = 10.0, tau: float = 0.5, compat: s
         Affinity exponent (the paper's value for every dataset).
     tau : float, default 0.5
         Accept a split while its NCut < tau; larger gives more segments. Paper: 0.5 with SSD-1B, 0.2 with SD1.4.
-    compat : {"clean", "official"}, default "clean"
-        ``clean`` recurses on explicit index sets and solves in float64 with LAPACK ``syevr`` (two eigenpairs).
-        ``official`` also reproduces the official code's zero-row quirk: below the root, a node whose row of the
-        float32 W contains an exact zero (always the globally least similar pair; also entries that underflow
-        for large alpha) is left out of every later subgraph and so keeps the label it had when it was dropped;
-        it also solves in float32 with a full ``syevd``, as ``torch.linalg.eigh`` does. Bit-for-bit agreement
-        with the official code needs float32 and that kind of solver: a float64 solve can put a node within
-        rounding of a threshold on the other side.
-    solver : {"auto", "dense", "full", "lobpcg"}, default "auto"
+    compat : {"official", "official-float32", "clean"}, default "official"
+        ``official`` (the default, the partitions the published numbers come from): the official code's
+        zero-row rule, as a rule on index sets: below the root, a node whose row of the float32 W contains an
+        exact zero (always the globally least similar pair; also entries that underflow for large alpha) is
+        left out of every later subgraph and so keeps the label path it had at the root's split; solved on the
+        fast float64 path (certified iterative solvers, binned scoring, leaf bounds). ``official-float32``: the
+        same rule with the official arithmetic itself, float32 solves with a full ``syevd`` as
+        ``torch.linalg.eigh`` does and float32 indicator scoring (slow; for reproduction studies).
+        Bit-for-bit agreement with a float32 run needs that mode: where the official float32 eigensolve puts
+        a node within its rounding (~1e-6 relative) of a threshold, the float64 solve can put it on the other
+        side (see docs/ALGORITHM.md for how often). ``clean``: plain index sets, every node of a side stays in
+        its subgraph (no zero-row rule), float64.
+    solver : {"auto", "dense", "full", "lobpcg", "lanczos"}, default "auto"
         Fiedler-vector solver (see :mod:`diffcut_engine.graph.eigen`); every solver gives the dense solve's
-        split. ``compat="official"`` uses ``full`` unless another is named.
+        split. ``compat="official-float32"`` uses ``full`` unless another is named.
     num_thresholds : int, default 100
         Candidate thresholds per split.
 

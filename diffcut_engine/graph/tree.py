@@ -33,8 +33,9 @@ class NCutNode:
     ----------
     indices : numpy.ndarray
         Node ids (into the flattened grid) on this side of the parent's split, in increasing order: the official
-        accumulator's mask. With ``compat="official"`` the nodes among them whose row of W holds an exact zero
-        are left out of this node's own solve (below the root).
+        accumulator's mask. Under the zero-row rule (``compat="official"``, the default, and
+        ``"official-float32"``) the nodes among them whose row of W holds an exact zero are left out of this
+        node's own solve (below the root).
     depth : int
         0 for the root.
     value : float

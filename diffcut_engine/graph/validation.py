@@ -7,8 +7,14 @@ import numbers
 
 from ..errors import InputError
 
-#: ``compat`` modes of the recursion (see :func:`~diffcut_engine.graph.ncut.recursive_ncut`).
-COMPAT_MODES = ("clean", "official")
+#: ``compat`` modes of the recursion (see :func:`~diffcut_engine.graph.ncut.recursive_ncut`): ``official`` (the
+#: default: the official partitions, the zero-row rule on the fast float64 solvers), ``official-float32`` (the
+#: official float32 full-``syevd`` computation itself, for reproduction studies), ``clean`` (plain index sets).
+COMPAT_MODES = ("official", "official-float32", "clean")
+#: The default ``compat``: what the published numbers were computed with.
+DEFAULT_COMPAT = "official"
+#: Modes that apply the official zero-row rule.
+ZERO_ROW_MODES = ("official", "official-float32")
 
 
 def _positive(value, name: str) -> float:

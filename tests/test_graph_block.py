@@ -1,0 +1,84 @@
+"""The block Krylov solver and its invariant-subspace certificate (graph/eigen.py, issue 22)."""
+
+import numpy as np
+import pytest
+
+from diffcut_engine.graph import fiedler_vector
+from diffcut_engine.graph.eigen import _block_krylov, _lanczos, subspace_certificate
+
+
+def clustered_graph(parts=4, size=60, eps=1e-8, seed=0):
+    """Nearly disconnected: ``parts`` dense blocks coupled by weights ~eps, so the top of the spectrum of M is a
+    cluster of ``parts - 1`` non-trivial eigenvalues within ~eps of 1 (gaps ~eps inside it, ~0.5 below it)."""
+    rng = np.random.default_rng(seed)
+    n = parts * size
+    block = np.repeat(np.arange(parts), size)
+    A = rng.uniform(0.5, 1.0, size=(n, n))
+    cross = eps * rng.uniform(0.2, 3.0, size=(parts, parts))
+    A = np.where(block[:, None] == block[None, :], A, cross[block][:, block] * rng.uniform(0.5, 1.5, size=(n, n)))
+    A = (A + A.T) / 2
+    return A, A.sum(1)
+
+
+def exact_u2(A, d):
+    dis = 1 / np.sqrt(d)
+    vals, vecs = np.linalg.eigh(dis[:, None] * A * dis[None, :])
+    return vals[::-1], vecs[:, -2]
+
+
+def sin_angle(u, v):
+    u, v = u / np.linalg.norm(u), v / np.linalg.norm(v)
+    return np.sqrt(max(0.0, 1 - (u @ v) ** 2))
+
+
+def test_only_the_subspace_certificate_passes_on_a_clustered_spectrum():
+    A, d = clustered_graph()
+    vals, u2 = exact_u2(A, d)
+    inner, outer = vals[1] - vals[2], vals[3] - vals[4]
+    assert inner < 1e-7 and outer > 0.1  # a tight cluster near 1, far from the rest
+    # one vector cannot be certified: residual / inner gap would need a residual below rounding
+    assert _lanczos(A, d, None) is None
+    u = _block_krylov(A, d, None)
+    assert u is not None
+    assert sin_angle(u, u2) < 1e-6
+    # the same split as the dense solve, through the public entry point
+    y_block = fiedler_vector(A, d, solver="block")
+    y_dense = fiedler_vector(A, d, solver="dense")
+    assert np.array_equal(y_block > 0, y_dense > 0)
+    np.testing.assert_allclose(y_block / np.linalg.norm(y_block), y_dense / np.linalg.norm(y_dense), atol=1e-6)
+
+
+def test_certificate_needs_the_cluster_and_its_outer_gap():
+    # Ritz values: a cluster of three within 1e-9, the rest 0.6 below; residuals 1e-10
+    theta = np.array([0.999999, 0.999998999, 0.999998998, 0.4, 0.3])
+    r = np.full(5, 1e-10)
+    bound, m = subspace_certificate(theta, r)
+    assert m == 3 and bound < 1e-6
+    # the single-vector certificate (m = 1) is residual / gap: hopeless here
+    assert r[0] / (theta[0] - theta[1] - r[1]) > 1e-6
+    # no outer gap (the next Ritz value not separated, its residual large): nothing certified
+    bound, _ = subspace_certificate(np.array([0.9, 0.8999, 0.8998]), np.array([1e-9, 1e-9, 0.5]))
+    assert not bound < 1e-6
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_certificate_bounds_the_true_angle(seed):
+    # random symmetric matrices with a clustered top, any subspace (not converged): the bound is never below
+    # the true sin(angle) between the top Ritz vector and the top eigenvector
+    rng = np.random.default_rng(seed)
+    n = 40
+    lam = np.concatenate([1 - rng.uniform(0, 1e-3, 4), rng.uniform(-0.5, 0.6, n - 4)])
+    Qm, _ = np.linalg.qr(rng.normal(size=(n, n)))
+    M = (Qm * lam) @ Qm.T
+    top = Qm[:, np.argmax(lam)]
+    target = Qm[:, np.argsort(lam)[::-1][:4]]
+    K, _ = np.linalg.qr(target + 10.0 ** -rng.uniform(3, 7) * rng.normal(size=(n, 4)) @ np.eye(4)
+                        if seed % 2 else np.hstack([target, rng.normal(size=(n, 3))])
+                        + 10.0 ** -rng.uniform(3, 7) * rng.normal(size=(n, 4 + 3 * (seed % 2 == 0))))
+    theta, S = np.linalg.eigh(K.T @ M @ K)
+    theta, S = theta[::-1], S[:, ::-1]
+    X = K @ S
+    r = np.linalg.norm(M @ X - X * theta, axis=0)
+    bound, m = subspace_certificate(theta, r)
+    assert np.isfinite(bound) and m >= 1
+    assert sin_angle(X[:, 0], top) <= bound * (1 + 1e-9) + 1e-12
