@@ -369,13 +369,21 @@ class _RuleAcceptance(Acceptance):
         return super().accepts(value, baseline)
 
 
-def _prune(node: NCutNode, tau: float) -> None:
-    """Drop the children of every split whose NCut is not below ``tau`` (the tree rule's cut, in place)."""
+#: The ``tree`` rule keeps a split only if its NCut is at most this fraction of the expected NCut of a random split
+#: of the same node: on a nearly structureless graph (e.g. the near-uniform attention of a blank image) every
+#: split beats a random one by a hair and the widest gap of the values falls anywhere.
+TREE_CONTRAST = 0.5
+#: Relative margin below ``ceiling`` (a blank image itself, encoded in another batch, must not pass its own null).
+CEILING_MARGIN = 1e-3
+
+
+def _prune(node: NCutNode, keep) -> None:
+    """Drop the children of every split with ``keep(node)`` False (the tree rule's cut, in place)."""
     stack = [node]
     while stack:
         nd = stack.pop()
         if nd.is_split:
-            if not nd.value < tau:
+            if not keep(nd):
                 nd.one = nd.zero = None
             else:
                 stack.extend((nd.one, nd.zero))
@@ -480,7 +488,8 @@ def rw_ncut(P, *, graph: str = "flow", k: int = 1, threshold: str = "tree", tau:
         Random-walk steps: the graph is built from P^k.
     threshold : {"tree", "random", "mean", "gap", "null", "constant"}, default "tree"
         Split acceptance rule. ``tree``: grow the hierarchy with ``random`` down to ``min_size``, then keep the
-        splits below :func:`tree_threshold` of its values (and below ``ceiling``). ``random``, ``mean``: the
+        splits below :func:`tree_threshold` of its values, below ``ceiling`` and at most ``TREE_CONTRAST`` (1/2)
+        times the expected NCut of a random split of their node. ``random``, ``mean``: the
         per-node baselines of :class:`~diffcut_engine.graph.tree.Acceptance`. ``gap``: the eigengap test of
         :func:`spectral_gap_baseline`. ``null``: NCut below :func:`random_graph_ncut`. ``constant``: NCut < tau.
         Chosen by measurement, see benchmarks/rwncut_rules.py and the README.
@@ -560,8 +569,9 @@ def rw_ncut(P, *, graph: str = "flow", k: int = 1, threshold: str = "tree", tau:
         # the over-split hierarchy is cut once, at the widest gap of its split values (and below the ceiling)
         cut_at = tree_threshold([s["ncut"] for s in splits])
         if ceiling is not None:
-            cut_at = min(cut_at, float(ceiling))
-        _prune(root, cut_at)
+            cut_at = min(cut_at, float(ceiling) * (1.0 - CEILING_MARGIN))
+        random_ncut = {id(nd): s["baseline"] for s, nd in zip(splits, solved)}
+        _prune(root, lambda nd: nd.value < cut_at and nd.value <= TREE_CONTRAST * random_ncut[id(nd)])
         kept = {id(nd) for nd in preorder(root) if nd.is_split}
         for s, nd in zip(splits, solved):
             s["tree_threshold"] = cut_at

@@ -96,7 +96,11 @@ class RWNCutPipeline:
             grid = self.extractor.grid_size(pixels.shape[-2], pixels.shape[-1])
             feats = F.normalize(P, dim=-1).reshape(P.shape[0], grid[0], grid[1], -1)
             return P, grid, feats
-        feats = self.encoder.encode(pixels.to(self.encoder.device)).float()
+        return self.feature_walk(self.encoder.encode(pixels.to(self.encoder.device)))
+
+    def feature_walk(self, feats) -> Tuple[torch.Tensor, Tuple[int, int], torch.Tensor]:
+        """:meth:`transition_matrices` of ``source="features"`` from already encoded (B, h, w, C) features."""
+        feats = feats.float()
         grid = tuple(feats.shape[1:3])
         P = torch.stack([torch.from_numpy(feature_transition_matrix(f.cpu().numpy(), alpha=self.config.alpha))
                          for f in feats]).float()
@@ -113,13 +117,15 @@ class RWNCutPipeline:
         key = (int(size[0]), int(size[1]))
         if key not in self._ceilings:
             opts = self.options
-            blank = torch.stack([torch.full((3, *key), v, dtype=dtype) for v in (-1.0, 0.0, 1.0)])
-            with torch.inference_mode():
-                P, grid, _ = self.transition_matrices(blank)
-            values = [rw_ncut(P[b].double().cpu().numpy(), graph=opts.graph, k=opts.k, threshold="random",
-                              min_size=opts.min_size, subgraph=opts.subgraph, alpha=self.config.alpha, shape=grid,
-                              max_depth=1).splits for b in range(P.shape[0])]
-            found = [sp[0]["ncut"] for sp in values if sp and np.isfinite(sp[0]["ncut"])]
+            found = []
+            for v in (-1.0, 0.0, 1.0):
+                with torch.inference_mode():
+                    P, grid, _ = self.transition_matrices(torch.full((1, 3, *key), v, dtype=dtype))
+                sp = rw_ncut(P[0].double().cpu().numpy(), graph=opts.graph, k=opts.k, threshold="random",
+                             min_size=opts.min_size, subgraph=opts.subgraph, alpha=self.config.alpha, shape=grid,
+                             max_depth=1).splits
+                if sp and np.isfinite(sp[0]["ncut"]):
+                    found.append(sp[0]["ncut"])
             self._ceilings[key] = min(found) if found else None
         return self._ceilings[key]
 
