@@ -223,7 +223,7 @@ def test_eval_accepts_rwncut(tmp_path):
     ds = get_dataset(key, root)
     eng = Engine(EngineConfig(size=128, device="cpu", refine=False), encoder=ColourEncoder())
     res = evaluate(ds, eng, eval_size=32, progress=False, method="rwncut", out=tmp_path / "run")
-    assert res["settings"]["method"] == "rwncut" and res["settings"]["rwncut"]["threshold"] == "random"
+    assert res["settings"]["method"] == "rwncut" and res["settings"]["rwncut"]["threshold"] == "tree"
     assert res["results"][0]["miou"] is not None and not res["failed"]
     with pytest.raises(Exception, match="one tau"):
         evaluate(ds, eng, taus=(0.3, 0.5), eval_size=32, progress=False, method="rwncut")

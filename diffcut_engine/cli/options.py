@@ -141,8 +141,9 @@ def add_method_arguments(parser) -> None:
     g.add_argument("--rw-graph", choices=("flow", "symmetric", "raw", "cooccurrence", "cosine", "bhattacharyya"),
                    default=d.graph, help="graph that is cut (default flow: the exact random-walk NCut)")
     g.add_argument("--rw-k", type=int, default=d.k, help=f"random-walk steps P^k (default {d.k})")
-    g.add_argument("--rw-threshold", choices=("random", "mean", "constant"), default=d.threshold,
-                   help="split acceptance: parameter-free random/mean, or constant (uses --tau); default random")
+    g.add_argument("--rw-threshold", choices=("tree", "random", "mean", "gap", "null", "constant"),
+                   default=d.threshold, help="split acceptance: parameter-free tree (default; cut of the hierarchy "
+                   "at the widest gap of its NCut values), random, mean, gap, null, or constant (uses --tau)")
     g.add_argument("--rw-min-size", type=int, default=d.min_size, help=f"smallest segment in grid nodes "
                    f"(default {d.min_size})")
     g.add_argument("--rw-subgraph", choices=("restrict", "renormalize"), default=d.subgraph)

@@ -6,7 +6,9 @@ distribution and F = diag(pi) P, RWNCut(A, B) = ShiMalikNCut_W(A, B) for W = (F 
 (:func:`flow_graph`), so the recursion is the graph stage's own (:func:`~diffcut_engine.graph.tree.grow` with the
 host splitter) on W, configured by the options of :func:`rw_ncut`: the graph (``flow``, ``symmetric``, ``raw``,
 attention adjacencies), the walk length ``k`` (P^k), the acceptance rule (``constant`` tau, or the
-parameter-free ``random`` and ``mean`` baselines of :class:`~diffcut_engine.graph.tree.Acceptance`),
+parameter-free rules: ``tree``, the default, which cuts the over-split hierarchy at the widest gap of its NCut
+values (:func:`tree_threshold`), the per-node ``random`` and ``mean`` baselines of
+:class:`~diffcut_engine.graph.tree.Acceptance`, the eigengap test ``gap`` and the random-graph null ``null``),
 ``min_size`` and how a side's graph is formed (``restrict`` or ``renormalize``). The definitions and the reasons
 for the defaults are in docs/ALGORITHM.md.
 
@@ -31,7 +33,7 @@ from .affinity import affinity_from_tokens, as_token_matrix, l2_normalize
 from .eigen import sign_reference, validate_solver
 from .host import HostSplitter
 from .scoring import NUM_THRESHOLDS, expected_random_ncut
-from .tree import AUTO_MARGIN, Acceptance, NCutNode, NCutTree, accepted_masks, grow, labels_from_masks
+from .tree import AUTO_MARGIN, Acceptance, NCutNode, NCutTree, accepted_masks, grow, labels_from_masks, preorder
 from .validation import check_alpha, check_num_thresholds, check_tau
 
 logger = logging.getLogger(__name__)
@@ -40,11 +42,12 @@ __all__ = [
     "GRAPHS", "THRESHOLD_RULES", "SUBGRAPH_MODES", "StationaryDistribution", "RWNCutResult",
     "check_transition_matrix", "stationary_distribution", "transition_power", "flow_graph", "symmetric_graph",
     "attention_adjacency", "random_walk_affinity", "expected_random_ncut", "rw_ncut", "feature_transition_matrix",
-    "AUTO_MARGIN",
+    "AUTO_MARGIN", "tree_threshold", "spectral_gap_baseline", "random_graph_ncut",
 ]
 
 GRAPHS = ("flow", "symmetric", "raw", "cooccurrence", "cosine", "bhattacharyya")
-THRESHOLD_RULES = ("random", "mean", "constant")
+#: Split acceptance rules; the first is the default (chosen by measurement: benchmarks/rwncut_rules.py).
+THRESHOLD_RULES = ("tree", "random", "mean", "gap", "null", "constant")
 SUBGRAPH_MODES = ("restrict", "renormalize")
 
 #: Row sums of a transition matrix must be 1 within this (absolute) tolerance.
@@ -270,6 +273,123 @@ def random_walk_affinity(P, *, graph: str = "flow", k: int = 1, alpha: float = 1
 
 
 # ------------------------------------------------------------------------------------------------------------
+# Automatic acceptance rules beyond tree.py's (random, mean): spectral gap, random-graph null, tree distribution
+# ------------------------------------------------------------------------------------------------------------
+
+#: Above this many nodes the ``gap`` rule's eigenvalues come from Lanczos (``eigsh``) instead of a dense ``eigh``.
+GAP_DENSE_MAX = 1500
+
+
+def _normalized_top(A: np.ndarray, d: np.ndarray, k: int) -> np.ndarray:
+    """The k largest eigenvalues of D^-1/2 A D^-1/2, decreasing (the first is 1)."""
+    import scipy.linalg
+    import scipy.sparse.linalg
+
+    s = 1.0 / np.sqrt(d)
+    N = (s[:, None] * A) * s[None, :]
+    n = N.shape[0]
+    if n <= GAP_DENSE_MAX:
+        w = scipy.linalg.eigh(N, eigvals_only=True, subset_by_index=[n - k, n - 1], check_finite=False)
+    else:
+        w = scipy.sparse.linalg.eigsh(N, k=k, which="LA", return_eigenvectors=False, v0=np.sqrt(d))
+    return np.sort(w)[::-1]
+
+
+def spectral_gap_baseline(A: np.ndarray, d: np.ndarray) -> float:
+    """The ``gap`` rule's statistic lambda_3 / (2 lambda_2); the split is accepted when it exceeds 1.
+
+    lambda_2 <= lambda_3 are the two smallest non-zero eigenvalues of the normalised Laplacian of the node's
+    graph: the eigengap heuristic (a two-way split is meaningful when the second direction is much cheaper than
+    the third; a structureless square field has lambda_2 ~ lambda_3). ``-inf`` (never accept) below 4 nodes,
+    ``inf`` for a disconnected graph (lambda_2 = 0).
+    """
+    if A.shape[0] < 4:
+        return float("-inf")
+    mu = _normalized_top(A, d, 3)
+    lam2, lam3 = 1.0 - mu[1], 1.0 - mu[2]
+    if not lam2 > 0:
+        return float("inf")
+    return float(lam3 / (2.0 * lam2))
+
+
+def random_graph_ncut(A: np.ndarray, d: np.ndarray) -> float:
+    """Baseline of the ``null`` rule: lambda_2 of a random graph of the same density, 1 - 2 sqrt(k - 1) / k.
+
+    ``k`` is the effective number of neighbours, the degree-weighted mean of d_i^2 / sum_j A_ij^2 (k = m for m
+    equal weights). A random k-regular graph has all non-trivial normalised-Laplacian eigenvalues near
+    1 - 2 sqrt(k - 1) / k (Alon-Boppana / Ramanujan bound), and every split's NCut is at least lambda_2: a split
+    below this value beats anything a structureless graph of this size and density can offer.
+    """
+    sq = np.einsum("ij,ij->i", A, A)
+    ok = sq > 0
+    k = float(np.sum(d[ok] * d[ok] ** 2 / sq[ok]) / np.sum(d[ok])) if ok.any() else 1.0
+    k = min(max(k, 1.0), float(A.shape[0]))
+    return float(1.0 - 2.0 * np.sqrt(k - 1.0) / k)
+
+
+def tree_threshold(values) -> float:
+    """The ``tree`` rule's threshold from the best-split NCut values of every solved node of the hierarchy.
+
+    The values of an image's hierarchy (grown with the ``random`` rule down to ``min_size``; the nodes it
+    rejected included) mix two populations: a few low values (splits along real boundaries) and a continuum of
+    higher ones (splits of textured or smooth regions, which beat a random split only because features are
+    spatially smooth, and the structureless nodes the ``random`` rule rejected). The threshold is placed in the
+    widest gap between consecutive sorted log-values, at the geometric mean of its two ends; accepted splits
+    below it are kept. With fewer than two values there is no gap: the ``random`` rule's decisions stand
+    (``inf``).
+
+    Returns
+    -------
+    float
+        The threshold (``inf`` for fewer than two values).
+    """
+    v = np.sort(np.asarray([x for x in values if np.isfinite(x) and x > 0], dtype=np.float64))
+    if v.size < 2:
+        return float("inf")
+    lv = np.log(v)
+    i = int(np.argmax(np.diff(lv)))
+    return float(np.exp(0.5 * (lv[i] + lv[i + 1])))
+
+
+class _RuleAcceptance(Acceptance):
+    """The per-node automatic rules of this module (``gap``, ``null``) in :func:`grow`'s acceptance API."""
+
+    def __init__(self, rule: str, num_thresholds: int):
+        super().__init__("random", None, num_thresholds)
+        self.rule = rule
+
+    def baseline(self, A=None, d=None, y=None) -> float:
+        if self.rule == "null":
+            return random_graph_ncut(A, d)
+        return spectral_gap_baseline(A, d)
+
+    def accepts(self, value: float, baseline: float) -> bool:
+        if self.rule == "gap":  # the baseline is the eigengap statistic, not an NCut
+            return bool(np.isfinite(value) and baseline > 1.0 + AUTO_MARGIN)
+        return super().accepts(value, baseline)
+
+
+#: The ``tree`` rule keeps a split only if its NCut is at most this fraction of the expected NCut of a random split
+#: of the same node: on a nearly structureless graph (e.g. the near-uniform attention of a blank image) every
+#: split beats a random one by a hair and the widest gap of the values falls anywhere.
+TREE_CONTRAST = 0.5
+#: Relative margin below ``ceiling`` (a blank image itself, encoded in another batch, must not pass its own null).
+CEILING_MARGIN = 1e-3
+
+
+def _prune(node: NCutNode, keep) -> None:
+    """Drop the children of every split with ``keep(node)`` False (the tree rule's cut, in place)."""
+    stack = [node]
+    while stack:
+        nd = stack.pop()
+        if nd.is_split:
+            if not keep(nd):
+                nd.one = nd.zero = None
+            else:
+                stack.extend((nd.one, nd.zero))
+
+
+# ------------------------------------------------------------------------------------------------------------
 # The recursion
 # ------------------------------------------------------------------------------------------------------------
 
@@ -287,13 +407,15 @@ class RWNCutResult:
         splits.
     ncut_tree : NCutTree or None
         With ``threshold="constant"``: the hierarchy as an :class:`~diffcut_engine.graph.ncut.NCutTree` that can
-        be cut at any ``t <= tau`` without solving again. ``None`` for the automatic rules, whose decisions are
-        not one threshold on the NCut values.
+        be cut at any ``t <= tau`` without solving again; with ``threshold="tree"``, the kept hierarchy, cut at
+        any ``t`` up to the rule's threshold (``None`` when the rule kept the ``random`` decisions). ``None`` for
+        the per-node automatic rules, whose decisions are not one threshold on the NCut values.
     stationary : StationaryDistribution or None
         The root's stationary distribution (``flow`` and ``raw`` graphs).
     splits : list of dict
         One entry per solved node, in visiting order: ``depth``, ``size``, ``ncut``, ``baseline`` (the value it
-        was compared with) and ``accepted``.
+        was compared with; for ``gap`` the statistic lambda_3 / (2 lambda_2)) and ``accepted`` (for ``tree``: kept
+        in the final hierarchy; each entry also holds the ``tree_threshold``).
     """
 
     labels: np.ndarray
@@ -348,10 +470,11 @@ def _renormalized(Pk: np.ndarray, idx: np.ndarray) -> np.ndarray:
     return sub / rows[:, None]
 
 
-def rw_ncut(P, *, graph: str = "flow", k: int = 1, threshold: str = "random", tau: float = 0.5,
+def rw_ncut(P, *, graph: str = "flow", k: int = 1, threshold: str = "tree", tau: float = 0.5,
             min_size: int = 1, subgraph: str = "restrict", alpha: float = 10.0, solver: str = "auto",
             num_thresholds: int = NUM_THRESHOLDS, shape=None, tol: float = STATIONARY_TOL,
-            max_iter: int = STATIONARY_MAX_ITER, max_depth: Optional[int] = None) -> RWNCutResult:
+            max_iter: int = STATIONARY_MAX_ITER, max_depth: Optional[int] = None,
+            ceiling: Optional[float] = None) -> RWNCutResult:
     """Recursive random-walk Normalized Cut of a transition matrix.
 
     Parameters
@@ -363,8 +486,13 @@ def rw_ncut(P, *, graph: str = "flow", k: int = 1, threshold: str = "random", ta
         Which symmetric graph is cut (module notes).
     k : int, default 1
         Random-walk steps: the graph is built from P^k.
-    threshold : {"random", "mean", "constant"}, default "random"
-        Split acceptance rule (module notes).
+    threshold : {"tree", "random", "mean", "gap", "null", "constant"}, default "tree"
+        Split acceptance rule. ``tree``: grow the hierarchy with ``random`` down to ``min_size``, then keep the
+        splits below :func:`tree_threshold` of its values, below ``ceiling`` and at most ``TREE_CONTRAST`` (1/2)
+        times the expected NCut of a random split of their node. ``random``, ``mean``: the
+        per-node baselines of :class:`~diffcut_engine.graph.tree.Acceptance`. ``gap``: the eigengap test of
+        :func:`spectral_gap_baseline`. ``null``: NCut below :func:`random_graph_ncut`. ``constant``: NCut < tau.
+        Chosen by measurement, see benchmarks/rwncut_rules.py and the README.
     tau : float, default 0.5
         Threshold of ``threshold="constant"`` (ignored otherwise).
     min_size : int, default 1
@@ -383,6 +511,9 @@ def rw_ncut(P, *, graph: str = "flow", k: int = 1, threshold: str = "random", ta
         Stationary-distribution power iteration.
     max_depth : int, optional
         Do not split nodes at this depth or below (default: no limit).
+    ceiling : float, optional
+        ``threshold="tree"`` only: never keep a split whose NCut is not below this (the method passes the best
+        NCut of a blank image through the same encoder, the structureless null of the backbone).
 
     Returns
     -------
@@ -394,6 +525,8 @@ def rw_ncut(P, *, graph: str = "flow", k: int = 1, threshold: str = "random", ta
         On an invalid P or option.
     """
     _validate(graph, threshold, tau, min_size, subgraph, solver, num_thresholds, alpha)
+    if ceiling is not None and not (isinstance(ceiling, (int, float)) and ceiling > 0):
+        raise InputError(f"ceiling must be a positive number, got {ceiling!r}")
     P = check_transition_matrix(P)
     n = P.shape[0]
     shape = tuple(shape) if shape is not None else (n,)
@@ -411,12 +544,17 @@ def rw_ncut(P, *, graph: str = "flow", k: int = 1, threshold: str = "random", ta
         if subgraph == "renormalize" else None
     splitter = HostSplitter(W, solver=solver, num_thresholds=num_thresholds, leaf_bounds=plain, warm_start=plain,
                             bin_degrees=plain, min_size=min_size, max_depth=max_depth, vector=vector, subgraph=sub)
-    rule = {"constant": "tau", "random": "random", "mean": "mean"}[threshold]
-    accept = Acceptance(rule, float(tau) if rule == "tau" else None, num_thresholds)
+    if threshold in ("gap", "null"):
+        accept = _RuleAcceptance(threshold, num_thresholds)
+    else:
+        rule = {"constant": "tau", "random": "random", "mean": "mean", "tree": "random"}[threshold]
+        accept = Acceptance(rule, float(tau) if rule == "tau" else None, num_thresholds)
     root = NCutNode(np.arange(n), 0)
     splits: List[dict] = []
+    solved: List[NCutNode] = []
 
     def record(node, proposal, accepted):
+        solved.append(node)
         splits.append({"depth": node.depth, "size": int(node.indices.size), "ncut": proposal.value,
                        "baseline": proposal.baseline, "accepted": bool(accepted)})
 
@@ -427,6 +565,19 @@ def rw_ncut(P, *, graph: str = "flow", k: int = 1, threshold: str = "random", ta
         splits = [{"depth": nd.depth, "size": int(nd.indices.size), "ncut": nd.value, "baseline": float(tau),
                    "accepted": nd.is_split} for nd in ncut_tree.nodes()]
         return RWNCutResult(ncut_tree.cut(tau), root, ncut_tree, stationary, splits)
+    if threshold == "tree":
+        # the over-split hierarchy is cut once, at the widest gap of its split values (and below the ceiling)
+        cut_at = tree_threshold([s["ncut"] for s in splits])
+        if ceiling is not None:
+            cut_at = min(cut_at, float(ceiling) * (1.0 - CEILING_MARGIN))
+        random_ncut = {id(nd): s["baseline"] for s, nd in zip(splits, solved)}
+        _prune(root, lambda nd: nd.value < cut_at and nd.value <= TREE_CONTRAST * random_ncut[id(nd)])
+        kept = {id(nd) for nd in preorder(root) if nd.is_split}
+        for s, nd in zip(splits, solved):
+            s["tree_threshold"] = cut_at
+            s["accepted"] = id(nd) in kept
+        if np.isfinite(cut_at):
+            ncut_tree = NCutTree(root, shape, cut_at, "clean")
     labels = labels_from_masks(accepted_masks(root), n).reshape(shape)
     return RWNCutResult(labels, root, ncut_tree, stationary, splits)
 

@@ -73,6 +73,7 @@ class RWNCutPipeline:
             raise InputError(f"rwncut source='attention' needs the PyTorch diffusion encoder; {encoder.name} "
                              "gives no attention probabilities (use source='features')")
         self.source = source
+        self._ceilings = {}
         self.extractor = None
         if source == "attention":
             from ..encoders.attention import AttentionExtractor
@@ -95,27 +96,66 @@ class RWNCutPipeline:
             grid = self.extractor.grid_size(pixels.shape[-2], pixels.shape[-1])
             feats = F.normalize(P, dim=-1).reshape(P.shape[0], grid[0], grid[1], -1)
             return P, grid, feats
-        feats = self.encoder.encode(pixels.to(self.encoder.device)).float()
+        return self.feature_walk(self.encoder.encode(pixels.to(self.encoder.device)))
+
+    def feature_walk(self, feats) -> Tuple[torch.Tensor, Tuple[int, int], torch.Tensor]:
+        """:meth:`transition_matrices` of ``source="features"`` from already encoded (B, h, w, C) features."""
+        feats = feats.float()
         grid = tuple(feats.shape[1:3])
         P = torch.stack([torch.from_numpy(feature_transition_matrix(f.cpu().numpy(), alpha=self.config.alpha))
                          for f in feats]).float()
         return P.to(feats.device), grid, feats
 
+    def blank_ceiling(self, size, dtype=torch.float32) -> float:
+        """The ``tree`` rule's structureless null for this encoder at input ``size`` (h, w): the lowest root NCut
+        of three blank images (black, mid-grey, white) through the same encoder and graph options.
+
+        A blank image has no content, yet a CNN's padding or a UNet's borders give its features a smooth spatial
+        structure that a size- and density-blind rule would split; no split of a real image is kept unless it
+        is cheaper than every split of a blank one. Computed once per size (cached).
+        """
+        key = (int(size[0]), int(size[1]))
+        if key not in self._ceilings:
+            opts = self.options
+            found = []
+            for v in (-1.0, 0.0, 1.0):
+                with torch.inference_mode():
+                    P, grid, _ = self.transition_matrices(torch.full((1, 3, *key), v, dtype=dtype))
+                sp = rw_ncut(P[0].double().cpu().numpy(), graph=opts.graph, k=opts.k, threshold="random",
+                             min_size=opts.min_size, subgraph=opts.subgraph, alpha=self.config.alpha, shape=grid,
+                             max_depth=1).splits
+                if sp and np.isfinite(sp[0]["ncut"]):
+                    found.append(sp[0]["ncut"])
+            self._ceilings[key] = min(found) if found else None
+        return self._ceilings[key]
+
     def segment(self, prepared: List, tau: float) -> List[Segmentation]:
         """Segment a prepared batch (:class:`~diffcut_engine.result.PreparedImage` items, from
         ``Engine.preprocess``); returns one :class:`~diffcut_engine.result.Segmentation` per image."""
-        cfg, opts = self.config, self.options
         pixels = torch.stack([p.net_input for p in prepared])
         t0 = time.perf_counter()
         with torch.inference_mode():
             P, grid, feats = self.transition_matrices(pixels)
         share = (time.perf_counter() - t0) / len(prepared)
+        return self.segment_matrices(prepared, P, grid, feats, tau, encode_time=share)
+
+    def segment_matrices(self, prepared: List, P, grid, feats, tau: float, *, options=None,
+                         encode_time: float = 0.0, return_graph: bool = False) -> List:
+        """Steps 4-6 from the transition matrices of :meth:`transition_matrices` (so that several graph options,
+        e.g. every threshold rule, can be compared on one encoder pass: ``options`` replaces the method's).
+        With ``return_graph``, each item is ``(Segmentation, RWNCutResult)`` (the graph stage's decisions)."""
+        cfg = self.config
+        opts = self.options if options is None else options
+        ceiling = None
+        if opts.threshold == "tree" and opts.blank_null:
+            ceiling = self.blank_ceiling(prepared[0].net_input.shape[-2:], prepared[0].net_input.dtype)
         out = []
         for b, item in enumerate(prepared):
-            view, tm = item.view, {**item.timings, "encode": share}
+            view, tm = item.view, {**item.timings, "encode": encode_time}
             t1 = time.perf_counter()
             res = rw_ncut(P[b].double().cpu().numpy(), graph=opts.graph, k=opts.k, threshold=opts.threshold,
-                          tau=tau, min_size=opts.min_size, subgraph=opts.subgraph, alpha=cfg.alpha, shape=grid)
+                          tau=tau, min_size=opts.min_size, subgraph=opts.subgraph, alpha=cfg.alpha, shape=grid,
+                          ceiling=ceiling)
             grid_labels = res.labels
             t2 = time.perf_counter()
             out_size = cfg.output_size or tuple(view.shape[-2:])
@@ -131,7 +171,8 @@ class RWNCutPipeline:
             t4 = time.perf_counter()
             tm.update(graph=t2 - t1, assign=t3 - t2, refine=t4 - t3)
             tm["total"] = sum(v for key, v in tm.items() if key != "total")
-            out.append(Segmentation(labels=labels.cpu().numpy().astype(np.int32), grid_labels=grid_labels,
-                                    num_segments=k, timings=tm, name=item.name, image_size=item.image_size,
-                                    crop_box=item.box, tau=float(tau), tree=res.ncut_tree))
+            seg = Segmentation(labels=labels.cpu().numpy().astype(np.int32), grid_labels=grid_labels,
+                               num_segments=k, timings=tm, name=item.name, image_size=item.image_size,
+                               crop_box=item.box, tau=float(tau), tree=res.ncut_tree)
+            out.append((seg, res) if return_graph else seg)
         return out

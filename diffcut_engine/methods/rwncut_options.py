@@ -48,8 +48,12 @@ class RWNCutOptions:
         What is cut (default ``flow``, the exact random-walk NCut).
     k : int
         Random-walk steps (P^k), default 1.
-    threshold : {"random", "mean", "constant"}
-        Split acceptance (default ``random``, parameter-free; ``constant`` uses the engine's ``tau``).
+    threshold : {"tree", "random", "mean", "gap", "null", "constant"}
+        Split acceptance (default ``tree``, parameter-free, chosen by measurement on the reference photos: see the
+        README and benchmarks/rwncut_rules.py; ``constant`` uses the engine's ``tau``).
+    blank_null : bool
+        With ``threshold="tree"``: keep no split whose NCut reaches the best split of a blank image through the
+        same encoder (the backbone's structureless null, computed once per input size). Default on.
     min_size : int
         Smallest segment in grid nodes a split may leave (default 16, 1/256 of a 64x64 grid).
     subgraph : {"restrict", "renormalize"}
@@ -71,17 +75,19 @@ class RWNCutOptions:
     grid_factor: Optional[int] = None
     graph: str = "flow"
     k: int = 1
-    threshold: str = "random"
+    threshold: str = "tree"
     min_size: int = 16
     subgraph: str = "restrict"
     labels: str = "diffseg"
+    blank_null: bool = True
 
     def __post_init__(self):
         set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731  (frozen dataclass)
         choices = {"source": ("auto", "attention", "features"), "extraction": ("single", "inversion"),
                    "resolution_weights": ("side", "uniform"),
                    "graph": ("flow", "symmetric", "raw", "cooccurrence", "cosine", "bhattacharyya"),
-                   "threshold": ("random", "mean", "constant"), "subgraph": ("restrict", "renormalize"),
+                   "threshold": ("tree", "random", "mean", "gap", "null", "constant"),
+                   "subgraph": ("restrict", "renormalize"),
                    "labels": ("diffseg", "concept")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
@@ -104,6 +110,7 @@ class RWNCutOptions:
                 raise InputError(f"rwncut factors must be positive integers, got {self.factors!r}")
             set_("factors", f)
         set_("noise", bool(self.noise))
+        set_("blank_null", bool(self.blank_null))
 
     @classmethod
     def from_options(cls, **options) -> "RWNCutOptions":
