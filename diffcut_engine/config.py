@@ -31,8 +31,9 @@ DTYPES = ("auto", "fp32", "fp16", "bf16")
 #: Encoder runtimes: the PyTorch reference, or a folder written by ``diffcut export`` run by onnxruntime or TensorRT.
 BACKENDS = ("torch", "onnx", "tensorrt")
 GRAPH_DEVICES = ("auto", "host", "device")
-#: Segmentation methods: DiffCut (recursive NCut of feature affinities) or the random-walk NCut of self-attention.
-METHODS = ("diffcut", "rwncut")
+#: Segmentation methods: DiffCut (recursive NCut of feature affinities), the random-walk NCut of self-attention, or
+#: AutoSC (one-shot K-way spectral clustering of DiffCut's affinity, K and alpha by an eigengap heuristic).
+METHODS = ("diffcut", "rwncut", "autosc")
 #: ``torch.compile`` modes accepted for ``compile`` (``None``: no compilation).
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
 #: Attention kernels of the truncated UNet: keep the checkpoint's processors, PyTorch SDPA, or the classic one.

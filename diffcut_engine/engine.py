@@ -63,6 +63,10 @@ class Engine:
             from .methods.rwncut import RWNCutPipeline
 
             self._rw = RWNCutPipeline(self.encoder, self.config)
+        elif self.config.method == "autosc":  # stages 3-4 of AutoSC (methods/autosc.py)
+            from .methods.autosc import AutoSCPipeline
+
+            self._rw = AutoSCPipeline(self.encoder, self.config)
         logger.info("engine ready: %s, tau=%s, alpha=%s", self.encoder.name, self.tau, self.config.alpha)
 
     @classmethod
@@ -159,7 +163,7 @@ class Engine:
                 raise InputError(f"tree_tau_max={tree_tau} must be at least tau={tau}")
         if self._rw is not None and (tree_tau is not None or return_features):
             raise InputError("return_tree, tree_tau_max and return_features are for method='diffcut'; "
-                             "method='rwncut' keeps no feature tree")
+                             f"method={self.config.method!r} keeps no feature tree")
         batch_size = batch_size or self.config.batch_size
         inputs = list(inputs) if not isinstance(inputs, list) else inputs
         bar = _progress(len(inputs), progress)
