@@ -294,3 +294,81 @@ def test_clip_kind_and_errors(tmp_path, tiny_clip_path):
 
     with pytest.raises(ModelLoadError):
         load_clip(str(tmp_path / "empty"))
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Engine and command line
+# ------------------------------------------------------------------------------------------------------------
+
+def test_engine_segment_with_classes(tiny_clip_path):
+    from toy_encoder import ColourEncoder
+
+    from diffcut_engine.config import EngineConfig
+    from diffcut_engine.engine import Engine
+
+    engine = Engine(EngineConfig(size=64, refine=False, device="cpu", clip_model=tiny_clip_path),
+                    encoder=ColourEncoder())
+    image, _ = three_region_image(seed=1)
+    arr = (image.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+    arr = np.array(__import__("PIL.Image", fromlist=["Image"]).fromarray(arr).resize((80, 64)))
+    seg = engine.segment(arr, classes=["cat", "sky, clouds", "grass"])
+    naming = seg.naming
+    assert naming is not None and naming.class_map.shape == seg.labels.shape == (64, 80)
+    assert naming.segment_ids == tuple(int(i) for i in np.unique(seg.labels))
+    assert set(naming.names) <= {"cat", "sky", "grass"} and all(0 < s <= 1 for s in naming.scores)
+    assert "name" in seg.timings
+    # the same as naming the result directly with the engine's namer
+    res = next(engine.iter_segment([arr], return_image=True))
+    direct = engine.namer(["cat", "sky, clouds", "grass"]).name(res.image, res.segmentation.labels)
+    assert direct.class_ids == naming.class_ids
+    np.testing.assert_array_equal(direct.class_map, naming.class_map)
+    assert engine.namer(Vocabulary.from_names(["cat", "sky,clouds", "grass"])) is engine.namer(["cat", "sky, clouds",
+                                                                                                 "grass"])
+    assert engine.segment(arr).naming is None
+
+
+def test_cli_segment_classes_writes_class_map_and_names(tiny_clip_path, tiny_sdxl_path, tmp_path, capsys):
+    import json
+
+    from PIL import Image
+
+    from diffcut_engine.cli import main
+
+    image, _ = three_region_image(seed=2)
+    src = tmp_path / "in.png"
+    Image.fromarray((image.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)).save(src)
+    out = tmp_path / "out"
+    code = main(["segment", str(src), "-o", str(out), "--model", tiny_sdxl_path, "--size", "64", "--device", "cpu",
+                 "--quiet", "--tau", "0.8", "--classes", "cat,sky|clouds,grass", "--clip-model", tiny_clip_path])
+    stdout, stderr = capsys.readouterr()
+    assert code == 0, stderr
+    png = np.asarray(Image.open(out / "in_classes.png"))
+    assert png.shape[0] == 64 and png.shape[1] > 64 and png.shape[2] == 3
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["classes"] == ["cat", "sky", "grass"] and summary["clip_model"] == tiny_clip_path
+    segs = summary["results"][0]["segments"]
+    assert len(segs) >= 1 and all(s["class"] in {"cat", "sky", "grass"} and 0 < s["score"] <= 1 for s in segs)
+    assert str(out / "in_classes.png") in summary["results"][0]["outputs"]
+    classes_file = tmp_path / "classes.txt"
+    classes_file.write_text("cat\nsky,clouds\n")
+    code = main(["segment", str(src), "-o", str(out), "--model", tiny_sdxl_path, "--size", "64", "--device", "cpu",
+                 "--quiet", "--classes-file", str(classes_file), "--clip-model", tiny_clip_path])
+    assert code == 0
+    assert json.loads((out / "summary.json").read_text())["classes"] == ["cat", "sky"]
+    code = main(["segment", str(src), "-o", str(out), "--model", tiny_sdxl_path, "--classes", "a",
+                 "--classes-file", str(classes_file)])
+    assert code == 2 and "not both" in capsys.readouterr().err
+
+
+def test_render_class_map_has_legend():
+    from diffcut_engine.openvocab.render import render_class_map
+    from diffcut_engine.viz import palette
+
+    cmap = np.zeros((20, 30), np.int32)
+    cmap[:, 15:] = 2
+    out = render_class_map(cmap, ["cat", "sky", "grass"])
+    assert out.shape[0] >= 20 and out.shape[1] > 30  # taller than the map only if the legend needs it
+    cols = palette(3)
+    assert tuple(out[5, 5]) == tuple(cols[0]) and tuple(out[5, 25]) == tuple(cols[2])
+    legend = out[:, 30:].reshape(-1, 3)
+    assert any((legend == cols[2]).all(1)) and not any((legend == cols[1]).all(1))  # only classes present
