@@ -372,3 +372,85 @@ def test_render_class_map_has_legend():
     assert tuple(out[5, 5]) == tuple(cols[0]) and tuple(out[5, 25]) == tuple(cols[2])
     legend = out[:, 30:].reshape(-1, 3)
     assert any((legend == cols[2]).all(1)) and not any((legend == cols[1]).all(1))  # only classes present
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Open-vocabulary evaluation
+# ------------------------------------------------------------------------------------------------------------
+
+def torchmetrics_multiclass_jaccard(preds, target, num_classes):
+    """A port of torchmetrics' multiclass JaccardIndex (confusion matrix update + ``_jaccard_index_reduce`` with
+    average="macro", no ignore index), as the official open-vocabulary evaluation calls it on one image."""
+    unique_mapping = (target.view(-1) * num_classes + preds.view(-1)).to(torch.long)
+    bins = torch.bincount(unique_mapping, minlength=num_classes ** 2)
+    confmat = bins.reshape(num_classes, num_classes).float()
+    num = torch.diag(confmat)
+    denom = confmat.sum(0) + confmat.sum(1) - num
+    jaccard = torch.where(denom > 0, num / torch.where(denom > 0, denom, torch.ones_like(denom)),
+                          torch.zeros_like(num))
+    weights = torch.ones_like(jaccard)
+    weights[confmat.sum(1) + confmat.sum(0) == 0] = 0.0
+    return ((weights * jaccard) / weights.sum()).sum(axis=-1)
+
+
+def test_jaccard_index_matches_torchmetrics_port():
+    from diffcut_engine.openvocab.evaluate import jaccard_index
+
+    g = torch.Generator().manual_seed(0)
+    for n in (3, 21, 60):
+        pred = torch.randint(0, min(n, 5), (32, 32), generator=g)
+        gt = torch.randint(0, min(n, 4), (32, 32), generator=g)
+        gt[:8] = 0
+        ref = float(torchmetrics_multiclass_jaccard(pred, gt, n))
+        assert jaccard_index(pred.numpy(), gt.numpy(), n) == pytest.approx(ref, rel=1e-6)
+    assert jaccard_index(np.zeros((4, 4)), np.zeros((4, 4)), 21) == 1.0  # only class 0 present
+    with pytest.raises(InputError):
+        jaccard_index(np.full((2, 2), 21), np.zeros((2, 2)), 21)
+
+
+def test_evaluate_open_vocab_on_a_miniature_voc(tiny_clip_path, tmp_path):
+    import json
+
+    from eval_fixtures import make_dataset
+    from toy_encoder import ColourEncoder
+
+    from diffcut_engine.config import EngineConfig
+    from diffcut_engine.engine import Engine
+    from diffcut_engine.eval.datasets import eval_labels, get_dataset
+    from diffcut_engine.openvocab.evaluate import evaluate_open_vocab, jaccard_index
+
+    ds = get_dataset(*make_dataset("voc-d2", tmp_path / "data", n=2, size=(72, 96))[:2])
+    engine = Engine(EngineConfig(size=64, device="cpu", clip_model=tiny_clip_path), encoder=ColourEncoder())
+    clip = load_clip(tiny_clip_path)
+    res = evaluate_open_vocab(ds, engine, out=tmp_path / "ov", progress=False, clip=clip)
+    assert res["num_images"] == 2 and not res["failed"]
+    assert res["settings"]["pamr_iters"] == 15 and res["settings"]["pamr_dilations"] == [1, 2, 4, 8, 12, 24, 32, 64]
+    assert res["settings"]["num_classes"] == 21 and res["settings"]["clip_size"] == 64
+    assert res["miou"] == pytest.approx(np.mean([r["jaccard"] for r in res["per_image"]]))
+    assert json.loads((tmp_path / "ov" / "results.json").read_text())["miou"] == pytest.approx(res["miou"])
+    # image 0 again by hand: centre crop at 64 px, PAMR(15, 1..64), CLIP names among the 21 VOC classes, GT + 1
+    ev = Engine(engine.config.replace(resize_mode="center_crop", output_size=(64, 64), pamr_iters=15,
+                                      pamr_dilations=(1, 2, 4, 8, 12, 24, 32, 64)), encoder=engine.encoder)
+    r = next(ev.iter_segment([ds.samples[0].image], return_image=True))
+    from diffcut_engine import images
+
+    namer = SegmentNamer(clip, official_vocabulary("voc"), size=64)
+    pred = namer.name(images.resize(r.image, (64, 64)), r.segmentation.labels).class_map
+    gt = eval_labels(ds.load_label(ds.samples[0]), r.segmentation.crop_box, 64, 64).astype(np.int64) + 1
+    assert set(np.unique(gt)) <= {0, 1, 15}  # background, aeroplane, person
+    assert res["per_image"][0]["jaccard"] == pytest.approx(jaccard_index(pred, gt, 21))
+
+
+def test_cli_eval_open_vocab(tiny_clip_path, tiny_sdxl_path, tmp_path, capsys):
+    from eval_fixtures import make_dataset
+
+    from diffcut_engine.cli import main
+
+    _, root, _, _ = make_dataset("voc-d2", tmp_path / "data", n=1, size=(72, 96))
+    code = main(["eval", "--dataset", "voc", "--root", str(root), "--open-vocab", "--clip-model", tiny_clip_path,
+                 "--model", tiny_sdxl_path, "--size", "64", "--device", "cpu", "--quiet", "--tau", "0.8",
+                 "--out", str(tmp_path / "ov.json")])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert "voc open-vocabulary mIoU (mean per-image Jaccard):" in out and "over 1 images" in out
+    assert (tmp_path / "ov.json").is_file()
