@@ -148,3 +148,20 @@ def test_cli_method_autosc_is_accepted():
     add_engine_options(p)
     cfg = config_from_args(p.parse_args(["--method", "autosc", "--backbone", "efficientnet-lite0"]))
     assert cfg.method == "autosc"
+
+
+def test_eval_runner_method_autosc(tmp_path):
+    from eval_fixtures import make_dataset
+    from toy_encoder import ColourEncoder
+
+    from diffcut_engine.config import EngineConfig
+    from diffcut_engine.engine import Engine
+    from diffcut_engine.eval.datasets import get_dataset
+    from diffcut_engine.eval.runner import evaluate
+
+    ds = get_dataset(*make_dataset("voc-d2", tmp_path, n=2, size=(72, 96))[:2])
+    engine = Engine(EngineConfig(size=64, device="cpu"), encoder=ColourEncoder())
+    res = evaluate(ds, engine, eval_size=32, progress=False, method="autosc")
+    assert res["settings"]["method"] == "autosc" and res["num_images"] == 2 and not res["failed"]
+    with pytest.raises(InputError):
+        evaluate(ds, engine, taus=(0.3, 0.5), eval_size=32, progress=False, method="autosc")
