@@ -454,3 +454,17 @@ def test_cli_eval_open_vocab(tiny_clip_path, tiny_sdxl_path, tmp_path, capsys):
     assert code == 0, err
     assert "voc open-vocabulary mIoU (mean per-image Jaccard):" in out and "over 1 images" in out
     assert (tmp_path / "ov.json").is_file()
+
+
+def test_missing_open_clip_fails_before_the_engine_loads(tmp_path, capsys):
+    from diffcut_engine.utils.imports import is_available
+
+    if is_available("open_clip"):
+        pytest.skip("open_clip is installed here")
+    from diffcut_engine.cli import main
+
+    code = main(["segment", str(tmp_path / "x.png"), "-o", str(tmp_path / "o"), "--model", str(tmp_path / "none"),
+                 "--classes", "a,b"])
+    err = capsys.readouterr().err
+    assert code == 2 and "diffcut-engine[openvocab]" in err and "download.pytorch.org/whl/cpu" in err
+    assert "# Engine" not in err

@@ -109,6 +109,10 @@ def cmd_eval(args) -> int:
                           **dict(zip(("method", "rwncut"), rwncut_options_from_args(args))))
     if args.clip_model is not None:
         config = config.replace(clip_model=args.clip_model)
+    if args.open_vocab:
+        from ..openvocab.clip import check_clip_backend
+
+        check_clip_backend(config.clip_model)  # fail before the diffusion model is loaded
     engine = Engine(config)
     print(f"# {dataset!r}", file=sys.stderr)
     print(f"# {engine!r}", file=sys.stderr)

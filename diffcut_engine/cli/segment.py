@@ -89,6 +89,10 @@ def cmd_segment(args) -> int:
     vocab = vocabulary_from_args(args)
     if args.clip_model is not None:
         config = config.replace(clip_model=args.clip_model)
+    if vocab is not None:
+        from ..openvocab.clip import check_clip_backend
+
+        check_clip_backend(config.clip_model)  # fail before the diffusion model is loaded
     paths = images.list_image_files(args.inputs)
     if not paths:
         raise InputError("no input images found in " + ", ".join(args.inputs))

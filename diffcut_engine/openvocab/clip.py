@@ -30,8 +30,8 @@ import torch.nn.functional as F
 
 from ..errors import BackendUnavailableError, InputError, ModelLoadError
 
-__all__ = ["ClipBackend", "OpenClipBackend", "TransformersClipBackend", "load_clip", "DEFAULT_CLIP_MODEL",
-           "OPENVOCAB_INSTALL"]
+__all__ = ["ClipBackend", "OpenClipBackend", "TransformersClipBackend", "load_clip", "check_clip_backend",
+           "DEFAULT_CLIP_MODEL", "OPENVOCAB_INSTALL"]
 
 #: The official model (open_clip ``convnext_large_d_320`` / ``laion2b_s29b_b131k_ft_soup``) on the Hugging Face hub.
 DEFAULT_CLIP_MODEL = "hf-hub:laion/CLIP-convnext_large_d_320.laion2B-s29B-b131K-ft-soup"
@@ -241,6 +241,15 @@ def clip_kind(model: str) -> str:
     if os.path.exists(model):
         raise ModelLoadError(f"CLIP model {model!r} is a file; give a folder or a hub id")
     return "transformers"
+
+
+def check_clip_backend(model: Optional[str] = None) -> str:
+    """The back end kind of ``model`` (default: the official model), raising now if its library is missing, so
+    that a command fails before it loads the diffusion model rather than after."""
+    kind = clip_kind(model or DEFAULT_CLIP_MODEL)
+    if kind == "open_clip":
+        _import_open_clip()
+    return kind
 
 
 def load_clip(model: Optional[str] = None, *, device="cpu", normalize: Optional[bool] = None,
