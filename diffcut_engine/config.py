@@ -31,8 +31,9 @@ DTYPES = ("auto", "fp32", "fp16", "bf16")
 #: Encoder runtimes: the PyTorch reference, or a folder written by ``diffcut export`` run by onnxruntime or TensorRT.
 BACKENDS = ("torch", "onnx", "tensorrt")
 GRAPH_DEVICES = ("auto", "host", "device")
-#: Segmentation methods: DiffCut (recursive NCut of feature affinities) or the random-walk NCut of self-attention.
-METHODS = ("diffcut", "rwncut")
+#: Segmentation methods: DiffCut (recursive NCut of feature affinities), the random-walk NCut of self-attention, or
+#: AutoSC (one-shot K-way spectral clustering of DiffCut's affinity, K and alpha by an eigengap heuristic).
+METHODS = ("diffcut", "rwncut", "autosc")
 #: ``torch.compile`` modes accepted for ``compile`` (``None``: no compilation).
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
 #: Attention kernels of the truncated UNet: keep the checkpoint's processors, PyTorch SDPA, or the classic one.
@@ -153,6 +154,12 @@ class EngineConfig:
     cuda_graphs : bool
         ``backend="torch"``: capture the truncated UNet call with ``torch.cuda.CUDAGraph`` once per input
         shape and replay it afterwards. Needs CUDA.
+    clip_model : str, optional
+        CLIP model that names segments when ``Engine.segment(..., classes=[...])`` asks for class names: an
+        open_clip model (``hf-hub:org/repo``, ``local-dir:/path``, ``open_clip:ARCH/TAG`` or a folder with
+        ``open_clip_config.json``; needs the ``[openvocab]`` extra) or a transformers CLIP (any other hub id, or a
+        folder with ``config.json``). ``None``: the official open_clip ConvNeXt-Large
+        (``convnext_large_d_320``, ``laion2b_s29b_b131k_ft_soup``). Loaded at the first named segmentation.
     """
 
     model: str = DEFAULT_MODEL
@@ -182,6 +189,7 @@ class EngineConfig:
     channels_last: bool = False
     attention: str = "auto"
     cuda_graphs: bool = False
+    clip_model: Optional[str] = None
 
     def __post_init__(self):
         set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731  (frozen dataclass)
@@ -230,6 +238,8 @@ class EngineConfig:
                 raise InputError(f"backend={self.backend!r} needs engine_dir, a folder written by "
                                  "`diffcut export --model M --format onnx --out DIR`")
         self._check_method(set_)
+        if self.clip_model is not None and not (isinstance(self.clip_model, str) and self.clip_model.strip()):
+            raise InputError(f"clip_model must be a hub id or a folder, got {self.clip_model!r}")
         self._check_speed_options()
         if self.graph_device not in GRAPH_DEVICES:
             raise InputError(f"unknown graph_device {self.graph_device!r}; choose one of {', '.join(GRAPH_DEVICES)}")

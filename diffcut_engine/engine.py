@@ -59,10 +59,15 @@ class Engine:
         self.encoder = encoder if encoder is not None else load_encoder(self.config)
         self.tau = self.config.tau if self.config.tau is not None else (self.encoder.default_tau or 0.5)
         self._rw = None
+        self._clip = self._namer = None  # open-vocabulary naming: loaded at the first segment(classes=...)
         if self.config.method == "rwncut":  # stages 2-4 of the random-walk NCut (methods/rwncut.py)
             from .methods.rwncut import RWNCutPipeline
 
             self._rw = RWNCutPipeline(self.encoder, self.config)
+        elif self.config.method == "autosc":  # stages 3-4 of AutoSC (methods/autosc.py)
+            from .methods.autosc import AutoSCPipeline
+
+            self._rw = AutoSCPipeline(self.encoder, self.config)
         logger.info("engine ready: %s, tau=%s, alpha=%s", self.encoder.name, self.tau, self.config.alpha)
 
     @classmethod
@@ -91,7 +96,7 @@ class Engine:
     # ------------------------------------------------------------------------------------------ whole pipeline
     def segment(self, images_, *, tau: Optional[float] = None, return_features: bool = False,
                 return_tree: bool = False, tree_tau_max: Optional[float] = None, errors: str = "raise",
-                progress: bool = False):
+                progress: bool = False, classes=None):
         """Segment one image or a list of images.
 
         Parameters
@@ -113,6 +118,10 @@ class Engine:
             A single bad image always raises its :class:`InputError`.
         progress : bool
             Show a progress bar on stderr.
+        classes : list of str, Vocabulary or SegmentNamer, optional
+            Name every segment with CLIP (``config.clip_model``) among these classes (a string may list synonyms,
+            ``"sky, clouds"``): each result's ``naming`` holds the class name and score of each segment and the
+            class map at the labels' size (:class:`~diffcut_engine.openvocab.SegmentNames`).
 
         Returns
         -------
@@ -126,7 +135,7 @@ class Engine:
         results: List[Optional[Segmentation]] = [None] * len(items)
         failures = {}
         for res in self.iter_segment(items, tau=tau, return_features=return_features, return_tree=return_tree,
-                                     tree_tau_max=tree_tau_max, progress=progress):
+                                     tree_tau_max=tree_tau_max, progress=progress, classes=classes):
             if res.ok:
                 results[res.index] = res.segmentation
             else:
@@ -144,12 +153,12 @@ class Engine:
     def iter_segment(self, inputs: Iterable, *, tau: Optional[float] = None, return_features: bool = False,
                      return_tree: bool = False, tree_tau_max: Optional[float] = None,
                      batch_size: Optional[int] = None, progress: bool = False,
-                     return_image: bool = False) -> Iterator[SegmentResult]:
+                     return_image: bool = False, classes=None) -> Iterator[SegmentResult]:
         """Stream results in input order, batching the encoder; a bad input yields a result with ``error`` set.
 
         With ``return_image`` each result also carries the decoded image region its labels cover (for overlays
-        without decoding the file again). Errors that are not about one input (out of memory, a broken model)
-        propagate.
+        without decoding the file again). ``classes`` names the segments as in :meth:`segment`. Errors that are
+        not about one input (out of memory, a broken model) propagate.
         """
         tau = self.resolve_tau(tau)
         tree_tau = None
@@ -159,14 +168,18 @@ class Engine:
                 raise InputError(f"tree_tau_max={tree_tau} must be at least tau={tau}")
         if self._rw is not None and (tree_tau is not None or return_features):
             raise InputError("return_tree, tree_tau_max and return_features are for method='diffcut'; "
-                             "method='rwncut' keeps no feature tree")
+                             f"method={self.config.method!r} keeps no feature tree")
         batch_size = batch_size or self.config.batch_size
+        namer = self.namer(classes) if classes is not None else None
         inputs = list(inputs) if not isinstance(inputs, list) else inputs
         bar = _progress(len(inputs), progress)
         try:
             for start in range(0, len(inputs), batch_size):
                 chunk = list(enumerate(inputs[start:start + batch_size], start))
-                for res in self._segment_batch(chunk, tau, tree_tau, return_features, return_image):
+                for res in self._segment_batch(chunk, tau, tree_tau, return_features,
+                                               return_image or namer is not None):
+                    if namer is not None and res.ok:
+                        res = self._name_result(res, namer, return_image)
                     bar.update(1)
                     yield res
         finally:
@@ -199,6 +212,37 @@ class Engine:
         for p, seg in zip(prepared, segs):
             out[p.index] = SegmentResult(p.index, p.name, segmentation=seg, image=p.view if keep_image else None)
         return [out[index] for index, _ in chunk]
+
+    def namer(self, classes):
+        """The :class:`~diffcut_engine.openvocab.SegmentNamer` of ``classes`` (a list of names, a
+        :class:`~diffcut_engine.openvocab.Vocabulary`, or a namer, returned as is) on ``config.clip_model``.
+
+        The CLIP model is loaded once per engine, the text classifier once per vocabulary (the last one is kept).
+        CLIP sees the image at the network size (``config.size``: 1024 px, as the official evaluation).
+        """
+        from .openvocab import SegmentNamer, Vocabulary, load_clip
+
+        if isinstance(classes, SegmentNamer):
+            return classes
+        vocab = Vocabulary.coerce(classes)
+        if self._namer is not None and self._namer.vocabulary == vocab:
+            return self._namer
+        if self._clip is None:
+            self._clip = load_clip(self.config.clip_model, device=self.device,
+                                   local_files_only=self.config.local_files_only)
+        self._namer = SegmentNamer(self._clip, vocab, size=self.config.size)
+        return self._namer
+
+    @staticmethod
+    def _name_result(res: SegmentResult, namer, keep_image: bool) -> SegmentResult:
+        """``res`` with its segments named (``segmentation.naming``) and the name stage's seconds in its timings."""
+        t0 = time.perf_counter()
+        seg = res.segmentation
+        naming = namer.name(res.image, seg.labels)
+        timings = {**seg.timings, "name": time.perf_counter() - t0}
+        timings["total"] = seg.timings.get("total", 0.0) + timings["name"]
+        return SegmentResult(res.index, res.name, segmentation=seg.replace(naming=naming, timings=timings),
+                             image=res.image if keep_image else None)
 
     def segment_video(self, source, **options):
         """Segment a video (file or iterable of frames) as a stream, with segment ids kept across frames.

@@ -85,6 +85,9 @@ class Segmentation:
     tree : NCutTree or None
         The NCut hierarchy (:class:`~diffcut_engine.graph.NCutTree`), if requested with ``return_tree=True``:
         ``tree.cut(t)`` gives the grid labels at any ``t <= tree.tau_max`` without solving again.
+    naming : SegmentNames or None
+        Class name and score of each segment and the (H, W) class map
+        (:class:`~diffcut_engine.openvocab.SegmentNames`), if asked for with ``segment(..., classes=[...])``.
     """
 
     labels: np.ndarray
@@ -97,6 +100,7 @@ class Segmentation:
     tau: float = 0.0
     features: Optional[np.ndarray] = field(default=None, repr=False)
     tree: Optional[object] = field(default=None, repr=False)
+    naming: Optional[object] = field(default=None, repr=False)
 
     def __repr__(self):
         h, w = self.labels.shape

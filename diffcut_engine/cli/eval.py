@@ -20,6 +20,7 @@ EVAL_EXAMPLES = """examples:
   diffcut eval --dataset coco-stuff --root datasets/coco --tau 0.3,0.4,0.5,0.6 --out runs/coco.json
   diffcut eval --dataset cityscapes --root datasets/cityscapes --limit 50 --out runs/cs/  # first 50 images
   diffcut eval --dataset cityscapes --root datasets/cityscapes --out runs/cs/             # resumes, adds the rest
+  diffcut eval --dataset voc --root datasets/pascal_voc_d2 --open-vocab --out runs/voc-ov/  # CLIP-named segments
 
 datasets: voc (VOC 2012 val), context (Pascal Context 59), coco-stuff (COCO-Stuff-27, curated 2,175 images),
 coco-object, cityscapes, ade20k; folder layouts in docs/EVAL.md. A killed run resumes from the cache in --out.
@@ -81,6 +82,13 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     g.add_argument("--restart", action="store_true", help="discard a cache made with other settings")
     g.add_argument("--json", action="store_true", help="print the results JSON instead of the table")
     add_run_flags(g)
+    g = p.add_argument_group("open-vocabulary evaluation (eval_diffcut_openvoc.py; voc, context, coco-object)")
+    g.add_argument("--open-vocab", action="store_true",
+                   help="name each segment with CLIP among the dataset's official class list and score the mean "
+                   "per-image Jaccard index (prediction at the network size, PAMR 15 iterations with dilations "
+                   "1..64; --eval-size, --pamr-*, --fp-counting, --overlays and the cache do not apply)")
+    g.add_argument("--clip-model", default=None, metavar="MODEL",
+                   help="CLIP for --open-vocab (default: the official open_clip ConvNeXt-Large; extra [openvocab])")
     add_method_arguments(p)  # --method diffcut|rwncut and the --rw-* options
     p.set_defaults(func=cmd_eval)
     return p
@@ -100,9 +108,17 @@ def cmd_eval(args) -> int:
                           pamr_dilations=args.pamr_dilations, device=args.device, dtype=args.dtype,
                           batch_size=args.batch_size, local_files_only=args.local_files_only,
                           **dict(zip(("method", "rwncut"), rwncut_options_from_args(args))))
+    if args.clip_model is not None:
+        config = config.replace(clip_model=args.clip_model)
+    if args.open_vocab:
+        from ..openvocab.clip import check_clip_backend
+
+        check_clip_backend(config.clip_model)  # fail before the diffusion model is loaded
     engine = Engine(config)
     print(f"# {dataset!r}", file=sys.stderr)
     print(f"# {engine!r}", file=sys.stderr)
+    if args.open_vocab:
+        return _open_vocab(args, dataset, engine)
     results = evaluate(dataset, engine, taus=args.tau, eval_size=args.eval_size, fp_counting=args.fp_counting,
                        out=args.out, limit=args.limit, overlays=args.overlays, restart=args.restart,
                        progress=not args.quiet, method=args.method)
@@ -111,6 +127,23 @@ def cmd_eval(args) -> int:
     else:
         print(format_table(results))
         print(f"results written to {output_paths(args.out)['results']}", file=sys.stderr)
+    for f in results["failed"]:
+        print(f"error: {f['name']}: {f['error']}", file=sys.stderr)
+    return EXIT_SOME_FAILED if results["failed"] else EXIT_OK
+
+
+def _open_vocab(args, dataset, engine) -> int:
+    """``diffcut eval --open-vocab``: the official protocol of :mod:`diffcut_engine.openvocab.evaluate`."""
+    from ..openvocab.evaluate import evaluate_open_vocab
+
+    results = evaluate_open_vocab(dataset, engine, limit=args.limit, out=args.out, progress=not args.quiet)
+    if args.json:
+        print(json.dumps(results, indent=1))
+    else:
+        miou = "n/a" if results["miou"] is None else f"{100 * results['miou']:.2f}"
+        print(f"{dataset.key} open-vocabulary mIoU (mean per-image Jaccard): {miou} over {results['num_images']} "
+              f"images")
+        print(f"results written to {results['file']}", file=sys.stderr)
     for f in results["failed"]:
         print(f"error: {f['name']}: {f['error']}", file=sys.stderr)
     return EXIT_SOME_FAILED if results["failed"] else EXIT_OK

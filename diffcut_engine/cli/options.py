@@ -127,7 +127,8 @@ def add_method_arguments(parser) -> None:
     d = RWNCutOptions()
     g = parser.add_argument_group("random-walk NCut (--method rwncut; see docs/ALGORITHM.md)")
     g.add_argument("--method", choices=METHODS, default="diffcut",
-                   help="diffcut (default) or rwncut: random-walk NCut on the UNet self-attention")
+                   help="diffcut (default), rwncut: random-walk NCut on the UNet self-attention, or "
+                   "autosc: one-shot spectral clustering, K and alpha by the eigengap (ignores --tau)")
     g.add_argument("--rw-source", choices=("auto", "attention", "features"), default=d.source,
                    help="transition matrix: UNet attention (torch diffusion backbone) or the feature-affinity walk "
                    "(lite backbone, ONNX/TensorRT); default auto")

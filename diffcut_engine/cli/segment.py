@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from ..errors import InputError
+from .classes import add_class_arguments, vocabulary_from_args, write_class_map
 from .options import EXIT_OK, EXIT_SOME_FAILED, add_engine_options, add_run_flags, config_from_args, tau_list
 
 SEGMENT_EXAMPLES = """examples:
@@ -16,6 +17,7 @@ SEGMENT_EXAMPLES = """examples:
   diffcut segment photo.jpg -o out/ --backbone efficientnet-lite0   # offline backbone, no download
   diffcut segment frame.png -o out/ --size 1024x576 --device cuda --dtype fp16
   diffcut segment photo.jpg -o out/ --backend onnx --engine-dir ssd1b-onnx/   # a `diffcut export` folder
+  diffcut segment photo.jpg -o out/ --classes 'person|people,sky,tree,grass'   # name segments with CLIP
 """
 
 
@@ -35,6 +37,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     g.add_argument("--save-npy", action="store_true", help="also write the labels as .npy (int32)")
     g.add_argument("--no-overlay", dest="overlay", action="store_false", help="do not write overlay PNGs")
     add_run_flags(g)
+    add_class_arguments(seg)
     seg.set_defaults(func=cmd_segment)
     return seg
 
@@ -83,6 +86,13 @@ def cmd_segment(args) -> int:
     from ..engine import Engine
 
     config = config_from_args(args)
+    vocab = vocabulary_from_args(args)
+    if args.clip_model is not None:
+        config = config.replace(clip_model=args.clip_model)
+    if vocab is not None:
+        from ..openvocab.clip import check_clip_backend
+
+        check_clip_backend(config.clip_model)  # fail before the diffusion model is loaded
     paths = images.list_image_files(args.inputs)
     if not paths:
         raise InputError("no input images found in " + ", ".join(args.inputs))
@@ -92,7 +102,9 @@ def cmd_segment(args) -> int:
     used, failed, summary = set(), 0, []
     taus = args.taus
     extra = {"tau": taus[0], "tree_tau_max": taus[-1], "return_features": True} if taus else {}
-    for res in engine.iter_segment(paths, progress=not args.quiet, return_image=args.overlay or bool(taus),
+    namer = engine.namer(vocab) if vocab is not None else None
+    for res in engine.iter_segment(paths, progress=not args.quiet,
+                                   return_image=args.overlay or bool(taus) or namer is not None, classes=namer,
                                    **extra):
         source = str(paths[res.index])
         if not res.ok:
@@ -107,12 +119,23 @@ def cmd_segment(args) -> int:
             for t in taus]
         for seg, name in variants:
             files = write_outputs(seg, res.image, args.output, name, overlay=args.overlay, save_npy=args.save_npy)
+            entry = {}
+            if namer is not None:
+                if seg.naming is None:  # a further tau of --taus
+                    seg = seg.replace(naming=namer.name(res.image, seg.labels))
+                files.append(write_class_map(seg, res.image, args.output, name))
+                entry["segments"] = seg.naming.as_dicts()
+                print(f"{source}: " + ", ".join(f"{d['segment']}={d['class']} ({d['score']:.2f})"
+                                                for d in entry["segments"]))
             print(f"{source}: {seg.num_segments} segments at tau {seg.tau:g} -> {files[0]}")
             summary.append({"input": source, "tau": seg.tau, "num_segments": seg.num_segments,
-                            "outputs": [str(f) for f in files],
+                            "outputs": [str(f) for f in files], **entry,
                             "timings": {k: round(v, 6) for k, v in seg.timings.items()}})
     with open(args.output / "summary.json", "w") as fh:
-        json.dump({"engine": repr(engine), "tau": engine.tau, "results": summary}, fh, indent=1)
+        head = {"engine": repr(engine), "tau": engine.tau}
+        if namer is not None:
+            head.update(clip_model=namer.clip.name, classes=list(namer.vocabulary.names))
+        json.dump({**head, "results": summary}, fh, indent=1)
     if failed:
         print(f"{failed} of {len(paths)} inputs failed", file=sys.stderr)
         return EXIT_SOME_FAILED

@@ -43,7 +43,7 @@ logger = logging.getLogger("diffcut_engine")
 __all__ = ["evaluate", "eval_engine", "output_paths", "score_prediction", "format_table", "CACHE_VERSION"]
 
 CACHE_VERSION = 1
-METHODS = ("diffcut", "rwncut")
+METHODS = ("diffcut", "rwncut", "autosc")
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -341,9 +341,9 @@ def evaluate(dataset: SegmentationDataset, engine, *, taus=None, eval_size: int 
         Discard a cache made with other settings instead of raising.
     progress : bool
         Show a progress bar with the running mIoU on stderr.
-    method : {"diffcut", "rwncut"}
+    method : {"diffcut", "rwncut", "autosc"}
         The segmentation method (overrides the engine's ``config.method``); ``rwncut`` takes one tau and the
-        engine's ``config.rwncut`` options.
+        engine's ``config.rwncut`` options; ``autosc`` picks K itself (its tau is only a label of the results).
 
     Returns
     -------
@@ -368,8 +368,8 @@ def evaluate(dataset: SegmentationDataset, engine, *, taus=None, eval_size: int 
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
         raise InputError(f"limit must be a positive integer, got {limit!r}")
     taus = _check_taus(taus, engine.tau)
-    if method == "rwncut" and len(taus) > 1:
-        raise InputError("method='rwncut' evaluates one tau per run (its automatic thresholds build no NCut tree)")
+    if method in ("rwncut", "autosc") and len(taus) > 1:
+        raise InputError(f"method={method!r} evaluates one tau per run (it builds no NCut tree; autosc ignores tau)")
     ev = eval_engine(engine, eval_size, method=method)
     cfg = ev.config
     net_size = cfg.size[0]

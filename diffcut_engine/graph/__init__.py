@@ -3,10 +3,11 @@
 Layout (docs/ALGORITHM.md): :mod:`.affinity` (the one affinity definition), :mod:`.eigen` (every Fiedler solver),
 :mod:`.scoring` (thresholds and split scores), :mod:`.tree` (the one recursion: tree, acceptance rule, schedule),
 :mod:`.host` and :mod:`.batched` (its splitters), :mod:`.ncut` and :mod:`.device` (entry points on host and device
-features), :mod:`.rwncut` (the random-walk NCut).
+features), :mod:`.rwncut` (the random-walk NCut), :mod:`.autosc` (AutoSC, one-shot K-way spectral clustering).
 """
 
 from .affinity import affinity, affinity_from_tokens, l2_normalize, namespace_affinity, reference_affinity
+from .autosc import AUTOSC_ALPHAS, AutoSCResult, autosc, autosc_labels
 from .batched import build_trees_batched
 from .device import device_affinity, device_namespace, device_ncut_trees
 from .eigen import SOLVERS, fiedler_vector, spectral_lower_bound, stacked_fiedler_vectors
@@ -23,6 +24,10 @@ __all__ = [
     "l2_normalize",
     "namespace_affinity",
     "reference_affinity",
+    "AUTOSC_ALPHAS",
+    "AutoSCResult",
+    "autosc",
+    "autosc_labels",
     "SOLVERS",
     "fiedler_vector",
     "spectral_lower_bound",

@@ -27,6 +27,7 @@ _EXTRAS = {
     "triton": ("gpu", "Triton"),
     "av": ("video", "PyAV"),
     "skimage": ("eval", "scikit-image"),
+    "open_clip": ("openvocab", "open_clip"),
 }
 
 
