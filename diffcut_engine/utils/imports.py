@@ -27,6 +27,9 @@ _EXTRAS = {
     "triton": ("gpu", "Triton"),
     "av": ("video", "PyAV"),
     "skimage": ("eval", "scikit-image"),
+    "ray": ("ray", "Ray"),
+    "ray.data": ("ray", "Ray Data"),
+    "pyarrow": ("ray", "pyarrow"),
 }
 
 
