@@ -365,3 +365,17 @@ def test_killed_driver_resumes_without_redoing_finished_items(ray_cluster, tmp_p
     assert names == sorted([f"{p.stem}_labels.png" for p in paths] + ["manifest.parquet"])
     for p in paths:  # every output complete (a truncated PNG fails to load)
         assert read_png(out / f"{p.stem}_labels.png").shape == (120, 160)
+
+
+def test_missing_ray_names_the_extra(tmp_path, monkeypatch):
+    from diffcut_engine.distributed import run_batch
+    from diffcut_engine.errors import BackendUnavailableError
+    from diffcut_engine.utils import imports
+
+    write_images(tmp_path / "in", 1)
+    real = imports.is_available
+    monkeypatch.setattr(imports, "is_available", lambda m: False if m.split(".")[0] == "ray" else real(m))
+    with pytest.raises(BackendUnavailableError, match=r"diffcut-engine\[ray\]"):
+        run_batch([str(tmp_path / "in")], tmp_path / "out", lite_config(), progress=False)
+    with pytest.raises(InputError, match="num_workers"):
+        run_batch([str(tmp_path / "in")], tmp_path / "out", lite_config(), num_workers=0)

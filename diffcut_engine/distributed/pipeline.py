@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from ..config import EngineConfig
-from ..errors import InputError
+from ..errors import DiffCutError, InputError
 from .items import WorkItem, list_items
 from .manifest import STATUS_DONE, ManifestJournal, completed_items, config_hash, consolidate, read_manifest
 from .worker import STAGING_DIR, SegmentWorker
@@ -121,12 +121,14 @@ def run_batch(inputs: Sequence, outdir, config: EngineConfig, *, address: Option
     shutil.rmtree(outdir / STAGING_DIR, ignore_errors=True)  # what a killed run left half-written
     print(f"# {len(items)} items ({len(todo)} to do, {summary.skipped} already done), configuration {digest}",
           file=log)
-    if todo:
-        _run_on_ray(todo, outdir, config, digest, summary, address=address, num_workers=num_workers,
-                    cpus_per_worker=cpus_per_worker, gpus_per_worker=gpus_per_worker,
-                    items_per_call=items_per_call, retries=retries, overlay=overlay, save_npy=save_npy,
-                    progress=progress, log=log)
-    summary.manifest = consolidate(outdir)
+    try:
+        if todo:
+            _run_on_ray(todo, outdir, config, digest, summary, address=address, num_workers=num_workers,
+                        cpus_per_worker=cpus_per_worker, gpus_per_worker=gpus_per_worker,
+                        items_per_call=items_per_call, retries=retries, overlay=overlay, save_npy=save_npy,
+                        progress=progress, log=log)
+    finally:  # also when the pipeline stopped: what finished goes into the Parquet manifest
+        summary.manifest = consolidate(outdir)
     summary.seconds = time.perf_counter() - t_start
     return summary
 
@@ -157,7 +159,7 @@ def _run_on_ray(todo, outdir, config, digest, summary, *, address, num_workers, 
         bar = progress_bar(total=len(todo), enabled=progress, desc="batch", unit="item")
         try:
             with ManifestJournal(outdir) as journal:
-                for result in ds.iter_rows():
+                for result in _rows(ds):
                     item: WorkItem = by_id[str(result["item_id"])]
                     row = journal.append({**item.as_row(), **_decode(result), "config_hash": digest,
                                           "finished_at": time.time()})
@@ -174,6 +176,20 @@ def _run_on_ray(todo, outdir, config, digest, summary, *, address, num_workers, 
     finally:
         if started:
             ray.shutdown()
+
+
+def _rows(ds):
+    """The dataset's result rows; a failure of the pipeline itself (an actor that cannot load its engine, a lost
+    node) becomes one :class:`DiffCutError` line, since what finished is already in the journal."""
+    try:
+        yield from ds.iter_rows()
+    except (DiffCutError, KeyboardInterrupt):
+        raise
+    except Exception as exc:  # noqa: BLE001 (Ray wraps the worker's exception with its traceback)
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        reason = lines[-1] if lines else type(exc).__name__
+        raise DiffCutError(f"the Ray pipeline stopped: {reason}; the items finished before are recorded in the "
+                           "manifest, run the same command again to resume") from exc
 
 
 def _decode(result) -> dict:
