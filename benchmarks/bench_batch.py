@@ -3,15 +3,16 @@
     python benchmarks/bench_batch.py --images 32 --size 256 --workers 1,2
 
 The same images (skimage photos, resized and cropped differently so that no two are alike) are segmented
-1. by a plain loop ``for p in paths: engine.segment(p)`` in this process, with torch's default threads and with
-   one thread (what a Ray actor with one CPU gets: Ray sets ``OMP_NUM_THREADS`` to the actor's CPUs);
+1. by a plain loop ``for p in paths: engine.segment(p)`` in a fresh process, with the default threads and with
+   ``OMP_NUM_THREADS=1`` (what a Ray actor with one CPU gets: Ray sets it to the actor's CPUs);
 2. by ``run_batch`` on a local Ray (started once, ``--ray-cpus`` CPUs) with 1, 2, ... workers of one CPU each,
    into a fresh output folder each time (nothing skipped).
 
 For Ray, "wall" counts everything the command does (listing, actor start and model load, writing PNGs and the
-manifest); "steady" is (N - 1) / (wall of N images - wall of 1 image): the rate once the fixed start-up is paid.
-Ray's overhead per item is the 1-worker steady time per item minus the 1-thread loop's time per item (it includes
-writing the label PNG, which the loop does not do). Timings on a shared machine vary: compare ratios of one run.
+manifest); "steady" is the rate between the first and the last item the workers finished (the manifest's
+``finished_at``), once the start-up is paid. Ray's overhead per item is the 1-worker steady time per item minus the
+1-thread loop's time per item (it includes writing the label PNG, which the loop does not do), and minus the
+engine stages' own time in the worker. Timings on a shared machine vary: compare ratios of one run.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import argparse
 import json
 import os
 import platform
+import subprocess
 import sys
 import tempfile
 import time
@@ -57,47 +59,47 @@ def make_images(folder: Path, n: int, seed: int = 0) -> list:
     return paths
 
 
-def plain_loop(config, paths, threads=None) -> float:
-    import torch
-
+def plain_loop(config, paths) -> float:
+    """Seconds of ``for p in paths: engine.segment(p)`` after one untimed warm-up call."""
     from diffcut_engine.engine import Engine
 
-    old = torch.get_num_threads()
+    engine = Engine(config)
+    engine.segment(str(paths[0]))
+    t0 = time.perf_counter()
+    for p in paths:
+        engine.segment(str(p))
+    return time.perf_counter() - t0
+
+
+def plain_loop_in_subprocess(folder, size, threads) -> float:
+    """:func:`plain_loop` in a fresh process with ``OMP_NUM_THREADS`` (and so torch's and BLAS's threads) set,
+    as Ray sets it in an actor; ``threads=None`` keeps the defaults."""
+    env = dict(os.environ)
+    env.pop("OMP_NUM_THREADS", None)
     if threads:
-        torch.set_num_threads(threads)
-    try:
-        engine = Engine(config)
-        engine.segment(str(paths[0]))  # warm-up (first-call allocations), not timed
-        t0 = time.perf_counter()
-        for p in paths:
-            engine.segment(str(p))
-        return time.perf_counter() - t0
-    finally:
-        torch.set_num_threads(old)
+        env.update(OMP_NUM_THREADS=str(threads), OPENBLAS_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    out = subprocess.run([sys.executable, __file__, "--loop-only", str(folder), "--size", str(size)], env=env,
+                         capture_output=True, text=True, check=True).stdout
+    return float(out.strip().splitlines()[-1])
 
 
-def ray_wall(inputs, config, workers) -> tuple:
-    """(seconds, manifest rows) of one ``run_batch`` into a fresh folder."""
+def ray_run(config, paths, workers) -> dict:
+    """One ``run_batch`` into a fresh folder. "steady" is the rate between the first and the last item the
+    workers finished (their clocks, in the manifest): the start-up (actors starting, loading the model) excluded."""
     from diffcut_engine.distributed import read_manifest, run_batch
 
     with tempfile.TemporaryDirectory() as out, open(os.devnull, "w") as devnull:
         t0 = time.perf_counter()
-        summary = run_batch(inputs, out, config, num_workers=workers, progress=False, log=devnull)
+        summary = run_batch([str(p) for p in paths], out, config, num_workers=workers, progress=False, log=devnull)
         wall = time.perf_counter() - t0
         rows = list(read_manifest(out).values())
-    assert summary.done == len(rows) and summary.failed == 0, summary.errors
-    return wall, rows
-
-
-def ray_run(config, paths, workers) -> dict:
-    """Ray on all images, and on one image: the difference is the cost of the N - 1 more items without the
-    fixed start-up (listing, actors starting and loading the model, the manifest)."""
-    one, _ = ray_wall([str(paths[0])], config, workers)
-    wall, rows = ray_wall([str(p) for p in paths], config, workers)
-    n = len(paths)
-    return {"workers": workers, "wall_s": wall, "one_item_wall_s": one, "items_per_s_wall": n / wall,
-            "items_per_s_steady": (n - 1) / (wall - one) if wall > one else float("nan"),
-            "worker_compute_s_per_item": float(np.mean([r["timings"]["total"] for r in rows]))}
+    assert summary.done == len(rows) == len(paths) and summary.failed == 0, summary.errors
+    ends = sorted(r["finished_at"] for r in rows)
+    n = len(rows)
+    return {"workers": workers, "wall_s": wall, "items_per_s_wall": n / wall,
+            "items_per_s_steady": (n - 1) / (ends[-1] - ends[0]) if ends[-1] > ends[0] else float("nan"),
+            "worker_compute_s_per_item": float(np.mean([r["timings"]["total"] for r in rows])),
+            "worker_item_s": float(np.mean([r["seconds"] for r in rows]))}
 
 
 def main(argv=None) -> int:
@@ -107,7 +109,15 @@ def main(argv=None) -> int:
     ap.add_argument("--workers", default="1,2", help="worker counts to run (default 1,2)")
     ap.add_argument("--ray-cpus", type=int, default=2, help="CPUs of the local Ray (default 2)")
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--loop-only", type=Path, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.loop_only:  # the child of plain_loop_in_subprocess
+        from diffcut_engine import EngineConfig
+
+        os.environ["DIFFCUT_NO_PROGRESS"] = "1"
+        config = EngineConfig(backbone="efficientnet-lite0", size=args.size, device="cpu", batch_size=1)
+        print(plain_loop(config, sorted(args.loop_only.glob("*.png"))))
+        return 0
 
     import ray
     import torch
@@ -120,8 +130,8 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         paths = make_images(Path(tmp) / "in", args.images)
         n = len(paths)
-        loop_default = plain_loop(config, paths)
-        loop_one = plain_loop(config, paths, threads=1)
+        loop_default = plain_loop_in_subprocess(Path(tmp) / "in", args.size, None)
+        loop_one = plain_loop_in_subprocess(Path(tmp) / "in", args.size, 1)
         os.environ["PYTHONPATH"] = os.pathsep.join([ROOT] + [p for p in os.environ.get("PYTHONPATH", "").split(
             os.pathsep) if p])
         t0 = time.perf_counter()
@@ -132,10 +142,12 @@ def main(argv=None) -> int:
     result = {
         "images": n, "size": args.size, "backbone": "efficientnet-lite0", "ray_cpus": args.ray_cpus,
         "ray_init_s": ray_start,
-        "loop_items_per_s": n / loop_default, "loop_threads": torch.get_num_threads(),
+        "loop_items_per_s": n / loop_default, "loop_threads": os.cpu_count(),
         "loop_1thread_items_per_s": n / loop_one,
         "ray": runs,
         "ray_overhead_s_per_item": (1 / runs[0]["items_per_s_steady"]) - loop_one / n if runs else None,
+        "ray_overhead_vs_worker_compute_s_per_item": ((1 / runs[0]["items_per_s_steady"])
+                                                      - runs[0]["worker_compute_s_per_item"]) if runs else None,
         "machine": f"{platform.machine()} {os.cpu_count()} cores, {platform.platform()}",
         "versions": f"Python {platform.python_version()}, torch {torch.__version__}, ray {ray.__version__}, "
                     f"diffcut-engine {diffcut_engine.__version__}",
@@ -153,7 +165,8 @@ def main(argv=None) -> int:
               f"{r['worker_compute_s_per_item'] * 1e3:.0f} ms/item")
     if runs:
         print("Ray overhead per item (1 worker steady - 1-thread loop): "
-              f"{result['ray_overhead_s_per_item'] * 1e3:.0f} ms")
+              f"{result['ray_overhead_s_per_item'] * 1e3:.0f} ms; (1 worker steady - its engine stages): "
+              f"{result['ray_overhead_vs_worker_compute_s_per_item'] * 1e3:.0f} ms")
     if args.json:
         args.json.write_text(json.dumps(result, indent=1))
     return 0

@@ -1,5 +1,5 @@
 """The run's record: one row per item (input, outputs, status, error, segment counts, per-stage timings, engine
-configuration hash), kept as a Parquet file ``OUTDIR/manifest.parquet``.
+configuration hash, the worker and when it finished the item), kept as a Parquet file ``OUTDIR/manifest.parquet``.
 
 While a run goes on, each finished item is appended at once to a journal, ``OUTDIR/manifest.journal.jsonl`` (one
 JSON line, flushed and fsynced), so a killed driver loses no finished item; the end of the run folds the journal

@@ -161,8 +161,8 @@ def _run_on_ray(todo, outdir, config, digest, summary, *, address, num_workers, 
             with ManifestJournal(outdir) as journal:
                 for result in _rows(ds):
                     item: WorkItem = by_id[str(result["item_id"])]
-                    row = journal.append({**item.as_row(), **_decode(result), "config_hash": digest,
-                                          "finished_at": time.time()})
+                    # finished_at: the worker's clock when the item's files were in place
+                    row = journal.append({**item.as_row(), **_decode(result), "config_hash": digest})
                     if row["status"] == STATUS_DONE:
                         summary.done += 1
                     else:

@@ -34,7 +34,7 @@ __all__ = ["SegmentWorker", "STAGING_DIR", "RESULT_COLUMNS"]
 #: Per-item staging folders live here inside the output folder (same file system: ``os.replace`` is atomic).
 STAGING_DIR = ".staging"
 RESULT_COLUMNS = ("item_id", "status", "error", "attempts", "outputs", "num_segments", "timings", "seconds",
-                  "worker")
+                  "worker", "finished_at")
 #: Columns carried as JSON text through Ray Data's blocks (lists and dicts of varying length).
 _JSON_COLUMNS = ("outputs", "num_segments", "timings")
 
@@ -186,4 +186,4 @@ class SegmentWorker:
         return {"item_id": run.item.item_id, "status": STATUS_DONE if ok else STATUS_FAILED, "error": error,
                 "attempts": attempts, "outputs": [f.name for f in run.files] if ok else [],
                 "num_segments": run.num_segments if ok else [], "timings": run.timings,
-                "seconds": time.perf_counter() - run.t0, "worker": self.host}
+                "seconds": time.perf_counter() - run.t0, "worker": self.host, "finished_at": time.time()}
