@@ -153,22 +153,22 @@ def main(argv=None) -> int:
                     f"diffcut-engine {diffcut_engine.__version__}",
         "command": " ".join(["python", "benchmarks/bench_batch.py"] + (argv if argv is not None else sys.argv[1:])),
     }
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=1))
     print(f"{n} images, efficientnet-lite0 at {args.size} px, CPU")
     print(f"plain loop over engine.segment ({result['loop_threads']} threads): {result['loop_items_per_s']:.2f} "
           f"items/s; 1 thread: {result['loop_1thread_items_per_s']:.2f} items/s")
     print(f"ray.init: {ray_start:.1f} s")
     for r in runs:
         ratio = r["items_per_s_steady"] / result["loop_1thread_items_per_s"]
-        print(f"ray, {r['workers']} worker(s): {r['items_per_s_wall']:.2f} items/s wall ({r['wall_s']:.1f} s; "
-              f"1 item: {r['one_item_wall_s']:.1f} s), "
+        print(f"ray, {r['workers']} worker(s): {r['items_per_s_wall']:.2f} items/s wall ({r['wall_s']:.1f} s), "
               f"{r['items_per_s_steady']:.2f} items/s steady ({ratio:.2f}x the 1-thread loop); worker compute "
-              f"{r['worker_compute_s_per_item'] * 1e3:.0f} ms/item")
+              f"{r['worker_compute_s_per_item'] * 1e3:.0f} ms/item, item in the worker with its PNG "
+              f"{r['worker_item_s'] * 1e3:.0f} ms")
     if runs:
         print("Ray overhead per item (1 worker steady - 1-thread loop): "
               f"{result['ray_overhead_s_per_item'] * 1e3:.0f} ms; (1 worker steady - its engine stages): "
               f"{result['ray_overhead_vs_worker_compute_s_per_item'] * 1e3:.0f} ms")
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=1))
     return 0
 
 
