@@ -210,11 +210,7 @@ def worker_for(lite_engine, outdir, **options):
     """A SegmentWorker sharing the module's engine (building one per test would reload the weights)."""
     from diffcut_engine.distributed.worker import SegmentWorker
 
-    worker = SegmentWorker.__new__(SegmentWorker)
-    worker.engine, worker.outdir = lite_engine, Path(outdir)
-    worker.overlay, worker.save_npy = options.get("overlay", False), options.get("save_npy", False)
-    worker.retries, worker.host = options.get("retries", 2), "test"
-    return worker
+    return SegmentWorker(lite_engine.config, outdir, engine=lite_engine, **options)
 
 
 def column_batch(items):

@@ -66,12 +66,15 @@ class SegmentWorker:
         Also write ``<name>_overlay.png`` / ``<name>_labels.npy`` next to each ``<name>_labels.png``.
     retries : int
         Further attempts of an item that failed for another reason than its input.
+    engine : Engine, optional
+        An engine already built for ``config`` (in one process; a Ray actor builds its own).
     """
 
-    def __init__(self, config, outdir, *, overlay: bool = False, save_npy: bool = False, retries: int = 2):
+    def __init__(self, config, outdir, *, overlay: bool = False, save_npy: bool = False, retries: int = 2,
+                 engine=None):
         from ..engine import Engine
 
-        self.engine = Engine(config)
+        self.engine = engine if engine is not None else Engine(config)
         self.outdir = Path(outdir)
         self.overlay, self.save_npy = bool(overlay), bool(save_npy)
         self.retries = max(0, int(retries))
