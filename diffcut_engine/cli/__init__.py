@@ -17,14 +17,14 @@ import sys
 
 from .. import __version__
 from ..errors import DiffCutError
-from . import bench, export, info, segment, video
+from . import batch, bench, export, info, segment, video
 from . import eval as eval_command  # (not to shadow the builtin here)
 from .options import EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, config_from_args
 
 __all__ = ["main", "build_parser", "config_from_args", "EXIT_OK", "EXIT_SOME_FAILED", "EXIT_USAGE"]
 
 #: The sub-command modules, in the order ``diffcut --help`` lists them.
-COMMANDS = (segment, export, info, eval_command, video, bench)
+COMMANDS = (segment, export, info, eval_command, video, bench, batch)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -28,6 +28,9 @@ _EXTRAS = {
     "av": ("video", "PyAV"),
     "skimage": ("eval", "scikit-image"),
     "open_clip": ("openvocab", "open_clip"),
+    "ray": ("ray", "Ray"),
+    "ray.data": ("ray", "Ray Data"),
+    "pyarrow": ("ray", "pyarrow"),
 }
 
 

@@ -1,0 +1,191 @@
+"""What a batch run is made of: one :class:`WorkItem` per image file or per range of a video's frames.
+
+:func:`list_items` expands files, folders and glob patterns (images as ``diffcut segment`` lists them, plus video
+files by extension) into items with stable ids and output names, so that a second run over the same inputs finds
+the same items and can skip those already done. A video becomes ``ceil(frames / frames_per_item)`` items; its
+frames are counted (and their timestamps read) from the container's packets, without decoding, so that a worker
+can seek straight to the first frame of its range.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import List, Optional, Sequence
+
+from ..errors import InputError
+from ..images import IMAGE_EXTENSIONS
+
+__all__ = ["VIDEO_EXTENSIONS", "WorkItem", "list_items", "expand_inputs", "video_frame_ranges", "frame_stem"]
+
+#: Files with these extensions are split into frame ranges; everything else is read as an image.
+VIDEO_EXTENSIONS = (".mp4", ".mkv", ".mov", ".avi", ".webm", ".m4v", ".mpg", ".mpeg", ".ts", ".flv", ".wmv")
+
+
+@dataclass(frozen=True)
+class WorkItem:
+    """One unit of work: an image, or frames ``[frame_start, frame_stop)`` of a video.
+
+    Attributes
+    ----------
+    item_id : str
+        Stable key of the item in the manifest: the absolute path, plus ``#frames=START-STOP`` for a video range.
+    input : str
+        The path as listed.
+    kind : {"image", "video"}
+    stem : str
+        Output name prefix, unique in the run: ``<stem>_labels.png`` for an image, ``<stem>_frame_NNNNNN_labels.png``
+        per frame of a video.
+    frame_start, frame_stop : int
+        Frame range of a video item (``frame_stop`` exclusive, -1: to the end); -1, -1 for an image.
+    start_pts : int
+        Presentation timestamp of the range's first frame, where the worker seeks to; -1 to decode from the
+        beginning (first range, or a container whose packets carry no timestamps).
+    """
+
+    item_id: str
+    input: str
+    kind: str
+    stem: str
+    frame_start: int = -1
+    frame_stop: int = -1
+    start_pts: int = -1
+
+    def as_row(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_row(cls, row) -> "WorkItem":
+        return cls(**{k: (int(row[k]) if k in ("frame_start", "frame_stop", "start_pts") else str(row[k]))
+                      for k in ("item_id", "input", "kind", "stem", "frame_start", "frame_stop", "start_pts")})
+
+
+def is_video(path) -> bool:
+    return Path(path).suffix.lower() in VIDEO_EXTENSIONS
+
+
+def expand_inputs(inputs: Sequence) -> List[Path]:
+    """Files, folders (their images and videos, sorted, not recursive) and glob patterns, in the order given.
+
+    A plain path that does not exist is kept (it becomes a failed item that says so); a folder's other files and a
+    pattern that matches nothing add nothing. A path listed twice is kept once.
+    """
+    out, seen = [], set()
+
+    def add(p: Path):
+        key = os.path.abspath(p)
+        if key not in seen:
+            seen.add(key)
+            out.append(p)
+
+    wanted = IMAGE_EXTENSIONS + VIDEO_EXTENSIONS
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            for q in sorted(p.iterdir()):
+                if q.is_file() and q.suffix.lower() in wanted:
+                    add(q)
+        elif any(ch in str(item) for ch in "*?[") and not p.exists():
+            for m in sorted(glob.glob(str(item), recursive=True)):
+                if Path(m).is_file():
+                    add(Path(m))
+        else:
+            add(p)
+    return out
+
+
+def unique_stems(paths: Sequence[Path]) -> List[str]:
+    """The file stem of each path; stems shared by several paths get ``-<8 hex of the absolute path>``, so that
+    a name depends on the path alone and not on the listing order."""
+    stems = [p.stem or "item" for p in paths]
+    counts = {}
+    for s in stems:
+        counts[s] = counts.get(s, 0) + 1
+    return [s if counts[s] == 1 else f"{s}-{hashlib.sha1(os.path.abspath(p).encode()).hexdigest()[:8]}"
+            for s, p in zip(stems, paths)]
+
+
+def frame_stem(stem: str, index: int) -> str:
+    """Output name of frame ``index`` of the video whose items have ``stem``."""
+    return f"{stem}_frame_{index:06d}"
+
+
+def video_frame_ranges(path, frames_per_item: int):
+    """``[(start, stop, start_pts), ...]`` covering every frame of a video; ``stop`` of the last range is -1.
+
+    Frames are counted from the packets of the first video stream (no decoding); their sorted timestamps are the
+    frames' presentation timestamps, so ``start_pts`` lets a worker seek to its range. If some packet has no
+    timestamp, ``start_pts`` is -1 (decode from the beginning and count).
+
+    Raises
+    ------
+    VideoError
+        If the file cannot be opened as a video.
+    """
+    from ..video.io import open_input
+
+    container = open_input(path)
+    try:
+        stream = container.streams.video[0]
+        pts, count, missing = [], 0, False
+        for packet in container.demux(stream):
+            if packet.size == 0:  # the demuxer's flush packet
+                continue
+            count += 1
+            if packet.pts is None:
+                missing = True
+            else:
+                pts.append(int(packet.pts))
+    finally:
+        container.close()
+    pts = [] if missing else sorted(pts)
+    ranges = []
+    for start in range(0, max(count, 1), frames_per_item):
+        stop = start + frames_per_item
+        if stop >= count:
+            stop = -1
+        start_pts = pts[start] if pts and start > 0 else -1
+        ranges.append((start, stop, start_pts))
+    return ranges
+
+
+def list_items(inputs: Sequence, *, frames_per_item: int = 64) -> List[WorkItem]:
+    """The work items of a run over ``inputs`` (files, folders, glob patterns), in listing order.
+
+    Raises
+    ------
+    InputError
+        If ``frames_per_item`` is not a positive integer, or nothing at all is found.
+    """
+    if not (isinstance(frames_per_item, int) and not isinstance(frames_per_item, bool) and frames_per_item >= 1):
+        raise InputError(f"frames_per_item must be a positive integer, got {frames_per_item!r}")
+    paths = expand_inputs(inputs)
+    if not paths:
+        raise InputError("no input images or videos found in " + ", ".join(map(str, inputs)))
+    items = []
+    for path, stem in zip(paths, unique_stems(paths)):
+        key = os.path.abspath(path)
+        if not is_video(path):
+            items.append(WorkItem(item_id=key, input=str(path), kind="image", stem=stem))
+            continue
+        try:
+            ranges = video_frame_ranges(path, frames_per_item)
+        except InputError:
+            # unreadable: one item, whose worker reports the same error in the manifest
+            ranges = [(0, -1, -1)]
+        for start, stop, start_pts in ranges:
+            items.append(WorkItem(item_id=f"{key}#frames={start}-{'end' if stop < 0 else stop}", input=str(path),
+                                  kind="video", stem=stem, frame_start=start, frame_stop=stop,
+                                  start_pts=start_pts))
+    return items
+
+
+def describe_item(item: WorkItem) -> str:
+    """How messages name an item: the path, plus the frame range of a video item."""
+    if item.kind != "video":
+        return item.input
+    stop: Optional[str] = "end" if item.frame_stop < 0 else str(item.frame_stop)
+    return f"{item.input} [frames {item.frame_start}-{stop}]"
