@@ -44,7 +44,21 @@ def offsets(dilations) -> np.ndarray:
 
 if _NB is not None:
     _jit = _NB.njit(parallel=True, cache=True, nogil=True)
+    _jit1 = _NB.njit(cache=True, nogil=True, inline="always")
     _prange = _NB.prange
+
+    @_jit1
+    def _shift_row(row, dx, buf):  # pragma: no cover - compiled
+        """buf[x] = row[clamp(x + dx)] (replicate border), by three contiguous segments."""
+        w = row.shape[0]
+        lo = min(max(-dx, 0), w)
+        hi = max(min(w - dx, w), lo)
+        for x in range(lo):
+            buf[x] = row[0]
+        buf[lo:hi] = row[lo + dx:hi + dx]
+        for x in range(hi, w):
+            buf[x] = row[w - 1]
+        return buf
 
     @_jit
     def _affinity(img, offs, nd):  # pragma: no cover - compiled
@@ -53,45 +67,53 @@ if _NB is not None:
         out = np.empty((p_total, h, w), np.float32)
         ntaps = np.float32(9 * nd)
         ndf = np.float32(nd)
-        eps = np.float32(1e-8)
-        tenth = np.float32(0.1)
-        three = np.float32(3.0)
         for y in _prange(h):
-            den = np.empty(3, np.float32)
-            logit = np.empty(p_total, np.float32)
-            ys = np.empty(p_total, np.int64)
+            sh = np.empty(w, np.float32)
+            mean = np.empty((3, w), np.float32)
+            den = np.empty((3, w), np.float32)
+            logit = np.zeros((p_total, w), np.float32)
+            for c in range(3):
+                row = img[c, y]
+                tot = row * ndf
+                for p in range(p_total):
+                    y2 = min(max(y + offs[p, 0], 0), h - 1)
+                    _shift_row(img[c, y2], offs[p, 1], sh)
+                    for x in range(w):
+                        tot[x] += sh[x]
+                for x in range(w):
+                    mean[c, x] = tot[x] / ntaps
+                sq = np.empty(w, np.float32)
+                for x in range(w):
+                    d0 = row[x] - mean[c, x]
+                    sq[x] = d0 * d0 * ndf
+                for p in range(p_total):
+                    y2 = min(max(y + offs[p, 0], 0), h - 1)
+                    _shift_row(img[c, y2], offs[p, 1], sh)
+                    for x in range(w):
+                        d = sh[x] - mean[c, x]
+                        sq[x] += d * d
+                for x in range(w):
+                    den[c, x] = np.float32(1e-8) + np.float32(0.1) * np.sqrt(sq[x] / (ntaps - np.float32(1.0)))
+                for p in range(p_total):
+                    y2 = min(max(y + offs[p, 0], 0), h - 1)
+                    _shift_row(img[c, y2], offs[p, 1], sh)
+                    for x in range(w):
+                        logit[p, x] += abs(row[x] - sh[x]) / den[c, x]
+            mx = np.full(w, np.float32(-np.inf), np.float32)
             for p in range(p_total):
-                ys[p] = min(max(y + offs[p, 0], 0), h - 1)
-            for x in range(w):
-                for c in range(3):
-                    ic = img[c, y, x]
-                    tot = ic * ndf
-                    for p in range(p_total):
-                        tot += img[c, ys[p], min(max(x + offs[p, 1], 0), w - 1)]
-                    mean = tot / ntaps
-                    d0 = ic - mean
-                    sq = d0 * d0 * ndf
-                    for p in range(p_total):
-                        d = img[c, ys[p], min(max(x + offs[p, 1], 0), w - 1)] - mean
-                        sq += d * d
-                    den[c] = eps + tenth * np.sqrt(sq / (ntaps - np.float32(1.0)))
-                mx = np.float32(-np.inf)
-                for p in range(p_total):
-                    x2 = min(max(x + offs[p, 1], 0), w - 1)
-                    s = np.float32(0.0)
-                    for c in range(3):
-                        s += abs(img[c, y, x] - img[c, ys[p], x2]) / den[c]
-                    v = -(s / three)
-                    logit[p] = v
-                    if v > mx:
-                        mx = v
-                tot = np.float32(0.0)
-                for p in range(p_total):
-                    e = np.exp(logit[p] - mx)
-                    logit[p] = e
-                    tot += e
-                for p in range(p_total):
-                    out[p, y, x] = logit[p] / tot
+                for x in range(w):
+                    v = -(logit[p, x] / np.float32(3.0))
+                    logit[p, x] = v
+                    mx[x] = max(mx[x], v)
+            tot = np.zeros(w, np.float32)
+            for p in range(p_total):
+                for x in range(w):
+                    e = np.exp(logit[p, x] - mx[x])
+                    logit[p, x] = e
+                    tot[x] += e
+            for p in range(p_total):
+                for x in range(w):
+                    out[p, y, x] = logit[p, x] / tot[x]
         return out
 
     @_jit
@@ -99,21 +121,26 @@ if _NB is not None:
         k_total, h, w = m.shape
         p_total = offs.shape[0]
         for y in _prange(h):
-            for k in range(k_total):
-                for x in range(w):
-                    out[k, y, x] = 0.0
+            acc = np.zeros((k_total, w), np.float32)
             for p in range(p_total):
                 y2 = min(max(y + offs[p, 0], 0), h - 1)
                 dx = offs[p, 1]
                 lo = min(max(-dx, 0), w)          # x < lo: clamped to column 0
                 hi = max(min(w - dx, w), lo)      # x >= hi: clamped to column w-1
+                arow = aff[p, y]
                 for k in range(k_total):
+                    mrow = m[k, y2]
+                    ac = acc[k]
                     for x in range(lo):
-                        out[k, y, x] += m[k, y2, 0] * aff[p, y, x]
-                    for x in range(lo, hi):
-                        out[k, y, x] += m[k, y2, x + dx] * aff[p, y, x]
+                        ac[x] += mrow[0] * arow[x]
+                    src = mrow[lo + dx:hi + dx]
+                    a2 = arow[lo:hi]
+                    d2 = ac[lo:hi]
+                    for x in range(hi - lo):
+                        d2[x] += src[x] * a2[x]
                     for x in range(hi, w):
-                        out[k, y, x] += m[k, y2, w - 1] * aff[p, y, x]
+                        ac[x] += mrow[w - 1] * arow[x]
+            out[:, y, :] = acc
         return out
 
     @_jit
