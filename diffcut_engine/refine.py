@@ -551,6 +551,14 @@ def resize_masks_init(labels: torch.Tensor, size: Tuple[int, int], candidates: O
     (lab, val) : (H, W, 4) int32 and float32 when ``candidates`` is None
         At most 4 labels per pixel (the bilinear corners), each label once, unused slots -1 / 0.
     """
+    if tuple(labels.shape) == tuple(size):   # no resize (the weights would be exactly 1 and 0)
+        if candidates is not None:
+            return torch.stack([(labels == k).float() for k in candidates]) if len(candidates) \
+                else torch.zeros(0, *size)
+        lab = torch.full((*size, 4), -1, dtype=torch.int32)
+        val = torch.zeros((*size, 4), dtype=torch.float32)
+        lab[..., 0], val[..., 0] = labels.int(), 1.0
+        return lab, val
     (y0, y1, wy0, wy1), (x0, x1, wx0, wx1) = _bilinear_corners(tuple(labels.shape), tuple(size))
     corner = [labels[y][:, x] for y in (y0, y1) for x in (x0, x1)]                # 4 x (H, W)
     wy0, wy1, wx0, wx1 = wy0[:, None], wy1[:, None], wx0[None], wx1[None]
@@ -579,10 +587,14 @@ def resize_masks_init(labels: torch.Tensor, size: Tuple[int, int], candidates: O
 #: upper bound by this much more (float32 rounding of 30 x 64 sums, with room to spare).
 CERTIFY_TOL = 1e-5
 
+#: Up to this many labels the CPU fast path propagates all K masks densely (vectorised rows beat the per-pixel
+#: top-C merge there); above it, the top-C path, whose cost follows the labels present locally, not K.
+DENSE_MAX_K = 16
+
 
 def pamr_fast(image, labels, *, num_segments: Optional[int] = None, iters: int = 10,
-              dilations: Sequence[int] = (1, 2, 4, 8), candidates: int = 6, delta: float = 1e-7,
-              return_stats: bool = False):
+              dilations: Sequence[int] = (1, 2, 4, 8), candidates: int = 4, delta: float = 1e-7,
+              method: str = "auto", return_stats: bool = False):
     """PAMR argmax labels with the K-independent CPU path (numba): top-C labels per pixel, certified, exact.
 
     Same result as ``pamr_soft(image, bilinear(one_hot(labels), image size, align_corners=True)).argmax(0)``
@@ -604,6 +616,9 @@ def pamr_fast(image, labels, *, num_segments: Optional[int] = None, iters: int =
     image : (3, H, W) float tensor in [0, 1] (CPU)
     labels : (h, w) integer tensor; resized to (H, W) as the official PAMR resizes its masks (identity if equal)
     candidates, delta : the top-C size and the smallest value kept
+    method : {"auto", "sparse", "dense"}
+        ``sparse``: the top-C path above; ``dense``: all K masks with the vectorised dense step (the reference's
+        arithmetic, fastest for few labels); ``auto``: dense when K <= :data:`DENSE_MAX_K`, else sparse.
     return_stats : also return a dict (``uncertain`` pixels, ``fallback_labels``, ``mean_kept``, ``max_err``)
 
     Returns
@@ -625,10 +640,23 @@ def pamr_fast(image, labels, *, num_segments: Optional[int] = None, iters: int =
     iters, dilations = _check_iters(iters), _check_dilations(dilations)
     if isinstance(candidates, bool) or not isinstance(candidates, int) or candidates < 1:
         raise InputError(f"candidates must be a positive int, got {candidates!r}")
+    if method not in ("auto", "sparse", "dense"):
+        raise InputError(f"method must be 'auto', 'sparse' or 'dense', got {method!r}")
     import numpy as np
 
     h, w = image.shape[-2:]
     img = image.detach().cpu().float().numpy()
+    if method == "dense" or (method == "auto" and k <= DENSE_MAX_K):
+        masks = resize_masks_init(labels, (h, w), candidates=range(k)).numpy()
+        if iters:
+            aff = pamr_cpu.affinity(img, dilations)
+            offs = pamr_cpu.offsets(dilations)
+            buf = np.empty_like(masks)
+            for _ in range(iters):
+                pamr_cpu.dense_step(masks, aff, offs, buf)
+                masks, buf = buf, masks
+        result = torch.from_numpy(masks.argmax(0).astype(np.int64)).to(image.device)
+        return (result, {"method": "dense"}) if return_stats else result
     lab0, val0 = resize_masks_init(labels, (h, w))
     c = max(candidates, 4)
     lab = np.full((h, w, c), -1, np.int32)
@@ -671,7 +699,7 @@ def pamr_fast(image, labels, *, num_segments: Optional[int] = None, iters: int =
         stats = {"uncertain": int(len(ys)), "fallback_labels": int(len(disputed))}
     result = torch.from_numpy(out).to(image.device)
     if return_stats:
-        stats.update(mean_kept=float((lab >= 0).sum(-1).mean()), max_err=float(err.max()))
+        stats.update(method="sparse", mean_kept=float((lab >= 0).sum(-1).mean()), max_err=float(err.max()))
         return result, stats
     return result
 

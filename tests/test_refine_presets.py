@@ -122,12 +122,13 @@ def test_fast_pamr_labels_equal_the_reference(size, lsize, k, iters, dil, cands)
     img = _photo(size)
     lab = _labels(lsize or size, k, seed=k)
     ref = refine._pamr_torch_at(img, lab, k, iters, dil)
-    fast, stats = refine.pamr_fast(img, lab, num_segments=k, iters=iters, dilations=dil, candidates=cands,
-                                   return_stats=True)
-    assert fast.dtype == torch.int64 and fast.shape == ref.shape
-    assert torch.equal(fast, ref), f"{int((fast != ref).sum())} pixels differ; {stats}"
-    if cands == 2:
-        assert stats["uncertain"] > 0   # the exact fallback was exercised
+    for method in ("sparse", "dense"):
+        fast, stats = refine.pamr_fast(img, lab, num_segments=k, iters=iters, dilations=dil, candidates=cands,
+                                       method=method, return_stats=True)
+        assert fast.dtype == torch.int64 and fast.shape == ref.shape
+        assert torch.equal(fast, ref), f"{method}: {int((fast != ref).sum())} pixels differ; {stats}"
+        if cands == 2 and method == "sparse":
+            assert stats["uncertain"] > 0   # the exact fallback was exercised
 
 
 @needs_numba
