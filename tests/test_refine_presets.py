@@ -114,7 +114,7 @@ def test_fast_affinity_and_dense_step_match_the_reference():
 @needs_numba
 @pytest.mark.parametrize("size, lsize, k, iters, dil, cands", [
     ((48, 56), None, 6, 10, (1, 2, 4, 8), 6),
-    ((48, 56), None, 25, 10, (1, 2, 4, 8), 2),                       # small C: the fallback decides many pixels
+    ((48, 56), None, 40, 10, (1, 2, 4, 8), 2),    # small C: the fallback decides many pixels; dense: 2 chunks
     ((40, 40), (55, 31), 12, 30, (1, 2, 4, 8, 12, 24, 32, 64), 6),  # demo dilations, masks resized
     ((33, 47), (33, 47), 4, 0, (1, 2), 4),                            # no iteration
 ])
