@@ -38,6 +38,15 @@ METHODS = ("diffcut", "rwncut", "autosc")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
 #: Attention kernels of the truncated UNet: keep the checkpoint's processors, PyTorch SDPA, or the classic one.
 ATTENTION_MODES = ("auto", "sdpa", "default")
+#: Refinement presets (issue 19): where PAMR runs ("network": the encoder's input size, "output": the label size,
+#: or a fixed (H, W)), its iterations and dilations. "demo" is the official notebook (the default), "eval" the
+#: official evaluation (128x128), "full" the former engine default at the output size.
+REFINE_PRESETS = {
+    "demo": {"work_size": "network", "iters": 30, "dilations": (1, 2, 4, 8, 12, 24, 32, 64)},
+    "eval": {"work_size": (128, 128), "iters": 10, "dilations": (1, 2, 4, 8)},
+    "full": {"work_size": "output", "iters": 10, "dilations": (1, 2, 4, 8)},
+}
+DEFAULT_REFINE = "demo"
 
 #: tau presets by feature family: the paper's value for SDXL-type UNets, the author's value for SD 1.x (issue #5 of
 #: the official repository), and our own for the offline backbone (chosen on scikit-image photos, see encoders/lite.py).
@@ -117,12 +126,19 @@ class EngineConfig:
     compat : {"official", "official-float32", "clean"}
         ``official`` (default): the official partitions (the official code's zero-row rule, on the fast solvers);
         ``official-float32``: the official float32 computation itself (slow); ``clean``: plain index sets.
-    refine : bool
-        Run PAMR and the 3x3 median filter after concept assignment.
-    pamr_iters : int
-        PAMR iterations (10 in the paper's evaluation).
-    pamr_dilations : tuple of int
-        PAMR neighbourhood dilations (1, 2, 4, 8 in the paper's evaluation).
+    refine : {"demo", "eval", "full", "none"} or bool
+        PAMR + 3x3 median after concept assignment, with a preset of ``REFINE_PRESETS`` (docs/REFINE.md):
+        ``demo`` (default; ``True`` means it): the official notebook, 30 iterations, dilations 1..64, at the network
+        size, labels brought back to the output size edge-aware; ``eval``: the official evaluation, 10 iterations,
+        dilations 1, 2, 4, 8 at 128x128; ``full``: 10 iterations, dilations 1, 2, 4, 8 at the output size (the
+        former default). ``none`` or ``False``: no refinement (stored as ``False``).
+    pamr_iters : int, optional
+        PAMR iterations; ``None`` takes the preset's.
+    pamr_dilations : tuple of int, optional
+        PAMR neighbourhood dilations; ``None`` takes the preset's.
+    refine_backend : {"auto", "torch", "fast"}
+        PAMR implementation: ``torch`` (reference), ``fast`` (numba top-C path on the CPU, fused Triton kernel on
+        CUDA; same labels) or ``auto`` (``fast`` where it can run).
     output_size : (int, int) or str, optional
         Size of the returned label maps, ``(height, width)``. ``None``: each input image's own size.
     device : {"auto", "cpu", "cuda"} or str
@@ -172,9 +188,10 @@ class EngineConfig:
     alpha: float = 10.0
     tau: Optional[float] = None
     compat: str = DEFAULT_COMPAT
-    refine: bool = True
-    pamr_iters: int = 10
-    pamr_dilations: Tuple[int, ...] = (1, 2, 4, 8)
+    refine: Union[bool, str] = DEFAULT_REFINE
+    pamr_iters: Optional[int] = None
+    pamr_dilations: Optional[Tuple[int, ...]] = None
+    refine_backend: str = "auto"
     output_size: Optional[Union[int, str, Size]] = None
     device: str = "auto"
     dtype: str = "auto"
@@ -213,12 +230,7 @@ class EngineConfig:
             set_("tau", check_tau(self.tau))
         if self.compat not in COMPAT_MODES:
             raise InputError(f"unknown compat {self.compat!r}; choose one of {', '.join(COMPAT_MODES)}")
-        if not (isinstance(self.pamr_iters, int) and self.pamr_iters >= 0):
-            raise InputError(f"pamr_iters must be a non-negative integer, got {self.pamr_iters!r}")
-        dil = tuple(self.pamr_dilations)
-        if not dil or not all(isinstance(d, int) and d > 0 for d in dil):
-            raise InputError(f"pamr_dilations must be positive integers, got {self.pamr_dilations!r}")
-        set_("pamr_dilations", dil)
+        self._check_refine(set_)
         set_("output_size", parse_size(self.output_size, name="output_size"))
         if not isinstance(self.device, str) or not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):
             raise InputError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {self.device!r}")
@@ -246,6 +258,48 @@ class EngineConfig:
         if self.graph_device == "device" and self.compat == "official-float32":
             raise InputError(f"graph_device='device' needs compat='official' or 'clean' (compat={self.compat!r} "
                              f"runs on the host only)")
+
+    def _check_refine(self, set_) -> None:
+        """``refine`` (preset name or bool), ``pamr_iters``, ``pamr_dilations``, ``refine_backend``."""
+        refine = self.refine
+        if refine is True:
+            refine = DEFAULT_REFINE
+        elif refine is False or refine == "none":
+            refine = False
+        elif refine not in REFINE_PRESETS:
+            raise InputError(f"unknown refine {self.refine!r}; choose one of {', '.join(REFINE_PRESETS)}, none "
+                             f"(or True/False)")
+        set_("refine", refine)
+        if self.pamr_iters is not None and not (isinstance(self.pamr_iters, int) and not
+                                                isinstance(self.pamr_iters, bool) and self.pamr_iters >= 0):
+            raise InputError(f"pamr_iters must be a non-negative integer, got {self.pamr_iters!r}")
+        if self.pamr_dilations is not None:
+            try:
+                dil = tuple(self.pamr_dilations)
+            except TypeError:
+                dil = ()
+            if not dil or not all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in dil):
+                raise InputError(f"pamr_dilations must be positive integers, got {self.pamr_dilations!r}")
+            set_("pamr_dilations", dil)
+        if self.refine_backend not in ("auto", "torch", "fast"):
+            raise InputError(f"unknown refine_backend {self.refine_backend!r}; choose one of auto, torch, fast")
+
+    def refine_settings(self, preset: Optional[str] = None) -> Optional[dict]:
+        """The refinement to run: ``{"preset", "work_size", "iters", "dilations"}`` or ``None`` when off.
+
+        ``work_size`` is a (height, width), ``"network"`` resolved to ``size``, or ``None`` (the output size).
+        ``preset`` overrides ``refine`` (the evaluation runner asks for ``"eval"``); explicit ``pamr_iters`` /
+        ``pamr_dilations`` override the preset's.
+        """
+        name = preset or self.refine
+        if not name:
+            return None
+        p = REFINE_PRESETS[name]
+        work = p["work_size"]
+        work = tuple(self.size) if work == "network" else (None if work == "output" else tuple(work))
+        return {"preset": name, "work_size": work,
+                "iters": p["iters"] if self.pamr_iters is None else self.pamr_iters,
+                "dilations": p["dilations"] if self.pamr_dilations is None else self.pamr_dilations}
 
     def _check_speed_options(self) -> None:
         """The torch backend speed options: ``compile``, ``channels_last``, ``attention``, ``cuda_graphs``."""

@@ -31,7 +31,7 @@ from typing import Optional, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 
-from .errors import InputError
+from .errors import BackendUnavailableError, InputError
 
 __all__ = [
     "cluster_centroids",
@@ -41,7 +41,15 @@ __all__ = [
     "pamr",
     "median3x3",
     "refine",
+    "PAMR_BACKENDS",
+    "pamr_fast",
+    "resize_masks_init",
+    "refine_at",
 ]
+
+#: PAMR implementations: ``torch`` (the reference, :func:`pamr`), ``fast`` (the fused Triton kernel on CUDA,
+#: the numba top-C path on the CPU) and ``auto`` (``fast`` where it can run, else ``torch``).
+PAMR_BACKENDS = ("auto", "torch", "fast")
 
 # Offsets (dy, dx) of the 8 neighbours of a pixel, in units of the dilation.
 _NEIGHBOURS = ((-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1), (1, -1), (1, 0), (1, 1))
@@ -509,3 +517,291 @@ def refine(image, labels, *, num_segments: Optional[int] = None, iters: int = 10
     """
     out = pamr(image, labels, num_segments=num_segments, iters=iters, dilations=dilations)
     return median3x3(out) if median else out
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Presets at a working resolution and the fast paths
+# ------------------------------------------------------------------------------------------------------------
+
+def _bilinear_corners(in_size: Tuple[int, int], out_size: Tuple[int, int]):
+    """Corner indices and weights of ``F.interpolate(mode="bilinear", align_corners=True)`` along both axes."""
+    out = []
+    for n_in, n_out in zip(in_size, out_size):
+        scale = (n_in - 1) / (n_out - 1) if n_out > 1 else 0.0
+        src = torch.arange(n_out, dtype=torch.float32) * scale
+        i0 = src.long().clamp_(max=n_in - 1)
+        i1 = (i0 + 1).clamp_(max=n_in - 1)
+        l1 = src - i0.float()
+        out.append((i0, i1, 1.0 - l1, l1))
+    return out
+
+
+def resize_masks_init(labels: torch.Tensor, size: Tuple[int, int], candidates: Optional[Sequence[int]] = None):
+    """The official PAMR input, ``bilinear(one_hot(labels), size, align_corners=True)``, without the K axis.
+
+    Parameters
+    ----------
+    labels : torch.Tensor, (h, w) int64 on the CPU
+    size : (H, W)
+    candidates : sequence of int, optional
+        If given, return the dense masks of these labels only, (len(candidates), H, W) float32.
+
+    Returns
+    -------
+    (lab, val) : (H, W, 4) int32 and float32 when ``candidates`` is None
+        At most 4 labels per pixel (the bilinear corners), each label once, unused slots -1 / 0.
+    """
+    if tuple(labels.shape) == tuple(size):   # no resize (the weights would be exactly 1 and 0)
+        if candidates is not None:
+            return torch.stack([(labels == k).float() for k in candidates]) if len(candidates) \
+                else torch.zeros(0, *size)
+        lab = torch.full((*size, 4), -1, dtype=torch.int32)
+        val = torch.zeros((*size, 4), dtype=torch.float32)
+        lab[..., 0], val[..., 0] = labels.int(), 1.0
+        return lab, val
+    (y0, y1, wy0, wy1), (x0, x1, wx0, wx1) = _bilinear_corners(tuple(labels.shape), tuple(size))
+    corner = [labels[y][:, x] for y in (y0, y1) for x in (x0, x1)]                # 4 x (H, W)
+    wy0, wy1, wx0, wx1 = wy0[:, None], wy1[:, None], wx0[None], wx1[None]
+
+    def value(ind):  # torch's CPU upsample_bilinear2d order: h0 * (w0 * v00 + w1 * v01) + h1 * (...)
+        return wy0 * (wx0 * ind[0] + wx1 * ind[1]) + wy1 * (wx0 * ind[2] + wx1 * ind[3])
+
+    if candidates is not None:
+        return torch.stack([value([(c == k).float() for c in corner]) for k in candidates]) if len(candidates) \
+            else torch.zeros(0, *size)
+    lab = torch.full((*size, 4), -1, dtype=torch.int32)
+    val = torch.zeros((*size, 4), dtype=torch.float32)
+    for j in range(4):
+        v = value([(c == corner[j]).float() for c in corner])
+        fresh = torch.ones(size, dtype=torch.bool)
+        for i in range(j):
+            fresh &= corner[i] != corner[j]
+        lab[..., j] = torch.where(fresh, corner[j].int(), lab[..., j])
+        val[..., j] = torch.where(fresh, v, val[..., j])
+    # compact: valid slots first (a label's value is > 0 unless its weights vanish; keep it anyway)
+    order = torch.argsort((lab < 0).to(torch.int8), dim=-1, stable=True)
+    return lab.gather(-1, order), val.gather(-1, order)
+
+
+#: Certification slack of the top-C path: a pixel's leading label is accepted when it beats every other label's
+#: upper bound by this much more (float32 rounding of 30 x 64 sums, with room to spare).
+CERTIFY_TOL = 1e-5
+
+#: Up to this many labels the CPU fast path propagates all K masks densely (vectorised rows beat the per-pixel
+#: top-C merge there); above it, the top-C path, whose cost follows the labels present locally, not K.
+DENSE_MAX_K = 16
+
+#: The top-C path pays off for local presets (eval, full: dilations <= 8). With the demo's dilations up to 64 over
+#: 30 iterations mass spreads over many labels per pixel, its bound certifies few pixels and the exact fallback
+#: would redo the dense work: there the CPU path propagates all K masks densely, 32 at a time.
+SPARSE_MAX_DILATION = 8
+
+
+def pamr_fast(image, labels, *, num_segments: Optional[int] = None, iters: int = 10,
+              dilations: Sequence[int] = (1, 2, 4, 8), candidates: int = 4, delta: float = 1e-7,
+              method: str = "auto", return_stats: bool = False):
+    """PAMR argmax labels with the K-independent CPU path (numba): top-C labels per pixel, certified, exact.
+
+    Same result as ``pamr_soft(image, bilinear(one_hot(labels), image size, align_corners=True)).argmax(0)``
+    (:func:`pamr` when the sizes agree), computed as follows:
+
+    1. Affinities once (:func:`~diffcut_engine.kernels.pamr_cpu.affinity`, the reference's arithmetic).
+    2. Every step keeps, per pixel, the ``candidates`` largest label values (at least ``delta``) and an upper bound
+       ``err`` on the mass dropped so far. Kept values are lower bounds of the exact ones (non-negative
+       affinities), any label's exact value is at most its kept value (0 if dropped) plus ``err``. The work per
+       pixel is the number of labels kept around it, not K.
+    3. A pixel is **certified** when its leading label beats every other label's upper bound by
+       :data:`CERTIFY_TOL`. The remaining pixels are decided exactly: their disputed labels (every candidate
+       within ``err + CERTIFY_TOL`` of the leader, or every label where a dropped one could win) are propagated
+       densely (:func:`~diffcut_engine.kernels.pamr_cpu.dense_step`, the reference's order of summation) and
+       the argmax is taken over them.
+
+    Parameters
+    ----------
+    image : (3, H, W) float tensor in [0, 1] (CPU)
+    labels : (h, w) integer tensor; resized to (H, W) as the official PAMR resizes its masks (identity if equal)
+    candidates, delta : the top-C size and the smallest value kept
+    method : {"auto", "sparse", "dense"}
+        ``sparse``: the top-C path above; ``dense``: all K masks with the vectorised dense step, 32 at a time (the
+        reference's arithmetic, fastest for few labels); ``auto``: dense when K <= :data:`DENSE_MAX_K` or a dilation
+        exceeds :data:`SPARSE_MAX_DILATION`, else sparse.
+    return_stats : also return a dict (``uncertain`` pixels, ``fallback_labels``, ``mean_kept``, ``max_err``)
+
+    Returns
+    -------
+    torch.Tensor (H, W) int64 (and the stats dict)
+    """
+    from .kernels import pamr_cpu
+
+    if not pamr_cpu.available():
+        raise BackendUnavailableError("refine backend 'fast' on the CPU needs numba, which is not installed; "
+                                      "install it with: pip install 'diffcut-engine[fast]'")
+    image = _check_image(image)
+    if image.ndim != 3:
+        raise InputError(f"pamr_fast takes one image (3, H, W), got {tuple(image.shape)}")
+    labels = _as_tensor(labels, "labels")
+    if labels.ndim != 2:
+        raise InputError(f"labels must have shape (h, w), got {tuple(labels.shape)}")
+    labels, k = _check_labels(labels.cpu(), "labels", tuple(labels.shape), num_segments)
+    iters, dilations = _check_iters(iters), _check_dilations(dilations)
+    if isinstance(candidates, bool) or not isinstance(candidates, int) or candidates < 1:
+        raise InputError(f"candidates must be a positive int, got {candidates!r}")
+    if method not in ("auto", "sparse", "dense"):
+        raise InputError(f"method must be 'auto', 'sparse' or 'dense', got {method!r}")
+    import numpy as np
+
+    h, w = image.shape[-2:]
+    img = image.detach().cpu().float().numpy()
+    aff = pamr_cpu.affinity(img, dilations) if iters else None
+    offs = pamr_cpu.offsets(dilations)
+    if method == "dense" or (method == "auto" and (k <= DENSE_MAX_K or max(dilations) > SPARSE_MAX_DILATION)):
+        best = _dense_argmax(labels, (h, w), np.arange(k), aff, offs, iters)
+        result = torch.from_numpy(best).to(image.device)
+        return (result, {"method": "dense"}) if return_stats else result
+    lab0, val0 = resize_masks_init(labels, (h, w))
+    c = max(candidates, 4)
+    lab = np.full((h, w, c), -1, np.int32)
+    val = np.zeros((h, w, c), np.float32)
+    lab[..., :4], val[..., :4] = lab0.numpy(), val0.numpy()
+    err = np.zeros((h, w), np.float32)
+    stats = {"uncertain": 0, "fallback_labels": 0}
+    if iters:
+        lab2, val2, err2 = np.empty_like(lab), np.empty_like(val), np.empty_like(err)
+        for _ in range(iters):
+            pamr_cpu.sparse_step(lab, val, err, aff, offs, k, delta, lab2, val2, err2)
+            lab, lab2, val, val2, err, err2 = lab2, lab, val2, val, err2, err
+    else:
+        # no step: the candidates are the (unsorted) bilinear corners; sort them like a step would
+        order = np.lexsort((np.where(lab < 0, k, lab), -val), axis=-1)
+        lab, val = np.take_along_axis(lab, order, -1), np.take_along_axis(val, order, -1)
+    top = val[..., 0]
+    bound = err + CERTIFY_TOL
+    second = val[..., 1] if c > 1 else np.zeros_like(top)
+    uncertain = second + bound >= top
+    out = lab[..., 0].astype(np.int64)
+    if uncertain.any():
+        ys, xs = np.nonzero(uncertain)
+        open_all = bound[ys, xs] >= top[ys, xs]        # a dropped label could still win there
+        if open_all.any():
+            disputed = np.arange(k)
+        else:
+            sub_lab, sub_val = lab[ys, xs], val[ys, xs]
+            keep = (sub_lab >= 0) & (sub_val + bound[ys, xs, None] >= top[ys, xs, None])
+            disputed = np.unique(sub_lab[keep])
+        out[ys, xs] = _dense_argmax(labels, (h, w), disputed, aff, offs, iters)[ys, xs]
+        stats = {"uncertain": int(len(ys)), "fallback_labels": int(len(disputed))}
+    result = torch.from_numpy(out).to(image.device)
+    if return_stats:
+        stats.update(method="sparse", mean_kept=float((lab >= 0).sum(-1).mean()), max_err=float(err.max()))
+        return result, stats
+    return result
+
+
+def _dense_argmax(labels, size, label_ids, aff, offs, iters: int, chunk: int = 32):
+    """Argmax over ``label_ids`` of their exactly propagated masks, ``chunk`` masks at a time (bounded memory).
+
+    Masks are independent, so propagating them in chunks gives the values of the all-K propagation; a running
+    maximum with strict ``>`` keeps the first index on ties, as ``torch.argmax`` does.
+    """
+    import numpy as np
+
+    from .kernels import pamr_cpu
+
+    best_val = np.full(size, -np.inf, np.float32)
+    best_lab = np.zeros(size, np.int64)
+    for c0 in range(0, len(label_ids), chunk):
+        ids = label_ids[c0:c0 + chunk]
+        masks = resize_masks_init(labels, size, candidates=[int(v) for v in ids]).numpy()
+        if iters:
+            buf = np.empty_like(masks)
+            for _ in range(iters):
+                pamr_cpu.dense_step(masks, aff, offs, buf)
+                masks, buf = buf, masks
+        val = masks.max(0)
+        better = val > best_val
+        best_val = np.where(better, val, best_val)
+        best_lab = np.where(better, np.asarray(ids, np.int64)[masks.argmax(0)], best_lab)
+    return best_lab
+
+
+def _pamr_torch_at(image: torch.Tensor, labels: torch.Tensor, k: int, iters: int,
+                   dilations: Tuple[int, ...]) -> torch.Tensor:
+    """Reference PAMR argmax with the official mask resize (``bilinear``, ``align_corners=True``)."""
+    masks = F.one_hot(labels, k).movedim(-1, -3).to(image.dtype)
+    if tuple(labels.shape[-2:]) != tuple(image.shape[-2:]):
+        masks = F.interpolate(masks[None], size=tuple(image.shape[-2:]), mode="bilinear", align_corners=True)[0]
+    return _pamr_soft(image, masks, iters, dilations).argmax(dim=-3)
+
+
+def _pamr_any(image, labels, k, iters, dilations, backend):
+    if backend == "auto":
+        backend = "fast" if _fast_available(image.device) else "torch"
+    if backend == "torch":
+        return _pamr_torch_at(image, labels, k, iters, dilations)
+    if image.device.type == "cuda":
+        from .kernels import pamr as kpamr
+        masks = resize_masks_init(labels.cpu(), tuple(image.shape[-2:]), candidates=range(k)).to(image.device)
+        aff = pamr_affinity(image.float(), dilations)                              # once per image, kept
+        return kpamr.propagate(masks[None], aff[None], dilations, iters)[0].argmax(dim=0)
+    return pamr_fast(image, labels, num_segments=k, iters=iters, dilations=dilations).to(labels.device)
+
+
+def _fast_available(device: torch.device) -> bool:
+    if device.type == "cuda":
+        from .kernels import pamr as kpamr
+        return kpamr.available(device)
+    from .kernels import pamr_cpu
+    return pamr_cpu.available()
+
+
+def refine_at(view, labels, *, work_size: Optional[Tuple[int, int]] = None, num_segments: Optional[int] = None,
+              iters: int = 10, dilations: Sequence[int] = (1, 2, 4, 8), median: bool = True,
+              backend: str = "auto", upsample: str = "joint") -> torch.Tensor:
+    """Refine labels with PAMR + median at a working resolution, and return them at the labels' size.
+
+    This is the engine's refinement for every preset (``config.REFINE_PRESETS``):
+
+    1. The image ``view`` is resized (bilinear, no antialias) to ``work_size`` (``None``: the labels' size) and the
+       one-hot label masks are resized to it as the official PAMR does (``bilinear``, ``align_corners=True``).
+    2. PAMR (``iters``, ``dilations``) and the argmax at the working size, then the 3x3 median filter: the
+       official demo's labels when ``work_size`` is the network size.
+    3. If the working size differs from the labels' size, the labels are brought back edge-aware
+       (``upsample="joint"``: :func:`~diffcut_engine.kernels.pamr_cpu.joint_upsample`, a joint bilateral vote
+       guided by the full-size colours; ``"nearest"``: nearest-neighbour).
+
+    Parameters
+    ----------
+    view : (3, h0, w0) float tensor in [0, 1]
+        The image region the labels describe (any size; resized as needed).
+    labels : (H, W) integer tensor
+        Labels at the output size (concept assignment).
+    backend : {"auto", "torch", "fast"}
+        PAMR implementation (:data:`PAMR_BACKENDS`). ``torch`` is the reference; ``fast`` gives the same labels.
+    """
+    from . import images
+
+    if backend not in PAMR_BACKENDS:
+        raise InputError(f"unknown refine backend {backend!r}; choose one of {', '.join(PAMR_BACKENDS)}")
+    if upsample not in ("joint", "nearest"):
+        raise InputError(f"upsample must be 'joint' or 'nearest', got {upsample!r}")
+    view = _check_image(view)
+    labels = _as_tensor(labels, "labels")
+    if labels.ndim != 2:
+        raise InputError(f"labels must have shape (H, W), got {tuple(labels.shape)}")
+    labels, k = _check_labels(labels, "labels", tuple(labels.shape), num_segments)
+    iters, dilations = _check_iters(iters), _check_dilations(dilations)
+    out_size = tuple(labels.shape)
+    work = out_size if work_size is None else _check_size(work_size)
+    device = labels.device
+    rgb = images.resize(view, work).to(device)
+    out = _pamr_any(rgb, labels, k, iters, dilations, backend)
+    if median:
+        out = median3x3(out)
+    if work == out_size:
+        return out
+    if upsample == "nearest" or not _fast_available(torch.device("cpu")):
+        return F.interpolate(out[None, None].float(), size=out_size, mode="nearest")[0, 0].long().to(device)
+    from .kernels import pamr_cpu
+    big = images.resize(view, out_size).detach().cpu().numpy()
+    up = pamr_cpu.joint_upsample(out.cpu().numpy(), rgb.detach().cpu().numpy(), big)
+    return torch.from_numpy(up).to(device)

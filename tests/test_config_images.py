@@ -24,7 +24,10 @@ def test_config_defaults_are_the_paper():
     cfg = EngineConfig()
     assert cfg.model == "segmind/SSD-1B" and cfg.size == (1024, 1024) and cfg.grid_size == (32, 32)
     assert cfg.alpha == 10.0 and cfg.timestep == 50 and cfg.seed == 42
-    assert cfg.pamr_iters == 10 and cfg.pamr_dilations == (1, 2, 4, 8)
+    # refinement: the official demo preset at the network size by default (docs/REFINE.md)
+    assert cfg.refine == "demo" and cfg.pamr_iters is None and cfg.pamr_dilations is None
+    assert cfg.refine_settings() == {"preset": "demo", "work_size": (1024, 1024), "iters": 30,
+                                     "dilations": (1, 2, 4, 8, 12, 24, 32, 64)}
     assert EngineConfig(model="SD1.4").model == "CompVis/stable-diffusion-v1-4"
     assert EngineConfig(backbone="efficientnet-lite0").size == (768, 768)
     assert EngineConfig(backbone="efficientnet-lite0", size=256).size == (256, 256)
@@ -34,7 +37,8 @@ def test_config_defaults_are_the_paper():
     ({"tau": 0}, "tau"), ({"alpha": -2}, "alpha"), ({"compat": "x"}, "compat"), ({"device": "tpu"}, "device"),
     ({"dtype": "int8"}, "dtype"), ({"batch_size": 0}, "batch_size"), ({"timestep": 1000}, "timestep"),
     ({"resize_mode": "pad"}, "resize_mode"), ({"size": "1024x576", "resize_mode": "center_crop"}, "square"),
-    ({"pamr_dilations": (1, 0)}, "dilations"),
+    ({"pamr_dilations": (1, 0)}, "dilations"), ({"refine": "fast"}, "refine"), ({"pamr_iters": -1}, "pamr_iters"),
+    ({"refine_backend": "gpu"}, "refine_backend"),
 ])
 def test_config_validation(kwargs, match):
     with pytest.raises(InputError, match=match):

@@ -115,9 +115,16 @@ def add_engine_options(parser: argparse.ArgumentParser, *, batch_size: int = 4) 
                    help="where the NCut runs: device (CuPy on the GPU, a whole batch at once; needs "
                    "pip install 'diffcut-engine[gpu]'; not with --compat official-float32), host (numpy), or auto "
                    "(default: device when the features are on CUDA and CuPy is available)")
-    g.add_argument("--no-refine", dest="refine", action="store_false", help="skip PAMR and the median filter")
-    g.add_argument("--pamr-iters", type=int, default=10, help="PAMR iterations (default 10)")
-    g.add_argument("--pamr-dilations", type=int_list, default=(1, 2, 4, 8), help="default 1,2,4,8")
+    g.add_argument("--refine", choices=("demo", "eval", "full", "none"), default="demo",
+                   help="PAMR + median preset (docs/REFINE.md): demo (default, the official notebook at the network "
+                   "size), eval (10 iterations at 128x128), full (10 iterations at the output size), none")
+    g.add_argument("--no-refine", dest="refine", action="store_const", const="none", help="same as --refine none")
+    g.add_argument("--refine-iters", "--pamr-iters", dest="pamr_iters", type=int, default=None,
+                   help="PAMR iterations (default: the preset's)")
+    g.add_argument("--refine-dilations", "--pamr-dilations", dest="pamr_dilations", type=int_list, default=None,
+                   help="PAMR dilations such as 1,2,4,8 (default: the preset's)")
+    g.add_argument("--refine-backend", choices=("auto", "torch", "fast"), default="auto",
+                   help="PAMR implementation: fast (numba on the CPU, Triton on CUDA), torch (reference), auto")
     g.add_argument("--output-size", default=None, help="label size WxH (default: each image's own size)")
     add_method_arguments(parser)
 
@@ -177,7 +184,8 @@ def config_from_args(args) -> EngineConfig:
     options = dict(model=args.model, backbone=args.backbone, revision=args.revision, size=args.size,
                    resize_mode=args.resize_mode, timestep=args.timestep, seed=args.seed, alpha=args.alpha,
                    tau=args.tau, compat=args.compat, refine=args.refine, pamr_iters=args.pamr_iters,
-                   pamr_dilations=args.pamr_dilations, output_size=args.output_size, device=args.device,
+                   pamr_dilations=args.pamr_dilations, refine_backend=args.refine_backend,
+                   output_size=args.output_size, device=args.device,
                    dtype=args.dtype, batch_size=args.batch_size, local_files_only=args.local_files_only,
                    graph_device=args.graph_device, backend=args.backend, engine_dir=args.engine_dir,
                    compile=args.compile, channels_last=args.channels_last, attention=args.attention,

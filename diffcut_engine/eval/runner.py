@@ -97,8 +97,9 @@ def score_prediction(pred: np.ndarray, gt: np.ndarray, image=None, *, num_classe
         # Number the clusters 0..K-1 in increasing order, as the official code's one-hot over torch.unique does.
         _, compact = np.unique(pred, return_inverse=True)
         labels = torch.from_numpy(compact.reshape(pred.shape).astype(np.int64)).to(image.device)
-        out = refine_mod.refine(image, labels, num_segments=int(compact.max()) + 1, iters=refine["iters"],
-                                dilations=refine["dilations"], median=True)
+        out = refine_mod.refine_at(image, labels, num_segments=int(compact.max()) + 1, iters=refine["iters"],
+                                   dilations=refine["dilations"], median=True,
+                                   backend=refine.get("backend", "auto"))
         pred = out.cpu().numpy().astype(np.int64)
     return score_image(pred, gt, num_classes, fp_counting=fp_counting), pred
 
@@ -280,6 +281,7 @@ def _write_confusion(path: Path, conf: np.ndarray, class_names: Sequence[str]) -
 def _settings(dataset: SegmentationDataset, engine, taus, eval_size, fp_counting, method) -> dict:
     """What defines the numbers (and so must match to resume); not the device or the batch size."""
     cfg = engine.config
+    ev_refine = cfg.refine_settings("eval")
     extra = {}
     if method == "rwncut":  # (only then: caches of diffcut runs keep their settings)
         import dataclasses
@@ -292,8 +294,8 @@ def _settings(dataset: SegmentationDataset, engine, taus, eval_size, fp_counting
         "method": method, "encoder": f"{type(engine.encoder).__module__}.{type(engine.encoder).__qualname__}",
         "model": cfg.model, "backbone": cfg.backbone,
         "revision": cfg.revision, "size": list(cfg.size), "timestep": cfg.timestep, "seed": cfg.seed,
-        "alpha": cfg.alpha, "compat": cfg.compat, "dtype": cfg.dtype, "refine": cfg.refine,
-        "pamr_iters": cfg.pamr_iters, "pamr_dilations": list(cfg.pamr_dilations), "eval_size": eval_size,
+        "alpha": cfg.alpha, "compat": cfg.compat, "dtype": cfg.dtype, "refine": bool(cfg.refine),
+        "pamr_iters": ev_refine["iters"], "pamr_dilations": list(ev_refine["dilations"]), "eval_size": eval_size,
         "taus": list(taus), "fp_counting": fp_counting,
     })
 
@@ -373,7 +375,11 @@ def evaluate(dataset: SegmentationDataset, engine, *, taus=None, eval_size: int 
     ev = eval_engine(engine, eval_size, method=method)
     cfg = ev.config
     net_size = cfg.size[0]
-    refine = {"iters": cfg.pamr_iters, "dilations": cfg.pamr_dilations} if engine.config.refine else None
+    # The evaluation protocol refines with the official eval settings (preset "eval": 10 iterations, dilations
+    # 1, 2, 4, 8) at eval_size, unless pamr_iters / pamr_dilations are set explicitly.
+    refine = engine.config.refine_settings("eval") if engine.config.refine else None
+    if refine is not None:
+        refine["backend"] = engine.config.refine_backend
     settings = _settings(dataset, engine, taus, eval_size, fp_counting, method)
     paths = output_paths(out) if out is not None else None
     n_total = len(dataset) if limit is None else min(limit, len(dataset))

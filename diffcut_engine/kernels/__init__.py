@@ -7,6 +7,10 @@ test (``tests/test_kernel_<name>.py``); its benchmark is ``benchmarks/bench_<nam
   ``fused_affinity`` (Triton), ``affinity_reference`` (torch) and the dispatcher ``affinity_with_degrees``, which
   falls back to the reference where Triton cannot run. The numpy graph stage (``diffcut_engine.graph.affinity``)
   has the same semantics.
+- ``pamr``: fused PAMR propagation (all dilations of a step in one pass, 16 masks per program): ``propagate``
+  (Triton) and ``propagate_reference`` (torch); used by ``refine`` on CUDA.
+- ``pamr_cpu``: the CPU fast path of PAMR in numba (extra ``[fast]``): fused affinities, a row-vectorised dense
+  step, the top-C step with its error bound, and the edge-aware label upsampling.
 
 Triton is optional (extra ``[gpu]``): the modules import without it. Set ``TRITON_INTERPRET=1`` before importing a
 kernel module to run its kernels on the CPU interpreter.

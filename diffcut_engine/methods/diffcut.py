@@ -11,22 +11,26 @@ from typing import Optional, Tuple
 import numpy as np
 import torch
 
-from .. import images, refine
+from .. import refine
 
 __all__ = ["refine_labels", "pixel_labels"]
 
 
 def refine_labels(labels: torch.Tensor, view: torch.Tensor, out_size: Tuple[int, int], num_segments: int,
                   config) -> torch.Tensor:
-    """PAMR on the image resized to ``out_size`` (on the labels' device), then a 3x3 median filter.
+    """PAMR + 3x3 median filter with the config's preset (``config.refine_settings()``; docs/REFINE.md).
 
-    The labels come back unchanged when ``config.refine`` is off or there is a single segment.
+    PAMR runs at the preset's working size (the network size for ``demo``, 128x128 for ``eval``, ``out_size`` for
+    ``full``) on ``view`` resized to it, with the masks resized as the official PAMR does; the labels come back at
+    ``out_size`` (edge-aware upsampling from the working size). They come back unchanged when refinement is off or
+    there is a single segment.
     """
-    if not (config.refine and num_segments > 1):
+    settings = config.refine_settings()
+    if settings is None or num_segments <= 1:
         return labels
-    rgb = images.resize(view, out_size).to(labels.device)
-    return refine.refine(rgb, labels, num_segments=num_segments, iters=config.pamr_iters,
-                         dilations=config.pamr_dilations, median=True)
+    return refine.refine_at(view, labels, work_size=settings["work_size"], num_segments=num_segments,
+                            iters=settings["iters"], dilations=settings["dilations"], median=True,
+                            backend=config.refine_backend)
 
 
 def pixel_labels(features: torch.Tensor, grid_labels: np.ndarray, view: torch.Tensor, config,

@@ -26,6 +26,7 @@ _EXTRAS = {
     "cupy": ("gpu", "CuPy"),
     "triton": ("gpu", "Triton"),
     "av": ("video", "PyAV"),
+    "numba": ("fast", "numba"),
     "skimage": ("eval", "scikit-image"),
     "open_clip": ("openvocab", "open_clip"),
     "ray": ("ray", "Ray"),

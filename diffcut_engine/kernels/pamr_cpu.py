@@ -1,0 +1,301 @@
+"""PAMR on the CPU with numba: fused affinities, a dense propagation and a sparse (top-C labels) propagation.
+
+The torch reference is :mod:`diffcut_engine.refine` (``pamr_affinity`` and ``pamr_soft``); these kernels compute
+the same quantities in the same order of summation (tap by tap, dilation-major), in float32:
+
+- :func:`affinity`: PAMR's softmax-normalised affinities (P = 8 x dilations, H, W), one pass per pixel (local
+  standard deviation, logits and softmax fused; no (P, 3, H, W) intermediate).
+- :func:`dense_step`: one propagation step of K dense masks, all dilations in one pass.
+- :func:`sparse_step`: one propagation step where every pixel keeps only its ``C`` largest labels (values at
+  least ``delta``) and an **error bound**: ``err`` is an upper bound on the mass the truncation lost at the pixel.
+  Because the affinities are non-negative and every row sums to 1, the kept values are lower bounds of the exact
+  ones, and any label's exact value exceeds its kept value (0 if it was dropped) by at most ``err``. The cost per
+  pixel depends on the labels present around it, not on K.
+- :func:`joint_upsample`: edge-aware label upsampling (a joint bilateral vote over the 4x4 low-resolution
+  neighbours, guided by the full-resolution colours).
+
+numba is optional (extra ``[fast]``); :func:`available` says whether it imports. Kernels compile on first use
+(cached on disk).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..utils.imports import is_available
+
+__all__ = ["available", "affinity", "dense_step", "sparse_step", "joint_upsample", "offsets"]
+
+_NB = None
+if is_available("numba"):
+    import numba as _NB  # noqa: N812
+
+
+def available() -> bool:
+    """True when numba imports (the CPU fast path can run)."""
+    return _NB is not None
+
+
+def offsets(dilations) -> np.ndarray:
+    """(P, 2) int64 tap offsets (dy, dx): dilation-major, then row-major over the 3x3 ring (the reference's order)."""
+    ring = ((-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1), (1, -1), (1, 0), (1, 1))
+    return np.array([(dy * d, dx * d) for d in dilations for dy, dx in ring], dtype=np.int64)
+
+
+if _NB is not None:
+    _jit = _NB.njit(parallel=True, cache=True, nogil=True)
+    _jit1 = _NB.njit(cache=True, nogil=True, inline="always")
+    _prange = _NB.prange
+
+    @_jit1
+    def _shift_row(row, dx, buf):  # pragma: no cover - compiled
+        """buf[x] = row[clamp(x + dx)] (replicate border), by three contiguous segments."""
+        w = row.shape[0]
+        lo = min(max(-dx, 0), w)
+        hi = max(min(w - dx, w), lo)
+        for x in range(lo):
+            buf[x] = row[0]
+        buf[lo:hi] = row[lo + dx:hi + dx]
+        for x in range(hi, w):
+            buf[x] = row[w - 1]
+        return buf
+
+    @_jit
+    def _affinity(img, offs, nd):  # pragma: no cover - compiled
+        _, h, w = img.shape
+        p_total = offs.shape[0]
+        out = np.empty((p_total, h, w), np.float32)
+        ntaps = np.float32(9 * nd)
+        ndf = np.float32(nd)
+        for y in _prange(h):
+            sh = np.empty(w, np.float32)
+            mean = np.empty((3, w), np.float32)
+            den = np.empty((3, w), np.float32)
+            logit = np.zeros((p_total, w), np.float32)
+            for c in range(3):
+                row = img[c, y]
+                tot = row * ndf
+                for p in range(p_total):
+                    y2 = min(max(y + offs[p, 0], 0), h - 1)
+                    _shift_row(img[c, y2], offs[p, 1], sh)
+                    for x in range(w):
+                        tot[x] += sh[x]
+                for x in range(w):
+                    mean[c, x] = tot[x] / ntaps
+                sq = np.empty(w, np.float32)
+                for x in range(w):
+                    d0 = row[x] - mean[c, x]
+                    sq[x] = d0 * d0 * ndf
+                for p in range(p_total):
+                    y2 = min(max(y + offs[p, 0], 0), h - 1)
+                    _shift_row(img[c, y2], offs[p, 1], sh)
+                    for x in range(w):
+                        d = sh[x] - mean[c, x]
+                        sq[x] += d * d
+                for x in range(w):
+                    den[c, x] = np.float32(1e-8) + np.float32(0.1) * np.sqrt(sq[x] / (ntaps - np.float32(1.0)))
+                for p in range(p_total):
+                    y2 = min(max(y + offs[p, 0], 0), h - 1)
+                    _shift_row(img[c, y2], offs[p, 1], sh)
+                    for x in range(w):
+                        logit[p, x] += abs(row[x] - sh[x]) / den[c, x]
+            mx = np.full(w, np.float32(-np.inf), np.float32)
+            for p in range(p_total):
+                for x in range(w):
+                    v = -(logit[p, x] / np.float32(3.0))
+                    logit[p, x] = v
+                    mx[x] = max(mx[x], v)
+            tot = np.zeros(w, np.float32)
+            for p in range(p_total):
+                for x in range(w):
+                    e = np.exp(logit[p, x] - mx[x])
+                    logit[p, x] = e
+                    tot[x] += e
+            for p in range(p_total):
+                for x in range(w):
+                    out[p, y, x] = logit[p, x] / tot[x]
+        return out
+
+    @_jit
+    def _dense_step(m, aff, offs, out):  # pragma: no cover - compiled
+        k_total, h, w = m.shape
+        p_total = offs.shape[0]
+        for y in _prange(h):
+            acc = np.zeros((k_total, w), np.float32)
+            for p in range(p_total):
+                y2 = min(max(y + offs[p, 0], 0), h - 1)
+                dx = offs[p, 1]
+                lo = min(max(-dx, 0), w)          # x < lo: clamped to column 0
+                hi = max(min(w - dx, w), lo)      # x >= hi: clamped to column w-1
+                arow = aff[p, y]
+                for k in range(k_total):
+                    mrow = m[k, y2]
+                    ac = acc[k]
+                    for x in range(lo):
+                        ac[x] += mrow[0] * arow[x]
+                    src = mrow[lo + dx:hi + dx]
+                    a2 = arow[lo:hi]
+                    d2 = ac[lo:hi]
+                    for x in range(hi - lo):
+                        d2[x] += src[x] * a2[x]
+                    for x in range(hi, w):
+                        ac[x] += mrow[w - 1] * arow[x]
+            out[:, y, :] = acc
+        return out
+
+    @_jit
+    def _sparse_step(lab, val, err, aff, offs, nlab, delta, lab_out, val_out, err_out):  # pragma: no cover
+        h, w, c_total = lab.shape
+        p_total = offs.shape[0]
+        for y in _prange(h):
+            acc = np.zeros(nlab, np.float32)
+            stamp = np.full(nlab, -1, np.int64)
+            touched = np.empty(p_total * c_total, np.int64)
+            ys = np.empty(p_total, np.int64)
+            for p in range(p_total):
+                ys[p] = min(max(y + offs[p, 0], 0), h - 1)
+            for x in range(w):
+                n = 0
+                e = np.float32(0.0)
+                for p in range(p_total):
+                    a = aff[p, y, x]
+                    y2 = ys[p]
+                    x2 = min(max(x + offs[p, 1], 0), w - 1)
+                    e += err[y2, x2] * a
+                    for c in range(c_total):
+                        lb = lab[y2, x2, c]
+                        if lb < 0:
+                            break
+                        v = val[y2, x2, c] * a
+                        if stamp[lb] != x:
+                            stamp[lb] = x
+                            acc[lb] = v
+                            touched[n] = lb
+                            n += 1
+                        else:
+                            acc[lb] += v
+                # keep the C largest values >= delta, in decreasing order (ties: smaller label first)
+                kept = 0
+                for slot in range(c_total):
+                    best = -1
+                    bq = -1
+                    bv = np.float32(-1.0)
+                    for q in range(n):
+                        lb = touched[q]
+                        if lb < 0:
+                            continue
+                        v = acc[lb]
+                        if v > bv or (v == bv and lb < best):
+                            bv = v
+                            best = lb
+                            bq = q
+                    if best < 0 or bv < delta:
+                        break
+                    lab_out[y, x, slot] = best
+                    val_out[y, x, slot] = bv
+                    touched[bq] = -1
+                    kept += 1
+                for slot in range(kept, c_total):
+                    lab_out[y, x, slot] = -1
+                    val_out[y, x, slot] = 0.0
+                for q in range(n):
+                    lb = touched[q]
+                    if lb >= 0:
+                        e += acc[lb]
+                err_out[y, x] = e
+
+    @_jit
+    def _joint_upsample(labels, small_img, big_img, sigma_c, out):  # pragma: no cover - compiled
+        hs, ws = labels.shape
+        _, hb, wb = big_img.shape
+        sy = hs / hb
+        sx = ws / wb
+        inv = np.float32(1.0) / (np.float32(2.0) * sigma_c * sigma_c)
+        for y in _prange(hb):
+            cy = (y + 0.5) * sy - 0.5
+            y0 = int(np.floor(cy))
+            labs = np.empty(16, np.int64)
+            wts = np.empty(16, np.float32)
+            for x in range(wb):
+                cx = (x + 0.5) * sx - 0.5
+                x0 = int(np.floor(cx))
+                # fast path: the 2x2 nearest low-res labels agree
+                ya = min(max(y0, 0), hs - 1)
+                yb = min(max(y0 + 1, 0), hs - 1)
+                xa = min(max(x0, 0), ws - 1)
+                xb = min(max(x0 + 1, 0), ws - 1)
+                l0 = labels[ya, xa]
+                if labels[ya, xb] == l0 and labels[yb, xa] == l0 and labels[yb, xb] == l0:
+                    out[y, x] = l0
+                    continue
+                n = 0
+                for j in range(-1, 3):
+                    yy = min(max(y0 + j, 0), hs - 1)
+                    wy = max(np.float32(0.0), np.float32(2.0) - abs(np.float32(y0 + j) - np.float32(cy)))
+                    for i in range(-1, 3):
+                        xx = min(max(x0 + i, 0), ws - 1)
+                        wx = max(np.float32(0.0), np.float32(2.0) - abs(np.float32(x0 + i) - np.float32(cx)))
+                        d2 = np.float32(0.0)
+                        for c in range(3):
+                            d = big_img[c, y, x] - small_img[c, yy, xx]
+                            d2 += d * d
+                        wt = wy * wx * np.exp(-d2 * inv)
+                        lb = labels[yy, xx]
+                        found = False
+                        for q in range(n):
+                            if labs[q] == lb:
+                                wts[q] += wt
+                                found = True
+                                break
+                        if not found:
+                            labs[n] = lb
+                            wts[n] = wt
+                            n += 1
+                best = labs[0]
+                bw = wts[0]
+                for q in range(1, n):
+                    if wts[q] > bw or (wts[q] == bw and labs[q] < best):
+                        bw = wts[q]
+                        best = labs[q]
+                out[y, x] = best
+        return out
+
+
+def _need():
+    if _NB is None:
+        from ..errors import BackendUnavailableError
+        raise BackendUnavailableError("the CPU fast path of PAMR needs numba, which is not installed; install it "
+                                      "with: pip install 'diffcut-engine[fast]'")
+
+
+def affinity(image: np.ndarray, dilations) -> np.ndarray:
+    """(3, H, W) float32 image -> (8 * len(dilations), H, W) float32 affinities (``refine.pamr_affinity``)."""
+    _need()
+    return _affinity(np.ascontiguousarray(image, dtype=np.float32), offsets(dilations), len(tuple(dilations)))
+
+
+def dense_step(masks: np.ndarray, aff: np.ndarray, offs: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """One PAMR step of dense (K, H, W) float32 masks into ``out`` (same shape); returns ``out``."""
+    _need()
+    return _dense_step(masks, aff, offs, out)
+
+
+def sparse_step(lab, val, err, aff, offs, num_labels: int, delta: float, lab_out, val_out, err_out) -> None:
+    """One PAMR step of the top-C representation ``lab``/``val`` (H, W, C) and its error bound ``err`` (H, W)."""
+    _need()
+    _sparse_step(lab, val, err, aff, offs, num_labels, np.float32(delta), lab_out, val_out, err_out)
+
+
+def joint_upsample(labels: np.ndarray, small_img: np.ndarray, big_img: np.ndarray,
+                   sigma: float = 0.1) -> np.ndarray:
+    """Labels (h, w) of ``small_img`` (3, h, w) -> labels (H, W) of ``big_img`` (3, H, W), edge-aware.
+
+    Each output pixel takes the label with the largest joint bilateral weight over the 4x4 low-resolution
+    neighbours around its position (bilinear-tent spatial weight times ``exp(-|I_big(p) - I_small(q)|^2 /
+    (2 sigma^2))``); where the 2x2 nearest low-resolution labels agree, that label is taken directly.
+    """
+    _need()
+    out = np.empty(big_img.shape[-2:], np.int64)
+    return _joint_upsample(np.ascontiguousarray(labels, dtype=np.int64),
+                           np.ascontiguousarray(small_img, dtype=np.float32),
+                           np.ascontiguousarray(big_img, dtype=np.float32), np.float32(sigma), out)

@@ -1,0 +1,105 @@
+"""Parity of the fused Triton PAMR kernel (``diffcut_engine.kernels.pamr``) with its torch reference.
+
+Triton decides when the kernel module is imported whether it compiles or interprets (``TRITON_INTERPRET=1``), so
+the interpreter runs happen in one fresh subprocess that reads the inputs from a file and writes the results back.
+Small sizes: the interpreter runs every program with numpy. A ``gpu`` test runs the compiled kernel on CUDA.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+import diffcut_engine.kernels.pamr as kpamr
+from diffcut_engine import refine
+from diffcut_engine.errors import BackendUnavailableError
+
+
+def _case(h, w, k, dilations, iters, seed):
+    g = torch.Generator().manual_seed(seed)
+    img = torch.rand(3, h, w, generator=g)
+    img[:, : h // 2] *= 0.3                                       # an edge, so the affinities are not uniform
+    lab = torch.randint(0, k, (h // 4 + 1, w // 4 + 1), generator=g)
+    masks = torch.nn.functional.one_hot(lab, k).movedim(-1, 0).float()[None]
+    masks = torch.nn.functional.interpolate(masks, size=(h, w), mode="bilinear", align_corners=True)
+    aff = refine.pamr_affinity(img, dilations)[None]
+    return masks, aff, tuple(dilations), iters
+
+
+def _cases():
+    return {
+        "k3_eval": _case(20, 27, 3, (1, 2, 4, 8), 4, 0),
+        "k20_kblock_ragged": _case(17, 13, 20, (1, 3), 3, 1),      # 2 blocks of 16 masks, one ragged
+        "k5_demo_dilations": _case(24, 24, 5, (1, 2, 4, 8, 12, 24, 32, 64), 2, 2),   # dilations beyond the image
+        "one_iter_block64": _case(9, 40, 2, (1, 2), 1, 3),
+    }
+
+
+_SCRIPT = textwrap.dedent("""
+    import sys, torch
+    import diffcut_engine.kernels.pamr as kpamr
+    cases = torch.load(sys.argv[1])
+    out = {"available": kpamr.available("cpu"), "results": {}}
+    for name, (masks, aff, dil, iters) in cases.items():
+        opts = {"block": 64} if name.endswith("block64") else {}
+        before = masks.clone()
+        out["results"][name] = kpamr.propagate(masks, aff, dil, iters, **opts)
+        out.setdefault("untouched", []).append(torch.equal(before, masks))
+    torch.save(out, sys.argv[2])
+""")
+
+
+@pytest.fixture(scope="module")
+def interpreter_run(tmp_path_factory):
+    if kpamr.tl is None:
+        pytest.skip("triton is not installed")
+    folder = tmp_path_factory.mktemp("kernel_pamr")
+    cases = _cases()
+    torch.save(cases, folder / "cases.pt")
+    proc = subprocess.run([sys.executable, "-c", _SCRIPT, str(folder / "cases.pt"), str(folder / "out.pt")],
+                          env={**os.environ, "TRITON_INTERPRET": "1"}, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return cases, torch.load(folder / "out.pt")
+
+
+@pytest.mark.parametrize("name", list(_cases()))
+def test_interpreter_matches_reference(interpreter_run, name):
+    cases, out = interpreter_run
+    assert out["available"] is True and all(out["untouched"])
+    masks, aff, dil, iters = cases[name]
+    ref = kpamr.propagate_reference(masks, aff, dil, iters)
+    got = out["results"][name]
+    assert got.shape == ref.shape
+    torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-6)
+    assert torch.equal(got.argmax(1), ref.argmax(1))
+
+
+def test_reference_is_refines_pamr_soft():
+    masks, aff, dil, iters = _case(15, 19, 4, (1, 2, 5), 3, 4)
+    g = torch.Generator().manual_seed(4)
+    img = torch.rand(3, 15, 19, generator=g)
+    img[:, :7] *= 0.3
+    torch.testing.assert_close(kpamr.propagate_reference(masks, aff, dil, iters),
+                               refine.pamr_soft(img, masks[0], iters=iters, dilations=dil)[None], rtol=0, atol=0)
+
+
+def test_without_cuda_the_kernel_says_why():
+    if kpamr.available("cpu"):
+        pytest.skip("interpreter enabled in this process")
+    masks, aff, dil, iters = _case(8, 8, 2, (1,), 1, 5)
+    with pytest.raises(BackendUnavailableError, match="Triton"):
+        kpamr.propagate(masks, aff, dil, iters)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available() or kpamr.tl is None, reason="needs CUDA and Triton")
+def test_compiled_kernel_matches_reference_on_cuda():
+    for masks, aff, dil, iters in _cases().values():
+        masks, aff = masks.cuda(), aff.cuda()
+        torch.testing.assert_close(kpamr.propagate(masks, aff, dil, iters),
+                                   kpamr.propagate_reference(masks, aff, dil, iters), rtol=1e-5, atol=1e-6)

@@ -1,0 +1,158 @@
+"""Refinement presets (issue 19), the K-independent CPU path of PAMR and the edge-aware upsampling.
+
+The fast path must give the labels of the torch reference (``refine._pamr_torch_at``: the official mask resize,
+``pamr_soft``, argmax): identical labels, including where its top-C bound cannot decide and it falls back to the
+exact dense propagation of the disputed labels. Small images only.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from diffcut_engine import refine
+from diffcut_engine.config import REFINE_PRESETS, EngineConfig
+from diffcut_engine.errors import InputError
+from diffcut_engine.kernels import pamr_cpu
+
+needs_numba = pytest.mark.skipif(not pamr_cpu.available(), reason="numba not installed (extra [fast])")
+
+
+def _photo(size, seed=0):
+    """A real photo (skimage astronaut) at ``size``, (3, H, W) float32 in [0, 1]."""
+    from skimage import data
+
+    img = torch.from_numpy(data.astronaut()).permute(2, 0, 1).float()[None] / 255
+    return F.interpolate(img, size=size, mode="bilinear", align_corners=False)[0].contiguous()
+
+
+def _labels(size, k, seed):
+    """A piecewise-constant label map with about k irregular regions (Voronoi cells of random seeds)."""
+    g = np.random.default_rng(seed)
+    h, w = size
+    pts = g.uniform(0, 1, (k, 2)) * (h, w)
+    yy, xx = np.mgrid[0:h, 0:w]
+    d = (yy[..., None] - pts[:, 0]) ** 2 + (xx[..., None] - pts[:, 1]) ** 2
+    return torch.from_numpy(d.argmin(-1).astype(np.int64))
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Config and presets
+# ------------------------------------------------------------------------------------------------------------
+
+def test_refine_bool_and_presets():
+    assert EngineConfig(refine=True).refine == "demo"
+    assert EngineConfig(refine=False).refine is False and EngineConfig(refine="none").refine is False
+    assert EngineConfig(refine=False).refine_settings() is None
+    cfg = EngineConfig(size=512, refine="demo")
+    assert cfg.refine_settings()["work_size"] == (512, 512)
+    assert EngineConfig(refine="full").refine_settings() == {"preset": "full", "work_size": None, "iters": 10,
+                                                             "dilations": (1, 2, 4, 8)}
+    ev = EngineConfig(refine="eval").refine_settings()
+    assert ev["work_size"] == (128, 128) and ev["iters"] == 10
+    over = EngineConfig(refine="demo", pamr_iters=3, pamr_dilations=[1, 2]).refine_settings()
+    assert over["iters"] == 3 and over["dilations"] == (1, 2) and over["preset"] == "demo"
+    # a changed preset does not carry the previous one's settings
+    assert EngineConfig().replace(refine="full").refine_settings()["iters"] == REFINE_PRESETS["full"]["iters"]
+    with pytest.raises(InputError, match="refine"):
+        EngineConfig(refine="crf")
+
+
+def test_cli_refine_flags():
+    import argparse
+
+    from diffcut_engine.cli.options import add_engine_options, config_from_args
+
+    p = argparse.ArgumentParser()
+    add_engine_options(p)
+    assert config_from_args(p.parse_args([])).refine == "demo"
+    assert config_from_args(p.parse_args(["--refine", "eval"])).refine == "eval"
+    assert config_from_args(p.parse_args(["--no-refine"])).refine is False
+    cfg = config_from_args(p.parse_args(["--refine", "full", "--pamr-iters", "4", "--refine-dilations", "1,3"]))
+    assert cfg.refine_settings()["iters"] == 4 and cfg.refine_settings()["dilations"] == (1, 3)
+    assert config_from_args(p.parse_args(["--refine-iters", "2"])).pamr_iters == 2
+
+
+# ------------------------------------------------------------------------------------------------------------
+# The official mask resize
+# ------------------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("src, dst", [((20, 30), (37, 23)), ((16, 16), (16, 16)), ((9, 40), (64, 8))])
+def test_resize_masks_init_is_the_bilinear_one_hot(src, dst):
+    lab = _labels(src, 7, seed=1)
+    dense = F.interpolate(F.one_hot(lab, 7).movedim(-1, 0).float()[None], size=dst, mode="bilinear",
+                          align_corners=True)[0]
+    mine = refine.resize_masks_init(lab, dst, candidates=range(7))
+    torch.testing.assert_close(mine, dense, rtol=0, atol=1e-6)
+    lab4, val4 = refine.resize_masks_init(lab, dst)
+    rebuilt = torch.zeros_like(dense)
+    for j in range(4):
+        ok = lab4[..., j] >= 0
+        rebuilt.view(7, -1)[lab4[..., j][ok].long(), ok.flatten().nonzero()[:, 0]] += val4[..., j][ok]
+    torch.testing.assert_close(rebuilt, dense, rtol=0, atol=1e-6)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# The fast path gives the reference's labels
+# ------------------------------------------------------------------------------------------------------------
+
+@needs_numba
+def test_fast_affinity_and_dense_step_match_the_reference():
+    img = _photo((40, 52))
+    dil = (1, 3, 8)
+    aff = pamr_cpu.affinity(img.numpy(), dil)
+    ref = refine.pamr_affinity(img, dil)
+    np.testing.assert_allclose(aff, ref.numpy(), rtol=1e-4, atol=1e-6)
+    masks = F.one_hot(_labels((40, 52), 5, 2), 5).movedim(-1, 0).float()
+    out = pamr_cpu.dense_step(masks.numpy().copy(), aff, pamr_cpu.offsets(dil), np.empty((5, 40, 52), np.float32))
+    ref_step = refine.pamr_soft(img, masks, iters=1, dilations=dil)
+    np.testing.assert_allclose(out, ref_step.numpy(), rtol=1e-4, atol=1e-6)
+
+
+@needs_numba
+@pytest.mark.parametrize("size, lsize, k, iters, dil, cands", [
+    ((48, 56), None, 6, 10, (1, 2, 4, 8), 6),
+    ((48, 56), None, 40, 10, (1, 2, 4, 8), 2),    # small C: the fallback decides many pixels; dense: 2 chunks
+    ((40, 40), (55, 31), 12, 30, (1, 2, 4, 8, 12, 24, 32, 64), 6),  # demo dilations, masks resized
+    ((33, 47), (33, 47), 4, 0, (1, 2), 4),                            # no iteration
+])
+def test_fast_pamr_labels_equal_the_reference(size, lsize, k, iters, dil, cands):
+    img = _photo(size)
+    lab = _labels(lsize or size, k, seed=k)
+    ref = refine._pamr_torch_at(img, lab, k, iters, dil)
+    for method in ("sparse", "dense"):
+        fast, stats = refine.pamr_fast(img, lab, num_segments=k, iters=iters, dilations=dil, candidates=cands,
+                                       method=method, return_stats=True)
+        assert fast.dtype == torch.int64 and fast.shape == ref.shape
+        assert torch.equal(fast, ref), f"{method}: {int((fast != ref).sum())} pixels differ; {stats}"
+        if cands == 2 and method == "sparse":
+            assert stats["uncertain"] > 0   # the exact fallback was exercised
+
+
+@needs_numba
+def test_refine_at_backends_agree_and_return_the_output_size():
+    view = _photo((70, 90))
+    lab = _labels((70, 90), 8, seed=3)
+    for work in (None, (48, 64)):
+        a = refine.refine_at(view, lab, work_size=work, iters=5, dilations=(1, 2, 4), backend="torch")
+        b = refine.refine_at(view, lab, work_size=work, iters=5, dilations=(1, 2, 4), backend="fast")
+        assert a.shape == (70, 90) and torch.equal(a, b)
+    with pytest.raises(InputError, match="backend"):
+        refine.refine_at(view, lab, backend="cuda")
+
+
+@needs_numba
+def test_joint_upsampling_follows_the_image_edge():
+    # A vertical colour edge at column 37 of 96; labels at 24 px wide cannot place it exactly (37 / 4 = 9.25).
+    h, w = 32, 96
+    big = torch.zeros(3, h, w)
+    big[:, :, 37:] = 1.0
+    small = F.interpolate(big[None], size=(8, 24), mode="bilinear", align_corners=False)[0]
+    small_lab = (torch.arange(24)[None].expand(8, 24) >= 9).long()      # nearest puts the boundary at col 36
+    truth = (torch.arange(w)[None].expand(h, w) >= 37).long()
+    joint = torch.from_numpy(pamr_cpu.joint_upsample(small_lab.numpy(), small.numpy(), big.numpy()))
+    nearest = F.interpolate(small_lab[None, None].float(), size=(h, w), mode="nearest")[0, 0].long()
+    assert int((joint != truth).sum()) < int((nearest != truth).sum())
+    assert int((joint != truth).sum()) == 0
