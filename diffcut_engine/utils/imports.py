@@ -27,6 +27,7 @@ _EXTRAS = {
     "triton": ("gpu", "Triton"),
     "av": ("video", "PyAV"),
     "skimage": ("eval", "scikit-image"),
+    "matplotlib": ("plot", "matplotlib"),
 }
 
 
