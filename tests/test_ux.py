@@ -393,3 +393,25 @@ def test_cli_segments_masks_overlay_recursive(tmp_path, tiny_sdxl_path, capsys):
     code, _, err = run(["segment", str(src), "-o", str(out), "--segments", "3", "--taus", "0.2,0.4", *common],
                        capsys)
     assert code == 2 and "--segments" in err
+
+
+# ------------------------------------------------------------------------------------------------------------
+# diffcut bench: a real photo by default, rows that say how they add up
+# ------------------------------------------------------------------------------------------------------------
+
+def test_bench_defaults_to_a_photo_and_explains_its_rows():
+    pytest.importorskip("skimage")
+    from diffcut_engine.bench import default_image, format_report, run_bench
+
+    photo, source = default_image()
+    assert photo.shape == (400, 600, 3) and "coffee" in source
+    small, _ = default_image((60, 90))
+    assert small.shape == (60, 90, 3)
+    engine = Engine(EngineConfig(size=64, tau=0.5, device="cpu", pamr_iters=1), encoder=ColourEncoder())
+    report = run_bench(engine, iters=1, warmup=0, input_size="90x60")
+    assert "coffee" in report["config"]["input"] and report["config"]["input_size"] == [60, 90]
+    text = format_report(report)
+    assert "= preprocess + encoder + graph + assign + refine" in text and "part of graph" in text
+    lines = text.splitlines()
+    graph_row = next(i for i, line in enumerate(lines) if line.startswith("graph "))
+    assert lines[graph_row + 1].startswith("  affinity") and lines[graph_row + 2].startswith("  ncut")
