@@ -16,9 +16,10 @@ import logging
 import time
 from typing import Iterable, Iterator, List, Optional, Sequence
 
+import numpy as np
 import torch
 
-from . import graph, images
+from . import graph, granularity, images
 from .config import EngineConfig
 from .encoders import FeatureEncoder, load_encoder
 from .errors import BatchError, DiffCutError, InputError
@@ -56,6 +57,8 @@ class Engine:
 
     def __init__(self, config: Optional[EngineConfig] = None, *, encoder: Optional[FeatureEncoder] = None):
         self.config = config if config is not None else EngineConfig()
+        if encoder is None:
+            warn_slow_dtype(self.config)
         self.encoder = encoder if encoder is not None else load_encoder(self.config)
         self.tau = self.config.tau if self.config.tau is not None else (self.encoder.default_tau or 0.5)
         self._rw = None
@@ -88,15 +91,23 @@ class Engine:
     def device(self) -> torch.device:
         return self.encoder.device
 
+    @property
+    def uses_tau(self) -> bool:
+        """Whether tau decides the segmentation: DiffCut, or the random-walk NCut with a constant threshold."""
+        if self._rw is None:
+            return True
+        return self.config.method == "rwncut" and self.config.rwncut.threshold == "constant"
+
     def __repr__(self):
         method = f", {self._rw.describe()}" if self._rw is not None else ""
-        return (f"Engine({self.encoder.name}, size={self.config.size}, tau={self.tau}, "
-                f"alpha={self.config.alpha}{method})")
+        h, w = self.config.size
+        tau = f", tau={self.tau:g}" if self.uses_tau else ""
+        return f"Engine({self.encoder.name}, size={w}x{h}{tau}, alpha={self.config.alpha:g}{method})"
 
     # ------------------------------------------------------------------------------------------ whole pipeline
-    def segment(self, images_, *, tau: Optional[float] = None, return_features: bool = False,
-                return_tree: bool = False, tree_tau_max: Optional[float] = None, errors: str = "raise",
-                progress: bool = False, classes=None):
+    def segment(self, images_, *, tau: Optional[float] = None, segments: Optional[int] = None,
+                return_features: bool = False, return_tree: bool = False, tree_tau_max: Optional[float] = None,
+                errors: str = "raise", progress: bool = False, classes=None):
         """Segment one image or a list of images.
 
         Parameters
@@ -105,6 +116,11 @@ class Engine:
             See :mod:`diffcut_engine.images` for accepted forms.
         tau : float, optional
             Override the engine's NCut threshold for this call.
+        segments : int, optional
+            Instead of a tau: the number of segments wanted. Each image gets the tau whose cut of its NCut tree
+            has the number of segments closest to ``segments`` (ties to the coarser cut; ``seg.tau`` says which).
+            The tree is built at the engine's tau and deepened only when it has fewer leaves than asked.
+            ``method="diffcut"`` only.
         return_features : bool
             Keep the (h, w, C) features on each result.
         return_tree : bool
@@ -114,7 +130,8 @@ class Engine:
             Depth of the kept tree (>= tau); implies ``return_tree``.
         errors : {"raise", "skip"}
             For a list: ``raise`` finishes every good input, then raises :class:`BatchError` whose ``results``
-            keep them; ``skip`` returns ``None`` in place of each failed input (and logs a warning).
+            keep them; ``skip`` returns ``None`` in place of each failed input (and logs a warning
+            "skipping ...").
             A single bad image always raises its :class:`InputError`.
         progress : bool
             Show a progress bar on stderr.
@@ -134,15 +151,17 @@ class Engine:
         items = [images_] if single else list(images_)
         results: List[Optional[Segmentation]] = [None] * len(items)
         failures = {}
-        for res in self.iter_segment(items, tau=tau, return_features=return_features, return_tree=return_tree,
-                                     tree_tau_max=tree_tau_max, progress=progress, classes=classes):
+        for res in self.iter_segment(items, tau=tau, segments=segments, return_features=return_features,
+                                     return_tree=return_tree, tree_tau_max=tree_tau_max, progress=progress,
+                                     classes=classes):
             if res.ok:
                 results[res.index] = res.segmentation
             else:
                 if single:
                     raise res.error
                 failures[res.index] = res.error
-                logger.warning("skipping %s: %s", res.name, res.error)
+                if errors == "skip":
+                    logger.warning("skipping %s: %s", res.name, res.error)
         if single:
             return results[0]
         if failures and errors == "raise":
@@ -150,16 +169,23 @@ class Engine:
             raise BatchError(f"{len(failures)} of {len(items)} images failed: {detail}", results, failures)
         return results
 
-    def iter_segment(self, inputs: Iterable, *, tau: Optional[float] = None, return_features: bool = False,
-                     return_tree: bool = False, tree_tau_max: Optional[float] = None,
-                     batch_size: Optional[int] = None, progress: bool = False,
-                     return_image: bool = False, classes=None) -> Iterator[SegmentResult]:
+    def iter_segment(self, inputs: Iterable, *, tau: Optional[float] = None, segments: Optional[int] = None,
+                     return_features: bool = False, return_tree: bool = False,
+                     tree_tau_max: Optional[float] = None, batch_size: Optional[int] = None,
+                     progress: bool = False, return_image: bool = False, classes=None) -> Iterator[SegmentResult]:
         """Stream results in input order, batching the encoder; a bad input yields a result with ``error`` set.
 
         With ``return_image`` each result also carries the decoded image region its labels cover (for overlays
-        without decoding the file again). ``classes`` names the segments as in :meth:`segment`. Errors that are
-        not about one input (out of memory, a broken model) propagate.
+        without decoding the file again). ``segments`` and ``classes`` as in :meth:`segment`. Errors that are not
+        about one input (out of memory, a broken model) propagate.
         """
+        if segments is not None:
+            segments = granularity.check_segments(segments)
+            if tau is not None:
+                raise InputError(f"give tau or segments, not both (got tau={tau!r}, segments={segments})")
+            if self._rw is not None:
+                raise InputError(f"segments=K picks a tau from the NCut tree of method='diffcut'; "
+                                 f"method={self.config.method!r} has no such tree")
         tau = self.resolve_tau(tau)
         tree_tau = None
         if return_tree or tree_tau_max is not None:
@@ -177,7 +203,7 @@ class Engine:
             for start in range(0, len(inputs), batch_size):
                 chunk = list(enumerate(inputs[start:start + batch_size], start))
                 for res in self._segment_batch(chunk, tau, tree_tau, return_features,
-                                               return_image or namer is not None):
+                                               return_image or namer is not None, segments):
                     if namer is not None and res.ok:
                         res = self._name_result(res, namer, return_image)
                     bar.update(1)
@@ -186,7 +212,7 @@ class Engine:
             bar.close()
 
     def _segment_batch(self, chunk, tau: float, tree_tau: Optional[float], keep_features: bool,
-                       keep_image: bool) -> List[SegmentResult]:
+                       keep_image: bool, segments: Optional[int] = None) -> List[SegmentResult]:
         out, prepared, segs = {}, [], []
         # 1. Decode, validate and resize each input; one bad input does not stop the others.
         for index, source in chunk:
@@ -205,10 +231,14 @@ class Engine:
             timings = [{**p.timings, "encode": share} for p in prepared]
             # 3. The NCut tree of every image, deep enough for every tau asked for.
             trees = self.trees(features, tau_max=tree_tau or tau, timings=timings)
+            taus = [tau] * len(trees)
+            if segments is not None:  # the tau of each tree whose cut is closest to `segments` segments
+                for i, tm in enumerate(timings):
+                    trees[i], taus[i] = self.tau_for_segments(features[i], trees[i], segments, timings=tm)
             # 4. Labels at tau: concept assignment, PAMR, median.
-            segs = [self.labels(p, f, tree, tau=tau, timings=tm, keep_tree=tree_tau is not None,
+            segs = [self.labels(p, f, tree, tau=t, timings=tm, keep_tree=tree_tau is not None,
                                 keep_features=keep_features)
-                    for p, f, tree, tm in zip(prepared, features, trees, timings)]
+                    for p, f, tree, t, tm in zip(prepared, features, trees, taus, timings)]
         for p, seg in zip(prepared, segs):
             out[p.index] = SegmentResult(p.index, p.name, segmentation=seg, image=p.view if keep_image else None)
         return [out[index] for index, _ in chunk]
@@ -279,6 +309,8 @@ class Engine:
             Naming the input and the reason (missing file, cannot decode, wrong shape, dtype or range, NaN).
         """
         t0 = time.perf_counter()
+        if isinstance(source, np.ndarray) and not source.flags.writeable:
+            source = source.copy()  # e.g. np.asarray(PIL image): torch.from_numpy warns on read-only arrays
         image = images.load_image(source, index)
         t1 = time.perf_counter()
         net_input, view, box = images.prepare(image, self.config.size, self.config.resize_mode)
@@ -412,33 +444,88 @@ class Engine:
                             crop_box=prepared.box, tau=tau, features=host_features,
                             tree=tree if keep_tree else None)
 
-    def at_tau(self, seg: Segmentation, tau: float, image) -> Segmentation:
-        """The segmentation of the same image at another ``tau``, from its kept tree and features.
+    def tau_for_segments(self, features: torch.Tensor, tree, segments: int, *,
+                         timings: Optional[dict] = None):
+        """The tau of one image whose cut has the number of segments closest to ``segments`` (ties to the coarser).
 
-        No encoder pass and no eigen-solve: the grid labels come from ``seg.tree.cut(tau)``; concept assignment
-        and refinement run again (:meth:`labels`).
+        The tree is rebuilt deeper (``tau_max`` doubled, up to :data:`~diffcut_engine.granularity.TAU_CEILING`)
+        only while its cut at ``tau_max`` has fewer than ``segments`` segments.
+
+        Parameters
+        ----------
+        features : torch.Tensor
+            (h, w, C) features of the image (to deepen the tree).
+        tree : NCutTree
+            Its tree from :meth:`trees`.
+        segments : int
+        timings : dict, optional
+            Receives the seconds of any rebuild in ``graph``.
+
+        Returns
+        -------
+        tree : NCutTree
+            ``tree``, or the deeper one.
+        tau : float
+        """
+        segments = granularity.check_segments(segments)
+        while (granularity.segment_count_at_max(tree) < segments
+               and tree.tau_max < granularity.TAU_CEILING):
+            tm = {}
+            tree = self.trees([features], tau_max=min(2.0 * tree.tau_max, granularity.TAU_CEILING),
+                              timings=[tm])[0]
+            if timings is not None:
+                timings["graph"] = timings.get("graph", 0.0) + tm.get("graph", 0.0)
+        tau, _ = granularity.tau_for_segments(tree, segments)
+        return tree, tau
+
+    def at_tau(self, seg: Segmentation, tau: float, image) -> Segmentation:
+        """The segmentation of the same image at another ``tau``, from its kept tree.
+
+        No eigen-solve: the grid labels come from ``seg.tree.cut(tau)``; concept assignment and refinement run
+        again (:meth:`labels`). Without kept features (``return_features=True``) the image is encoded again.
 
         Parameters
         ----------
         seg : Segmentation
-            A result of ``segment(..., return_features=True, tree_tau_max=...)``.
+            A result of ``segment(..., return_tree=True)`` (or ``tree_tau_max=...``), ideally with
+            ``return_features=True``.
         tau : float
             At most ``seg.tree.tau_max``.
-        image : torch.Tensor
-            (3, h, w) float [0, 1]: the region the labels cover (``SegmentResult.image``).
+        image : path, PIL.Image, numpy.ndarray or torch.Tensor
+            The image ``seg`` was made from, in any form :meth:`segment` takes; or the (3, h, w) float [0, 1]
+            region the labels cover (``SegmentResult.image``).
 
         Returns
         -------
         Segmentation
         """
-        if seg.tree is None or seg.features is None:
-            raise InputError("at_tau needs a result made with return_features=True and return_tree=True "
-                             "(or tree_tau_max=...)")
-        prepared = PreparedImage(index=0, name=seg.name, image_size=seg.image_size, net_input=None, view=image,
+        if seg.tree is None:
+            raise InputError("at_tau needs the result's NCut tree: segment with return_tree=True or "
+                             "tree_tau_max=T (and return_features=True to skip a second encoder pass)")
+        view = self._view_of(seg, image)
+        prepared = PreparedImage(index=0, name=seg.name, image_size=seg.image_size, net_input=None, view=view,
                                  box=seg.crop_box)
-        feats = torch.from_numpy(seg.features).to(self.encoder.device)
+        if seg.features is not None:
+            feats = torch.from_numpy(seg.features).to(self.encoder.device)
+        else:
+            net_input = images.resize(view, self.config.size) * 2.0 - 1.0
+            feats = self.encode([prepared.replace(net_input=net_input)])[0]
         out = self.labels(prepared, feats, seg.tree, tau=tau, timings={}, keep_tree=True)
         return out.replace(features=seg.features)
+
+    def _view_of(self, seg: Segmentation, image) -> torch.Tensor:
+        """The region of ``image`` that ``seg``'s labels cover, (3, h, w) float [0, 1]."""
+        top, left, h, w = seg.crop_box
+        if isinstance(image, torch.Tensor) and image.ndim == 3 and tuple(image.shape) == (3, h, w) \
+                and image.is_floating_point():
+            return image  # already the region (SegmentResult.image)
+        if isinstance(image, np.ndarray) and not image.flags.writeable:
+            image = image.copy()
+        loaded = images.load_image(image)
+        if tuple(loaded.size) != tuple(seg.image_size):
+            raise InputError(f"{loaded.name}: image is {loaded.size[1]}x{loaded.size[0]} but the result was made "
+                             f"from a {seg.image_size[1]}x{seg.image_size[0]} image; pass the same image")
+        return images.crop(loaded.pixels, seg.crop_box)
 
     def resolve_tau(self, tau: Optional[float] = None) -> float:
         """``tau`` checked (a positive number), or the engine's own when ``None``.
@@ -455,6 +542,16 @@ class Engine:
         return float(tau)
 
 
+def warn_slow_dtype(config: EngineConfig) -> None:
+    """Warn (before any weights are loaded) when the encoder would run in fp16 on the CPU: PyTorch has few fp16
+    CPU kernels, so it is tens of times slower than fp32 there; bf16 is the fast reduced precision on CPUs."""
+    if config.dtype != "fp16" or config.backend != "torch":
+        return
+    if config.device == "cpu" or (config.device == "auto" and not torch.cuda.is_available()):
+        logger.warning("dtype fp16 on the CPU is very slow (tens of times slower than fp32: PyTorch has few fp16 "
+                       "CPU kernels); use dtype bf16 (--dtype bf16) or fp32 on the CPU, fp16 on a GPU")
+
+
 def _progress(total: int, enabled: bool):
     from .utils.progress import progress_bar
 
@@ -464,15 +561,15 @@ def _progress(total: int, enabled: bool):
 _ENGINE_CACHE: dict = {}
 
 
-def segment(images_, **config):
+def segment(images_, *, segments: Optional[int] = None, **config):
     """One-call API: ``diffcut_engine.segment("photo.jpg", backbone="efficientnet-lite0")``.
 
-    Keyword arguments are :class:`EngineConfig` fields; the engine for the last configuration is cached so
-    repeated calls do not load the model again.
+    Keyword arguments are :class:`EngineConfig` fields, and ``segments`` (see :meth:`Engine.segment`); the
+    engine for the last configuration is cached so repeated calls do not load the model again.
     """
     cfg = EngineConfig.from_options(**config)
     engine = _ENGINE_CACHE.get(cfg)
     if engine is None:
         _ENGINE_CACHE.clear()
         engine = _ENGINE_CACHE[cfg] = Engine(cfg)
-    return engine.segment(images_)
+    return engine.segment(images_, segments=segments)

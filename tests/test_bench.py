@@ -53,7 +53,7 @@ def test_run_bench_report_has_every_field():
     assert report["config"]["input_size"] == [120, 160] and report["config"]["graph_device"] == "host"
     assert report["config"]["size"] == [96, 128] and report["config"]["grid"] == [3, 4]
     assert report["memory"]["device_peak_allocated_mb"] is None  # CPU engine
-    assert report["segments"]["mean"] >= 2                        # the synthetic image has several regions
+    assert report["segments"]["mean"] >= 2                        # the default photo has several regions
     text = format_report(report)
     assert "throughput" in text and "affinity" in text and "p99 ms" in text
     with pytest.raises(InputError, match="iters"):

@@ -32,9 +32,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     g.add_argument("--iters", type=int, default=10, metavar="N", help="timed batches (default 10)")
     g.add_argument("--warmup", type=int, default=2, metavar="N", help="untimed batches first (default 2)")
     g.add_argument("--input", default=None, metavar="IMAGE",
-                   help="input image (default: a synthetic image of --input-size)")
+                   help="input image (default: the scikit-image photo coffee, 600x400)")
     g.add_argument("--input-size", default=None, metavar="WxH",
-                   help="size of the synthetic input (default: the network size); labels are computed at it")
+                   help="resize the default input to this size (default: its own); labels are computed at it")
     g.add_argument("--json", type=Path, default=None, metavar="FILE", help="write the report as JSON")
     add_engine_options(b, batch_size=1)
     add_run_flags(b)

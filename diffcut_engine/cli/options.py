@@ -13,7 +13,7 @@ from ..config import (ATTENTION_MODES, BACKBONES, BACKENDS, COMPAT_MODES, COMPIL
 
 EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE = 0, 1, 2
 
-__all__ = ["EXIT_OK", "EXIT_SOME_FAILED", "EXIT_USAGE", "positive_float", "int_list", "tau_list",
+__all__ = ["EXIT_OK", "EXIT_SOME_FAILED", "EXIT_USAGE", "positive_float", "positive_int", "int_list", "tau_list",
            "add_engine_options", "add_method_arguments", "add_run_flags", "rwncut_options_from_args",
            "config_from_args"]
 
@@ -30,6 +30,17 @@ def positive_float(text: str) -> float:
         raise argparse.ArgumentTypeError(f"not a number: {text!r}")
     if not v > 0:
         raise argparse.ArgumentTypeError(f"must be positive: {text!r}")
+    return v
+
+
+def positive_int(text: str) -> int:
+    """An integer >= 1 (``--segments``)."""
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}")
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1: {text!r}")
     return v
 
 
@@ -102,7 +113,9 @@ def add_engine_options(parser: argparse.ArgumentParser, *, batch_size: int = 4) 
                    help="capture the truncated UNet in a CUDA graph per input shape and replay it (CUDA only)")
     g = parser.add_argument_group("method")
     g.add_argument("--tau", type=positive_float, default=None,
-                   help="NCut threshold; larger gives more segments (default: 0.5 SDXL-type, 0.2 SD 1.x)")
+                   help="NCut threshold; larger gives more segments. Its scale depends on the backbone: "
+                   "defaults 0.5 SDXL-type (SSD-1B), 0.2 SD 1.x, 0.08 efficientnet-lite0 (useful range about "
+                   "0.03-0.3 there); or ask for --segments K")
     g.add_argument("--alpha", type=positive_float, default=10.0, help="affinity exponent (default 10)")
     g.add_argument("--size", default=None, help="network input size, 1024 or WxH such as 1024x576; "
                    "multiples of 32 (default: 1024 for diffusion models, 768 for efficientnet-lite0)")

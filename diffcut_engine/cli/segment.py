@@ -8,8 +8,15 @@ import sys
 from pathlib import Path
 
 from ..errors import InputError
+from ..utils.progress import write_line
 from .classes import add_class_arguments, vocabulary_from_args, write_class_map
-from .options import EXIT_OK, EXIT_SOME_FAILED, add_engine_options, add_run_flags, config_from_args, tau_list
+from .options import (EXIT_OK, EXIT_SOME_FAILED, add_engine_options, add_run_flags, config_from_args,
+                      positive_int, tau_list)
+
+#: What ``--format`` writes per image: the label map PNG, or the segments as COCO-style JSON (RLE masks).
+FORMATS = ("labels", "masks")
+#: ``--overlay`` styles (``none``: no overlay; the same as ``--no-overlay``).
+OVERLAYS = ("blend", "contour", "side-by-side", "none")
 
 SEGMENT_EXAMPLES = """examples:
   diffcut segment photo.jpg -o out/                         # DiffCut with SSD-1B (downloads ~5 GB once)
@@ -18,6 +25,8 @@ SEGMENT_EXAMPLES = """examples:
   diffcut segment frame.png -o out/ --size 1024x576 --device cuda --dtype fp16
   diffcut segment photo.jpg -o out/ --backend onnx --engine-dir ssd1b-onnx/   # a `diffcut export` folder
   diffcut segment photo.jpg -o out/ --classes 'person|people,sky,tree,grass'   # name segments with CLIP
+  diffcut segment photo.jpg -o out/ --backbone efficientnet-lite0 --segments 8  # about 8 segments per image
+  diffcut segment photos/ -o out/ --recursive --format labels,masks --overlay contour  # + COCO-style JSON
 """
 
 
@@ -34,12 +43,38 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                      help="several thresholds from one NCut tree per image: writes <name>_tau<T>_labels.png etc. "
                      "for each (replaces --tau)")
     g = seg.add_argument_group("output")
+    seg.add_argument("--segments", type=positive_int, default=None, metavar="K",
+                     help="the number of segments wanted, instead of a tau: each image gets the tau whose cut of "
+                     "its NCut tree has the number of segments closest to K (ties to fewer segments)")
+    seg.add_argument("--recursive", "-r", action="store_true", help="also take the images in sub-folders of "
+                     "the folders given")
+    g.add_argument("--format", type=format_list, default=("labels",), metavar="labels[,masks]",
+                   help="per image: labels (<name>_labels.png, the label map; default) and/or masks "
+                   "(<name>_masks.json: one COCO-style RLE mask per segment with its area, box, id and the tau "
+                   "at which it appears)")
     g.add_argument("--save-npy", action="store_true", help="also write the labels as .npy (int32)")
-    g.add_argument("--no-overlay", dest="overlay", action="store_false", help="do not write overlay PNGs")
+    g.add_argument("--overlay", choices=OVERLAYS, default="blend",
+                   help="overlay PNG style: blend (colours mixed in, default), contour (outlines), side-by-side "
+                   "(image | labels), none")
+    g.add_argument("--opacity", type=float, default=None, metavar="A",
+                   help="weight of the segment colours in the overlay, 0..1 (default 0.5 blend, 1 contour)")
+    g.add_argument("--no-overlay", dest="overlay", action="store_const", const="none",
+                   help="do not write overlay PNGs (as --overlay none)")
     add_run_flags(g)
     add_class_arguments(seg)
     seg.set_defaults(func=cmd_segment)
     return seg
+
+
+def format_list(text: str) -> tuple:
+    """``--format``: comma-separated names of :data:`FORMATS`."""
+    import argparse
+
+    names = tuple(dict.fromkeys(t.strip() for t in text.split(",") if t.strip()))
+    bad = [n for n in names if n not in FORMATS]
+    if bad or not names:
+        raise argparse.ArgumentTypeError(f"expected labels, masks or labels,masks, got {text!r}")
+    return names
 
 
 def unique_stem(path_or_name: str, used: set) -> str:
@@ -53,8 +88,11 @@ def unique_stem(path_or_name: str, used: set) -> str:
     return name
 
 
-def write_outputs(seg, image_view, outdir: Path, stem: str, *, overlay: bool, save_npy: bool) -> list:
-    """Write ``<stem>_labels.png`` (uint8, or uint16 above 255 segments), ``<stem>_overlay.png``, ``.npy``."""
+def write_outputs(seg, image_view, outdir: Path, stem: str, *, overlay, save_npy: bool,
+                  formats=("labels",), opacity=None) -> list:
+    """Write ``<stem>_labels.png`` (uint8, or uint16 above 255 segments) and/or ``<stem>_masks.json``
+    (``formats``), ``<stem>_overlay.png`` (``overlay``: a style of :data:`OVERLAYS`, ``True`` for blend),
+    ``.npy``."""
     import numpy as np
     from PIL import Image
 
@@ -62,16 +100,21 @@ def write_outputs(seg, image_view, outdir: Path, stem: str, *, overlay: bool, sa
 
     written = []
     labels = seg.labels
-    mode_arr = labels.astype(np.uint8) if labels.max() < 256 else labels.astype(np.uint16)
-    p = outdir / f"{stem}_labels.png"
-    Image.fromarray(mode_arr).save(p)
-    written.append(p)
-    if overlay:
+    if "labels" in formats:
+        p = outdir / f"{stem}_labels.png"
+        written.append(Path(seg.save(p)))
+    if "masks" in formats:
+        p = outdir / f"{stem}_masks.json"
+        written.append(Path(seg.save(p)))
+    style = "blend" if overlay is True else (overlay or "none")
+    if style != "none":
         rgb = (image_view.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
         if rgb.shape[:2] != labels.shape:
             rgb = np.asarray(Image.fromarray(rgb).resize(labels.shape[::-1], Image.BILINEAR))
+        if opacity is None:
+            opacity = 1.0 if style == "contour" else 0.5
         p = outdir / f"{stem}_overlay.png"
-        Image.fromarray(viz.overlay(rgb, labels)).save(p)
+        Image.fromarray(viz.render(rgb, labels, style, opacity=opacity)).save(p)
         written.append(p)
     if save_npy:
         p = outdir / f"{stem}_labels.npy"
@@ -80,11 +123,55 @@ def write_outputs(seg, image_view, outdir: Path, stem: str, *, overlay: bool, sa
     return written
 
 
+def expand_recursive(inputs) -> list:
+    """``inputs`` with every folder followed by its sub-folders (sorted, hidden ones skipped), for
+    ``--recursive``; files and glob patterns are kept as they are."""
+    out = []
+    for item in inputs:
+        out.append(item)
+        p = Path(item)
+        if p.is_dir():
+            out.extend(str(d) for d in sorted(p.rglob("*"))
+                       if d.is_dir() and not any(part.startswith(".") for part in d.relative_to(p).parts))
+    return out
+
+
+def run_header(engine, args) -> tuple:
+    """The ``# ...`` line printed before a run and the tau fields of ``summary.json``: the taus really used."""
+    if args.segments is not None:
+        return f"# {engine!r}; --segments {args.segments}: tau chosen per image", {"segments": args.segments}
+    if args.taus:
+        return (f"# {engine!r}; taus {','.join(f'{t:g}' for t in args.taus)}",
+                {"taus": list(args.taus)})
+    if not engine.uses_tau:
+        return f"# {engine!r}", {"tau": None}
+    return f"# {engine!r}", {"tau": engine.tau}
+
+
+def result_line(source: str, seg, engine, files, segments=None) -> str:
+    """One stdout line per written result: segments, the tau (where the method uses one), the first file."""
+    n = seg.num_segments
+    text = f"{source}: {n} segment{'s' if n != 1 else ''}"
+    if segments is not None:
+        text += f" (asked {segments})"
+    if engine.uses_tau:
+        text += f" at tau {seg.tau:.4g}"
+    text += f" -> {files[0]}" if files else ""
+    if n == 1 and segments is None:
+        text += (" (a single segment: raise --tau or ask for --segments K)" if engine.uses_tau
+                 else " (a single segment)")
+    return text
+
+
 def cmd_segment(args) -> int:
     """Run ``diffcut segment``; exit code 0, or 1 when some inputs failed."""
     from .. import images
     from ..engine import Engine
 
+    if args.segments is not None and (args.taus or args.tau is not None):
+        raise InputError("--segments K picks the tau itself; give it without --tau or --taus")
+    if args.opacity is not None and not 0.0 <= args.opacity <= 1.0:
+        raise InputError(f"--opacity must lie in [0, 1], got {args.opacity:g}")
     config = config_from_args(args)
     vocab = vocabulary_from_args(args)
     if args.clip_model is not None:
@@ -93,23 +180,42 @@ def cmd_segment(args) -> int:
         from ..openvocab.clip import check_clip_backend
 
         check_clip_backend(config.clip_model)  # fail before the diffusion model is loaded
-    paths = images.list_image_files(args.inputs)
+    paths = images.list_image_files(expand_recursive(args.inputs) if args.recursive else args.inputs)
     if not paths:
         raise InputError("no input images found in " + ", ".join(args.inputs))
+    # Inputs that do not exist are reported before the model is loaded (and not loaded at all if none is left).
+    missing = [i for i, p in enumerate(paths) if not p.is_file()]
+    if len(missing) == len(paths):
+        detail = "; ".join(f"{paths[i]}: {'is a folder' if paths[i].is_dir() else 'file not found'}"
+                           for i in missing[:3])
+        raise InputError(f"no input image exists ({detail}{'; ...' if len(missing) > 3 else ''})")
+    summary = []
+    for i in missing:
+        why = "is a directory, not an image" if paths[i].is_dir() else "file not found"
+        print(f"error: {paths[i]}: {why}", file=sys.stderr)
+        summary.append({"input": str(paths[i]), "error": f"{paths[i]}: {why}"})
+    todo = [p for i, p in enumerate(paths) if i not in set(missing)]
     args.output.mkdir(parents=True, exist_ok=True)
     engine = Engine(config)
-    print(f"# {engine!r}", file=sys.stderr)
-    used, failed, summary = set(), 0, []
+    header, tau_fields = run_header(engine, args)
+    print(header, file=sys.stderr)
+    used, failed = set(), len(missing)
     taus = args.taus
+    want_masks = "masks" in args.format
     extra = {"tau": taus[0], "tree_tau_max": taus[-1], "return_features": True} if taus else {}
+    if args.segments is not None:
+        extra["segments"] = args.segments
+    if want_masks and not taus:
+        extra["return_tree"] = True  # the tau at which each segment appears (the tree is built anyway)
+    progress = not args.quiet
     namer = engine.namer(vocab) if vocab is not None else None
-    for res in engine.iter_segment(paths, progress=not args.quiet,
-                                   return_image=args.overlay or bool(taus) or namer is not None, classes=namer,
+    for res in engine.iter_segment(todo, progress=progress, classes=namer,
+                                   return_image=args.overlay != "none" or bool(taus) or namer is not None,
                                    **extra):
-        source = str(paths[res.index])
+        source = str(todo[res.index])
         if not res.ok:
             failed += 1
-            print(f"error: {res.error}", file=sys.stderr)
+            write_line(f"error: {res.error}", progress=progress)
             summary.append({"input": source, "error": str(res.error)})
             continue
         stem = unique_stem(source, used)
@@ -118,21 +224,24 @@ def cmd_segment(args) -> int:
             (res.segmentation if t == taus[0] else engine.at_tau(res.segmentation, t, res.image), f"{stem}_tau{t:g}")
             for t in taus]
         for seg, name in variants:
-            files = write_outputs(seg, res.image, args.output, name, overlay=args.overlay, save_npy=args.save_npy)
-            entry = {}
+            files = write_outputs(seg, res.image, args.output, name, overlay=args.overlay, save_npy=args.save_npy,
+                                  formats=args.format, opacity=args.opacity)
+            entry = {"input": source, "num_segments": seg.num_segments}
+            if engine.uses_tau:
+                entry["tau"] = seg.tau
             if namer is not None:
                 if seg.naming is None:  # a further tau of --taus
                     seg = seg.replace(naming=namer.name(res.image, seg.labels))
                 files.append(write_class_map(seg, res.image, args.output, name))
                 entry["segments"] = seg.naming.as_dicts()
-                print(f"{source}: " + ", ".join(f"{d['segment']}={d['class']} ({d['score']:.2f})"
-                                                for d in entry["segments"]))
-            print(f"{source}: {seg.num_segments} segments at tau {seg.tau:g} -> {files[0]}")
-            summary.append({"input": source, "tau": seg.tau, "num_segments": seg.num_segments,
-                            "outputs": [str(f) for f in files], **entry,
+                write_line(f"{source}: " + ", ".join(f"{d['segment']}={d['class']} ({d['score']:.2f})"
+                                                     for d in entry["segments"]), progress=progress, file=sys.stdout)
+            write_line(result_line(source, seg, engine, files, args.segments), progress=progress, file=sys.stdout)
+            summary.append({**entry, "outputs": [str(f) for f in files],
                             "timings": {k: round(v, 6) for k, v in seg.timings.items()}})
+    h, w = engine.config.size
     with open(args.output / "summary.json", "w") as fh:
-        head = {"engine": repr(engine), "tau": engine.tau}
+        head = {"engine": repr(engine), "size": f"{w}x{h}", **tau_fields}
         if namer is not None:
             head.update(clip_model=namer.clip.name, classes=list(namer.vocabulary.names))
         json.dump({**head, "results": summary}, fh, indent=1)

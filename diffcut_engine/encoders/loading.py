@@ -8,6 +8,7 @@ line naming the model.
 
 from __future__ import annotations
 
+import logging
 import os
 
 from ..errors import InputError, ModelLoadError
@@ -15,7 +16,12 @@ from ..utils.imports import require
 from .base import torch
 
 __all__ = ["NEEDED_COMPONENTS", "resolve_model", "load_pipeline", "check_pipeline_index", "looks_like_path",
-           "first_line"]
+           "first_line", "check_hub_model", "HUB_TIMEOUT_S"]
+
+logger = logging.getLogger("diffcut_engine")
+
+#: Seconds the one look-up of a hub id (:func:`check_hub_model`) may take before the hub counts as unreachable.
+HUB_TIMEOUT_S = 10.0
 
 #: Pipeline components the encoder needs; every other component listed in ``model_index.json`` (safety
 #: checker, feature extractor, image encoder) is not loaded at all.
@@ -73,6 +79,63 @@ def hub_context(local_files_only: bool) -> str:
     return " from the Hugging Face hub"
 
 
+def check_hub_model(model: str, *, revision=None, local_files_only: bool = False,
+                    timeout: float = HUB_TIMEOUT_S) -> bool:
+    """Check a hub id cheaply, before diffusers is asked for it; return whether to load it from the cache only.
+
+    Offline (``HF_HUB_OFFLINE=1`` or ``local_files_only``) the id must be in the local cache. Online, one
+    ``model_info`` request (``timeout`` seconds) tells an unknown id, a gated repository or a wrong revision
+    from an unreachable hub; an unreachable hub falls back to a cached copy. Every failure is one line, so a
+    missing model does not take diffusers' retries (half a minute of repeated warnings).
+
+    Raises
+    ------
+    ModelLoadError
+        Naming the model, the cause, and how to use a local folder or the cache.
+    """
+    try:
+        import huggingface_hub as hub
+        from huggingface_hub import constants, errors
+    except ImportError:  # diffusers needs it; let diffusers report that
+        return local_files_only
+    folder_hint = "or pass a local diffusers folder with --model PATH (model=PATH)"
+    try:
+        cached = hub.try_to_load_from_cache(model, "model_index.json", revision=revision)
+    except (errors.HFValidationError, ValueError) as exc:
+        raise ModelLoadError(f"model {model!r} is neither an existing folder nor a valid Hugging Face hub id "
+                             f"(org/name): {first_line(exc)}") from exc
+    in_cache = isinstance(cached, str)
+    offline = bool(getattr(constants, "HF_HUB_OFFLINE", False))
+    if offline or local_files_only:
+        if in_cache:
+            return True
+        why = "HF_HUB_OFFLINE is set" if offline else "--local-files-only (local_files_only=True) is set"
+        raise ModelLoadError(f"model {model!r} is not in the local Hugging Face cache ({constants.HF_HUB_CACHE}) "
+                             f"and downloads are off ({why}); download it once with network access, {folder_hint}")
+    try:
+        hub.HfApi().model_info(model, revision=revision, timeout=timeout)
+    except errors.GatedRepoError as exc:
+        if in_cache:
+            return False
+        raise ModelLoadError(f"model {model!r} is a gated repository: accept its terms on huggingface.co and log "
+                             f"in (`hf auth login`), {folder_hint}") from exc
+    except errors.RepositoryNotFoundError as exc:
+        raise ModelLoadError(f"model {model!r} was not found on the Hugging Face hub (unknown id, or a private "
+                             f"repository: log in with `hf auth login`); check the spelling, {folder_hint}") from exc
+    except errors.RevisionNotFoundError as exc:
+        raise ModelLoadError(f"revision {revision!r} of model {model!r} was not found on the Hugging Face "
+                             "hub") from exc
+    except Exception as exc:  # unreachable hub: connection refused, DNS, timeout, proxy, server error
+        if in_cache:
+            logger.warning("the Hugging Face hub cannot be reached (%s); using the cached copy of %s",
+                           first_line(exc), model)
+            return True
+        raise ModelLoadError(f"cannot reach the Hugging Face hub to get model {model!r} ({type(exc).__name__}: "
+                             f"{first_line(exc)}) and it is not in the local cache ({constants.HF_HUB_CACHE}); "
+                             f"connect once to download it, {folder_hint}") from exc
+    return local_files_only
+
+
 def check_pipeline_index(model: str, index: dict) -> None:
     """Refuse a model_index.json that is not a text-conditioned SD/SDXL-type pipeline, before any weights."""
     def cls_of(name):
@@ -128,6 +191,8 @@ def load_pipeline(model: str, *, dtype, revision=None, local_files_only: bool = 
     import diffusers
     from diffusers import DiffusionPipeline
 
+    if not os.path.isdir(model):  # a hub id: fail fast and in one line when it cannot be had
+        local_files_only = check_hub_model(model, revision=revision, local_files_only=local_files_only)
     common = dict(revision=revision, local_files_only=local_files_only)
     # 1. Read model_index.json and check that this is a text-conditioned SD/SDXL-type pipeline.
     try:

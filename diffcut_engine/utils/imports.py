@@ -32,6 +32,7 @@ _EXTRAS = {
     "ray": ("ray", "Ray"),
     "ray.data": ("ray", "Ray Data"),
     "pyarrow": ("ray", "pyarrow"),
+    "matplotlib": ("plot", "matplotlib"),
 }
 
 

@@ -28,3 +28,18 @@ def progress_bar(*, total: int, enabled: bool = True, desc: str = "", unit: str 
     from tqdm.auto import tqdm
 
     return tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, dynamic_ncols=True, leave=False)
+
+
+def write_line(text: str, *, progress: bool = True, file=None) -> None:
+    """Print one line (default on stderr) without breaking a progress bar that is on screen: through
+    ``tqdm.write`` while bars may be shown, else a plain ``print``."""
+    file = sys.stderr if file is None else file
+    if progress and not progress_disabled():
+        try:
+            from tqdm.auto import tqdm
+        except ImportError:
+            pass
+        else:
+            tqdm.write(text, file=file)
+            return
+    print(text, file=file)
