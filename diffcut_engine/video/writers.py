@@ -15,7 +15,7 @@ from typing import Dict, Optional
 import numpy as np
 
 from ..errors import InputError
-from .io import DEFAULT_FPS, VideoError, VideoInfo, require_av
+from .io import DEFAULT_FPS, VideoError, VideoInfo, check_output, require_av
 from .stream import VideoFrame, VideoSegmentation
 from .tracking import VideoStats
 
@@ -69,6 +69,7 @@ class VideoWriter:
     def __init__(self, path, info: VideoInfo, *, audio: bool = True, codec: Optional[str] = None,
                  opacity: float = 0.5, edges: bool = True, crf: int = 20, queue_size: int = 8):
         av = require_av()
+        check_output(path, info.path)  # never the input itself, a known container
         self.path, self.info = os.fspath(path), info
         self.opacity, self.edges = float(opacity), edges
         self.frames_written = 0
@@ -101,6 +102,13 @@ class VideoWriter:
         self._video = self._out.add_stream(codec, rate=info.fps)
         self._video.width, self._video.height, self._video.pix_fmt = self._width, self._height, "yuv420p"
         self._video.time_base = info.time_base
+        # The encoder counts in the input's time base too, so every frame keeps its own pts (variable frame
+        # rates included); with a coarser 1/fps encoder clock, pts would be rounded, duplicated and refused.
+        try:
+            self._video.codec_context.time_base = info.time_base
+        except Exception:  # noqa: BLE001 (an encoder that cannot take this clock keeps 1/fps)
+            logger.warning("%s: the %s encoder cannot use the time base %s; timestamps are rounded to 1/%s s",
+                           self.path, codec, info.time_base, info.fps)
         if codec in ("libx264", "libvpx-vp9"):
             self._video.options = {"crf": str(crf), **({"preset": "veryfast"} if codec == "libx264" else {})}
         self._audio_in = self._audio_out = self._audio_iter = None

@@ -1,0 +1,156 @@
+"""Hostile and unusual inputs (issue 17): never destroy an input, never hang, never read an image wrongly, one
+``error:`` line (exit code 2) for every failure that stops a command.
+
+Each test names the issue item it keeps fixed. Everything is small and offline: the colour test encoder stands in
+for a backbone, videos are a dozen 128x96 frames made here.
+"""
+
+from __future__ import annotations
+
+from fractions import Fraction
+
+import numpy as np
+import pytest
+
+from diffcut_engine import EngineConfig
+from diffcut_engine.cli import main
+from diffcut_engine.engine import Engine
+
+from toy_encoder import ColourEncoder
+
+W, H = 128, 96
+
+
+@pytest.fixture(scope="module")
+def engine():
+    return Engine(EngineConfig(size=(192, 256), tau=0.5, device="cpu", refine=False, batch_size=4),
+                  encoder=ColourEncoder())
+
+
+@pytest.fixture
+def toy_cli(monkeypatch):
+    """``diffcut`` commands build their engine with the colour test encoder (no model load)."""
+    import diffcut_engine.engine as engine_module
+
+    real = engine_module.Engine
+    built = []
+
+    def factory(config, **kw):
+        built.append(config)
+        return real(config.replace(device="cpu"), encoder=ColourEncoder())
+
+    monkeypatch.setattr(engine_module, "Engine", factory)
+    return built
+
+
+def run(argv, capsys):
+    code = main(argv)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def one_error_line(err: str) -> str:
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    return lines[0]
+
+
+def frame(i):
+    img = np.empty((H, W, 3), np.uint8)
+    img[:] = (40, 90, 200)
+    img[16:48, 4 + 3 * i:36 + 3 * i] = (220, 30, 30)
+    return img
+
+
+def make_video(path, pts=None, *, time_base=Fraction(1, 1000), rate=25, faststart=False):
+    """H.264 video of a moving red square; ``pts`` in ``time_base`` units (default: constant ``rate``)."""
+    av = pytest.importorskip("av")
+    pts = list(pts) if pts is not None else [int(i / rate / time_base) for i in range(12)]
+    out = av.open(str(path), "w", options={"movflags": "faststart"} if faststart else {})
+    vs = out.add_stream("libx264", rate=rate)
+    vs.width, vs.height, vs.pix_fmt = W, H, "yuv420p"
+    vs.time_base = time_base
+    vs.codec_context.time_base = time_base
+    vs.options = {"crf": "10", "preset": "ultrafast"}
+    for i, p in enumerate(pts):
+        f = av.VideoFrame.from_ndarray(frame(i), format="rgb24")
+        f.pts, f.time_base = p, time_base
+        for pk in vs.encode(f):
+            out.mux(pk)
+    for pk in vs.encode():
+        out.mux(pk)
+    out.close()
+    return path
+
+
+def frame_times(path):
+    """Presentation times (seconds) of the decoded frames of a video file."""
+    import av
+
+    with av.open(str(path)) as c:
+        return [float(f.pts * f.time_base) for f in c.decode(video=0)]
+
+
+# ------------------------------------------------------------------------------------------------------------
+# 1. an output equal to the input never destroys it
+# ------------------------------------------------------------------------------------------------------------
+
+def test_video_output_equal_to_input_is_refused_before_anything_is_written(engine, tmp_path, capsys):
+    from diffcut_engine.video import VideoError, write_video
+
+    src = make_video(tmp_path / "big.mp4")
+    before = src.read_bytes()
+    link = tmp_path / "alias.mp4"
+    link.symlink_to(src)
+    for out in (src, link):
+        code, _, err = run(["video", str(src), "-o", str(out), "-q", "--backbone", "efficientnet-lite0"], capsys)
+        assert code == 2 and "input video itself" in one_error_line(err)
+    code, _, err = run(["video", str(src), "-o", str(tmp_path / "o.mp4"), "--labels-out", str(src), "-q"], capsys)
+    assert code == 2 and "input video itself" in one_error_line(err)
+    with pytest.raises(VideoError, match="input video itself"):   # the Python API too
+        write_video(engine.segment_video(src), src)
+    assert src.read_bytes() == before
+
+
+# ------------------------------------------------------------------------------------------------------------
+# 2. variable frame rate: the input's time base and every pts are kept
+# ------------------------------------------------------------------------------------------------------------
+
+VFR_PTS = [0, 40, 140, 340, 380, 420, 600, 640, 700, 900, 940, 1000]
+
+
+@pytest.mark.parametrize("src_ext", ["mp4", "mkv"])
+def test_variable_frame_rate_keeps_every_timestamp(engine, tmp_path, src_ext):
+    from diffcut_engine.video import write_video
+
+    src = make_video(tmp_path / f"vfr.{src_ext}", VFR_PTS)
+    times = frame_times(src)
+    assert len(set(np.round(np.diff(times), 3))) > 2          # really a variable rate
+    for ext in ("mp4", "mkv"):
+        out = tmp_path / f"out.{ext}"
+        stats = write_video(engine.segment_video(src), out)
+        assert stats.frames == len(VFR_PTS) and not stats.truncated
+        np.testing.assert_allclose(frame_times(out), times, atol=1e-3)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# 6 (video) and 11 (video): unknown container, a video without a decodable frame
+# ------------------------------------------------------------------------------------------------------------
+
+def test_unknown_output_container_is_one_line_before_the_model_loads(tmp_path, capsys, toy_cli):
+    src = make_video(tmp_path / "in.mp4")
+    code, _, err = run(["video", str(src), "-o", str(tmp_path / "out.xyz"), "-q"], capsys)
+    assert code == 2 and "unknown video container '.xyz'" in one_error_line(err)
+    assert not toy_cli and not (tmp_path / "out.xyz").exists()
+
+
+def test_video_without_a_decodable_frame_says_nothing_was_written(tmp_path, capsys, toy_cli):
+    src = make_video(tmp_path / "fast.mp4", faststart=True)   # index first, then the frames
+    data = src.read_bytes()
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(data[:data.index(b"mdat") + 64])        # the index survives, no frame does
+    out = tmp_path / "o.mp4"
+    code, _, err = run(["video", str(cut), "-o", str(out), "-q"], capsys)
+    line = one_error_line(err)
+    assert code == 2 and "after 0 frames" in line and line.endswith("no frame was written")
+    assert "were written to" not in err and not out.exists()
