@@ -11,6 +11,7 @@ from fractions import Fraction
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from diffcut_engine import EngineConfig
 from diffcut_engine.cli import main
@@ -154,3 +155,120 @@ def test_video_without_a_decodable_frame_says_nothing_was_written(tmp_path, caps
     line = one_error_line(err)
     assert code == 2 and "after 0 frames" in line and line.endswith("no frame was written")
     assert "were written to" not in err and not out.exists()
+
+
+# ------------------------------------------------------------------------------------------------------------
+# 3. a FIFO (or any non-regular file) is refused at once; 11: symbolic link loops and self-links
+# ------------------------------------------------------------------------------------------------------------
+
+def _png(path, arr=None):
+    if arr is None:
+        arr = np.zeros((64, 96, 3), np.uint8)
+        arr[:, 40:] = (200, 30, 30)
+    Image.fromarray(arr).save(path)
+    return path
+
+
+def test_fifo_input_is_refused_without_blocking(engine, tmp_path):
+    import os
+
+    from diffcut_engine.errors import BatchError, InputError
+    from diffcut_engine.images import load_image
+
+    fifo = tmp_path / "pipe.png"
+    os.mkfifo(fifo)   # opening it for reading would block until a writer comes
+    with pytest.raises(InputError, match="pipe.png: not a regular file"):
+        load_image(fifo)
+    good = _png(tmp_path / "good.png")
+    with pytest.raises(BatchError) as info:   # the other inputs are still processed
+        engine.segment([fifo, good])
+    assert info.value.results[0] is None and info.value.results[1].labels.shape == (64, 96)
+
+
+def test_symlink_loop_and_self_link_in_a_recursive_glob(tmp_path):
+    import os
+
+    from diffcut_engine.errors import InputError
+    from diffcut_engine.images import list_image_files, load_image
+
+    (tmp_path / "sub").mkdir()
+    _png(tmp_path / "sub" / "a.png")
+    _png(tmp_path / "b.png")
+    (tmp_path / "self").symlink_to(".")
+    files = list_image_files([str(tmp_path / "**" / "*.png")])
+    assert [p.relative_to(tmp_path).as_posix() for p in files] == ["b.png", "sub/a.png"]
+    os.symlink("loop2.png", tmp_path / "loop1.png")
+    os.symlink("loop1.png", tmp_path / "loop2.png")
+    with pytest.raises(InputError, match="loop1.png: symbolic link loop"):
+        load_image(tmp_path / "loop1.png")
+    os.symlink("gone.png", tmp_path / "dangling.png")
+    with pytest.raises(InputError, match="dangling.png: broken symbolic link"):
+        load_image(tmp_path / "dangling.png")
+
+
+# ------------------------------------------------------------------------------------------------------------
+# 4. 16-bit and float images are scaled to their real range (file and API alike)
+# ------------------------------------------------------------------------------------------------------------
+
+def test_16_bit_png_is_scaled_not_clipped(tmp_path):
+    from diffcut_engine.images import load_image
+
+    ramp = np.tile(np.linspace(0, 65535, 256).round().astype(np.uint16), (32, 1))
+    path = tmp_path / "ramp16.png"
+    Image.fromarray(ramp).save(path)
+    assert Image.open(path).mode.startswith("I")       # really stored as 16 bits
+    pixels = load_image(path).pixels
+    np.testing.assert_allclose(pixels[0, 0].numpy(), ramp[0] / 65535.0, atol=1e-6)
+    assert float((pixels == 1.0).float().mean()) < 0.01
+    api = load_image(ramp).pixels                        # the Python API takes the uint16 array too
+    np.testing.assert_allclose(api.numpy(), pixels.numpy(), atol=1e-6)
+    import torch
+
+    if hasattr(torch, "uint16"):
+        t = torch.from_numpy(ramp.astype(np.int32)).to(torch.uint16)[None]
+        np.testing.assert_allclose(load_image(t).pixels.numpy(), pixels.numpy(), atol=1e-6)
+
+
+@pytest.mark.parametrize("scale", [1.0, 4000.0])
+def test_float_tiff_is_read_in_its_range(tmp_path, scale):
+    from diffcut_engine.images import load_image
+
+    ramp = np.tile(np.linspace(0.0, 1.0, 128, dtype=np.float32), (16, 1))
+    path = tmp_path / "ramp.tif"
+    Image.fromarray(ramp * scale, mode="F").save(path)
+    pixels = load_image(path).pixels
+    assert pixels.shape == (3, 16, 128)
+    np.testing.assert_allclose(pixels[1, 3].numpy(), ramp[3], atol=1e-5)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# 5. EXIF orientation is applied; 11: an animated GIF says that only its first frame is used
+# ------------------------------------------------------------------------------------------------------------
+
+def test_exif_orientation_is_applied(engine, tmp_path):
+    from diffcut_engine.images import load_image
+
+    arr = np.zeros((100, 200, 3), np.uint8)      # stored 200 wide, 100 high
+    arr[:, :60] = (250, 20, 20)                  # red on the stored left
+    exif = Image.Exif()
+    exif[0x0112] = 6                             # rotate 90 degrees clockwise to view
+    path = tmp_path / "rotated.jpg"
+    Image.fromarray(arr).save(path, exif=exif, quality=95)
+    pixels = load_image(path).pixels
+    assert tuple(pixels.shape[-2:]) == (200, 100)           # as viewers show it: 100 wide, 200 high
+    assert pixels[0, :40, 50].mean() > 0.8 and pixels[0, -40:, 50].mean() < 0.3   # the red part is at the top
+    assert engine.segment(path).labels.shape == (200, 100)
+    with Image.open(path) as im:                             # a PIL image passed to the API likewise
+        assert tuple(load_image(im).pixels.shape[-2:]) == (200, 100)
+
+
+def test_animated_gif_warns_that_only_the_first_frame_is_used(tmp_path, caplog):
+    from diffcut_engine.images import load_image
+
+    frames = [Image.fromarray(np.full((32, 32, 3), v, np.uint8)) for v in (0, 120, 250)]
+    path = tmp_path / "anim.gif"
+    frames[0].save(path, save_all=True, append_images=frames[1:], duration=100, loop=0)
+    with caplog.at_level("WARNING", logger="diffcut_engine"):
+        pixels = load_image(path).pixels
+    assert float(pixels.max()) < 0.05                        # frame 0
+    assert "anim.gif" in caplog.text and "3 frames" in caplog.text and "only the first" in caplog.text
