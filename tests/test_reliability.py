@@ -272,3 +272,63 @@ def test_animated_gif_warns_that_only_the_first_frame_is_used(tmp_path, caplog):
         pixels = load_image(path).pixels
     assert float(pixels.max()) < 0.05                        # frame 0
     assert "anim.gif" in caplog.text and "3 frames" in caplog.text and "only the first" in caplog.text
+
+
+# ------------------------------------------------------------------------------------------------------------
+# 8. export --overwrite deletes only an earlier export; 6: --out a file; 10 and 6: damaged manifest file tables
+# ------------------------------------------------------------------------------------------------------------
+
+def test_export_overwrite_never_deletes_a_folder_that_is_not_an_export(tmp_path, capsys):
+    pytest.importorskip("onnx")
+    from diffcut_engine.encoders.onnx_export import export_onnx
+    from diffcut_engine.errors import InputError
+
+    precious = tmp_path / "photos"
+    precious.mkdir()
+    (precious / "holiday.jpg").write_bytes(b"irreplaceable")
+    with pytest.raises(InputError, match="not an earlier export"):
+        export_onnx("no/such-model", precious, size=64, overwrite=True, verify=False, exporter="torchscript")
+    code, _, err = run(["export", "--model", "no/such-model", "--out", str(precious), "--overwrite",
+                        "--exporter", "torchscript", "--no-verify"], capsys)
+    assert code == 2 and "not an earlier export" in one_error_line(err)
+    assert (precious / "holiday.jpg").read_bytes() == b"irreplaceable"
+    afile = tmp_path / "out.txt"
+    afile.write_text("keep")
+    code, _, err = run(["export", "--model", "no/such-model", "--out", str(afile), "--exporter", "torchscript",
+                        "--no-verify"], capsys)
+    assert code == 2 and "existing file, not a folder" in one_error_line(err)
+    assert afile.read_text() == "keep"
+
+
+def _engine_folder(tmp_path, files):
+    from diffcut_engine.encoders import artifacts
+
+    folder = tmp_path / "engine"
+    folder.mkdir()
+    (folder / "model.onnx").write_bytes(b"graph")
+    return str(folder), {"files": files}, artifacts
+
+
+@pytest.mark.parametrize("files", [None, [], {"model.onnx": None}])
+def test_manifest_with_a_damaged_file_table_is_one_clear_error(tmp_path, files):
+    from diffcut_engine.errors import ModelLoadError
+
+    folder, manifest, artifacts = _engine_folder(tmp_path, files)
+    with pytest.raises(ModelLoadError, match="manifest"):
+        artifacts.check_files(folder, manifest)
+
+
+def test_manifest_paths_leaving_the_engine_folder_are_refused(tmp_path):
+    from diffcut_engine.errors import ModelLoadError
+
+    outside = tmp_path / "secret.bin"
+    outside.write_bytes(b"not yours")
+    folder, _, artifacts = _engine_folder(tmp_path, None)
+    facts = artifacts.describe_files(folder, ["model.onnx"])["model.onnx"]
+    secret = {"bytes": 9, "sha256": artifacts.file_digest(str(outside))}
+    (tmp_path / "engine" / "link.bin").symlink_to(outside)
+    for name in (str(outside), "../secret.bin", "link.bin"):
+        manifest = {"files": {"model.onnx": facts, name: secret}}
+        with pytest.raises(ModelLoadError, match="outside the engine folder"):
+            artifacts.check_files(folder, manifest)
+    artifacts.check_files(folder, {"files": {"model.onnx": facts}})   # an intact folder still passes
