@@ -209,6 +209,22 @@ def load_image(source, index: int = 0) -> LoadedImage:
     return LoadedImage(pixels=pixels, name=name if path is None else path.name, path=path)
 
 
+#: Largest spread (max - min, per channel, in [0, 1] units) of an image that counts as uniform: one grey level.
+UNIFORM_TOLERANCE = 1.0 / 255.0
+
+
+def is_uniform(pixels: torch.Tensor, *, value_range: float = 1.0) -> bool:
+    """Whether an image (3, H, W) is one flat colour: every channel spans at most one 8-bit level.
+
+    ``value_range`` is the width of the pixel scale (1 for [0, 1], 2 for the network's [-1, 1]). A uniform image
+    has no structure to segment; the engine gives it constant features, so the NCut's constant-features rule
+    leaves it one segment (a backbone's zero padding would otherwise invent borders).
+    """
+    flat = pixels.reshape(pixels.shape[0], -1)
+    spread = (flat.max(dim=1).values - flat.min(dim=1).values).max()
+    return bool(spread <= UNIFORM_TOLERANCE * value_range + 1e-6)
+
+
 def center_crop_box(height: int, width: int) -> Tuple[int, int, int, int]:
     """(top, left, side, side) of the official evaluation crop: the centred square of side ``min(H, W) - 1``.
 

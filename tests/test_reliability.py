@@ -7,6 +7,7 @@ for a backbone, videos are a dozen 128x96 frames made here.
 
 from __future__ import annotations
 
+import json
 from fractions import Fraction
 
 import numpy as np
@@ -332,3 +333,232 @@ def test_manifest_paths_leaving_the_engine_folder_are_refused(tmp_path):
         with pytest.raises(ModelLoadError, match="outside the engine folder"):
             artifacts.check_files(folder, manifest)
     artifacts.check_files(folder, {"files": {"model.onnx": facts}})   # an intact folder still passes
+
+
+# ------------------------------------------------------------------------------------------------------------
+# 6. output folder problems are one error line before the model loads; a full disk stops cleanly
+# 7. no silent overwrite: a non-empty folder needs --overwrite or --resume; one run at a time
+# ------------------------------------------------------------------------------------------------------------
+
+@pytest.fixture
+def three_images(tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for k in range(3):
+        arr = np.zeros((64, 96, 3), np.uint8)
+        arr[:, : 30 + 10 * k] = (200, 40, 40)
+        arr[:, 30 + 10 * k:] = (30, 90, 220)
+        _png(folder / f"img{k}.png", arr)
+    return folder
+
+
+SEG = ["--size", "64", "--no-refine", "-q"]
+
+
+def test_segment_output_problems_are_one_line_before_the_model_loads(three_images, tmp_path, capsys, toy_cli):
+    afile = tmp_path / "taken.txt"
+    afile.write_text("keep")
+    code, _, err = run(["segment", str(three_images), "-o", str(afile), *SEG], capsys)
+    assert code == 2 and "existing file, not a folder" in one_error_line(err) and afile.read_text() == "keep"
+    code, _, err = run(["segment", str(three_images), "-o", str(afile / "sub"), *SEG], capsys)
+    assert code == 2 and "cannot create the output folder" in one_error_line(err)
+    import os
+
+    if os.geteuid() != 0:           # root may write anywhere
+        ro = tmp_path / "readonly"
+        ro.mkdir(mode=0o500)
+        code, _, err = run(["segment", str(three_images), "-o", str(ro), *SEG], capsys)
+        assert code == 2 and "cannot write to the output folder" in one_error_line(err)
+    if os.path.isdir("/sys/kernel"):  # sysfs: not writable, even for root
+        code, _, err = run(["segment", str(three_images), "-o", "/sys/kernel/diffcut-out", *SEG], capsys)
+        assert code == 2 and "output folder" in one_error_line(err)
+    assert not toy_cli                                          # no engine was built
+
+
+def test_disk_full_stops_cleanly_and_writes_the_summary_of_what_was_done(three_images, tmp_path, capsys,
+                                                                         toy_cli, monkeypatch):
+    import errno
+
+    from diffcut_engine.cli import segment as segment_command
+
+    real, calls = segment_command.write_outputs, []
+
+    def full_after_one(seg, view, outdir, stem, **kw):
+        calls.append(stem)
+        if len(calls) > 1:
+            raise OSError(errno.ENOSPC, "No space left on device", str(outdir / f"{stem}_labels.png"))
+        return real(seg, view, outdir, stem, **kw)
+
+    monkeypatch.setattr(segment_command, "write_outputs", full_after_one)
+    out = tmp_path / "out"
+    code, stdout, err = run(["segment", str(three_images), "-o", str(out), *SEG], capsys)
+    line = one_error_line(err)
+    assert code == 2 and "disk is full" in line and "stopped after 1 of 3 inputs" in line
+    assert len(calls) == 2                                      # the third input was not run
+    summary = json.loads((out / "summary.json").read_text())
+    assert [r["input"] for r in summary["results"]] == [str(three_images / "img0.png")]
+    assert stdout.count("segments at tau") == 1
+
+
+def test_a_non_empty_output_folder_needs_overwrite_or_resume(three_images, tmp_path, capsys, toy_cli):
+    out = tmp_path / "out"
+    code, first, _ = run(["segment", str(three_images / "img0.png"), "-o", str(out), *SEG], capsys)
+    assert code == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    code, _, err = run(["segment", str(three_images / "img1.png"), "-o", str(out), *SEG], capsys)
+    assert code == 2 and "not empty" in one_error_line(err) and "--overwrite" in err and "--resume" in err
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before   # the first run's files are intact
+
+    # --resume: another input of the same stem gets a new name, the summary is merged, done inputs skipped
+    other = tmp_path / "other"
+    other.mkdir()
+    _png(other / "img0.png", np.full((64, 96, 3), 90, np.uint8))
+    code, _, err = run(["segment", str(other / "img0.png"), str(three_images / "img0.png"), "-o", str(out),
+                        "--resume", *SEG], capsys)
+    assert code == 0, err
+    assert (out / "img0_labels.png").read_bytes() == before["img0_labels.png"]
+    assert (out / "img0-1_labels.png").is_file()
+    results = json.loads((out / "summary.json").read_text())["results"]
+    assert sorted(r["input"] for r in results) == sorted([str(three_images / "img0.png"), str(other / "img0.png")])
+    assert len(results) == 2                                    # img0 of the first run was not redone
+
+    # --overwrite: the earlier results go, no stale file stays; other files in the folder are left alone
+    (out / "notes.txt").write_text("mine")
+    code, _, err = run(["segment", str(three_images / "img2.png"), "-o", str(out), "--overwrite", *SEG], capsys)
+    assert code == 0, err
+    assert sorted(p.name for p in out.iterdir()) == ["img2_labels.png", "img2_overlay.png", "notes.txt",
+                                                      "summary.json"]
+    assert [r["input"] for r in json.loads((out / "summary.json").read_text())["results"]] == \
+        [str(three_images / "img2.png")]
+
+
+def test_a_second_run_into_a_busy_folder_is_refused(three_images, tmp_path, capsys, toy_cli):
+    import subprocess
+    import sys
+
+    from diffcut_engine.outputs import LOCK_NAME, OutputFolder
+
+    out = tmp_path / "out"
+    with OutputFolder(out):                                      # a run in progress (this process)
+        holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+        try:
+            (out / LOCK_NAME).write_text(json.dumps({"pid": holder.pid}))
+            code, _, err = run(["segment", str(three_images), "-o", str(out), *SEG], capsys)
+            assert code == 2 and f"in use by another diffcut run (pid {holder.pid})" in one_error_line(err)
+        finally:
+            holder.kill()
+            holder.wait()
+    assert not (out / LOCK_NAME).exists()
+    (out / LOCK_NAME).write_text(json.dumps({"pid": holder.pid}))   # a lock left by a killed run: taken over
+    code, _, err = run(["segment", str(three_images), "-o", str(out), *SEG], capsys)
+    assert code == 0, err
+    assert not (out / LOCK_NAME).exists()
+
+
+def test_outputs_never_overwrite_an_input(tmp_path, capsys, toy_cli):
+    folder = tmp_path / "work"
+    folder.mkdir()
+    _png(folder / "a.png")
+    victim = _png(folder / "a_labels.png")                      # an input named like an output of a.png
+    before = victim.read_bytes()
+    code, _, err = run(["segment", str(folder / "a.png"), str(victim), "-o", str(folder), "--overwrite", *SEG],
+                       capsys)
+    assert code == 1 and "is one of the inputs" in err and victim.read_bytes() == before
+
+
+# ------------------------------------------------------------------------------------------------------------
+# 9 and 6: eval cache records are validated; what does not check out is recomputed
+# ------------------------------------------------------------------------------------------------------------
+
+def test_invalid_eval_cache_records_are_recomputed(tmp_path):
+    from diffcut_engine.eval import get_dataset
+    from diffcut_engine.eval.runner import evaluate, output_paths
+
+    from eval_fixtures import make_dataset
+
+    key, root, _, _ = make_dataset("voc-devkit", tmp_path / "voc", n=4, size=(80, 104))
+    ds = get_dataset(key, root)
+
+    def engine_and_encoder():
+        enc = ColourEncoder()
+        return Engine(EngineConfig(size=128, device="cpu", refine=False, batch_size=1), encoder=enc), enc
+
+    out = tmp_path / "run.json"
+    full = evaluate(ds, engine_and_encoder()[0], eval_size=64, out=out, progress=False)
+    cache = output_paths(out)["cache"]
+    header, *records = cache.read_text().splitlines()
+    recs = [json.loads(line) for line in records]
+    for r in recs[0]["taus"].values():               # true positives x1000: pixel accuracy above 100 %
+        r["tp"] = [v * 1000 for v in r["tp"]]
+    del recs[1]["taus"]                               # the cache record without "taus" (was a KeyError)
+    for r in recs[2]["taus"].values():
+        r["segments"] = -3
+    cache.write_text("\n".join([header] + [json.dumps(r) for r in recs]) + "\n")
+    eng, enc = engine_and_encoder()
+    again = evaluate(ds, eng, eval_size=64, out=out, progress=False)
+    assert again["images_this_run"] == 3 and enc.calls == 3        # the three bad records, not the good one
+    assert again["results"] == full["results"]
+    eng, enc = engine_and_encoder()
+    assert evaluate(ds, eng, eval_size=64, out=out, progress=False)["images_this_run"] == 0 and enc.calls == 0
+
+
+# ------------------------------------------------------------------------------------------------------------
+# 11. tau: numpy scalars are numbers; bool, inf and NaN are not thresholds
+# ------------------------------------------------------------------------------------------------------------
+
+def test_tau_accepts_numpy_scalars_and_refuses_bool_and_infinity(engine):
+    import math
+
+    from diffcut_engine.errors import InputError
+    from diffcut_engine.eval.runner import evaluate
+
+    img = frame(0)
+    ref = engine.segment(img, tau=0.3)
+    for tau in (np.float32(0.3), np.float64(0.3)):
+        seg = engine.segment(img, tau=tau)
+        assert seg.tau == pytest.approx(0.3, rel=1e-6) and seg.num_segments == ref.num_segments
+    for bad in (True, math.inf, math.nan, -0.2, "0.3"):
+        with pytest.raises(InputError, match="tau"):
+            engine.segment(img, tau=bad)
+        with pytest.raises(InputError, match="taus"):
+            evaluate(None, engine, taus=[0.3, bad])
+
+
+# ------------------------------------------------------------------------------------------------------------
+# 11. a uniform image is one segment (a backbone's zero padding is not structure)
+# ------------------------------------------------------------------------------------------------------------
+
+class PaddedConvEncoder(ColourEncoder):
+    """Random 3x3 convolutions with zero padding, as CNN backbones have: a flat image gets border features."""
+
+    name = "padded-conv-test-encoder"
+
+    def __init__(self):
+        super().__init__()
+        import torch
+
+        g = torch.Generator().manual_seed(0)
+        self.w1 = torch.randn(16, 3, 3, 3, generator=g)
+        self.w2 = torch.randn(16, 16, 3, 3, generator=g) / 4
+
+    def encode(self, pixels):
+        import torch.nn.functional as F
+
+        x = F.relu(F.conv2d(pixels.float(), self.w1, padding=1, stride=4))
+        x = F.conv2d(x, self.w2, padding=1, stride=8)
+        return F.normalize(x.permute(0, 2, 3, 1), dim=-1)
+
+
+@pytest.mark.parametrize("value", [0, 128, 255])
+def test_a_uniform_image_is_one_segment(value):
+    eng = Engine(EngineConfig(size=128, tau=0.5, device="cpu", refine=True, pamr_iters=1),
+                 encoder=PaddedConvEncoder())
+    flat = np.full((96, 128, 3), value, np.uint8)
+    feats = eng.encoder.encode(eng.preprocess(flat).net_input[None])
+    assert float(feats.std(dim=(1, 2)).max()) > 0.05             # the raw backbone features are not constant
+    seg = eng.segment(flat)
+    assert seg.num_segments == 1 and (seg.labels == 0).all()
+    two = flat.copy()
+    two[:, 64:] = (200, 30, 30) if value != 200 else (30, 30, 200)
+    eng = Engine(eng.config.replace(refine=False), encoder=eng.encoder)
+    assert eng.segment(two).num_segments >= 2                     # an image with structure still splits
