@@ -562,3 +562,19 @@ def test_a_uniform_image_is_one_segment(value):
     two[:, 64:] = (200, 30, 30) if value != 200 else (30, 30, 200)
     eng = Engine(eng.config.replace(refine=False), encoder=eng.encoder)
     assert eng.segment(two).num_segments >= 2                     # an image with structure still splits
+
+
+def test_readme_error_section_matches_the_code(capsys):
+    from pathlib import Path
+
+    from diffcut_engine.outputs import LOCK_NAME, SUMMARY_NAME
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme.split("### Errors, unusual inputs and output folders", 1)[1].split("\n## ", 1)[0]
+    with pytest.raises(SystemExit):
+        main(["segment", "--help"])
+    segment_help = capsys.readouterr().out
+    for flag in ("--overwrite", "--resume"):
+        assert flag in section and flag in segment_help
+    assert f"DIR/{LOCK_NAME}" in section and SUMMARY_NAME in section
+    assert "exit code 2" in section and "exit code 1" in section
