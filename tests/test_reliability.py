@@ -578,3 +578,26 @@ def test_readme_error_section_matches_the_code(capsys):
         assert flag in section and flag in segment_help
     assert f"DIR/{LOCK_NAME}" in section and SUMMARY_NAME in section
     assert "exit code 2" in section and "exit code 1" in section
+
+
+def test_a_failed_video_write_is_one_error_line_and_keeps_the_frames_before(tmp_path, capsys, toy_cli, monkeypatch):
+    import errno
+
+    from diffcut_engine.video import writers
+
+    real, calls = writers.overlay_frame, []
+
+    def full_disk(frame, **kw):
+        calls.append(frame.index)
+        if len(calls) > 5:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(frame, **kw)
+
+    monkeypatch.setattr(writers, "overlay_frame", full_disk)
+    src = make_video(tmp_path / "in.mp4")
+    out = tmp_path / "out.mkv"
+    code, _, err = run(["video", str(src), "-o", str(out), "--size", "64", "--no-refine", "-q"], capsys)
+    line = one_error_line(err)
+    assert code == 1 and "writing the output video failed: the disk is full" in line
+    assert "the 5 frames before it were written" in line
+    assert len(frame_times(out)) == 5                                # a valid file with the frames before

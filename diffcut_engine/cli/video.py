@@ -79,7 +79,7 @@ def cmd_video(args) -> int:
     try:
         write_video(video, args.output, labels_out=args.labels_out, audio=args.audio, codec=args.codec,
                     opacity=args.opacity)
-    except VideoError as exc:  # the stream broke off: what was written is closed properly and kept
+    except VideoError as exc:  # the stream broke off, or a write failed: what was written is closed and kept
         error = exc
     stats = video.stats
     summary = {"input": args.input, "output": str(args.output), "engine": repr(engine),
@@ -95,8 +95,8 @@ def cmd_video(args) -> int:
           f"{stats.seconds:.1f} s, {stats.fps:.2f} frames/s; {stats.mean_segments:.1f} segments per frame, "
           f"{stats.num_ids} ids; label stability {stab} (per-frame ids {raw})")
     if error is not None:
-        if stats.frames and args.output.is_file():
-            print(f"error: {error}; the {stats.frames} frames before it were written to {args.output}",
+        if error.frames_done and args.output.is_file():
+            print(f"error: {error}; the {error.frames_done} frames before it were written to {args.output}",
                   file=sys.stderr)
         else:
             print(f"error: {error}; no frame was written", file=sys.stderr)

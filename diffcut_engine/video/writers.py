@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import queue
@@ -140,7 +141,7 @@ class VideoWriter:
     def write(self, frame: VideoFrame):
         """Queue one frame (its overlay is drawn and encoded on the writer thread)."""
         if self._error is not None:
-            raise self._error
+            raise self._as_video_error(self._error)
         if self._closed:
             raise InputError(f"{self.path}: the writer is closed")
         while True:
@@ -151,7 +152,7 @@ class VideoWriter:
                 return
             except queue.Full:
                 if self._error is not None:
-                    raise self._error
+                    raise self._as_video_error(self._error)
 
     def _loop(self):
         av = require_av()
@@ -236,11 +237,25 @@ class VideoWriter:
         except BaseException as exc:  # noqa: BLE001
             self._error = self._error or exc
         finally:
-            self._out.close()
+            try:
+                self._out.close()
+            except BaseException as exc:  # noqa: BLE001 (the index could not be written: disk full)
+                self._error = self._error or exc
             if self._audio_in is not None:
                 self._audio_in.close()
         if self._error is not None:
-            raise self._error
+            raise self._as_video_error(self._error)
+
+    def _as_video_error(self, exc: BaseException) -> BaseException:
+        """A failed write (disk full, folder gone: an OSError or FFmpeg error) as a one-line VideoError."""
+        av = require_av()
+        if isinstance(exc, InputError) or not isinstance(exc, (OSError, av.FFmpegError)):
+            return exc
+        reason = "the disk is full (no space left on device)" if getattr(exc, "errno", None) == errno.ENOSPC \
+            else (getattr(exc, "strerror", None) or str(exc))
+        err = VideoError(f"{self.path}: writing the output video failed: {reason}", self.frames_written)
+        err.__cause__ = exc
+        return err
 
     def _video_end(self) -> float:
         """End of the last written frame, in seconds."""
