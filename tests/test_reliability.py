@@ -111,6 +111,8 @@ def test_video_output_equal_to_input_is_refused_before_anything_is_written(engin
     assert code == 2 and "input video itself" in one_error_line(err)
     with pytest.raises(VideoError, match="input video itself"):   # the Python API too
         write_video(engine.segment_video(src), src)
+    with pytest.raises(VideoError, match="input video itself"):
+        write_video(engine.segment_video(src), tmp_path / "o.mp4", labels_out=src)
     assert src.read_bytes() == before
 
 

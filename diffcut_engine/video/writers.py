@@ -365,6 +365,7 @@ def write_video(video: VideoSegmentation, output, *, labels_out=None, audio: boo
     VideoStats
     """
     info = video.info
+    check_output(output, info.path, labels_out=labels_out)  # neither output may be the input file
     if info.path is None:  # an iterable of images
         return _write_from_iterable(video, output, labels_out=labels_out, codec=codec, opacity=opacity)
     writer = VideoWriter(output, info, audio=audio, codec=codec, opacity=opacity)
