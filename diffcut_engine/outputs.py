@@ -22,6 +22,7 @@ import errno
 import json
 import logging
 import os
+import re
 import socket
 from pathlib import Path
 from typing import Iterable, List, Optional
@@ -212,7 +213,9 @@ class OutputFolder:
         for entry in os.listdir(self.path):
             for suffix in ("_labels.png", "_overlay.png", "_labels.npy"):
                 if entry.endswith(suffix):
-                    self.used_stems.add(entry[: -len(suffix)])
+                    name = entry[: -len(suffix)]
+                    self.used_stems.add(name)
+                    self.used_stems.add(re.sub(r"_tau[0-9.eE+-]+$", "", name))  # <stem>_tau<T> of --taus
 
     # ---- during the run --------------------------------------------------------------------------------------
     def is_done(self, source) -> bool:

@@ -7,6 +7,7 @@ for a backbone, videos are a dozen 128x96 frames made here.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from fractions import Fraction
 
@@ -186,6 +187,11 @@ def test_fifo_input_is_refused_without_blocking(engine, tmp_path):
     with pytest.raises(BatchError) as info:   # the other inputs are still processed
         engine.segment([fifo, good])
     assert info.value.results[0] is None and info.value.results[1].labels.shape == (64, 96)
+    if importlib.util.find_spec("av") is not None:            # a FIFO as a video is refused the same way
+        from diffcut_engine.video import VideoError, probe_video
+
+        with pytest.raises(VideoError, match="pipe.png: not a regular file"):
+            probe_video(fifo)
 
 
 def test_symlink_loop_and_self_link_in_a_recursive_glob(tmp_path):
@@ -603,3 +609,20 @@ def test_a_failed_video_write_is_one_error_line_and_keeps_the_frames_before(tmp_
     assert code == 1 and "writing the output video failed: the disk is full" in line
     assert "the 5 frames before it were written" in line
     assert len(frame_times(out)) == 5                                # a valid file with the frames before
+
+
+def test_resume_with_several_taus_never_reuses_a_name(three_images, tmp_path, capsys, toy_cli):
+    out = tmp_path / "out"
+    taus = ["--taus", "0.3,0.6"]
+    assert run(["segment", str(three_images / "img0.png"), "-o", str(out), *taus, *SEG], capsys)[0] == 0
+    before = {p.name: p.read_bytes() for p in out.glob("*.png")}
+    other = tmp_path / "other"
+    other.mkdir()
+    _png(other / "img0.png", np.full((64, 96, 3), 90, np.uint8))
+    for keep_summary in (True, False):
+        if not keep_summary:
+            (out / "summary.json").unlink()                     # files of a run without a summary
+        code, _, err = run(["segment", str(other / "img0.png"), "-o", str(out), "--resume", *taus, *SEG], capsys)
+        assert code == 0, err
+        assert {n: (out / n).read_bytes() for n in before} == before
+    assert (out / "img0-1_tau0.3_labels.png").is_file() and (out / "img0-2_tau0.6_labels.png").is_file()

@@ -144,7 +144,7 @@ def _segment_into(args, config, paths, folder) -> int:
                 write_error = exc
                 break
             print(f"{source}: {seg.num_segments} segments at tau {seg.tau:g} -> {files[0]}")
-            summary.append({"input": source, "tau": seg.tau, "num_segments": seg.num_segments, "stem": name,
+            summary.append({"input": source, "tau": seg.tau, "num_segments": seg.num_segments, "stem": stem,
                             "outputs": [str(f) for f in files],
                             "timings": {k: round(v, 6) for k, v in seg.timings.items()}})
         if write_error is not None:
