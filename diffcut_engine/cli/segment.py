@@ -89,7 +89,7 @@ def write_outputs(seg, image_view, outdir: Path, stem: str, *, overlay: bool, sa
 
 
 def cmd_segment(args) -> int:
-    """Run ``diffcut segment``; exit code 0, or 1 when some inputs failed."""
+    """Run ``diffcut segment``; exit code 0, 1 when some inputs failed, 2 when a write failed (run stopped)."""
     from .. import images
 
     config = config_from_args(args)
