@@ -138,6 +138,21 @@ def test_variable_frame_rate_keeps_every_timestamp(engine, tmp_path, src_ext):
         np.testing.assert_allclose(frame_times(out), times, atol=1e-3)
 
 
+def test_timestamps_kept_with_a_90_khz_clock_and_a_16_bit_encoder(engine, tmp_path):
+    from diffcut_engine.video import write_video
+    from diffcut_engine.video.writers import encoder_time_base
+
+    assert encoder_time_base("mpeg4", Fraction(1, 90000)) == Fraction(1, 45000)
+    assert encoder_time_base("mpeg4", Fraction(1001, 30000)) == Fraction(1001, 30000)
+    assert encoder_time_base("libx264", Fraction(1, 90000)) == Fraction(1, 90000)
+    src = make_video(tmp_path / "vfr.ts", [90 * p for p in VFR_PTS], time_base=Fraction(1, 90000))
+    times = frame_times(src)
+    for codec in ("mpeg4", "libx264"):
+        out = tmp_path / f"out_{codec}.mkv"
+        write_video(engine.segment_video(src), out, codec=codec)
+        np.testing.assert_allclose(frame_times(out), times, atol=1e-3)
+
+
 # ------------------------------------------------------------------------------------------------------------
 # 6 (video) and 11 (video): unknown container, a video without a decodable frame
 # ------------------------------------------------------------------------------------------------------------

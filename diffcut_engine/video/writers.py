@@ -37,6 +37,25 @@ def _default_codec(av, path: str) -> str:
     return "mpeg4"
 
 
+#: Encoders whose clock is at most 16 bits wide (MPEG-4 part 2 ``time_increment_resolution`` and kin).
+SHORT_CLOCK_CODECS = ("mpeg4", "msmpeg4", "msmpeg4v2", "msmpeg4v3", "h263", "h263p", "flv")
+
+
+def encoder_time_base(codec: str, time_base: Fraction) -> Fraction:
+    """The encoder's clock for frames timed in ``time_base``: ``time_base`` itself, so that every pts is kept
+    exactly (variable frame rates included), except for encoders with a 16-bit clock, which get the finest
+    1/d (d a divisor of the denominator, at most 65535; else 1/60000): timestamps move by less than a tick."""
+    time_base = Fraction(time_base)
+    if codec not in SHORT_CLOCK_CODECS or time_base.denominator <= 65535:
+        return time_base
+    if time_base.numerator == 1:
+        den = time_base.denominator
+        best = next((den // k for k in range(-(-den // 65535), min(den, 1 << 16) + 1) if den % k == 0), 1)
+        if best >= 1000:
+            return Fraction(1, best)
+    return Fraction(1, 60000)
+
+
 class VideoWriter:
     """Writes overlay frames to a video file on its own thread, keeping the input's rate and time base.
 
@@ -105,11 +124,11 @@ class VideoWriter:
         self._video.time_base = info.time_base
         # The encoder counts in the input's time base too, so every frame keeps its own pts (variable frame
         # rates included); with a coarser 1/fps encoder clock, pts would be rounded, duplicated and refused.
-        try:
-            self._video.codec_context.time_base = info.time_base
-        except Exception:  # noqa: BLE001 (an encoder that cannot take this clock keeps 1/fps)
-            logger.warning("%s: the %s encoder cannot use the time base %s; timestamps are rounded to 1/%s s",
-                           self.path, codec, info.time_base, info.fps)
+        clock = encoder_time_base(codec, info.time_base)
+        if clock != info.time_base:
+            logger.warning("%s: the %s encoder cannot count in %s s; timestamps are rounded to %s s", self.path,
+                           codec, info.time_base, clock)
+        self._video.codec_context.time_base = clock
         if codec in ("libx264", "libvpx-vp9"):
             self._video.options = {"crf": str(crf), **({"preset": "veryfast"} if codec == "libx264" else {})}
         self._audio_in = self._audio_out = self._audio_iter = None
