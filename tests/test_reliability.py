@@ -234,6 +234,21 @@ def test_symlink_loop_and_self_link_in_a_recursive_glob(tmp_path):
 # 4. 16-bit and float images are scaled to their real range (file and API alike)
 # ------------------------------------------------------------------------------------------------------------
 
+def _png16_rgb(path, arr):
+    """Write an (H, W, 3) uint16 array as a 48-bit RGB PNG (Pillow cannot write one)."""
+    import struct
+    import zlib
+
+    h, w, _ = arr.shape
+    raw = b"".join(b"\x00" + arr[y].astype(">u2").tobytes() for y in range(h))
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 16, 2, 0, 0, 0))
+                     + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+
+
 def test_16_bit_png_is_scaled_not_clipped(tmp_path):
     from diffcut_engine.images import load_image
 
@@ -244,6 +259,10 @@ def test_16_bit_png_is_scaled_not_clipped(tmp_path):
     pixels = load_image(path).pixels
     np.testing.assert_allclose(pixels[0, 0].numpy(), ramp[0] / 65535.0, atol=1e-6)
     assert float((pixels == 1.0).float().mean()) < 0.01
+    rgb = tmp_path / "ramp48.png"                        # 16 bits per channel, RGB (Pillow keeps the high byte)
+    _png16_rgb(rgb, np.stack([ramp] * 3, axis=-1))
+    np.testing.assert_allclose(load_image(rgb).pixels[:, 0].numpy(), np.stack([ramp[0] / 65535.0] * 3),
+                               atol=1.5 / 255)
     api = load_image(ramp).pixels                        # the Python API takes the uint16 array too
     np.testing.assert_allclose(api.numpy(), pixels.numpy(), atol=1e-6)
     import torch
