@@ -189,7 +189,8 @@ class OutputFolder:
     def _remove_earlier(self, earlier: List[dict]):
         """Delete the earlier run's outputs (files inside the folder only) and its summary."""
         for entry in earlier:
-            for f in entry.get("outputs") or []:
+            outputs = entry.get("outputs")
+            for f in outputs if isinstance(outputs, list) else []:
                 if isinstance(f, str) and os.path.isfile(f) and self._inside(f) and _real(f) not in self._inputs:
                     os.remove(f)
         summary = self.path / SUMMARY_NAME
@@ -201,8 +202,8 @@ class OutputFolder:
         for entry in earlier:
             by_input.setdefault(entry["input"], []).append(entry)
         for source, entries in by_input.items():
-            complete = all("error" not in e and e.get("outputs") and all(os.path.isfile(f) for f in e["outputs"])
-                           for e in entries)
+            complete = all("error" not in e and isinstance(e.get("outputs"), list) and e["outputs"] and
+                           all(isinstance(f, str) and os.path.isfile(f) for f in e["outputs"]) for e in entries)
             if complete:
                 self.previous.extend(entries)
                 self._done.add(_real(source))

@@ -660,3 +660,14 @@ def test_resume_with_several_taus_never_reuses_a_name(three_images, tmp_path, ca
         assert code == 0, err
         assert {n: (out / n).read_bytes() for n in before} == before
     assert (out / "img0-1_tau0.3_labels.png").is_file() and (out / "img0-2_tau0.6_labels.png").is_file()
+
+
+def test_a_damaged_summary_cannot_be_resumed_but_can_be_overwritten(three_images, tmp_path, capsys, toy_cli):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "summary.json").write_text('{"results": [{"input": 3, "outputs": 7}')   # cut short
+    code, _, err = run(["segment", str(three_images / "img0.png"), "-o", str(out), "--resume", *SEG], capsys)
+    assert code == 2 and "cannot resume" in one_error_line(err)
+    code, _, err = run(["segment", str(three_images / "img0.png"), "-o", str(out), "--overwrite", *SEG], capsys)
+    assert code == 0, err
+    assert len(json.loads((out / "summary.json").read_text())["results"]) == 1
