@@ -167,7 +167,8 @@ def check_output(output, source=None, *, labels_out=None) -> None:
     try:
         av.open(out, "w").close()  # guesses the container from the extension; creates no file
     except ValueError as exc:
-        raise VideoError(f"{out}: unknown video container {os.path.splitext(out)[1] or '(no extension)'!r}; "
-                         "use .mp4, .mkv, .mov or .webm") from exc
+        ext = os.path.splitext(out)[1]
+        raise VideoError(f"{out}: unknown video container {repr(ext) if ext else '(no extension)'}; use .mp4, "
+                         ".mkv, .mov or .webm") from exc
     except av.FFmpegError as exc:
         raise VideoError(f"{out}: cannot create the output video ({exc.strerror or exc})") from exc
