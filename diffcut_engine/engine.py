@@ -23,6 +23,7 @@ from . import graph, granularity, images
 from .config import EngineConfig
 from .encoders import FeatureEncoder, load_encoder
 from .errors import BatchError, DiffCutError, InputError
+from .graph.validation import check_tau
 from .methods.diffcut import pixel_labels, refine_labels
 from .result import PreparedImage, Segmentation, SegmentResult
 
@@ -335,7 +336,16 @@ class Engine:
         prepared = [x if isinstance(x, PreparedImage) else self.preprocess(x, i) for i, x in enumerate(items)]
         pixels = torch.stack([p.net_input for p in prepared])
         with torch.no_grad():
-            return self.encoder.encode(pixels.to(self.encoder.device))
+            features = self.encoder.encode(pixels.to(self.encoder.device))
+            # A uniform image (all black, all grey) has no structure: its grid gets one constant feature, so the
+            # NCut's constant-features rule keeps it one segment (padding artefacts of a backbone are not parts).
+            flat = [i for i, p in enumerate(prepared) if images.is_uniform(p.net_input, value_range=2.0)]
+            if flat:
+                features = features.clone()
+                for i in flat:
+                    mean = torch.nn.functional.normalize(features[i].float().mean(dim=(0, 1)), dim=-1)
+                    features[i] = mean.to(features.dtype).expand_as(features[i])
+            return features
 
     def graph_namespace(self, features=None):
         """Where stage 3 runs: ``None`` for the host (numpy, image by image), else the array module of the
@@ -533,13 +543,11 @@ class Engine:
         Raises
         ------
         InputError
-            For anything but a positive number.
+            For anything but a finite positive number.
         """
         if tau is None:
             return self.tau
-        if not (isinstance(tau, (int, float)) and tau > 0):
-            raise InputError(f"tau must be a positive number, got {tau!r}")
-        return float(tau)
+        return check_tau(tau)  # numpy scalars accepted; bool, inf and NaN refused
 
 
 def warn_slow_dtype(config: EngineConfig) -> None:

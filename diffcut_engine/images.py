@@ -1,14 +1,24 @@
 """Decode, validate and resize input images.
 
 Accepted inputs: a path (``str`` or ``pathlib.Path``), a ``PIL.Image.Image``, a numpy array (H, W, 3) / (H, W, 4)
-/ (H, W) as uint8 in [0, 255] or float in [0, 1], or a torch tensor (3, H, W) float in [0, 1] or uint8.
-Everything becomes a float32 torch tensor (3, H, W) in [0, 1]; bad input raises :class:`InputError` naming the
-item and the reason, so nothing downstream sees a wrong shape or NaN.
+/ (H, W) as uint8 in [0, 255], uint16 in [0, 65535] or float in [0, 1], or a torch tensor (3, H, W) float in
+[0, 1], uint8 or uint16. Everything becomes a float32 torch tensor (3, H, W) in [0, 1]; bad input raises
+:class:`InputError` naming the item and the reason, so nothing downstream sees a wrong shape or NaN.
+
+Files are read as viewers show them: the EXIF orientation is applied (as ``PIL.ImageOps.exif_transpose`` does);
+16-bit images are scaled by 65535 (not clipped at 255); 32-bit float images (TIFF) are kept when their values lie
+in [0, 1] and otherwise scaled from their own minimum and maximum to [0, 1] (32-bit integer images likewise);
+of an animated or multi-page file (GIF, APNG, WebP, TIFF) only the first frame is read, with a warning
+(``diffcut video`` segments every frame of an animated GIF). Only regular files are opened: a FIFO, socket or
+device is refused at once instead of blocking the run.
 """
 
 from __future__ import annotations
 
+import errno
+import logging
 import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Tuple
@@ -19,6 +29,8 @@ import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 
 from .errors import InputError
+
+logger = logging.getLogger("diffcut_engine")
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm")
 
@@ -54,7 +66,7 @@ def describe(source, index: int) -> str:
 
 
 def from_array(arr: np.ndarray, name: str) -> torch.Tensor:
-    """(3, H, W) float32 [0, 1] tensor of an (H, W), (H, W, 3) or (H, W, 4) uint8 or float [0, 1] array.
+    """(3, H, W) float32 [0, 1] tensor of an (H, W), (H, W, 3) or (H, W, 4) uint8, uint16 or float [0, 1] array.
 
     Raises
     ------
@@ -69,10 +81,12 @@ def from_array(arr: np.ndarray, name: str) -> torch.Tensor:
     arr = arr[:, :, :3]
     if arr.dtype == np.uint8:
         out = torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1).float().div_(255.0)
+    elif arr.dtype == np.uint16:
+        out = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32)).permute(2, 0, 1).div_(65535.0)
     elif np.issubdtype(arr.dtype, np.floating):
         out = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32)).permute(2, 0, 1)
     else:
-        raise InputError(f"{name}: image arrays must be uint8 or float in [0, 1], got dtype {arr.dtype}")
+        raise InputError(f"{name}: image arrays must be uint8, uint16 or float in [0, 1], got dtype {arr.dtype}")
     return out
 
 
@@ -84,11 +98,66 @@ def _from_tensor(t: torch.Tensor, name: str) -> torch.Tensor:
         raise InputError(f"{name}: an image tensor must be (3, H, W) or (1, H, W), got shape {tuple(t.shape)}")
     if t.dtype == torch.uint8:
         t = t.float() / 255.0
+    elif t.dtype == getattr(torch, "uint16", None):
+        t = t.to(torch.int32).float() / 65535.0
     elif t.is_floating_point():
         t = t.float()
     else:
-        raise InputError(f"{name}: image tensors must be uint8 or float in [0, 1], got {t.dtype}")
+        raise InputError(f"{name}: image tensors must be uint8, uint16 or float in [0, 1], got {t.dtype}")
     return t.expand(3, -1, -1).contiguous() if t.shape[0] == 1 else t.contiguous()
+
+
+def check_regular_file(path: Path, name: str) -> None:
+    """:class:`InputError` unless ``path`` is a regular file (after symbolic links), with the precise reason.
+
+    A FIFO, socket or device is refused without opening it (opening a FIFO blocks until a writer comes); a
+    symbolic link loop and a dangling link are named as such rather than "file not found".
+    """
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        if os.path.islink(path):
+            raise InputError(f"{name}: broken symbolic link (its target {os.readlink(path)!r} does not exist)") \
+                from None
+        raise InputError(f"{name}: file not found") from None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise InputError(f"{name}: symbolic link loop (too many levels of symbolic links)") from None
+        raise InputError(f"{name}: cannot read ({exc.strerror or exc})") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise InputError(f"{name}: is a directory, not an image")
+    if not stat.S_ISREG(st.st_mode):
+        raise InputError(f"{name}: not a regular file (a FIFO, socket or device); give an image file")
+
+
+def pil_to_tensor(im: Image.Image, name: str) -> torch.Tensor:
+    """(3, H, W) float32 [0, 1] tensor of a PIL image, as a viewer shows it.
+
+    The EXIF orientation is applied; 16-bit modes (``I;16*``) are divided by 65535, 32-bit integer (``I``) and
+    float (``F``) modes are kept when already in [0, 1] (``F``) or 16-bit range (``I``) and otherwise scaled from
+    their own minimum and maximum; every other mode is converted to RGB (8-bit) by PIL.
+    """
+    from PIL import ImageOps
+
+    try:
+        im = ImageOps.exif_transpose(im)
+    except Exception as exc:  # noqa: BLE001 (a damaged EXIF block: keep the stored orientation)
+        logger.warning("%s: EXIF orientation not applied (%s)", name, exc)
+    mode = im.mode
+    if mode.startswith("I;16"):
+        arr = np.asarray(im).astype(np.uint16)
+        return from_array(arr, name)
+    if mode in ("I", "F"):
+        arr = np.asarray(im, dtype=np.float64)
+        if not np.isfinite(arr).all():
+            raise InputError(f"{name}: image contains NaN or infinite values")
+        lo, hi = float(arr.min()), float(arr.max())
+        if mode == "I" and lo >= 0 and hi <= 65535:
+            arr = arr / 65535.0
+        elif not (mode == "F" and lo >= 0.0 and hi <= 1.0):
+            arr = (arr - lo) / (hi - lo) if hi > lo else np.clip(arr, 0.0, 1.0)
+        return from_array(arr.astype(np.float32), name)
+    return from_array(np.array(im.convert("RGB")), name)
 
 
 def load_image(source, index: int = 0) -> LoadedImage:
@@ -104,20 +173,24 @@ def load_image(source, index: int = 0) -> LoadedImage:
     path = None
     if isinstance(source, (str, os.PathLike)):
         path = Path(source)
-        if not path.exists():
-            raise InputError(f"{name}: file not found")
-        if path.is_dir():
-            raise InputError(f"{name}: is a directory, not an image")
+        check_regular_file(path, name)
         try:
             with Image.open(path) as im:
+                frames = getattr(im, "n_frames", 1)
+                if frames > 1:
+                    logger.warning("%s: %s with %d frames; only the first is segmented (`diffcut video` segments "
+                                   "every frame)", name, "an animated image" if im.format != "TIFF" else "a TIFF",
+                                   frames)
                 im.load()
-                pixels = from_array(np.array(im.convert("RGB")), name)
+                pixels = pil_to_tensor(im, name)
+        except InputError:
+            raise
         except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
             raise InputError(f"{name}: cannot decode image ({type(exc).__name__}: {exc})") from exc
         except Image.DecompressionBombError as exc:
             raise InputError(f"{name}: image too large to decode safely ({exc})") from exc
     elif isinstance(source, Image.Image):
-        pixels = from_array(np.array(source.convert("RGB")), name)
+        pixels = pil_to_tensor(source, name)
     elif isinstance(source, np.ndarray):
         pixels = from_array(source, name)
     elif isinstance(source, torch.Tensor):
@@ -134,6 +207,22 @@ def load_image(source, index: int = 0) -> LoadedImage:
     if lo < 0.0 or hi > 1.0:
         raise InputError(f"{name}: float image values must lie in [0, 1], got range [{lo:.3g}, {hi:.3g}]")
     return LoadedImage(pixels=pixels, name=name if path is None else path.name, path=path)
+
+
+#: Largest spread (max - min, per channel, in [0, 1] units) of an image that counts as uniform: one grey level.
+UNIFORM_TOLERANCE = 1.0 / 255.0
+
+
+def is_uniform(pixels: torch.Tensor, *, value_range: float = 1.0) -> bool:
+    """Whether an image (3, H, W) is one flat colour: every channel spans at most one 8-bit level.
+
+    ``value_range`` is the width of the pixel scale (1 for [0, 1], 2 for the network's [-1, 1]). A uniform image
+    has no structure to segment; the engine gives it constant features, so the NCut's constant-features rule
+    leaves it one segment (a backbone's zero padding would otherwise invent borders).
+    """
+    flat = pixels.reshape(pixels.shape[0], -1)
+    spread = (flat.max(dim=1).values - flat.min(dim=1).values).max()
+    return bool(spread <= UNIFORM_TOLERANCE * value_range + 1e-6)
 
 
 def center_crop_box(height: int, width: int) -> Tuple[int, int, int, int]:
@@ -186,7 +275,8 @@ def list_image_files(inputs) -> list:
     """Expand files, folders (their images, sorted, not recursive) and glob patterns into a list of paths.
 
     Non-existing plain paths are kept so that the caller reports them as missing; a glob pattern that matches
-    nothing adds nothing.
+    nothing adds nothing, and lists each file once (by its real path, shortest match kept) however many symbolic
+    links lead to it.
     """
     import glob
 
@@ -196,7 +286,13 @@ def list_image_files(inputs) -> list:
         if p.is_dir():
             out.extend(sorted(q for q in p.iterdir() if q.is_file() and q.suffix.lower() in IMAGE_EXTENSIONS))
         elif any(ch in str(item) for ch in "*?[") and not p.exists():
-            out.extend(Path(m) for m in sorted(glob.glob(str(item), recursive=True)) if Path(m).is_file())
+            # each file once, however many paths lead to it (a ``self -> .`` link makes ``**`` repeat everything)
+            shortest = {}
+            for m in glob.glob(str(item), recursive=True):
+                if os.path.isfile(m):
+                    real = os.path.realpath(m)
+                    shortest[real] = min(shortest.get(real, m), m, key=lambda q: (q.count(os.sep), q))
+            out.extend(Path(m) for m in sorted(shortest.values()))
         else:
             out.append(p)
     return out

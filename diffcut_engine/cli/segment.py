@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 from ..errors import InputError
+from ..outputs import OUTPUT_SUFFIXES, OutputFolder, write_failure
 from ..utils.progress import write_line
 from .classes import add_class_arguments, vocabulary_from_args, write_class_map
-from .options import (EXIT_OK, EXIT_SOME_FAILED, add_engine_options, add_run_flags, config_from_args,
+from .options import (EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, add_engine_options, add_run_flags, config_from_args,
                       positive_int, tau_list)
 
 #: What ``--format`` writes per image: the label map PNG, or the segments as COCO-style JSON (RLE masks).
@@ -60,6 +60,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="weight of the segment colours in the overlay, 0..1 (default 0.5 blend, 1 contour)")
     g.add_argument("--no-overlay", dest="overlay", action="store_const", const="none",
                    help="do not write overlay PNGs (as --overlay none)")
+    add_output_folder_flags(g)
     add_run_flags(g)
     add_class_arguments(seg)
     seg.set_defaults(func=cmd_segment)
@@ -75,6 +76,15 @@ def format_list(text: str) -> tuple:
     if bad or not names:
         raise argparse.ArgumentTypeError(f"expected labels, masks or labels,masks, got {text!r}")
     return names
+
+
+def add_output_folder_flags(group) -> None:
+    """``--overwrite`` / ``--resume``: what to do with an output folder that already holds files."""
+    m = group.add_mutually_exclusive_group()
+    m.add_argument("--overwrite", action="store_true", help="the output folder may hold an earlier run: delete "
+                   "the files its summary.json lists, then write (default: refuse a non-empty folder)")
+    m.add_argument("--resume", action="store_true", help="the output folder may hold an earlier run: skip the "
+                   "inputs it finished, add the others under new names, merge summary.json")
 
 
 def unique_stem(path_or_name: str, used: set) -> str:
@@ -164,9 +174,8 @@ def result_line(source: str, seg, engine, files, segments=None) -> str:
 
 
 def cmd_segment(args) -> int:
-    """Run ``diffcut segment``; exit code 0, or 1 when some inputs failed."""
+    """Run ``diffcut segment``; exit code 0, 1 when some inputs failed, 2 when a write failed (run stopped)."""
     from .. import images
-    from ..engine import Engine
 
     if args.segments is not None and (args.taus or args.tau is not None):
         raise InputError("--segments K picks the tau itself; give it without --tau or --taus")
@@ -189,17 +198,31 @@ def cmd_segment(args) -> int:
         detail = "; ".join(f"{paths[i]}: {'is a folder' if paths[i].is_dir() else 'file not found'}"
                            for i in missing[:3])
         raise InputError(f"no input image exists ({detail}{'; ...' if len(missing) > 3 else ''})")
+    # checked (and locked) before the model loads: a file, unwritable, busy or non-empty folder is one error line
+    folder = OutputFolder(args.output, overwrite=args.overwrite, resume=args.resume, inputs=paths)
+    try:
+        return _segment_into(args, config, vocab, paths, set(missing), folder)
+    finally:
+        folder.close()
+
+
+def _segment_into(args, config, vocab, paths, missing: set, folder) -> int:
+    from ..engine import Engine
+
     summary = []
-    for i in missing:
+    for i in sorted(missing):
         why = "is a directory, not an image" if paths[i].is_dir() else "file not found"
         print(f"error: {paths[i]}: {why}", file=sys.stderr)
         summary.append({"input": str(paths[i]), "error": f"{paths[i]}: {why}"})
-    todo = [p for i, p in enumerate(paths) if i not in set(missing)]
-    args.output.mkdir(parents=True, exist_ok=True)
+    todo = [p for i, p in enumerate(paths) if i not in missing]
+    before = len(todo)
+    todo = [p for p in todo if not folder.is_done(p)]   # --resume: what the earlier run finished
+    if len(todo) < before:
+        print(f"# resuming: {before - len(todo)} inputs already done in {args.output}", file=sys.stderr)
     engine = Engine(config)
     header, tau_fields = run_header(engine, args)
     print(header, file=sys.stderr)
-    used, failed = set(), len(missing)
+    used, failed, write_error = set(folder.used_stems), len(missing), None
     taus = args.taus
     want_masks = "masks" in args.format
     extra = {"tau": taus[0], "tree_tau_max": taus[-1], "return_features": True} if taus else {}
@@ -224,27 +247,49 @@ def cmd_segment(args) -> int:
             (res.segmentation if t == taus[0] else engine.at_tau(res.segmentation, t, res.image), f"{stem}_tau{t:g}")
             for t in taus]
         for seg, name in variants:
-            files = write_outputs(seg, res.image, args.output, name, overlay=args.overlay, save_npy=args.save_npy,
-                                  formats=args.format, opacity=args.opacity)
-            entry = {"input": source, "num_segments": seg.num_segments}
-            if engine.uses_tau:
-                entry["tau"] = seg.tau
+            try:
+                for suffix in OUTPUT_SUFFIXES:
+                    folder.check_target(args.output / f"{name}{suffix}")
+                files = write_outputs(seg, res.image, args.output, name, overlay=args.overlay,
+                                      save_npy=args.save_npy, formats=args.format, opacity=args.opacity)
+                entry = {"input": source, "num_segments": seg.num_segments, "stem": stem}
+                if engine.uses_tau:
+                    entry["tau"] = seg.tau
+                if namer is not None:
+                    if seg.naming is None:  # a further tau of --taus
+                        seg = seg.replace(naming=namer.name(res.image, seg.labels))
+                    files.append(write_class_map(seg, res.image, args.output, name))
+                    entry["segments"] = seg.naming.as_dicts()
+            except InputError as exc:   # an output name that is one of the inputs
+                failed += 1
+                write_line(f"error: {exc}", progress=progress)
+                summary.append({"input": source, "error": str(exc)})
+                continue
+            except OSError as exc:      # disk full, folder gone or read-only: stop, keep what is done
+                write_error = exc
+                break
             if namer is not None:
-                if seg.naming is None:  # a further tau of --taus
-                    seg = seg.replace(naming=namer.name(res.image, seg.labels))
-                files.append(write_class_map(seg, res.image, args.output, name))
-                entry["segments"] = seg.naming.as_dicts()
                 write_line(f"{source}: " + ", ".join(f"{d['segment']}={d['class']} ({d['score']:.2f})"
                                                      for d in entry["segments"]), progress=progress, file=sys.stdout)
             write_line(result_line(source, seg, engine, files, args.segments), progress=progress, file=sys.stdout)
             summary.append({**entry, "outputs": [str(f) for f in files],
                             "timings": {k: round(v, 6) for k, v in seg.timings.items()}})
+        if write_error is not None:
+            break
     h, w = engine.config.size
-    with open(args.output / "summary.json", "w") as fh:
-        head = {"engine": repr(engine), "size": f"{w}x{h}", **tau_fields}
-        if namer is not None:
-            head.update(clip_model=namer.clip.name, classes=list(namer.vocabulary.names))
-        json.dump({**head, "results": summary}, fh, indent=1)
+    head = {"engine": repr(engine), "size": f"{w}x{h}", **tau_fields}
+    if namer is not None:
+        head.update(clip_model=namer.clip.name, classes=list(namer.vocabulary.names))
+    summary_error = None
+    try:
+        folder.write_summary(head, summary)
+    except OSError as exc:
+        summary_error = exc
+    if write_error is not None or summary_error is not None:
+        done = len({r["input"] for r in summary if "error" not in r})
+        print(f"error: {write_failure(write_error or summary_error, args.output, done, len(paths), summary_error)}",
+              file=sys.stderr)
+        return EXIT_USAGE
     if failed:
         print(f"{failed} of {len(paths)} inputs failed", file=sys.stderr)
         return EXIT_SOME_FAILED

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from ..errors import InputError
-from .options import EXIT_OK, EXIT_SOME_FAILED, add_engine_options, add_run_flags, config_from_args
+from .options import EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, add_engine_options, add_run_flags, config_from_args
 
 VIDEO_EXAMPLES = """examples:
   diffcut video clip.mp4 -o clip_seg.mp4 --backbone efficientnet-lite0 --size 512     # offline backbone
@@ -62,11 +62,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 def cmd_video(args) -> int:
     """Run ``diffcut video``; exit code 0, or 1 when the stream broke off (what was written is kept)."""
     from ..engine import Engine
-    from ..video import VideoError, probe_video, segment_video, write_video
+    from ..video import VideoError, check_output, probe_video, segment_video, write_video
 
     if args.output.exists() and args.output.is_dir():
         raise InputError(f"--output {args.output} is a folder; give a video file name such as out.mp4")
     probe_video(args.input)  # an unreadable input fails before the model is loaded
+    check_output(args.output, args.input, labels_out=args.labels_out)  # not the input, a known container
     config = config_from_args(args)
     engine = Engine(config)
     print(f"# {engine!r}", file=sys.stderr)
@@ -78,7 +79,7 @@ def cmd_video(args) -> int:
     try:
         write_video(video, args.output, labels_out=args.labels_out, audio=args.audio, codec=args.codec,
                     opacity=args.opacity)
-    except VideoError as exc:  # the stream broke off: what was written is closed properly and kept
+    except VideoError as exc:  # the stream broke off, or a write failed: what was written is closed and kept
         error = exc
     stats = video.stats
     summary = {"input": args.input, "output": str(args.output), "engine": repr(engine),
@@ -94,7 +95,11 @@ def cmd_video(args) -> int:
           f"{stats.seconds:.1f} s, {stats.fps:.2f} frames/s; {stats.mean_segments:.1f} segments per frame, "
           f"{stats.num_ids} ids; label stability {stab} (per-frame ids {raw})")
     if error is not None:
-        print(f"error: {error}; the {stats.frames} frames before it were written to {args.output}",
-              file=sys.stderr)
+        if error.frames_done and args.output.is_file():
+            print(f"error: {error}; the {error.frames_done} frames before it were written to {args.output}",
+                  file=sys.stderr)
+        else:
+            print(f"error: {error}; no frame was written", file=sys.stderr)
+            return EXIT_USAGE
         return EXIT_SOME_FAILED
     return EXIT_OK

@@ -123,10 +123,22 @@ def check_files(folder: str, manifest: dict, *, verify_hashes: bool = True) -> N
         Naming the first missing, truncated or modified file.
     """
     files = manifest["files"]
+    if not isinstance(files, dict):
+        raise ModelLoadError(f"{folder!r}: the manifest's \"files\" entry is {type(files).__name__}, not a table "
+                             "of files; the manifest is damaged: export the model again")
     if ONNX_NAME not in files:
         raise ModelLoadError(f"{folder!r}: the manifest lists no {ONNX_NAME}; export the model again")
+    root = os.path.realpath(folder)
     for name, facts in sorted(files.items()):
         path = os.path.join(folder, name)
+        # a listed file must stay inside the folder: no absolute paths, no "..", no link pointing out of it
+        if os.path.isabs(name) or os.path.commonpath([root, os.path.realpath(path)]) != root:
+            raise ModelLoadError(f"{folder!r}: the manifest lists {name!r}, a path outside the engine folder; "
+                                 "refusing to read it (the manifest is damaged or was edited)")
+        if not isinstance(facts, dict) or not isinstance(facts.get("bytes"), int) or \
+                not isinstance(facts.get("sha256"), str):
+            raise ModelLoadError(f"{folder!r}: the manifest's entry for {name!r} has no byte count and SHA-256; "
+                                 "the manifest is damaged: export the model again")
         if not os.path.isfile(path):
             raise ModelLoadError(f"{folder!r} is incomplete: {name} is missing (copy the whole folder, or "
                                  "export again)")

@@ -212,7 +212,8 @@ def export_onnx(model: Optional[str], out_dir: str, *, size: Union[int, str, Tup
         (``{"measured": false}`` when skipped). The ONNX checker's full check (types and shapes inferred
         through every node) runs regardless, and its failure is an :class:`ExportError`.
     overwrite : bool
-        Replace an existing ``out_dir``.
+        Replace an existing ``out_dir`` that holds an earlier export (its ``manifest.json``); a non-empty folder
+        without one is never deleted.
     encoder : DiffusionEncoder, optional
         An already loaded encoder (then ``model``, ``device``, ``timestep``, ``seed`` and ``fp16`` come from it).
 
@@ -241,8 +242,23 @@ def export_onnx(model: Optional[str], out_dir: str, *, size: Union[int, str, Tup
         raise InputError(f"opset must be an integer >= 17 (LayerNormalization), got {opset!r}")
     batch_range = parse_batch_range(batch)
     out_dir = os.path.abspath(os.path.expanduser(os.fspath(out_dir)))
-    if os.path.exists(out_dir) and os.listdir(out_dir) and not overwrite:
-        raise InputError(f"output folder {out_dir!r} exists and is not empty; pass overwrite=True (--overwrite)")
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise InputError(f"output {out_dir!r} is an existing file, not a folder; give a folder name")
+    if os.path.exists(out_dir) and os.listdir(out_dir):
+        if not overwrite:
+            raise InputError(f"output folder {out_dir!r} exists and is not empty; pass overwrite=True (--overwrite)")
+        if not os.path.isfile(os.path.join(out_dir, artifacts.MANIFEST_NAME)):
+            # overwrite replaces an earlier export only: never delete a folder of other files
+            raise InputError(f"output folder {out_dir!r} is not empty and holds no {artifacts.MANIFEST_NAME}, so it "
+                             "is not an earlier export; overwrite replaces only an export folder: choose another "
+                             "--out")
+    parent = os.path.dirname(out_dir)
+    try:
+        os.makedirs(parent, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"cannot create the parent folder of {out_dir!r} ({exc.strerror or exc})") from None
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise InputError(f"cannot write to {parent!r} (permission denied); choose another --out")
     if verify:
         require("onnxruntime", "checking the exported ONNX graph")
     if exporter == "dynamo":
@@ -293,6 +309,9 @@ def export_onnx(model: Optional[str], out_dir: str, *, size: Union[int, str, Tup
         artifacts.write_manifest(work, manifest)
         _default_permissions(work)
         if os.path.exists(out_dir):
+            if os.listdir(out_dir) and not os.path.isfile(os.path.join(out_dir, artifacts.MANIFEST_NAME)):
+                raise InputError(f"output folder {out_dir!r} was filled during the export and is not an export "
+                                 "folder; not replacing it")
             shutil.rmtree(out_dir)
         os.replace(work, out_dir)
     except BaseException:

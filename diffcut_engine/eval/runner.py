@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import logging
+import numbers
 import os
 import sys
 import time
@@ -35,6 +36,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from ..errors import DiffCutError, InputError
+from ..graph.validation import check_tau
 from .datasets import PUBLISHED, SegmentationDataset, eval_labels
 from .metrics import FP_COUNTING, ImageScore, Scorer, merge_background, score_image
 
@@ -208,6 +210,57 @@ def _record(index: int, name: str, per_tau: Dict[float, Tuple[ImageScore, int]])
     return {"index": index, "name": name, "taus": taus}
 
 
+def _counts(value, length: Optional[int] = None) -> Optional[np.ndarray]:
+    """``value`` as an int64 array of non-negative integers (of ``length``), else ``None``."""
+    if isinstance(value, bool) or (length is not None and not isinstance(value, list)):
+        return None
+    try:
+        arr = np.asarray(value)
+    except (TypeError, ValueError):
+        return None
+    if arr.dtype == object or arr.dtype.kind not in "iu" or (arr < 0).any():
+        return None
+    if length is not None and arr.shape != (length,):
+        return None
+    return arr.astype(np.int64)
+
+
+def record_problem(rec, taus, num_classes: int) -> Optional[str]:
+    """Why a cached per-image record cannot be trusted (``None`` if it checks out).
+
+    A record must hold, for every tau of the run, per-class ``tp``, ``fp``, ``fn`` (``num_classes`` non-negative
+    integers), ``total`` labelled pixels, ``segments`` >= 1 and the class confusion as ``[row, col, count]``
+    triples inside the (N, N + 1) matrix, and these must agree: the confusion sums to ``total``, each class row
+    sums to ``tp + fn`` and holds ``tp`` on its diagonal, and ``tp + fp`` never exceeds ``total``.
+    """
+    if not isinstance(rec, dict) or not isinstance(rec.get("taus"), dict):
+        return "no \"taus\" table"
+    for t in taus:
+        r = rec["taus"].get(_tau_key(t))
+        if not isinstance(r, dict):
+            return f"no entry for tau {_tau_key(t)}"
+        tp, fp, fn = (_counts(r.get(k), num_classes) for k in ("tp", "fp", "fn"))
+        if tp is None or fp is None or fn is None:
+            return f"tp, fp and fn must be {num_classes} non-negative integers each"
+        total, segments = r.get("total"), r.get("segments")
+        if isinstance(total, bool) or not isinstance(total, int) or total < 0:
+            return f"bad total {total!r}"
+        if isinstance(segments, bool) or not isinstance(segments, int) or segments < 1:
+            return f"bad segment count {segments!r}"
+        conf = _counts(r.get("confusion"))
+        if conf is None or (conf.size and (conf.ndim != 2 or conf.shape[1] != 3)):
+            return "bad confusion entries"
+        conf = conf.reshape(-1, 3)
+        if (conf[:, 0] >= num_classes).any() or (conf[:, 1] > num_classes).any():
+            return "confusion entries outside the class range"
+        matrix = np.zeros((num_classes, num_classes + 1), np.int64)
+        np.add.at(matrix, (conf[:, 0], conf[:, 1]), conf[:, 2])
+        if int(matrix.sum()) != total or (matrix.sum(axis=1) != tp + fn).any() or \
+                (np.diagonal(matrix[:, :num_classes]) != tp).any() or int((tp + fp).max(initial=0)) > total:
+            return "counts that do not add up"
+    return None
+
+
 def _tau_key(tau: float) -> str:
     return f"{tau:g}"
 
@@ -303,14 +356,14 @@ def _settings(dataset: SegmentationDataset, engine, taus, eval_size, fp_counting
 def _check_taus(taus, default: float) -> Tuple[float, ...]:
     if taus is None:
         return (float(default),)
-    if isinstance(taus, (int, float)):
+    if isinstance(taus, numbers.Real):
         taus = (taus,)
     try:
-        out = tuple(sorted({float(t) for t in taus}))
-    except (TypeError, ValueError):
-        raise InputError(f"taus must be positive numbers, got {taus!r}")
-    if not out or min(out) <= 0:
-        raise InputError(f"taus must be positive numbers, got {taus!r}")
+        out = tuple(sorted({check_tau(t, "taus") for t in taus}))
+    except (TypeError, InputError):
+        raise InputError(f"taus must be finite positive numbers, got {taus!r}") from None
+    if not out:
+        raise InputError(f"taus must be finite positive numbers, got {taus!r}")
     return out
 
 
@@ -392,6 +445,12 @@ def evaluate(dataset: SegmentationDataset, engine, *, taus=None, eval_size: int 
             cache.close()
             raise InputError(f"{paths['cache']} lists image {index} as {rec.get('name')!r}, which is not that image "
                              "of this dataset; use --restart")
+    for index, rec in list(cache.records.items()):
+        problem = record_problem(rec, taus, dataset.num_classes)
+        if problem is not None:   # a damaged or edited record: recompute that image, never count it
+            logger.warning("%s: the cached record of image %d (%s) is invalid (%s); recomputing it",
+                           paths["cache"], index, rec.get("name"), problem)
+            del cache.records[index]
     scorers = {t: Scorer(dataset.num_classes, dataset.background_merge, fp_counting=fp_counting) for t in taus}
     confusion = {t: np.zeros((dataset.num_classes, dataset.num_classes + 1), np.int64) for t in taus}
     segments = {t: [] for t in taus}

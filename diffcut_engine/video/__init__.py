@@ -10,7 +10,7 @@ Output frames always come in input order, with their timestamps, frame rate and 
 ``pip install 'diffcut-engine[video]'`` for files.
 """
 
-from .io import DEFAULT_FPS, VideoError, VideoInfo, probe_video
+from .io import DEFAULT_FPS, VideoError, VideoInfo, check_output, probe_video
 from .stream import VideoFrame, VideoSegmentation, segment_video
 from .tracking import SegmentTracker, StabilityMeter, VideoStats
 from .writers import LabelWriter, VideoWriter, overlay_frame, read_labels_npz, write_video
@@ -18,6 +18,7 @@ from .writers import LabelWriter, VideoWriter, overlay_frame, read_labels_npz, w
 __all__ = [
     "DEFAULT_FPS",
     "VideoError",
+    "check_output",
     "VideoInfo",
     "VideoFrame",
     "VideoStats",

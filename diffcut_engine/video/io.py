@@ -12,7 +12,8 @@ from ..errors import InputError
 #: Default frame rate for an iterable of images (no container to take it from).
 DEFAULT_FPS = 25
 
-__all__ = ["DEFAULT_FPS", "VideoError", "VideoInfo", "require_av", "open_input", "info_of", "probe_video"]
+__all__ = ["DEFAULT_FPS", "VideoError", "VideoInfo", "require_av", "open_input", "info_of", "probe_video",
+           "check_output"]
 
 
 class VideoError(InputError):
@@ -88,6 +89,8 @@ def open_input(path):
         raise VideoError(f"{name}: file not found")
     if os.path.isdir(name):
         raise VideoError(f"{name}: is a directory, not a video")
+    if not os.path.isfile(name):  # a FIFO, socket or device: FFmpeg would block on it
+        raise VideoError(f"{name}: not a regular file (a FIFO, socket or device); give a video file")
     try:
         container = av.open(name, "r")
     except av.FFmpegError as exc:
@@ -130,3 +133,42 @@ def probe_video(path) -> VideoInfo:
         return info_of(container, path)
     finally:
         container.close()
+
+
+def _same_file(a, b) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them does not exist
+        return False
+
+
+def check_output(output, source=None, *, labels_out=None) -> None:
+    """Check an output video path before anything is decoded, encoded or loaded.
+
+    Refuses (:class:`VideoError`, one line) an output that is the input file itself (also through a link: the
+    writer would truncate the file the decoder reads), a folder, or a name whose extension FFmpeg knows no
+    container for, and label output that is the input or the output video. Nothing is created.
+    """
+    out = os.fspath(output)
+    if source is not None and isinstance(source, (str, os.PathLike)):
+        src = os.fspath(source)
+        if _same_file(src, out):
+            raise VideoError(f"{out}: is the input video itself; refusing to overwrite the input, give another "
+                             "output name")
+        if labels_out is not None and _same_file(src, labels_out):
+            raise VideoError(f"{os.fspath(labels_out)}: is the input video itself; refusing to overwrite the input")
+    if labels_out is not None and os.path.abspath(os.fspath(labels_out)) == os.path.abspath(out):
+        raise VideoError(f"{out}: the labels and the overlay video cannot be written to the same file")
+    if os.path.isdir(out):
+        raise VideoError(f"{out}: is a folder; give a video file name such as out.mp4")
+    if os.path.exists(out) and not os.path.isfile(out):
+        raise VideoError(f"{out}: not a regular file (a FIFO, socket or device); give a video file name")
+    av = require_av()
+    try:
+        av.open(out, "w").close()  # guesses the container from the extension; creates no file
+    except ValueError as exc:
+        ext = os.path.splitext(out)[1]
+        raise VideoError(f"{out}: unknown video container {repr(ext) if ext else '(no extension)'}; use .mp4, "
+                         ".mkv, .mov or .webm") from exc
+    except av.FFmpegError as exc:
+        raise VideoError(f"{out}: cannot create the output video ({exc.strerror or exc})") from exc

@@ -156,24 +156,44 @@ class VideoSegmentation:
         container, name = self._container, self.info.path
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
-        index = 0
+        index, first_pts, last_pts = 0, None, None
         try:
             for packet in container.demux(stream):
                 for frame in packet.decode():
                     if limit is not None and index >= limit:
                         return
+                    if frame.pts is not None:
+                        first_pts = frame.pts if first_pts is None else min(first_pts, frame.pts)
+                        last_pts = frame.pts if last_pts is None else max(last_pts, frame.pts)
                     yield index, frame.pts, frame
                     index += 1
         except av.FFmpegError as exc:
             self.stats.truncated = True
             raise VideoError(f"{name}: the video stream broke off after {index} frames ({exc.strerror or exc}); "
                              "the file is truncated or corrupt", index) from exc
-        expected = self.info.expected_frames
-        if limit is None or index < limit:
-            if expected and index < expected - max(2, expected // 50):
+        if limit is not None and index >= limit:
+            return
+        if index == 0 and limit != 0:
+            self.stats.truncated = True
+            raise VideoError(f"{name}: no video frame could be decoded; the file is truncated or corrupt", 0)
+        self._check_complete(index, first_pts, last_pts)
+
+    def _check_complete(self, index: int, first_pts, last_pts):
+        """Raise VideoError if the stream ended before what its container declares: the frame count when it is
+        declared, else the duration (compared with the last frame's timestamp, so variable frame rates pass)."""
+        info, name = self.info, self.info.path
+        declared = info.frames
+        if declared and index < declared - max(2, declared // 50):
+            self.stats.truncated = True
+            raise VideoError(f"{name}: the video ended after {index} of the {declared} frames its container "
+                             "declares; the file is truncated", index)
+        if not declared and info.duration and last_pts is not None:
+            step = 1.0 / float(info.fps)
+            end = float((last_pts - first_pts) * info.time_base) + step
+            if end < info.duration - max(2 * step, info.duration / 50):
                 self.stats.truncated = True
-                raise VideoError(f"{name}: the video ended after {index} of the {expected} frames its container "
-                                 "declares; the file is truncated", index)
+                raise VideoError(f"{name}: the video ended at {end:.2f} s of the {info.duration:.2f} s its "
+                                 f"container declares (after {index} frames); the file is truncated", index)
 
     # stage 1: decode and preprocess -----------------------------------------------------------------------------
     def _decode_stage(self, out: queue.Queue, stop: threading.Event):

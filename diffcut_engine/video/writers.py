@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import queue
@@ -15,7 +16,7 @@ from typing import Dict, Optional
 import numpy as np
 
 from ..errors import InputError
-from .io import DEFAULT_FPS, VideoError, VideoInfo, require_av
+from .io import DEFAULT_FPS, VideoError, VideoInfo, check_output, require_av
 from .stream import VideoFrame, VideoSegmentation
 from .tracking import VideoStats
 
@@ -34,6 +35,25 @@ def _default_codec(av, path: str) -> str:
         except Exception:  # noqa: BLE001 (not built into this FFmpeg)
             continue
     return "mpeg4"
+
+
+#: Encoders whose clock is at most 16 bits wide (MPEG-4 part 2 ``time_increment_resolution`` and kin).
+SHORT_CLOCK_CODECS = ("mpeg4", "msmpeg4", "msmpeg4v2", "msmpeg4v3", "h263", "h263p", "flv")
+
+
+def encoder_time_base(codec: str, time_base: Fraction) -> Fraction:
+    """The encoder's clock for frames timed in ``time_base``: ``time_base`` itself, so that every pts is kept
+    exactly (variable frame rates included), except for encoders with a 16-bit clock, which get the finest
+    1/d (d a divisor of the denominator, at most 65535; else 1/60000): timestamps move by less than a tick."""
+    time_base = Fraction(time_base)
+    if codec not in SHORT_CLOCK_CODECS or time_base.denominator <= 65535:
+        return time_base
+    if time_base.numerator == 1:
+        den = time_base.denominator
+        best = next((den // k for k in range(-(-den // 65535), min(den, 1 << 16) + 1) if den % k == 0), 1)
+        if best >= 1000:
+            return Fraction(1, best)
+    return Fraction(1, 60000)
 
 
 class VideoWriter:
@@ -69,6 +89,7 @@ class VideoWriter:
     def __init__(self, path, info: VideoInfo, *, audio: bool = True, codec: Optional[str] = None,
                  opacity: float = 0.5, edges: bool = True, crf: int = 20, queue_size: int = 8):
         av = require_av()
+        check_output(path, info.path)  # never the input itself, a known container
         self.path, self.info = os.fspath(path), info
         self.opacity, self.edges = float(opacity), edges
         self.frames_written = 0
@@ -101,6 +122,13 @@ class VideoWriter:
         self._video = self._out.add_stream(codec, rate=info.fps)
         self._video.width, self._video.height, self._video.pix_fmt = self._width, self._height, "yuv420p"
         self._video.time_base = info.time_base
+        # The encoder counts in the input's time base too, so every frame keeps its own pts (variable frame
+        # rates included); with a coarser 1/fps encoder clock, pts would be rounded, duplicated and refused.
+        clock = encoder_time_base(codec, info.time_base)
+        if clock != info.time_base:
+            logger.warning("%s: the %s encoder cannot count in %s s; timestamps are rounded to %s s", self.path,
+                           codec, info.time_base, clock)
+        self._video.codec_context.time_base = clock
         if codec in ("libx264", "libvpx-vp9"):
             self._video.options = {"crf": str(crf), **({"preset": "veryfast"} if codec == "libx264" else {})}
         self._audio_in = self._audio_out = self._audio_iter = None
@@ -132,7 +160,7 @@ class VideoWriter:
     def write(self, frame: VideoFrame):
         """Queue one frame (its overlay is drawn and encoded on the writer thread)."""
         if self._error is not None:
-            raise self._error
+            raise self._as_video_error(self._error)
         if self._closed:
             raise InputError(f"{self.path}: the writer is closed")
         while True:
@@ -143,7 +171,7 @@ class VideoWriter:
                 return
             except queue.Full:
                 if self._error is not None:
-                    raise self._error
+                    raise self._as_video_error(self._error)
 
     def _loop(self):
         av = require_av()
@@ -228,11 +256,25 @@ class VideoWriter:
         except BaseException as exc:  # noqa: BLE001
             self._error = self._error or exc
         finally:
-            self._out.close()
+            try:
+                self._out.close()
+            except BaseException as exc:  # noqa: BLE001 (the index could not be written: disk full)
+                self._error = self._error or exc
             if self._audio_in is not None:
                 self._audio_in.close()
         if self._error is not None:
-            raise self._error
+            raise self._as_video_error(self._error)
+
+    def _as_video_error(self, exc: BaseException) -> BaseException:
+        """A failed write (disk full, folder gone: an OSError or FFmpeg error) as a one-line VideoError."""
+        av = require_av()
+        if isinstance(exc, InputError) or not isinstance(exc, (OSError, av.FFmpegError)):
+            return exc
+        reason = "the disk is full (no space left on device)" if getattr(exc, "errno", None) == errno.ENOSPC \
+            else (getattr(exc, "strerror", None) or str(exc))
+        err = VideoError(f"{self.path}: writing the output video failed: {reason}", self.frames_written)
+        err.__cause__ = exc
+        return err
 
     def _video_end(self) -> float:
         """End of the last written frame, in seconds."""
@@ -342,6 +384,7 @@ def write_video(video: VideoSegmentation, output, *, labels_out=None, audio: boo
     VideoStats
     """
     info = video.info
+    check_output(output, info.path, labels_out=labels_out)  # neither output may be the input file
     if info.path is None:  # an iterable of images
         return _write_from_iterable(video, output, labels_out=labels_out, codec=codec, opacity=opacity)
     writer = VideoWriter(output, info, audio=audio, codec=codec, opacity=opacity)

@@ -1,0 +1,258 @@
+"""Output-folder safety for commands that write many files (``diffcut segment``).
+
+Checked before any model is loaded, so a mistake costs nothing:
+
+- the output is a folder, or can be created as one (not an existing file), and files can be written in it;
+- one run at a time: a lock file (``.diffcut.lock``, holding the writer's pid) refuses a second run into the
+  same folder while the first is alive (a lock left by a killed run is taken over);
+- no silent overwrite: a folder that already holds files is refused unless ``overwrite`` (the files listed in
+  the earlier ``summary.json`` are deleted first, so no stale results stay) or ``resume`` (inputs whose results
+  are in ``summary.json`` with their files present are skipped, new names never reuse an earlier one, and the
+  summary is merged);
+- an input file is never overwritten by an output.
+
+A write that fails during the run (disk full, ``ENOSPC``, or any other ``OSError``) stops the run cleanly: the
+summary of what was finished is still written (:meth:`OutputFolder.write_summary`) and the command reports one
+``error:`` line (:func:`write_failure`).
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import logging
+import os
+import re
+import socket
+from pathlib import Path
+from typing import Iterable, List, Optional
+
+from .errors import InputError
+
+logger = logging.getLogger("diffcut_engine")
+
+SUMMARY_NAME = "summary.json"
+#: The per-image files ``diffcut segment`` writes, ``<stem><suffix>``.
+OUTPUT_SUFFIXES = ("_labels.png", "_overlay.png", "_labels.npy", "_masks.json", "_classes.png")
+LOCK_NAME = ".diffcut.lock"
+
+__all__ = ["SUMMARY_NAME", "OUTPUT_SUFFIXES", "LOCK_NAME", "OutputFolder", "write_failure"]
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    except OSError:
+        return False
+    return True
+
+
+def _real(path) -> str:
+    return os.path.realpath(os.fspath(path))
+
+
+class OutputFolder:
+    """An output folder checked and locked for one run (use it as a context manager; the lock goes on exit).
+
+    Parameters
+    ----------
+    path : path
+        The folder (created with its parents if missing).
+    overwrite : bool
+        Accept a folder with files: delete the outputs and summary of the earlier run first.
+    resume : bool
+        Accept a folder with files: keep the earlier results and skip the inputs they cover.
+    inputs : iterable of paths
+        The run's inputs: never overwritten by an output.
+
+    Raises
+    ------
+    InputError
+        If the path is an existing file, cannot be created or written, is locked by a live run, or holds files
+        while neither ``overwrite`` nor ``resume`` is given.
+    """
+
+    def __init__(self, path, *, overwrite: bool = False, resume: bool = False, inputs: Iterable = ()):
+        if overwrite and resume:
+            raise InputError("--overwrite and --resume exclude each other")
+        self.path = Path(path)
+        self.overwrite, self.resume = overwrite, resume
+        self._inputs = {_real(p) for p in inputs if os.path.exists(p)}
+        self._lock: Optional[Path] = None
+        self.previous: List[dict] = []       # results of the earlier run that are kept (resume)
+        self._done = set()                   # real paths of inputs finished by the earlier run (resume)
+        self.used_stems = set()              # output names of the earlier run (resume)
+        name = os.fspath(self.path)
+        if self.path.exists() and not self.path.is_dir():
+            raise InputError(f"output {name} is an existing file, not a folder; give a folder name")
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise InputError(f"cannot create the output folder {name} ({exc.strerror or exc})") from None
+        self._take_lock()
+        try:
+            entries = [e for e in os.listdir(self.path) if e != LOCK_NAME]
+            if entries and not (overwrite or resume):
+                raise InputError(f"output folder {name} is not empty ({len(entries)} entries, e.g. "
+                                 f"{sorted(entries)[0]}); pass --overwrite to replace the earlier results or "
+                                 "--resume to add to them, or choose another folder")
+            earlier = self._read_summary() if entries else []
+            if overwrite:
+                self._remove_earlier(earlier)
+            elif resume:
+                self._keep_earlier(earlier)
+        except BaseException:
+            self.close()
+            raise
+
+    # ---- lock ------------------------------------------------------------------------------------------------
+    def _take_lock(self):
+        lock = self.path / LOCK_NAME
+        record = json.dumps({"pid": os.getpid(), "host": socket.gethostname()})
+        for _ in range(2):
+            try:
+                fd = os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            except FileExistsError:
+                holder = self._lock_holder(lock)
+                if holder is not None:
+                    raise InputError(f"output folder {self.path} is in use by another diffcut run (pid {holder}); "
+                                     f"wait for it, or remove {lock} if no run is going") from None
+                logger.warning("%s: taking over the lock of a run that is no longer alive", self.path)
+                try:
+                    lock.unlink()
+                except FileNotFoundError:
+                    pass
+                continue
+            except OSError as exc:
+                raise InputError(f"cannot write to the output folder {self.path} ({exc.strerror or exc})") from None
+            try:
+                os.write(fd, record.encode())
+            except OSError as exc:
+                os.close(fd)
+                lock.unlink()
+                raise InputError(f"cannot write to the output folder {self.path} ({exc.strerror or exc})") from None
+            os.close(fd)
+            self._lock = lock
+            return
+        raise InputError(f"output folder {self.path} is in use by another diffcut run")  # pragma: no cover
+
+    @staticmethod
+    def _lock_holder(lock: Path) -> Optional[int]:
+        """The pid of the live run holding ``lock``, else ``None`` (dead, another host's is kept as alive)."""
+        try:
+            info = json.loads(lock.read_text())
+            pid, host = int(info["pid"]), info.get("host")
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        if host not in (None, socket.gethostname()):
+            return pid
+        return pid if pid != os.getpid() and _pid_alive(pid) else None
+
+    def close(self):
+        """Release the lock."""
+        if self._lock is not None:
+            try:
+                self._lock.unlink()
+            except OSError:
+                pass
+            self._lock = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    # ---- the earlier run -------------------------------------------------------------------------------------
+    def _read_summary(self) -> List[dict]:
+        path = self.path / SUMMARY_NAME
+        if not path.is_file():
+            return []
+        try:
+            data = json.loads(path.read_text())
+            results = data["results"]
+            if not isinstance(results, list):
+                raise TypeError("results is not a list")
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            if self.resume:
+                raise InputError(f"{path} is unreadable ({exc}); cannot resume: pass --overwrite instead") \
+                    from None
+            return []
+        return [r for r in results if isinstance(r, dict) and isinstance(r.get("input"), str)]
+
+    def _inside(self, p: str) -> bool:
+        root = _real(self.path)
+        return os.path.commonpath([root, _real(p)]) == root
+
+    def _remove_earlier(self, earlier: List[dict]):
+        """Delete the earlier run's outputs (files inside the folder only) and its summary."""
+        for entry in earlier:
+            outputs = entry.get("outputs")
+            for f in outputs if isinstance(outputs, list) else []:
+                if isinstance(f, str) and os.path.isfile(f) and self._inside(f) and _real(f) not in self._inputs:
+                    os.remove(f)
+        summary = self.path / SUMMARY_NAME
+        if summary.is_file():
+            summary.unlink()
+
+    def _keep_earlier(self, earlier: List[dict]):
+        by_input = {}
+        for entry in earlier:
+            by_input.setdefault(entry["input"], []).append(entry)
+        for source, entries in by_input.items():
+            complete = all("error" not in e and isinstance(e.get("outputs"), list) and e["outputs"] and
+                           all(isinstance(f, str) and os.path.isfile(f) for f in e["outputs"]) for e in entries)
+            if complete:
+                self.previous.extend(entries)
+                self._done.add(_real(source))
+                for e in entries:
+                    if isinstance(e.get("stem"), str):
+                        self.used_stems.add(e["stem"])
+        # names of files already here (also those of runs without a summary) are never reused
+        for entry in os.listdir(self.path):
+            for suffix in OUTPUT_SUFFIXES:
+                if entry.endswith(suffix):
+                    name = entry[: -len(suffix)]
+                    self.used_stems.add(name)
+                    self.used_stems.add(re.sub(r"_tau[0-9.eE+-]+$", "", name))  # <stem>_tau<T> of --taus
+
+    # ---- during the run --------------------------------------------------------------------------------------
+    def is_done(self, source) -> bool:
+        """``resume``: the earlier run finished this input (its results and files are kept)."""
+        return _real(source) in self._done
+
+    def check_target(self, path) -> None:
+        """:class:`InputError` if writing ``path`` would overwrite one of the run's inputs."""
+        if os.path.exists(path) and _real(path) in self._inputs:
+            raise InputError(f"{path}: is one of the inputs; refusing to overwrite it (choose another output "
+                             "folder)")
+
+    def write_summary(self, header: dict, results: List[dict]) -> Path:
+        """Write ``summary.json``: ``header`` plus the kept earlier results and ``results`` (atomically)."""
+        path = self.path / SUMMARY_NAME
+        tmp = self.path / (SUMMARY_NAME + ".tmp")
+        try:
+            with open(tmp, "w") as fh:
+                json.dump({**header, "results": self.previous + list(results)}, fh, indent=1)
+            os.replace(tmp, path)
+        except BaseException:
+            try:
+                tmp.unlink()
+            except OSError:
+                pass
+            raise
+        return path
+
+
+def write_failure(exc: OSError, folder, done: int, total: int, summary_error: Optional[BaseException]) -> str:
+    """The one-line message of a run stopped by a failed write (disk full, permissions, ...)."""
+    reason = "the disk is full (no space left on device)" if exc.errno == errno.ENOSPC else \
+        (exc.strerror or str(exc))
+    where = f" writing {exc.filename}" if getattr(exc, "filename", None) else ""
+    summary = (f"{Path(folder) / SUMMARY_NAME} lists what was done" if summary_error is None else
+               f"the summary could not be written either ({getattr(summary_error, 'strerror', None) or summary_error})")
+    return f"{reason}{where}; stopped after {done} of {total} inputs, the rest was not run; {summary}"
