@@ -561,7 +561,8 @@ def main(argv=None) -> int:
             for name, e in r["engine"].items():
                 if "speedup_vs_baseline" in e:
                     print(f"{r['case']:<14} {r['grid']:>6}  {name:<8} {e['baseline_s']:>9.4f} {e['seconds']:>9.4f} "
-                          f"{e['speedup_vs_baseline']:>6.2f}x  labels {'identical' if e['same_labels_as_baseline'] else 'DIFFER'}")
+                          f"{e['speedup_vs_baseline']:>6.2f}x  labels "
+                          f"{'identical' if e['same_labels_as_baseline'] else 'DIFFER'}")
     if args.json:
         with open(args.json, "w") as fh:
             json.dump({"environment": env, "repeats": args.repeats, "results": rows}, fh, indent=1)

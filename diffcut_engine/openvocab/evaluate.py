@@ -99,7 +99,8 @@ def evaluate_open_vocab(dataset, engine, *, limit: Optional[int] = None, out=Non
     # the official protocol refines at the network size (= the output size here: preset "full") with its own
     # PAMR settings
     ev = Engine(cfg.replace(resize_mode="center_crop", output_size=(net, net), tau=engine.tau,
-                            refine="full" if cfg.refine else False, pamr_iters=OPEN_VOCAB_PAMR_ITERS, pamr_dilations=OPEN_VOCAB_PAMR_DILATIONS),
+                            refine="full" if cfg.refine else False, pamr_iters=OPEN_VOCAB_PAMR_ITERS,
+                            pamr_dilations=OPEN_VOCAB_PAMR_DILATIONS),
                 encoder=engine.encoder)
     clip_size = net * CLIP_IMAGE_SIZE[key] // 1024
     if clip is None:
