@@ -73,9 +73,13 @@ def test_engine_labels_identical(tiny_sdxl_encoder, tiny_sdxl_path, tiny_sdxl_on
     image = (image + rng.integers(0, 25, image.shape)).astype(np.uint8)
     # refine=False: the 3x3 median filter of the refinement works on the numeric segment ids (as the official
     # code), so it is only comparable between runs that number the segments the same way (see below).
-    reference = Engine(EngineConfig(model=tiny_sdxl_path, size=(96, 128), device="cpu", refine=False),
-                       encoder=tiny_sdxl_encoder)
-    onnx_engine = Engine.from_pretrained(backend="onnx", engine_dir=tiny_sdxl_onnx, device="cpu", refine=False)
+    # compat="clean": under the official zero-row rule (the default) the node left out is the one holding the
+    # exact minimum of W, and on these 12 random-weight tokens two near-equal minima swap with 1e-5 feature
+    # differences; this test is about the encoders, not that rule.
+    reference = Engine(EngineConfig(model=tiny_sdxl_path, size=(96, 128), device="cpu", refine=False,
+                                    compat="clean"), encoder=tiny_sdxl_encoder)
+    onnx_engine = Engine.from_pretrained(backend="onnx", engine_dir=tiny_sdxl_onnx, device="cpu", refine=False,
+                                         compat="clean")
     assert isinstance(onnx_engine.encoder, OnnxEncoder)
     # model, size, timestep and seed come from the folder
     cfg = onnx_engine.config
