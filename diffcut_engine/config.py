@@ -213,6 +213,10 @@ class EngineConfig:
         set_("model", MODEL_ALIASES.get(self.model, self.model))
         if not isinstance(self.model, str) or not self.model:
             raise InputError(f"model must be a hub id or a folder, got {self.model!r}")
+        if self.model in BACKBONES[1:] and not os.path.isdir(self.model):
+            # model="efficientnet-lite0" names the offline backbone, not a hub id
+            set_("backbone", self.model)
+            set_("model", DEFAULT_MODEL)
         if self.backbone not in BACKBONES:
             raise InputError(f"unknown backbone {self.backbone!r}; choose one of {', '.join(BACKBONES)}")
         size = SIZE_PRESETS[self.backbone] if self.size is None else self.size

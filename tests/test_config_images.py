@@ -45,6 +45,16 @@ def test_config_validation(kwargs, match):
         EngineConfig(**kwargs)
 
 
+def test_model_naming_the_offline_backbone_selects_it(tmp_path, monkeypatch):
+    cfg = EngineConfig(model="efficientnet-lite0")
+    assert cfg.backbone == "efficientnet-lite0" and cfg.model == EngineConfig().model and cfg.size == (768, 768)
+    # a local folder of that name is a model folder, not the backbone
+    (tmp_path / "efficientnet-lite0").mkdir()
+    monkeypatch.chdir(tmp_path)
+    cfg = EngineConfig(model="efficientnet-lite0")
+    assert cfg.backbone == "diffusion" and cfg.model == "efficientnet-lite0"
+
+
 def test_config_is_frozen_and_replace_validates():
     cfg = EngineConfig()
     with pytest.raises(Exception):
