@@ -82,3 +82,17 @@ def test_import_error_of_our_own_kernel_module_surfaces(monkeypatch):
     monkeypatch.setitem(sys.modules, "diffcut_engine.kernels.affinity", None)
     with pytest.raises(ImportError):
         device._fused_affinity_module()
+
+
+def test_wheel_ships_every_subpackage_and_nothing_else():
+    """pyproject's package discovery finds every folder of ``diffcut_engine`` that holds code (a hand-kept list
+    once left ``methods/`` and ``video/`` out of wheels), and no other top-level name."""
+    tomllib = pytest.importorskip("tomllib")
+    from setuptools import find_namespace_packages
+
+    find = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]
+    found = set(find_namespace_packages(where=str(ROOT), include=find["include"], exclude=find.get("exclude", ())))
+    code_dirs = {".".join(p.parent.relative_to(ROOT).parts) for p in (ROOT / "diffcut_engine").rglob("*.py")
+                 if "__pycache__" not in p.parts}
+    assert code_dirs - found == set(), f"subpackages missing from the wheel: {sorted(code_dirs - found)}"
+    assert {name.split(".")[0] for name in found} == {"diffcut_engine"}
