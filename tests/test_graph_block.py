@@ -82,3 +82,39 @@ def test_certificate_bounds_the_true_angle(seed):
     bound, m = subspace_certificate(theta, r)
     assert np.isfinite(bound) and m >= 1
     assert sin_angle(X[:, 0], top) <= bound * (1 + 1e-9) + 1e-12
+
+
+def test_auto_memo_skips_lanczos_after_it_failed_and_keeps_the_vector(monkeypatch):
+    import diffcut_engine.graph.eigen as eigen
+
+    A, d = clustered_graph(parts=4, size=60)
+    assert A.shape[0] > eigen.AUTO_DENSE_MAX
+    memo = {}
+    y_first = fiedler_vector(A, d, solver="auto", memo=memo)
+    assert memo == {"lanczos_failed": True}
+    calls = []
+    real = eigen._lanczos
+    monkeypatch.setattr(eigen, "_lanczos", lambda *a, **k: calls.append(1) or real(*a, **k))
+    y_again = fiedler_vector(A, d, solver="auto", memo=memo)
+    assert calls == []                               # straight to block Krylov
+    fiedler_vector(A, d, solver="auto", memo={})     # a fresh tree tries Lanczos again
+    assert calls == [1]
+    y_dense = fiedler_vector(A, d, solver="dense")
+    for y in (y_first, y_again):
+        np.testing.assert_allclose(y / np.linalg.norm(y), y_dense / np.linalg.norm(y_dense), atol=1e-6)
+
+
+def test_disconnected_features_same_tree_with_any_solver():
+    from diffcut_engine.graph import recursive_ncut
+
+    rng = np.random.default_rng(5)
+    h, w, k = 20, 24, 5
+    yy, xx = np.mgrid[0:h, 0:w]
+    seeds = rng.uniform(0, 1, size=(k, 2)) * (h, w)
+    regions = np.argmin((yy[..., None] - seeds[:, 0]) ** 2 + (xx[..., None] - seeds[:, 1]) ** 2, axis=-1)
+    centres = rng.normal(size=(k, 256))
+    feats = centres[regions] / 16 + 0.02 * rng.normal(size=(h, w, 256))
+    dense = recursive_ncut(feats.astype(np.float32), tau=0.5, solver="dense")
+    assert dense.max() + 1 >= 3
+    for solver in ("auto", "block"):
+        np.testing.assert_array_equal(recursive_ncut(feats.astype(np.float32), tau=0.5, solver=solver), dense)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import math
+from typing import Optional
 
 import numpy as np
 
@@ -378,7 +379,8 @@ def _block_krylov(A, d, warm_start, tol: float = LANCZOS_ANGLE_TOL):
     return None
 
 
-def fiedler_vector(A: np.ndarray, d: np.ndarray, *, solver: str = "auto", warm_start=None) -> np.ndarray:
+def fiedler_vector(A: np.ndarray, d: np.ndarray, *, solver: str = "auto", warm_start=None,
+                   memo: Optional[dict] = None) -> np.ndarray:
     """Generalised Fiedler vector of a graph: the y solving (D - A) y = lambda D y for the second-smallest lambda.
 
     Parameters
@@ -393,6 +395,10 @@ def fiedler_vector(A: np.ndarray, d: np.ndarray, *, solver: str = "auto", warm_s
     warm_start : numpy.ndarray, optional
         (n,) approximation of y (e.g. the parent's Fiedler vector restricted to this subgraph), used by
         ``lobpcg`` and ``lanczos``.
+    memo : dict, optional
+        Shared by the solves of one tree (``auto`` only): once Lanczos could not certify a subgraph (a clustered
+        spectrum: a nearly disconnected graph, whose subgraphs are so too), the later solves go to block Krylov
+        first. Every accepted vector still carries its certificate, so the result does not depend on it.
 
     Returns
     -------
@@ -404,8 +410,11 @@ def fiedler_vector(A: np.ndarray, d: np.ndarray, *, solver: str = "auto", warm_s
     if solver == "auto":
         solver = "dense" if n <= AUTO_DENSE_MAX else "auto_iterative"
     u = None
-    if solver in ("lanczos", "auto_iterative") and n >= LANCZOS_MIN_NODES:
+    skip_lanczos = solver == "auto_iterative" and memo is not None and memo.get("lanczos_failed", False)
+    if solver in ("lanczos", "auto_iterative") and n >= LANCZOS_MIN_NODES and not skip_lanczos:
         u = _lanczos(A, d, warm_start)
+        if u is None and memo is not None:
+            memo["lanczos_failed"] = True
         if u is None:
             logger.debug("lanczos not certified on %d nodes; %s instead", n,
                          "block Krylov" if solver == "auto_iterative" else "dense solve")

@@ -102,6 +102,7 @@ class HostSplitter:
         self.owned = owned
         self.vector = vector
         self.subgraph = subgraph
+        self.solver_memo = {}  # what the solves of this tree learnt (fiedler_vector's memo)
         # The official code keeps, below the root, only nodes whose row of the masked W has no exact zero.
         self.zero_row = zero_row_mask(W) if (official if zero_rows is None else zero_rows) else None
         if self.zero_row is not None and not self.zero_row.any():
@@ -147,7 +148,8 @@ class HostSplitter:
         if self.vector is not None:
             y = self.vector(A, d, idx)
         else:
-            y = fiedler_vector(A, d, solver=self.solver, warm_start=warm if self.warm_start else None)
+            y = fiedler_vector(A, d, solver=self.solver, warm_start=warm if self.warm_start else None,
+                               memo=self.solver_memo)
         thresholds = candidate_thresholds(y, self.num_thresholds)
         GA = None
         if self.official:
