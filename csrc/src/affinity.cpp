@@ -59,11 +59,12 @@ inline float power_squaring(float s, int k) {
 
 void affinity_from_tokens(const float* tokens, std::int64_t n, std::int64_t c, double alpha, float* W) {
   if (n > 46340 || c > 2147483647) throw Failure(Code::InvalidArgument, "too many tokens for a dense affinity");
-  const int ni = static_cast<int>(n), ci = static_cast<int>(c);
-  const float one = 1.0f, zero = 0.0f;
+  int ni = static_cast<int>(n), ci = static_cast<int>(c);
+  float one = 1.0f, zero = 0.0f;
+  char uplo = 'U', trans = 'T';
   // Column-major view: tokens (row-major n x c) are the c x n matrix X^T; C = (X^T)^T X^T = X X^T, its upper
   // triangle in column-major order is the lower triangle of the row-major W.
-  DIFFCUT_F77(ssyrk_)("U", "T", &ni, &ci, &one, tokens, &ci, &zero, W, &ni, 1, 1);
+  lapack().ssyrk(&uplo, &trans, &ni, &ci, &one, const_cast<float*>(tokens), &ci, &zero, W, &ni);
   for (std::int64_t i = 0; i < n; ++i)  // mirror the lower triangle (row-major) onto the upper one
     for (std::int64_t j = i + 1; j < n; ++j) W[i * n + j] = W[j * n + i];
   const std::int64_t total = n * n;

@@ -7,6 +7,7 @@
 
 #include "core.h"
 #include "diffcut/diffcut.h"
+#include "lapack.h"
 
 using diffcut::detail::Code;
 using diffcut::detail::Compat;
@@ -119,6 +120,10 @@ const char* diffcut_error_name(int code) {
     case DIFFCUT_ERROR_INTERNAL: return "DIFFCUT_ERROR_INTERNAL";
     default: return "unknown";
   }
+}
+
+int diffcut_bind_lapack(diffcut_ssyrk_fn ssyrk, diffcut_dsyevr_fn dsyevr) {
+  return guarded([&] { diffcut::detail::bind_lapack(ssyrk, dsyevr); });
 }
 
 int diffcut_options_new(diffcut_options** out) {

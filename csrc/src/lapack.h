@@ -1,26 +1,30 @@
-// BLAS/LAPACK entry points (Fortran ABI, 32-bit integers), declared here so that no vendor header is needed.
-// DIFFCUT_BLAS_PREFIX is the symbols' prefix: empty for the reference LAPACK / OpenBLAS of a distribution,
-// "scipy_" for the scipy-openblas32 wheel (set by CMake).
+// BLAS/LAPACK entry points used by the core: ssyrk (the Gram matrix) and dsyevr (the dense Fiedler solve).
+//
+// They are called through function pointers with the Fortran argument lists (32-bit integers, no hidden string
+// lengths), so that one library can be bound at run time: the Python extension binds SciPy's own OpenBLAS (the
+// very functions the numpy path calls, from scipy.linalg.cython_blas / cython_lapack). The CMake library binds the
+// linked BLAS/LAPACK by default (DIFFCUT_LINKED_BLAS; DIFFCUT_BLAS_PREFIX is the symbols' prefix: empty for a
+// distribution's LAPACK, "scipy_" for the scipy-openblas32 wheel).
 #pragma once
 
-#include <cstddef>
+namespace diffcut {
+namespace detail {
 
-#ifndef DIFFCUT_BLAS_PREFIX
-#define DIFFCUT_BLAS_PREFIX
-#endif
-#define DIFFCUT_CAT2(a, b) a##b
-#define DIFFCUT_CAT(a, b) DIFFCUT_CAT2(a, b)
-#define DIFFCUT_F77(name) DIFFCUT_CAT(DIFFCUT_BLAS_PREFIX, name)
+using SsyrkFn = void (*)(char* uplo, char* trans, int* n, int* k, float* alpha, float* a, int* lda, float* beta,
+                         float* c, int* ldc);
+using DsyevrFn = void (*)(char* jobz, char* range, char* uplo, int* n, double* a, int* lda, double* vl, double* vu,
+                          int* il, int* iu, double* abstol, int* m, double* w, double* z, int* ldz, int* isuppz,
+                          double* work, int* lwork, int* iwork, int* liwork, int* info);
 
-extern "C" {
-// C = alpha A^T A + beta C (trans = "T"), one triangle of C.
-void DIFFCUT_F77(ssyrk_)(const char* uplo, const char* trans, const int* n, const int* k, const float* alpha,
-                         const float* a, const int* lda, const float* beta, float* c, const int* ldc,
-                         std::size_t uplo_len, std::size_t trans_len);
-// Selected eigenpairs of a symmetric matrix by MRRR.
-void DIFFCUT_F77(dsyevr_)(const char* jobz, const char* range, const char* uplo, const int* n, double* a,
-                          const int* lda, const double* vl, const double* vu, const int* il, const int* iu,
-                          const double* abstol, int* m, double* w, double* z, const int* ldz, int* isuppz,
-                          double* work, const int* lwork, int* iwork, const int* liwork, int* info,
-                          std::size_t jobz_len, std::size_t range_len, std::size_t uplo_len);
-}
+struct Lapack {
+  SsyrkFn ssyrk = nullptr;
+  DsyevrFn dsyevr = nullptr;
+};
+
+// The bound functions; throws Failure(Internal) if none are bound.
+const Lapack& lapack();
+// Bind other functions (both non-null).
+void bind_lapack(SsyrkFn ssyrk, DsyevrFn dsyevr);
+
+}  // namespace detail
+}  // namespace diffcut

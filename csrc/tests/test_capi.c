@@ -56,6 +56,8 @@ int main(void) {
                                          DIFFCUT_VERSION_PATCH);
   EXPECT(strcmp(diffcut_error_name(DIFFCUT_ERROR_NON_FINITE), "DIFFCUT_ERROR_NON_FINITE") == 0);
 
+  EXPECT_ERR(diffcut_bind_lapack(NULL, NULL), DIFFCUT_ERROR_NULL_POINTER);
+
   /* a run: two halves */
   EXPECT(diffcut_segment(f, h, w, c, NULL, 0.5, labels, n, &k) == DIFFCUT_OK);
   EXPECT(k == 2);

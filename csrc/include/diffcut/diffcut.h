@@ -66,6 +66,17 @@ DIFFCUT_API const char* diffcut_last_error(void);
 /* Name of an error code ("DIFFCUT_ERROR_NULL_POINTER", ...), "unknown" for other values. */
 DIFFCUT_API const char* diffcut_error_name(int code);
 
+/* BLAS/LAPACK: the library calls ssyrk and dsyevr through pointers with the Fortran argument lists (32-bit
+ * integers, no hidden string lengths). A CMake build binds the BLAS/LAPACK it was linked with; this rebinds them
+ * process-wide (e.g. to the library your application already uses). Not thread-safe against running calls. */
+typedef void (*diffcut_ssyrk_fn)(char* uplo, char* trans, int* n, int* k, float* alpha, float* a, int* lda,
+                                 float* beta, float* c, int* ldc);
+typedef void (*diffcut_dsyevr_fn)(char* jobz, char* range, char* uplo, int* n, double* a, int* lda, double* vl,
+                                  double* vu, int* il, int* iu, double* abstol, int* m, double* w, double* z,
+                                  int* ldz, int* isuppz, double* work, int* lwork, int* iwork, int* liwork,
+                                  int* info);
+DIFFCUT_API int diffcut_bind_lapack(diffcut_ssyrk_fn ssyrk, diffcut_dsyevr_fn dsyevr);
+
 /* Options: alpha = 10, tau_max = 1.0, compat = DIFFCUT_COMPAT_OFFICIAL, num_thresholds = 100. */
 DIFFCUT_API int diffcut_options_new(diffcut_options** out);
 DIFFCUT_API void diffcut_options_free(diffcut_options* options);
