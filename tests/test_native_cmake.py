@@ -114,3 +114,22 @@ def test_example_from_features(build_dir, tmp_path, kind, h, w):
     run = subprocess.run([str(build_dir / "diffcut_segment"), str(tmp_path / "bad.npy"), str(tmp_path / "x.npy")],
                          capture_output=True, text=True, env=_env())
     assert run.returncode == 1 and "NaN" in run.stderr and run.stderr.count("\n") == 1
+
+
+def test_readme_c_example_compiles_and_runs(build_dir, tmp_path):
+    """The README's "Use from C and C++" example, compiled as the README says and run."""
+    cc = shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
+    if cc is None:
+        pytest.skip("no C compiler")
+    with open(os.path.join(ROOT, "README.md")) as fh:
+        text = fh.read()
+    block = text.split("<!-- c-api-example -->", 1)[1].split("```c\n", 1)[1].split("```", 1)[0]
+    src = tmp_path / "segment.c"
+    src.write_text(block)
+    exe = tmp_path / "segment"
+    run = subprocess.run([cc, str(src), "-I", os.path.join(ROOT, "csrc", "include"), "-L", str(build_dir),
+                          "-ldiffcut", f"-Wl,-rpath,{build_dir}", "-o", str(exe)], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    run = subprocess.run([str(exe)], capture_output=True, text=True, env=_env())
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == "libdiffcut 0.1.0: 2 segments"
