@@ -1,0 +1,56 @@
+"""Native graph backend (the C++ core, ``graph_backend="native"``) against the numpy path, in one run.
+
+For each case of ``bench_graph.py`` (planted 1280-channel scenes, realistic photo features, real lite features),
+the calls alternate (A B C A B C ...): ``numpy`` (the default numpy path, ``solver="auto"``: dense up to 192 nodes,
+certified Lanczos above), ``numpy-dense`` (``solver="dense"``, the same solver as native) and ``native``. Reported:
+median seconds, the ratios numpy / native and numpy-dense / native, and whether native's labels equal each of
+theirs (label ids, not only partitions).
+
+    python benchmarks/bench_native.py [--grids 16,24,32,24x40] [--cases planted,photos,real] [--repeats 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+
+import bench_graph  # noqa: E402
+import diffcut_engine.graph as graph  # noqa: E402
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--grids", default="16,24,32,24x40")
+    ap.add_argument("--cases", default="planted,photos,real")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--compat", choices=("official", "clean"), default="official")
+    args = ap.parse_args(argv)
+    if not graph.native_available():
+        raise SystemExit("error: diffcut_engine._native is not built (pip install -e . with a C++17 compiler)")
+    args.grids = [bench_graph.parse_grid(g) for g in args.grids.split(",")]
+    args.tau = args.tau_real = None
+    print(f"{'case':18s} {'grid':7s} {'numpy s':>9s} {'dense s':>9s} {'native s':>9s} {'np/nat':>7s} "
+          f"{'dense/nat':>9s}  same labels (numpy, dense)")
+    for case in bench_graph.build_cases(args):
+        f, tau = case["feats"], case["tau"]
+
+        def call(**kw):
+            return lambda: graph.recursive_ncut(f, alpha=10.0, tau=tau, compat=args.compat, **kw)
+
+        out = bench_graph.interleaved({"numpy": call(graph_backend="numpy"),
+                                       "dense": call(graph_backend="numpy", solver="dense"),
+                                       "native": call(graph_backend="native")}, args.repeats)
+        (tn, _, ln), (td, _, ld), (tc, _, lc) = out["numpy"], out["dense"], out["native"]
+        print(f"{case['case']:18s} {case['grid']:7s} {tn:9.4f} {td:9.4f} {tc:9.4f} {tn / tc:7.2f} {td / tc:9.2f}  "
+              f"{np.array_equal(ln, lc)}, {np.array_equal(ld, lc)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
