@@ -1,10 +1,10 @@
 """Native graph backend (the C++ core, ``graph_backend="native"``) against the numpy path, in one run.
 
 For each case of ``bench_graph.py`` (planted 1280-channel scenes, realistic photo features, real lite features),
-the calls alternate (A B C A B C ...): ``numpy`` (the default numpy path, ``solver="auto"``: dense up to 192 nodes,
-certified Lanczos above), ``numpy-dense`` (``solver="dense"``, the same solver as native) and ``native``. Reported:
-median seconds, the ratios numpy / native and numpy-dense / native, and whether native's labels equal each of
-theirs (label ids, not only partitions).
+the calls alternate (A B C D A B C D ...): ``numpy`` (the default numpy path, ``solver="auto"``: dense up to 192
+nodes, certified Lanczos above), ``dense`` (the numpy path with ``solver="dense"``), ``native`` (``solver="auto"``,
+the C++ certified Lanczos above 192 nodes) and ``native-dense``. Reported: median seconds, the ratios numpy / native
+and dense / native-dense, and whether the labels are equal (label ids, not only partitions).
 
     python benchmarks/bench_native.py [--grids 16,24,32,24x40] [--cases planted,photos,real] [--repeats 3]
 """
@@ -35,8 +35,8 @@ def main(argv=None) -> int:
         raise SystemExit("error: diffcut_engine._native is not built (pip install -e . with a C++17 compiler)")
     args.grids = [bench_graph.parse_grid(g) for g in args.grids.split(",")]
     args.tau = args.tau_real = None
-    print(f"{'case':18s} {'grid':7s} {'numpy s':>9s} {'dense s':>9s} {'native s':>9s} {'np/nat':>7s} "
-          f"{'dense/nat':>9s}  same labels (numpy, dense)")
+    print(f"{'case':18s} {'grid':7s} {'numpy s':>9s} {'dense s':>9s} {'native s':>9s} {'nat-d s':>9s} "
+          f"{'np/nat':>7s} {'d/nat-d':>9s}  same labels (numpy vs native, dense vs native-dense)")
     for case in bench_graph.build_cases(args):
         f, tau = case["feats"], case["tau"]
 
@@ -45,10 +45,12 @@ def main(argv=None) -> int:
 
         out = bench_graph.interleaved({"numpy": call(graph_backend="numpy"),
                                        "dense": call(graph_backend="numpy", solver="dense"),
-                                       "native": call(graph_backend="native")}, args.repeats)
-        (tn, _, ln), (td, _, ld), (tc, _, lc) = out["numpy"], out["dense"], out["native"]
-        print(f"{case['case']:18s} {case['grid']:7s} {tn:9.4f} {td:9.4f} {tc:9.4f} {tn / tc:7.2f} {td / tc:9.2f}  "
-              f"{np.array_equal(ln, lc)}, {np.array_equal(ld, lc)}")
+                                       "native": call(graph_backend="native"),
+                                       "native-dense": call(graph_backend="native", solver="dense")}, args.repeats)
+        (tn, _, ln), (td, _, ld) = out["numpy"], out["dense"]
+        (tc, _, lc), (tcd, _, lcd) = out["native"], out["native-dense"]
+        print(f"{case['case']:18s} {case['grid']:7s} {tn:9.4f} {td:9.4f} {tc:9.4f} {tcd:9.4f} {tn / tc:7.2f} "
+              f"{td / tcd:9.2f}  {np.array_equal(ln, lc)}, {np.array_equal(ld, lcd)}")
     return 0
 
 

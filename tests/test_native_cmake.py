@@ -93,7 +93,7 @@ def test_example_matches_numpy_on_the_same_affinity(build_dir, tmp_path, family,
     f = FAMILIES[family](photo, h, w)
     W = affinity_from_tokens(l2_normalize(as_token_matrix(f)[0]), 10.0)
     for compat in ("official", "clean"):
-        got = _segment(build_dir, tmp_path, W, "--affinity", "--compat", compat, "--tau",
+        got = _segment(build_dir, tmp_path, W, "--affinity", "--compat", compat, "--solver", "dense", "--tau",
                        ",".join(map(str, TAUS)))
         assert got.dtype == np.int32 and got.shape == (len(TAUS), h * w)
         assert np.array_equal(got, _reference(f, compat).reshape(len(TAUS), h * w)), compat
@@ -103,7 +103,8 @@ def test_example_matches_numpy_on_the_same_affinity(build_dir, tmp_path, family,
 def test_example_from_features(build_dir, tmp_path, kind, h, w):
     f = planted_features(planted_regions(h, w, kind), noise=0.5, seed=1)
     for compat in ("official", "clean"):
-        got = _segment(build_dir, tmp_path, f, "--compat", compat, "--tau", ",".join(map(str, TAUS)))
+        got = _segment(build_dir, tmp_path, f, "--compat", compat, "--solver", "dense", "--tau",
+                       ",".join(map(str, TAUS)))
         assert got.shape == (len(TAUS), h, w)
         assert np.array_equal(got, _reference(f, compat)), compat
     # one tau: a (h, w) map; bad input: a one-line error and exit code 1

@@ -1,7 +1,7 @@
 // diffcut_segment: features (.npy, (h, w, C) float32/float64) in, labels (.npy, int32) out, through the C++ API.
 //
 //   diffcut_segment FEATURES.npy LABELS.npy [--tau 0.5[,0.3,...]] [--alpha 10] [--compat official|clean]
-//                   [--affinity]
+//                   [--solver auto|dense] [--affinity]
 //
 // With several taus, one tree is built (tau_max = the largest) and cut at each: LABELS.npy is (T, h, w).
 // --affinity: the input is an (N, N) affinity instead of features; the labels are (N,) (or (T, N)).
@@ -17,7 +17,7 @@
 static int usage() {
   std::fprintf(stderr,
                "usage: diffcut_segment FEATURES.npy LABELS.npy [--tau T[,T...]] [--alpha A] "
-               "[--compat official|clean] [--affinity]\n");
+               "[--compat official|clean] [--solver auto|dense] [--affinity]\n");
   return 2;
 }
 
@@ -50,6 +50,11 @@ int main(int argc, char** argv) {
         if (v == "official") options.compat = diffcut::Compat::Official;
         else if (v == "clean") options.compat = diffcut::Compat::Clean;
         else throw std::runtime_error("unknown compat " + v + "; choose official or clean");
+      } else if (a == "--solver") {
+        std::string v = next();
+        if (v == "auto") options.solver = diffcut::Solver::Auto;
+        else if (v == "dense") options.solver = diffcut::Solver::Dense;
+        else throw std::runtime_error("unknown solver " + v + "; choose auto or dense");
       } else if (a == "--affinity") {
         affinity = true;
       } else {

@@ -19,7 +19,8 @@ namespace {
 
 using FloatArray = py::array_t<float, py::array::c_style | py::array::forcecast>;
 
-Options make_options(double alpha, double tau_max, const std::string& compat, int num_thresholds) {
+Options make_options(double alpha, double tau_max, const std::string& compat, int num_thresholds,
+                     const std::string& solver) {
   Options o;
   o.alpha = alpha;
   o.tau_max = tau_max;
@@ -28,6 +29,9 @@ Options make_options(double alpha, double tau_max, const std::string& compat, in
   else throw py::value_error("the native graph backend supports compat 'official' and 'clean', not '" + compat + "'");
   if (num_thresholds < 2) throw py::value_error("num_thresholds must be >= 2");
   o.num_thresholds = num_thresholds;
+  if (solver == "auto") o.solver = Solver::Auto;
+  else if (solver == "dense") o.solver = Solver::Dense;
+  else throw py::value_error("the native graph backend has the solvers 'auto' and 'dense', not '" + solver + "'");
   return o;
 }
 
@@ -73,18 +77,20 @@ auto translated(F&& body) -> decltype(body()) {
 }  // namespace
 
 PYBIND11_MODULE(_native, m) {
-  m.doc() = "The C++ core of diffcut-engine (csrc/): affinity and recursive NCut tree, dense LAPACK solver.";
+  m.doc() = "The C++ core of diffcut-engine (csrc/): affinity and recursive NCut tree, dense LAPACK and certified Lanczos solvers.";
   m.attr("version") = diffcut_version();
 
   m.def(
       "bind_lapack",
-      [](std::uintptr_t ssyrk, std::uintptr_t dsyevr) {
+      [](std::uintptr_t ssyrk, std::uintptr_t dsyevr, std::uintptr_t dsymv) {
         translated([&] {
-          bind_lapack(reinterpret_cast<SsyrkFn>(ssyrk), reinterpret_cast<DsyevrFn>(dsyevr));
+          bind_lapack(reinterpret_cast<SsyrkFn>(ssyrk), reinterpret_cast<DsyevrFn>(dsyevr),
+                      reinterpret_cast<DsymvFn>(dsymv));
           return 0;
         });
       },
-      py::arg("ssyrk"), py::arg("dsyevr"), "Bind ssyrk and dsyevr (addresses of Fortran-ABI functions).");
+      py::arg("ssyrk"), py::arg("dsyevr"), py::arg("dsymv"),
+      "Bind ssyrk, dsyevr and dsymv (addresses of Fortran-ABI functions).");
 
   m.def(
       "affinity",
@@ -105,9 +111,10 @@ PYBIND11_MODULE(_native, m) {
 
   m.def(
       "tree_from_tokens",
-      [](FloatArray tokens, double alpha, double tau_max, const std::string& compat, int num_thresholds) {
+      [](FloatArray tokens, double alpha, double tau_max, const std::string& compat, int num_thresholds,
+         const std::string& solver) {
         if (tokens.ndim() != 2) throw py::value_error("tokens must be (N, C)");
-        const Options o = make_options(alpha, tau_max, compat, num_thresholds);
+        const Options o = make_options(alpha, tau_max, compat, num_thresholds, solver);
         const std::int64_t n = tokens.shape(0), c = tokens.shape(1);
         const float* x = tokens.data();
         Tree tree = translated([&] {
@@ -119,13 +126,13 @@ PYBIND11_MODULE(_native, m) {
         return tree_arrays(tree);
       },
       py::arg("tokens"), py::arg("alpha"), py::arg("tau_max"), py::arg("compat"), py::arg("num_thresholds"),
-      "The recursive NCut tree of L2-normalised (N, C) float32 tokens, as flat arrays.");
+      py::arg("solver") = "auto", "The recursive NCut tree of L2-normalised (N, C) float32 tokens, as flat arrays.");
 
   m.def(
       "tree_from_affinity",
-      [](FloatArray W, double tau_max, const std::string& compat, int num_thresholds) {
+      [](FloatArray W, double tau_max, const std::string& compat, int num_thresholds, const std::string& solver) {
         if (W.ndim() != 2 || W.shape(0) != W.shape(1)) throw py::value_error("affinity must be (N, N)");
-        const Options o = make_options(10.0, tau_max, compat, num_thresholds);
+        const Options o = make_options(10.0, tau_max, compat, num_thresholds, solver);
         const std::int64_t n = W.shape(0);
         const float* w = W.data();
         Tree tree = translated([&] {
@@ -135,5 +142,5 @@ PYBIND11_MODULE(_native, m) {
         return tree_arrays(tree);
       },
       py::arg("affinity"), py::arg("tau_max"), py::arg("compat"), py::arg("num_thresholds"),
-      "The recursive NCut tree of an (N, N) float32 affinity, as flat arrays.");
+      py::arg("solver") = "auto", "The recursive NCut tree of an (N, N) float32 affinity, as flat arrays.");
 }

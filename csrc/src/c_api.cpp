@@ -122,8 +122,8 @@ const char* diffcut_error_name(int code) {
   }
 }
 
-int diffcut_bind_lapack(diffcut_ssyrk_fn ssyrk, diffcut_dsyevr_fn dsyevr) {
-  return guarded([&] { diffcut::detail::bind_lapack(ssyrk, dsyevr); });
+int diffcut_bind_lapack(diffcut_ssyrk_fn ssyrk, diffcut_dsyevr_fn dsyevr, diffcut_dsymv_fn dsymv) {
+  return guarded([&] { diffcut::detail::bind_lapack(ssyrk, dsyevr, dsymv); });
 }
 
 int diffcut_options_new(diffcut_options** out) {
@@ -169,6 +169,16 @@ int diffcut_options_set_num_thresholds(diffcut_options* options, int num_thresho
       throw Failure(Code::InvalidArgument, "num_thresholds must be an integer >= 2, got " +
                                                std::to_string(num_thresholds));
     options->value.num_thresholds = num_thresholds;
+  });
+}
+
+int diffcut_options_set_solver(diffcut_options* options, int solver) {
+  return guarded([&] {
+    require(options, "options");
+    if (solver != DIFFCUT_SOLVER_AUTO && solver != DIFFCUT_SOLVER_DENSE)
+      throw Failure(Code::InvalidArgument, "unknown solver " + std::to_string(solver) +
+                                               "; choose DIFFCUT_SOLVER_AUTO (0) or DIFFCUT_SOLVER_DENSE (1)");
+    options->value.solver = static_cast<diffcut::detail::Solver>(solver);
   });
 }
 

@@ -21,12 +21,16 @@ class Failure : public std::runtime_error {
 };
 
 enum class Compat { Official = 0, Clean = 1 };
+// auto: dense up to kAutoDenseMax nodes, above certified Lanczos (dense where it cannot certify); dense: always.
+enum class Solver { Auto = 0, Dense = 1 };
+constexpr std::int64_t kAutoDenseMax = 192;
 
 struct Options {
   double alpha = 10.0;
   double tau_max = 1.0;
   Compat compat = Compat::Official;
   int num_thresholds = 100;
+  Solver solver = Solver::Auto;
 };
 
 // epsilon of torch.nn.functional.normalize: a zero token stays zero.
@@ -65,6 +69,12 @@ struct Tree {
 
 // The recursive NCut tree of an affinity W (n x n, row-major float32), depth first with the dense solver.
 Tree build_tree(const float* W, std::int64_t n, const Options& options);
+
+// u2 (unit, orthogonal to sqrt(d)) of M = D^-1/2 A D^-1/2 by Lanczos with the Davis-Kahan certificate of
+// diffcut_engine.graph.eigen._lanczos (sin angle(u, u2) < 1e-6), or false where it cannot certify. A is (m x m)
+// row-major and symmetric; warm (may be empty) approximates y = D^-1/2 u2.
+bool lanczos_fiedler(const std::vector<double>& A, const std::vector<double>& d, std::int64_t m,
+                     const std::vector<double>& warm, std::vector<double>& u);
 
 // numpy's pairwise summation of a contiguous float64 array (the order numpy's sum along a row uses).
 double pairwise_sum(const double* a, std::int64_t n);

@@ -23,6 +23,9 @@ void DIFFCUT_F77(dsyevr_)(const char* jobz, const char* range, const char* uplo,
                           const double* abstol, int* m, double* w, double* z, const int* ldz, int* isuppz,
                           double* work, const int* lwork, int* iwork, const int* liwork, int* info,
                           std::size_t jobz_len, std::size_t range_len, std::size_t uplo_len);
+void DIFFCUT_F77(dsymv_)(const char* uplo, const int* n, const double* alpha, const double* a, const int* lda,
+                         const double* x, const int* incx, const double* beta, double* y, const int* incy,
+                         std::size_t uplo_len);
 }
 
 namespace {
@@ -36,6 +39,10 @@ void linked_dsyevr(char* jobz, char* range, char* uplo, int* n, double* a, int* 
   DIFFCUT_F77(dsyevr_)(jobz, range, uplo, n, a, lda, vl, vu, il, iu, abstol, m, w, z, ldz, isuppz, work, lwork,
                        iwork, liwork, info, 1, 1, 1);
 }
+void linked_dsymv(char* uplo, int* n, double* alpha, double* a, int* lda, double* x, int* incx, double* beta,
+                  double* y, int* incy) {
+  DIFFCUT_F77(dsymv_)(uplo, n, alpha, a, lda, x, incx, beta, y, incy, 1);
+}
 }  // namespace
 #endif
 
@@ -45,7 +52,7 @@ namespace detail {
 namespace {
 Lapack& bound() {
 #ifdef DIFFCUT_LINKED_BLAS
-  static Lapack value{linked_ssyrk, linked_dsyevr};
+  static Lapack value{linked_ssyrk, linked_dsyevr, linked_dsymv};
 #else
   static Lapack value;
 #endif
@@ -55,14 +62,14 @@ Lapack& bound() {
 
 const Lapack& lapack() {
   const Lapack& l = bound();
-  if (!l.ssyrk || !l.dsyevr)
+  if (!l.ssyrk || !l.dsyevr || !l.dsymv)
     throw Failure(Code::Internal, "no BLAS/LAPACK bound: call diffcut_bind_lapack first");
   return l;
 }
 
-void bind_lapack(SsyrkFn ssyrk, DsyevrFn dsyevr) {
-  if (!ssyrk || !dsyevr) throw Failure(Code::NullPointer, "ssyrk and dsyevr must not be NULL");
-  bound() = Lapack{ssyrk, dsyevr};
+void bind_lapack(SsyrkFn ssyrk, DsyevrFn dsyevr, DsymvFn dsymv) {
+  if (!ssyrk || !dsyevr || !dsymv) throw Failure(Code::NullPointer, "ssyrk, dsyevr and dsymv must not be NULL");
+  bound() = Lapack{ssyrk, dsyevr, dsymv};
 }
 
 }  // namespace detail

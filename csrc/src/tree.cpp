@@ -47,9 +47,8 @@ namespace {
 
 constexpr double kInf = std::numeric_limits<double>::infinity();
 
-// y = D^-1/2 u2 of the (m x m, row-major) affinity A with degrees d, sign-fixed.
-void fiedler_dense(const std::vector<double>& A, const std::vector<double>& d, std::int64_t m,
-                   std::vector<double>& y) {
+// u2 of the (m x m, row-major) affinity A with degrees d by dsyevr (eigenpairs 1..2 of the normalised Laplacian).
+void dense_u2(const std::vector<double>& A, const std::vector<double>& d, std::int64_t m, std::vector<double>& u2) {
   std::vector<double> dis(m);
   for (std::int64_t i = 0; i < m; ++i) dis[i] = 1.0 / std::sqrt(d[i]);
   // L = (D^-1/2 (D - A)) D^-1/2 row by row as numpy computes it; LAPACK reads the lower triangle of the
@@ -82,8 +81,13 @@ void fiedler_dense(const std::vector<double>& A, const std::vector<double>& d, s
   if (info != 0 || found != 2)
     throw Failure(Code::Lapack, "dsyevr failed on a subgraph of " + std::to_string(m) + " nodes (info " +
                                     std::to_string(info) + ")");
+  u2.assign(z.begin() + m, z.begin() + 2 * m);  // second eigenvector (column 1)
+}
+
+// y = D^-1/2 u, its first entry of (near-)largest magnitude made positive.
+void fiedler_from_u(const std::vector<double>& u, const std::vector<double>& d, std::int64_t m,
+                    std::vector<double>& y) {
   y.resize(m);
-  const double* u = z.data() + m;  // second eigenvector (column 1)
   double amax = 0.0;
   for (std::int64_t i = 0; i < m; ++i) {
     y[i] = (1.0 / std::sqrt(d[i])) * u[i];
@@ -210,6 +214,7 @@ void score(const std::vector<double>& A, const std::vector<double>& d, const std
 struct Pending {
   std::int32_t node;
   std::vector<double> degrees;  // from the parent's bin sums; empty: summed when solved
+  std::vector<double> warm;     // the parent's vector on this node's solved nodes (iterative solver's start)
 };
 
 }  // namespace
@@ -243,8 +248,8 @@ Tree build_tree(const float* W, std::int64_t n, const Options& options) {
   tree.nodes.push_back(std::move(root));
 
   std::vector<Pending> stack;
-  stack.push_back({0, {}});
-  std::vector<double> A, d, y;
+  stack.push_back({0, {}, {}});
+  std::vector<double> A, d, y, u;
   Split split;
   while (!stack.empty()) {
     Pending item = std::move(stack.back());
@@ -276,7 +281,9 @@ Tree build_tree(const float* W, std::int64_t n, const Options& options) {
     bool isolated = false;
     for (std::int64_t a = 0; a < m; ++a) isolated |= !(d[a] > 0);
     if (isolated) continue;  // an all-zero row: no meaningful Laplacian (a leaf)
-    fiedler_dense(A, d, m, y);
+    const bool iterative = options.solver == Solver::Auto && m > kAutoDenseMax && m >= 32;
+    if (!(iterative && lanczos_fiedler(A, d, m, item.warm, u))) dense_u2(A, d, m, u);
+    fiedler_from_u(u, d, m, y);
     score(A, d, y, m, options.num_thresholds, split);
     tree.nodes[id].value = split.value;
     if (!(split.value < options.tau_max)) continue;
@@ -290,10 +297,11 @@ Tree build_tree(const float* W, std::int64_t n, const Options& options) {
       for (std::int32_t i : idx) dropped |= zero_row[i] != 0;
     Node one, zero;
     one.depth = zero.depth = depth + 1;
-    std::vector<double> d_one, d_zero;
+    std::vector<double> d_one, d_zero, warm_one, warm_zero;
     for (std::int64_t a = 0; a < m; ++a) {
       const bool side = split.bins[a] > best;
       (side ? one : zero).indices.push_back(idx[a]);
+      if (!dropped || !zero_row[idx[a]]) (side ? warm_one : warm_zero).push_back(y[a]);
       if (dropped) continue;
       double acc = 0.0;
       if (side) {
@@ -309,8 +317,8 @@ Tree build_tree(const float* W, std::int64_t n, const Options& options) {
     tree.nodes.push_back(std::move(zero));
     tree.nodes[id].one = one_id;
     tree.nodes[id].zero = one_id + 1;
-    stack.push_back({one_id + 1, std::move(d_zero)});
-    stack.push_back({one_id, std::move(d_one)});
+    stack.push_back({one_id + 1, std::move(d_zero), std::move(warm_zero)});
+    stack.push_back({one_id, std::move(d_one), std::move(warm_one)});
   }
   return tree;
 }

@@ -56,7 +56,7 @@ int main(void) {
                                          DIFFCUT_VERSION_PATCH);
   EXPECT(strcmp(diffcut_error_name(DIFFCUT_ERROR_NON_FINITE), "DIFFCUT_ERROR_NON_FINITE") == 0);
 
-  EXPECT_ERR(diffcut_bind_lapack(NULL, NULL), DIFFCUT_ERROR_NULL_POINTER);
+  EXPECT_ERR(diffcut_bind_lapack(NULL, NULL, NULL), DIFFCUT_ERROR_NULL_POINTER);
 
   /* a run: two halves */
   EXPECT(diffcut_segment(f, h, w, c, NULL, 0.5, labels, n, &k) == DIFFCUT_OK);
@@ -75,6 +75,8 @@ int main(void) {
   EXPECT_ERR(diffcut_options_set_tau_max(opts, INFINITY), DIFFCUT_ERROR_INVALID_ARGUMENT);
   EXPECT_ERR(diffcut_options_set_compat(opts, 7), DIFFCUT_ERROR_INVALID_ARGUMENT);
   EXPECT_ERR(diffcut_options_set_num_thresholds(opts, 1), DIFFCUT_ERROR_INVALID_ARGUMENT);
+  EXPECT_ERR(diffcut_options_set_solver(opts, 5), DIFFCUT_ERROR_INVALID_ARGUMENT);
+  EXPECT_ERR(diffcut_options_set_solver(NULL, DIFFCUT_SOLVER_DENSE), DIFFCUT_ERROR_NULL_POINTER);
   EXPECT(diffcut_options_set_tau_max(opts, 0.6) == DIFFCUT_OK);
   EXPECT(diffcut_options_set_compat(opts, DIFFCUT_COMPAT_CLEAN) == DIFFCUT_OK);
 

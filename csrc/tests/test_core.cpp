@@ -130,6 +130,18 @@ int main() {
     EXPECT(dropped >= 2);
     EXPECT(same_partition(kept_regions, kept_labels));
   }
+  // the certified Lanczos solver (auto, above 192 nodes) gives the dense solver's labels
+  for (auto [h, w] : std::vector<std::pair<int, int>>{{16, 16}, {20, 24}}) {
+    std::vector<int> regions;
+    const auto f = planted(h, w, 32, regions, 11u + w, 0.8);
+    diffcut::Options o;
+    o.tau_max = 0.8;
+    const diffcut::Tree lanczos(f.data(), h, w, 32, o);
+    o.solver = diffcut::Solver::Dense;
+    const diffcut::Tree dense(f.data(), h, w, 32, o);
+    EXPECT(lanczos.split_values().size() >= 3);
+    for (double tau : {0.2, 0.5, 0.8}) EXPECT(lanczos.cut(tau) == dense.cut(tau));
+  }
   // every cut of a tree equals the tree built at that tau, and the numbering is the official one
   for (unsigned seed : {3u, 4u}) {
     const int h = 14, w = 11, c = 12;

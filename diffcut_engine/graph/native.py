@@ -1,12 +1,14 @@
 """The native graph backend: the C++ core (``csrc/``), built by the package install as ``diffcut_engine._native``.
 
-It runs the same recursion as :mod:`.host` with the dense solver (``solver="dense"``): L2 normalisation here
-(numpy), then in C++ the affinity (ssyrk, min-max, power), the zero-row rule of ``compat="official"``, LAPACK
-``dsyevr`` per subgraph, the 100 thresholds scored from bin sums, pre-order. The extension links no BLAS: it is
-bound here to SciPy's own ``ssyrk`` and ``dsyevr`` (``scipy.linalg.cython_blas`` / ``cython_lapack``), the
-functions the numpy path calls, and its floating-point operations follow the numpy code's order, so the trees are
-the numpy dense path's (tests/test_native.py compares partitions and label ids). Selection:
-:func:`resolve_graph_backend`.
+It runs the same recursion as :mod:`.host`: L2 normalisation here (numpy), then in C++ the affinity (ssyrk,
+min-max, power), the zero-row rule of ``compat="official"``, the Fiedler vector (``solver="dense"``: LAPACK
+``dsyevr`` per subgraph; ``"auto"``: dense up to 192 nodes, above the certified Lanczos of
+:func:`~diffcut_engine.graph.eigen.fiedler_vector` with the dense fallback), the 100 thresholds scored from bin
+sums, pre-order. The extension links no BLAS: it is bound here to SciPy's own ``ssyrk``, ``dsyevr`` and ``dsymv``
+(``scipy.linalg.cython_blas`` / ``cython_lapack``), the functions the numpy path calls, and its floating-point
+operations follow the numpy code's order, so with ``solver="dense"`` the trees are the numpy dense path's bit for
+bit; with ``"auto"`` both backends' vectors are certified within 1e-6 of the dense one (tests/test_native.py
+compares partitions and label ids). Selection: :func:`resolve_graph_backend`.
 """
 
 from __future__ import annotations
@@ -20,10 +22,10 @@ import numpy as np
 from ..errors import BackendUnavailableError, InputError
 from .tree import NCutNode, NCutTree
 from .validation import check_graph_backend
-#: ``auto`` takes the native backend up to this many tokens: there both backends run the dense solver (the numpy
-#: path's ``solver="auto"`` is ``dense`` up to ``eigen.AUTO_DENSE_MAX`` nodes); above, the numpy path's certified
-#: Lanczos is faster than a dense solve, which is all the native core has so far.
-NATIVE_AUTO_MAX_TOKENS = 192
+#: ``auto`` takes the native backend up to this many tokens (32 x 32), where it was measured at least as fast as
+#: the numpy path (benchmarks/RESULTS.md); above, the numpy path's leaf bounds (subgraphs proved leaves without an
+#: eigensolve), which the native core does not have yet, make it faster.
+NATIVE_AUTO_MAX_TOKENS = 1024
 #: compat modes the native core implements.
 NATIVE_COMPAT = ("official", "clean")
 NATIVE_MODULE = "diffcut_engine._native"
@@ -54,7 +56,8 @@ def _load():
                 from scipy.linalg import cython_blas, cython_lapack
 
                 module.bind_lapack(_capsule_address(cython_blas.__pyx_capi__["ssyrk"]),
-                                   _capsule_address(cython_lapack.__pyx_capi__["dsyevr"]))
+                                   _capsule_address(cython_lapack.__pyx_capi__["dsyevr"]),
+                                   _capsule_address(cython_blas.__pyx_capi__["dsymv"]))
                 _loaded["module"] = module
         return _loaded["module"]
 
@@ -96,8 +99,7 @@ def resolve_graph_backend(backend: str, *, on_device: bool, compat: str, solver:
             raise InputError(f"graph_backend='native' supports compat {' and '.join(NATIVE_COMPAT)}, "
                              f"not {compat!r}")
         if solver not in ("auto", "dense"):
-            raise InputError(f"graph_backend='native' has the dense solver only (solver='auto' or 'dense'), "
-                             f"not {solver!r}")
+            raise InputError(f"graph_backend='native' has the solvers solver='auto' or 'dense', not {solver!r}")
     return backend
 
 
@@ -113,18 +115,18 @@ def tree_from_arrays(arrays, shape, tau_max: float, compat: str) -> NCutTree:
 
 
 def native_tree(tokens: np.ndarray, grid, *, alpha: float, tau_max: float, compat: str,
-                num_thresholds: int) -> NCutTree:
+                num_thresholds: int, solver: str = "auto") -> NCutTree:
     """The tree of L2-normalised (N, C) float32 tokens (validated options) by the C++ core."""
     arrays = require_native().tree_from_tokens(np.ascontiguousarray(tokens, dtype=np.float32), float(alpha),
-                                               float(tau_max), compat, int(num_thresholds))
+                                               float(tau_max), compat, int(num_thresholds), solver)
     return tree_from_arrays(arrays, grid, tau_max, compat)
 
 
 def native_tree_affinity(W: np.ndarray, *, tau_max: float, compat: str, num_thresholds: int,
-                         shape=None) -> NCutTree:
+                         shape=None, solver: str = "auto") -> NCutTree:
     """The tree of a validated (N, N) affinity (float32) by the C++ core."""
     W = np.ascontiguousarray(W, dtype=np.float32)
-    arrays = require_native().tree_from_affinity(W, float(tau_max), compat, int(num_thresholds))
+    arrays = require_native().tree_from_affinity(W, float(tau_max), compat, int(num_thresholds), solver)
     return tree_from_arrays(arrays, shape or (W.shape[0],), tau_max, compat)
 
 

@@ -70,7 +70,8 @@ def build_tree(W, *, tau_max: float, compat: str = DEFAULT_COMPAT, solver: str =
     if backend == "native":
         if np.any(W < 0):
             raise InputError("affinity must be non-negative")
-        return native_tree_affinity(W, tau_max=tau_max, compat=compat, num_thresholds=num_thresholds, shape=shape)
+        return native_tree_affinity(W, tau_max=tau_max, compat=compat, num_thresholds=num_thresholds, shape=shape,
+                                    solver=solver)
     return host_tree(W, tau_max=tau_max, compat=compat, solver=solver, num_thresholds=num_thresholds,
                      shape=shape, leaf_bounds=leaf_bounds)
 
@@ -140,7 +141,7 @@ def ncut_tree(features, *, alpha: float = 10.0, tau_max: float = 1.0, compat: st
     if backend == "native":
         tokens, grid = as_token_matrix(features)
         return native_tree(l2_normalize(tokens), grid, alpha=alpha, tau_max=tau_max, compat=compat,
-                           num_thresholds=num_thresholds)
+                           num_thresholds=num_thresholds, solver=solver)
     W, grid = _affinity_of(features, alpha, compat)  # finite by construction (the features were checked)
     return host_tree(W, tau_max=tau_max, compat=compat, solver=solver, num_thresholds=num_thresholds,
                      shape=grid, leaf_bounds=True, owned=compat != "official-float32")
@@ -186,7 +187,7 @@ def recursive_ncut(features, *, alpha: float = 10.0, tau: float = 0.5, compat: s
         ``native``: the C++ core (``diffcut_engine._native``, built by the package install; the dense solver,
         ``compat`` ``official`` or ``clean``); ``numpy``: this module's host path; ``cupy``: the device path.
         ``auto``: ``cupy`` for device features, else ``native`` when it is built and applies (see
-        :func:`~diffcut_engine.graph.native.resolve_graph_backend`: grids up to 192 tokens for now), else
+        :func:`~diffcut_engine.graph.native.resolve_graph_backend`: grids up to 32 x 32 tokens for now), else
         ``numpy``. The backends give the same partitions and label ids.
 
     Returns

@@ -54,6 +54,11 @@ extern "C" {
 #define DIFFCUT_COMPAT_OFFICIAL 0 /* the default: the official zero-row rule below the root */
 #define DIFFCUT_COMPAT_CLEAN 1    /* plain index sets */
 
+/* solvers of the Fiedler vector (diffcut_engine.graph's solver=): */
+#define DIFFCUT_SOLVER_AUTO 0  /* the default: dense up to 192 nodes, above certified Lanczos (dense where it cannot
+                                  certify): the vector is within 1e-6 (angle) of the dense one */
+#define DIFFCUT_SOLVER_DENSE 1 /* LAPACK dsyevr on every subgraph */
+
 typedef struct diffcut_options diffcut_options;
 typedef struct diffcut_tree diffcut_tree;
 
@@ -66,7 +71,7 @@ DIFFCUT_API const char* diffcut_last_error(void);
 /* Name of an error code ("DIFFCUT_ERROR_NULL_POINTER", ...), "unknown" for other values. */
 DIFFCUT_API const char* diffcut_error_name(int code);
 
-/* BLAS/LAPACK: the library calls ssyrk and dsyevr through pointers with the Fortran argument lists (32-bit
+/* BLAS/LAPACK: the library calls ssyrk, dsyevr and dsymv through pointers with the Fortran argument lists (32-bit
  * integers, no hidden string lengths). A CMake build binds the BLAS/LAPACK it was linked with; this rebinds them
  * process-wide (e.g. to the library your application already uses). Not thread-safe against running calls. */
 typedef void (*diffcut_ssyrk_fn)(char* uplo, char* trans, int* n, int* k, float* alpha, float* a, int* lda,
@@ -75,15 +80,19 @@ typedef void (*diffcut_dsyevr_fn)(char* jobz, char* range, char* uplo, int* n, d
                                   double* vu, int* il, int* iu, double* abstol, int* m, double* w, double* z,
                                   int* ldz, int* isuppz, double* work, int* lwork, int* iwork, int* liwork,
                                   int* info);
-DIFFCUT_API int diffcut_bind_lapack(diffcut_ssyrk_fn ssyrk, diffcut_dsyevr_fn dsyevr);
+typedef void (*diffcut_dsymv_fn)(char* uplo, int* n, double* alpha, double* a, int* lda, double* x, int* incx,
+                                 double* beta, double* y, int* incy);
+DIFFCUT_API int diffcut_bind_lapack(diffcut_ssyrk_fn ssyrk, diffcut_dsyevr_fn dsyevr, diffcut_dsymv_fn dsymv);
 
-/* Options: alpha = 10, tau_max = 1.0, compat = DIFFCUT_COMPAT_OFFICIAL, num_thresholds = 100. */
+/* Options: alpha = 10, tau_max = 1.0, compat = DIFFCUT_COMPAT_OFFICIAL, num_thresholds = 100,
+ * solver = DIFFCUT_SOLVER_AUTO. */
 DIFFCUT_API int diffcut_options_new(diffcut_options** out);
 DIFFCUT_API void diffcut_options_free(diffcut_options* options);
 DIFFCUT_API int diffcut_options_set_alpha(diffcut_options* options, double alpha);     /* finite, > 0 */
 DIFFCUT_API int diffcut_options_set_tau_max(diffcut_options* options, double tau_max); /* finite, > 0 */
 DIFFCUT_API int diffcut_options_set_compat(diffcut_options* options, int compat);
 DIFFCUT_API int diffcut_options_set_num_thresholds(diffcut_options* options, int num_thresholds); /* >= 2 */
+DIFFCUT_API int diffcut_options_set_solver(diffcut_options* options, int solver);
 
 /* W (n x n, row-major float32, n = num_tokens) of L2-normalised tokens; capacity >= n * n. */
 DIFFCUT_API int diffcut_affinity(const float* tokens, int64_t num_tokens, int64_t channels, double alpha,

@@ -26,12 +26,14 @@ inline void check(int code) {
 }
 
 enum class Compat { Official = DIFFCUT_COMPAT_OFFICIAL, Clean = DIFFCUT_COMPAT_CLEAN };
+enum class Solver { Auto = DIFFCUT_SOLVER_AUTO, Dense = DIFFCUT_SOLVER_DENSE };
 
 struct Options {
   double alpha = 10.0;
   double tau_max = 1.0;
   Compat compat = Compat::Official;
   int num_thresholds = 100;
+  Solver solver = Solver::Auto;
 };
 
 namespace handles {
@@ -44,6 +46,7 @@ struct OptionsHandle {
       check(diffcut_options_set_tau_max(ptr, o.tau_max));
       check(diffcut_options_set_compat(ptr, static_cast<int>(o.compat)));
       check(diffcut_options_set_num_thresholds(ptr, o.num_thresholds));
+      check(diffcut_options_set_solver(ptr, static_cast<int>(o.solver)));
     } catch (...) {
       diffcut_options_free(ptr);
       throw;
