@@ -35,12 +35,13 @@ Options make_options(double alpha, double tau_max, const std::string& compat, in
   return o;
 }
 
-// The tree as flat arrays: indices (concatenated), offsets, depth, value, one, zero (-1 for a leaf).
+// The tree as flat arrays: indices (concatenated), offsets, depth, value, one, zero (-1 for a leaf), exact.
 py::tuple tree_arrays(const Tree& tree) {
   const std::size_t count = tree.nodes.size();
   std::size_t total = 0;
   for (const Node& node : tree.nodes) total += node.indices.size();
   py::array_t<std::int32_t> indices(total), depth(count), one(count), zero(count);
+  py::array_t<bool> exact(count);
   py::array_t<std::int64_t> offsets(count + 1);
   py::array_t<double> value(count);
   auto ix = indices.mutable_unchecked<1>();
@@ -49,6 +50,7 @@ py::tuple tree_arrays(const Tree& tree) {
   auto va = value.mutable_unchecked<1>();
   auto on = one.mutable_unchecked<1>();
   auto ze = zero.mutable_unchecked<1>();
+  auto ex = exact.mutable_unchecked<1>();
   std::size_t p = 0;
   for (std::size_t i = 0; i < count; ++i) {
     const Node& node = tree.nodes[i];
@@ -58,9 +60,10 @@ py::tuple tree_arrays(const Tree& tree) {
     va(i) = node.value;
     on(i) = node.one;
     ze(i) = node.zero;
+    ex(i) = node.exact;
   }
   of(count) = static_cast<std::int64_t>(p);
-  return py::make_tuple(indices, offsets, depth, value, one, zero);
+  return py::make_tuple(indices, offsets, depth, value, one, zero, exact);
 }
 
 template <class F>

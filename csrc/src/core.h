@@ -52,6 +52,7 @@ struct Node {
   int depth = 0;
   double value = std::numeric_limits<double>::infinity();  // NCut of the best split (inf: fewer than 2 nodes)
   std::int32_t one = -1, zero = -1;  // children (indices into Tree::nodes) when the split was accepted
+  bool exact = true;  // false: a leaf whose value is only a lower bound (>= tau_max) on its best split's NCut
   bool is_split() const { return one >= 0; }
 };
 

@@ -46,6 +46,28 @@ double pairwise_sum(const double* a, std::int64_t n) {
 namespace {
 
 constexpr double kInf = std::numeric_limits<double>::infinity();
+// A subgraph is a leaf without solving when its spectral lower bound is at least tau_max plus this margin.
+constexpr double kLeafBoundMargin = 1e-9;
+
+// A rigorous lower bound on the NCut of every bipartition (graph/eigen.py spectral_lower_bound, its O(n^2) form):
+// NCut >= 1 - mu_2 and mu_2 <= sqrt(||M||_F^2 - 1), M = D^-1/2 A D^-1/2. Stops once it is certain to be below
+// stop_below (the row terms are non-negative).
+double spectral_lower_bound(const std::vector<double>& A, const std::vector<double>& d, std::int64_t m,
+                            double stop_below) {
+  if (stop_below > 1.0) return 1.0;
+  const double give_up = 1.0 + std::pow(std::max(1.0 - stop_below, 0.0), 2);
+  std::vector<double> dinv(m);
+  for (std::int64_t i = 0; i < m; ++i) dinv[i] = 1.0 / d[i];
+  double fro2 = 0.0;
+  for (std::int64_t i = 0; i < m; ++i) {
+    const double* row = A.data() + i * m;
+    double acc = 0.0;
+    for (std::int64_t j = 0; j < m; ++j) acc += row[j] * row[j] * dinv[j];
+    fro2 += dinv[i] * acc;
+    if (fro2 > give_up) break;
+  }
+  return 1.0 - std::sqrt(std::max(fro2 - 1.0, 0.0));
+}
 
 // u2 of the (m x m, row-major) affinity A with degrees d by dsyevr (eigenpairs 1..2 of the normalised Laplacian).
 void dense_u2(const std::vector<double>& A, const std::vector<double>& d, std::int64_t m, std::vector<double>& u2) {
@@ -281,6 +303,15 @@ Tree build_tree(const float* W, std::int64_t n, const Options& options) {
     bool isolated = false;
     for (std::int64_t a = 0; a < m; ++a) isolated |= !(d[a] > 0);
     if (isolated) continue;  // an all-zero row: no meaningful Laplacian (a leaf)
+    if (depth > 0) {  // a subgraph proved a leaf at tau_max needs no eigensolve (the tree and its cuts are unchanged)
+      const double stop = options.tau_max + kLeafBoundMargin;
+      const double bound = spectral_lower_bound(A, d, m, stop);
+      if (bound >= stop) {
+        tree.nodes[id].value = bound;
+        tree.nodes[id].exact = false;
+        continue;
+      }
+    }
     const bool iterative = options.solver == Solver::Auto && m > kAutoDenseMax && m >= 32;
     if (!(iterative && lanczos_fiedler(A, d, m, item.warm, u))) dense_u2(A, d, m, u);
     fiedler_from_u(u, d, m, y);

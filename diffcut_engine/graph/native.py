@@ -105,9 +105,9 @@ def resolve_graph_backend(backend: str, *, on_device: bool, compat: str, solver:
 
 def tree_from_arrays(arrays, shape, tau_max: float, compat: str) -> NCutTree:
     """An :class:`NCutTree` from the extension's flat node arrays."""
-    indices, offsets, depth, value, one, zero = arrays
-    nodes = [NCutNode(indices[offsets[i]:offsets[i + 1]].astype(np.intp), int(depth[i]), float(value[i]))
-             for i in range(depth.size)]
+    indices, offsets, depth, value, one, zero, exact = arrays
+    nodes = [NCutNode(indices[offsets[i]:offsets[i + 1]].astype(np.intp), int(depth[i]), float(value[i]),
+                      exact=bool(exact[i])) for i in range(depth.size)]
     for i, node in enumerate(nodes):
         if one[i] >= 0:
             node.one, node.zero = nodes[one[i]], nodes[zero[i]]
