@@ -22,9 +22,8 @@ import numpy as np
 from ..errors import BackendUnavailableError, InputError
 from .tree import NCutNode, NCutTree
 from .validation import check_graph_backend
-#: ``auto`` takes the native backend up to this many tokens (32 x 32), where it was measured at least as fast as
-#: the numpy path (benchmarks/RESULTS.md); above, the numpy path's leaf bounds (subgraphs proved leaves without an
-#: eigensolve), which the native core does not have yet, make it faster.
+#: ``auto`` takes the native backend up to this many tokens (32 x 32), where it was measured about as fast as the
+#: numpy path or faster (0.98-7x, benchmarks/RESULTS.md); at 48 x 48 the two are even (0.92-1.21x).
 NATIVE_AUTO_MAX_TOKENS = 1024
 #: compat modes the native core implements.
 NATIVE_COMPAT = ("official", "clean")
