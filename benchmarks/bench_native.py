@@ -30,11 +30,16 @@ def main(argv=None) -> int:
     ap.add_argument("--cases", default="planted,photos,real")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--compat", choices=("official", "clean"), default="official")
+    ap.add_argument("--batch", type=int, default=0,
+                    help="instead: the throughput of native trees of this many grids (--grids, cycled over the "
+                    "photo cases) on 1 thread vs 2 threads, one call each (set OPENBLAS_NUM_THREADS=1)")
     args = ap.parse_args(argv)
     if not graph.native_available():
         raise SystemExit("error: diffcut_engine._native is not built (pip install -e . with a C++17 compiler)")
     args.grids = [bench_graph.parse_grid(g) for g in args.grids.split(",")]
     args.tau = args.tau_real = None
+    if args.batch:
+        return batch(args)
     print(f"{'case':18s} {'grid':7s} {'numpy s':>9s} {'dense s':>9s} {'native s':>9s} {'nat-d s':>9s} "
           f"{'np/nat':>7s} {'d/nat-d':>9s}  same labels (numpy vs native, dense vs native-dense)")
     for case in bench_graph.build_cases(args):
@@ -51,6 +56,29 @@ def main(argv=None) -> int:
         (tc, _, lc), (tcd, _, lcd) = out["native"], out["native-dense"]
         print(f"{case['case']:18s} {case['grid']:7s} {tn:9.4f} {td:9.4f} {tc:9.4f} {tcd:9.4f} {tn / tc:7.2f} "
               f"{td / tcd:9.2f}  {np.array_equal(ln, lc)}, {np.array_equal(ld, lcd)}")
+    return 0
+
+
+def batch(args) -> int:
+    from realistic import FAMILIES
+
+    from diffcut_engine.graph.affinity import as_token_matrix
+
+    h, w = args.grids[0]
+    names = [(fam, photo) for fam in FAMILIES for photo in ("astronaut", "coffee", "chelsea", "rocket")]
+    grids = [FAMILIES[fam](photo, h, w) for fam, photo in (names * args.batch)[:args.batch]]
+    tokens = [graph.l2_normalize(as_token_matrix(f)[0]) for f in grids]
+    shapes = [f.shape[:2] for f in grids]
+
+    def run(threads):
+        return lambda: graph.native.native_trees(tokens, shapes, alpha=10.0, tau_max=0.5, compat=args.compat,
+                                                 num_thresholds=100, num_threads=threads)
+
+    out = bench_graph.interleaved({"1 thread": run(1), "2 threads": run(2)}, args.repeats)
+    (t1, _, r1), (t2, _, r2) = out["1 thread"], out["2 threads"]
+    same = all(np.array_equal(a.cut(0.5), b.cut(0.5)) for a, b in zip(r1, r2))
+    print(f"{args.batch} grids {h}x{w}: 1 thread {t1:.4f} s, 2 threads {t2:.4f} s, throughput x{t1 / t2:.2f}, "
+          f"same labels {same}")
     return 0
 
 

@@ -167,3 +167,21 @@ def test_engine_graph_backends_agree(built):
         out[backend] = engine.segment(image).labels
     assert out["numpy"].max() >= 1
     assert np.array_equal(out["numpy"], out["native"])
+
+
+def test_native_batch_on_threads_equals_one_by_one(built):
+    grids = [_features("planted-disc", 12, 15), _features("lab-coffee", 16, 14), _features("filters-astronaut", 14, 16)]
+    tokens = [l2_normalize(as_token_matrix(f)[0]) for f in grids]
+    shapes = [f.shape[:2] for f in grids]
+    for threads in (1, 2, 3):
+        trees = native.native_trees(tokens, shapes, alpha=10.0, tau_max=0.7, compat="official", num_thresholds=100,
+                                    num_threads=threads)
+        for f, tree in zip(grids, trees):
+            want = ncut_tree(f, tau_max=0.7, graph_backend="native")
+            assert tree.shape == want.shape
+            for tau in (0.3, 0.7):
+                assert np.array_equal(tree.cut(tau), want.cut(tau))
+    bad = [tokens[0], tokens[1].copy()]
+    with pytest.raises(ValueError, match="compat"):
+        native.native_trees(bad, shapes[:2], alpha=10.0, tau_max=0.7, compat="official-float32",
+                            num_thresholds=100)

@@ -3,9 +3,13 @@
 // the numpy path calls) with bind_lapack() before first use.
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
 
+#include <atomic>
 #include <cstdint>
+#include <exception>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "core.h"
@@ -130,6 +134,48 @@ PYBIND11_MODULE(_native, m) {
       },
       py::arg("tokens"), py::arg("alpha"), py::arg("tau_max"), py::arg("compat"), py::arg("num_thresholds"),
       py::arg("solver") = "auto", "The recursive NCut tree of L2-normalised (N, C) float32 tokens, as flat arrays.");
+
+  m.def(
+      "trees_from_tokens",
+      [](const std::vector<FloatArray>& tokens, double alpha, double tau_max, const std::string& compat,
+         int num_thresholds, const std::string& solver, int num_threads) {
+        const Options o = make_options(alpha, tau_max, compat, num_thresholds, solver);
+        const std::size_t count = tokens.size();
+        for (const FloatArray& t : tokens)
+          if (t.ndim() != 2) throw py::value_error("tokens must be (N, C)");
+        std::vector<Tree> trees(count);
+        std::vector<std::exception_ptr> errors(count);
+        {
+          py::gil_scoped_release release;
+          std::atomic<std::size_t> next{0};
+          auto work = [&] {
+            for (std::size_t i = next++; i < count; i = next++) {
+              try {
+                const std::int64_t n = tokens[i].shape(0), c = tokens[i].shape(1);
+                std::vector<float> W(static_cast<std::size_t>(n) * static_cast<std::size_t>(n));
+                affinity_from_tokens(tokens[i].data(), n, c, o.alpha, W.data());
+                trees[i] = build_tree(W.data(), n, o);
+              } catch (...) {
+                errors[i] = std::current_exception();
+              }
+            }
+          };
+          const std::size_t threads = std::min<std::size_t>(std::max(1, num_threads), std::max<std::size_t>(count, 1));
+          std::vector<std::thread> pool;
+          for (std::size_t t = 1; t < threads; ++t) pool.emplace_back(work);
+          work();
+          for (std::thread& t : pool) t.join();
+        }
+        py::list out;
+        for (std::size_t i = 0; i < count; ++i) {
+          if (errors[i]) translated([&]() -> int { std::rethrow_exception(errors[i]); });
+          out.append(tree_arrays(trees[i]));
+        }
+        return out;
+      },
+      py::arg("tokens"), py::arg("alpha"), py::arg("tau_max"), py::arg("compat"), py::arg("num_thresholds"),
+      py::arg("solver") = "auto", py::arg("num_threads") = 1,
+      "The trees of several L2-normalised (N_i, C) float32 token matrices on num_threads threads.");
 
   m.def(
       "tree_from_affinity",

@@ -1,8 +1,10 @@
 // The C API (include/diffcut/diffcut.h): argument checks, error codes, no exception crosses the boundary.
 #include <cmath>
 #include <cstring>
+#include <atomic>
 #include <new>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "core.h"
@@ -224,6 +226,50 @@ int diffcut_tree_build_affinity(const float* affinity, int64_t n, const diffcut_
     for (std::int64_t i = 0; i < n * n; ++i)
       if (affinity[i] < 0) throw Failure(Code::InvalidArgument, "affinity must be non-negative");
     *out = new diffcut_tree{diffcut::detail::build_tree(affinity, n, options_of(options))};
+  });
+}
+
+int diffcut_tree_build_batch(const float* const* features, const int64_t* heights, const int64_t* widths,
+                             int64_t channels, int64_t count, const diffcut_options* options, int num_threads,
+                             diffcut_tree** out) {
+  return guarded([&] {
+    require(out, "out");
+    positive_size(count, "count");
+    for (std::int64_t i = 0; i < count; ++i) out[i] = nullptr;
+    require(features, "features");
+    require(heights, "heights");
+    require(widths, "widths");
+    if (num_threads < 0) throw Failure(Code::InvalidArgument, "num_threads must be >= 0");
+    const diffcut::detail::Options opts = options_of(options);
+    std::int64_t threads = num_threads ? num_threads : std::max(1u, std::thread::hardware_concurrency());
+    threads = std::min(threads, count);
+    std::vector<diffcut::detail::Tree> trees(count);
+    std::vector<int> codes(count, DIFFCUT_OK);
+    std::vector<std::string> messages(count);
+    std::atomic<std::int64_t> next{0};
+    auto work = [&] {
+      for (std::int64_t i = next++; i < count; i = next++) {
+        try {
+          trees[i] = tree_of_features(features[i], heights[i], widths[i], channels, opts);
+        } catch (const Failure& e) {
+          codes[i] = static_cast<int>(e.code);
+          messages[i] = "image " + std::to_string(i) + ": " + e.what();
+        } catch (const std::bad_alloc&) {
+          codes[i] = DIFFCUT_ERROR_OUT_OF_MEMORY;
+          messages[i] = "image " + std::to_string(i) + ": out of memory";
+        } catch (const std::exception& e) {
+          codes[i] = DIFFCUT_ERROR_INTERNAL;
+          messages[i] = "image " + std::to_string(i) + ": internal error: " + e.what();
+        }
+      }
+    };
+    std::vector<std::thread> pool;
+    for (std::int64_t t = 1; t < threads; ++t) pool.emplace_back(work);
+    work();
+    for (std::thread& t : pool) t.join();
+    for (std::int64_t i = 0; i < count; ++i)
+      if (codes[i] != DIFFCUT_OK) throw Failure(static_cast<Code>(codes[i]), messages[i]);
+    for (std::int64_t i = 0; i < count; ++i) out[i] = new diffcut_tree{std::move(trees[i])};
   });
 }
 

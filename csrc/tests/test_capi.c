@@ -123,6 +123,33 @@ int main(void) {
   diffcut_tree_free(tree);
   diffcut_tree_free(NULL);
 
+  /* batch on a thread pool: the same trees as one by one; errors name the image */
+  {
+    float* g = halves(w, h, c); /* a (w, h) grid: another shape */
+    const float* feats[3] = {f, g, f};
+    int64_t hs[3] = {h, w, h}, ws[3] = {w, h, w};
+    diffcut_tree* trees[3] = {NULL, NULL, NULL};
+    int32_t a[48], b[48];
+    EXPECT(diffcut_tree_build_batch(feats, hs, ws, c, 3, opts, 2, trees) == DIFFCUT_OK);
+    EXPECT(trees[0] && trees[1] && trees[2]);
+    EXPECT(diffcut_tree_build(g, w, h, c, opts, &tree) == DIFFCUT_OK);
+    EXPECT(diffcut_tree_cut(tree, 0.5, a, n, NULL) == DIFFCUT_OK && diffcut_tree_cut(trees[1], 0.5, b, n, NULL) == 0);
+    EXPECT(memcmp(a, b, sizeof(a)) == 0);
+    diffcut_tree_free(tree);
+    EXPECT(diffcut_tree_cut(trees[0], 0.5, a, n, NULL) == DIFFCUT_OK && diffcut_tree_cut(trees[2], 0.5, b, n, NULL) == 0);
+    EXPECT(memcmp(a, b, sizeof(a)) == 0);
+    for (int i = 0; i < 3; ++i) diffcut_tree_free(trees[i]);
+    EXPECT_ERR(diffcut_tree_build_batch(feats, hs, ws, c, 3, opts, 2, NULL), DIFFCUT_ERROR_NULL_POINTER);
+    EXPECT_ERR(diffcut_tree_build_batch(NULL, hs, ws, c, 3, opts, 2, trees), DIFFCUT_ERROR_NULL_POINTER);
+    EXPECT_ERR(diffcut_tree_build_batch(feats, hs, ws, c, 0, opts, 2, trees), DIFFCUT_ERROR_INVALID_ARGUMENT);
+    EXPECT_ERR(diffcut_tree_build_batch(feats, hs, ws, c, 3, opts, -1, trees), DIFFCUT_ERROR_INVALID_ARGUMENT);
+    g[5] = NAN;
+    EXPECT_ERR(diffcut_tree_build_batch(feats, hs, ws, c, 3, opts, 0, trees), DIFFCUT_ERROR_NON_FINITE);
+    EXPECT(strstr(diffcut_last_error(), "image 1") != NULL);
+    EXPECT(trees[0] == NULL && trees[1] == NULL && trees[2] == NULL);
+    free(g);
+  }
+
   /* segment: too-small buffer, nulls */
   EXPECT_ERR(diffcut_segment(f, h, w, c, NULL, 0.5, labels, n - 1, &k), DIFFCUT_ERROR_BUFFER_TOO_SMALL);
   EXPECT_ERR(diffcut_segment(f, h, w, c, NULL, 0.5, NULL, n, &k), DIFFCUT_ERROR_NULL_POINTER);

@@ -181,6 +181,17 @@ int main() {
     const auto labels = t.cut(0.5, &k);
     EXPECT(k == 1 && std::all_of(labels.begin(), labels.end(), [](std::int32_t v) { return v == 0; }));
   }
+  // several grids on a thread pool: the trees built one by one
+  {
+    std::vector<int> regions;
+    const auto a = planted(10, 12, 16, regions, 5u, 0.6), b = planted(14, 9, 16, regions, 6u, 0.6);
+    const auto trees = diffcut::build_trees({a.data(), b.data(), a.data()}, {10, 14, 10}, {12, 9, 12}, 16,
+                                            diffcut::Options(), 2);
+    EXPECT(trees.size() == 3);
+    EXPECT(trees[0].cut(0.5) == diffcut::Tree(a.data(), 10, 12, 16).cut(0.5));
+    EXPECT(trees[1].cut(0.5) == diffcut::Tree(b.data(), 14, 9, 16).cut(0.5));
+    EXPECT(trees[2].cut(0.5) == trees[0].cut(0.5));
+  }
   // the C++ header: errors as diffcut::Error with the C code
   {
     std::vector<float> f(4 * 4 * 3, std::nanf(""));

@@ -121,6 +121,17 @@ def native_tree(tokens: np.ndarray, grid, *, alpha: float, tau_max: float, compa
     return tree_from_arrays(arrays, grid, tau_max, compat)
 
 
+def native_trees(tokens_list, grids, *, alpha: float, tau_max: float, compat: str, num_thresholds: int,
+                 solver: str = "auto", num_threads: int = 1) -> list:
+    """The trees of several grids' L2-normalised (N_i, C) float32 tokens (validated options) by the C++ core, the
+    images spread over ``num_threads`` threads (each image on one thread: with OpenBLAS, ``OPENBLAS_NUM_THREADS=1``
+    avoids oversubscription)."""
+    tokens_list = [np.ascontiguousarray(t, dtype=np.float32) for t in tokens_list]
+    arrays = require_native().trees_from_tokens(tokens_list, float(alpha), float(tau_max), compat,
+                                                int(num_thresholds), solver, int(num_threads))
+    return [tree_from_arrays(a, g, tau_max, compat) for a, g in zip(arrays, grids)]
+
+
 def native_tree_affinity(W: np.ndarray, *, tau_max: float, compat: str, num_thresholds: int,
                          shape=None, solver: str = "auto") -> NCutTree:
     """The tree of a validated (N, N) affinity (float32) by the C++ core."""

@@ -115,6 +115,14 @@ DIFFCUT_API int diffcut_tree_cut(const diffcut_tree* tree, double tau, int32_t* 
 DIFFCUT_API int diffcut_tree_split_values(const diffcut_tree* tree, double* values, int64_t capacity,
                                           int64_t* count);
 
+/* Several feature grids in one call, on num_threads threads (0: the hardware's count; each image is built by
+ * one thread, so set OPENBLAS_NUM_THREADS=1 or the equivalent to avoid oversubscription). features[i] is an
+ * (heights[i], widths[i], channels) grid; out[i] receives its tree (all NULL if any fails: the first failure's code
+ * and message are returned). */
+DIFFCUT_API int diffcut_tree_build_batch(const float* const* features, const int64_t* heights,
+                                         const int64_t* widths, int64_t channels, int64_t count,
+                                         const diffcut_options* options, int num_threads, diffcut_tree** out);
+
 /* One call: the tree at tau_max = tau, cut at tau (options' tau_max is ignored). */
 DIFFCUT_API int diffcut_segment(const float* features, int64_t height, int64_t width, int64_t channels,
                                 const diffcut_options* options, double tau, int32_t* labels, int64_t capacity,

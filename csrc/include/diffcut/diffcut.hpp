@@ -105,9 +105,27 @@ class Tree {
   const diffcut_tree* handle() const noexcept { return tree_; }
 
  private:
+  friend std::vector<Tree> build_trees(const std::vector<const float*>&, const std::vector<std::int64_t>&,
+                                       const std::vector<std::int64_t>&, std::int64_t, const Options&, int);
   explicit Tree(diffcut_tree* t) : tree_(t) {}
   diffcut_tree* tree_ = nullptr;
 };
+
+// The trees of several (heights[i], widths[i], channels) grids, on num_threads threads (0: all cores).
+inline std::vector<Tree> build_trees(const std::vector<const float*>& features, const std::vector<std::int64_t>& heights,
+                                     const std::vector<std::int64_t>& widths, std::int64_t channels,
+                                     const Options& options = Options(), int num_threads = 0) {
+  if (heights.size() != features.size() || widths.size() != features.size())
+    throw Error(DIFFCUT_ERROR_INVALID_ARGUMENT, "features, heights and widths must have one entry per image");
+  handles::OptionsHandle opts(options);
+  std::vector<diffcut_tree*> raw(features.size(), nullptr);
+  check(diffcut_tree_build_batch(features.data(), heights.data(), widths.data(), channels,
+                                 static_cast<std::int64_t>(features.size()), opts.ptr, num_threads, raw.data()));
+  std::vector<Tree> out;
+  out.reserve(raw.size());
+  for (diffcut_tree* t : raw) out.push_back(Tree(t));
+  return out;
+}
 
 // Labels of one feature grid at tau (the whole recursion in one call).
 inline std::vector<std::int32_t> segment(const float* features, std::int64_t height, std::int64_t width,
