@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Optional, Tuple, Union
 
 from .errors import InputError
-from .graph.validation import COMPAT_MODES, DEFAULT_COMPAT, check_alpha, check_tau
+from .graph.validation import COMPAT_MODES, DEFAULT_COMPAT, GRAPH_BACKENDS, check_alpha, check_tau
 from .methods.rwncut_options import RWNCutOptions
 
 #: Default diffusion model of the paper (SDXL-type UNet with 1.3B parameters).
@@ -152,6 +152,11 @@ class EngineConfig:
         the trees of a whole batch built in one batched call (not with ``compat="official-float32"``; needs the
         ``[gpu]`` extra, CPU features are copied to the device). ``auto``: ``device`` when the features are on
         CUDA, CuPy sees a device and ``compat`` is not ``"official-float32"``, else ``host``.
+    graph_backend : {"auto", "native", "numpy", "cupy"}
+        Which implementation runs the recursive NCut (same partitions and label ids): ``native`` the C++ core
+        (``diffcut_engine._native``, built by the package install), ``numpy`` the Python host path, ``cupy`` the
+        device path (as ``graph_device="device"``). ``auto``: as ``graph_device`` decides, and on the host the
+        native core where it is built and applies (``graph.native.resolve_graph_backend``).
     backend : {"torch", "onnx", "tensorrt"}
         Encoder runtime. ``torch`` loads the diffusers weights; ``onnx`` (onnxruntime) and ``tensorrt`` run the
         folder ``engine_dir`` written by ``diffcut export`` instead, after checking that it was exported for this
@@ -198,6 +203,7 @@ class EngineConfig:
     batch_size: int = 4
     local_files_only: bool = False
     graph_device: str = "auto"
+    graph_backend: str = "auto"
     backend: str = "torch"
     engine_dir: Optional[str] = None
     method: str = "diffcut"
@@ -262,6 +268,12 @@ class EngineConfig:
         if self.graph_device == "device" and self.compat == "official-float32":
             raise InputError(f"graph_device='device' needs compat='official' or 'clean' (compat={self.compat!r} "
                              f"runs on the host only)")
+        if self.graph_backend not in GRAPH_BACKENDS:
+            raise InputError(f"unknown graph_backend {self.graph_backend!r}; choose one of "
+                             f"{', '.join(GRAPH_BACKENDS)}")
+        if (self.graph_backend == "cupy" and self.graph_device == "host") or (
+                self.graph_backend in ("native", "numpy") and self.graph_device == "device"):
+            raise InputError(f"graph_backend={self.graph_backend!r} contradicts graph_device={self.graph_device!r}")
 
     def _check_refine(self, set_) -> None:
         """``refine`` (preset name or bool), ``pamr_iters``, ``pamr_dilations``, ``refine_backend``."""

@@ -362,8 +362,10 @@ class Engine:
             For ``graph_device="device"`` without CuPy and a CUDA device (the message names the extra).
         """
         cfg = self.config
-        if cfg.graph_device == "host":
+        if cfg.graph_device == "host" or cfg.graph_backend in ("native", "numpy"):
             return None
+        if cfg.graph_backend == "cupy":
+            return graph.device_namespace()
         if features is None:
             on_cuda = self.device.type == "cuda"
         else:
@@ -410,7 +412,7 @@ class Engine:
             for f in grids:
                 t0 = time.perf_counter()
                 trees.append(graph.ncut_tree(f.float().cpu().numpy(), alpha=cfg.alpha, tau_max=tau_max,
-                                             compat=cfg.compat))
+                                             compat=cfg.compat, graph_backend=cfg.graph_backend))
                 seconds.append(time.perf_counter() - t0)
         for tm, s in zip(timings or (), seconds):
             tm["graph"] = s

@@ -10,6 +10,7 @@ import argparse
 
 from ..config import (ATTENTION_MODES, BACKBONES, BACKENDS, COMPAT_MODES, COMPILE_MODES, DEFAULT_MODEL, DTYPES,
                       GRAPH_DEVICES, METHODS, RESIZE_MODES, EngineConfig, RWNCutOptions)
+from ..graph.validation import GRAPH_BACKENDS
 
 EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -128,6 +129,10 @@ def add_engine_options(parser: argparse.ArgumentParser, *, batch_size: int = 4) 
                    help="where the NCut runs: device (CuPy on the GPU, a whole batch at once; needs "
                    "pip install 'diffcut-engine[gpu]'; not with --compat official-float32), host (numpy), or auto "
                    "(default: device when the features are on CUDA and CuPy is available)")
+    g.add_argument("--graph-backend", choices=GRAPH_BACKENDS, default="auto",
+                   help="which implementation runs the NCut (same labels): native (the C++ core, built by pip "
+                   "install), numpy, cupy (the device path), or auto (default: cupy on the device, else native "
+                   "where built and applicable, else numpy)")
     g.add_argument("--refine", choices=("demo", "eval", "full", "none"), default="demo",
                    help="PAMR + median preset (docs/REFINE.md): demo (default, the official notebook at the network "
                    "size), eval (10 iterations at 128x128), full (10 iterations at the output size), none")
@@ -200,7 +205,8 @@ def config_from_args(args) -> EngineConfig:
                    pamr_dilations=args.pamr_dilations, refine_backend=args.refine_backend,
                    output_size=args.output_size, device=args.device,
                    dtype=args.dtype, batch_size=args.batch_size, local_files_only=args.local_files_only,
-                   graph_device=args.graph_device, backend=args.backend, engine_dir=args.engine_dir,
+                   graph_device=args.graph_device, graph_backend=args.graph_backend, backend=args.backend,
+                   engine_dir=args.engine_dir,
                    compile=args.compile, channels_last=args.channels_last, attention=args.attention,
                    cuda_graphs=args.cuda_graphs)
     # An engine folder supplies the model, size, timestep and seed that were not given.

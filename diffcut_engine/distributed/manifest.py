@@ -33,7 +33,7 @@ OUTPUT_FORMAT = 1
 
 #: Options that change speed, not results: not part of the configuration hash.
 _SPEED_ONLY = ("batch_size", "local_files_only", "compile", "channels_last", "cuda_graphs", "graph_device",
-               "attention")
+               "attention", "graph_backend")
 
 
 def config_hash(config: EngineConfig, **output_options) -> str:

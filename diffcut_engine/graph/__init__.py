@@ -11,11 +11,12 @@ from .autosc import AUTOSC_ALPHAS, AutoSCResult, autosc, autosc_labels
 from .batched import build_trees_batched
 from .device import device_affinity, device_namespace, device_ncut_trees
 from .eigen import SOLVERS, fiedler_vector, spectral_lower_bound, stacked_fiedler_vectors
+from .native import native_available, resolve_graph_backend
 from .ncut import build_tree, ncut_tree, recursive_ncut, recursive_ncut_affinity
 from .scoring import (NUM_THRESHOLDS, best_threshold_split, binned_ncut_values, candidate_thresholds,
                       ncut_values)
 from .tree import ACCEPT_RULES, SCHEDULES, Acceptance, NCutNode, NCutTree, grow, labels_from_masks
-from .validation import COMPAT_MODES, check_alpha, check_tau
+from .validation import COMPAT_MODES, GRAPH_BACKENDS, check_alpha, check_tau
 from .xp import array_namespace, as_array, cupy_available, is_device, to_host
 
 __all__ = [
@@ -53,6 +54,9 @@ __all__ = [
     "device_namespace",
     "device_ncut_trees",
     "COMPAT_MODES",
+    "GRAPH_BACKENDS",
+    "native_available",
+    "resolve_graph_backend",
     "check_alpha",
     "check_tau",
     "array_namespace",

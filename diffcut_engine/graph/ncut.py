@@ -17,13 +17,14 @@ import numpy as np
 
 from ..errors import InputError
 from .affinity import affinity_from_tokens, as_token_matrix, l2_normalize
-from .device import device_ncut_tree
+from .device import device_namespace, device_ncut_tree, device_ncut_trees
 from .eigen import validate_solver
 from .host import host_tree
+from .native import native_tree, native_tree_affinity, resolve_graph_backend
 from .scoring import NUM_THRESHOLDS
 from .tree import NCutTree
 from .validation import DEFAULT_COMPAT, check_alpha, check_compat, check_num_thresholds, check_tau
-from .xp import is_device
+from .xp import is_device, to_host
 
 
 def check_options(tau, compat, solver, num_thresholds, name="tau") -> float:
@@ -35,7 +36,8 @@ def check_options(tau, compat, solver, num_thresholds, name="tau") -> float:
 
 
 def build_tree(W, *, tau_max: float, compat: str = DEFAULT_COMPAT, solver: str = "auto",
-               num_thresholds: int = NUM_THRESHOLDS, shape=None, leaf_bounds: bool = True) -> NCutTree:
+               num_thresholds: int = NUM_THRESHOLDS, shape=None, leaf_bounds: bool = True,
+               graph_backend: str = "numpy") -> NCutTree:
     """Run the recursive NCut on a dense affinity, keeping every split with NCut < ``tau_max``.
 
     Parameters
@@ -52,6 +54,8 @@ def build_tree(W, *, tau_max: float, compat: str = DEFAULT_COMPAT, solver: str =
         Except with ``compat="official-float32"``, skip the eigensolve of a subgraph whose
         :func:`spectral_lower_bound` proves that no bipartition has NCut < ``tau_max`` (its node gets that bound
         as ``value`` and ``exact=False``). The tree and every cut are unchanged; only leaf values differ.
+    graph_backend : {"numpy", "native", "auto"}, default "numpy"
+        As for :func:`ncut_tree` (the native core solves every leaf: exact values, no bounds).
     """
     tau_max = check_options(tau_max, compat, solver, num_thresholds, name="tau_max")
     W = np.asarray(W)
@@ -59,6 +63,15 @@ def build_tree(W, *, tau_max: float, compat: str = DEFAULT_COMPAT, solver: str =
         raise InputError(f"affinity must be a square (N, N) matrix, got shape {W.shape}")
     if not np.all(np.isfinite(W)):
         raise InputError("affinity contains NaN or infinite values")
+    backend = resolve_graph_backend(graph_backend, on_device=False, compat=compat, solver=solver,
+                                    num_tokens=W.shape[0])
+    if backend == "cupy":
+        raise InputError("build_tree runs on the host: choose graph_backend 'numpy', 'native' or 'auto'")
+    if backend == "native":
+        if np.any(W < 0):
+            raise InputError("affinity must be non-negative")
+        return native_tree_affinity(W, tau_max=tau_max, compat=compat, num_thresholds=num_thresholds, shape=shape,
+                                    solver=solver)
     return host_tree(W, tau_max=tau_max, compat=compat, solver=solver, num_thresholds=num_thresholds,
                      shape=shape, leaf_bounds=leaf_bounds)
 
@@ -80,6 +93,14 @@ def recursive_ncut_affinity(W, *, tau: float = 0.5, compat: str = DEFAULT_COMPAT
     return build_tree(W, tau_max=tau, compat=compat, solver=solver, num_thresholds=num_thresholds).cut(tau)
 
 
+def _num_tokens(features) -> int:
+    """h * w of an (h, w, C) grid (0 when the shape is not that of a grid: validation reports it later)."""
+    shape = getattr(features, "shape", None)
+    if shape is None or len(shape) != 3:
+        return 0
+    return int(shape[0]) * int(shape[1])
+
+
 def _affinity_of(features, alpha, compat=DEFAULT_COMPAT):
     """Affinity of a feature grid, as the recursion consumes it: float32 for ``official-float32`` (whose float32
     semantics depend on it), else the same values widened to float64 in the same pass (the float64 solvers
@@ -92,7 +113,7 @@ def _affinity_of(features, alpha, compat=DEFAULT_COMPAT):
 
 
 def ncut_tree(features, *, alpha: float = 10.0, tau_max: float = 1.0, compat: str = DEFAULT_COMPAT,
-              solver: str = "auto", num_thresholds: int = NUM_THRESHOLDS) -> NCutTree:
+              solver: str = "auto", num_thresholds: int = NUM_THRESHOLDS, graph_backend: str = "auto") -> NCutTree:
     """The full recursive-NCut hierarchy of a feature grid, to be cut at any ``tau <= tau_max``.
 
     ``ncut_tree(f, tau_max=t).cut(tau)`` equals ``recursive_ncut(f, tau=tau)`` for every ``tau <= t``, so every
@@ -103,18 +124,32 @@ def ncut_tree(features, *, alpha: float = 10.0, tau_max: float = 1.0, compat: st
     NCutTree
         ``cut(tau)`` gives (h, w) int32 labels.
     """
-    if is_device(features):  # CuPy array or CUDA tensor: built on the device (graph/device.py)
-        return device_ncut_tree(features, alpha=alpha, tau_max=tau_max, compat=compat, solver=solver,
-                                num_thresholds=num_thresholds)
+    on_device = is_device(features)
+    backend = resolve_graph_backend(graph_backend, on_device=on_device, compat=compat, solver=solver,
+                                    num_tokens=_num_tokens(features))
+    if backend == "cupy":
+        if on_device:  # CuPy array or CUDA tensor: built on the device (graph/device.py)
+            return device_ncut_tree(features, alpha=alpha, tau_max=tau_max, compat=compat, solver=solver,
+                                    num_thresholds=num_thresholds)
+        check_options(tau_max, compat, solver, num_thresholds, name="tau_max")
+        return device_ncut_trees([features], alpha=alpha, tau_max=tau_max, num_thresholds=num_thresholds,
+                                 xp=device_namespace(), compat=compat)[0]
+    if on_device:
+        features = to_host(features)
     tau_max = check_options(tau_max, compat, solver, num_thresholds, name="tau_max")
     alpha = check_alpha(alpha)
+    if backend == "native":
+        tokens, grid = as_token_matrix(features)
+        return native_tree(l2_normalize(tokens), grid, alpha=alpha, tau_max=tau_max, compat=compat,
+                           num_thresholds=num_thresholds, solver=solver)
     W, grid = _affinity_of(features, alpha, compat)  # finite by construction (the features were checked)
     return host_tree(W, tau_max=tau_max, compat=compat, solver=solver, num_thresholds=num_thresholds,
                      shape=grid, leaf_bounds=True, owned=compat != "official-float32")
 
 
 def recursive_ncut(features, *, alpha: float = 10.0, tau: float = 0.5, compat: str = DEFAULT_COMPAT,
-                   solver: str = "auto", num_thresholds: int = NUM_THRESHOLDS) -> np.ndarray:
+                   solver: str = "auto", num_thresholds: int = NUM_THRESHOLDS,
+                   graph_backend: str = "auto") -> np.ndarray:
     """Segment a feature grid by DiffCut's recursive two-way Normalized Cut.
 
     The affinity is W = ((S - min S) / (max S - min S)) ** alpha with S the cosine similarity of the L2-normalised
@@ -148,6 +183,12 @@ def recursive_ncut(features, *, alpha: float = 10.0, tau: float = 0.5, compat: s
         split. ``compat="official-float32"`` uses ``full`` unless another is named.
     num_thresholds : int, default 100
         Candidate thresholds per split.
+    graph_backend : {"auto", "native", "numpy", "cupy"}, default "auto"
+        ``native``: the C++ core (``diffcut_engine._native``, built by the package install; the dense solver,
+        ``compat`` ``official`` or ``clean``); ``numpy``: this module's host path; ``cupy``: the device path.
+        ``auto``: ``cupy`` for device features, else ``native`` when it is built and applies (see
+        :func:`~diffcut_engine.graph.native.resolve_graph_backend`: grids up to 32 x 32 tokens for now), else
+        ``numpy``. The backends give the same partitions and label ids.
 
     Returns
     -------
@@ -168,4 +209,4 @@ def recursive_ncut(features, *, alpha: float = 10.0, tau: float = 0.5, compat: s
     .. [2] J. Shi and J. Malik, "Normalized Cuts and Image Segmentation", TPAMI 2000.
     """
     return ncut_tree(features, alpha=alpha, tau_max=tau, compat=compat, solver=solver,
-                     num_thresholds=num_thresholds).cut(tau)
+                     num_thresholds=num_thresholds, graph_backend=graph_backend).cut(tau)

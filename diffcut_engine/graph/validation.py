@@ -17,6 +17,17 @@ DEFAULT_COMPAT = "official"
 ZERO_ROW_MODES = ("official", "official-float32")
 
 
+#: ``graph_backend`` choices (:func:`~diffcut_engine.graph.ncut.ncut_tree`, ``EngineConfig``): see
+#: :func:`~diffcut_engine.graph.native.resolve_graph_backend`.
+GRAPH_BACKENDS = ("auto", "native", "numpy", "cupy")
+
+
+def check_graph_backend(backend) -> str:
+    if backend not in GRAPH_BACKENDS:
+        raise InputError(f"unknown graph_backend {backend!r}; choose one of {', '.join(GRAPH_BACKENDS)}")
+    return backend
+
+
 def _positive(value, name: str) -> float:
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 < float(value) < math.inf:
         raise InputError(f"{name} must be a positive number, got {value!r}")

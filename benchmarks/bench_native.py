@@ -1,0 +1,86 @@
+"""Native graph backend (the C++ core, ``graph_backend="native"``) against the numpy path, in one run.
+
+For each case of ``bench_graph.py`` (planted 1280-channel scenes, realistic photo features, real lite features),
+the calls alternate (A B C D A B C D ...): ``numpy`` (the default numpy path, ``solver="auto"``: dense up to 192
+nodes, certified Lanczos above), ``dense`` (the numpy path with ``solver="dense"``), ``native`` (``solver="auto"``,
+the C++ certified Lanczos above 192 nodes) and ``native-dense``. Reported: median seconds, the ratios numpy / native
+and dense / native-dense, and whether the labels are equal (label ids, not only partitions).
+
+    python benchmarks/bench_native.py [--grids 16,24,32,24x40] [--cases planted,photos,real] [--repeats 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+
+import bench_graph  # noqa: E402
+import diffcut_engine.graph as graph  # noqa: E402
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--grids", default="16,24,32,24x40")
+    ap.add_argument("--cases", default="planted,photos,real")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--compat", choices=("official", "clean"), default="official")
+    ap.add_argument("--batch", type=int, default=0,
+                    help="instead: the throughput of native trees of this many grids (--grids, cycled over the "
+                    "photo cases) on 1 thread vs 2 threads, one call each (set OPENBLAS_NUM_THREADS=1)")
+    args = ap.parse_args(argv)
+    if not graph.native_available():
+        raise SystemExit("error: diffcut_engine._native is not built (pip install -e . with a C++17 compiler)")
+    args.grids = [bench_graph.parse_grid(g) for g in args.grids.split(",")]
+    args.tau = args.tau_real = None
+    if args.batch:
+        return batch(args)
+    print(f"{'case':18s} {'grid':7s} {'numpy s':>9s} {'dense s':>9s} {'native s':>9s} {'nat-d s':>9s} "
+          f"{'np/nat':>7s} {'d/nat-d':>9s}  same labels (numpy vs native, dense vs native-dense)")
+    for case in bench_graph.build_cases(args):
+        f, tau = case["feats"], case["tau"]
+
+        def call(**kw):
+            return lambda: graph.recursive_ncut(f, alpha=10.0, tau=tau, compat=args.compat, **kw)
+
+        out = bench_graph.interleaved({"numpy": call(graph_backend="numpy"),
+                                       "dense": call(graph_backend="numpy", solver="dense"),
+                                       "native": call(graph_backend="native"),
+                                       "native-dense": call(graph_backend="native", solver="dense")}, args.repeats)
+        (tn, _, ln), (td, _, ld) = out["numpy"], out["dense"]
+        (tc, _, lc), (tcd, _, lcd) = out["native"], out["native-dense"]
+        print(f"{case['case']:18s} {case['grid']:7s} {tn:9.4f} {td:9.4f} {tc:9.4f} {tcd:9.4f} {tn / tc:7.2f} "
+              f"{td / tcd:9.2f}  {np.array_equal(ln, lc)}, {np.array_equal(ld, lcd)}")
+    return 0
+
+
+def batch(args) -> int:
+    from realistic import FAMILIES
+
+    from diffcut_engine.graph.affinity import as_token_matrix
+
+    h, w = args.grids[0]
+    names = [(fam, photo) for fam in FAMILIES for photo in ("astronaut", "coffee", "chelsea", "rocket")]
+    grids = [FAMILIES[fam](photo, h, w) for fam, photo in (names * args.batch)[:args.batch]]
+    tokens = [graph.l2_normalize(as_token_matrix(f)[0]) for f in grids]
+    shapes = [f.shape[:2] for f in grids]
+
+    def run(threads):
+        return lambda: graph.native.native_trees(tokens, shapes, alpha=10.0, tau_max=0.5, compat=args.compat,
+                                                 num_thresholds=100, num_threads=threads)
+
+    out = bench_graph.interleaved({"1 thread": run(1), "2 threads": run(2)}, args.repeats)
+    (t1, _, r1), (t2, _, r2) = out["1 thread"], out["2 threads"]
+    same = all(np.array_equal(a.cut(0.5), b.cut(0.5)) for a, b in zip(r1, r2))
+    print(f"{args.batch} grids {h}x{w}: 1 thread {t1:.4f} s, 2 threads {t2:.4f} s, throughput x{t1 / t2:.2f}, "
+          f"same labels {same}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,135 @@
+/*
+ * diffcut.h: the stable C API of libdiffcut, the C++ core of diffcut-engine.
+ *
+ * Features of one image in, labels out, with the Python engine's semantics (diffcut_engine.graph):
+ * the DiffCut affinity W = ((S - min S) / (max S - min S)) ** alpha of the cosine similarities S, the recursive
+ * two-way Normalized Cut (Fiedler vector y = D^-1/2 u2 with the sign rule, best of num_thresholds thresholds by
+ * exact NCut, pre-order, "1"-side first), the segmentation tree cut at any tau <= tau_max, labels numbered as the
+ * official assemble_clusters numbers them.
+ *
+ * Conventions:
+ * - Every function that can fail returns an int: DIFFCUT_OK (0) or a DIFFCUT_ERROR_* code; the message of the last
+ *   failure on the calling thread is diffcut_last_error(). No C++ exception crosses this boundary.
+ * - Sizes are explicit int64_t; buffers are caller-owned, with their capacity (in elements) passed beside them.
+ * - Handles are opaque; each *_new / *_build has a matching *_free (free(NULL) is a no-op).
+ * - Features are row-major (h, w, C) float32 arrays, i.e. h*w tokens of C channels; labels are row-major (h, w)
+ *   int32.
+ */
+#ifndef DIFFCUT_DIFFCUT_H
+#define DIFFCUT_DIFFCUT_H
+
+#include <stdint.h>
+
+#if defined(_WIN32) && defined(DIFFCUT_SHARED)
+#  if defined(DIFFCUT_BUILDING)
+#    define DIFFCUT_API __declspec(dllexport)
+#  else
+#    define DIFFCUT_API __declspec(dllimport)
+#  endif
+#elif defined(__GNUC__)
+#  define DIFFCUT_API __attribute__((visibility("default")))
+#else
+#  define DIFFCUT_API
+#endif
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define DIFFCUT_VERSION_MAJOR 0
+#define DIFFCUT_VERSION_MINOR 1
+#define DIFFCUT_VERSION_PATCH 0
+
+/* Error codes (stable values). */
+#define DIFFCUT_OK 0
+#define DIFFCUT_ERROR_NULL_POINTER 1     /* a required pointer argument is NULL */
+#define DIFFCUT_ERROR_INVALID_ARGUMENT 2 /* a size, option or tau out of range */
+#define DIFFCUT_ERROR_NON_FINITE 3       /* NaN or infinite values in the features or the affinity */
+#define DIFFCUT_ERROR_BUFFER_TOO_SMALL 4 /* an output buffer's capacity is below what the call writes */
+#define DIFFCUT_ERROR_OUT_OF_MEMORY 5
+#define DIFFCUT_ERROR_LAPACK 6           /* the eigensolver reported a failure */
+#define DIFFCUT_ERROR_INTERNAL 7
+
+/* compat modes (diffcut_engine.graph's compat=): */
+#define DIFFCUT_COMPAT_OFFICIAL 0 /* the default: the official zero-row rule below the root */
+#define DIFFCUT_COMPAT_CLEAN 1    /* plain index sets */
+
+/* solvers of the Fiedler vector (diffcut_engine.graph's solver=): */
+#define DIFFCUT_SOLVER_AUTO 0  /* the default: dense up to 192 nodes, above certified Lanczos (dense where it cannot
+                                  certify): the vector is within 1e-6 (angle) of the dense one */
+#define DIFFCUT_SOLVER_DENSE 1 /* LAPACK dsyevr on every subgraph */
+
+typedef struct diffcut_options diffcut_options;
+typedef struct diffcut_tree diffcut_tree;
+
+/* "MAJOR.MINOR.PATCH" of the library actually linked (a static string). */
+DIFFCUT_API const char* diffcut_version(void);
+/* MAJOR * 10000 + MINOR * 100 + PATCH of the library actually linked. */
+DIFFCUT_API int diffcut_version_number(void);
+/* Message of the last failed call on this thread ("" if none); valid until the next failing call. */
+DIFFCUT_API const char* diffcut_last_error(void);
+/* Name of an error code ("DIFFCUT_ERROR_NULL_POINTER", ...), "unknown" for other values. */
+DIFFCUT_API const char* diffcut_error_name(int code);
+
+/* BLAS/LAPACK: the library calls ssyrk, dsyevr and dsymv through pointers with the Fortran argument lists (32-bit
+ * integers, no hidden string lengths). A CMake build binds the BLAS/LAPACK it was linked with; this rebinds them
+ * process-wide (e.g. to the library your application already uses). Not thread-safe against running calls. */
+typedef void (*diffcut_ssyrk_fn)(char* uplo, char* trans, int* n, int* k, float* alpha, float* a, int* lda,
+                                 float* beta, float* c, int* ldc);
+typedef void (*diffcut_dsyevr_fn)(char* jobz, char* range, char* uplo, int* n, double* a, int* lda, double* vl,
+                                  double* vu, int* il, int* iu, double* abstol, int* m, double* w, double* z,
+                                  int* ldz, int* isuppz, double* work, int* lwork, int* iwork, int* liwork,
+                                  int* info);
+typedef void (*diffcut_dsymv_fn)(char* uplo, int* n, double* alpha, double* a, int* lda, double* x, int* incx,
+                                 double* beta, double* y, int* incy);
+DIFFCUT_API int diffcut_bind_lapack(diffcut_ssyrk_fn ssyrk, diffcut_dsyevr_fn dsyevr, diffcut_dsymv_fn dsymv);
+
+/* Options: alpha = 10, tau_max = 1.0, compat = DIFFCUT_COMPAT_OFFICIAL, num_thresholds = 100,
+ * solver = DIFFCUT_SOLVER_AUTO. */
+DIFFCUT_API int diffcut_options_new(diffcut_options** out);
+DIFFCUT_API void diffcut_options_free(diffcut_options* options);
+DIFFCUT_API int diffcut_options_set_alpha(diffcut_options* options, double alpha);     /* finite, > 0 */
+DIFFCUT_API int diffcut_options_set_tau_max(diffcut_options* options, double tau_max); /* finite, > 0 */
+DIFFCUT_API int diffcut_options_set_compat(diffcut_options* options, int compat);
+DIFFCUT_API int diffcut_options_set_num_thresholds(diffcut_options* options, int num_thresholds); /* >= 2 */
+DIFFCUT_API int diffcut_options_set_solver(diffcut_options* options, int solver);
+
+/* W (n x n, row-major float32, n = num_tokens) of L2-normalised tokens; capacity >= n * n. */
+DIFFCUT_API int diffcut_affinity(const float* tokens, int64_t num_tokens, int64_t channels, double alpha,
+                                 float* affinity_out, int64_t capacity);
+
+/* The segmentation tree of an (h, w, C) feature grid, to be cut at any tau <= the options' tau_max.
+ * options may be NULL (the defaults). *out receives a handle to free with diffcut_tree_free. */
+DIFFCUT_API int diffcut_tree_build(const float* features, int64_t height, int64_t width, int64_t channels,
+                                   const diffcut_options* options, diffcut_tree** out);
+/* The tree of a given (n x n, row-major float32, symmetric, non-negative) affinity; its shape is (n, 1). */
+DIFFCUT_API int diffcut_tree_build_affinity(const float* affinity, int64_t n, const diffcut_options* options,
+                                            diffcut_tree** out);
+DIFFCUT_API void diffcut_tree_free(diffcut_tree* tree);
+DIFFCUT_API int diffcut_tree_shape(const diffcut_tree* tree, int64_t* height, int64_t* width);
+/* Labels 0..K-1 at tau (0 < tau <= tau_max) into labels[0 .. h*w); capacity >= h*w. num_segments may be NULL. */
+DIFFCUT_API int diffcut_tree_cut(const diffcut_tree* tree, double tau, int32_t* labels, int64_t capacity,
+                                 int32_t* num_segments);
+/* The NCut values of the tree's splits, ascending (the taus where the segmentation changes). *count receives
+ * their number; values may be NULL with capacity 0 to ask for the count only. */
+DIFFCUT_API int diffcut_tree_split_values(const diffcut_tree* tree, double* values, int64_t capacity,
+                                          int64_t* count);
+
+/* Several feature grids in one call, on num_threads threads (0: the hardware's count; each image is built by
+ * one thread, so set OPENBLAS_NUM_THREADS=1 or the equivalent to avoid oversubscription). features[i] is an
+ * (heights[i], widths[i], channels) grid; out[i] receives its tree (all NULL if any fails: the first failure's code
+ * and message are returned). */
+DIFFCUT_API int diffcut_tree_build_batch(const float* const* features, const int64_t* heights,
+                                         const int64_t* widths, int64_t channels, int64_t count,
+                                         const diffcut_options* options, int num_threads, diffcut_tree** out);
+
+/* One call: the tree at tau_max = tau, cut at tau (options' tau_max is ignored). */
+DIFFCUT_API int diffcut_segment(const float* features, int64_t height, int64_t width, int64_t channels,
+                                const diffcut_options* options, double tau, int32_t* labels, int64_t capacity,
+                                int32_t* num_segments);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* DIFFCUT_DIFFCUT_H */

@@ -1,0 +1,195 @@
+// diffcut_engine._native: pybind11 bindings of the C++ core for diffcut_engine.graph (graph_backend="native").
+// The module does not link a BLAS: diffcut_engine.graph.native binds SciPy's own ssyrk and dsyevr (the functions
+// the numpy path calls) with bind_lapack() before first use.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <atomic>
+#include <cstdint>
+#include <exception>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "core.h"
+#include "diffcut/diffcut.h"
+#include "lapack.h"
+
+namespace py = pybind11;
+using namespace diffcut::detail;
+
+namespace {
+
+using FloatArray = py::array_t<float, py::array::c_style | py::array::forcecast>;
+
+Options make_options(double alpha, double tau_max, const std::string& compat, int num_thresholds,
+                     const std::string& solver) {
+  Options o;
+  o.alpha = alpha;
+  o.tau_max = tau_max;
+  if (compat == "official") o.compat = Compat::Official;
+  else if (compat == "clean") o.compat = Compat::Clean;
+  else throw py::value_error("the native graph backend supports compat 'official' and 'clean', not '" + compat + "'");
+  if (num_thresholds < 2) throw py::value_error("num_thresholds must be >= 2");
+  o.num_thresholds = num_thresholds;
+  if (solver == "auto") o.solver = Solver::Auto;
+  else if (solver == "dense") o.solver = Solver::Dense;
+  else throw py::value_error("the native graph backend has the solvers 'auto' and 'dense', not '" + solver + "'");
+  return o;
+}
+
+// The tree as flat arrays: indices (concatenated), offsets, depth, value, one, zero (-1 for a leaf), exact.
+py::tuple tree_arrays(const Tree& tree) {
+  const std::size_t count = tree.nodes.size();
+  std::size_t total = 0;
+  for (const Node& node : tree.nodes) total += node.indices.size();
+  py::array_t<std::int32_t> indices(total), depth(count), one(count), zero(count);
+  py::array_t<bool> exact(count);
+  py::array_t<std::int64_t> offsets(count + 1);
+  py::array_t<double> value(count);
+  auto ix = indices.mutable_unchecked<1>();
+  auto of = offsets.mutable_unchecked<1>();
+  auto de = depth.mutable_unchecked<1>();
+  auto va = value.mutable_unchecked<1>();
+  auto on = one.mutable_unchecked<1>();
+  auto ze = zero.mutable_unchecked<1>();
+  auto ex = exact.mutable_unchecked<1>();
+  std::size_t p = 0;
+  for (std::size_t i = 0; i < count; ++i) {
+    const Node& node = tree.nodes[i];
+    of(i) = static_cast<std::int64_t>(p);
+    for (std::int32_t v : node.indices) ix(p++) = v;
+    de(i) = node.depth;
+    va(i) = node.value;
+    on(i) = node.one;
+    ze(i) = node.zero;
+    ex(i) = node.exact;
+  }
+  of(count) = static_cast<std::int64_t>(p);
+  return py::make_tuple(indices, offsets, depth, value, one, zero, exact);
+}
+
+template <class F>
+auto translated(F&& body) -> decltype(body()) {
+  try {
+    return body();
+  } catch (const Failure& e) {
+    if (e.code == Code::OutOfMemory) throw std::bad_alloc();
+    if (e.code == Code::Internal || e.code == Code::Lapack) throw std::runtime_error(e.what());
+    throw py::value_error(e.what());
+  }
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_native, m) {
+  m.doc() = "The C++ core of diffcut-engine (csrc/): affinity and recursive NCut tree, dense LAPACK and certified Lanczos solvers.";
+  m.attr("version") = diffcut_version();
+
+  m.def(
+      "bind_lapack",
+      [](std::uintptr_t ssyrk, std::uintptr_t dsyevr, std::uintptr_t dsymv) {
+        translated([&] {
+          bind_lapack(reinterpret_cast<SsyrkFn>(ssyrk), reinterpret_cast<DsyevrFn>(dsyevr),
+                      reinterpret_cast<DsymvFn>(dsymv));
+          return 0;
+        });
+      },
+      py::arg("ssyrk"), py::arg("dsyevr"), py::arg("dsymv"),
+      "Bind ssyrk, dsyevr and dsymv (addresses of Fortran-ABI functions).");
+
+  m.def(
+      "affinity",
+      [](FloatArray tokens, double alpha) {
+        if (tokens.ndim() != 2) throw py::value_error("tokens must be (N, C)");
+        const std::int64_t n = tokens.shape(0), c = tokens.shape(1);
+        py::array_t<float> W({n, n});
+        const float* x = tokens.data();
+        float* out = W.mutable_data();
+        translated([&] {
+          py::gil_scoped_release release;
+          affinity_from_tokens(x, n, c, alpha, out);
+          return 0;
+        });
+        return W;
+      },
+      py::arg("tokens"), py::arg("alpha"), "W of L2-normalised (N, C) float32 tokens, as affinity_from_tokens.");
+
+  m.def(
+      "tree_from_tokens",
+      [](FloatArray tokens, double alpha, double tau_max, const std::string& compat, int num_thresholds,
+         const std::string& solver) {
+        if (tokens.ndim() != 2) throw py::value_error("tokens must be (N, C)");
+        const Options o = make_options(alpha, tau_max, compat, num_thresholds, solver);
+        const std::int64_t n = tokens.shape(0), c = tokens.shape(1);
+        const float* x = tokens.data();
+        Tree tree = translated([&] {
+          py::gil_scoped_release release;
+          std::vector<float> W(static_cast<std::size_t>(n) * static_cast<std::size_t>(n));
+          affinity_from_tokens(x, n, c, alpha, W.data());
+          return build_tree(W.data(), n, o);
+        });
+        return tree_arrays(tree);
+      },
+      py::arg("tokens"), py::arg("alpha"), py::arg("tau_max"), py::arg("compat"), py::arg("num_thresholds"),
+      py::arg("solver") = "auto", "The recursive NCut tree of L2-normalised (N, C) float32 tokens, as flat arrays.");
+
+  m.def(
+      "trees_from_tokens",
+      [](const std::vector<FloatArray>& tokens, double alpha, double tau_max, const std::string& compat,
+         int num_thresholds, const std::string& solver, int num_threads) {
+        const Options o = make_options(alpha, tau_max, compat, num_thresholds, solver);
+        const std::size_t count = tokens.size();
+        for (const FloatArray& t : tokens)
+          if (t.ndim() != 2) throw py::value_error("tokens must be (N, C)");
+        std::vector<Tree> trees(count);
+        std::vector<std::exception_ptr> errors(count);
+        {
+          py::gil_scoped_release release;
+          std::atomic<std::size_t> next{0};
+          auto work = [&] {
+            for (std::size_t i = next++; i < count; i = next++) {
+              try {
+                const std::int64_t n = tokens[i].shape(0), c = tokens[i].shape(1);
+                std::vector<float> W(static_cast<std::size_t>(n) * static_cast<std::size_t>(n));
+                affinity_from_tokens(tokens[i].data(), n, c, o.alpha, W.data());
+                trees[i] = build_tree(W.data(), n, o);
+              } catch (...) {
+                errors[i] = std::current_exception();
+              }
+            }
+          };
+          const std::size_t threads = std::min<std::size_t>(std::max(1, num_threads), std::max<std::size_t>(count, 1));
+          std::vector<std::thread> pool;
+          for (std::size_t t = 1; t < threads; ++t) pool.emplace_back(work);
+          work();
+          for (std::thread& t : pool) t.join();
+        }
+        py::list out;
+        for (std::size_t i = 0; i < count; ++i) {
+          if (errors[i]) translated([&]() -> int { std::rethrow_exception(errors[i]); });
+          out.append(tree_arrays(trees[i]));
+        }
+        return out;
+      },
+      py::arg("tokens"), py::arg("alpha"), py::arg("tau_max"), py::arg("compat"), py::arg("num_thresholds"),
+      py::arg("solver") = "auto", py::arg("num_threads") = 1,
+      "The trees of several L2-normalised (N_i, C) float32 token matrices on num_threads threads.");
+
+  m.def(
+      "tree_from_affinity",
+      [](FloatArray W, double tau_max, const std::string& compat, int num_thresholds, const std::string& solver) {
+        if (W.ndim() != 2 || W.shape(0) != W.shape(1)) throw py::value_error("affinity must be (N, N)");
+        const Options o = make_options(10.0, tau_max, compat, num_thresholds, solver);
+        const std::int64_t n = W.shape(0);
+        const float* w = W.data();
+        Tree tree = translated([&] {
+          py::gil_scoped_release release;
+          return build_tree(w, n, o);
+        });
+        return tree_arrays(tree);
+      },
+      py::arg("affinity"), py::arg("tau_max"), py::arg("compat"), py::arg("num_thresholds"),
+      py::arg("solver") = "auto", "The recursive NCut tree of an (N, N) float32 affinity, as flat arrays.");
+}

@@ -1,0 +1,344 @@
+// The C API (include/diffcut/diffcut.h): argument checks, error codes, no exception crosses the boundary.
+#include <cmath>
+#include <cstring>
+#include <atomic>
+#include <new>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "core.h"
+#include "diffcut/diffcut.h"
+#include "lapack.h"
+
+using diffcut::detail::Code;
+using diffcut::detail::Compat;
+using diffcut::detail::Failure;
+
+struct diffcut_options {
+  diffcut::detail::Options value;
+};
+
+struct diffcut_tree {
+  diffcut::detail::Tree value;
+};
+
+namespace {
+
+thread_local std::string last_error;
+
+int fail(int code, const std::string& message) {
+  last_error = message;
+  return code;
+}
+
+template <class F>
+int guarded(F&& body) {
+  try {
+    body();
+    return DIFFCUT_OK;
+  } catch (const Failure& e) {
+    return fail(static_cast<int>(e.code), e.what());
+  } catch (const std::bad_alloc&) {
+    return fail(DIFFCUT_ERROR_OUT_OF_MEMORY, "out of memory");
+  } catch (const std::exception& e) {
+    return fail(DIFFCUT_ERROR_INTERNAL, std::string("internal error: ") + e.what());
+  } catch (...) {
+    return fail(DIFFCUT_ERROR_INTERNAL, "internal error");
+  }
+}
+
+void require(const void* p, const char* name) {
+  if (p == nullptr) throw Failure(Code::NullPointer, std::string(name) + " must not be NULL");
+}
+
+void positive_finite(double v, const char* name) {
+  if (!(std::isfinite(v) && v > 0))
+    throw Failure(Code::InvalidArgument, std::string(name) + " must be a finite positive number, got " +
+                                             std::to_string(v));
+}
+
+void positive_size(std::int64_t v, const char* name) {
+  if (v <= 0) throw Failure(Code::InvalidArgument, std::string(name) + " must be positive, got " + std::to_string(v));
+}
+
+// Checked product of positive sizes.
+std::int64_t product(std::int64_t a, std::int64_t b, const char* what) {
+  if (a > INT64_MAX / b) throw Failure(Code::InvalidArgument, std::string(what) + " is too large");
+  return a * b;
+}
+
+diffcut::detail::Options options_of(const diffcut_options* options) {
+  return options ? options->value : diffcut::detail::Options();
+}
+
+diffcut::detail::Tree tree_of_features(const float* features, std::int64_t h, std::int64_t w, std::int64_t c,
+                                       const diffcut::detail::Options& opts) {
+  require(features, "features");
+  positive_size(h, "height");
+  positive_size(w, "width");
+  positive_size(c, "channels");
+  const std::int64_t n = product(h, w, "height * width");
+  if (n > 46340) throw Failure(Code::InvalidArgument, "a dense affinity of more than 46340 tokens does not fit");
+  const std::int64_t count = product(n, c, "height * width * channels");
+  diffcut::detail::check_finite(features, count, "features");
+  std::vector<float> tokens(features, features + count);
+  diffcut::detail::l2_normalize(tokens.data(), n, c);
+  std::vector<float> W(static_cast<std::size_t>(n * n));
+  diffcut::detail::affinity_from_tokens(tokens.data(), n, c, opts.alpha, W.data());
+  tokens = std::vector<float>();
+  diffcut::detail::Tree tree = diffcut::detail::build_tree(W.data(), n, opts);
+  tree.height = h;
+  tree.width = w;
+  return tree;
+}
+
+}  // namespace
+
+extern "C" {
+
+const char* diffcut_version(void) {
+#define DIFFCUT_STR2(x) #x
+#define DIFFCUT_STR(x) DIFFCUT_STR2(x)
+  return DIFFCUT_STR(DIFFCUT_VERSION_MAJOR) "." DIFFCUT_STR(DIFFCUT_VERSION_MINOR) "." DIFFCUT_STR(
+      DIFFCUT_VERSION_PATCH);
+}
+
+int diffcut_version_number(void) {
+  return DIFFCUT_VERSION_MAJOR * 10000 + DIFFCUT_VERSION_MINOR * 100 + DIFFCUT_VERSION_PATCH;
+}
+
+const char* diffcut_last_error(void) { return last_error.c_str(); }
+
+const char* diffcut_error_name(int code) {
+  switch (code) {
+    case DIFFCUT_OK: return "DIFFCUT_OK";
+    case DIFFCUT_ERROR_NULL_POINTER: return "DIFFCUT_ERROR_NULL_POINTER";
+    case DIFFCUT_ERROR_INVALID_ARGUMENT: return "DIFFCUT_ERROR_INVALID_ARGUMENT";
+    case DIFFCUT_ERROR_NON_FINITE: return "DIFFCUT_ERROR_NON_FINITE";
+    case DIFFCUT_ERROR_BUFFER_TOO_SMALL: return "DIFFCUT_ERROR_BUFFER_TOO_SMALL";
+    case DIFFCUT_ERROR_OUT_OF_MEMORY: return "DIFFCUT_ERROR_OUT_OF_MEMORY";
+    case DIFFCUT_ERROR_LAPACK: return "DIFFCUT_ERROR_LAPACK";
+    case DIFFCUT_ERROR_INTERNAL: return "DIFFCUT_ERROR_INTERNAL";
+    default: return "unknown";
+  }
+}
+
+int diffcut_bind_lapack(diffcut_ssyrk_fn ssyrk, diffcut_dsyevr_fn dsyevr, diffcut_dsymv_fn dsymv) {
+  return guarded([&] { diffcut::detail::bind_lapack(ssyrk, dsyevr, dsymv); });
+}
+
+int diffcut_options_new(diffcut_options** out) {
+  return guarded([&] {
+    require(out, "out");
+    *out = nullptr;
+    *out = new diffcut_options();
+  });
+}
+
+void diffcut_options_free(diffcut_options* options) { delete options; }
+
+int diffcut_options_set_alpha(diffcut_options* options, double alpha) {
+  return guarded([&] {
+    require(options, "options");
+    positive_finite(alpha, "alpha");
+    options->value.alpha = alpha;
+  });
+}
+
+int diffcut_options_set_tau_max(diffcut_options* options, double tau_max) {
+  return guarded([&] {
+    require(options, "options");
+    positive_finite(tau_max, "tau_max");
+    options->value.tau_max = tau_max;
+  });
+}
+
+int diffcut_options_set_compat(diffcut_options* options, int compat) {
+  return guarded([&] {
+    require(options, "options");
+    if (compat != DIFFCUT_COMPAT_OFFICIAL && compat != DIFFCUT_COMPAT_CLEAN)
+      throw Failure(Code::InvalidArgument, "unknown compat " + std::to_string(compat) +
+                                               "; choose DIFFCUT_COMPAT_OFFICIAL (0) or DIFFCUT_COMPAT_CLEAN (1)");
+    options->value.compat = static_cast<Compat>(compat);
+  });
+}
+
+int diffcut_options_set_num_thresholds(diffcut_options* options, int num_thresholds) {
+  return guarded([&] {
+    require(options, "options");
+    if (num_thresholds < 2)
+      throw Failure(Code::InvalidArgument, "num_thresholds must be an integer >= 2, got " +
+                                               std::to_string(num_thresholds));
+    options->value.num_thresholds = num_thresholds;
+  });
+}
+
+int diffcut_options_set_solver(diffcut_options* options, int solver) {
+  return guarded([&] {
+    require(options, "options");
+    if (solver != DIFFCUT_SOLVER_AUTO && solver != DIFFCUT_SOLVER_DENSE)
+      throw Failure(Code::InvalidArgument, "unknown solver " + std::to_string(solver) +
+                                               "; choose DIFFCUT_SOLVER_AUTO (0) or DIFFCUT_SOLVER_DENSE (1)");
+    options->value.solver = static_cast<diffcut::detail::Solver>(solver);
+  });
+}
+
+int diffcut_affinity(const float* tokens, int64_t num_tokens, int64_t channels, double alpha, float* affinity_out,
+                     int64_t capacity) {
+  return guarded([&] {
+    require(tokens, "tokens");
+    require(affinity_out, "affinity_out");
+    positive_size(num_tokens, "num_tokens");
+    positive_size(channels, "channels");
+    positive_finite(alpha, "alpha");
+    if (num_tokens > 46340) throw Failure(Code::InvalidArgument, "a dense affinity of more than 46340 tokens does not fit");
+    const std::int64_t count = product(num_tokens, channels, "num_tokens * channels");
+    if (capacity < num_tokens * num_tokens)
+      throw Failure(Code::BufferTooSmall, "affinity_out holds " + std::to_string(capacity) + " values, " +
+                                              std::to_string(num_tokens * num_tokens) + " needed");
+    diffcut::detail::check_finite(tokens, count, "tokens");
+    std::vector<float> x(tokens, tokens + count);
+    diffcut::detail::l2_normalize(x.data(), num_tokens, channels);
+    diffcut::detail::affinity_from_tokens(x.data(), num_tokens, channels, alpha, affinity_out);
+  });
+}
+
+int diffcut_tree_build(const float* features, int64_t height, int64_t width, int64_t channels,
+                       const diffcut_options* options, diffcut_tree** out) {
+  return guarded([&] {
+    require(out, "out");
+    *out = nullptr;
+    auto* tree = new diffcut_tree{tree_of_features(features, height, width, channels, options_of(options))};
+    *out = tree;
+  });
+}
+
+int diffcut_tree_build_affinity(const float* affinity, int64_t n, const diffcut_options* options,
+                                diffcut_tree** out) {
+  return guarded([&] {
+    require(out, "out");
+    *out = nullptr;
+    require(affinity, "affinity");
+    positive_size(n, "n");
+    if (n > 46340) throw Failure(Code::InvalidArgument, "a dense affinity of more than 46340 tokens does not fit");
+    diffcut::detail::check_finite(affinity, n * n, "affinity");
+    for (std::int64_t i = 0; i < n * n; ++i)
+      if (affinity[i] < 0) throw Failure(Code::InvalidArgument, "affinity must be non-negative");
+    *out = new diffcut_tree{diffcut::detail::build_tree(affinity, n, options_of(options))};
+  });
+}
+
+int diffcut_tree_build_batch(const float* const* features, const int64_t* heights, const int64_t* widths,
+                             int64_t channels, int64_t count, const diffcut_options* options, int num_threads,
+                             diffcut_tree** out) {
+  return guarded([&] {
+    require(out, "out");
+    positive_size(count, "count");
+    for (std::int64_t i = 0; i < count; ++i) out[i] = nullptr;
+    require(features, "features");
+    require(heights, "heights");
+    require(widths, "widths");
+    if (num_threads < 0) throw Failure(Code::InvalidArgument, "num_threads must be >= 0");
+    const diffcut::detail::Options opts = options_of(options);
+    std::int64_t threads = num_threads ? num_threads : std::max(1u, std::thread::hardware_concurrency());
+    threads = std::min(threads, count);
+    std::vector<diffcut::detail::Tree> trees(count);
+    std::vector<int> codes(count, DIFFCUT_OK);
+    std::vector<std::string> messages(count);
+    std::atomic<std::int64_t> next{0};
+    auto work = [&] {
+      for (std::int64_t i = next++; i < count; i = next++) {
+        try {
+          trees[i] = tree_of_features(features[i], heights[i], widths[i], channels, opts);
+        } catch (const Failure& e) {
+          codes[i] = static_cast<int>(e.code);
+          messages[i] = "image " + std::to_string(i) + ": " + e.what();
+        } catch (const std::bad_alloc&) {
+          codes[i] = DIFFCUT_ERROR_OUT_OF_MEMORY;
+          messages[i] = "image " + std::to_string(i) + ": out of memory";
+        } catch (const std::exception& e) {
+          codes[i] = DIFFCUT_ERROR_INTERNAL;
+          messages[i] = "image " + std::to_string(i) + ": internal error: " + e.what();
+        }
+      }
+    };
+    std::vector<std::thread> pool;
+    for (std::int64_t t = 1; t < threads; ++t) pool.emplace_back(work);
+    work();
+    for (std::thread& t : pool) t.join();
+    for (std::int64_t i = 0; i < count; ++i)
+      if (codes[i] != DIFFCUT_OK) throw Failure(static_cast<Code>(codes[i]), messages[i]);
+    for (std::int64_t i = 0; i < count; ++i) out[i] = new diffcut_tree{std::move(trees[i])};
+  });
+}
+
+void diffcut_tree_free(diffcut_tree* tree) { delete tree; }
+
+int diffcut_tree_shape(const diffcut_tree* tree, int64_t* height, int64_t* width) {
+  return guarded([&] {
+    require(tree, "tree");
+    require(height, "height");
+    require(width, "width");
+    *height = tree->value.height;
+    *width = tree->value.width;
+  });
+}
+
+int diffcut_tree_cut(const diffcut_tree* tree, double tau, int32_t* labels, int64_t capacity,
+                     int32_t* num_segments) {
+  return guarded([&] {
+    require(tree, "tree");
+    require(labels, "labels");
+    positive_finite(tau, "tau");
+    if (tau > tree->value.tau_max)
+      throw Failure(Code::InvalidArgument, "tau=" + std::to_string(tau) + " is above this tree's tau_max=" +
+                                               std::to_string(tree->value.tau_max) +
+                                               ": build the tree with a larger tau_max");
+    if (capacity < tree->value.size())
+      throw Failure(Code::BufferTooSmall, "labels holds " + std::to_string(capacity) + " values, " +
+                                              std::to_string(tree->value.size()) + " needed");
+    const std::int32_t k = tree->value.cut(tau, labels);
+    if (num_segments) *num_segments = k;
+  });
+}
+
+int diffcut_tree_split_values(const diffcut_tree* tree, double* values, int64_t capacity, int64_t* count) {
+  return guarded([&] {
+    require(tree, "tree");
+    require(count, "count");
+    const std::vector<double> v = tree->value.split_values();
+    *count = static_cast<std::int64_t>(v.size());
+    if (capacity > 0 || !v.empty()) {
+      if (capacity < static_cast<std::int64_t>(v.size())) {
+        if (values == nullptr && capacity == 0) return;  // a count query
+        throw Failure(Code::BufferTooSmall, "values holds " + std::to_string(capacity) + " values, " +
+                                                std::to_string(v.size()) + " needed");
+      }
+      require(values, "values");
+      std::memcpy(values, v.data(), v.size() * sizeof(double));
+    }
+  });
+}
+
+int diffcut_segment(const float* features, int64_t height, int64_t width, int64_t channels,
+                    const diffcut_options* options, double tau, int32_t* labels, int64_t capacity,
+                    int32_t* num_segments) {
+  return guarded([&] {
+    require(labels, "labels");
+    positive_finite(tau, "tau");
+    positive_size(height, "height");
+    positive_size(width, "width");
+    const std::int64_t n = product(height, width, "height * width");
+    if (capacity < n)
+      throw Failure(Code::BufferTooSmall, "labels holds " + std::to_string(capacity) + " values, " +
+                                              std::to_string(n) + " needed");
+    diffcut::detail::Options opts = options_of(options);
+    opts.tau_max = tau;
+    const diffcut::detail::Tree tree = tree_of_features(features, height, width, channels, opts);
+    const std::int32_t k = tree.cut(tau, labels);
+    if (num_segments) *num_segments = k;
+  });
+}
+
+}  // extern "C"

@@ -1,0 +1,84 @@
+// Internal C++ core of libdiffcut (not installed): affinity, the recursion, the tree.
+#pragma once
+
+#include <cstdint>
+#include <limits>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+namespace diffcut {
+namespace detail {
+
+// Error categories, mapped to the C API's codes.
+enum class Code { NullPointer = 1, InvalidArgument = 2, NonFinite = 3, BufferTooSmall = 4, OutOfMemory = 5,
+                  Lapack = 6, Internal = 7 };
+
+class Failure : public std::runtime_error {
+ public:
+  Failure(Code code, const std::string& what) : std::runtime_error(what), code(code) {}
+  Code code;
+};
+
+enum class Compat { Official = 0, Clean = 1 };
+// auto: dense up to kAutoDenseMax nodes, above certified Lanczos (dense where it cannot certify); dense: always.
+enum class Solver { Auto = 0, Dense = 1 };
+constexpr std::int64_t kAutoDenseMax = 192;
+
+struct Options {
+  double alpha = 10.0;
+  double tau_max = 1.0;
+  Compat compat = Compat::Official;
+  int num_thresholds = 100;
+  Solver solver = Solver::Auto;
+};
+
+// epsilon of torch.nn.functional.normalize: a zero token stays zero.
+constexpr float kNormEps = 1e-12f;
+// Entries of |y| within this relative distance of the largest count as tied for the sign rule.
+constexpr double kSignTieRtol = 1e-9;
+// Integer alphas up to this use binary powering (as the Python path does).
+constexpr int kMaxSquaringExponent = 64;
+
+// Rows of tokens (n x c, row-major) scaled to unit L2 norm in float32, in place.
+void l2_normalize(float* tokens, std::int64_t n, std::int64_t c);
+// W (n x n, row-major float32) of L2-normalised tokens, as diffcut_engine.graph.affinity_from_tokens computes it.
+void affinity_from_tokens(const float* tokens, std::int64_t n, std::int64_t c, double alpha, float* W);
+// Throws Failure(NonFinite) if any of the count values is NaN or infinite.
+void check_finite(const float* values, std::int64_t count, const char* what);
+
+struct Node {
+  std::vector<std::int32_t> indices;  // node ids on this side of the parent's split, increasing
+  int depth = 0;
+  double value = std::numeric_limits<double>::infinity();  // NCut of the best split (inf: fewer than 2 nodes)
+  std::int32_t one = -1, zero = -1;  // children (indices into Tree::nodes) when the split was accepted
+  bool exact = true;  // false: a leaf whose value is only a lower bound (>= tau_max) on its best split's NCut
+  bool is_split() const { return one >= 0; }
+};
+
+struct Tree {
+  std::vector<Node> nodes;  // nodes[0] is the root
+  std::int64_t height = 0, width = 0;
+  double tau_max = 1.0;
+  Compat compat = Compat::Official;
+
+  std::int64_t size() const { return height * width; }
+  // Labels 0..K-1 at tau (numbered as the official assemble_clusters); returns K.
+  std::int32_t cut(double tau, std::int32_t* labels) const;
+  std::vector<double> split_values() const;
+};
+
+// The recursive NCut tree of an affinity W (n x n, row-major float32), depth first with the dense solver.
+Tree build_tree(const float* W, std::int64_t n, const Options& options);
+
+// u2 (unit, orthogonal to sqrt(d)) of M = D^-1/2 A D^-1/2 by Lanczos with the Davis-Kahan certificate of
+// diffcut_engine.graph.eigen._lanczos (sin angle(u, u2) < 1e-6), or false where it cannot certify. A is (m x m)
+// row-major and symmetric; warm (may be empty) approximates y = D^-1/2 u2.
+bool lanczos_fiedler(const std::vector<double>& A, const std::vector<double>& d, std::int64_t m,
+                     const std::vector<double>& warm, std::vector<double>& u);
+
+// numpy's pairwise summation of a contiguous float64 array (the order numpy's sum along a row uses).
+double pairwise_sum(const double* a, std::int64_t n);
+
+}  // namespace detail
+}  // namespace diffcut

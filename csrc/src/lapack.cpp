@@ -1,0 +1,76 @@
+#include "lapack.h"
+
+#include <atomic>
+#include <cstddef>
+
+#include "core.h"
+
+#ifdef DIFFCUT_LINKED_BLAS
+#ifndef DIFFCUT_BLAS_PREFIX
+#define DIFFCUT_BLAS_PREFIX
+#endif
+#define DIFFCUT_CAT2(a, b) a##b
+#define DIFFCUT_CAT(a, b) DIFFCUT_CAT2(a, b)
+#define DIFFCUT_F77(name) DIFFCUT_CAT(DIFFCUT_BLAS_PREFIX, name)
+
+// The Fortran symbols (gfortran ABI: hidden string lengths at the end).
+extern "C" {
+void DIFFCUT_F77(ssyrk_)(const char* uplo, const char* trans, const int* n, const int* k, const float* alpha,
+                         const float* a, const int* lda, const float* beta, float* c, const int* ldc,
+                         std::size_t uplo_len, std::size_t trans_len);
+void DIFFCUT_F77(dsyevr_)(const char* jobz, const char* range, const char* uplo, const int* n, double* a,
+                          const int* lda, const double* vl, const double* vu, const int* il, const int* iu,
+                          const double* abstol, int* m, double* w, double* z, const int* ldz, int* isuppz,
+                          double* work, const int* lwork, int* iwork, const int* liwork, int* info,
+                          std::size_t jobz_len, std::size_t range_len, std::size_t uplo_len);
+void DIFFCUT_F77(dsymv_)(const char* uplo, const int* n, const double* alpha, const double* a, const int* lda,
+                         const double* x, const int* incx, const double* beta, double* y, const int* incy,
+                         std::size_t uplo_len);
+}
+
+namespace {
+void linked_ssyrk(char* uplo, char* trans, int* n, int* k, float* alpha, float* a, int* lda, float* beta, float* c,
+                  int* ldc) {
+  DIFFCUT_F77(ssyrk_)(uplo, trans, n, k, alpha, a, lda, beta, c, ldc, 1, 1);
+}
+void linked_dsyevr(char* jobz, char* range, char* uplo, int* n, double* a, int* lda, double* vl, double* vu, int* il,
+                   int* iu, double* abstol, int* m, double* w, double* z, int* ldz, int* isuppz, double* work,
+                   int* lwork, int* iwork, int* liwork, int* info) {
+  DIFFCUT_F77(dsyevr_)(jobz, range, uplo, n, a, lda, vl, vu, il, iu, abstol, m, w, z, ldz, isuppz, work, lwork,
+                       iwork, liwork, info, 1, 1, 1);
+}
+void linked_dsymv(char* uplo, int* n, double* alpha, double* a, int* lda, double* x, int* incx, double* beta,
+                  double* y, int* incy) {
+  DIFFCUT_F77(dsymv_)(uplo, n, alpha, a, lda, x, incx, beta, y, incy, 1);
+}
+}  // namespace
+#endif
+
+namespace diffcut {
+namespace detail {
+
+namespace {
+Lapack& bound() {
+#ifdef DIFFCUT_LINKED_BLAS
+  static Lapack value{linked_ssyrk, linked_dsyevr, linked_dsymv};
+#else
+  static Lapack value;
+#endif
+  return value;
+}
+}  // namespace
+
+const Lapack& lapack() {
+  const Lapack& l = bound();
+  if (!l.ssyrk || !l.dsyevr || !l.dsymv)
+    throw Failure(Code::Internal, "no BLAS/LAPACK bound: call diffcut_bind_lapack first");
+  return l;
+}
+
+void bind_lapack(SsyrkFn ssyrk, DsyevrFn dsyevr, DsymvFn dsymv) {
+  if (!ssyrk || !dsyevr || !dsymv) throw Failure(Code::NullPointer, "ssyrk, dsyevr and dsymv must not be NULL");
+  bound() = Lapack{ssyrk, dsyevr, dsymv};
+}
+
+}  // namespace detail
+}  // namespace diffcut

@@ -1,0 +1,35 @@
+// BLAS/LAPACK entry points used by the core: ssyrk (the Gram matrix), dsyevr (the dense Fiedler solve, the Ritz
+// pairs) and dsymv (Lanczos products).
+//
+// They are called through function pointers with the Fortran argument lists (32-bit integers, no hidden string
+// lengths), so that one library can be bound at run time: the Python extension binds SciPy's own OpenBLAS (the
+// very functions the numpy path calls, from scipy.linalg.cython_blas / cython_lapack). The CMake library binds the
+// linked BLAS/LAPACK by default (DIFFCUT_LINKED_BLAS; DIFFCUT_BLAS_PREFIX is the symbols' prefix: empty for a
+// distribution's LAPACK, "scipy_" for the scipy-openblas32 wheel).
+#pragma once
+
+namespace diffcut {
+namespace detail {
+
+using SsyrkFn = void (*)(char* uplo, char* trans, int* n, int* k, float* alpha, float* a, int* lda, float* beta,
+                         float* c, int* ldc);
+using DsyevrFn = void (*)(char* jobz, char* range, char* uplo, int* n, double* a, int* lda, double* vl, double* vu,
+                          int* il, int* iu, double* abstol, int* m, double* w, double* z, int* ldz, int* isuppz,
+                          double* work, int* lwork, int* iwork, int* liwork, int* info);
+
+using DsymvFn = void (*)(char* uplo, int* n, double* alpha, double* a, int* lda, double* x, int* incx, double* beta,
+                         double* y, int* incy);
+
+struct Lapack {
+  SsyrkFn ssyrk = nullptr;
+  DsyevrFn dsyevr = nullptr;
+  DsymvFn dsymv = nullptr;
+};
+
+// The bound functions; throws Failure(Internal) if none are bound.
+const Lapack& lapack();
+// Bind other functions (all non-null).
+void bind_lapack(SsyrkFn ssyrk, DsyevrFn dsyevr, DsymvFn dsymv);
+
+}  // namespace detail
+}  // namespace diffcut

@@ -1,0 +1,358 @@
+// The recursive two-way Normalized Cut with diffcut_engine.graph's semantics (graph/tree.py, graph/host.py,
+// graph/scoring.py, graph/eigen.py), depth first with the dense solver:
+// - each subgraph is an index set; A = W[idx][:, idx] in float64, degrees recomputed inside it (at the root and
+//   after nodes were left out: numpy's pairwise row sums; else the children's degrees from the split's bin sums);
+// - y = D^-1/2 u2 (u2 from LAPACK dsyevr on D^-1/2 (D - A) D^-1/2, lower triangle, eigenpairs 1..2), its first
+//   entry of (near-)largest magnitude made positive;
+// - num_thresholds candidates numpy.linspace(0.99 min y, 0.99 max y), every candidate's exact NCut from the bin
+//   sums, the first minimum; the split is kept while NCut < tau_max, the "1"-side (y > threshold) first;
+// - compat "official": below the root, a node whose row of W holds an exact zero is left out of every later
+//   subgraph (it keeps the label path it had at the root's split).
+// The floating-point operations follow the numpy code's order, so that, given the same W, the partitions agree
+// with the Python dense solver's up to the eigensolver's own rounding.
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <string>
+#include <utility>
+
+#include "core.h"
+#include "lapack.h"
+
+namespace diffcut {
+namespace detail {
+
+double pairwise_sum(const double* a, std::int64_t n) {
+  if (n < 8) {
+    double res = 0.0;
+    for (std::int64_t i = 0; i < n; ++i) res += a[i];
+    return res;
+  }
+  if (n <= 128) {
+    double r[8];
+    for (int j = 0; j < 8; ++j) r[j] = a[j];
+    std::int64_t i = 8;
+    for (; i < n - (n % 8); i += 8)
+      for (int j = 0; j < 8; ++j) r[j] += a[i + j];
+    double res = ((r[0] + r[1]) + (r[2] + r[3])) + ((r[4] + r[5]) + (r[6] + r[7]));
+    for (; i < n; ++i) res += a[i];
+    return res;
+  }
+  std::int64_t n2 = n / 2;
+  n2 -= n2 % 8;
+  return pairwise_sum(a, n2) + pairwise_sum(a + n2, n - n2);
+}
+
+namespace {
+
+constexpr double kInf = std::numeric_limits<double>::infinity();
+// A subgraph is a leaf without solving when its spectral lower bound is at least tau_max plus this margin.
+constexpr double kLeafBoundMargin = 1e-9;
+
+// A rigorous lower bound on the NCut of every bipartition (graph/eigen.py spectral_lower_bound, its O(n^2) form):
+// NCut >= 1 - mu_2 and mu_2 <= sqrt(||M||_F^2 - 1), M = D^-1/2 A D^-1/2. Stops once it is certain to be below
+// stop_below (the row terms are non-negative).
+double spectral_lower_bound(const std::vector<double>& A, const std::vector<double>& d, std::int64_t m,
+                            double stop_below) {
+  if (stop_below > 1.0) return 1.0;
+  const double give_up = 1.0 + std::pow(std::max(1.0 - stop_below, 0.0), 2);
+  std::vector<double> dinv(m);
+  for (std::int64_t i = 0; i < m; ++i) dinv[i] = 1.0 / d[i];
+  double fro2 = 0.0;
+  for (std::int64_t i = 0; i < m; ++i) {
+    const double* row = A.data() + i * m;
+    double acc = 0.0;
+    for (std::int64_t j = 0; j < m; ++j) acc += row[j] * row[j] * dinv[j];
+    fro2 += dinv[i] * acc;
+    if (fro2 > give_up) break;
+  }
+  return 1.0 - std::sqrt(std::max(fro2 - 1.0, 0.0));
+}
+
+// u2 of the (m x m, row-major) affinity A with degrees d by dsyevr (eigenpairs 1..2 of the normalised Laplacian).
+void dense_u2(const std::vector<double>& A, const std::vector<double>& d, std::int64_t m, std::vector<double>& u2) {
+  std::vector<double> dis(m);
+  for (std::int64_t i = 0; i < m; ++i) dis[i] = 1.0 / std::sqrt(d[i]);
+  // L = (D^-1/2 (D - A)) D^-1/2 row by row as numpy computes it; LAPACK reads the lower triangle of the
+  // column-major matrix, i.e. element (i, j), i >= j, at lap[i + j * m]: the row-major upper storage.
+  std::vector<double> lap(static_cast<std::size_t>(m * m));
+  for (std::int64_t i = 0; i < m; ++i) {
+    for (std::int64_t j = 0; j <= i; ++j) {
+      double v = -A[i * m + j];
+      if (i == j) v += d[i];
+      lap[i + j * m] = (dis[i] * v) * dis[j];
+    }
+  }
+  int n = static_cast<int>(m), il = 1, iu = 2;
+  double vl = 0.0, vu = 1.0, abstol = 0.0;
+  char jobz = 'V', range = 'I', uplo = 'L';
+  const DsyevrFn dsyevr = lapack().dsyevr;
+  int found = 0, info = 0, lwork = -1, liwork = -1, iwork_query = 0;
+  double work_query = 0.0;
+  std::vector<double> w(m), z(static_cast<std::size_t>(m) * 2);
+  std::vector<int> isuppz(4);
+  dsyevr(&jobz, &range, &uplo, &n, lap.data(), &n, &vl, &vu, &il, &iu, &abstol, &found, w.data(), z.data(), &n,
+         isuppz.data(), &work_query, &lwork, &iwork_query, &liwork, &info);
+  if (info != 0) throw Failure(Code::Lapack, "dsyevr workspace query failed (info " + std::to_string(info) + ")");
+  lwork = std::max(static_cast<int>(work_query), 26 * n);
+  liwork = std::max(iwork_query, 10 * n);
+  std::vector<double> work(lwork);
+  std::vector<int> iwork(liwork);
+  dsyevr(&jobz, &range, &uplo, &n, lap.data(), &n, &vl, &vu, &il, &iu, &abstol, &found, w.data(), z.data(), &n,
+         isuppz.data(), work.data(), &lwork, iwork.data(), &liwork, &info);
+  if (info != 0 || found != 2)
+    throw Failure(Code::Lapack, "dsyevr failed on a subgraph of " + std::to_string(m) + " nodes (info " +
+                                    std::to_string(info) + ")");
+  u2.assign(z.begin() + m, z.begin() + 2 * m);  // second eigenvector (column 1)
+}
+
+// y = D^-1/2 u, its first entry of (near-)largest magnitude made positive.
+void fiedler_from_u(const std::vector<double>& u, const std::vector<double>& d, std::int64_t m,
+                    std::vector<double>& y) {
+  y.resize(m);
+  double amax = 0.0;
+  for (std::int64_t i = 0; i < m; ++i) {
+    y[i] = (1.0 / std::sqrt(d[i])) * u[i];
+    amax = std::max(amax, std::fabs(y[i]));
+  }
+  const double ref_level = amax * (1.0 - kSignTieRtol);
+  std::int64_t ref = 0;
+  for (std::int64_t i = 0; i < m; ++i) {
+    if (std::fabs(y[i]) >= ref_level) {
+      ref = i;
+      break;
+    }
+  }
+  if (y[ref] < 0)
+    for (double& v : y) v = -v;
+}
+
+// numpy.linspace(start, stop, num) in float64, operation by operation.
+std::vector<double> linspace(double start, double stop, int num) {
+  std::vector<double> out(num);
+  const int div = num - 1;
+  const double delta = stop - start;
+  const double step = delta / div;
+  for (int i = 0; i < num; ++i) {
+    double v = (step == 0) ? (static_cast<double>(i) / div) * delta : static_cast<double>(i) * step;
+    out[i] = v + start;
+  }
+  out[num - 1] = stop;
+  return out;
+}
+
+struct Split {
+  double value = kInf;
+  int best = -1;
+  std::vector<int> bins;    // bin of each node: the number of thresholds strictly below its y
+  std::vector<double> GA;   // (k+1) x m: GA[c * m + i] = sum of A[j, i] over the nodes j of bin c
+};
+
+// Every candidate's exact NCut from the bin sums (graph/scoring.py binned_scores and ncut_from_bins).
+void score(const std::vector<double>& A, const std::vector<double>& d, const std::vector<double>& y,
+           std::int64_t m, int num, Split& s) {
+  double ymin = y[0], ymax = y[0];
+  for (std::int64_t i = 1; i < m; ++i) {
+    ymin = std::min(ymin, y[i]);
+    ymax = std::max(ymax, y[i]);
+  }
+  const std::vector<double> thr = linspace(ymin * 0.99, ymax * 0.99, num);
+  const int k = num, nb = num + 1;
+  s.bins.assign(m, 0);
+  for (std::int64_t i = 0; i < m; ++i)  // searchsorted(thr, y, "left")
+    s.bins[i] = static_cast<int>(std::lower_bound(thr.begin(), thr.end(), y[i]) - thr.begin());
+  s.GA.assign(static_cast<std::size_t>(nb) * m, 0.0);
+  for (std::int64_t j = 0; j < m; ++j) {  // rows of A added to their bin's row, nodes in increasing order
+    double* dst = s.GA.data() + static_cast<std::size_t>(s.bins[j]) * m;
+    const double* src = A.data() + j * m;
+    for (std::int64_t i = 0; i < m; ++i) dst[i] += src[i];
+  }
+  // B[b][c] = sum over nodes i of bin b (increasing) of GA[c][i]
+  std::vector<double> B(static_cast<std::size_t>(nb) * nb, 0.0), vol(nb, 0.0);
+  std::vector<std::int64_t> cnt(nb, 0);
+  for (int c = 0; c < nb; ++c) {
+    const double* row = s.GA.data() + static_cast<std::size_t>(c) * m;
+    for (std::int64_t i = 0; i < m; ++i) B[static_cast<std::size_t>(s.bins[i]) * nb + c] += row[i];
+  }
+  for (std::int64_t i = 0; i < m; ++i) {
+    vol[s.bins[i]] += d[i];
+    cnt[s.bins[i]] += 1;
+  }
+  // right[b][t] = sum_{c <= t} B[b][c]; cut[t] = sum_{b = k down to t+1} right[b][t]
+  std::vector<double> right(B.size());
+  for (int b = 0; b < nb; ++b) {
+    double acc = 0.0;
+    for (int c = 0; c < nb; ++c) {
+      acc += B[static_cast<std::size_t>(b) * nb + c];
+      right[static_cast<std::size_t>(b) * nb + c] = acc;
+    }
+  }
+  std::vector<double> values(k);
+  // suffix sums over b of right[b][t], from b = k down
+  std::vector<double> below(static_cast<std::size_t>(nb) * nb);
+  for (int t = 0; t < nb; ++t) {
+    double acc = 0.0;
+    for (int b = nb - 1; b >= 0; --b) {
+      acc += right[static_cast<std::size_t>(b) * nb + t];
+      below[static_cast<std::size_t>(b) * nb + t] = acc;
+    }
+  }
+  std::vector<double> vol_one(k), vol_zero(k);
+  std::vector<std::int64_t> cnt_one(k), cnt_zero(k);
+  {
+    double acc = 0.0;
+    std::int64_t ca = 0;
+    for (int b = nb - 1; b >= 1; --b) {
+      acc += vol[b];
+      ca += cnt[b];
+      vol_one[b - 1] = acc;
+      cnt_one[b - 1] = ca;
+    }
+    acc = 0.0;
+    ca = 0;
+    for (int b = 0; b < k; ++b) {
+      acc += vol[b];
+      ca += cnt[b];
+      vol_zero[b] = acc;
+      cnt_zero[b] = ca;
+    }
+  }
+  s.best = 0;
+  s.value = kInf;
+  bool first = true;
+  for (int t = 0; t < k; ++t) {
+    const double cut = below[static_cast<std::size_t>(t + 1) * nb + t];
+    double v = cut / vol_one[t] + cut / vol_zero[t];
+    if (cnt_one[t] == 0 || cnt_zero[t] == 0 || !std::isfinite(v)) v = kInf;
+    values[t] = v;
+    if (first || v < s.value) {  // the first minimum, as numpy.argmin
+      s.value = v;
+      s.best = t;
+      first = false;
+    }
+  }
+}
+
+struct Pending {
+  std::int32_t node;
+  std::vector<double> degrees;  // from the parent's bin sums; empty: summed when solved
+  std::vector<double> warm;     // the parent's vector on this node's solved nodes (iterative solver's start)
+};
+
+}  // namespace
+
+Tree build_tree(const float* W, std::int64_t n, const Options& options) {
+  Tree tree;
+  tree.height = n;
+  tree.width = 1;
+  tree.tau_max = options.tau_max;
+  tree.compat = options.compat;
+  // the zero-row rule: nodes whose row of W holds an exact zero
+  std::vector<char> zero_row;
+  if (options.compat == Compat::Official) {
+    zero_row.assign(n, 0);
+    bool any = false;
+    for (std::int64_t i = 0; i < n; ++i) {
+      const float* row = W + i * n;
+      for (std::int64_t j = 0; j < n; ++j) {
+        if (row[j] == 0.0f) {
+          zero_row[i] = 1;
+          any = true;
+          break;
+        }
+      }
+    }
+    if (!any) zero_row.clear();
+  }
+  Node root;
+  root.indices.resize(n);
+  for (std::int64_t i = 0; i < n; ++i) root.indices[i] = static_cast<std::int32_t>(i);
+  tree.nodes.push_back(std::move(root));
+
+  std::vector<Pending> stack;
+  stack.push_back({0, {}, {}});
+  std::vector<double> A, d, y, u;
+  Split split;
+  while (!stack.empty()) {
+    Pending item = std::move(stack.back());
+    stack.pop_back();
+    const std::int32_t id = item.node;
+    std::vector<std::int32_t> idx = tree.nodes[id].indices;
+    const int depth = tree.nodes[id].depth;
+    if (!zero_row.empty() && depth > 0) {
+      std::vector<std::int32_t> kept;
+      kept.reserve(idx.size());
+      for (std::int32_t i : idx)
+        if (!zero_row[i]) kept.push_back(i);
+      idx.swap(kept);
+    }
+    const std::int64_t m = static_cast<std::int64_t>(idx.size());
+    if (m < 2) continue;
+    A.resize(static_cast<std::size_t>(m * m));
+    for (std::int64_t a = 0; a < m; ++a) {
+      const float* src = W + static_cast<std::int64_t>(idx[a]) * n;
+      double* dst = A.data() + a * m;
+      for (std::int64_t b = 0; b < m; ++b) dst[b] = static_cast<double>(src[idx[b]]);
+    }
+    if (!item.degrees.empty()) {
+      d.swap(item.degrees);
+    } else {
+      d.resize(m);
+      for (std::int64_t a = 0; a < m; ++a) d[a] = pairwise_sum(A.data() + a * m, m);
+    }
+    bool isolated = false;
+    for (std::int64_t a = 0; a < m; ++a) isolated |= !(d[a] > 0);
+    if (isolated) continue;  // an all-zero row: no meaningful Laplacian (a leaf)
+    if (depth > 0) {  // a subgraph proved a leaf at tau_max needs no eigensolve (the tree and its cuts are unchanged)
+      const double stop = options.tau_max + kLeafBoundMargin;
+      const double bound = spectral_lower_bound(A, d, m, stop);
+      if (bound >= stop) {
+        tree.nodes[id].value = bound;
+        tree.nodes[id].exact = false;
+        continue;
+      }
+    }
+    const bool iterative = options.solver == Solver::Auto && m > kAutoDenseMax && m >= 32;
+    if (!(iterative && lanczos_fiedler(A, d, m, item.warm, u))) dense_u2(A, d, m, u);
+    fiedler_from_u(u, d, m, y);
+    score(A, d, y, m, options.num_thresholds, split);
+    tree.nodes[id].value = split.value;
+    if (!(split.value < options.tau_max)) continue;
+    const int best = split.best;
+    // children: the "1"-side (bin > best) and the "0"-side, in increasing node order. Under the zero-row rule
+    // the root's children keep the left-out nodes in their index sets (their label path) but solve without
+    // them, with degrees summed then; otherwise the degrees come from the split's bin sums:
+    // GA[best+1:].sum(0) on the "1"-side, GA[:best+1].sum(0) on the "0"-side.
+    bool dropped = false;
+    if (!zero_row.empty())
+      for (std::int32_t i : idx) dropped |= zero_row[i] != 0;
+    Node one, zero;
+    one.depth = zero.depth = depth + 1;
+    std::vector<double> d_one, d_zero, warm_one, warm_zero;
+    for (std::int64_t a = 0; a < m; ++a) {
+      const bool side = split.bins[a] > best;
+      (side ? one : zero).indices.push_back(idx[a]);
+      if (!dropped || !zero_row[idx[a]]) (side ? warm_one : warm_zero).push_back(y[a]);
+      if (dropped) continue;
+      double acc = 0.0;
+      if (side) {
+        for (int c = best + 1; c <= options.num_thresholds; ++c) acc += split.GA[static_cast<std::size_t>(c) * m + a];
+        d_one.push_back(acc);
+      } else {
+        for (int c = 0; c <= best; ++c) acc += split.GA[static_cast<std::size_t>(c) * m + a];
+        d_zero.push_back(acc);
+      }
+    }
+    const std::int32_t one_id = static_cast<std::int32_t>(tree.nodes.size());
+    tree.nodes.push_back(std::move(one));
+    tree.nodes.push_back(std::move(zero));
+    tree.nodes[id].one = one_id;
+    tree.nodes[id].zero = one_id + 1;
+    stack.push_back({one_id + 1, std::move(d_zero), std::move(warm_zero)});
+    stack.push_back({one_id, std::move(d_one), std::move(warm_one)});
+  }
+  return tree;
+}
+
+}  // namespace detail
+}  // namespace diffcut

@@ -1,0 +1,226 @@
+// The C++ core and the C++ header: planted partitions are found, every cut of a tree equals the tree built at
+// that tau, labels follow the official assemble_clusters numbering, constant features give one segment, the
+// pairwise sum is a sum, and errors surface as diffcut::Error with their code.
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <map>
+#include <random>
+#include <set>
+#include <utility>
+#include <vector>
+
+#include "core.h"
+#include "diffcut/diffcut.hpp"
+
+static int failures = 0;
+#define EXPECT(cond)                                                       \
+  do {                                                                     \
+    if (!(cond)) {                                                         \
+      std::fprintf(stderr, "%s:%d: expected %s\n", __FILE__, __LINE__, #cond); \
+      ++failures;                                                          \
+    }                                                                      \
+  } while (0)
+
+using diffcut::detail::Compat;
+
+// regions: quadrants-like map of an h x w grid (4 regions); features: random centre per region plus noise.
+static std::vector<float> planted(int h, int w, int c, std::vector<int>& regions, unsigned seed, double noise) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<double> normal(0.0, 1.0);
+  std::vector<double> centres(4 * c);
+  for (double& v : centres) v = normal(rng);
+  regions.assign(h * w, 0);
+  std::vector<float> f(static_cast<std::size_t>(h) * w * c);
+  for (int i = 0; i < h; ++i)
+    for (int j = 0; j < w; ++j) {
+      const int r = (i >= h / 2) * 2 + (j >= (w * 3) / 5);
+      regions[i * w + j] = r;
+      for (int k = 0; k < c; ++k) f[(i * w + j) * c + k] = static_cast<float>(centres[r * c + k] + noise * normal(rng));
+    }
+  return f;
+}
+
+static bool same_partition(const std::vector<int>& a, const std::vector<std::int32_t>& b) {
+  std::set<std::pair<int, int>> pairs;
+  std::set<int> sa(a.begin(), a.end()), sb(b.begin(), b.end());
+  for (std::size_t i = 0; i < a.size(); ++i) pairs.insert({a[i], b[i]});
+  return pairs.size() == sa.size() && sa.size() == sb.size();
+}
+
+// The official numbering: masks summed with weights w_k = max(current sum) + 1, labels = rank of the sums.
+static std::vector<std::int32_t> official_numbering(const diffcut::detail::Tree& tree, double tau) {
+  const std::int64_t n = tree.size();
+  std::vector<double> sum(n, 0.0);
+  std::vector<std::int32_t> stack{0};
+  while (!stack.empty()) {
+    const auto& node = tree.nodes[stack.back()];
+    stack.pop_back();
+    if (node.is_split() && node.value < tau) {
+      const double wk = *std::max_element(sum.begin(), sum.end()) + 1.0;
+      for (std::int32_t i : tree.nodes[node.one].indices) sum[i] += wk;
+      stack.push_back(node.zero);
+      stack.push_back(node.one);
+    }
+  }
+  std::vector<double> uniq(sum);
+  std::sort(uniq.begin(), uniq.end());
+  uniq.erase(std::unique(uniq.begin(), uniq.end()), uniq.end());
+  std::vector<std::int32_t> out(n);
+  for (std::int64_t i = 0; i < n; ++i)
+    out[i] = static_cast<std::int32_t>(std::lower_bound(uniq.begin(), uniq.end(), sum[i]) - uniq.begin());
+  return out;
+}
+
+static diffcut::detail::Tree tree_of(const std::vector<float>& f, int h, int w, int c, double tau_max,
+                                     Compat compat) {
+  std::vector<float> x(f);
+  const std::int64_t n = static_cast<std::int64_t>(h) * w;
+  diffcut::detail::l2_normalize(x.data(), n, c);
+  std::vector<float> W(static_cast<std::size_t>(n * n));
+  diffcut::detail::affinity_from_tokens(x.data(), n, c, 10.0, W.data());
+  diffcut::detail::Options o;
+  o.tau_max = tau_max;
+  o.compat = compat;
+  auto t = diffcut::detail::build_tree(W.data(), n, o);
+  t.height = h;
+  t.width = w;
+  return t;
+}
+
+int main() {
+  // pairwise_sum is a sum (integers: exact in any order)
+  {
+    std::mt19937 rng(1);
+    for (int n : {0, 1, 7, 8, 9, 127, 128, 129, 1000, 4099}) {
+      std::vector<double> a(n);
+      double exact = 0;
+      for (double& v : a) {
+        v = static_cast<double>(rng() % 1000);
+        exact += v;
+      }
+      EXPECT(diffcut::detail::pairwise_sum(a.data(), n) == exact);
+    }
+  }
+  // planted regions are found (clean); the official mode differs from it only at the zero-row nodes (the
+  // least similar pair, left out below the root), at several grid shapes
+  for (auto [h, w] : std::vector<std::pair<int, int>>{{12, 15}, {16, 16}, {9, 20}}) {
+    std::vector<int> regions;
+    const int c = 64, n = h * w;
+    const auto f = planted(h, w, c, regions, 7u + h, 0.35);
+    diffcut::Options o;
+    o.compat = diffcut::Compat::Clean;
+    const auto clean = diffcut::segment(f.data(), h, w, c, 0.5, o);
+    EXPECT(same_partition(regions, clean));
+    o.compat = diffcut::Compat::Official;
+    const auto official = diffcut::segment(f.data(), h, w, c, 0.5, o);
+    std::vector<float> W(static_cast<std::size_t>(n) * n);
+    EXPECT(diffcut_affinity(f.data(), n, c, 10.0, W.data(), static_cast<std::int64_t>(W.size())) == DIFFCUT_OK);
+    std::vector<int> kept_regions;
+    std::vector<std::int32_t> kept_labels;
+    int dropped = 0;
+    for (int i = 0; i < n; ++i) {
+      if (std::find(W.begin() + i * n, W.begin() + (i + 1) * n, 0.0f) != W.begin() + (i + 1) * n) {
+        ++dropped;
+        continue;
+      }
+      kept_regions.push_back(regions[i]);
+      kept_labels.push_back(official[i]);
+    }
+    EXPECT(dropped >= 2);
+    EXPECT(same_partition(kept_regions, kept_labels));
+  }
+  // the certified Lanczos solver (auto, above 192 nodes) gives the dense solver's labels
+  for (auto [h, w] : std::vector<std::pair<int, int>>{{16, 16}, {20, 24}}) {
+    std::vector<int> regions;
+    const auto f = planted(h, w, 32, regions, 11u + w, 0.8);
+    diffcut::Options o;
+    o.tau_max = 0.8;
+    const diffcut::Tree lanczos(f.data(), h, w, 32, o);
+    o.solver = diffcut::Solver::Dense;
+    const diffcut::Tree dense(f.data(), h, w, 32, o);
+    EXPECT(lanczos.split_values().size() >= 3);
+    for (double tau : {0.2, 0.5, 0.8}) EXPECT(lanczos.cut(tau) == dense.cut(tau));
+  }
+  // every cut of a tree equals the tree built at that tau, and the numbering is the official one
+  for (unsigned seed : {3u, 4u}) {
+    const int h = 14, w = 11, c = 12;
+    std::vector<int> regions;
+    const auto f = planted(h, w, c, regions, seed, 0.9);  // noisy: many splits
+    for (Compat compat : {Compat::Official, Compat::Clean}) {
+      const auto full = tree_of(f, h, w, c, 1.0, compat);
+      std::vector<std::int32_t> a(h * w), b(h * w);
+      const auto values = full.split_values();
+      EXPECT(values.size() >= 3);
+      std::vector<double> taus{0.05, 0.2, 0.5, 0.8, 1.0};
+      for (double v : values) taus.push_back(std::min(1.0, std::nextafter(v, 2.0)));  // just above each split
+      for (double tau : taus) {
+        const std::int32_t k = full.cut(tau, a.data());
+        const auto part = tree_of(f, h, w, c, tau, compat);
+        const std::int32_t k2 = part.cut(tau, b.data());
+        EXPECT(k == k2 && a == b);
+        const auto below = std::count_if(values.begin(), values.end(), [&](double x) { return x < tau; });
+        // (the weighted sums are exact in float64 up to ~50 masks)
+        if (k <= 40) EXPECT(a == official_numbering(full, tau));
+        EXPECT(*std::max_element(a.begin(), a.end()) == k - 1);
+        EXPECT(k <= 1 + below);
+      }
+    }
+  }
+  // constant features: W is all ones and there is one segment
+  {
+    const int h = 5, w = 7, c = 9;
+    std::vector<float> f(h * w * c);
+    for (int i = 0; i < h * w; ++i)
+      for (int k = 0; k < c; ++k) f[i * c + k] = 0.1f * static_cast<float>(k + 1);
+    std::vector<float> W(h * w * h * w);
+    EXPECT(diffcut_affinity(f.data(), h * w, c, 10.0, W.data(), static_cast<std::int64_t>(W.size())) == DIFFCUT_OK);
+    EXPECT(std::all_of(W.begin(), W.end(), [](float v) { return v == 1.0f; }));
+    std::int32_t k = 0;
+    diffcut::Tree t(f.data(), h, w, c);
+    const auto labels = t.cut(0.5, &k);
+    EXPECT(k == 1 && std::all_of(labels.begin(), labels.end(), [](std::int32_t v) { return v == 0; }));
+  }
+  // several grids on a thread pool: the trees built one by one
+  {
+    std::vector<int> regions;
+    const auto a = planted(10, 12, 16, regions, 5u, 0.6), b = planted(14, 9, 16, regions, 6u, 0.6);
+    const auto trees = diffcut::build_trees({a.data(), b.data(), a.data()}, {10, 14, 10}, {12, 9, 12}, 16,
+                                            diffcut::Options(), 2);
+    EXPECT(trees.size() == 3);
+    EXPECT(trees[0].cut(0.5) == diffcut::Tree(a.data(), 10, 12, 16).cut(0.5));
+    EXPECT(trees[1].cut(0.5) == diffcut::Tree(b.data(), 14, 9, 16).cut(0.5));
+    EXPECT(trees[2].cut(0.5) == trees[0].cut(0.5));
+  }
+  // the C++ header: errors as diffcut::Error with the C code
+  {
+    std::vector<float> f(4 * 4 * 3, std::nanf(""));
+    int code = 0;
+    try {
+      diffcut::Tree t(f.data(), 4, 4, 3);
+    } catch (const diffcut::Error& e) {
+      code = e.code();
+    }
+    EXPECT(code == DIFFCUT_ERROR_NON_FINITE);
+    std::vector<int> regions;
+    const auto g = planted(6, 6, 4, regions, 1u, 0.2);
+    diffcut::Options o;
+    o.tau_max = 0.3;
+    diffcut::Tree t(g.data(), 6, 6, 4, o);
+    code = 0;
+    try {
+      t.cut(0.9);
+    } catch (const diffcut::Error& e) {
+      code = e.code();
+    }
+    EXPECT(code == DIFFCUT_ERROR_INVALID_ARGUMENT);
+    EXPECT(diffcut::version() == "0.1.0");
+    EXPECT(t.shape() == std::make_pair(std::int64_t(6), std::int64_t(6)));
+  }
+  if (failures) {
+    std::fprintf(stderr, "%d failure(s)\n", failures);
+    return 1;
+  }
+  std::printf("test_core: ok\n");
+  return 0;
+}

@@ -1,0 +1,145 @@
+"""The native graph backend: the C++ core (``csrc/``), built by the package install as ``diffcut_engine._native``.
+
+It runs the same recursion as :mod:`.host`: L2 normalisation here (numpy), then in C++ the affinity (ssyrk,
+min-max, power), the zero-row rule of ``compat="official"``, the Fiedler vector (``solver="dense"``: LAPACK
+``dsyevr`` per subgraph; ``"auto"``: dense up to 192 nodes, above the certified Lanczos of
+:func:`~diffcut_engine.graph.eigen.fiedler_vector` with the dense fallback), the 100 thresholds scored from bin
+sums, pre-order. The extension links no BLAS: it is bound here to SciPy's own ``ssyrk``, ``dsyevr`` and ``dsymv``
+(``scipy.linalg.cython_blas`` / ``cython_lapack``), the functions the numpy path calls, and its floating-point
+operations follow the numpy code's order, so with ``solver="dense"`` the trees are the numpy dense path's bit for
+bit; with ``"auto"`` both backends' vectors are certified within 1e-6 of the dense one (tests/test_native.py
+compares partitions and label ids). Selection: :func:`resolve_graph_backend`.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import importlib
+import threading
+
+import numpy as np
+
+from ..errors import BackendUnavailableError, InputError
+from .tree import NCutNode, NCutTree
+from .validation import check_graph_backend
+#: ``auto`` takes the native backend up to this many tokens (32 x 32), where it was measured about as fast as the
+#: numpy path or faster (0.98-7x, benchmarks/RESULTS.md); at 48 x 48 the two are even (0.92-1.21x).
+NATIVE_AUTO_MAX_TOKENS = 1024
+#: compat modes the native core implements.
+NATIVE_COMPAT = ("official", "clean")
+NATIVE_MODULE = "diffcut_engine._native"
+
+_lock = threading.Lock()
+_loaded = {"module": None, "error": None}
+
+
+def _capsule_address(capsule) -> int:
+    get_name = ctypes.pythonapi.PyCapsule_GetName
+    get_name.restype, get_name.argtypes = ctypes.c_char_p, [ctypes.py_object]
+    get_pointer = ctypes.pythonapi.PyCapsule_GetPointer
+    get_pointer.restype, get_pointer.argtypes = ctypes.c_void_p, [ctypes.py_object, ctypes.c_char_p]
+    return int(get_pointer(capsule, get_name(capsule)))
+
+
+def _load():
+    with _lock:
+        if _loaded["module"] is None and _loaded["error"] is None:
+            try:
+                # (an optional compiled module: loaded by name, absent where the install had no C++ compiler)
+                module = importlib.import_module(NATIVE_MODULE)
+            except ModuleNotFoundError as exc:
+                if exc.name != NATIVE_MODULE:
+                    raise
+                _loaded["error"] = "the C++ extension diffcut_engine._native is not built"
+            else:
+                from scipy.linalg import cython_blas, cython_lapack
+
+                module.bind_lapack(_capsule_address(cython_blas.__pyx_capi__["ssyrk"]),
+                                   _capsule_address(cython_lapack.__pyx_capi__["dsyevr"]),
+                                   _capsule_address(cython_blas.__pyx_capi__["dsymv"]))
+                _loaded["module"] = module
+        return _loaded["module"]
+
+
+def native_available() -> bool:
+    """Whether the native graph backend is built (and bound to SciPy's BLAS/LAPACK)."""
+    return _load() is not None
+
+
+def require_native():
+    """The bound extension module; :class:`BackendUnavailableError` with a one-line reason if it is not built."""
+    module = _load()
+    if module is None:
+        raise BackendUnavailableError(
+            "graph_backend='native' needs the C++ extension diffcut_engine._native, which is not built: reinstall "
+            "with a C++17 compiler available (pip install -e . or pip install diffcut-engine from the sdist)")
+    return module
+
+
+def resolve_graph_backend(backend: str, *, on_device: bool, compat: str, solver: str, num_tokens: int) -> str:
+    """The concrete backend (``native``, ``numpy`` or ``cupy``) that ``backend`` stands for.
+
+    ``auto``: ``cupy`` for device features; on the host ``native`` when it is built, the compat mode is one it
+    implements, the solver is ``auto`` or ``dense`` and the grid has at most :data:`NATIVE_AUTO_MAX_TOKENS` tokens;
+    else ``numpy``. ``native`` is checked here: :class:`BackendUnavailableError` if it is not built,
+    :class:`InputError` for a compat mode or solver it does not implement.
+    """
+    check_graph_backend(backend)
+    if backend == "auto":
+        if on_device:
+            return "cupy"
+        if (compat in NATIVE_COMPAT and solver in ("auto", "dense") and num_tokens <= NATIVE_AUTO_MAX_TOKENS
+                and native_available()):
+            return "native"
+        return "numpy"
+    if backend == "native":
+        require_native()
+        if compat not in NATIVE_COMPAT:
+            raise InputError(f"graph_backend='native' supports compat {' and '.join(NATIVE_COMPAT)}, "
+                             f"not {compat!r}")
+        if solver not in ("auto", "dense"):
+            raise InputError(f"graph_backend='native' has the solvers solver='auto' or 'dense', not {solver!r}")
+    return backend
+
+
+def tree_from_arrays(arrays, shape, tau_max: float, compat: str) -> NCutTree:
+    """An :class:`NCutTree` from the extension's flat node arrays."""
+    indices, offsets, depth, value, one, zero, exact = arrays
+    nodes = [NCutNode(indices[offsets[i]:offsets[i + 1]].astype(np.intp), int(depth[i]), float(value[i]),
+                      exact=bool(exact[i])) for i in range(depth.size)]
+    for i, node in enumerate(nodes):
+        if one[i] >= 0:
+            node.one, node.zero = nodes[one[i]], nodes[zero[i]]
+    return NCutTree(nodes[0], shape, tau_max, compat)
+
+
+def native_tree(tokens: np.ndarray, grid, *, alpha: float, tau_max: float, compat: str,
+                num_thresholds: int, solver: str = "auto") -> NCutTree:
+    """The tree of L2-normalised (N, C) float32 tokens (validated options) by the C++ core."""
+    arrays = require_native().tree_from_tokens(np.ascontiguousarray(tokens, dtype=np.float32), float(alpha),
+                                               float(tau_max), compat, int(num_thresholds), solver)
+    return tree_from_arrays(arrays, grid, tau_max, compat)
+
+
+def native_trees(tokens_list, grids, *, alpha: float, tau_max: float, compat: str, num_thresholds: int,
+                 solver: str = "auto", num_threads: int = 1) -> list:
+    """The trees of several grids' L2-normalised (N_i, C) float32 tokens (validated options) by the C++ core, the
+    images spread over ``num_threads`` threads (each image on one thread: with OpenBLAS, ``OPENBLAS_NUM_THREADS=1``
+    avoids oversubscription)."""
+    tokens_list = [np.ascontiguousarray(t, dtype=np.float32) for t in tokens_list]
+    arrays = require_native().trees_from_tokens(tokens_list, float(alpha), float(tau_max), compat,
+                                                int(num_thresholds), solver, int(num_threads))
+    return [tree_from_arrays(a, g, tau_max, compat) for a, g in zip(arrays, grids)]
+
+
+def native_tree_affinity(W: np.ndarray, *, tau_max: float, compat: str, num_thresholds: int,
+                         shape=None, solver: str = "auto") -> NCutTree:
+    """The tree of a validated (N, N) affinity (float32) by the C++ core."""
+    W = np.ascontiguousarray(W, dtype=np.float32)
+    arrays = require_native().tree_from_affinity(W, float(tau_max), compat, int(num_thresholds), solver)
+    return tree_from_arrays(arrays, shape or (W.shape[0],), tau_max, compat)
+
+
+def native_affinity(tokens: np.ndarray, alpha: float) -> np.ndarray:
+    """W of L2-normalised (N, C) float32 tokens by the C++ core (as :func:`.affinity.affinity_from_tokens`)."""
+    return require_native().affinity(np.ascontiguousarray(tokens, dtype=np.float32), float(alpha))

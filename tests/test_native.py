@@ -1,0 +1,187 @@
+"""The native graph backend (the C++ core in csrc/, built by the package install as diffcut_engine._native)
+against the numpy dense path: identical affinities, partitions, label ids and split values on planted and
+realistic feature families, square and non-square grids, both compat modes; and the backend selection.
+
+Skipped only where no C++ compiler exists (then the install cannot have built the extension); with a compiler a
+missing extension is a failure: `pip install -e .` must build it."""
+
+import shutil
+
+import numpy as np
+import pytest
+
+from diffcut_engine.errors import BackendUnavailableError, InputError
+from diffcut_engine.graph import (GRAPH_BACKENDS, affinity_from_tokens, build_tree, l2_normalize, native,
+                                  ncut_tree, recursive_ncut, resolve_graph_backend)
+from diffcut_engine.graph.affinity import as_token_matrix
+from planted import planted_features, planted_regions
+from realistic import FAMILIES
+
+HAVE_COMPILER = any(shutil.which(c) for c in ("c++", "g++", "clang++"))
+
+
+@pytest.fixture(scope="module")
+def built():
+    if not native.native_available():
+        if not HAVE_COMPILER:
+            pytest.skip("no C++ compiler on this machine, so the install could not build diffcut_engine._native")
+        pytest.fail("diffcut_engine._native is not built although a C++ compiler is present: "
+                    "`pip install -e .` (or `python setup.py build_ext --inplace`) must build it")
+    return True
+
+
+TAUS = (0.2, 0.35, 0.5, 0.65, 0.8)
+
+
+def _cases():
+    out = []
+    for h, w in ((12, 15), (16, 16), (14, 22)):
+        for kind in ("quadrants", "disc", "stripes"):
+            out.append((f"planted-{kind}", h, w))
+    for h, w in ((16, 16), (12, 20), (24, 24), (20, 36)):
+        for fam in FAMILIES:
+            for photo in ("astronaut", "coffee"):
+                out.append((f"{fam}-{photo}", h, w))
+    return out
+
+
+def _features(name, h, w):
+    family, kind = name.split("-")
+    if family == "planted":
+        return planted_features(planted_regions(h, w, kind), noise=0.6, seed=h + w)
+    return FAMILIES[family](kind, h, w)
+
+
+@pytest.mark.parametrize("name,h,w", _cases())
+def test_native_matches_numpy_dense(built, name, h, w):
+    f = _features(name, h, w)
+    x = l2_normalize(as_token_matrix(f)[0])
+    # the same ssyrk (SciPy's) and the same float32 operations: bit-identical affinities
+    assert np.array_equal(native.native_affinity(x, 10.0), affinity_from_tokens(x, 10.0))
+    for compat in ("official", "clean"):
+        # the dense solver: the same operations on the same BLAS/LAPACK, so the same trees by construction
+        ref = ncut_tree(f, tau_max=0.8, compat=compat, solver="dense", graph_backend="numpy")
+        nat = ncut_tree(f, tau_max=0.8, compat=compat, solver="dense", graph_backend="native")
+        assert nat.shape == (h, w) and nat.compat == compat
+        for tau in TAUS:
+            a, b = ref.cut(tau), nat.cut(tau)
+            assert a.dtype == b.dtype == np.int32
+            assert np.array_equal(a, b), (compat, tau)  # same partition and the same label ids
+        np.testing.assert_array_equal(nat.split_values(), ref.split_values())
+        assert len(nat.split_values()) >= 1
+        # the default solvers (certified Lanczos above 192 nodes on both sides, each within 1e-6 of the dense
+        # vector): the same labels on these families
+        ref_auto = ncut_tree(f, tau_max=0.8, compat=compat, graph_backend="numpy")
+        nat_auto = ncut_tree(f, tau_max=0.8, compat=compat, graph_backend="native")
+        for tau in TAUS:
+            assert np.array_equal(ref_auto.cut(tau), nat_auto.cut(tau)), (compat, tau)
+        np.testing.assert_allclose(nat_auto.split_values(), ref.split_values(), rtol=1e-9)
+
+
+def test_native_default_solver_and_entry_points(built):
+    f = _features("lab-astronaut", 12, 14)
+    for compat in ("official", "clean"):
+        want = recursive_ncut(f, tau=0.5, compat=compat, graph_backend="numpy")
+        assert np.array_equal(recursive_ncut(f, tau=0.5, compat=compat, graph_backend="native"), want)
+        assert np.array_equal(recursive_ncut(f, tau=0.5, compat=compat), want)  # auto: native here
+    W = affinity_from_tokens(l2_normalize(as_token_matrix(f)[0]), 10.0)
+    ref = build_tree(W, tau_max=0.6, solver="dense")
+    nat = build_tree(W, tau_max=0.6, graph_backend="native", shape=(12, 14))
+    assert nat.shape == (12, 14)
+    assert np.array_equal(ref.cut(0.6).reshape(12, 14), nat.cut(0.6))
+
+
+def test_native_constant_features_and_alpha(built):
+    f = np.tile(np.linspace(-1, 1, 9, dtype=np.float32), (5, 7, 1))
+    tree = ncut_tree(f, graph_backend="native")
+    assert np.array_equal(tree.cut(0.5), np.zeros((5, 7), np.int32))
+    x = l2_normalize(as_token_matrix(_features("filters-coffee", 8, 9))[0])
+    # a non-integer alpha: powf against numpy's float32 power (both within an ulp or so of the exact value)
+    np.testing.assert_allclose(native.native_affinity(x, 2.5), affinity_from_tokens(x, 2.5), rtol=1e-6, atol=1e-7)
+
+
+def test_native_rejects_what_it_does_not_implement(built):
+    f = _features("planted-disc", 8, 8)
+    with pytest.raises(InputError, match="official-float32"):
+        ncut_tree(f, compat="official-float32", graph_backend="native")
+    with pytest.raises(InputError, match="solver='auto' or 'dense'"):
+        ncut_tree(f, solver="lanczos", graph_backend="native")
+    bad = f.copy()
+    bad[0, 0, 0] = np.nan
+    with pytest.raises(InputError, match="NaN"):
+        ncut_tree(bad, graph_backend="native")
+    with pytest.raises(InputError, match="non-negative"):
+        build_tree(-np.ones((4, 4), np.float32), tau_max=0.5, graph_backend="native")
+
+
+def test_graph_backend_selection(monkeypatch):
+    assert GRAPH_BACKENDS == ("auto", "native", "numpy", "cupy")
+    with pytest.raises(InputError, match="unknown graph_backend"):
+        ncut_tree(np.ones((4, 4, 3), np.float32), graph_backend="fortran")
+    kw = dict(on_device=False, compat="official", solver="auto")
+    assert resolve_graph_backend("auto", on_device=True, compat="clean", solver="auto", num_tokens=64) == "cupy"
+    assert resolve_graph_backend("numpy", num_tokens=64, **kw) == "numpy"
+    assert resolve_graph_backend("auto", num_tokens=native.NATIVE_AUTO_MAX_TOKENS + 1, **kw) == "numpy"
+    assert resolve_graph_backend("auto", on_device=False, compat="official-float32", solver="auto",
+                                 num_tokens=64) == "numpy"
+    assert resolve_graph_backend("auto", on_device=False, compat="clean", solver="lanczos", num_tokens=64) == "numpy"
+    if native.native_available():
+        assert resolve_graph_backend("auto", num_tokens=64, **kw) == "native"
+    # not built: auto falls back to numpy, native is a one-line error naming the extension
+    monkeypatch.setattr(native, "_load", lambda: None)
+    assert resolve_graph_backend("auto", num_tokens=64, **kw) == "numpy"
+    with pytest.raises(BackendUnavailableError, match="diffcut_engine._native, which is not built") as err:
+        ncut_tree(np.ones((4, 4, 3), np.float32), graph_backend="native")
+    assert "\n" not in str(err.value)
+    f = _features("planted-quadrants", 8, 10)
+    assert np.array_equal(recursive_ncut(f, tau=0.5), recursive_ncut(f, tau=0.5, graph_backend="numpy"))
+
+
+def test_engine_config_graph_backend():
+    from diffcut_engine.config import EngineConfig
+
+    assert EngineConfig().graph_backend == "auto"
+    EngineConfig(graph_backend="native")
+    with pytest.raises(InputError, match="unknown graph_backend"):
+        EngineConfig(graph_backend="torch")
+    with pytest.raises(InputError, match="contradicts"):
+        EngineConfig(graph_backend="cupy", graph_device="host")
+    with pytest.raises(InputError, match="contradicts"):
+        EngineConfig(graph_backend="native", graph_device="device")
+
+
+def test_engine_graph_backends_agree(built):
+    """The engine's stage 3 through each host backend: the same labels, and the configured backend is used."""
+    import skimage.data
+    import torch
+
+    from diffcut_engine import Engine, EngineConfig
+    from toy_encoder import ColourEncoder
+
+    image = skimage.data.astronaut()[::2, ::2]
+    out = {}
+    for backend in ("numpy", "native"):
+        engine = Engine(EngineConfig(size=(320, 384), tau=0.5, device="cpu", refine="none",
+                                     graph_backend=backend), encoder=ColourEncoder())
+        assert engine.graph_namespace(torch.zeros(1)) is None  # the host path
+        out[backend] = engine.segment(image).labels
+    assert out["numpy"].max() >= 1
+    assert np.array_equal(out["numpy"], out["native"])
+
+
+def test_native_batch_on_threads_equals_one_by_one(built):
+    grids = [_features("planted-disc", 12, 15), _features("lab-coffee", 16, 14), _features("filters-astronaut", 14, 16)]
+    tokens = [l2_normalize(as_token_matrix(f)[0]) for f in grids]
+    shapes = [f.shape[:2] for f in grids]
+    for threads in (1, 2, 3):
+        trees = native.native_trees(tokens, shapes, alpha=10.0, tau_max=0.7, compat="official", num_thresholds=100,
+                                    num_threads=threads)
+        for f, tree in zip(grids, trees):
+            want = ncut_tree(f, tau_max=0.7, graph_backend="native")
+            assert tree.shape == want.shape
+            for tau in (0.3, 0.7):
+                assert np.array_equal(tree.cut(tau), want.cut(tau))
+    bad = [tokens[0], tokens[1].copy()]
+    with pytest.raises(ValueError, match="compat"):
+        native.native_trees(bad, shapes[:2], alpha=10.0, tau_max=0.7, compat="official-float32",
+                            num_thresholds=100)
