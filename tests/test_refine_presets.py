@@ -117,18 +117,43 @@ def test_fast_affinity_and_dense_step_match_the_reference():
     ((48, 56), None, 40, 10, (1, 2, 4, 8), 2),    # small C: the fallback decides many pixels; dense: 2 chunks
     ((40, 40), (55, 31), 12, 30, (1, 2, 4, 8, 12, 24, 32, 64), 6),  # demo dilations, masks resized
     ((33, 47), (33, 47), 4, 0, (1, 2), 4),                            # no iteration
+    ((23, 71), (30, 18), 30, 10, (1, 2, 4, 8), 4),                    # non-square, masks resized, many labels
+    ((64, 24), None, 60, 3, (1, 3, 40), 4),                           # a dilation wider than the image
 ])
 def test_fast_pamr_labels_equal_the_reference(size, lsize, k, iters, dil, cands):
     img = _photo(size)
     lab = _labels(lsize or size, k, seed=k)
     ref = refine._pamr_torch_at(img, lab, k, iters, dil)
-    for method in ("sparse", "dense"):
+    for method in ("auto", "box", "sparse", "dense"):
         fast, stats = refine.pamr_fast(img, lab, num_segments=k, iters=iters, dilations=dil, candidates=cands,
                                        method=method, return_stats=True)
         assert fast.dtype == torch.int64 and fast.shape == ref.shape
         assert torch.equal(fast, ref), f"{method}: {int((fast != ref).sum())} pixels differ; {stats}"
         if cands == 2 and method == "sparse":
             assert stats["uncertain"] > 0   # the exact fallback was exercised
+
+
+@needs_numba
+@pytest.mark.parametrize("preset", sorted(REFINE_PRESETS))
+@pytest.mark.parametrize("size, lsize, k", [((36, 52), None, 5), ((41, 29), (64, 80), 70), ((30, 30), (7, 9), 12)])
+def test_box_path_equals_the_reference_for_every_preset_k_and_chunking(preset, size, lsize, k):
+    """The support-box path, one label per chunk and all labels in one chunk, on borders and absent ids."""
+    p = REFINE_PRESETS[preset]
+    iters, dil = p["iters"], p["dilations"]
+    img = _photo(size)
+    lab = _labels(lsize or size, k, seed=k + 7)
+    lab[0, :] = k - 1                          # a label along the top border
+    n = k + 3                                  # ids k .. k+2 are absent: their masks stay zero
+    ref = refine._pamr_torch_at(img, lab, n, iters, dil)
+    aff = pamr_cpu.affinity(img.numpy(), dil)
+    offs = pamr_cpu.offsets(dil)
+    corners = None
+    if tuple(lab.shape) != size:
+        corners = tuple(np.ascontiguousarray(v.numpy()) for ax in refine._bilinear_corners(tuple(lab.shape), size)
+                        for v in ax)
+    for budget in (1, 1 << 25):
+        got = pamr_cpu.box_argmax(lab.numpy(), size, n, aff, offs, iters, corners, budget=budget)
+        assert np.array_equal(got, ref.numpy()), f"budget {budget}: {int((got != ref.numpy()).sum())} differ"
 
 
 @needs_numba
