@@ -795,7 +795,10 @@ def refine_at(view, labels, *, work_size: Optional[Tuple[int, int]] = None, num_
     device = labels.device
     rgb = images.resize(view, work).to(device)
     out = _pamr_any(rgb, labels, k, iters, dilations, backend)
-    if median:
+    if median and out.device.type == "cpu" and backend != "torch" and _fast_available(out.device):
+        from .kernels import pamr_cpu
+        out = torch.from_numpy(pamr_cpu.median3x3(out.numpy()))       # the same filter, in numba
+    elif median:
         out = median3x3(out)
     if work == out_size:
         return out

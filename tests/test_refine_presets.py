@@ -181,3 +181,12 @@ def test_joint_upsampling_follows_the_image_edge():
     nearest = F.interpolate(small_lab[None, None].float(), size=(h, w), mode="nearest")[0, 0].long()
     assert int((joint != truth).sum()) < int((nearest != truth).sum())
     assert int((joint != truth).sum()) == 0
+
+
+@needs_numba
+@pytest.mark.parametrize("shape", [(1, 1), (1, 7), (6, 1), (17, 29), (40, 33)])
+def test_numba_median_equals_the_torch_median(shape):
+    g = torch.Generator().manual_seed(sum(shape))
+    lab = torch.randint(0, 6, shape, generator=g)
+    lab[: shape[0] // 2] = torch.randint(0, 2, (shape[0] // 2, shape[1]), generator=g)   # many ties
+    assert np.array_equal(pamr_cpu.median3x3(lab.numpy()), refine.median3x3(lab).numpy())

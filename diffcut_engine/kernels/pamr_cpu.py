@@ -24,7 +24,7 @@ import numpy as np
 
 from ..utils.imports import is_available
 
-__all__ = ["available", "affinity", "dense_step", "sparse_step", "box_argmax", "joint_upsample", "offsets"]
+__all__ = ["available", "affinity", "dense_step", "sparse_step", "box_argmax", "median3x3", "joint_upsample", "offsets"]
 
 _NB = None
 if is_available("numba"):
@@ -344,6 +344,28 @@ if _NB is not None:
         return best_lab
 
     @_jit
+    def _median3x3(labels, out):  # pragma: no cover - compiled
+        """3x3 median with clamped borders (``refine.median3x3``): the 5th smallest of the 9 window values."""
+        h, w = labels.shape
+        for y in _prange(h):
+            v = np.empty(9, labels.dtype)
+            for x in range(w):
+                n = 0
+                for dy in range(-1, 2):
+                    yy = min(max(y + dy, 0), h - 1)
+                    for dx in range(-1, 2):
+                        xx = min(max(x + dx, 0), w - 1)
+                        c = labels[yy, xx]
+                        i = n                       # insertion sort of the window
+                        while i > 0 and v[i - 1] > c:
+                            v[i] = v[i - 1]
+                            i -= 1
+                        v[i] = c
+                        n += 1
+                out[y, x] = v[4]
+        return out
+
+    @_jit
     def _joint_upsample(labels, small_img, big_img, sigma_c, out):  # pragma: no cover - compiled
         hs, ws = labels.shape
         _, hb, wb = big_img.shape
@@ -489,8 +511,17 @@ def box_argmax(labels: np.ndarray, size, num_labels: int, aff, offs: np.ndarray,
         g[b[:, 1] <= b[:, 0]] = 0
         return g
 
+    def step_box(b, t):
+        """The box computed at step t: the support bound, columns widened to multiples of 32 (whole vectors; the
+        extra columns hold exact zeros) within the image."""
+        g = grow(b, t * dmax)
+        g[:, 2] = g[:, 2] // 32 * 32
+        g[:, 3] = np.minimum((g[:, 3] + 31) // 32 * 32, w)
+        g[b[:, 1] <= b[:, 0]] = 0
+        return g
+
     present = np.nonzero(box0[:, 1] > box0[:, 0])[0]
-    sbox_all = grow(box0, (iters + 1) * dmax if iters else 0)
+    sbox_all = grow(step_box(box0, iters), dmax) if iters else box0
     area = (sbox_all[:, 1] - sbox_all[:, 0]) * (sbox_all[:, 3] - sbox_all[:, 2])
     best_val = np.zeros((h, w), np.float32)     # = label 0's value where its box does not reach
     best_lab = np.zeros((h, w), np.int64)
@@ -508,8 +539,15 @@ def box_argmax(labels: np.ndarray, size, num_labels: int, aff, offs: np.ndarray,
         if iters:
             b = np.zeros(used, np.float32)
             for t in range(1, iters + 1):
-                _box_step(a, b, off, sbox, np.ascontiguousarray(grow(box0[ids], t * dmax)), aff, offs)
+                _box_step(a, b, off, sbox, step_box(box0[ids], t), aff, offs)
                 a, b = b, a
         _box_argmax(a, off, sbox, ids, best_val, best_lab)
         start = stop
     return best_lab
+
+
+def median3x3(labels: np.ndarray) -> np.ndarray:
+    """3x3 median filter of an (H, W) integer label map, clamped borders: ``refine.median3x3``'s result."""
+    _need()
+    labels = np.ascontiguousarray(labels)
+    return _median3x3(labels, np.empty_like(labels))
