@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 
 import numpy as np
@@ -66,6 +67,7 @@ def main(argv=None):
     refine.refine_at(photo((24, 24)), torch.zeros(24, 24, dtype=torch.long).index_fill_(1, torch.arange(12), 1),
                      iters=1, backend="fast")                                     # compile, untimed
     rows = []
+    print(f"load average at start: {os.getloadavg()[0]:.2f}", flush=True)
     for size_s in args.sizes.split(","):
         size = parse_size(size_s)
         img = photo(size)
@@ -88,6 +90,7 @@ def main(argv=None):
                     row["torch_s"] = round(time.perf_counter() - t0, 3)
                     row["speedup"] = round(row["torch_s"] / t_fast, 2)
                     row["identical"] = bool(torch.equal(fast, ref))
+                row["load"] = round(os.getloadavg()[0], 2)
                 rows.append(row)
                 print(json.dumps(row), flush=True)
     print("\n| preset | photo | K | work size | fast (s) | torch (s) | speed-up | labels identical |")
@@ -97,6 +100,14 @@ def main(argv=None):
               f"{r['torch_s'] if r['torch_s'] is not None else '-'} | "
               f"{r['speedup'] if r['speedup'] is not None else '-'} | "
               f"{r['identical'] if r['identical'] is not None else '-'} |")
+    by = {}
+    for r in rows:
+        by.setdefault((r["preset"], r["size"]), []).append(r)
+    for (name, size_s), rs in by.items():
+        if len(rs) > 1:
+            lo, hi = min(rs, key=lambda r: r["k"]), max(rs, key=lambda r: r["k"])
+            print(f"{name} {size_s}: K={hi['k']} costs {hi['fast_s'] / lo['fast_s']:.2f}x K={lo['k']} (fast path)")
+    print(f"load average at end: {os.getloadavg()[0]:.2f}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=1)
