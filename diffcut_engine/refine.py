@@ -587,15 +587,6 @@ def resize_masks_init(labels: torch.Tensor, size: Tuple[int, int], candidates: O
 #: upper bound by this much more (float32 rounding of 30 x 64 sums, with room to spare).
 CERTIFY_TOL = 1e-5
 
-#: ``pamr_fast(method="auto")`` takes the top-C path instead of the support boxes when the dilations are local
-#: (at most this) and the boxes would hold more than :data:`BOX_MAX_DEPTH` masks per pixel on average (many
-#: labels on a small working size, e.g. the ``eval`` preset's 128x128 with hundreds of labels).
-SPARSE_MAX_DILATION = 8
-
-#: See :data:`SPARSE_MAX_DILATION` (the top-C path costs about as much as this many dense masks per pixel).
-BOX_MAX_DEPTH = 48
-
-
 def pamr_fast(image, labels, *, num_segments: Optional[int] = None, iters: int = 10,
               dilations: Sequence[int] = (1, 2, 4, 8), candidates: int = 4, delta: float = 1e-7,
               method: str = "auto", return_stats: bool = False):
@@ -605,7 +596,7 @@ def pamr_fast(image, labels, *, num_segments: Optional[int] = None, iters: int =
     (:func:`pamr` when the sizes agree). Affinities are computed once
     (:func:`~diffcut_engine.kernels.pamr_cpu.affinity`). Three ways to propagate (``method``):
 
-    - ``box``: :func:`~diffcut_engine.kernels.pamr_cpu.box_argmax`. A mask is exactly zero outside
+    - ``box`` (``auto``): :func:`~diffcut_engine.kernels.pamr_cpu.box_argmax`. A mask is exactly zero outside
       its initial support's bounding box dilated by ``t x max(dilations)`` after step t, so each mask is
       propagated only there, with the dense step's arithmetic and order of summation (the same floats, bit for
       bit; the skipped terms are ``0 x a``). The work is the boxes' area: for the local presets (``eval``,
@@ -625,8 +616,7 @@ def pamr_fast(image, labels, *, num_segments: Optional[int] = None, iters: int =
     labels : (h, w) integer tensor; resized to (H, W) as the official PAMR resizes its masks (identity if equal)
     candidates, delta : the top-C size and the smallest value kept
     method : {"auto", "box", "dense", "sparse"}
-        See above; ``auto`` is ``box``, except for local dilations where the boxes would hold more than
-        :data:`BOX_MAX_DEPTH` masks per pixel (then ``sparse``).
+        See above; ``auto`` is ``box``.
     return_stats : also return a dict (``uncertain`` pixels, ``fallback_labels``, ``mean_kept``, ``max_err``)
 
     Returns
@@ -661,13 +651,9 @@ def pamr_fast(image, labels, *, num_segments: Optional[int] = None, iters: int =
         if tuple(labels.shape) != (h, w):
             corners = tuple(np.ascontiguousarray(v.numpy()) for ax in _bilinear_corners(tuple(labels.shape), (h, w))
                             for v in ax)
-        local = max(dilations) <= SPARSE_MAX_DILATION
-        best = pamr_cpu.box_argmax(labels.numpy(), (h, w), k, aff, offs, iters, corners,
-                                   max_depth=BOX_MAX_DEPTH if method == "auto" and local else None)
-        if best is not None:
-            result = torch.from_numpy(best).to(image.device)
-            return (result, {"method": "box"}) if return_stats else result
-        method = "sparse"   # auto, local dilations, too many masks per pixel for the boxes: the top-C path
+        best = pamr_cpu.box_argmax(labels.numpy(), (h, w), k, aff, offs, iters, corners)
+        result = torch.from_numpy(best).to(image.device)
+        return (result, {"method": "box"}) if return_stats else result
     if method == "dense":
         best = _dense_argmax(labels, (h, w), np.arange(k), aff, offs, iters)
         result = torch.from_numpy(best).to(image.device)

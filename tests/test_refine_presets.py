@@ -190,17 +190,3 @@ def test_numba_median_equals_the_torch_median(shape):
     lab = torch.randint(0, 6, shape, generator=g)
     lab[: shape[0] // 2] = torch.randint(0, 2, (shape[0] // 2, shape[1]), generator=g)   # many ties
     assert np.array_equal(pamr_cpu.median3x3(lab.numpy()), refine.median3x3(lab).numpy())
-
-
-@needs_numba
-@pytest.mark.parametrize("k, dil, expected", [(150, (1, 2, 4, 8), "sparse"), (150, (1, 2, 4, 16), "box"),
-                                              (6, (1, 2, 4, 8), "box")])
-def test_auto_picks_boxes_or_top_c_and_stays_exact(k, dil, expected):
-    """Many labels on a small image with local dilations: the boxes would hold ~K masks per pixel, auto takes the
-    top-C path; with a wide dilation or few labels, the boxes. Labels equal the reference either way."""
-    img = _photo((40, 44))
-    lab = _labels((40, 44), k, seed=5)
-    ref = refine._pamr_torch_at(img, lab, k, 6, dil)
-    got, stats = refine.pamr_fast(img, lab, num_segments=k, iters=6, dilations=dil, return_stats=True)
-    assert stats["method"] == expected
-    assert torch.equal(got, ref)

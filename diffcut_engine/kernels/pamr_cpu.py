@@ -20,8 +20,6 @@ numba is optional (extra ``[fast]``); :func:`available` says whether it imports.
 
 from __future__ import annotations
 
-from typing import Optional
-
 import numpy as np
 
 from ..utils.imports import is_available
@@ -465,7 +463,7 @@ def joint_upsample(labels: np.ndarray, small_img: np.ndarray, big_img: np.ndarra
 
 
 def box_argmax(labels: np.ndarray, size, num_labels: int, aff, offs: np.ndarray, iters: int, corners=None,
-               budget: int = 1 << 25, max_depth: Optional[float] = None) -> Optional[np.ndarray]:
+               budget: int = 1 << 25) -> np.ndarray:
     """PAMR argmax labels (H, W) int64 of all ``num_labels`` masks, each propagated exactly on its support box.
 
     Label k's mask is zero outside the bounding box of its initial support dilated by ``t x D`` after step t
@@ -478,8 +476,7 @@ def box_argmax(labels: np.ndarray, size, num_labels: int, aff, offs: np.ndarray,
 
     ``labels``: (h, w) int64 at the low resolution; ``corners``: None when (h, w) == size, else the bilinear
     ``align_corners=True`` corner indices and weights ``(ys0, ys1, wy0, wy1, xs0, xs1, wx0, wx1)``
-    (``refine.resize_masks_init``'s). ``max_depth``: if the boxes' mean depth (masks per pixel and step, the
-    work relative to one mask) would exceed it, return None without propagating.
+    (``refine.resize_masks_init``'s).
     """
     _need()
     h, w = size
@@ -524,13 +521,6 @@ def box_argmax(labels: np.ndarray, size, num_labels: int, aff, offs: np.ndarray,
         return g
 
     present = np.nonzero(box0[:, 1] > box0[:, 0])[0]
-    if max_depth is not None and iters:
-        work = 0
-        for t in range(1, iters + 1):
-            g = step_box(box0[present], t)
-            work += int(((g[:, 1] - g[:, 0]) * (g[:, 3] - g[:, 2])).sum())
-        if work > max_depth * h * w * iters:
-            return None
     sbox_all = grow(step_box(box0, iters), dmax) if iters else box0
     area = (sbox_all[:, 1] - sbox_all[:, 0]) * (sbox_all[:, 3] - sbox_all[:, 2])
     best_val = np.zeros((h, w), np.float32)     # = label 0's value where its box does not reach
