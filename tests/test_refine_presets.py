@@ -151,8 +151,12 @@ def test_box_path_equals_the_reference_for_every_preset_k_and_chunking(preset, s
     if tuple(lab.shape) != size:
         corners = tuple(np.ascontiguousarray(v.numpy()) for ax in refine._bilinear_corners(tuple(lab.shape), size)
                         for v in ax)
-    for budget in (1, 1 << 25):
-        got = pamr_cpu.box_argmax(lab.numpy(), size, n, aff, offs, iters, corners, budget=budget)
+    for budget, major in ((1, None), (1 << 25, False), (1 << 25, True)):
+        pamr_cpu.FORCE_LABEL_MAJOR = major        # both loop orders of the step
+        try:
+            got = pamr_cpu.box_argmax(lab.numpy(), size, n, aff, offs, iters, corners, budget=budget)
+        finally:
+            pamr_cpu.FORCE_LABEL_MAJOR = None
         assert np.array_equal(got, ref.numpy()), f"budget {budget}: {int((got != ref.numpy()).sum())} differ"
 
 

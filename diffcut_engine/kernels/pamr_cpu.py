@@ -261,8 +261,35 @@ if _NB is not None:
                         out[base + x] = np.float32(1.0) if labels[y, x] == lb else np.float32(0.0)
         return out
 
+    @_jit1
+    def _box_tap(src, acc, af, off, sbox, box, offs, j, aoff, p, y, h, w, hw):  # pragma: no cover - compiled
+        """acc (label j's row y) += tap p of label j's mask; borders clamped as the reference's padding."""
+        y2 = min(max(y + offs[p, 0], 0), h - 1)
+        dx = offs[p, 1]
+        abase = p * hw + y * w
+        c0 = box[j, 2]
+        c1 = box[j, 3]
+        sw = sbox[j, 3] - sbox[j, 2]
+        sb = off[j] + (y2 - sbox[j, 0]) * sw - sbox[j, 2]     # + image column -> index in src
+        ab = aoff - c0                                         # + image column -> index in acc
+        lo = min(max(-dx, c0), c1)        # x < lo reads column 0 (clamped)
+        hi = max(min(w - dx, c1), lo)     # x >= hi reads column w - 1 (clamped)
+        if lo > c0:
+            v = src[sb]
+            for x in range(c0, lo):
+                acc[ab + x] += v * af[abase + x]
+        s0 = _u(sb + lo + dx)
+        a0 = _u(abase + lo)
+        d0 = _u(ab + lo)
+        for i in range(_u(hi - lo)):
+            acc[d0 + i] += src[s0 + i] * af[a0 + i]
+        if hi < c1:
+            v = src[sb + w - 1]
+            for x in range(hi, c1):
+                acc[ab + x] += v * af[abase + x]
+
     @_jit
-    def _box_step(src, dst, off, sbox, box, aff, offs):  # pragma: no cover - compiled
+    def _box_step(src, dst, off, sbox, box, aff, offs, label_major):  # pragma: no cover - compiled
         """One step of the masks stored on boxes: ``dst`` on ``box`` (per label [r0, r1, c0, c1)) from ``src``.
 
         Label j's values live in ``src[off[j] + (y - sbox[j, 0]) * width_j + (x - sbox[j, 2])]`` for (y, x) in its
@@ -287,32 +314,14 @@ if _NB is not None:
             if na == 0:
                 continue
             acc = np.zeros(tot, np.float32)
-            for p in range(p_total):
-                y2 = min(max(y + offs[p, 0], 0), h - 1)
-                dx = offs[p, 1]
-                abase = p * hw + y * w
+            if label_major:     # one label's acc row stays in L1 over all taps; the affinity rows in L2
                 for q in range(na):
-                    j = act[q]
-                    c0 = box[j, 2]
-                    c1 = box[j, 3]
-                    sw = sbox[j, 3] - sbox[j, 2]
-                    sb = off[j] + (y2 - sbox[j, 0]) * sw - sbox[j, 2]     # + image column -> index in src
-                    ab = aoff[q] - c0                                      # + image column -> index in acc
-                    lo = min(max(-dx, c0), c1)        # x < lo reads column 0 (clamped)
-                    hi = max(min(w - dx, c1), lo)     # x >= hi reads column w - 1 (clamped)
-                    if lo > c0:
-                        v = src[sb]
-                        for x in range(c0, lo):
-                            acc[ab + x] += v * af[abase + x]
-                    s0 = _u(sb + lo + dx)
-                    a0 = _u(abase + lo)
-                    d0 = _u(ab + lo)
-                    for i in range(_u(hi - lo)):
-                        acc[d0 + i] += src[s0 + i] * af[a0 + i]
-                    if hi < c1:
-                        v = src[sb + w - 1]
-                        for x in range(hi, c1):
-                            acc[ab + x] += v * af[abase + x]
+                    for p in range(p_total):
+                        _box_tap(src, acc, af, off, sbox, box, offs, act[q], aoff[q], p, y, h, w, hw)
+            else:               # one tap's affinity row is read once for all labels
+                for p in range(p_total):
+                    for q in range(na):
+                        _box_tap(src, acc, af, off, sbox, box, offs, act[q], aoff[q], p, y, h, w, hw)
             for q in range(na):
                 j = act[q]
                 c0 = box[j, 2]
@@ -462,6 +471,19 @@ def joint_upsample(labels: np.ndarray, small_img: np.ndarray, big_img: np.ndarra
                            np.ascontiguousarray(big_img, dtype=np.float32), np.float32(sigma), out)
 
 
+#: Loop order of :func:`box_argmax`'s step: label-major (each label's row of accumulators stays in L1 over all
+#: taps) once the active labels' accumulators of one row exceed this many floats, else tap-major (one affinity row
+#: read once for all labels). ``None`` in a test or benchmark forces neither: see :func:`_label_major`.
+LABEL_MAJOR_FLOATS = 8192
+FORCE_LABEL_MAJOR = None
+
+
+def _label_major(boxes: np.ndarray, h: int) -> bool:
+    if FORCE_LABEL_MAJOR is not None:
+        return bool(FORCE_LABEL_MAJOR)
+    return bool(((boxes[:, 3] - boxes[:, 2]) * (boxes[:, 1] - boxes[:, 0])).sum() > LABEL_MAJOR_FLOATS * h)
+
+
 def box_argmax(labels: np.ndarray, size, num_labels: int, aff, offs: np.ndarray, iters: int, corners=None,
                budget: int = 1 << 25) -> np.ndarray:
     """PAMR argmax labels (H, W) int64 of all ``num_labels`` masks, each propagated exactly on its support box.
@@ -539,7 +561,8 @@ def box_argmax(labels: np.ndarray, size, num_labels: int, aff, offs: np.ndarray,
         if iters:
             b = np.zeros(used, np.float32)
             for t in range(1, iters + 1):
-                _box_step(a, b, off, sbox, step_box(box0[ids], t), aff, offs)
+                bt = step_box(box0[ids], t)
+                _box_step(a, b, off, sbox, bt, aff, offs, _label_major(bt, h))
                 a, b = b, a
         _box_argmax(a, off, sbox, ids, best_val, best_lab)
         start = stop
