@@ -474,7 +474,7 @@ def joint_upsample(labels: np.ndarray, small_img: np.ndarray, big_img: np.ndarra
 #: Loop order of :func:`box_argmax`'s step: label-major (each label's row of accumulators stays in L1 over all
 #: taps) once the active labels' accumulators of one row exceed this many floats, else tap-major (one affinity row
 #: read once for all labels). ``None`` in a test or benchmark forces neither: see :func:`_label_major`.
-LABEL_MAJOR_FLOATS = 8192
+LABEL_MAJOR_FLOATS = 4096
 FORCE_LABEL_MAJOR = None
 
 
