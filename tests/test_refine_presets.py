@@ -194,3 +194,37 @@ def test_numba_median_equals_the_torch_median(shape):
     lab = torch.randint(0, 6, shape, generator=g)
     lab[: shape[0] // 2] = torch.randint(0, 2, (shape[0] // 2, shape[1]), generator=g)   # many ties
     assert np.array_equal(pamr_cpu.median3x3(lab.numpy()), refine.median3x3(lab).numpy())
+
+
+@needs_numba
+@pytest.mark.parametrize("label_major", [False, True])
+def test_box_step_gives_the_dense_step_floats_bit_for_bit(label_major):
+    """One step on a support box equals the dense step: the same floats inside, exact zeros outside."""
+    h, w, dil = 37, 53, (1, 3, 5)
+    img = _photo((h, w)).numpy()
+    aff = pamr_cpu.affinity(img, dil)
+    offs = pamr_cpu.offsets(dil)
+    g = np.random.default_rng(3)
+    supports = [(0, 9, 40, 53), (12, 20, 5, 14), (30, 37, 0, 6)]     # [r0, r1, c0, c1): two touch borders
+    masks = np.zeros((len(supports), h, w), np.float32)
+    for j, (r0, r1, c0, c1) in enumerate(supports):
+        masks[j, r0:r1, c0:c1] = g.random((r1 - r0, c1 - c0), dtype=np.float32)
+    dense = pamr_cpu.dense_step(masks, aff, offs, np.empty_like(masks))
+    d = max(dil)
+
+    def grow(b, r):
+        return np.array([[max(r0 - r, 0), min(r1 + r, h), max(c0 - r, 0), min(c1 + r, w)] for r0, r1, c0, c1 in b],
+                        np.int64)
+
+    box = grow(supports, d)
+    sbox = grow(supports, 2 * d)
+    area = (sbox[:, 1] - sbox[:, 0]) * (sbox[:, 3] - sbox[:, 2])
+    off = np.concatenate([[0], np.cumsum(area)[:-1]]).astype(np.int64)
+    src = np.concatenate([masks[j, r0:r1, c0:c1].ravel() for j, (r0, r1, c0, c1) in enumerate(sbox)])
+    dst = pamr_cpu._box_step(src, np.zeros_like(src), off, sbox, box, aff, offs, label_major)
+    for j, (r0, r1, c0, c1) in enumerate(sbox):
+        got = dst[off[j]:off[j] + area[j]].reshape(r1 - r0, c1 - c0)
+        assert np.array_equal(got, dense[j, r0:r1, c0:c1])              # bit for bit, zeros outside the box
+        outside = np.ones((h, w), bool)
+        outside[r0:r1, c0:c1] = False
+        assert not dense[j][outside].any()
