@@ -5,7 +5,8 @@ is made from SLIC superpixels (computed at <= 512 px, nearest-upsampled: labels 
 assignment gives them), and ``refine.refine_at`` runs the preset (working size, iterations, dilations of
 ``config.REFINE_PRESETS``; ``demo`` works at the 1024x1024 network size) with ``backend="fast"`` and, where it
 fits (``--reference-max``: K x working pixels), ``backend="torch"``. Labels of the two are compared (they must be
-identical). The first fast call on a tiny input compiles the numba kernels and is not timed.
+identical). Wall time and process CPU time (all threads) are reported: on a shared machine the CPU time is the
+steadier of the two. The first fast call on a tiny input compiles the numba kernels and is not timed.
 
     python benchmarks/bench_refine.py --json out.json
     python benchmarks/bench_refine.py --presets demo --sizes 1024x1024 --ks 10,500
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 
 import numpy as np
@@ -66,6 +68,7 @@ def main(argv=None):
     refine.refine_at(photo((24, 24)), torch.zeros(24, 24, dtype=torch.long).index_fill_(1, torch.arange(12), 1),
                      iters=1, backend="fast")                                     # compile, untimed
     rows = []
+    print(f"load average at start: {os.getloadavg()[0]:.2f}", flush=True)
     for size_s in args.sizes.split(","):
         size = parse_size(size_s)
         img = photo(size)
@@ -77,26 +80,37 @@ def main(argv=None):
                 work = NETWORK if p["work_size"] == "network" else (size if p["work_size"] == "output"
                                                                     else tuple(p["work_size"]))
                 kw = dict(work_size=work, num_segments=k, iters=p["iters"], dilations=p["dilations"])
-                t0 = time.perf_counter()
+                t0, c0 = time.perf_counter(), time.process_time()
                 fast = refine.refine_at(img, lab, backend="fast", **kw)
                 t_fast = time.perf_counter() - t0
                 row = {"preset": name, "size": size_s, "k": k, "work": f"{work[1]}x{work[0]}",
-                       "fast_s": round(t_fast, 3), "torch_s": None, "speedup": None, "identical": None}
+                       "fast_s": round(t_fast, 3), "fast_cpu_s": round(time.process_time() - c0, 3),
+                       "torch_s": None, "torch_cpu_s": None, "speedup": None, "identical": None}
                 if k * work[0] * work[1] <= args.reference_max:
-                    t0 = time.perf_counter()
+                    t0, c0 = time.perf_counter(), time.process_time()
                     ref = refine.refine_at(img, lab, backend="torch", **kw)
                     row["torch_s"] = round(time.perf_counter() - t0, 3)
+                    row["torch_cpu_s"] = round(time.process_time() - c0, 3)
                     row["speedup"] = round(row["torch_s"] / t_fast, 2)
                     row["identical"] = bool(torch.equal(fast, ref))
+                row["load"] = round(os.getloadavg()[0], 2)
                 rows.append(row)
                 print(json.dumps(row), flush=True)
-    print("\n| preset | photo | K | work size | fast (s) | torch (s) | speed-up | labels identical |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("\n| preset | photo | K | work size | fast (s) | fast CPU (s) | torch (s) | speed-up | labels identical |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['preset']} | {r['size']} | {r['k']} | {r['work']} | {r['fast_s']} | "
+        print(f"| {r['preset']} | {r['size']} | {r['k']} | {r['work']} | {r['fast_s']} | {r['fast_cpu_s']} | "
               f"{r['torch_s'] if r['torch_s'] is not None else '-'} | "
               f"{r['speedup'] if r['speedup'] is not None else '-'} | "
               f"{r['identical'] if r['identical'] is not None else '-'} |")
+    by = {}
+    for r in rows:
+        by.setdefault((r["preset"], r["size"]), []).append(r)
+    for (name, size_s), rs in by.items():
+        if len(rs) > 1:
+            lo, hi = min(rs, key=lambda r: r["k"]), max(rs, key=lambda r: r["k"])
+            print(f"{name} {size_s}: K={hi['k']} costs {hi['fast_s'] / lo['fast_s']:.2f}x K={lo['k']} (fast path)")
+    print(f"load average at end: {os.getloadavg()[0]:.2f}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=1)

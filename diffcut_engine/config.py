@@ -137,7 +137,7 @@ class EngineConfig:
     pamr_dilations : tuple of int, optional
         PAMR neighbourhood dilations; ``None`` takes the preset's.
     refine_backend : {"auto", "torch", "fast"}
-        PAMR implementation: ``torch`` (reference), ``fast`` (numba top-C path on the CPU, fused Triton kernel on
+        PAMR implementation: ``torch`` (reference), ``fast`` (numba support-box path on the CPU, fused Triton kernel on
         CUDA; same labels) or ``auto`` (``fast`` where it can run).
     output_size : (int, int) or str, optional
         Size of the returned label maps, ``(height, width)``. ``None``: each input image's own size.

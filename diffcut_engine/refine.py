@@ -587,44 +587,36 @@ def resize_masks_init(labels: torch.Tensor, size: Tuple[int, int], candidates: O
 #: upper bound by this much more (float32 rounding of 30 x 64 sums, with room to spare).
 CERTIFY_TOL = 1e-5
 
-#: Up to this many labels the CPU fast path propagates all K masks densely (vectorised rows beat the per-pixel
-#: top-C merge there); above it, the top-C path, whose cost follows the labels present locally, not K.
-DENSE_MAX_K = 16
-
-#: The top-C path pays off for local presets (eval, full: dilations <= 8). With the demo's dilations up to 64 over
-#: 30 iterations mass spreads over many labels per pixel, its bound certifies few pixels and the exact fallback
-#: would redo the dense work: there the CPU path propagates all K masks densely, 32 at a time.
-SPARSE_MAX_DILATION = 8
-
-
 def pamr_fast(image, labels, *, num_segments: Optional[int] = None, iters: int = 10,
               dilations: Sequence[int] = (1, 2, 4, 8), candidates: int = 4, delta: float = 1e-7,
               method: str = "auto", return_stats: bool = False):
-    """PAMR argmax labels with the K-independent CPU path (numba): top-C labels per pixel, certified, exact.
+    """PAMR argmax labels on the CPU (numba), identical to the torch reference.
 
     Same result as ``pamr_soft(image, bilinear(one_hot(labels), image size, align_corners=True)).argmax(0)``
-    (:func:`pamr` when the sizes agree), computed as follows:
+    (:func:`pamr` when the sizes agree). Affinities are computed once
+    (:func:`~diffcut_engine.kernels.pamr_cpu.affinity`). Three ways to propagate (``method``):
 
-    1. Affinities once (:func:`~diffcut_engine.kernels.pamr_cpu.affinity`, the reference's arithmetic).
-    2. Every step keeps, per pixel, the ``candidates`` largest label values (at least ``delta``) and an upper bound
-       ``err`` on the mass dropped so far. Kept values are lower bounds of the exact ones (non-negative
-       affinities), any label's exact value is at most its kept value (0 if dropped) plus ``err``. The work per
-       pixel is the number of labels kept around it, not K.
-    3. A pixel is **certified** when its leading label beats every other label's upper bound by
-       :data:`CERTIFY_TOL`. The remaining pixels are decided exactly: their disputed labels (every candidate
-       within ``err + CERTIFY_TOL`` of the leader, or every label where a dropped one could win) are propagated
-       densely (:func:`~diffcut_engine.kernels.pamr_cpu.dense_step`, the reference's order of summation) and
-       the argmax is taken over them.
+    - ``box`` (``auto``): :func:`~diffcut_engine.kernels.pamr_cpu.box_argmax`. A mask is exactly zero outside
+      its initial support's bounding box dilated by ``t x max(dilations)`` after step t, so each mask is
+      propagated only there, with the dense step's arithmetic and order of summation (the same floats, bit for
+      bit; the skipped terms are ``0 x a``). The work is the boxes' area: for the local presets (``eval``,
+      ``full``: 10 steps of dilations <= 8) it follows the labels present around each pixel, not K; with the
+      demo's dilations up to 64 over 30 steps every box covers the image after a few steps (the masks really are
+      non-zero everywhere) and the work is K-linear.
+    - ``dense``: all K masks on the whole image, 32 at a time (:func:`~diffcut_engine.kernels.pamr_cpu.dense_step`).
+    - ``sparse``: the top-C path. Every step keeps, per pixel, the ``candidates`` largest label values (at least
+      ``delta``) and an upper bound ``err`` on the mass dropped so far; kept values are lower bounds of the exact
+      ones (non-negative affinities), any label's exact value is at most its kept value (0 if dropped) plus
+      ``err``. A pixel is **certified** when its leading label beats every other label's upper bound by
+      :data:`CERTIFY_TOL`; the others are decided by propagating their disputed labels densely.
 
     Parameters
     ----------
     image : (3, H, W) float tensor in [0, 1] (CPU)
     labels : (h, w) integer tensor; resized to (H, W) as the official PAMR resizes its masks (identity if equal)
     candidates, delta : the top-C size and the smallest value kept
-    method : {"auto", "sparse", "dense"}
-        ``sparse``: the top-C path above; ``dense``: all K masks with the vectorised dense step, 32 at a time (the
-        reference's arithmetic, fastest for few labels); ``auto``: dense when K <= :data:`DENSE_MAX_K` or a dilation
-        exceeds :data:`SPARSE_MAX_DILATION`, else sparse.
+    method : {"auto", "box", "dense", "sparse"}
+        See above; ``auto`` is ``box``.
     return_stats : also return a dict (``uncertain`` pixels, ``fallback_labels``, ``mean_kept``, ``max_err``)
 
     Returns
@@ -646,15 +638,23 @@ def pamr_fast(image, labels, *, num_segments: Optional[int] = None, iters: int =
     iters, dilations = _check_iters(iters), _check_dilations(dilations)
     if isinstance(candidates, bool) or not isinstance(candidates, int) or candidates < 1:
         raise InputError(f"candidates must be a positive int, got {candidates!r}")
-    if method not in ("auto", "sparse", "dense"):
-        raise InputError(f"method must be 'auto', 'sparse' or 'dense', got {method!r}")
+    if method not in ("auto", "box", "sparse", "dense"):
+        raise InputError(f"method must be 'auto', 'box', 'sparse' or 'dense', got {method!r}")
     import numpy as np
 
     h, w = image.shape[-2:]
     img = image.detach().cpu().float().numpy()
     aff = pamr_cpu.affinity(img, dilations) if iters else None
     offs = pamr_cpu.offsets(dilations)
-    if method == "dense" or (method == "auto" and (k <= DENSE_MAX_K or max(dilations) > SPARSE_MAX_DILATION)):
+    if method in ("auto", "box"):
+        corners = None
+        if tuple(labels.shape) != (h, w):
+            corners = tuple(np.ascontiguousarray(v.numpy()) for ax in _bilinear_corners(tuple(labels.shape), (h, w))
+                            for v in ax)
+        best = pamr_cpu.box_argmax(labels.numpy(), (h, w), k, aff, offs, iters, corners)
+        result = torch.from_numpy(best).to(image.device)
+        return (result, {"method": "box"}) if return_stats else result
+    if method == "dense":
         best = _dense_argmax(labels, (h, w), np.arange(k), aff, offs, iters)
         result = torch.from_numpy(best).to(image.device)
         return (result, {"method": "dense"}) if return_stats else result
@@ -795,7 +795,10 @@ def refine_at(view, labels, *, work_size: Optional[Tuple[int, int]] = None, num_
     device = labels.device
     rgb = images.resize(view, work).to(device)
     out = _pamr_any(rgb, labels, k, iters, dilations, backend)
-    if median:
+    if median and out.device.type == "cpu" and backend != "torch" and _fast_available(out.device):
+        from .kernels import pamr_cpu
+        out = torch.from_numpy(pamr_cpu.median3x3(out.numpy()))       # the same filter, in numba
+    elif median:
         out = median3x3(out)
     if work == out_size:
         return out

@@ -117,18 +117,47 @@ def test_fast_affinity_and_dense_step_match_the_reference():
     ((48, 56), None, 40, 10, (1, 2, 4, 8), 2),    # small C: the fallback decides many pixels; dense: 2 chunks
     ((40, 40), (55, 31), 12, 30, (1, 2, 4, 8, 12, 24, 32, 64), 6),  # demo dilations, masks resized
     ((33, 47), (33, 47), 4, 0, (1, 2), 4),                            # no iteration
+    ((23, 71), (30, 18), 30, 10, (1, 2, 4, 8), 4),                    # non-square, masks resized, many labels
+    ((64, 24), None, 60, 3, (1, 3, 40), 4),                           # a dilation wider than the image
 ])
 def test_fast_pamr_labels_equal_the_reference(size, lsize, k, iters, dil, cands):
     img = _photo(size)
     lab = _labels(lsize or size, k, seed=k)
     ref = refine._pamr_torch_at(img, lab, k, iters, dil)
-    for method in ("sparse", "dense"):
+    for method in ("auto", "box", "sparse", "dense"):
         fast, stats = refine.pamr_fast(img, lab, num_segments=k, iters=iters, dilations=dil, candidates=cands,
                                        method=method, return_stats=True)
         assert fast.dtype == torch.int64 and fast.shape == ref.shape
         assert torch.equal(fast, ref), f"{method}: {int((fast != ref).sum())} pixels differ; {stats}"
         if cands == 2 and method == "sparse":
             assert stats["uncertain"] > 0   # the exact fallback was exercised
+
+
+@needs_numba
+@pytest.mark.parametrize("preset", sorted(REFINE_PRESETS))
+@pytest.mark.parametrize("size, lsize, k", [((36, 52), None, 5), ((41, 29), (64, 80), 70), ((30, 30), (7, 9), 12)])
+def test_box_path_equals_the_reference_for_every_preset_k_and_chunking(preset, size, lsize, k):
+    """The support-box path, one label per chunk and all labels in one chunk, on borders and absent ids."""
+    p = REFINE_PRESETS[preset]
+    iters, dil = p["iters"], p["dilations"]
+    img = _photo(size)
+    lab = _labels(lsize or size, k, seed=k + 7)
+    lab[0, :] = k - 1                          # a label along the top border
+    n = k + 3                                  # ids k .. k+2 are absent: their masks stay zero
+    ref = refine._pamr_torch_at(img, lab, n, iters, dil)
+    aff = pamr_cpu.affinity(img.numpy(), dil)
+    offs = pamr_cpu.offsets(dil)
+    corners = None
+    if tuple(lab.shape) != size:
+        corners = tuple(np.ascontiguousarray(v.numpy()) for ax in refine._bilinear_corners(tuple(lab.shape), size)
+                        for v in ax)
+    for budget, major in ((1, None), (1 << 25, False), (1 << 25, True)):
+        pamr_cpu.FORCE_LABEL_MAJOR = major        # both loop orders of the step
+        try:
+            got = pamr_cpu.box_argmax(lab.numpy(), size, n, aff, offs, iters, corners, budget=budget)
+        finally:
+            pamr_cpu.FORCE_LABEL_MAJOR = None
+        assert np.array_equal(got, ref.numpy()), f"budget {budget}: {int((got != ref.numpy()).sum())} differ"
 
 
 @needs_numba
@@ -156,3 +185,46 @@ def test_joint_upsampling_follows_the_image_edge():
     nearest = F.interpolate(small_lab[None, None].float(), size=(h, w), mode="nearest")[0, 0].long()
     assert int((joint != truth).sum()) < int((nearest != truth).sum())
     assert int((joint != truth).sum()) == 0
+
+
+@needs_numba
+@pytest.mark.parametrize("shape", [(1, 1), (1, 7), (6, 1), (17, 29), (40, 33)])
+def test_numba_median_equals_the_torch_median(shape):
+    g = torch.Generator().manual_seed(sum(shape))
+    lab = torch.randint(0, 6, shape, generator=g)
+    lab[: shape[0] // 2] = torch.randint(0, 2, (shape[0] // 2, shape[1]), generator=g)   # many ties
+    assert np.array_equal(pamr_cpu.median3x3(lab.numpy()), refine.median3x3(lab).numpy())
+
+
+@needs_numba
+@pytest.mark.parametrize("label_major", [False, True])
+def test_box_step_gives_the_dense_step_floats_bit_for_bit(label_major):
+    """One step on a support box equals the dense step: the same floats inside, exact zeros outside."""
+    h, w, dil = 37, 53, (1, 3, 5)
+    img = _photo((h, w)).numpy()
+    aff = pamr_cpu.affinity(img, dil)
+    offs = pamr_cpu.offsets(dil)
+    g = np.random.default_rng(3)
+    supports = [(0, 9, 40, 53), (12, 20, 5, 14), (30, 37, 0, 6)]     # [r0, r1, c0, c1): two touch borders
+    masks = np.zeros((len(supports), h, w), np.float32)
+    for j, (r0, r1, c0, c1) in enumerate(supports):
+        masks[j, r0:r1, c0:c1] = g.random((r1 - r0, c1 - c0), dtype=np.float32)
+    dense = pamr_cpu.dense_step(masks, aff, offs, np.empty_like(masks))
+    d = max(dil)
+
+    def grow(b, r):
+        return np.array([[max(r0 - r, 0), min(r1 + r, h), max(c0 - r, 0), min(c1 + r, w)] for r0, r1, c0, c1 in b],
+                        np.int64)
+
+    box = grow(supports, d)
+    sbox = grow(supports, 2 * d)
+    area = (sbox[:, 1] - sbox[:, 0]) * (sbox[:, 3] - sbox[:, 2])
+    off = np.concatenate([[0], np.cumsum(area)[:-1]]).astype(np.int64)
+    src = np.concatenate([masks[j, r0:r1, c0:c1].ravel() for j, (r0, r1, c0, c1) in enumerate(sbox)])
+    dst = pamr_cpu._box_step(src, np.zeros_like(src), off, sbox, box, aff, offs, label_major)
+    for j, (r0, r1, c0, c1) in enumerate(sbox):
+        got = dst[off[j]:off[j] + area[j]].reshape(r1 - r0, c1 - c0)
+        assert np.array_equal(got, dense[j, r0:r1, c0:c1])              # bit for bit, zeros outside the box
+        outside = np.ones((h, w), bool)
+        outside[r0:r1, c0:c1] = False
+        assert not dense[j][outside].any()
