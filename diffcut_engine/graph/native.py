@@ -22,9 +22,11 @@ import numpy as np
 from ..errors import BackendUnavailableError, InputError
 from .tree import NCutNode, NCutTree
 from .validation import check_graph_backend
-#: ``auto`` takes the native backend up to this many tokens (32 x 32), where it was measured about as fast as the
-#: numpy path or faster (0.98-7x, benchmarks/RESULTS.md); at 48 x 48 the two are even (0.92-1.21x).
-NATIVE_AUTO_MAX_TOKENS = 1024
+#: ``auto`` takes the native backend up to this many tokens (24 x 24), where it was measured as fast as the numpy
+#: path or faster on every family (benchmarks/RESULTS.md). At 32 x 32 it is 1.3x faster on hierarchical features
+#: but 2x slower on nearly disconnected ones (the native core has no block Krylov solver: where Lanczos cannot
+#: certify it solves densely), so there ``auto`` keeps numpy, for the better worst case.
+NATIVE_AUTO_MAX_TOKENS = 576
 #: compat modes the native core implements.
 NATIVE_COMPAT = ("official", "clean")
 NATIVE_MODULE = "diffcut_engine._native"
