@@ -84,7 +84,7 @@ auto translated(F&& body) -> decltype(body()) {
 }  // namespace
 
 PYBIND11_MODULE(_native, m) {
-  m.doc() = "The C++ core of diffcut-engine (csrc/): affinity and recursive NCut tree, dense LAPACK and certified Lanczos solvers.";
+  m.doc() = "The C++ core of diffcut-engine (csrc/): affinity and recursive NCut tree, dense LAPACK, certified Lanczos and block Krylov solvers.";
   m.attr("version") = diffcut_version();
 
   m.def(
@@ -98,6 +98,10 @@ PYBIND11_MODULE(_native, m) {
       },
       py::arg("ssyrk"), py::arg("dsyevr"), py::arg("dsymv"),
       "Bind ssyrk, dsyevr and dsymv (addresses of Fortran-ABI functions).");
+
+  m.def(
+      "bind_dgemm", [](std::uintptr_t dgemm) { bind_dgemm(reinterpret_cast<DgemmFn>(dgemm)); }, py::arg("dgemm"),
+      "Bind dgemm (the address of a Fortran-ABI function; 0: none) for the block Krylov products.");
 
   m.def(
       "affinity",

@@ -21,7 +21,8 @@ class Failure : public std::runtime_error {
 };
 
 enum class Compat { Official = 0, Clean = 1 };
-// auto: dense up to kAutoDenseMax nodes, above certified Lanczos (dense where it cannot certify); dense: always.
+// auto: dense up to kAutoDenseMax nodes, above certified Lanczos, then certified block Krylov where Lanczos cannot
+// certify (first, once Lanczos failed in the tree), then dense; dense: always.
 enum class Solver { Auto = 0, Dense = 1 };
 constexpr std::int64_t kAutoDenseMax = 192;
 
@@ -71,11 +72,22 @@ struct Tree {
 // The recursive NCut tree of an affinity W (n x n, row-major float32), depth first with the dense solver.
 Tree build_tree(const float* W, std::int64_t n, const Options& options);
 
+// u2 of the (m x m, row-major) affinity A with degrees d by dsyevr (eigenpairs 1..2 of the normalised Laplacian).
+void dense_u2(const std::vector<double>& A, const std::vector<double>& d, std::int64_t m, std::vector<double>& u2);
+
 // u2 (unit, orthogonal to sqrt(d)) of M = D^-1/2 A D^-1/2 by Lanczos with the Davis-Kahan certificate of
 // diffcut_engine.graph.eigen._lanczos (sin angle(u, u2) < 1e-6), or false where it cannot certify. A is (m x m)
 // row-major and symmetric; warm (may be empty) approximates y = D^-1/2 u2.
 bool lanczos_fiedler(const std::vector<double>& A, const std::vector<double>& d, std::int64_t m,
                      const std::vector<double>& warm, std::vector<double>& u);
+
+// u2 of M by block Krylov with the invariant-subspace certificate of diffcut_engine.graph.eigen._block_krylov
+// (sin angle(u, u2) < 1e-6 for clustered spectra: nearly disconnected graphs), or false where it cannot certify.
+bool block_krylov_fiedler(const std::vector<double>& A, const std::vector<double>& d, std::int64_t m,
+                          const std::vector<double>& warm, std::vector<double>& u);
+// eigen.subspace_certificate: the bound on sin angle(x1, u2) from the p top Ritz values theta (descending) and
+// their residual norms r, the smallest over clusters m = 1 .. p - 1 (infinity if none); *cluster gets that m.
+double subspace_certificate(const double* theta, const double* r, int p, int* cluster);
 
 // numpy's pairwise summation of a contiguous float64 array (the order numpy's sum along a row uses).
 double pairwise_sum(const double* a, std::int64_t n);

@@ -26,6 +26,10 @@ void DIFFCUT_F77(dsyevr_)(const char* jobz, const char* range, const char* uplo,
 void DIFFCUT_F77(dsymv_)(const char* uplo, const int* n, const double* alpha, const double* a, const int* lda,
                          const double* x, const int* incx, const double* beta, double* y, const int* incy,
                          std::size_t uplo_len);
+void DIFFCUT_F77(dgemm_)(const char* transa, const char* transb, const int* m, const int* n, const int* k,
+                         const double* alpha, const double* a, const int* lda, const double* b, const int* ldb,
+                         const double* beta, double* c, const int* ldc, std::size_t transa_len,
+                         std::size_t transb_len);
 }
 
 namespace {
@@ -43,6 +47,10 @@ void linked_dsymv(char* uplo, int* n, double* alpha, double* a, int* lda, double
                   double* y, int* incy) {
   DIFFCUT_F77(dsymv_)(uplo, n, alpha, a, lda, x, incx, beta, y, incy, 1);
 }
+void linked_dgemm(char* transa, char* transb, int* m, int* n, int* k, double* alpha, double* a, int* lda,
+                  double* b, int* ldb, double* beta, double* c, int* ldc) {
+  DIFFCUT_F77(dgemm_)(transa, transb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, 1, 1);
+}
 }  // namespace
 #endif
 
@@ -52,7 +60,7 @@ namespace detail {
 namespace {
 Lapack& bound() {
 #ifdef DIFFCUT_LINKED_BLAS
-  static Lapack value{linked_ssyrk, linked_dsyevr, linked_dsymv};
+  static Lapack value{linked_ssyrk, linked_dsyevr, linked_dsymv, linked_dgemm};
 #else
   static Lapack value;
 #endif
@@ -69,8 +77,11 @@ const Lapack& lapack() {
 
 void bind_lapack(SsyrkFn ssyrk, DsyevrFn dsyevr, DsymvFn dsymv) {
   if (!ssyrk || !dsyevr || !dsymv) throw Failure(Code::NullPointer, "ssyrk, dsyevr and dsymv must not be NULL");
-  bound() = Lapack{ssyrk, dsyevr, dsymv};
+  const DgemmFn dgemm = bound().dgemm;
+  bound() = Lapack{ssyrk, dsyevr, dsymv, dgemm};
 }
+
+void bind_dgemm(DgemmFn dgemm) { bound().dgemm = dgemm; }
 
 }  // namespace detail
 }  // namespace diffcut

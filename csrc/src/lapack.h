@@ -1,5 +1,5 @@
 // BLAS/LAPACK entry points used by the core: ssyrk (the Gram matrix), dsyevr (the dense Fiedler solve, the Ritz
-// pairs) and dsymv (Lanczos products).
+// pairs) and dsymv (Lanczos products); optionally dgemm (block Krylov products, loops where none is bound).
 //
 // They are called through function pointers with the Fortran argument lists (32-bit integers, no hidden string
 // lengths), so that one library can be bound at run time: the Python extension binds SciPy's own OpenBLAS (the
@@ -20,16 +20,22 @@ using DsyevrFn = void (*)(char* jobz, char* range, char* uplo, int* n, double* a
 using DsymvFn = void (*)(char* uplo, int* n, double* alpha, double* a, int* lda, double* x, int* incx, double* beta,
                          double* y, int* incy);
 
+using DgemmFn = void (*)(char* transa, char* transb, int* m, int* n, int* k, double* alpha, double* a, int* lda,
+                         double* b, int* ldb, double* beta, double* c, int* ldc);
+
 struct Lapack {
   SsyrkFn ssyrk = nullptr;
   DsyevrFn dsyevr = nullptr;
   DsymvFn dsymv = nullptr;
+  DgemmFn dgemm = nullptr;  // optional
 };
 
 // The bound functions; throws Failure(Internal) if none are bound.
 const Lapack& lapack();
 // Bind other functions (all non-null).
 void bind_lapack(SsyrkFn ssyrk, DsyevrFn dsyevr, DsymvFn dsymv);
+// Bind dgemm (may be null: block Krylov then multiplies with its own loops). The linked build binds its own.
+void bind_dgemm(DgemmFn dgemm);
 
 }  // namespace detail
 }  // namespace diffcut

@@ -69,6 +69,8 @@ double spectral_lower_bound(const std::vector<double>& A, const std::vector<doub
   return 1.0 - std::sqrt(std::max(fro2 - 1.0, 0.0));
 }
 
+}  // namespace
+
 // u2 of the (m x m, row-major) affinity A with degrees d by dsyevr (eigenpairs 1..2 of the normalised Laplacian).
 void dense_u2(const std::vector<double>& A, const std::vector<double>& d, std::int64_t m, std::vector<double>& u2) {
   std::vector<double> dis(m);
@@ -105,6 +107,8 @@ void dense_u2(const std::vector<double>& A, const std::vector<double>& d, std::i
                                     std::to_string(info) + ")");
   u2.assign(z.begin() + m, z.begin() + 2 * m);  // second eigenvector (column 1)
 }
+
+namespace {
 
 // y = D^-1/2 u, its first entry of (near-)largest magnitude made positive.
 void fiedler_from_u(const std::vector<double>& u, const std::vector<double>& d, std::int64_t m,
@@ -273,6 +277,7 @@ Tree build_tree(const float* W, std::int64_t n, const Options& options) {
   stack.push_back({0, {}, {}});
   std::vector<double> A, d, y, u;
   Split split;
+  bool lanczos_failed = false;  // the per-tree memo of eigen.fiedler_vector
   while (!stack.empty()) {
     Pending item = std::move(stack.back());
     stack.pop_back();
@@ -312,8 +317,16 @@ Tree build_tree(const float* W, std::int64_t n, const Options& options) {
         continue;
       }
     }
+    // auto above kAutoDenseMax nodes: Lanczos (skipped once it failed in this tree: a clustered spectrum, whose
+    // subgraphs are nearly disconnected too), block Krylov, then dense; every accepted vector is certified
     const bool iterative = options.solver == Solver::Auto && m > kAutoDenseMax && m >= 32;
-    if (!(iterative && lanczos_fiedler(A, d, m, item.warm, u))) dense_u2(A, d, m, u);
+    bool solved = false;
+    if (iterative && !lanczos_failed) {
+      solved = lanczos_fiedler(A, d, m, item.warm, u);
+      lanczos_failed = !solved;
+    }
+    if (iterative && !solved) solved = block_krylov_fiedler(A, d, m, item.warm, u);
+    if (!solved) dense_u2(A, d, m, u);
     fiedler_from_u(u, d, m, y);
     score(A, d, y, m, options.num_thresholds, split);
     tree.nodes[id].value = split.value;

@@ -59,6 +59,7 @@ def _load():
                 module.bind_lapack(_capsule_address(cython_blas.__pyx_capi__["ssyrk"]),
                                    _capsule_address(cython_lapack.__pyx_capi__["dsyevr"]),
                                    _capsule_address(cython_blas.__pyx_capi__["dsymv"]))
+                module.bind_dgemm(_capsule_address(cython_blas.__pyx_capi__["dgemm"]))
                 _loaded["module"] = module
         return _loaded["module"]
 

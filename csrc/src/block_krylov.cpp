@@ -1,0 +1,274 @@
+// Certified block Krylov for the Fiedler vector, ported from diffcut_engine.graph.eigen._block_krylov (same
+// constants, same invariant-subspace certificate, eigen.subspace_certificate): for clustered spectra (nearly
+// disconnected graphs: one eigenvalue near 1 per weakly linked part, tiny gaps inside the cluster, a wide gap below
+// it), where a single Lanczos vector cannot be certified. Blocks of 8 vectors, at most 320 columns, fully
+// reorthogonalised (two passes) against u1 = sqrt(d)/||sqrt(d)|| and the basis; Rayleigh-Ritz on T = Q^T M Q (all
+// pairs by dsyevr), explicit residuals from the stored products M Q; accepted when the bound on sin angle(x1, u2)
+// of the best cluster of the top m <= 32 Ritz pairs is below 1e-6 and 1 - theta1 - r1 > 0. The start block is
+// seeded by the subgraph size (its own generator), its first row the parent's vector when given.
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <vector>
+
+#include "core.h"
+#include "lapack.h"
+
+namespace diffcut {
+namespace detail {
+
+namespace {
+
+constexpr double kAngleTol = 1e-6;  // LANCZOS_ANGLE_TOL
+constexpr double kNoise = 1e-2;     // LANCZOS_NOISE
+constexpr int kBlockSize = 8;       // BLOCK_SIZE
+constexpr int kMaxColumns = 320;    // BLOCK_MAX_COLUMNS
+constexpr int kMaxCluster = 32;     // BLOCK_MAX_CLUSTER
+constexpr double kRankTol = 1e-10;  // rank-deficient directions of a new block (replaced by random ones)
+
+double dot(const double* a, const double* b, std::int64_t n) {
+  double acc[4] = {0, 0, 0, 0};
+  std::int64_t i = 0;
+  for (; i + 4 <= n; i += 4)
+    for (int j = 0; j < 4; ++j) acc[j] += a[i + j] * b[i + j];
+  for (; i < n; ++i) acc[0] += a[i] * b[i];
+  return (acc[0] + acc[1]) + (acc[2] + acc[3]);
+}
+
+void axpy(double a, const double* x, double* y, std::int64_t n) {
+  for (std::int64_t i = 0; i < n; ++i) y[i] += a * x[i];
+}
+
+// Row-major C (m x n, leading dimension ldc) = alpha op(A) op(B) + beta C, op = transposed where flagged: the
+// bound dgemm on the column-major views (C^T = op(B)^T op(A)^T), else plain loops.
+void gemm(bool ta, bool tb, int m, int n, int k, double alpha, const double* A, int lda, const double* B, int ldb,
+          double beta, double* C, int ldc) {
+  if (m == 0 || n == 0) return;
+  const DgemmFn dgemm = lapack().dgemm;
+  if (dgemm) {
+    char opb = tb ? 'T' : 'N', opa = ta ? 'T' : 'N';
+    dgemm(&opb, &opa, &n, &m, &k, &alpha, const_cast<double*>(B), &ldb, const_cast<double*>(A), &lda, &beta, C,
+          &ldc);
+    return;
+  }
+  std::vector<double> row(n);
+  for (int i = 0; i < m; ++i) {
+    std::fill(row.begin(), row.end(), 0.0);
+    for (int l = 0; l < k; ++l) {
+      const double a = ta ? A[static_cast<std::size_t>(l) * lda + i] : A[static_cast<std::size_t>(i) * lda + l];
+      if (a == 0.0) continue;
+      if (tb) {
+        for (int j = 0; j < n; ++j) row[j] += a * B[static_cast<std::size_t>(j) * ldb + l];
+      } else {
+        axpy(a, B + static_cast<std::size_t>(l) * ldb, row.data(), n);
+      }
+    }
+    double* c = C + static_cast<std::size_t>(i) * ldc;
+    for (int j = 0; j < n; ++j) c[j] = alpha * row[j] + (beta == 0.0 ? 0.0 : beta * c[j]);
+  }
+}
+
+// Deterministic standard normals (splitmix64 + Box-Muller), one stream per solve.
+class Normals {
+ public:
+  explicit Normals(std::uint64_t seed) : state_(seed * 0x9E3779B97F4A7C15ull + 0x2545F4914F6CDD1Dull) {}
+  void fill(double* out, std::int64_t n) {
+    for (std::int64_t i = 0; i < n; i += 2) {
+      const double a = ((next() >> 11) + 0.5) * (1.0 / 9007199254740992.0);
+      const double b = ((next() >> 11) + 0.5) * (1.0 / 9007199254740992.0);
+      const double r = std::sqrt(-2.0 * std::log(a));
+      out[i] = r * std::cos(6.283185307179586 * b);
+      if (i + 1 < n) out[i + 1] = r * std::sin(6.283185307179586 * b);
+    }
+  }
+
+ private:
+  std::uint64_t next() {
+    std::uint64_t z = (state_ += 0x9E3779B97F4A7C15ull);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+  }
+  std::uint64_t state_;
+};
+
+// The b rows of V (b x n) made orthonormal and orthogonal to the q orthonormal rows of Q (q x n): two block
+// Gram-Schmidt passes, then a QR of V^T (here Gram-Schmidt with reorthogonalisation inside the block, which gives
+// the same R diagonal up to rounding); rows whose R diagonal is <= 1e-10 of the largest are replaced by random
+// ones and the whole is done again (at most three attempts), as eigen._orthonormal_rows does. False: failed.
+bool orthonormal_rows(std::vector<double>& V, int b, const double* Q, int q, std::int64_t n, Normals& rng) {
+  std::vector<double> h(static_cast<std::size_t>(b) * q), diag(b);
+  for (int attempt = 0; attempt < 3; ++attempt) {
+    const int ni = static_cast<int>(n);
+    for (int pass = 0; pass < 2; ++pass) {  // V -= (V Q^T) Q
+      gemm(false, true, b, q, ni, 1.0, V.data(), ni, Q, ni, 0.0, h.data(), q);
+      gemm(false, false, b, ni, q, -1.0, h.data(), q, Q, ni, 1.0, V.data(), ni);
+    }
+    for (int i = 0; i < b; ++i) {
+      double* v = V.data() + static_cast<std::size_t>(i) * n;
+      for (int pass = 0; pass < 2; ++pass)
+        for (int r = 0; r < i; ++r) {
+          const double* w = V.data() + static_cast<std::size_t>(r) * n;
+          axpy(-dot(w, v, n), w, v, n);
+        }
+      diag[i] = std::sqrt(dot(v, v, n));
+      if (diag[i] > 0) {
+        const double inv = 1.0 / diag[i];
+        for (std::int64_t j = 0; j < n; ++j) v[j] *= inv;
+      }
+    }
+    double largest = 0.0;
+    for (double x : diag) largest = std::max(largest, x);
+    const double floor = kRankTol * std::max(largest, 1e-300);
+    bool any_small = false;
+    for (int i = 0; i < b; ++i) {
+      if (diag[i] <= floor || !std::isfinite(diag[i])) {
+        any_small = true;
+        rng.fill(V.data() + static_cast<std::size_t>(i) * n, n);
+      }
+    }
+    if (!any_small) return true;
+  }
+  return false;
+}
+
+}  // namespace
+
+double subspace_certificate(const double* theta, const double* r, int p, int* cluster) {
+  double best = std::numeric_limits<double>::infinity();
+  int best_m = 0;
+  const double inner = p > 1 ? theta[0] - theta[1] : std::numeric_limits<double>::infinity();
+  double sq = 0.0;
+  for (int m = 1; m < p; ++m) {
+    sq += r[m - 1] * r[m - 1];
+    const double outer = theta[m - 1] - theta[m] - r[m];
+    if (!(outer > 0)) continue;
+    const double res = std::sqrt(sq);
+    double factor = 1.0;
+    if (m > 1) {
+      factor = std::numeric_limits<double>::infinity();
+      if (inner > 0) {
+        const double t = res / inner;
+        factor = std::sqrt(1.0 + t * t);
+      }
+    }
+    const double bound = factor * res / outer;
+    if (bound < best) {
+      best = bound;
+      best_m = m;
+    }
+  }
+  if (cluster) *cluster = best_m;
+  return best;
+}
+
+bool block_krylov_fiedler(const std::vector<double>& A, const std::vector<double>& d, std::int64_t n,
+                          const std::vector<double>& warm, std::vector<double>& u) {
+  std::vector<double> sqrt_d(n), dis(n), u1(n);
+  for (std::int64_t i = 0; i < n; ++i) {
+    sqrt_d[i] = std::sqrt(d[i]);
+    dis[i] = 1.0 / sqrt_d[i];
+  }
+  const double sn = std::sqrt(dot(sqrt_d.data(), sqrt_d.data(), n));
+  for (std::int64_t i = 0; i < n; ++i) u1[i] = sqrt_d[i] / sn;
+  int b = static_cast<int>(std::max<std::int64_t>(1, std::min<std::int64_t>(kBlockSize, (n - 1) / 4)));
+  const int kmax = static_cast<int>(std::min<std::int64_t>(kMaxColumns, n - 1));
+  Normals rng(static_cast<std::uint64_t>(n));
+  std::vector<double> V(static_cast<std::size_t>(b) * n);
+  rng.fill(V.data(), static_cast<std::int64_t>(V.size()));
+  if (static_cast<std::int64_t>(warm.size()) == n) {
+    bool finite = true;
+    for (double x : warm) finite &= std::isfinite(x);
+    if (finite) {
+      std::vector<double> w(n);
+      for (std::int64_t i = 0; i < n; ++i) w[i] = warm[i] * sqrt_d[i];
+      const double nw = std::sqrt(dot(w.data(), w.data(), n));
+      if (nw > 0) {
+        const double scale = std::sqrt(static_cast<double>(n)) / nw;
+        for (std::int64_t i = 0; i < n; ++i) V[i] = w[i] * scale + kNoise * V[i];
+      }
+    }
+  }
+  // Q row 0: u1; rows 1..k: the orthonormal Krylov basis. MQ row j: (M Q^T)^T's row j = M q_j (M symmetric).
+  std::vector<double> Q(static_cast<std::size_t>(kmax + 1) * n), MQ(static_cast<std::size_t>(kmax) * n);
+  std::copy(u1.begin(), u1.end(), Q.begin());
+  std::vector<double> T(static_cast<std::size_t>(kmax) * kmax, 0.0);  // row-major, leading dimension kmax
+  std::vector<double> scaled(static_cast<std::size_t>(kBlockSize) * n);
+  const DsyevrFn dsyevr = lapack().dsyevr;
+  const int ni = static_cast<int>(n);
+  if (!orthonormal_rows(V, b, Q.data(), 1, n, rng)) return false;
+  int k = 0;
+  while (k + b <= kmax) {
+    std::copy(V.begin(), V.end(), Q.begin() + static_cast<std::size_t>(1 + k) * n);
+    // rows of V M: (v_j * dis) A, times dis; A row-major and full, read row by row (one pass per block)
+    for (int j = 0; j < b; ++j)
+      for (std::int64_t i = 0; i < n; ++i) scaled[static_cast<std::size_t>(j) * n + i] = V[static_cast<std::size_t>(j) * n + i] * dis[i];
+    double* out = MQ.data() + static_cast<std::size_t>(k) * n;
+    gemm(false, false, b, ni, ni, 1.0, scaled.data(), ni, A.data(), ni, 0.0, out, ni);
+    for (int j = 0; j < b; ++j)
+      for (std::int64_t i = 0; i < n; ++i) out[static_cast<std::size_t>(j) * n + i] *= dis[i];
+    k += b;
+    // T = Q^T M Q: one new block column (and row, by symmetry)
+    gemm(false, true, k, b, ni, 1.0, Q.data() + n, ni, MQ.data() + static_cast<std::size_t>(k - b) * n, ni, 0.0,
+         T.data() + (k - b), kmax);
+    for (int r = k - b; r < k; ++r)
+      for (int c = 0; c < k - b; ++c) T[static_cast<std::size_t>(r) * kmax + c] = T[static_cast<std::size_t>(c) * kmax + r];
+    // all eigenpairs of (T + T^T) / 2 (dsyevr, as scipy.linalg.eigh), then descending
+    std::vector<double> Tk(static_cast<std::size_t>(k) * k);
+    for (int r = 0; r < k; ++r)
+      for (int c = 0; c < k; ++c)
+        Tk[static_cast<std::size_t>(r) * k + c] =
+            (T[static_cast<std::size_t>(r) * kmax + c] + T[static_cast<std::size_t>(c) * kmax + r]) / 2;
+    int kn = k, il = 1, iu = k, found = 0, info = 0, lwork = -1, liwork = -1, iwork_query = 0;
+    double vl = 0.0, vu = 1.0, abstol = 0.0, work_query = 0.0;
+    char jobz = 'V', range = 'A', uplo = 'L';
+    std::vector<double> w(k), z(static_cast<std::size_t>(k) * k);
+    std::vector<int> isuppz(2 * static_cast<std::size_t>(k));
+    dsyevr(&jobz, &range, &uplo, &kn, Tk.data(), &kn, &vl, &vu, &il, &iu, &abstol, &found, w.data(), z.data(), &kn,
+           isuppz.data(), &work_query, &lwork, &iwork_query, &liwork, &info);
+    if (info != 0) return false;
+    lwork = std::max(static_cast<int>(work_query), 26 * kn);
+    liwork = std::max(iwork_query, 10 * kn);
+    std::vector<double> work(lwork);
+    std::vector<int> iwork(liwork);
+    dsyevr(&jobz, &range, &uplo, &kn, Tk.data(), &kn, &vl, &vu, &il, &iu, &abstol, &found, w.data(), z.data(), &kn,
+           isuppz.data(), work.data(), &lwork, iwork.data(), &liwork, &info);
+    if (info != 0 || found != k) return false;
+    const int p = std::min(k, kMaxCluster + 1);
+    // the top p Ritz vectors X (p x n) and residuals R = S^T MQ - theta X, S's columns k-1, k-2, ... (descending)
+    // (z is column-major k x k: its column col, eigenvalue w[col] ascending, is the row-major row col of z)
+    std::vector<double> theta(p), r(p), St(static_cast<std::size_t>(p) * k), X(static_cast<std::size_t>(p) * n),
+        R(static_cast<std::size_t>(p) * n);
+    for (int i = 0; i < p; ++i) {
+      const int col = k - 1 - i;
+      theta[i] = w[col];
+      std::copy(z.begin() + static_cast<std::size_t>(col) * k, z.begin() + static_cast<std::size_t>(col + 1) * k,
+                St.begin() + static_cast<std::size_t>(i) * k);
+    }
+    gemm(false, false, p, ni, k, 1.0, St.data(), k, Q.data() + n, ni, 0.0, X.data(), ni);
+    gemm(false, false, p, ni, k, 1.0, St.data(), k, MQ.data(), ni, 0.0, R.data(), ni);
+    for (int i = 0; i < p; ++i) {
+      double* e = R.data() + static_cast<std::size_t>(i) * n;
+      const double* x = X.data() + static_cast<std::size_t>(i) * n;
+      for (std::int64_t j = 0; j < n; ++j) e[j] -= theta[i] * x[j];
+      r[i] = std::sqrt(dot(e, e, n));
+    }
+    const double bound = subspace_certificate(theta.data(), r.data(), p, nullptr);
+    if (std::isfinite(bound) && bound < kAngleTol && 1.0 - theta[0] - r[0] > 0) {
+      u.assign(X.begin(), X.begin() + n);
+      const double c = dot(u1.data(), u.data(), n);
+      for (std::int64_t j = 0; j < n; ++j) u[j] -= u1[j] * c;
+      const double nu = std::sqrt(dot(u.data(), u.data(), n));
+      for (double& x : u) x /= nu;
+      return true;
+    }
+    if (k + b > kmax) break;
+    std::copy(MQ.begin() + static_cast<std::size_t>(k - b) * n, MQ.begin() + static_cast<std::size_t>(k) * n, V.begin());
+    if (!orthonormal_rows(V, b, Q.data(), 1 + k, n, rng)) return false;
+  }
+  return false;
+}
+
+}  // namespace detail
+}  // namespace diffcut
