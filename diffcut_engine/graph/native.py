@@ -2,9 +2,10 @@
 
 It runs the same recursion as :mod:`.host`: L2 normalisation here (numpy), then in C++ the affinity (ssyrk,
 min-max, power), the zero-row rule of ``compat="official"``, the Fiedler vector (``solver="dense"``: LAPACK
-``dsyevr`` per subgraph; ``"auto"``: dense up to 192 nodes, above the certified Lanczos of
-:func:`~diffcut_engine.graph.eigen.fiedler_vector` with the dense fallback), the 100 thresholds scored from bin
-sums, pre-order. The extension links no BLAS: it is bound here to SciPy's own ``ssyrk``, ``dsyevr`` and ``dsymv``
+``dsyevr`` per subgraph; ``"auto"``: as :func:`~diffcut_engine.graph.eigen.fiedler_vector`'s, dense up to 192
+nodes, above the certified Lanczos, then the certified block Krylov where Lanczos cannot certify (first, once
+Lanczos failed in the tree), then dense), the 100 thresholds scored from bin sums, pre-order. The extension links
+no BLAS: it is bound here to SciPy's own ``ssyrk``, ``dsyevr``, ``dsymv`` and ``dgemm``
 (``scipy.linalg.cython_blas`` / ``cython_lapack``), the functions the numpy path calls, and its floating-point
 operations follow the numpy code's order, so with ``solver="dense"`` the trees are the numpy dense path's bit for
 bit; with ``"auto"`` both backends' vectors are certified within 1e-6 of the dense one (tests/test_native.py
@@ -22,11 +23,11 @@ import numpy as np
 from ..errors import BackendUnavailableError, InputError
 from .tree import NCutNode, NCutTree
 from .validation import check_graph_backend
-#: ``auto`` takes the native backend up to this many tokens (24 x 24), where it was measured as fast as the numpy
-#: path or faster on every family (benchmarks/RESULTS.md). At 32 x 32 it is 1.3x faster on hierarchical features
-#: but 2x slower on nearly disconnected ones (the native core has no block Krylov solver: where Lanczos cannot
-#: certify it solves densely), so there ``auto`` keeps numpy, for the better worst case.
-NATIVE_AUTO_MAX_TOKENS = 576
+#: ``auto`` takes the native backend up to this many tokens (32 x 32), where it was measured faster than the numpy
+#: path on hierarchical and on nearly disconnected features (1.1-1.7x at 24 x 24 and 32 x 32, with the native
+#: block Krylov solver; benchmarks/bench_native_block.py, benchmarks/RESULTS.md). At 48 x 48 the two backends were
+#: even on hierarchical features, so above 32 x 32 ``auto`` keeps numpy.
+NATIVE_AUTO_MAX_TOKENS = 1024
 #: compat modes the native core implements.
 NATIVE_COMPAT = ("official", "clean")
 NATIVE_MODULE = "diffcut_engine._native"
