@@ -55,8 +55,9 @@ extern "C" {
 #define DIFFCUT_COMPAT_CLEAN 1    /* plain index sets */
 
 /* solvers of the Fiedler vector (diffcut_engine.graph's solver=): */
-#define DIFFCUT_SOLVER_AUTO 0  /* the default: dense up to 192 nodes, above certified Lanczos (dense where it cannot
-                                  certify): the vector is within 1e-6 (angle) of the dense one */
+#define DIFFCUT_SOLVER_AUTO 0  /* the default: dense up to 192 nodes, above certified Lanczos, then certified block
+                                  Krylov where Lanczos cannot certify (clustered spectra; first, once Lanczos failed
+                                  in the tree), then dense: the vector is within 1e-6 (angle) of the dense one */
 #define DIFFCUT_SOLVER_DENSE 1 /* LAPACK dsyevr on every subgraph */
 
 typedef struct diffcut_options diffcut_options;
