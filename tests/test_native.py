@@ -220,12 +220,10 @@ def test_native_block_krylov_on_nearly_disconnected_features(built, h, w, caplog
             assert nat.max() + 1 == regions  # the planted regions are found
     # the block products without a bound dgemm (the core's own loops): the same labels
     module = native.require_native()
-    from scipy.linalg import cython_blas
-
     try:
         module.bind_dgemm(0)
         f, _ = disconnected_case(h, w, 8, 0.5, seed=7)
         assert np.array_equal(recursive_ncut(f, tau=0.5, graph_backend="native"),
                               recursive_ncut(f, tau=0.5, solver="dense", graph_backend="numpy"))
     finally:
-        module.bind_dgemm(native._capsule_address(cython_blas.__pyx_capi__["dgemm"]))
+        module.bind_dgemm(native.scipy_blas_addresses()["dgemm"])

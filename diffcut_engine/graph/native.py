@@ -44,6 +44,17 @@ def _capsule_address(capsule) -> int:
     return int(get_pointer(capsule, get_name(capsule)))
 
 
+def scipy_blas_addresses() -> dict:
+    """Addresses of SciPy's own ``ssyrk``, ``dsyevr``, ``dsymv`` and ``dgemm`` (the functions the numpy path
+    calls), which the extension is bound to."""
+    from scipy.linalg import cython_blas, cython_lapack
+
+    return {"ssyrk": _capsule_address(cython_blas.__pyx_capi__["ssyrk"]),
+            "dsyevr": _capsule_address(cython_lapack.__pyx_capi__["dsyevr"]),
+            "dsymv": _capsule_address(cython_blas.__pyx_capi__["dsymv"]),
+            "dgemm": _capsule_address(cython_blas.__pyx_capi__["dgemm"])}
+
+
 def _load():
     with _lock:
         if _loaded["module"] is None and _loaded["error"] is None:
@@ -55,12 +66,9 @@ def _load():
                     raise
                 _loaded["error"] = "the C++ extension diffcut_engine._native is not built"
             else:
-                from scipy.linalg import cython_blas, cython_lapack
-
-                module.bind_lapack(_capsule_address(cython_blas.__pyx_capi__["ssyrk"]),
-                                   _capsule_address(cython_lapack.__pyx_capi__["dsyevr"]),
-                                   _capsule_address(cython_blas.__pyx_capi__["dsymv"]))
-                module.bind_dgemm(_capsule_address(cython_blas.__pyx_capi__["dgemm"]))
+                blas = scipy_blas_addresses()
+                module.bind_lapack(blas["ssyrk"], blas["dsyevr"], blas["dsymv"])
+                module.bind_dgemm(blas["dgemm"])
                 _loaded["module"] = module
         return _loaded["module"]
 
