@@ -195,7 +195,6 @@ bool block_krylov_fiedler(const std::vector<double>& A, const std::vector<double
   std::copy(u1.begin(), u1.end(), Q.begin());
   std::vector<double> T(static_cast<std::size_t>(kmax) * kmax, 0.0);  // row-major, leading dimension kmax
   std::vector<double> scaled(static_cast<std::size_t>(kBlockSize) * n);
-  const DsyevrFn dsyevr = lapack().dsyevr;
   const int ni = static_cast<int>(n);
   if (!orthonormal_rows(V, b, Q.data(), 1, n, rng)) return false;
   int k = 0;
@@ -220,21 +219,9 @@ bool block_krylov_fiedler(const std::vector<double>& A, const std::vector<double
       for (int c = 0; c < k; ++c)
         Tk[static_cast<std::size_t>(r) * k + c] =
             (T[static_cast<std::size_t>(r) * kmax + c] + T[static_cast<std::size_t>(c) * kmax + r]) / 2;
-    int kn = k, il = 1, iu = k, found = 0, info = 0, lwork = -1, liwork = -1, iwork_query = 0;
-    double vl = 0.0, vu = 1.0, abstol = 0.0, work_query = 0.0;
-    char jobz = 'V', range = 'A', uplo = 'L';
-    std::vector<double> w(k), z(static_cast<std::size_t>(k) * k);
-    std::vector<int> isuppz(2 * static_cast<std::size_t>(k));
-    dsyevr(&jobz, &range, &uplo, &kn, Tk.data(), &kn, &vl, &vu, &il, &iu, &abstol, &found, w.data(), z.data(), &kn,
-           isuppz.data(), &work_query, &lwork, &iwork_query, &liwork, &info);
-    if (info != 0) return false;
-    lwork = std::max(static_cast<int>(work_query), 26 * kn);
-    liwork = std::max(iwork_query, 10 * kn);
-    std::vector<double> work(lwork);
-    std::vector<int> iwork(liwork);
-    dsyevr(&jobz, &range, &uplo, &kn, Tk.data(), &kn, &vl, &vu, &il, &iu, &abstol, &found, w.data(), z.data(), &kn,
-           isuppz.data(), work.data(), &lwork, iwork.data(), &liwork, &info);
-    if (info != 0 || found != k) return false;
+    std::vector<double> w, z;
+    int found = 0;
+    if (syevr('A', k, Tk.data(), 1, k, w, z, found) != 0 || found != k) return false;
     const int p = std::min(k, kMaxCluster + 1);
     // the top p Ritz vectors X (p x n) and residuals R = S^T MQ - theta X, S's columns k-1, k-2, ... (descending)
     // (z is column-major k x k: its column col, eigenvalue w[col] ascending, is the row-major row col of z)

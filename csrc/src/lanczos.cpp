@@ -67,22 +67,9 @@ bool top_ritz_pairs(const std::vector<double>& alpha, const std::vector<double>&
     T[i + i * k] = alpha[i];
     if (i + 1 < k) T[(i + 1) + i * k] = beta[i];  // lower triangle, column-major
   }
-  int n = k, il = k - 1, iu = k, found = 0, info = 0, lwork = -1, liwork = -1, iwork_query = 0;
-  double vl = 0.0, vu = 1.0, abstol = 0.0, work_query = 0.0;
-  char jobz = 'V', range = 'I', uplo = 'L';
-  std::vector<double> w(k), z(static_cast<std::size_t>(k) * 2);
-  std::vector<int> isuppz(4);
-  const DsyevrFn dsyevr = lapack().dsyevr;
-  dsyevr(&jobz, &range, &uplo, &n, T.data(), &n, &vl, &vu, &il, &iu, &abstol, &found, w.data(), z.data(), &n,
-         isuppz.data(), &work_query, &lwork, &iwork_query, &liwork, &info);
-  if (info != 0) return false;
-  lwork = std::max(static_cast<int>(work_query), 26 * n);
-  liwork = std::max(iwork_query, 10 * n);
-  std::vector<double> work(lwork);
-  std::vector<int> iwork(liwork);
-  dsyevr(&jobz, &range, &uplo, &n, T.data(), &n, &vl, &vu, &il, &iu, &abstol, &found, w.data(), z.data(), &n,
-         isuppz.data(), work.data(), &lwork, iwork.data(), &liwork, &info);
-  if (info != 0 || found != 2) return false;
+  std::vector<double> w, z;
+  int found = 0;
+  if (syevr('I', k, T.data(), k - 1, k, w, z, found) != 0 || found != 2) return false;
   theta2 = w[0];
   theta1 = w[1];
   s2.assign(z.begin(), z.begin() + k);

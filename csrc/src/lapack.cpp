@@ -1,5 +1,6 @@
 #include "lapack.h"
 
+#include <algorithm>
 #include <atomic>
 #include <cstddef>
 
@@ -82,6 +83,28 @@ void bind_lapack(SsyrkFn ssyrk, DsyevrFn dsyevr, DsymvFn dsymv) {
 }
 
 void bind_dgemm(DgemmFn dgemm) { bound().dgemm = dgemm; }
+
+int syevr(char range, int n, double* a, int il, int iu, std::vector<double>& w, std::vector<double>& z, int& found) {
+  const int cols = range == 'A' ? n : iu - il + 1;
+  char jobz = 'V', uplo = 'L';
+  double vl = 0.0, vu = 1.0, abstol = 0.0, work_query = 0.0;
+  int info = 0, lwork = -1, liwork = -1, iwork_query = 0;
+  found = 0;
+  w.assign(static_cast<std::size_t>(n), 0.0);
+  z.assign(static_cast<std::size_t>(n) * cols, 0.0);
+  std::vector<int> isuppz(2 * static_cast<std::size_t>(cols));
+  const DsyevrFn dsyevr = lapack().dsyevr;
+  dsyevr(&jobz, &range, &uplo, &n, a, &n, &vl, &vu, &il, &iu, &abstol, &found, w.data(), z.data(), &n,
+         isuppz.data(), &work_query, &lwork, &iwork_query, &liwork, &info);
+  if (info != 0) return info;
+  lwork = std::max(static_cast<int>(work_query), 26 * n);
+  liwork = std::max(iwork_query, 10 * n);
+  std::vector<double> work(lwork);
+  std::vector<int> iwork(liwork);
+  dsyevr(&jobz, &range, &uplo, &n, a, &n, &vl, &vu, &il, &iu, &abstol, &found, w.data(), z.data(), &n,
+         isuppz.data(), work.data(), &lwork, iwork.data(), &liwork, &info);
+  return info;
+}
 
 }  // namespace detail
 }  // namespace diffcut

@@ -8,6 +8,8 @@
 // distribution's LAPACK, "scipy_" for the scipy-openblas32 wheel).
 #pragma once
 
+#include <vector>
+
 namespace diffcut {
 namespace detail {
 
@@ -36,6 +38,12 @@ const Lapack& lapack();
 void bind_lapack(SsyrkFn ssyrk, DsyevrFn dsyevr, DsymvFn dsymv);
 // Bind dgemm (may be null: block Krylov then multiplies with its own loops). The linked build binds its own.
 void bind_dgemm(DgemmFn dgemm);
+
+// The bound dsyevr with its workspace query, eigenvectors on: the eigenpairs il..iu (1-based, ascending; range
+// 'I') or all of them (range 'A') of the symmetric n x n matrix whose lower triangle, column-major, is `a`
+// (overwritten). w: the eigenvalues ascending; z: the eigenvectors, column-major n x found. Returns LAPACK's info
+// (that of the workspace query if it failed; 0 on success); `found` is the number of eigenpairs.
+int syevr(char range, int n, double* a, int il, int iu, std::vector<double>& w, std::vector<double>& z, int& found);
 
 }  // namespace detail
 }  // namespace diffcut

@@ -85,23 +85,9 @@ void dense_u2(const std::vector<double>& A, const std::vector<double>& d, std::i
       lap[i + j * m] = (dis[i] * v) * dis[j];
     }
   }
-  int n = static_cast<int>(m), il = 1, iu = 2;
-  double vl = 0.0, vu = 1.0, abstol = 0.0;
-  char jobz = 'V', range = 'I', uplo = 'L';
-  const DsyevrFn dsyevr = lapack().dsyevr;
-  int found = 0, info = 0, lwork = -1, liwork = -1, iwork_query = 0;
-  double work_query = 0.0;
-  std::vector<double> w(m), z(static_cast<std::size_t>(m) * 2);
-  std::vector<int> isuppz(4);
-  dsyevr(&jobz, &range, &uplo, &n, lap.data(), &n, &vl, &vu, &il, &iu, &abstol, &found, w.data(), z.data(), &n,
-         isuppz.data(), &work_query, &lwork, &iwork_query, &liwork, &info);
-  if (info != 0) throw Failure(Code::Lapack, "dsyevr workspace query failed (info " + std::to_string(info) + ")");
-  lwork = std::max(static_cast<int>(work_query), 26 * n);
-  liwork = std::max(iwork_query, 10 * n);
-  std::vector<double> work(lwork);
-  std::vector<int> iwork(liwork);
-  dsyevr(&jobz, &range, &uplo, &n, lap.data(), &n, &vl, &vu, &il, &iu, &abstol, &found, w.data(), z.data(), &n,
-         isuppz.data(), work.data(), &lwork, iwork.data(), &liwork, &info);
+  std::vector<double> w, z;
+  int found = 0;
+  const int info = syevr('I', static_cast<int>(m), lap.data(), 1, 2, w, z, found);
   if (info != 0 || found != 2)
     throw Failure(Code::Lapack, "dsyevr failed on a subgraph of " + std::to_string(m) + " nodes (info " +
                                     std::to_string(info) + ")");
