@@ -32,6 +32,11 @@ def boundaries(labels: np.ndarray) -> np.ndarray:
     return b
 
 
+def _check_same_size(image: np.ndarray, labels: np.ndarray) -> None:
+    if image.shape[:2] != labels.shape:
+        raise ValueError(f"image {image.shape[:2]} and labels {labels.shape} differ in size")
+
+
 def overlay(image: np.ndarray, labels: np.ndarray, *, opacity: float = 0.5, edges: bool = True) -> np.ndarray:
     """Blend label colours over an image.
 
@@ -51,8 +56,7 @@ def overlay(image: np.ndarray, labels: np.ndarray, *, opacity: float = 0.5, edge
     numpy.ndarray
         (H, W, 3) uint8.
     """
-    if image.shape[:2] != labels.shape:
-        raise ValueError(f"image {image.shape[:2]} and labels {labels.shape} differ in size")
+    _check_same_size(image, labels)
     out = (1 - opacity) * image.astype(np.float32) + opacity * colorize(labels).astype(np.float32)
     if edges:
         out[boundaries(labels)] = 255
@@ -72,8 +76,7 @@ def contour(image: np.ndarray, labels: np.ndarray, *, opacity: float = 1.0, widt
     numpy.ndarray
         (H, W, 3) uint8.
     """
-    if image.shape[:2] != labels.shape:
-        raise ValueError(f"image {image.shape[:2]} and labels {labels.shape} differ in size")
+    _check_same_size(image, labels)
     edge = boundaries(labels)
     edge[:, 1:] |= edge[:, :-1]  # both sides of a vertical boundary
     edge[1:, :] |= edge[:-1, :]
@@ -92,8 +95,7 @@ def contour(image: np.ndarray, labels: np.ndarray, *, opacity: float = 1.0, widt
 
 def side_by_side(image: np.ndarray, labels: np.ndarray, *, gap: int = 4) -> np.ndarray:
     """The image and the colour label map next to each other, ``gap`` white pixels apart ((H, 2W + gap, 3))."""
-    if image.shape[:2] != labels.shape:
-        raise ValueError(f"image {image.shape[:2]} and labels {labels.shape} differ in size")
+    _check_same_size(image, labels)
     h = labels.shape[0]
     return np.concatenate([image.astype(np.uint8), np.full((h, gap, 3), 255, np.uint8), colorize(labels)], axis=1)
 
