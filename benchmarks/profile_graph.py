@@ -31,16 +31,18 @@ sys.path.insert(0, HERE)
 import diffcut_engine.graph.eigen as eigen  # noqa: E402
 import diffcut_engine.graph.host as host  # noqa: E402
 import diffcut_engine.graph.ncut as ncut  # noqa: E402
-from bench_graph import RealFeatures, planted_case  # noqa: E402
+from bench_graph import RealFeatures, disconnected_case, planted_case  # noqa: E402
 
 PHASES = {"_affinity_of": "affinity", "fiedler_vector": "fiedler", "binned_scores": "scoring",
           "take_square": "gather", "spectral_lower_bound": "bound"}
-TAUS = {"planted": 0.5, "chelsea": 0.08, "coffee": 0.08}
+TAUS = {"planted": 0.5, "disconnected": 0.5, "chelsea": 0.08, "coffee": 0.08}
 
 
 def features(case: str, grid: int):
     if case == "planted":
         return planted_case(grid, grid, 0)[0]
+    if case == "disconnected":  # bench_graph's 4 regions, noise 0.5 case
+        return disconnected_case(grid, grid, 4, 0.5, seed=grid * 1000 + grid + 4)[0]
     return RealFeatures()(case, grid, grid)
 
 
@@ -80,12 +82,13 @@ def profile(feats, tau: float, repeats: int) -> dict:
         for name, fn in originals.items():
             setattr(owner[name], name, timed(name, fn))
         eigen._top_ritz_pairs, eigen._lanczos = counting_ritz, counting_lanczos
-        ncut.recursive_ncut(feats, tau=tau)  # warm-up
+        # the numpy path (its phases are the functions wrapped here; the native core has none of them)
+        ncut.recursive_ncut(feats, tau=tau, graph_backend="numpy")  # warm-up
         for _ in range(repeats):
             spent.clear()
             steps.clear()
             t = time.perf_counter()
-            ncut.recursive_ncut(feats, tau=tau)
+            ncut.recursive_ncut(feats, tau=tau, graph_backend="numpy")
             total = time.perf_counter() - t
             for phase in PHASES.values():
                 rows[phase].append(spent[phase])
@@ -102,15 +105,15 @@ def crossover(grid: int, repeats: int) -> None:
     problems = []
     real = host.fiedler_vector
 
-    def collect(A, d, *, solver="auto", warm_start=None):
+    def collect(A, d, *, warm_start=None, **kwargs):
         problems.append((np.array(A), np.array(d), None if warm_start is None else np.array(warm_start)))
-        return real(A, d, solver=solver, warm_start=warm_start)
+        return real(A, d, warm_start=warm_start, **kwargs)
 
     host.fiedler_vector = collect
     try:
         for case in ("chelsea", "coffee"):
-            ncut.recursive_ncut(features(case, grid), tau=0.3)
-        ncut.recursive_ncut(features("planted", grid), tau=0.5)
+            ncut.recursive_ncut(features(case, grid), tau=0.3, graph_backend="numpy")
+        ncut.recursive_ncut(features("planted", grid), tau=0.5, graph_backend="numpy")
     finally:
         host.fiedler_vector = real
 
@@ -135,7 +138,7 @@ def _time(fn) -> float:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cases", default="planted:32,chelsea:32,planted:64",
-                    help="comma-separated CASE:GRID, CASE in planted, chelsea, coffee")
+                    help="comma-separated CASE:GRID, CASE in planted, disconnected, chelsea, coffee")
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--crossover", action="store_true", help="dense vs Lanczos per subgraph instead")
     args = ap.parse_args(argv)
