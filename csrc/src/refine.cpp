@@ -22,6 +22,16 @@
 
 #include "core.h"
 
+// The hot loops are also compiled for AVX2 (selected at load time on x86-64 Linux): the same IEEE operations on
+// wider vectors (no contraction: -ffp-contract=off), so the same floats.
+#if defined(__GNUC__) && defined(__x86_64__) && defined(__linux__) && !defined(DIFFCUT_NO_TARGET_CLONES)
+#define DIFFCUT_CLONES __attribute__((target_clones("avx2", "default")))
+#define DIFFCUT_ALWAYS_INLINE inline __attribute__((always_inline))
+#else
+#define DIFFCUT_CLONES
+#define DIFFCUT_ALWAYS_INLINE inline
+#endif
+
 namespace diffcut {
 namespace detail {
 
@@ -66,7 +76,7 @@ void parallel_blocks(i64 n, i64 block, int threads, F&& body) {
 inline i64 clamp(i64 v, i64 lo, i64 hi) { return v < lo ? lo : (v > hi ? hi : v); }
 
 // buf[x] = row[clamp(x + dx, 0, w - 1)] (the replicate padding of the reference).
-inline void shift_row(const float* row, i64 w, i64 dx, float* buf) {
+DIFFCUT_ALWAYS_INLINE void shift_row(const float* row, i64 w, i64 dx, float* buf) {
   const i64 lo = std::min(std::max(-dx, i64{0}), w);
   const i64 hi = std::max(std::min(w - dx, w), lo);
   for (i64 x = 0; x < lo; ++x) buf[x] = row[0];
@@ -236,70 +246,82 @@ std::vector<Tap> pamr_offsets(const std::vector<int>& dilations) {
   return out;
 }
 
+namespace {
+
+// One row y of pamr_cpu._affinity: local standard deviation, logits and softmax fused (buffers: sh, tot, sq, mx
+// of w floats; mean, den of 3w; logit of P w).
+DIFFCUT_CLONES
+void affinity_row(const float* img, i64 y, i64 h, i64 w, const std::vector<Tap>& offs, i64 nd, float* out,
+                  std::vector<float>& sh, std::vector<float>& mean, std::vector<float>& den,
+                  std::vector<float>& logit, std::vector<float>& tot, std::vector<float>& sq, std::vector<float>& mx) {
+  const i64 p_total = static_cast<i64>(offs.size());
+  const float ntaps = static_cast<float>(9 * nd);
+  const float ndf = static_cast<float>(nd);
+  const i64 hw = h * w;
+  std::fill(logit.begin(), logit.end(), 0.0f);
+  for (int c = 0; c < 3; ++c) {
+    const float* plane = img + c * hw;
+    const float* row = plane + y * w;
+    float* mc = mean.data() + c * w;
+    float* dc = den.data() + c * w;
+    for (i64 x = 0; x < w; ++x) tot[x] = row[x] * ndf;
+    for (i64 p = 0; p < p_total; ++p) {
+      shift_row(plane + clamp(y + offs[p].dy, 0, h - 1) * w, w, offs[p].dx, sh.data());
+      for (i64 x = 0; x < w; ++x) tot[x] += sh[x];
+    }
+    for (i64 x = 0; x < w; ++x) mc[x] = tot[x] / ntaps;
+    for (i64 x = 0; x < w; ++x) {
+      const float d0 = row[x] - mc[x];
+      sq[x] = d0 * d0 * ndf;
+    }
+    for (i64 p = 0; p < p_total; ++p) {
+      shift_row(plane + clamp(y + offs[p].dy, 0, h - 1) * w, w, offs[p].dx, sh.data());
+      for (i64 x = 0; x < w; ++x) {
+        const float d = sh[x] - mc[x];
+        sq[x] += d * d;
+      }
+    }
+    for (i64 x = 0; x < w; ++x) dc[x] = 1e-8f + 0.1f * std::sqrt(sq[x] / (ntaps - 1.0f));
+    for (i64 p = 0; p < p_total; ++p) {
+      shift_row(plane + clamp(y + offs[p].dy, 0, h - 1) * w, w, offs[p].dx, sh.data());
+      float* lg = logit.data() + p * w;
+      for (i64 x = 0; x < w; ++x) lg[x] += std::fabs(row[x] - sh[x]) / dc[x];
+    }
+  }
+  std::fill(mx.begin(), mx.end(), -std::numeric_limits<float>::infinity());
+  for (i64 p = 0; p < p_total; ++p) {
+    float* lg = logit.data() + p * w;
+    for (i64 x = 0; x < w; ++x) {
+      const float v = -(lg[x] / 3.0f);
+      lg[x] = v;
+      mx[x] = std::max(mx[x], v);
+    }
+  }
+  std::fill(tot.begin(), tot.end(), 0.0f);
+  for (i64 p = 0; p < p_total; ++p) {
+    float* lg = logit.data() + p * w;
+    for (i64 x = 0; x < w; ++x) {
+      const float e = std::exp(lg[x] - mx[x]);
+      lg[x] = e;
+      tot[x] += e;
+    }
+  }
+  for (i64 p = 0; p < p_total; ++p) {
+    const float* lg = logit.data() + p * w;
+    float* o = out + p * hw + y * w;
+    for (i64 x = 0; x < w; ++x) o[x] = lg[x] / tot[x];
+  }
+}
+
+}  // namespace
+
 void pamr_affinity(const float* img, i64 h, i64 w, const std::vector<int>& dilations, float* out, int threads) {
   const std::vector<Tap> offs = pamr_offsets(dilations);
   const i64 p_total = static_cast<i64>(offs.size());
   const i64 nd = static_cast<i64>(dilations.size());
-  const float ntaps = static_cast<float>(9 * nd);
-  const float ndf = static_cast<float>(nd);
-  const i64 hw = h * w;
   parallel_blocks(h, 4, threads, [&](i64 lo, i64 hi) {
     std::vector<float> sh(w), mean(3 * w), den(3 * w), logit(p_total * w), tot(w), sq(w), mx(w);
-    for (i64 y = lo; y < hi; ++y) {
-      std::fill(logit.begin(), logit.end(), 0.0f);
-      for (int c = 0; c < 3; ++c) {
-        const float* plane = img + c * hw;
-        const float* row = plane + y * w;
-        float* mc = mean.data() + c * w;
-        float* dc = den.data() + c * w;
-        for (i64 x = 0; x < w; ++x) tot[x] = row[x] * ndf;
-        for (i64 p = 0; p < p_total; ++p) {
-          shift_row(plane + clamp(y + offs[p].dy, 0, h - 1) * w, w, offs[p].dx, sh.data());
-          for (i64 x = 0; x < w; ++x) tot[x] += sh[x];
-        }
-        for (i64 x = 0; x < w; ++x) mc[x] = tot[x] / ntaps;
-        for (i64 x = 0; x < w; ++x) {
-          const float d0 = row[x] - mc[x];
-          sq[x] = d0 * d0 * ndf;
-        }
-        for (i64 p = 0; p < p_total; ++p) {
-          shift_row(plane + clamp(y + offs[p].dy, 0, h - 1) * w, w, offs[p].dx, sh.data());
-          for (i64 x = 0; x < w; ++x) {
-            const float d = sh[x] - mc[x];
-            sq[x] += d * d;
-          }
-        }
-        for (i64 x = 0; x < w; ++x) dc[x] = 1e-8f + 0.1f * std::sqrt(sq[x] / (ntaps - 1.0f));
-        for (i64 p = 0; p < p_total; ++p) {
-          shift_row(plane + clamp(y + offs[p].dy, 0, h - 1) * w, w, offs[p].dx, sh.data());
-          float* lg = logit.data() + p * w;
-          for (i64 x = 0; x < w; ++x) lg[x] += std::fabs(row[x] - sh[x]) / dc[x];
-        }
-      }
-      std::fill(mx.begin(), mx.end(), -std::numeric_limits<float>::infinity());
-      for (i64 p = 0; p < p_total; ++p) {
-        float* lg = logit.data() + p * w;
-        for (i64 x = 0; x < w; ++x) {
-          const float v = -(lg[x] / 3.0f);
-          lg[x] = v;
-          mx[x] = std::max(mx[x], v);
-        }
-      }
-      std::fill(tot.begin(), tot.end(), 0.0f);
-      for (i64 p = 0; p < p_total; ++p) {
-        float* lg = logit.data() + p * w;
-        for (i64 x = 0; x < w; ++x) {
-          const float e = std::exp(lg[x] - mx[x]);
-          lg[x] = e;
-          tot[x] += e;
-        }
-      }
-      for (i64 p = 0; p < p_total; ++p) {
-        const float* lg = logit.data() + p * w;
-        float* o = out + p * hw + y * w;
-        for (i64 x = 0; x < w; ++x) o[x] = lg[x] / tot[x];
-      }
-    }
+    for (i64 y = lo; y < hi; ++y) affinity_row(img, y, h, w, offs, nd, out, sh, mean, den, logit, tot, sq, mx);
   });
 }
 
@@ -331,7 +353,7 @@ CornerAxis corner_axis(i64 n_in, i64 n_out) {
 
 // acc (label j's row y, columns box.c0 .. box.c1) += tap p of label j's mask (src: its storage box sb); af: the
 // tap's affinity row y. Borders clamped as the reference's replicate padding.
-inline void box_tap(const float* src, float* acc, const float* af, const Box& sb, const Box& box, const Tap& tap,
+DIFFCUT_ALWAYS_INLINE void box_tap(const float* src, float* acc, const float* af, const Box& sb, const Box& box, const Tap& tap,
                     i64 y, i64 h, i64 w) {
   const i64 y2 = clamp(y + tap.dy, 0, h - 1);
   const i64 dx = tap.dx;
@@ -356,12 +378,58 @@ inline void box_tap(const float* src, float* acc, const float* af, const Box& sb
   }
 }
 
+// One row y of a propagation step of the masks stored on boxes: dst on bt[j] from src (label j's values on its
+// storage box sbox[j] at off[j]). Per pixel the taps are summed in the reference's order (dilation-major, then
+// row-major), exactly as pamr_cpu._box_step / _dense_step; the loop order over labels and taps does not change
+// the floats.
+DIFFCUT_CLONES
+void box_step_row(i64 y, const float* src, float* dst, const std::vector<i64>& off, const std::vector<Box>& sbox,
+                  const std::vector<Box>& bt, const float* aff, const std::vector<Tap>& offs, i64 h, i64 w,
+                  bool label_major, std::vector<i64>& act, std::vector<i64>& aoff, std::vector<float>& acc) {
+  const i64 n = static_cast<i64>(bt.size());
+  const i64 p_total = static_cast<i64>(offs.size());
+  const i64 hw = h * w;
+  act.clear();
+  aoff.clear();
+  i64 tot = 0;
+  for (i64 j = 0; j < n; ++j) {
+    const Box& q = bt[j];
+    if (q.r0 <= y && y < q.r1 && q.c0 < q.c1) {
+      act.push_back(j);
+      aoff.push_back(tot);
+      tot += q.c1 - q.c0;
+    }
+  }
+  if (act.empty()) return;
+  acc.assign(static_cast<std::size_t>(tot), 0.0f);
+  const i64 na = static_cast<i64>(act.size());
+  if (label_major) {  // one label's accumulators stay in L1 over all taps
+    for (i64 q = 0; q < na; ++q) {
+      const i64 j = act[q];
+      for (i64 p = 0; p < p_total; ++p)
+        box_tap(src + off[j], acc.data() + aoff[q], aff + p * hw + y * w, sbox[j], bt[j], offs[p], y, h, w);
+    }
+  } else {  // one tap's affinity row is read once for all labels
+    for (i64 p = 0; p < p_total; ++p)
+      for (i64 q = 0; q < na; ++q) {
+        const i64 j = act[q];
+        box_tap(src + off[j], acc.data() + aoff[q], aff + p * hw + y * w, sbox[j], bt[j], offs[p], y, h, w);
+      }
+  }
+  for (i64 q = 0; q < na; ++q) {
+    const i64 j = act[q];
+    const Box& s = sbox[j];
+    const Box& q2 = bt[j];
+    std::memcpy(dst + off[j] + (y - s.r0) * (s.c1 - s.c0) + q2.c0 - s.c0, acc.data() + aoff[q],
+                static_cast<std::size_t>(q2.c1 - q2.c0) * sizeof(float));
+  }
+}
+
 }  // namespace
 
 void pamr_box_argmax(const std::int32_t* labels, i64 lh, i64 lw, i64 h, i64 w, std::int32_t k, const float* aff,
                      const std::vector<int>& dilations, int iters, std::int32_t* out, int threads, i64 budget) {
   const std::vector<Tap> offs = pamr_offsets(dilations);
-  const i64 p_total = static_cast<i64>(offs.size());
   const i64 hw = h * w;
   const bool resized = lh != h || lw != w;
   // bounding boxes of the labels at their own size
@@ -485,42 +553,8 @@ void pamr_box_argmax(const std::int32_t* labels, i64 lh, i64 lw, i64 h, i64 w, s
         parallel_blocks(h, 2, threads, [&](i64 lo, i64 hi) {
           std::vector<i64> act, aoff;
           std::vector<float> acc;
-          for (i64 y = lo; y < hi; ++y) {
-            act.clear();
-            aoff.clear();
-            i64 tot = 0;
-            for (i64 j = 0; j < n; ++j) {
-              const Box& q = bt[j];
-              if (q.r0 <= y && y < q.r1 && q.c0 < q.c1) {
-                act.push_back(j);
-                aoff.push_back(tot);
-                tot += q.c1 - q.c0;
-              }
-            }
-            if (act.empty()) continue;
-            acc.assign(static_cast<std::size_t>(tot), 0.0f);
-            const i64 na = static_cast<i64>(act.size());
-            if (label_major) {
-              for (i64 q = 0; q < na; ++q) {
-                const i64 j = act[q];
-                for (i64 p = 0; p < p_total; ++p)
-                  box_tap(src + off[j], acc.data() + aoff[q], aff + p * hw + y * w, sbox[j], bt[j], offs[p], y, h, w);
-              }
-            } else {
-              for (i64 p = 0; p < p_total; ++p)
-                for (i64 q = 0; q < na; ++q) {
-                  const i64 j = act[q];
-                  box_tap(src + off[j], acc.data() + aoff[q], aff + p * hw + y * w, sbox[j], bt[j], offs[p], y, h, w);
-                }
-            }
-            for (i64 q = 0; q < na; ++q) {
-              const i64 j = act[q];
-              const Box& s = sbox[j];
-              const Box& q2 = bt[j];
-              std::memcpy(dst + off[j] + (y - s.r0) * (s.c1 - s.c0) + q2.c0 - s.c0, acc.data() + aoff[q],
-                          static_cast<std::size_t>(q2.c1 - q2.c0) * sizeof(float));
-            }
-          }
+          for (i64 y = lo; y < hi; ++y)
+            box_step_row(y, src, dst, off, sbox, bt, aff, offs, h, w, label_major, act, aoff, acc);
         });
         std::swap(a, b);
       }
