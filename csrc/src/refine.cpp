@@ -353,8 +353,8 @@ CornerAxis corner_axis(i64 n_in, i64 n_out) {
 
 // acc (label j's row y, columns box.c0 .. box.c1) += tap p of label j's mask (src: its storage box sb); af: the
 // tap's affinity row y. Borders clamped as the reference's replicate padding.
-DIFFCUT_ALWAYS_INLINE void box_tap(const float* src, float* acc, const float* af, const Box& sb, const Box& box, const Tap& tap,
-                    i64 y, i64 h, i64 w) {
+DIFFCUT_ALWAYS_INLINE void box_tap(const float* src, float* acc, const float* af, const Box& sb, const Box& box,
+                                   const Tap& tap, i64 y, i64 h, i64 w) {
   const i64 y2 = clamp(y + tap.dy, 0, h - 1);
   const i64 dx = tap.dx;
   const i64 c0 = box.c0, c1 = box.c1;
