@@ -85,6 +85,8 @@ PAMR_CASES = [
     ((64, 24), None, 25, 1, (1, 3, 40), "photo"),                           # one step, a dilation > the image
     ((37, 37), (12, 12), 2, 10, (1, 2, 4, 8), "random"),
     ((29, 44), None, 1, 10, (2,), "photo"),                                 # one label
+    ((1, 9), None, 3, 2, (1, 2), "random"),                                 # one row
+    ((7, 1), (3, 1), 2, 3, (1,), "random"),                                 # one column, masks resized
 ]
 
 
