@@ -384,6 +384,22 @@ int main() {
       code = e.code();
     }
     EXPECT(code == DIFFCUT_ERROR_INVALID_ARGUMENT);
+    // features + image: segment_image equals the tree's cut refined by diffcut::refine
+    std::vector<int> regions;
+    const std::vector<float> f = planted(8, 10, 6, regions, 11u, 0.3);
+    std::vector<float> image(3 * 32 * 40);
+    for (int ch = 0; ch < 3; ++ch)
+      for (int y = 0; y < 32; ++y)
+        for (int x = 0; x < 40; ++x) image[(ch * 32 + y) * 40 + x] = 0.2f * regions[(y / 4) * 10 + x / 4] + 0.05f * ch;
+    diffcut::Options so;
+    std::int32_t ks = 0, kt = 0;
+    const std::vector<std::int32_t> seg =
+        diffcut::segment_image(f.data(), 8, 10, 6, image.data(), 32, 40, 0.5, so, &ks);
+    so.tau_max = 0.5;
+    const std::vector<std::int32_t> grid = diffcut::Tree(f.data(), 8, 10, 6, so).cut(0.5, &kt);
+    EXPECT(ks == kt && ks >= 2 && seg.size() == 32u * 40u);
+    EXPECT(diffcut::refine(f.data(), 8, 10, 6, grid.data(), kt, image.data(), 32, 40, so) == seg);
+    EXPECT(*std::max_element(seg.begin(), seg.end()) < ks);
   }
   if (failures) {
     std::fprintf(stderr, "%d failure(s)\n", failures);
