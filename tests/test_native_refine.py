@@ -241,3 +241,21 @@ def test_native_refine_errors(built):
         pamr_native.median3x3(lab[0])
     with pytest.raises(InputError, match="non-finite"):
         refine.refine_at(torch.from_numpy(bad), torch.from_numpy(lab), backend="native")
+
+
+@pytest.mark.parametrize("preset", ["full", "eval"])
+def test_engine_pixel_labels_with_the_native_backend(built, preset):
+    """methods.diffcut.pixel_labels (concept assignment, then the preset's refinement) with refine_backend="native"
+    gives the torch backend's labels."""
+    from diffcut_engine.methods.diffcut import pixel_labels
+
+    feats, lab = _features(8, 8, 16, 5, seed=4)
+    view = _photo((64, 80))
+    out = {}
+    for backend in ("torch", "native"):
+        timings = {}
+        out[backend] = pixel_labels(feats, lab.numpy(), view, EngineConfig(refine=preset, refine_backend=backend),
+                                    timings)
+        assert out[backend].shape == (64, 80) and set(timings) == {"assign", "refine"}
+    if preset == "full" or pamr_cpu.available():   # eval returns from 128x128 by numba's upsampling (or nearest)
+        assert np.array_equal(out["torch"], out["native"])
