@@ -1,7 +1,7 @@
 """Native refinement (the C++ core) against the torch CPU refinement and the numba fast path, in the same run.
 
     python benchmarks/bench_native_refine.py                     # 1024x1024, K = 10 and 100, best of 3
-    python benchmarks/bench_native_refine.py --size 512 --ks 10 --repeats 2
+    python benchmarks/bench_native_refine.py --size 512 --ks 10 --repeats 2 --json out.json
 
 The skimage astronaut photo is resized to ``--size`` (bilinear). Two families of labels:
 
@@ -23,6 +23,7 @@ and the native core's ``num_threads=0``: all cores).
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -98,6 +99,7 @@ def main(argv=None) -> None:
     ap.add_argument("--ks", default="10,100")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--families", default="voronoi,cut")
+    ap.add_argument("--json", default=None, help="also write the rows to this file")
     args = ap.parse_args(argv)
     if not pamr_native.available():
         raise SystemExit("diffcut_engine._native is not built: pip install -e . (a C++17 compiler)")
@@ -112,6 +114,7 @@ def main(argv=None) -> None:
     print("| family | K | native (s) | torch (s) | torch / native | fast (s) | fast / native | = torch |")
     print("|---|---|---|---|---|---|---|---|")
     feats = lab_features(img)
+    rows = []
     for family in args.families.split(","):
         for k_req in (int(v) for v in args.ks.split(",")):
             if family == "voronoi":
@@ -145,6 +148,10 @@ def main(argv=None) -> None:
             fast = (f"{best['fast']:.3f} | {best['fast'] / best['native']:.2f}x" if have_fast else "- | -")
             print(f"| {name} | {k} | {best['native']:.3f} | {best['torch']:.3f} | "
                   f"{best['torch'] / best['native']:.1f}x | {fast} | {100 * same:.3f} % |", flush=True)
+            rows.append({"family": family, "k": k, "seconds": best, "same_as_torch": same, "size": args.size})
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump({"torch": torch.__version__, "load": os.getloadavg()[0], "rows": rows}, fh, indent=1)
 
 
 if __name__ == "__main__":
