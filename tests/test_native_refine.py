@@ -259,3 +259,32 @@ def test_engine_pixel_labels_with_the_native_backend(built, preset):
         assert out[backend].shape == (64, 80) and set(timings) == {"assign", "refine"}
     if preset == "full" or pamr_cpu.available():   # eval returns from 128x128 by numba's upsampling (or nearest)
         assert np.array_equal(out["torch"], out["native"])
+
+
+def test_baseline_and_avx2_kernels_give_the_same_floats(built, tmp_path):
+    """The hot loops run as AVX2 + FMA code where the CPU has it, else as baseline code: the same IEEE operations,
+    so the same affinities bit for bit and the same labels (DIFFCUT_NO_AVX2=1 forces the baseline, in a subprocess)."""
+    import os
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    script = (
+        "import numpy as np, sys; sys.path.insert(0, sys.argv[1])\n"
+        "from diffcut_engine.kernels import pamr_native as pn\n"
+        "d = np.load(sys.argv[2])\n"
+        "np.savez(sys.argv[3], aff=pn.pamr_affinity(d['img'], (1, 2, 5)),\n"
+        "         pamr=pn.pamr(d['img'], d['lab'], 7, dilations=(1, 2, 5)),\n"
+        "         ca=pn.concept_assign(d['f'], d['g'], 6, (37, 45)))\n")
+    feats, grid = _features(6, 7, 16, 6, seed=9)
+    np.savez(tmp_path / "in.npz", img=_photo((37, 45)).numpy(), lab=_labels((37, 45), 7, seed=5).numpy(),
+             f=feats.numpy(), g=grid.numpy())
+    results = []
+    for flag in ("0", "1"):
+        out = tmp_path / f"out{flag}.npz"
+        run = subprocess.run([sys.executable, "-c", script, root, str(tmp_path / "in.npz"), str(out)],
+                             env=dict(os.environ, DIFFCUT_NO_AVX2=flag), capture_output=True, text=True)
+        assert run.returncode == 0, run.stderr[-2000:]
+        results.append(np.load(out))
+    for key in ("aff", "pamr", "ca"):
+        assert np.array_equal(results[0][key], results[1][key]), key
