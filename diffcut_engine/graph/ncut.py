@@ -20,7 +20,8 @@ from .affinity import affinity_from_tokens, as_token_matrix, l2_normalize
 from .device import device_namespace, device_ncut_tree, device_ncut_trees
 from .eigen import validate_solver
 from .host import host_tree
-from .native import native_tree, native_tree_affinity, resolve_graph_backend
+from .native import (fused_affinity_applies, native_affinity_widened, native_tree, native_tree_affinity,
+                     resolve_graph_backend)
 from .scoring import NUM_THRESHOLDS
 from .tree import NCutTree
 from .validation import DEFAULT_COMPAT, check_alpha, check_compat, check_num_thresholds, check_tau
@@ -101,15 +102,20 @@ def _num_tokens(features) -> int:
     return int(shape[0]) * int(shape[1])
 
 
-def _affinity_of(features, alpha, compat=DEFAULT_COMPAT):
-    """Affinity of a feature grid, as the recursion consumes it: float32 for ``official-float32`` (whose float32
-    semantics depend on it), else the same values widened to float64 in the same pass (the float64 solvers
-    then need no conversion of the root matrix; widening keeps the exact zeros of the zero-row rule)."""
+def _affinity_of(features, alpha, compat=DEFAULT_COMPAT, fused: bool = False):
+    """Affinity of a feature grid, as the recursion consumes it, its grid and its zero-row mask (``None``: the
+    recursion computes it when its mode needs it): float32 for ``official-float32`` (whose float32 semantics
+    depend on it), else the same values widened to float64 in the same pass (the float64 solvers then need no
+    conversion of the root matrix; widening keeps the exact zeros of the zero-row rule). ``fused``: by the C++
+    core's fused pass where it applies (the same values and mask, :func:`~.native.native_affinity_widened`)."""
     tokens, grid = as_token_matrix(features)
     official = compat == "official-float32"
+    if fused and not official and fused_affinity_applies(alpha, tokens.shape[0]):
+        W, zero_row = native_affinity_widened(l2_normalize(tokens), float(alpha))
+        return W, grid, zero_row
     W = affinity_from_tokens(l2_normalize(tokens), float(alpha), exact_power=official,
                              dtype=np.float32 if official else np.float64, pooled=not official)
-    return W, grid
+    return W, grid, None
 
 
 def ncut_tree(features, *, alpha: float = 10.0, tau_max: float = 1.0, compat: str = DEFAULT_COMPAT,
@@ -142,9 +148,10 @@ def ncut_tree(features, *, alpha: float = 10.0, tau_max: float = 1.0, compat: st
         tokens, grid = as_token_matrix(features)
         return native_tree(l2_normalize(tokens), grid, alpha=alpha, tau_max=tau_max, compat=compat,
                            num_thresholds=num_thresholds, solver=solver)
-    W, grid = _affinity_of(features, alpha, compat)  # finite by construction (the features were checked)
+    # finite by construction (the features were checked); "auto" takes the C++ core's fused affinity pass
+    W, grid, zero_row = _affinity_of(features, alpha, compat, fused=graph_backend == "auto")
     return host_tree(W, tau_max=tau_max, compat=compat, solver=solver, num_thresholds=num_thresholds,
-                     shape=grid, leaf_bounds=True, owned=compat != "official-float32")
+                     shape=grid, leaf_bounds=True, owned=compat != "official-float32", zero_row=zero_row)
 
 
 def recursive_ncut(features, *, alpha: float = 10.0, tau: float = 0.5, compat: str = DEFAULT_COMPAT,
