@@ -282,3 +282,64 @@ def test_auto_host_path_with_the_fused_affinity_equals_the_numpy_path(built, h, 
             assert np.array_equal(got, ref), compat
             assert got.max() >= 1
     assert len(calls) == 4  # every "auto" call took the fused pass (and no "numpy" call did)
+
+
+def test_ncut_trees_mixed_batch_on_threads_equals_one_call_per_grid(built, monkeypatch):
+    # grids of several sizes: those up to 32x32 take the native core (together, on the threads), the 36x36 one the
+    # numpy path; every tree equals ncut_tree's, in the grids' order, for both compat modes
+    from diffcut_engine.graph import ncut, ncut_trees
+
+    grids = [_features("planted-disc", 12, 15), _features("lab-coffee", 36, 36), _features("filters-astronaut", 14, 16),
+             _features("planted-stripes", 16, 16)]
+    batches = []
+    real = ncut.native_trees
+    monkeypatch.setattr(ncut, "native_trees",
+                        lambda tokens, *a, **k: batches.append(len(tokens)) or real(tokens, *a, **k))
+    for compat in ("official", "clean"):
+        for threads in (1, 2):
+            trees = ncut_trees(grids, tau_max=0.7, compat=compat, num_threads=threads)
+            assert len(trees) == len(grids)
+            for f, tree in zip(grids, trees):
+                want = ncut_tree(f, tau_max=0.7, compat=compat)
+                assert tree.shape == want.shape == f.shape[:2]
+                for tau in (0.3, 0.5, 0.7):
+                    assert np.array_equal(tree.cut(tau), want.cut(tau))
+    assert batches == [3, 3, 3, 3]  # one native call per batch, with the three small grids
+    assert ncut_trees([], num_threads=2) == []
+    with pytest.raises(InputError, match="num_threads"):
+        ncut_trees(grids, num_threads=0)
+    with pytest.raises(InputError):
+        ncut_trees([grids[0], np.full((4, 4, 3), np.nan, np.float32)], num_threads=2)
+
+
+def test_engine_graph_threads(built):
+    import skimage.data
+
+    from diffcut_engine import Engine, EngineConfig
+    from toy_encoder import ColourEncoder
+
+    with pytest.raises(InputError, match="graph_threads"):
+        EngineConfig(graph_threads=0)
+    with pytest.raises(InputError, match="graph_threads"):
+        EngineConfig(graph_threads=1.5)
+    images = [skimage.data.astronaut()[::2, ::2], skimage.data.coffee()[::2, ::2], skimage.data.chelsea()[::2, ::2]]
+    out = {}
+    for threads in (1, 2):
+        engine = Engine(EngineConfig(size=(320, 384), tau=0.5, device="cpu", refine="none", batch_size=3,
+                                     graph_threads=threads), encoder=ColourEncoder())
+        out[threads] = [r.labels for r in engine.segment(images)]
+    assert max(int(lab.max()) for lab in out[1]) >= 1
+    for a, b in zip(out[1], out[2]):
+        assert np.array_equal(a, b)
+
+
+def test_cli_graph_threads_option():
+    from diffcut_engine.cli import build_parser, config_from_args
+
+    parser = build_parser()
+    for command in (["segment", "a.png", "-o", "out"], ["bench", "--input", "a.png"]):
+        args = parser.parse_args(command + ["--graph-threads", "3"])
+        assert config_from_args(args).graph_threads == 3
+    assert config_from_args(parser.parse_args(["segment", "a.png", "-o", "out"])).graph_threads == 1
+    with pytest.raises(InputError, match="graph_threads"):
+        config_from_args(parser.parse_args(["segment", "a.png", "-o", "out", "--graph-threads", "0"]))
