@@ -25,7 +25,7 @@ def native_extensions():
     if sys.platform == "win32":
         flags = ["/std:c++17", "/O2", "/fp:precise"]
     else:
-        flags = ["-std=c++17", "-O2", "-g0", "-ffp-contract=off", "-fvisibility=hidden"]
+        flags = ["-std=c++17", "-O3", "-g0", "-ffp-contract=off", "-fvisibility=hidden"]
     sources = sorted(glob("csrc/src/*.cpp")) + ["csrc/python/bindings.cpp"]
     return [Extension("diffcut_engine._native", sources=sources,
                       include_dirs=[pybind11.get_include(), "csrc/include", "csrc/src"],

@@ -136,9 +136,10 @@ class EngineConfig:
         PAMR iterations; ``None`` takes the preset's.
     pamr_dilations : tuple of int, optional
         PAMR neighbourhood dilations; ``None`` takes the preset's.
-    refine_backend : {"auto", "torch", "fast"}
+    refine_backend : {"auto", "torch", "fast", "native"}
         PAMR implementation: ``torch`` (reference), ``fast`` (numba support-box path on the CPU, fused Triton kernel on
-        CUDA; same labels) or ``auto`` (``fast`` where it can run).
+        CUDA; same labels), ``native`` (the C++ core on the CPU; same labels) or ``auto`` (``fast`` where it can run,
+        else ``native`` on the CPU where it is built).
     output_size : (int, int) or str, optional
         Size of the returned label maps, ``(height, width)``. ``None``: each input image's own size.
     device : {"auto", "cpu", "cuda"} or str
@@ -304,8 +305,8 @@ class EngineConfig:
             if not dil or not all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in dil):
                 raise InputError(f"pamr_dilations must be positive integers, got {self.pamr_dilations!r}")
             set_("pamr_dilations", dil)
-        if self.refine_backend not in ("auto", "torch", "fast"):
-            raise InputError(f"unknown refine_backend {self.refine_backend!r}; choose one of auto, torch, fast")
+        if self.refine_backend not in ("auto", "torch", "fast", "native"):
+            raise InputError(f"unknown refine_backend {self.refine_backend!r}; choose one of auto, torch, fast, native")
 
     def refine_settings(self, preset: Optional[str] = None) -> Optional[dict]:
         """The refinement to run: ``{"preset", "work_size", "iters", "dilations"}`` or ``None`` when off.

@@ -48,8 +48,10 @@ __all__ = [
 ]
 
 #: PAMR implementations: ``torch`` (the reference, :func:`pamr`), ``fast`` (the fused Triton kernel on CUDA,
-#: the numba top-C path on the CPU) and ``auto`` (``fast`` where it can run, else ``torch``).
-PAMR_BACKENDS = ("auto", "torch", "fast")
+#: the numba top-C path on the CPU), ``native`` (the C++ core, ``kernels.pamr_native``: the CPU fast path's
+#: arithmetic, PAMR and median in one call) and ``auto`` (``fast`` where it can run, else ``native`` on the CPU
+#: where it is built, else ``torch``).
+PAMR_BACKENDS = ("auto", "torch", "fast", "native")
 
 # Offsets (dy, dx) of the 8 neighbours of a pixel, in units of the dilation.
 _NEIGHBOURS = ((-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1), (1, -1), (1, 0), (1, 1))
@@ -746,6 +748,11 @@ def _pamr_any(image, labels, k, iters, dilations, backend):
     return pamr_fast(image, labels, num_segments=k, iters=iters, dilations=dilations).to(labels.device)
 
 
+def _native_available() -> bool:
+    from .kernels import pamr_native
+    return pamr_native.available()
+
+
 def _fast_available(device: torch.device) -> bool:
     if device.type == "cuda":
         from .kernels import pamr as kpamr
@@ -775,8 +782,9 @@ def refine_at(view, labels, *, work_size: Optional[Tuple[int, int]] = None, num_
         The image region the labels describe (any size; resized as needed).
     labels : (H, W) integer tensor
         Labels at the output size (concept assignment).
-    backend : {"auto", "torch", "fast"}
-        PAMR implementation (:data:`PAMR_BACKENDS`). ``torch`` is the reference; ``fast`` gives the same labels.
+    backend : {"auto", "torch", "fast", "native"}
+        PAMR implementation (:data:`PAMR_BACKENDS`). ``torch`` is the reference; ``fast`` and ``native`` give the
+        same labels (``native``: :class:`BackendUnavailableError` if the C++ extension is not built).
     """
     from . import images
 
@@ -794,11 +802,20 @@ def refine_at(view, labels, *, work_size: Optional[Tuple[int, int]] = None, num_
     work = out_size if work_size is None else _check_size(work_size)
     device = labels.device
     rgb = images.resize(view, work).to(device)
-    out = _pamr_any(rgb, labels, k, iters, dilations, backend)
-    if median and out.device.type == "cpu" and backend != "torch" and _fast_available(out.device):
+    if backend == "auto" and device.type == "cpu" and not _fast_available(device) and _native_available():
+        backend = "native"
+    if backend == "native":          # PAMR and the median in the C++ core (the CPU fast path's arithmetic)
+        from .kernels import pamr_native
+        out = torch.from_numpy(pamr_native.pamr(rgb.detach().cpu().float().numpy(), labels.cpu().numpy(), k,
+                                                iters=iters, dilations=dilations, median=median)).long().to(device)
+    else:
+        out = _pamr_any(rgb, labels, k, iters, dilations, backend)
+    if backend == "native" or not median:
+        pass
+    elif out.device.type == "cpu" and backend != "torch" and _fast_available(out.device):
         from .kernels import pamr_cpu
         out = torch.from_numpy(pamr_cpu.median3x3(out.numpy()))       # the same filter, in numba
-    elif median:
+    else:
         out = median3x3(out)
     if work == out_size:
         return out

@@ -134,3 +134,38 @@ def test_readme_c_example_compiles_and_runs(build_dir, tmp_path):
     run = subprocess.run([str(exe)], capture_output=True, text=True, env=_env())
     assert run.returncode == 0, run.stderr
     assert run.stdout.strip() == "libdiffcut 0.1.0: 2 segments"
+
+
+def test_example_refines_to_the_image_size(build_dir, tmp_path):
+    """--image: the labels refined to the image's size as the engine's "full" refinement (concept assignment, PAMR,
+    median); the image as (3, H, W) float32 or (H, W, 3) uint8. Agreement >= 99.9 %: concept assignment sums its
+    two small matrix products in its own order where torch calls a GEMM (tests/test_native_refine.py)."""
+    import torch
+    import torch.nn.functional as F
+    from skimage import data
+
+    from diffcut_engine import refine
+
+    h, w, H, W = 12, 16, 60, 80
+    f = planted_features(planted_regions(h, w, "quadrants"), noise=0.5, seed=2)
+    rgb = F.interpolate(torch.from_numpy(data.astronaut()).permute(2, 0, 1)[None].float(), size=(H, W),
+                        mode="bilinear", align_corners=False)[0].round().clamp(0, 255).to(torch.uint8)
+    img = rgb.float() / 255                                       # what the uint8 path computes
+    np.save(tmp_path / "img_u8.npy", rgb.permute(1, 2, 0).numpy())
+    np.save(tmp_path / "img.npy", img.numpy())
+    grid = _reference(f, "official")[TAUS.index(0.5)]
+    k = int(grid.max()) + 1
+    feats = torch.from_numpy(l2_normalize(as_token_matrix(f)[0]).reshape(h, w, -1))
+    assigned = refine.concept_assign(feats, torch.from_numpy(grid), (H, W), num_segments=k)
+    ref = refine.refine_at(img, assigned, num_segments=k, iters=10, dilations=(1, 2, 4, 8), backend="torch").numpy()
+    a = _segment(build_dir, tmp_path, f, "--tau", "0.5", "--solver", "dense", "--image", str(tmp_path / "img.npy"))
+    b = _segment(build_dir, tmp_path, f, "--tau", "0.5", "--solver", "dense", "--image", str(tmp_path / "img_u8.npy"),
+                 "--threads", "2")
+    assert a.dtype == np.int32 and a.shape == (H, W) and np.array_equal(a, b)
+    assert k > 1 and (a == ref).mean() >= 0.999
+    c = _segment(build_dir, tmp_path, f, "--tau", "0.3,0.5", "--image", str(tmp_path / "img.npy"), "--pamr-iters",
+                 "0", "--pamr-dilations", "1,2", "--no-median")
+    assert c.shape == (2, H, W)
+    run = subprocess.run([str(build_dir / "diffcut_segment"), str(tmp_path / "in.npy"), str(tmp_path / "x.npy"),
+                          "--image", str(tmp_path / "in.npy")], capture_output=True, text=True, env=_env())
+    assert run.returncode == 1 and "(3, H, W)" in run.stderr

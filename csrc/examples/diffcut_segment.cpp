@@ -2,9 +2,13 @@
 //
 //   diffcut_segment FEATURES.npy LABELS.npy [--tau 0.5[,0.3,...]] [--alpha 10] [--compat official|clean]
 //                   [--solver auto|dense] [--affinity]
+//                   [--image IMAGE.npy [--pamr-iters 10] [--pamr-dilations 1,2,4,8] [--no-median] [--threads 0]]
 //
 // With several taus, one tree is built (tau_max = the largest) and cut at each: LABELS.npy is (T, h, w).
 // --affinity: the input is an (N, N) affinity instead of features; the labels are (N,) (or (T, N)).
+// --image: the labels are refined to the image's size (concept assignment, PAMR, 3x3 median: the engine's "full"
+// refinement), (H, W) (or (T, H, W)); IMAGE.npy holds (3, H, W) float32/float64 RGB in [0, 1] or (H, W, 3)
+// uint8 RGB (e.g. np.save("img.npy", np.asarray(PIL.Image.open(path).convert("RGB")))).
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
@@ -17,7 +21,8 @@
 static int usage() {
   std::fprintf(stderr,
                "usage: diffcut_segment FEATURES.npy LABELS.npy [--tau T[,T...]] [--alpha A] "
-               "[--compat official|clean] [--solver auto|dense] [--affinity]\n");
+               "[--compat official|clean] [--solver auto|dense] [--affinity] [--image IMAGE.npy "
+               "[--pamr-iters N] [--pamr-dilations D[,D...]] [--no-median] [--threads N]]\n");
   return 2;
 }
 
@@ -27,6 +32,7 @@ int main(int argc, char** argv) {
   std::vector<double> taus;
   diffcut::Options options;
   bool affinity = false;
+  std::string image_path;
   try {
     for (int i = 3; i < argc; ++i) {
       std::string a = argv[i];
@@ -57,6 +63,24 @@ int main(int argc, char** argv) {
         else throw std::runtime_error("unknown solver " + v + "; choose auto or dense");
       } else if (a == "--affinity") {
         affinity = true;
+      } else if (a == "--image") {
+        image_path = next();
+      } else if (a == "--pamr-iters") {
+        options.pamr_iters = std::stoi(next());
+      } else if (a == "--pamr-dilations") {
+        std::string v = next();
+        options.pamr_dilations.clear();
+        std::size_t p = 0;
+        while (p <= v.size()) {
+          std::size_t e = v.find(',', p);
+          options.pamr_dilations.push_back(std::stoi(v.substr(p, e == std::string::npos ? std::string::npos : e - p)));
+          if (e == std::string::npos) break;
+          p = e + 1;
+        }
+      } else if (a == "--no-median") {
+        options.median = false;
+      } else if (a == "--threads") {
+        options.num_threads = std::stoi(next());
       } else {
         return usage();
       }
@@ -77,9 +101,39 @@ int main(int argc, char** argv) {
       return diffcut::Tree(x.data.data(), x.shape[0], x.shape[1], x.shape[2], options);
     }();
     std::vector<std::int32_t> labels;
-    for (double tau : taus) {
-      std::vector<std::int32_t> cut = tree.cut(tau);
-      labels.insert(labels.end(), cut.begin(), cut.end());
+    if (!image_path.empty()) {
+      if (affinity) throw std::runtime_error("--image needs features, not an affinity");
+      const npy::Array img = npy::load(image_path);
+      std::vector<float> chw;
+      std::int64_t H = 0, W = 0;
+      if (img.was_uint8) {  // (H, W, 3) uint8 -> (3, H, W) float32 in [0, 1]
+        if (img.shape.size() != 3 || img.shape[2] != 3)
+          throw std::runtime_error(image_path + " must hold (H, W, 3) uint8");
+        H = img.shape[0];
+        W = img.shape[1];
+        chw.resize(static_cast<std::size_t>(3 * H * W));
+        for (std::int64_t i = 0; i < H * W; ++i)
+          for (int c = 0; c < 3; ++c) chw[c * H * W + i] = img.data[i * 3 + c] / 255.0f;
+      } else {
+        if (img.shape.size() != 3 || img.shape[0] != 3)
+          throw std::runtime_error(image_path + " must hold (3, H, W) floats");
+        H = img.shape[1];
+        W = img.shape[2];
+        chw = img.data;
+      }
+      for (double tau : taus) {
+        std::int32_t k = 0;
+        std::vector<std::int32_t> grid = tree.cut(tau, &k);
+        std::vector<std::int32_t> refined = diffcut::refine(x.data.data(), shape[0], shape[1], x.shape[2], grid.data(),
+                                                            k, chw.data(), H, W, options);
+        labels.insert(labels.end(), refined.begin(), refined.end());
+      }
+      shape = {H, W};
+    } else {
+      for (double tau : taus) {
+        std::vector<std::int32_t> cut = tree.cut(tau);
+        labels.insert(labels.end(), cut.begin(), cut.end());
+      }
     }
     if (taus.size() > 1) shape.insert(shape.begin(), static_cast<std::int64_t>(taus.size()));
     npy::save(out, labels.data(), shape, "<i4");

@@ -1,5 +1,5 @@
-// Minimal .npy reading (little-endian float32/float64, C order) and writing (int32/float32), for the example
-// program and the tests. Format: https://numpy.org/doc/stable/reference/generated/numpy.lib.format.html
+// Minimal .npy reading (little-endian float32/float64 or uint8, C order) and writing (int32/float32), for the
+// example program and the tests. Format: https://numpy.org/doc/stable/reference/generated/numpy.lib.format.html
 #pragma once
 
 #include <cstdint>
@@ -13,7 +13,8 @@ namespace npy {
 
 struct Array {
   std::vector<std::int64_t> shape;
-  std::vector<float> data;  // converted to float32
+  std::vector<float> data;  // converted to float32 (uint8 values kept as 0..255)
+  bool was_uint8 = false;
 };
 
 inline std::string header_value(const std::string& header, const std::string& key) {
@@ -70,8 +71,13 @@ inline Array load(const std::string& path) {
     std::vector<double> tmp(static_cast<std::size_t>(count));
     f.read(reinterpret_cast<char*>(tmp.data()), count * 8);
     for (std::int64_t i = 0; i < count; ++i) a.data[i] = static_cast<float>(tmp[i]);
+  } else if (descr == "|u1") {
+    std::vector<unsigned char> tmp(static_cast<std::size_t>(count));
+    f.read(reinterpret_cast<char*>(tmp.data()), count);
+    for (std::int64_t i = 0; i < count; ++i) a.data[i] = static_cast<float>(tmp[i]);
+    a.was_uint8 = true;
   } else {
-    throw std::runtime_error(path + ": dtype " + descr + " (need <f4 or <f8)");
+    throw std::runtime_error(path + ": dtype " + descr + " (need <f4, <f8 or |u1)");
   }
   if (!f) throw std::runtime_error(path + " is truncated");
   return a;

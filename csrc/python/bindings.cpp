@@ -70,6 +70,7 @@ py::tuple tree_arrays(const Tree& tree) {
   return py::make_tuple(indices, offsets, depth, value, one, zero, exact);
 }
 
+
 template <class F>
 auto translated(F&& body) -> decltype(body()) {
   try {
@@ -80,6 +81,31 @@ auto translated(F&& body) -> decltype(body()) {
     throw py::value_error(e.what());
   }
 }
+
+using IntArray = py::array_t<std::int32_t, py::array::c_style | py::array::forcecast>;
+
+RefineOptions refine_options(int iters, const std::vector<int>& dilations, bool median, int num_threads,
+                             std::int64_t budget) {
+  RefineOptions o;
+  o.iters = iters;
+  o.dilations = dilations;
+  o.median = median;
+  o.num_threads = num_threads;
+  o.budget = budget;
+  check_pamr_options(o);
+  return o;
+}
+
+// A (3, H, W) float32 image with finite values.
+void check_image(const FloatArray& image) {
+  if (image.ndim() != 3 || image.shape(0) != 3 || image.shape(1) < 1 || image.shape(2) < 1)
+    throw py::value_error("image must be (3, H, W)");
+  translated([&] {
+    check_finite(image.data(), image.size(), "image");
+    return 0;
+  });
+}
+
 
 }  // namespace
 
@@ -219,4 +245,127 @@ PYBIND11_MODULE(_native, m) {
       },
       py::arg("affinity"), py::arg("tau_max"), py::arg("compat"), py::arg("num_thresholds"),
       py::arg("solver") = "auto", "The recursive NCut tree of an (N, N) float32 affinity, as flat arrays.");
+
+  m.def(
+      "concept_assign",
+      [](FloatArray features, IntArray grid, std::int32_t k, std::int64_t out_h, std::int64_t out_w,
+         int num_threads) {
+        if (features.ndim() != 3 || grid.ndim() != 2 || grid.shape(0) != features.shape(0) ||
+            grid.shape(1) != features.shape(1) || features.size() == 0)
+          throw py::value_error("features must be (h, w, C) and grid labels (h, w)");
+        if (k < 1 || out_h < 1 || out_w < 1 || num_threads < 0)
+          throw py::value_error("num_segments, out_h and out_w must be positive, num_threads >= 0");
+        const std::int64_t h = features.shape(0), w = features.shape(1), c = features.shape(2);
+        py::array_t<std::int32_t> out({out_h, out_w});
+        const float* f = features.data();
+        const std::int32_t* g = grid.data();
+        std::int32_t* o = out.mutable_data();
+        translated([&] {
+          check_finite(f, h * w * c, "features");
+          check_labels(g, h * w, k, "grid labels");
+          py::gil_scoped_release release;
+          concept_assign(f, h, w, c, g, k, out_h, out_w, o, num_threads);
+          return 0;
+        });
+        return out;
+      },
+      py::arg("features"), py::arg("grid"), py::arg("num_segments"), py::arg("out_h"), py::arg("out_w"),
+      py::arg("num_threads") = 0,
+      "refine.concept_assign of (h, w, C) float32 features (used as given) and (h, w) int32 grid labels.");
+
+  m.def(
+      "pamr_affinity",
+      [](FloatArray image, const std::vector<int>& dilations, int num_threads) {
+        check_image(image);
+        const RefineOptions o = translated([&] { return refine_options(1, dilations, false, num_threads, 1); });
+        const std::int64_t h = image.shape(1), w = image.shape(2);
+        py::array_t<float> out({static_cast<std::int64_t>(8 * dilations.size()), h, w});
+        const float* im = image.data();
+        float* a = out.mutable_data();
+        {
+          py::gil_scoped_release release;
+          pamr_affinity(im, h, w, o.dilations, a, o.num_threads);
+        }
+        return out;
+      },
+      py::arg("image"), py::arg("dilations"), py::arg("num_threads") = 0,
+      "PAMR's affinities (8 * len(dilations), H, W) of a (3, H, W) float32 image (pamr_cpu.affinity).");
+
+  m.def(
+      "pamr",
+      [](FloatArray image, IntArray labels, std::int32_t k, int iters, const std::vector<int>& dilations,
+         bool median, int num_threads, std::int64_t budget) {
+        check_image(image);
+        if (labels.ndim() != 2 || labels.shape(0) < 1 || labels.shape(1) < 1)
+          throw py::value_error("labels must be (h, w)");
+        if (k < 1) throw py::value_error("num_segments must be positive");
+        const RefineOptions o =
+            translated([&] { return refine_options(iters, dilations, median, num_threads, budget); });
+        const std::int64_t h = image.shape(1), w = image.shape(2), lh = labels.shape(0), lw = labels.shape(1);
+        py::array_t<std::int32_t> out({h, w});
+        const float* im = image.data();
+        const std::int32_t* lb = labels.data();
+        std::int32_t* ot = out.mutable_data();
+        translated([&] {
+          check_labels(lb, lh * lw, k, "labels");
+          py::gil_scoped_release release;
+          pamr_labels(im, h, w, lb, lh, lw, k, o, ot);
+          return 0;
+        });
+        return out;
+      },
+      py::arg("image"), py::arg("labels"), py::arg("num_segments"), py::arg("iters") = 10,
+      py::arg("dilations") = std::vector<int>{1, 2, 4, 8}, py::arg("median") = true, py::arg("num_threads") = 0,
+      py::arg("budget") = std::int64_t{1} << 25,
+      "PAMR argmax (+ 3x3 median) of (h, w) int32 labels on a (3, H, W) float32 image: (H, W) int32; the masks "
+      "are resized as the official PAMR resizes them when (h, w) != (H, W).");
+
+  m.def(
+      "median3x3",
+      [](IntArray labels, int num_threads) {
+        if (labels.ndim() != 2 || labels.shape(0) < 1 || labels.shape(1) < 1)
+          throw py::value_error("labels must be (H, W)");
+        const std::int64_t h = labels.shape(0), w = labels.shape(1);
+        py::array_t<std::int32_t> out({h, w});
+        const std::int32_t* lb = labels.data();
+        std::int32_t* ot = out.mutable_data();
+        {
+          py::gil_scoped_release release;
+          median3x3(lb, h, w, ot, num_threads);
+        }
+        return out;
+      },
+      py::arg("labels"), py::arg("num_threads") = 0, "refine.median3x3 of (H, W) int32 labels.");
+
+  m.def(
+      "refine",
+      [](FloatArray features, IntArray grid, std::int32_t k, FloatArray image, int iters,
+         const std::vector<int>& dilations, bool median, int num_threads) {
+        if (features.ndim() != 3 || grid.ndim() != 2 || grid.shape(0) != features.shape(0) ||
+            grid.shape(1) != features.shape(1) || features.size() == 0)
+          throw py::value_error("features must be (h, w, C) and grid labels (h, w)");
+        check_image(image);
+        if (k < 1) throw py::value_error("num_segments must be positive");
+        const RefineOptions o = translated([&] { return refine_options(iters, dilations, median, num_threads,
+                                                                       std::int64_t{1} << 25); });
+        const std::int64_t h = features.shape(0), w = features.shape(1), c = features.shape(2);
+        const std::int64_t H = image.shape(1), W = image.shape(2);
+        py::array_t<std::int32_t> out({H, W});
+        const float* f = features.data();
+        const std::int32_t* g = grid.data();
+        const float* im = image.data();
+        std::int32_t* ot = out.mutable_data();
+        translated([&] {
+          check_finite(f, h * w * c, "features");
+          check_labels(g, h * w, k, "grid labels");
+          py::gil_scoped_release release;
+          refine_labels(f, h, w, c, g, k, im, H, W, o, ot);
+          return 0;
+        });
+        return out;
+      },
+      py::arg("features"), py::arg("grid"), py::arg("num_segments"), py::arg("image"), py::arg("iters") = 10,
+      py::arg("dilations") = std::vector<int>{1, 2, 4, 8}, py::arg("median") = true, py::arg("num_threads") = 0,
+      "The engine's refinement at the image's size (preset full): concept assignment of (h, w, C) float32 "
+      "L2-normalised features and (h, w) int32 grid labels at the (3, H, W) image's size, then PAMR and the median.");
 }

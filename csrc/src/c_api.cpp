@@ -17,6 +17,7 @@ using diffcut::detail::Failure;
 
 struct diffcut_options {
   diffcut::detail::Options value;
+  diffcut::detail::RefineOptions refine;
 };
 
 struct diffcut_tree {
@@ -72,25 +73,76 @@ diffcut::detail::Options options_of(const diffcut_options* options) {
   return options ? options->value : diffcut::detail::Options();
 }
 
-diffcut::detail::Tree tree_of_features(const float* features, std::int64_t h, std::int64_t w, std::int64_t c,
-                                       const diffcut::detail::Options& opts) {
+// (h, w, C) features checked and L2-normalised (a copy), as the tree and the concept assignment take them.
+std::vector<float> normalized_tokens(const float* features, std::int64_t h, std::int64_t w, std::int64_t c) {
   require(features, "features");
   positive_size(h, "height");
   positive_size(w, "width");
   positive_size(c, "channels");
   const std::int64_t n = product(h, w, "height * width");
-  if (n > 46340) throw Failure(Code::InvalidArgument, "a dense affinity of more than 46340 tokens does not fit");
   const std::int64_t count = product(n, c, "height * width * channels");
   diffcut::detail::check_finite(features, count, "features");
   std::vector<float> tokens(features, features + count);
   diffcut::detail::l2_normalize(tokens.data(), n, c);
+  return tokens;
+}
+
+diffcut::detail::Tree tree_of_tokens(const std::vector<float>& tokens, std::int64_t h, std::int64_t w,
+                                     std::int64_t c, const diffcut::detail::Options& opts) {
+  const std::int64_t n = h * w;
+  if (n > 46340) throw Failure(Code::InvalidArgument, "a dense affinity of more than 46340 tokens does not fit");
   std::vector<float> W(static_cast<std::size_t>(n * n));
   diffcut::detail::affinity_from_tokens(tokens.data(), n, c, opts.alpha, W.data());
-  tokens = std::vector<float>();
   diffcut::detail::Tree tree = diffcut::detail::build_tree(W.data(), n, opts);
   tree.height = h;
   tree.width = w;
   return tree;
+}
+
+diffcut::detail::Tree tree_of_features(const float* features, std::int64_t h, std::int64_t w, std::int64_t c,
+                                       const diffcut::detail::Options& opts) {
+  return tree_of_tokens(normalized_tokens(features, h, w, c), h, w, c, opts);
+}
+
+diffcut::detail::RefineOptions refine_options_of(const diffcut_options* options) {
+  return options ? options->refine : diffcut::detail::RefineOptions();
+}
+
+// A (3, height, width) float32 image with finite values; returns height * width.
+std::int64_t check_image(const float* image, std::int64_t height, std::int64_t width) {
+  require(image, "image");
+  positive_size(height, "image height");
+  positive_size(width, "image width");
+  const std::int64_t n = product(height, width, "image height * width");
+  diffcut::detail::check_finite(image, product(n, 3, "3 * image height * width"), "image");
+  return n;
+}
+
+void check_capacity(std::int64_t capacity, std::int64_t needed, const char* name) {
+  if (capacity < needed)
+    throw Failure(Code::BufferTooSmall, std::string(name) + " holds " + std::to_string(capacity) + " values, " +
+                                            std::to_string(needed) + " needed");
+}
+
+// features + image -> labels at the image's size: the tree at tau, its cut, the refinement; returns K.
+std::int32_t segment_image(const float* features, std::int64_t gh, std::int64_t gw, std::int64_t c,
+                           const float* image, std::int64_t height, std::int64_t width,
+                           const diffcut_options* options, double tau, std::int32_t* labels, std::int64_t capacity,
+                           int num_threads) {
+  require(labels, "labels");
+  positive_finite(tau, "tau");
+  const std::int64_t n = check_image(image, height, width);
+  check_capacity(capacity, n, "labels");
+  const std::vector<float> tokens = normalized_tokens(features, gh, gw, c);
+  diffcut::detail::Options opts = options_of(options);
+  opts.tau_max = tau;
+  const diffcut::detail::Tree tree = tree_of_tokens(tokens, gh, gw, c, opts);
+  std::vector<std::int32_t> grid(static_cast<std::size_t>(gh * gw));
+  const std::int32_t k = tree.cut(tau, grid.data());
+  diffcut::detail::RefineOptions ro = refine_options_of(options);
+  ro.num_threads = num_threads;
+  diffcut::detail::refine_labels(tokens.data(), gh, gw, c, grid.data(), k, image, height, width, ro, labels);
+  return k;
 }
 
 }  // namespace
@@ -338,6 +390,137 @@ int diffcut_segment(const float* features, int64_t height, int64_t width, int64_
     const diffcut::detail::Tree tree = tree_of_features(features, height, width, channels, opts);
     const std::int32_t k = tree.cut(tau, labels);
     if (num_segments) *num_segments = k;
+  });
+}
+
+int diffcut_options_set_pamr_iters(diffcut_options* options, int iters) {
+  return guarded([&] {
+    require(options, "options");
+    if (iters < 0) throw Failure(Code::InvalidArgument, "pamr iters must be >= 0, got " + std::to_string(iters));
+    options->refine.iters = iters;
+  });
+}
+
+int diffcut_options_set_pamr_dilations(diffcut_options* options, const int32_t* dilations, int64_t count) {
+  return guarded([&] {
+    require(options, "options");
+    require(dilations, "dilations");
+    positive_size(count, "count");
+    if (count > 1024) throw Failure(Code::InvalidArgument, "at most 1024 dilations");
+    std::vector<int> d(dilations, dilations + count);
+    for (int v : d)
+      if (v < 1) throw Failure(Code::InvalidArgument, "dilations must be positive, got " + std::to_string(v));
+    options->refine.dilations = d;
+  });
+}
+
+int diffcut_options_set_median(diffcut_options* options, int median) {
+  return guarded([&] {
+    require(options, "options");
+    if (median != 0 && median != 1) throw Failure(Code::InvalidArgument, "median must be 0 or 1");
+    options->refine.median = median == 1;
+  });
+}
+
+int diffcut_options_set_num_threads(diffcut_options* options, int num_threads) {
+  return guarded([&] {
+    require(options, "options");
+    if (num_threads < 0) throw Failure(Code::InvalidArgument, "num_threads must be >= 0");
+    options->refine.num_threads = num_threads;
+  });
+}
+
+int diffcut_pamr(const float* image, int64_t height, int64_t width, const int32_t* labels, int64_t label_height,
+                 int64_t label_width, int32_t num_segments, const diffcut_options* options, int32_t* out,
+                 int64_t capacity) {
+  return guarded([&] {
+    require(out, "out");
+    require(labels, "labels");
+    const std::int64_t n = check_image(image, height, width);
+    positive_size(label_height, "label_height");
+    positive_size(label_width, "label_width");
+    positive_size(num_segments, "num_segments");
+    check_capacity(capacity, n, "out");
+    const std::int64_t m = product(label_height, label_width, "label_height * label_width");
+    diffcut::detail::check_labels(labels, m, num_segments, "labels");
+    diffcut::detail::pamr_labels(image, height, width, labels, label_height, label_width, num_segments,
+                                 refine_options_of(options), out);
+  });
+}
+
+int diffcut_refine(const float* features, int64_t grid_height, int64_t grid_width, int64_t channels,
+                   const int32_t* grid_labels, int32_t num_segments, const float* image, int64_t height,
+                   int64_t width, const diffcut_options* options, int32_t* labels, int64_t capacity) {
+  return guarded([&] {
+    require(labels, "labels");
+    require(grid_labels, "grid_labels");
+    const std::int64_t n = check_image(image, height, width);
+    positive_size(num_segments, "num_segments");
+    check_capacity(capacity, n, "labels");
+    const std::vector<float> tokens = normalized_tokens(features, grid_height, grid_width, channels);
+    diffcut::detail::check_labels(grid_labels, grid_height * grid_width, num_segments, "grid_labels");
+    diffcut::detail::refine_labels(tokens.data(), grid_height, grid_width, channels, grid_labels, num_segments,
+                                   image, height, width, refine_options_of(options), labels);
+  });
+}
+
+int diffcut_segment_image(const float* features, int64_t grid_height, int64_t grid_width, int64_t channels,
+                          const float* image, int64_t height, int64_t width, const diffcut_options* options,
+                          double tau, int32_t* labels, int64_t capacity, int32_t* num_segments) {
+  return guarded([&] {
+    const std::int32_t k = segment_image(features, grid_height, grid_width, channels, image, height, width, options,
+                                         tau, labels, capacity, refine_options_of(options).num_threads);
+    if (num_segments) *num_segments = k;
+  });
+}
+
+int diffcut_segment_image_batch(const float* const* features, const int64_t* grid_heights,
+                                const int64_t* grid_widths, int64_t channels, const float* const* images,
+                                const int64_t* heights, const int64_t* widths, int64_t count,
+                                const diffcut_options* options, double tau, int num_threads,
+                                int32_t* const* labels, const int64_t* capacities, int32_t* num_segments) {
+  return guarded([&] {
+    positive_size(count, "count");
+    require(features, "features");
+    require(grid_heights, "grid_heights");
+    require(grid_widths, "grid_widths");
+    require(images, "images");
+    require(heights, "heights");
+    require(widths, "widths");
+    require(labels, "labels");
+    require(capacities, "capacities");
+    if (num_threads < 0) throw Failure(Code::InvalidArgument, "num_threads must be >= 0");
+    std::int64_t threads = num_threads ? num_threads : std::max(1u, std::thread::hardware_concurrency());
+    threads = std::min(threads, count);
+    std::vector<std::int32_t> ks(count, 0);
+    std::vector<int> codes(count, DIFFCUT_OK);
+    std::vector<std::string> messages(count);
+    std::atomic<std::int64_t> next{0};
+    auto work = [&] {
+      for (std::int64_t i = next++; i < count; i = next++) {
+        try {  // each image on one thread
+          ks[i] = segment_image(features[i], grid_heights[i], grid_widths[i], channels, images[i], heights[i],
+                                widths[i], options, tau, labels[i], capacities[i], 1);
+        } catch (const Failure& e) {
+          codes[i] = static_cast<int>(e.code);
+          messages[i] = "image " + std::to_string(i) + ": " + e.what();
+        } catch (const std::bad_alloc&) {
+          codes[i] = DIFFCUT_ERROR_OUT_OF_MEMORY;
+          messages[i] = "image " + std::to_string(i) + ": out of memory";
+        } catch (const std::exception& e) {
+          codes[i] = DIFFCUT_ERROR_INTERNAL;
+          messages[i] = "image " + std::to_string(i) + ": internal error: " + e.what();
+        }
+      }
+    };
+    std::vector<std::thread> pool;
+    for (std::int64_t t = 1; t < threads; ++t) pool.emplace_back(work);
+    work();
+    for (std::thread& t : pool) t.join();
+    for (std::int64_t i = 0; i < count; ++i)
+      if (codes[i] != DIFFCUT_OK) throw Failure(static_cast<Code>(codes[i]), messages[i]);
+    if (num_segments)
+      for (std::int64_t i = 0; i < count; ++i) num_segments[i] = ks[i];
   });
 }
 

@@ -97,5 +97,50 @@ double subspace_certificate(const double* theta, const double* r, int p, int* cl
 // numpy's pairwise summation of a contiguous float64 array (the order numpy's sum along a row uses).
 double pairwise_sum(const double* a, std::int64_t n);
 
+
+// ---- Refinement (refine.cpp): concept assignment, PAMR, 3x3 median, as diffcut_engine.refine on the CPU ----
+
+// A PAMR tap: the neighbour at (dy, dx).
+struct Tap {
+  std::int64_t dy, dx;
+};
+
+struct RefineOptions {
+  int iters = 10;                        // PAMR steps
+  std::vector<int> dilations{1, 2, 4, 8};
+  bool median = true;                    // the 3x3 median after PAMR
+  int num_threads = 0;                   // threads for one image (0: the hardware's count)
+  std::int64_t budget = std::int64_t{1} << 25;  // floats of masks propagated at once (chunks of labels)
+};
+
+// Throws Failure(InvalidArgument) unless every one of the count labels is in [0, k).
+void check_labels(const std::int32_t* labels, std::int64_t count, std::int32_t k, const char* what);
+// Throws Failure(InvalidArgument) unless iters >= 0 and the dilations are a non-empty list of positive ints.
+void check_pamr_options(const RefineOptions& options);
+// The taps of the dilations: dilation-major, then row-major over the 3x3 ring (pamr_cpu.offsets).
+std::vector<Tap> pamr_offsets(const std::vector<int>& dilations);
+// refine.concept_assign of (h, w, C) features (used as given: L2-normalise them first) and (h, w) grid labels
+// in [0, k): labels (out_h, out_w).
+void concept_assign(const float* features, std::int64_t h, std::int64_t w, std::int64_t c, const std::int32_t* grid,
+                    std::int32_t k, std::int64_t out_h, std::int64_t out_w, std::int32_t* out, int threads);
+// PAMR's affinities (8 * dilations, h, w) of a (3, h, w) image (pamr_cpu.affinity, refine.pamr_affinity).
+void pamr_affinity(const float* image, std::int64_t h, std::int64_t w, const std::vector<int>& dilations,
+                   float* out, int threads);
+// PAMR argmax labels (h, w) of the one-hot masks of labels (lh, lw) resized to (h, w) as the official PAMR does
+// (bilinear, align_corners=True), each mask propagated on its support box (pamr_cpu.box_argmax).
+void pamr_box_argmax(const std::int32_t* labels, std::int64_t lh, std::int64_t lw, std::int64_t h, std::int64_t w,
+                     std::int32_t k, const float* aff, const std::vector<int>& dilations, int iters,
+                     std::int32_t* out, int threads, std::int64_t budget);
+// refine.median3x3 (clamped borders, the 5th smallest of the 9 window values).
+void median3x3(const std::int32_t* labels, std::int64_t h, std::int64_t w, std::int32_t* out, int threads);
+// PAMR (+ median) of labels (lh, lw) in [0, k) on a (3, h, w) image: labels (h, w); out may alias labels.
+void pamr_labels(const float* image, std::int64_t h, std::int64_t w, const std::int32_t* labels, std::int64_t lh,
+                 std::int64_t lw, std::int32_t k, const RefineOptions& options, std::int32_t* out);
+// The engine's refinement at the image's size (preset "full"): concept assignment at (out_h, out_w), then, for
+// k > 1, PAMR and the median on the (3, out_h, out_w) image.
+void refine_labels(const float* features, std::int64_t h, std::int64_t w, std::int64_t c, const std::int32_t* grid,
+                   std::int32_t k, const float* image, std::int64_t out_h, std::int64_t out_w,
+                   const RefineOptions& options, std::int32_t* out);
+
 }  // namespace detail
 }  // namespace diffcut

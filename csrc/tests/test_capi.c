@@ -1,5 +1,6 @@
 /* The C API from C: a run on planted features, and every error path (null pointers, zero sizes, NaN features,
- * too-small buffers, bad options, tau above tau_max). */
+ * too-small buffers, bad options, tau above tau_max); the refinement (diffcut_refine, diffcut_pamr,
+ * diffcut_segment_image and its batch) on an image whose colour edge is the features' split, and its error paths. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -190,6 +191,115 @@ int main(void) {
     }
     diffcut_tree_free(tree);
     free(W);
+  }
+
+  /* refinement: a (3, 24, 32) image, dark left of column 16, bright right of it (the grid's split, x 4) */
+  {
+    enum { H = 24, W = 32 };
+    const int64_t N = H * W;
+    float* img = (float*)malloc(sizeof(float) * 3 * N);
+    int32_t out[H * W], out2[H * W], grid[48], small[48], k2 = 0;
+    unsigned state = 7u;
+    for (int ch = 0; ch < 3; ++ch)
+      for (int y = 0; y < H; ++y)
+        for (int x = 0; x < W; ++x) {
+          state = state * 1664525u + 1013904223u;
+          img[(ch * H + y) * W + x] = (x < 16 ? 0.2f : 0.8f) + 0.05f * ((state >> 8) / 16777216.0f);
+        }
+    EXPECT(diffcut_segment_image(f, h, w, c, img, H, W, NULL, 0.5, out, N, &k) == DIFFCUT_OK);
+    EXPECT(k == 2 && out[0] != out[W - 1]);
+    for (int y = 0; y < H; ++y)
+      for (int x = 0; x < W; ++x) EXPECT(out[y * W + x] == out[x < 16 ? 0 : W - 1]);
+    /* the same through the grid labels */
+    EXPECT(diffcut_segment(f, h, w, c, NULL, 0.5, grid, n, &k) == DIFFCUT_OK);
+    EXPECT(diffcut_refine(f, h, w, c, grid, k, img, H, W, NULL, out2, N) == DIFFCUT_OK);
+    EXPECT(memcmp(out, out2, sizeof(out)) == 0);
+    /* PAMR of the grid labels resized to the image (bilinear masks) */
+    EXPECT(diffcut_pamr(img, H, W, grid, h, w, k, NULL, out2, N) == DIFFCUT_OK);
+    for (int y = 0; y < H; ++y)
+      for (int x = 0; x < W; ++x) EXPECT(out2[y * W + x] == grid[x < 16 ? 0 : w - 1]);
+    /* no iteration and no median: the identity on labels of the image's size */
+    {
+      diffcut_options* ro = NULL;
+      const int32_t dil[2] = {1, 3};
+      EXPECT(diffcut_options_new(&ro) == DIFFCUT_OK);
+      EXPECT(diffcut_options_set_pamr_iters(ro, 0) == DIFFCUT_OK);
+      EXPECT(diffcut_options_set_median(ro, 0) == DIFFCUT_OK);
+      EXPECT(diffcut_options_set_pamr_dilations(ro, dil, 2) == DIFFCUT_OK);
+      EXPECT(diffcut_options_set_num_threads(ro, 2) == DIFFCUT_OK);
+      for (int i = 0; i < N; ++i) out[i] = (i * 7 / 5) % 3;
+      EXPECT(diffcut_pamr(img, H, W, out, H, W, 3, ro, out2, N) == DIFFCUT_OK);
+      EXPECT(memcmp(out, out2, sizeof(out)) == 0);
+      /* option errors */
+      EXPECT_ERR(diffcut_options_set_pamr_iters(ro, -1), DIFFCUT_ERROR_INVALID_ARGUMENT);
+      EXPECT_ERR(diffcut_options_set_pamr_iters(NULL, 3), DIFFCUT_ERROR_NULL_POINTER);
+      EXPECT_ERR(diffcut_options_set_pamr_dilations(ro, NULL, 2), DIFFCUT_ERROR_NULL_POINTER);
+      EXPECT_ERR(diffcut_options_set_pamr_dilations(ro, dil, 0), DIFFCUT_ERROR_INVALID_ARGUMENT);
+      {
+        const int32_t bad_dil[2] = {1, 0};
+        EXPECT_ERR(diffcut_options_set_pamr_dilations(ro, bad_dil, 2), DIFFCUT_ERROR_INVALID_ARGUMENT);
+      }
+      EXPECT_ERR(diffcut_options_set_median(ro, 2), DIFFCUT_ERROR_INVALID_ARGUMENT);
+      EXPECT_ERR(diffcut_options_set_num_threads(ro, -1), DIFFCUT_ERROR_INVALID_ARGUMENT);
+      EXPECT_ERR(diffcut_options_set_num_threads(NULL, 1), DIFFCUT_ERROR_NULL_POINTER);
+      diffcut_options_free(ro);
+    }
+    /* batch: two images on two threads, the one-by-one labels */
+    {
+      const float* feats[2] = {f, f};
+      const float* imgs[2] = {img, img};
+      const int64_t gh[2] = {h, h}, gw[2] = {w, w}, hs[2] = {H, H}, ws[2] = {W, W}, caps[2] = {N, N};
+      int32_t* outs[2] = {out, out2};
+      int32_t ks[2] = {0, 0};
+      int32_t one[H * W];
+      EXPECT(diffcut_segment_image(f, h, w, c, img, H, W, NULL, 0.5, one, N, NULL) == DIFFCUT_OK);
+      EXPECT(diffcut_segment_image_batch(feats, gh, gw, c, imgs, hs, ws, 2, NULL, 0.5, 2, outs, caps, ks) ==
+             DIFFCUT_OK);
+      EXPECT(ks[0] == 2 && ks[1] == 2);
+      EXPECT(memcmp(out, one, sizeof(one)) == 0 && memcmp(out2, one, sizeof(one)) == 0);
+      const int64_t small_caps[2] = {N, N - 1};
+      EXPECT_ERR(diffcut_segment_image_batch(feats, gh, gw, c, imgs, hs, ws, 2, NULL, 0.5, 2, outs, small_caps, ks),
+                 DIFFCUT_ERROR_BUFFER_TOO_SMALL);
+      EXPECT(strstr(diffcut_last_error(), "image 1") != NULL);
+      EXPECT_ERR(diffcut_segment_image_batch(feats, gh, gw, c, imgs, hs, ws, 0, NULL, 0.5, 2, outs, caps, ks),
+                 DIFFCUT_ERROR_INVALID_ARGUMENT);
+      EXPECT_ERR(diffcut_segment_image_batch(feats, gh, gw, c, NULL, hs, ws, 2, NULL, 0.5, 2, outs, caps, ks),
+                 DIFFCUT_ERROR_NULL_POINTER);
+      EXPECT_ERR(diffcut_segment_image_batch(feats, gh, gw, c, imgs, hs, ws, 2, NULL, 0.5, -1, outs, caps, ks),
+                 DIFFCUT_ERROR_INVALID_ARGUMENT);
+    }
+    /* errors: null pointers, zero sizes, too-small buffers, labels out of range, NaN features and image */
+    EXPECT_ERR(diffcut_refine(NULL, h, w, c, grid, 2, img, H, W, NULL, out, N), DIFFCUT_ERROR_NULL_POINTER);
+    EXPECT_ERR(diffcut_refine(f, h, w, c, NULL, 2, img, H, W, NULL, out, N), DIFFCUT_ERROR_NULL_POINTER);
+    EXPECT_ERR(diffcut_refine(f, h, w, c, grid, 2, NULL, H, W, NULL, out, N), DIFFCUT_ERROR_NULL_POINTER);
+    EXPECT_ERR(diffcut_refine(f, h, w, c, grid, 2, img, H, W, NULL, NULL, N), DIFFCUT_ERROR_NULL_POINTER);
+    EXPECT_ERR(diffcut_refine(f, 0, w, c, grid, 2, img, H, W, NULL, out, N), DIFFCUT_ERROR_INVALID_ARGUMENT);
+    EXPECT_ERR(diffcut_refine(f, h, w, c, grid, 2, img, 0, W, NULL, out, N), DIFFCUT_ERROR_INVALID_ARGUMENT);
+    EXPECT_ERR(diffcut_refine(f, h, w, c, grid, 0, img, H, W, NULL, out, N), DIFFCUT_ERROR_INVALID_ARGUMENT);
+    EXPECT_ERR(diffcut_refine(f, h, w, c, grid, 1, img, H, W, NULL, out, N), DIFFCUT_ERROR_INVALID_ARGUMENT);
+    EXPECT_ERR(diffcut_refine(f, h, w, c, grid, 2, img, H, W, NULL, out, N - 1), DIFFCUT_ERROR_BUFFER_TOO_SMALL);
+    EXPECT_ERR(diffcut_pamr(img, H, W, grid, h, w, 2, NULL, out, N - 1), DIFFCUT_ERROR_BUFFER_TOO_SMALL);
+    EXPECT_ERR(diffcut_pamr(img, H, W, NULL, h, w, 2, NULL, out, N), DIFFCUT_ERROR_NULL_POINTER);
+    EXPECT_ERR(diffcut_pamr(img, H, W, grid, 0, w, 2, NULL, out, N), DIFFCUT_ERROR_INVALID_ARGUMENT);
+    EXPECT_ERR(diffcut_pamr(img, H, -W, grid, h, w, 2, NULL, out, N), DIFFCUT_ERROR_INVALID_ARGUMENT);
+    memcpy(small, grid, sizeof(small));
+    small[5] = -1;
+    EXPECT_ERR(diffcut_pamr(img, H, W, small, h, w, 2, NULL, out, N), DIFFCUT_ERROR_INVALID_ARGUMENT);
+    EXPECT_ERR(diffcut_segment_image(f, h, w, c, img, H, W, NULL, 0.5, out, N - 1, &k2),
+               DIFFCUT_ERROR_BUFFER_TOO_SMALL);
+    EXPECT_ERR(diffcut_segment_image(f, h, w, c, img, H, W, NULL, 0.0, out, N, &k2), DIFFCUT_ERROR_INVALID_ARGUMENT);
+    EXPECT_ERR(diffcut_segment_image(f, h, w, 0, img, H, W, NULL, 0.5, out, N, &k2), DIFFCUT_ERROR_INVALID_ARGUMENT);
+    {
+      float saved = f[7];
+      f[7] = NAN;
+      EXPECT_ERR(diffcut_refine(f, h, w, c, grid, 2, img, H, W, NULL, out, N), DIFFCUT_ERROR_NON_FINITE);
+      EXPECT_ERR(diffcut_segment_image(f, h, w, c, img, H, W, NULL, 0.5, out, N, &k2), DIFFCUT_ERROR_NON_FINITE);
+      f[7] = saved;
+      img[40] = INFINITY;
+      EXPECT_ERR(diffcut_pamr(img, H, W, grid, h, w, 2, NULL, out, N), DIFFCUT_ERROR_NON_FINITE);
+      EXPECT_ERR(diffcut_segment_image(f, h, w, c, img, H, W, NULL, 0.5, out, N, &k2), DIFFCUT_ERROR_NON_FINITE);
+    }
+    free(img);
   }
   diffcut_options_free(opts);
   diffcut_options_free(NULL);

@@ -1,7 +1,9 @@
 // The C++ core and the C++ header: planted partitions are found, every cut of a tree equals the tree built at
 // that tau, labels follow the official assemble_clusters numbering, constant features give one segment, the
 // pairwise sum is a sum, block Krylov certifies the Fiedler vector of a clustered spectrum (where Lanczos cannot),
-// and errors surface as diffcut::Error with their code.
+// and errors surface as diffcut::Error with their code; the refinement: the support-box PAMR equals a plain dense
+// propagation of all K masks bit for bit (borders, resized masks, a dilation wider than the image, one label per
+// chunk, threads), the median is the 5th smallest of the clamped window, and the C++ header's refinement calls.
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
@@ -123,6 +125,40 @@ static double sin_angle(const std::vector<double>& u, const std::vector<double>&
   }
   const double c = uv / std::sqrt(uu * vv);
   return std::sqrt(std::max(0.0, 1.0 - c * c));
+}
+
+// A plain PAMR: all k one-hot masks (labels of the image's size) propagated densely on the whole image, taps in the
+// reference's order, then the argmax (first maximum).
+static std::vector<std::int32_t> dense_pamr(const std::vector<float>& aff, const std::vector<std::int32_t>& labels,
+                                            int h, int w, int k, const std::vector<int>& dil, int iters) {
+  const auto offs = diffcut::detail::pamr_offsets(dil);
+  const std::size_t hw = static_cast<std::size_t>(h) * w;
+  std::vector<float> m(k * hw, 0.0f), next(k * hw);
+  for (std::size_t i = 0; i < hw; ++i) m[labels[i] * hw + i] = 1.0f;
+  for (int t = 0; t < iters; ++t) {
+    for (int j = 0; j < k; ++j)
+      for (int y = 0; y < h; ++y)
+        for (int x = 0; x < w; ++x) {
+          float acc = 0.0f;
+          for (std::size_t p = 0; p < offs.size(); ++p) {
+            const int y2 = std::min(std::max(y + static_cast<int>(offs[p].dy), 0), h - 1);
+            const int x2 = std::min(std::max(x + static_cast<int>(offs[p].dx), 0), w - 1);
+            acc += m[j * hw + y2 * w + x2] * aff[p * hw + y * w + x];
+          }
+          next[j * hw + y * w + x] = acc;
+        }
+    std::swap(m, next);
+  }
+  std::vector<std::int32_t> out(hw, 0);
+  for (std::size_t i = 0; i < hw; ++i) {
+    float best = m[i];
+    for (int j = 1; j < k; ++j)
+      if (m[j * hw + i] > best) {
+        best = m[j * hw + i];
+        out[i] = j;
+      }
+  }
+  return out;
 }
 
 int main() {
@@ -280,6 +316,90 @@ int main() {
     EXPECT(code == DIFFCUT_ERROR_INVALID_ARGUMENT);
     EXPECT(diffcut::version() == "0.1.0");
     EXPECT(t.shape() == std::make_pair(std::int64_t(6), std::int64_t(6)));
+  }
+  // refinement: the support-box PAMR against the dense propagation
+  {
+    const int h = 19, w = 41, k = 9;  // ids 7 and 8 absent
+    std::mt19937 rng(5);
+    std::uniform_real_distribution<float> u(0.0f, 1.0f);
+    std::vector<float> img(3 * h * w);
+    for (int ch = 0; ch < 3; ++ch)
+      for (int y = 0; y < h; ++y)
+        for (int x = 0; x < w; ++x) img[(ch * h + y) * w + x] = 0.3f * u(rng) + (x * 3 + y * 5 < 90 ? 0.6f : 0.1f * ch);
+    std::vector<std::int32_t> labels(h * w);
+    for (int y = 0; y < h; ++y)
+      for (int x = 0; x < w; ++x) labels[y * w + x] = ((y / 5) * 3 + (x / 12)) % 7;
+    for (const std::vector<int>& dil : {std::vector<int>{1, 2, 4, 8}, std::vector<int>{1, 3, 50}}) {
+      std::vector<float> aff(8 * dil.size() * h * w);
+      diffcut::detail::pamr_affinity(img.data(), h, w, dil, aff.data(), 2);
+      for (std::size_t p = 0; p < 8 * dil.size(); p += 5) {  // softmax rows: non-negative, summing to ~1
+        EXPECT(aff[p * h * w] >= 0.0f);
+      }
+      for (int iters : {0, 1, 4}) {
+        const std::vector<std::int32_t> ref = dense_pamr(aff, labels, h, w, k, dil, iters);
+        for (std::int64_t budget : {std::int64_t{1}, std::int64_t{1} << 25})
+          for (int threads : {1, 3}) {
+            std::vector<std::int32_t> got(h * w, -1);
+            diffcut::detail::pamr_box_argmax(labels.data(), h, w, h, w, k, aff.data(), dil, iters, got.data(),
+                                             threads, budget);
+            EXPECT(got == ref);
+          }
+      }
+      // resized masks: labels at (7, 13) -> every pixel takes a label present around its bilinear corners
+      std::vector<std::int32_t> small(7 * 13), got(h * w);
+      for (int i = 0; i < 7 * 13; ++i) small[i] = (i / 13 + i % 13 / 5) % 4;
+      diffcut::detail::pamr_box_argmax(small.data(), 7, 13, h, w, 4, aff.data(), dil, 0, got.data(), 2, 1);
+      for (int y = 0; y < h; ++y)
+        for (int x = 0; x < w; ++x) {
+          const int gy = y * 6 / (h - 1), gx = x * 12 / (w - 1);  // the nearest lower corner
+          bool near = false;
+          for (int a = 0; a <= 1; ++a)
+            for (int b = 0; b <= 1; ++b)
+              near |= small[std::min(gy + a, 6) * 13 + std::min(gx + b, 12)] == got[y * w + x];
+          EXPECT(near);
+        }
+    }
+    // the median: the 5th smallest of the clamped 3x3 window
+    std::vector<std::int32_t> med(h * w);
+    diffcut::detail::median3x3(labels.data(), h, w, med.data(), 2);
+    for (int y = 0; y < h; ++y)
+      for (int x = 0; x < w; ++x) {
+        std::vector<std::int32_t> win;
+        for (int a = -1; a <= 1; ++a)
+          for (int b = -1; b <= 1; ++b)
+            win.push_back(labels[std::min(std::max(y + a, 0), h - 1) * w + std::min(std::max(x + b, 0), w - 1)]);
+        std::sort(win.begin(), win.end());
+        EXPECT(med[y * w + x] == win[4]);
+      }
+    // the C++ header: PAMR without iterations nor median is the identity; a bad option is a diffcut::Error
+    diffcut::Options o;
+    o.pamr_iters = 0;
+    o.median = false;
+    EXPECT(diffcut::pamr(img.data(), h, w, labels.data(), h, w, k, o) == labels);
+    o.pamr_dilations = {};
+    int code = 0;
+    try {
+      diffcut::pamr(img.data(), h, w, labels.data(), h, w, k, o);
+    } catch (const diffcut::Error& e) {
+      code = e.code();
+    }
+    EXPECT(code == DIFFCUT_ERROR_INVALID_ARGUMENT);
+    // features + image: segment_image equals the tree's cut refined by diffcut::refine
+    std::vector<int> regions;
+    const std::vector<float> f = planted(8, 10, 6, regions, 11u, 0.3);
+    std::vector<float> image(3 * 32 * 40);
+    for (int ch = 0; ch < 3; ++ch)
+      for (int y = 0; y < 32; ++y)
+        for (int x = 0; x < 40; ++x) image[(ch * 32 + y) * 40 + x] = 0.2f * regions[(y / 4) * 10 + x / 4] + 0.05f * ch;
+    diffcut::Options so;
+    std::int32_t ks = 0, kt = 0;
+    const std::vector<std::int32_t> seg =
+        diffcut::segment_image(f.data(), 8, 10, 6, image.data(), 32, 40, 0.5, so, &ks);
+    so.tau_max = 0.5;
+    const std::vector<std::int32_t> grid = diffcut::Tree(f.data(), 8, 10, 6, so).cut(0.5, &kt);
+    EXPECT(ks == kt && ks >= 2 && seg.size() == 32u * 40u);
+    EXPECT(diffcut::refine(f.data(), 8, 10, 6, grid.data(), kt, image.data(), 32, 40, so) == seg);
+    EXPECT(*std::max_element(seg.begin(), seg.end()) < ks);
   }
   if (failures) {
     std::fprintf(stderr, "%d failure(s)\n", failures);

@@ -143,8 +143,9 @@ def add_engine_options(parser: argparse.ArgumentParser, *, batch_size: int = 4) 
                    help="PAMR iterations (default: the preset's)")
     g.add_argument("--refine-dilations", "--pamr-dilations", dest="pamr_dilations", type=int_list, default=None,
                    help="PAMR dilations such as 1,2,4,8 (default: the preset's)")
-    g.add_argument("--refine-backend", choices=("auto", "torch", "fast"), default="auto",
-                   help="PAMR implementation: fast (numba on the CPU, Triton on CUDA), torch (reference), auto")
+    g.add_argument("--refine-backend", choices=("auto", "torch", "fast", "native"), default="auto",
+                   help="PAMR implementation: fast (numba on the CPU, Triton on CUDA), native (C++ core, CPU), "
+                        "torch (reference), auto")
     g.add_argument("--output-size", default=None, help="label size WxH (default: each image's own size)")
     add_method_arguments(parser)
 

@@ -13,7 +13,13 @@
  * - Sizes are explicit int64_t; buffers are caller-owned, with their capacity (in elements) passed beside them.
  * - Handles are opaque; each *_new / *_build has a matching *_free (free(NULL) is a no-op).
  * - Features are row-major (h, w, C) float32 arrays, i.e. h*w tokens of C channels; labels are row-major (h, w)
- *   int32.
+ *   int32. Images are row-major (3, H, W) float32 RGB planes in [0, 1] (channel-first, as torch's).
+ *
+ * Refinement (diffcut_engine.refine, the engine's "full" preset): grid labels -> labels at the image's size by
+ * concept assignment (each pixel takes the cluster whose mean normalised feature best matches its bilinearly
+ * upsampled feature), PAMR (pixel-adaptive mask refinement: 10 iterations, dilations 1, 2, 4, 8 by default) and a
+ * 3x3 median filter. PAMR and the median repeat the Python CPU path's float32 operations in its order (identical
+ * labels); concept assignment agrees with torch's to float32 rounding of its two small matrix products.
  */
 #ifndef DIFFCUT_DIFFCUT_H
 #define DIFFCUT_DIFFCUT_H
@@ -86,7 +92,8 @@ typedef void (*diffcut_dsymv_fn)(char* uplo, int* n, double* alpha, double* a, i
 DIFFCUT_API int diffcut_bind_lapack(diffcut_ssyrk_fn ssyrk, diffcut_dsyevr_fn dsyevr, diffcut_dsymv_fn dsymv);
 
 /* Options: alpha = 10, tau_max = 1.0, compat = DIFFCUT_COMPAT_OFFICIAL, num_thresholds = 100,
- * solver = DIFFCUT_SOLVER_AUTO. */
+ * solver = DIFFCUT_SOLVER_AUTO; refinement: pamr_iters = 10, pamr_dilations = {1, 2, 4, 8}, median = 1,
+ * num_threads = 0 (threads for one image's refinement; 0: the hardware's count). */
 DIFFCUT_API int diffcut_options_new(diffcut_options** out);
 DIFFCUT_API void diffcut_options_free(diffcut_options* options);
 DIFFCUT_API int diffcut_options_set_alpha(diffcut_options* options, double alpha);     /* finite, > 0 */
@@ -94,6 +101,12 @@ DIFFCUT_API int diffcut_options_set_tau_max(diffcut_options* options, double tau
 DIFFCUT_API int diffcut_options_set_compat(diffcut_options* options, int compat);
 DIFFCUT_API int diffcut_options_set_num_thresholds(diffcut_options* options, int num_thresholds); /* >= 2 */
 DIFFCUT_API int diffcut_options_set_solver(diffcut_options* options, int solver);
+DIFFCUT_API int diffcut_options_set_pamr_iters(diffcut_options* options, int iters);             /* >= 0 */
+/* count (1 .. 1024) positive dilations, copied */
+DIFFCUT_API int diffcut_options_set_pamr_dilations(diffcut_options* options, const int32_t* dilations,
+                                                   int64_t count);
+DIFFCUT_API int diffcut_options_set_median(diffcut_options* options, int median);               /* 0 or 1 */
+DIFFCUT_API int diffcut_options_set_num_threads(diffcut_options* options, int num_threads);      /* >= 0 */
 
 /* W (n x n, row-major float32, n = num_tokens) of L2-normalised tokens; capacity >= n * n. */
 DIFFCUT_API int diffcut_affinity(const float* tokens, int64_t num_tokens, int64_t channels, double alpha,
@@ -128,6 +141,41 @@ DIFFCUT_API int diffcut_tree_build_batch(const float* const* features, const int
 DIFFCUT_API int diffcut_segment(const float* features, int64_t height, int64_t width, int64_t channels,
                                 const diffcut_options* options, double tau, int32_t* labels, int64_t capacity,
                                 int32_t* num_segments);
+
+/* ---- Refinement: labels at an image's size (options may be NULL: the defaults) ---- */
+
+/* The engine's refinement of grid labels (grid_height, grid_width) in [0, num_segments) of the (grid_height,
+ * grid_width, channels) features (L2-normalised here, as diffcut_tree_build does) on the (3, height, width) image:
+ * concept assignment at (height, width), then, if num_segments > 1, PAMR and the median (options' pamr_iters,
+ * pamr_dilations, median, num_threads). labels: capacity >= height * width. */
+DIFFCUT_API int diffcut_refine(const float* features, int64_t grid_height, int64_t grid_width, int64_t channels,
+                               const int32_t* grid_labels, int32_t num_segments, const float* image, int64_t height,
+                               int64_t width, const diffcut_options* options, int32_t* labels, int64_t capacity);
+
+/* PAMR (+ the median, options' median) of labels (label_height, label_width) in [0, num_segments) on the (3,
+ * height, width) image: out (capacity >= height * width) at the image's size. Labels of another size are resized
+ * as the official PAMR resizes its masks (bilinear one-hot, align_corners=True). */
+DIFFCUT_API int diffcut_pamr(const float* image, int64_t height, int64_t width, const int32_t* labels,
+                             int64_t label_height, int64_t label_width, int32_t num_segments,
+                             const diffcut_options* options, int32_t* out, int64_t capacity);
+
+/* One call, features and image in, labels at the image's size out: the tree at tau_max = tau, its cut at tau
+ * (num_segments may be NULL), the refinement. */
+DIFFCUT_API int diffcut_segment_image(const float* features, int64_t grid_height, int64_t grid_width,
+                                      int64_t channels, const float* image, int64_t height, int64_t width,
+                                      const diffcut_options* options, double tau, int32_t* labels, int64_t capacity,
+                                      int32_t* num_segments);
+
+/* diffcut_segment_image of count images on num_threads threads (0: the hardware's count), each image on one
+ * thread (set OPENBLAS_NUM_THREADS=1 or the equivalent). Image i: features[i] (grid_heights[i], grid_widths[i],
+ * channels), images[i] (3, heights[i], widths[i]), labels[i] with capacities[i]; num_segments (count values) may be
+ * NULL. On a failure the first failing image's code and message are returned. */
+DIFFCUT_API int diffcut_segment_image_batch(const float* const* features, const int64_t* grid_heights,
+                                            const int64_t* grid_widths, int64_t channels, const float* const* images,
+                                            const int64_t* heights, const int64_t* widths, int64_t count,
+                                            const diffcut_options* options, double tau, int num_threads,
+                                            int32_t* const* labels, const int64_t* capacities,
+                                            int32_t* num_segments);
 
 #ifdef __cplusplus
 }

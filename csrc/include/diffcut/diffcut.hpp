@@ -34,6 +34,11 @@ struct Options {
   Compat compat = Compat::Official;
   int num_thresholds = 100;
   Solver solver = Solver::Auto;
+  // refinement
+  int pamr_iters = 10;
+  std::vector<std::int32_t> pamr_dilations{1, 2, 4, 8};
+  bool median = true;
+  int num_threads = 0;  // threads for one image's refinement (0: the hardware's count)
 };
 
 namespace handles {
@@ -47,6 +52,11 @@ struct OptionsHandle {
       check(diffcut_options_set_compat(ptr, static_cast<int>(o.compat)));
       check(diffcut_options_set_num_thresholds(ptr, o.num_thresholds));
       check(diffcut_options_set_solver(ptr, static_cast<int>(o.solver)));
+      check(diffcut_options_set_pamr_iters(ptr, o.pamr_iters));
+      check(diffcut_options_set_pamr_dilations(ptr, o.pamr_dilations.data(),
+                                               static_cast<std::int64_t>(o.pamr_dilations.size())));
+      check(diffcut_options_set_median(ptr, o.median ? 1 : 0));
+      check(diffcut_options_set_num_threads(ptr, o.num_threads));
     } catch (...) {
       diffcut_options_free(ptr);
       throw;
@@ -132,6 +142,43 @@ inline std::vector<std::int32_t> segment(const float* features, std::int64_t hei
                                          std::int64_t channels, double tau = 0.5, Options options = Options()) {
   options.tau_max = tau;
   return Tree(features, height, width, channels, options).cut(tau);
+}
+
+// The engine's refinement: grid labels (grid_height, grid_width) of the features -> labels (height, width) of the
+// (3, height, width) float32 image in [0, 1] (concept assignment, PAMR, median).
+inline std::vector<std::int32_t> refine(const float* features, std::int64_t grid_height, std::int64_t grid_width,
+                                        std::int64_t channels, const std::int32_t* grid_labels,
+                                        std::int32_t num_segments, const float* image, std::int64_t height,
+                                        std::int64_t width, const Options& options = Options()) {
+  handles::OptionsHandle opts(options);
+  std::vector<std::int32_t> labels(static_cast<std::size_t>(height > 0 && width > 0 ? height * width : 0));
+  check(diffcut_refine(features, grid_height, grid_width, channels, grid_labels, num_segments, image, height, width,
+                       opts.ptr, labels.data(), static_cast<std::int64_t>(labels.size())));
+  return labels;
+}
+
+// PAMR (+ median) of labels (label_height, label_width) on the (3, height, width) image: labels (height, width).
+inline std::vector<std::int32_t> pamr(const float* image, std::int64_t height, std::int64_t width,
+                                      const std::int32_t* labels, std::int64_t label_height, std::int64_t label_width,
+                                      std::int32_t num_segments, const Options& options = Options()) {
+  handles::OptionsHandle opts(options);
+  std::vector<std::int32_t> out(static_cast<std::size_t>(height > 0 && width > 0 ? height * width : 0));
+  check(diffcut_pamr(image, height, width, labels, label_height, label_width, num_segments, opts.ptr, out.data(),
+                     static_cast<std::int64_t>(out.size())));
+  return out;
+}
+
+// Features and image in, labels at the image's size out: the tree cut at tau, then the refinement.
+inline std::vector<std::int32_t> segment_image(const float* features, std::int64_t grid_height,
+                                               std::int64_t grid_width, std::int64_t channels, const float* image,
+                                               std::int64_t height, std::int64_t width, double tau = 0.5,
+                                               const Options& options = Options(),
+                                               std::int32_t* num_segments = nullptr) {
+  handles::OptionsHandle opts(options);
+  std::vector<std::int32_t> labels(static_cast<std::size_t>(height > 0 && width > 0 ? height * width : 0));
+  check(diffcut_segment_image(features, grid_height, grid_width, channels, image, height, width, opts.ptr, tau,
+                              labels.data(), static_cast<std::int64_t>(labels.size()), num_segments));
+  return labels;
 }
 
 inline std::string version() { return diffcut_version(); }

@@ -1,0 +1,290 @@
+"""Refinement in the C++ core (csrc/src/refine.cpp, ``refine_backend="native"``) against the Python engine.
+
+PAMR (affinities, support-box propagation, argmax) and the 3x3 median repeat the CPU fast path's float32 operations
+in its order: their labels must equal the torch reference's (``refine._pamr_torch_at``) and the numba path's, pixel
+for pixel, and the affinities the numba ones bit for bit. Concept assignment sums its two small matrix products
+(concepts, grid scores) in its own order where torch calls a GEMM, so its scores agree with torch's to float32
+rounding only: a pixel whose two best concepts tie within that rounding may differ, hence >= 99.9 % there (measured:
+identical on every case below). Skipped only where no C++ compiler exists (as tests/test_native.py).
+"""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from diffcut_engine import refine
+from diffcut_engine.config import EngineConfig
+from diffcut_engine.errors import BackendUnavailableError, InputError
+from diffcut_engine.kernels import pamr_cpu, pamr_native
+
+HAVE_COMPILER = any(shutil.which(c) for c in ("c++", "g++", "clang++"))
+needs_numba = pytest.mark.skipif(not pamr_cpu.available(), reason="numba not installed (extra [fast])")
+
+
+@pytest.fixture(scope="module")
+def built():
+    if not pamr_native.available():
+        if not HAVE_COMPILER:
+            pytest.skip("no C++ compiler on this machine, so the install could not build diffcut_engine._native")
+        pytest.fail("diffcut_engine._native is not built although a C++ compiler is present: "
+                    "`pip install -e .` (or `python setup.py build_ext --inplace`) must build it")
+    return True
+
+
+def _photo(size):
+    """A real photo (skimage astronaut) at ``size``, (3, H, W) float32 in [0, 1]."""
+    from skimage import data
+
+    img = torch.from_numpy(data.astronaut()).permute(2, 0, 1).float()[None] / 255
+    return F.interpolate(img, size=size, mode="bilinear", align_corners=False)[0].contiguous()
+
+
+def _random_image(size, seed):
+    """Smooth random colours plus noise: many near-equal neighbours, as on flat image regions."""
+    g = torch.Generator().manual_seed(seed)
+    base = F.interpolate(torch.rand(1, 3, 5, 6, generator=g), size=size, mode="bilinear", align_corners=False)[0]
+    return (0.8 * base + 0.2 * torch.rand(3, *size, generator=g)).contiguous()
+
+
+def _labels(size, k, seed):
+    """A piecewise-constant label map with k irregular regions (Voronoi cells of random seeds)."""
+    g = np.random.default_rng(seed)
+    h, w = size
+    pts = g.uniform(0, 1, (k, 2)) * (h, w)
+    yy, xx = np.mgrid[0:h, 0:w]
+    d = (yy[..., None] - pts[:, 0]) ** 2 + (xx[..., None] - pts[:, 1]) ** 2
+    return torch.from_numpy(d.argmin(-1).astype(np.int64))
+
+
+def _features(h, w, c, k, seed):
+    """L2-normalised features around k directions and grid labels using every id 0..k-1."""
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.randint(0, k, (h, w), generator=g)
+    labels.view(-1)[:k] = torch.arange(k)
+    feats = torch.randn(k, c, generator=g)[labels] + 0.8 * torch.randn(h, w, c, generator=g)
+    return F.normalize(feats, dim=-1), labels
+
+
+# ------------------------------------------------------------------------------------------------------------
+# PAMR and the median: the reference's labels, pixel for pixel
+# ------------------------------------------------------------------------------------------------------------
+
+PAMR_CASES = [
+    # image size, label size (None: the image's), K, iters, dilations, image kind
+    ((48, 56), None, 6, 10, (1, 2, 4, 8), "photo"),
+    ((48, 56), None, 40, 10, (1, 2, 4, 8), "photo"),
+    ((40, 40), (55, 31), 12, 30, (1, 2, 4, 8, 12, 24, 32, 64), "photo"),   # demo dilations, masks resized
+    ((33, 47), None, 4, 0, (1, 2), "random"),                               # no iteration
+    ((33, 47), (20, 9), 4, 0, (1, 2), "photo"),                             # no iteration, masks resized
+    ((23, 71), (30, 18), 30, 10, (1, 2, 4, 8), "random"),                   # non-square, more labels than cells
+    ((64, 24), None, 25, 1, (1, 3, 40), "photo"),                           # one step, a dilation > the image
+    ((37, 37), (12, 12), 2, 10, (1, 2, 4, 8), "random"),
+    ((29, 44), None, 1, 10, (2,), "photo"),                                 # one label
+    ((1, 9), None, 3, 2, (1, 2), "random"),                                 # one row
+    ((7, 1), (3, 1), 2, 3, (1,), "random"),                                 # one column, masks resized
+]
+
+
+@pytest.mark.parametrize("size, lsize, k, iters, dil, kind", PAMR_CASES)
+def test_native_pamr_labels_equal_the_reference(built, size, lsize, k, iters, dil, kind):
+    img = _photo(size) if kind == "photo" else _random_image(size, seed=k)
+    lab = _labels(lsize or size, k, seed=k + iters)
+    n = k + 2                                   # two absent ids: their masks stay zero and never win
+    ref = refine._pamr_torch_at(img, lab, n, iters, dil).numpy()
+    for threads, budget in ((1, 1 << 25), (3, 1 << 25), (2, 1)):   # one label per chunk with budget 1
+        got = pamr_native.pamr(img.numpy(), lab.numpy(), n, iters=iters, dilations=dil, median=False,
+                               num_threads=threads, budget=budget)
+        assert got.dtype == np.int32 and got.shape == size
+        assert np.array_equal(got, ref), f"{int((got != ref).sum())} pixels differ (threads {threads})"
+    if pamr_cpu.available():
+        fast = refine.pamr_fast(img, lab, num_segments=n, iters=iters, dilations=dil)
+        assert np.array_equal(fast.numpy(), ref)
+
+
+@needs_numba
+@pytest.mark.parametrize("size, dil", [((40, 52), (1, 3, 8)), ((17, 90), (1, 2, 4, 8)), ((9, 9), (1, 16))])
+def test_native_affinities_are_the_numba_floats(built, size, dil):
+    img = _photo(size).numpy()
+    got = pamr_native.pamr_affinity(img, dil, num_threads=2)
+    assert got.dtype == np.float32 and got.shape == (8 * len(dil), *size)
+    assert np.array_equal(got, pamr_cpu.affinity(img, dil))                       # bit for bit
+    np.testing.assert_allclose(got, refine.pamr_affinity(torch.from_numpy(img), dil).numpy(), rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (1, 7), (6, 1), (17, 29), (40, 33)])
+def test_native_median_equals_the_torch_median(built, shape):
+    g = torch.Generator().manual_seed(sum(shape))
+    lab = torch.randint(0, 6, shape, generator=g)
+    lab[: shape[0] // 2] = torch.randint(0, 2, (shape[0] // 2, shape[1]), generator=g)   # many ties
+    assert np.array_equal(pamr_native.median3x3(lab.numpy(), num_threads=2), refine.median3x3(lab).numpy())
+
+
+@pytest.mark.parametrize("work", [None, (48, 64)])
+@pytest.mark.parametrize("median", [True, False])
+def test_refine_at_native_equals_torch(built, work, median):
+    view = _photo((70, 90))
+    lab = _labels((70, 90), 8, seed=3)
+    a = refine.refine_at(view, lab, work_size=work, iters=5, dilations=(1, 2, 4), median=median, backend="torch")
+    b = refine.refine_at(view, lab, work_size=work, iters=5, dilations=(1, 2, 4), median=median, backend="native")
+    assert b.dtype == torch.int64 and b.shape == (70, 90)
+    if work is None or pamr_cpu.available():   # the upsampling from the working size is numba's (or nearest)
+        assert torch.equal(a, b)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Concept assignment and the whole refinement
+# ------------------------------------------------------------------------------------------------------------
+
+def _agreement(a, b):
+    return float((np.asarray(a) == np.asarray(b)).mean())
+
+
+@pytest.mark.parametrize("grid, out, k", [((8, 8), (64, 64), 5), ((6, 10), (48, 80), 1), ((7, 5), (33, 50), 3),
+                                          ((16, 16), (128, 128), 40), ((12, 20), (120, 200), 12),
+                                          ((9, 9), (9, 9), 7)])
+def test_native_concept_assign_matches_python(built, grid, out, k):
+    feats, lab = _features(*grid, 64, k, seed=grid[0] * grid[1] + k)
+    n = k + 2                                   # ids k, k + 1 have no grid cell: never assigned
+    ref = refine.concept_assign(feats, lab, out, num_segments=n).numpy()
+    got = pamr_native.concept_assign(feats.numpy(), lab.numpy(), n, out, num_threads=2)
+    assert got.dtype == np.int32 and got.shape == out and got.max() < k
+    # float32 rounding of the two small matrix products may flip a near-tie (see the module docstring)
+    assert _agreement(got, ref) >= 0.999
+
+
+@pytest.mark.parametrize("grid, size, k, iters, dil", [((8, 8), (64, 64), 6, 10, (1, 2, 4, 8)),
+                                                      ((6, 10), (60, 100), 9, 10, (1, 2, 4, 8)),
+                                                      ((10, 7), (50, 35), 20, 1, (1, 3)),
+                                                      ((8, 8), (40, 40), 1, 10, (1, 2, 4, 8))])
+def test_native_refine_is_the_engines_full_refinement(built, grid, size, k, iters, dil):
+    """features + grid labels + image -> labels at the image's size, as methods.diffcut.pixel_labels ("full")."""
+    feats, lab = _features(*grid, 32, k, seed=k)
+    img = _photo(size)
+    assigned = refine.concept_assign(feats, lab, size, num_segments=k)
+    ref = assigned if k == 1 else refine.refine_at(img, assigned, num_segments=k, iters=iters, dilations=dil,
+                                                   backend="torch")
+    got = pamr_native.refine(feats.numpy(), lab.numpy(), k, img.numpy(), iters=iters, dilations=dil)
+    assert got.shape == size and _agreement(got, ref.numpy()) >= 0.999
+    # the PAMR part alone on the same concept labels: identical
+    if k > 1:
+        alone = pamr_native.pamr(img.numpy(), assigned.numpy(), k, iters=iters, dilations=dil)
+        assert np.array_equal(alone, ref.numpy())
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Selection and errors
+# ------------------------------------------------------------------------------------------------------------
+
+def test_backend_selection_and_config(built, monkeypatch):
+    assert "native" in refine.PAMR_BACKENDS
+    assert EngineConfig(refine_backend="native").refine_backend == "native"
+    with pytest.raises(InputError, match="refine_backend"):
+        EngineConfig(refine_backend="cpp")
+    view, lab = _photo((30, 40)), _labels((30, 40), 4, seed=1)
+    with pytest.raises(InputError, match="backend"):
+        refine.refine_at(view, lab, backend="c++")
+    # auto without numba on the CPU takes native
+    calls = []
+    real = pamr_native.pamr
+    monkeypatch.setattr(pamr_native, "pamr", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    monkeypatch.setattr(refine, "_fast_available", lambda device: False)
+    out = refine.refine_at(view, lab, iters=3, backend="auto")
+    assert calls and torch.equal(out, refine.refine_at(view, lab, iters=3, backend="torch"))
+
+
+def test_native_not_built_is_a_one_line_error(monkeypatch):
+    monkeypatch.setattr(pamr_native, "available", lambda: False)
+    view, lab = _photo((20, 20)), _labels((20, 20), 3, seed=2)
+    with pytest.raises(BackendUnavailableError, match="native") as err:
+        refine.refine_at(view, lab, backend="native")
+    assert "\n" not in str(err.value) and "not built" in str(err.value)
+
+
+def test_native_refine_errors(built):
+    img = _photo((20, 24)).numpy()
+    lab = _labels((20, 24), 3, seed=0).numpy()
+    feats, grid = (t.numpy() for t in _features(4, 5, 8, 3, seed=0))
+    with pytest.raises(ValueError, match="image"):
+        pamr_native.pamr(img[:2], lab, 3)
+    with pytest.raises(ValueError, match="labels"):
+        pamr_native.pamr(img, lab[None], 3)
+    with pytest.raises(ValueError, match="num_segments"):
+        pamr_native.pamr(img, lab, 2)                                    # a label >= num_segments
+    with pytest.raises(ValueError, match=">= 0"):
+        pamr_native.pamr(img, lab - 1, 3)
+    with pytest.raises(ValueError, match="dilations"):
+        pamr_native.pamr(img, lab, 3, dilations=(1, 0))
+    with pytest.raises(ValueError, match="dilations"):
+        pamr_native.pamr(img, lab, 3, dilations=())
+    with pytest.raises(ValueError, match="iters"):
+        pamr_native.pamr(img, lab, 3, iters=-1)
+    bad = img.copy()
+    bad[1, 2, 3] = np.inf
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        pamr_native.pamr(bad, lab, 3)
+    nan_feats = feats.copy()
+    nan_feats[0, 1, 2] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        pamr_native.refine(nan_feats, grid, 3, img)
+    with pytest.raises(ValueError, match="NaN"):
+        pamr_native.concept_assign(nan_feats, grid, 3, (8, 8))
+    with pytest.raises(ValueError, match="grid"):
+        pamr_native.refine(feats, grid[:3], 3, img)
+    with pytest.raises(ValueError, match="positive"):
+        pamr_native.concept_assign(feats, grid, 3, (0, 8))
+    with pytest.raises(ValueError, match="labels"):
+        pamr_native.median3x3(lab[0])
+    with pytest.raises(InputError, match="non-finite"):
+        refine.refine_at(torch.from_numpy(bad), torch.from_numpy(lab), backend="native")
+
+
+@pytest.mark.parametrize("preset", ["full", "eval"])
+def test_engine_pixel_labels_with_the_native_backend(built, preset):
+    """methods.diffcut.pixel_labels (concept assignment, then the preset's refinement) with refine_backend="native"
+    gives the torch backend's labels."""
+    from diffcut_engine.methods.diffcut import pixel_labels
+
+    feats, lab = _features(8, 8, 16, 5, seed=4)
+    view = _photo((64, 80))
+    out = {}
+    for backend in ("torch", "native"):
+        timings = {}
+        out[backend] = pixel_labels(feats, lab.numpy(), view, EngineConfig(refine=preset, refine_backend=backend),
+                                    timings)
+        assert out[backend].shape == (64, 80) and set(timings) == {"assign", "refine"}
+    if preset == "full" or pamr_cpu.available():   # eval returns from 128x128 by numba's upsampling (or nearest)
+        assert np.array_equal(out["torch"], out["native"])
+
+
+def test_baseline_and_avx2_kernels_give_the_same_floats(built, tmp_path):
+    """The hot loops run as AVX2 + FMA code where the CPU has it, else as baseline code: the same IEEE operations,
+    so the same affinities bit for bit and the same labels (DIFFCUT_NO_AVX2=1 forces the baseline, in a subprocess)."""
+    import os
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    script = (
+        "import numpy as np, sys; sys.path.insert(0, sys.argv[1])\n"
+        "from diffcut_engine.kernels import pamr_native as pn\n"
+        "d = np.load(sys.argv[2])\n"
+        "np.savez(sys.argv[3], aff=pn.pamr_affinity(d['img'], (1, 2, 5)),\n"
+        "         pamr=pn.pamr(d['img'], d['lab'], 7, dilations=(1, 2, 5)),\n"
+        "         ca=pn.concept_assign(d['f'], d['g'], 6, (37, 45)))\n")
+    feats, grid = _features(6, 7, 16, 6, seed=9)
+    np.savez(tmp_path / "in.npz", img=_photo((37, 45)).numpy(), lab=_labels((37, 45), 7, seed=5).numpy(),
+             f=feats.numpy(), g=grid.numpy())
+    results = []
+    for flag in ("0", "1"):
+        out = tmp_path / f"out{flag}.npz"
+        run = subprocess.run([sys.executable, "-c", script, root, str(tmp_path / "in.npz"), str(out)],
+                             env=dict(os.environ, DIFFCUT_NO_AVX2=flag), capture_output=True, text=True)
+        assert run.returncode == 0, run.stderr[-2000:]
+        results.append(np.load(out))
+    for key in ("aff", "pamr", "ca"):
+        assert np.array_equal(results[0][key], results[1][key]), key
