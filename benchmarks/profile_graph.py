@@ -46,7 +46,7 @@ def features(case: str, grid: int):
     return RealFeatures()(case, grid, grid)
 
 
-def profile(feats, tau: float, repeats: int) -> dict:
+def profile(feats, tau: float, repeats: int, backend: str = "numpy") -> dict:
     """Median milliseconds per phase, and (nodes, Lanczos steps) of every Lanczos solve of one run."""
     spent = defaultdict(float)
     # where each phase's function is looked up when the recursion calls it
@@ -83,12 +83,12 @@ def profile(feats, tau: float, repeats: int) -> dict:
             setattr(owner[name], name, timed(name, fn))
         eigen._top_ritz_pairs, eigen._lanczos = counting_ritz, counting_lanczos
         # the numpy path (its phases are the functions wrapped here; the native core has none of them)
-        ncut.recursive_ncut(feats, tau=tau, graph_backend="numpy")  # warm-up
+        ncut.recursive_ncut(feats, tau=tau, graph_backend=backend)  # warm-up
         for _ in range(repeats):
             spent.clear()
             steps.clear()
             t = time.perf_counter()
-            ncut.recursive_ncut(feats, tau=tau, graph_backend="numpy")
+            ncut.recursive_ncut(feats, tau=tau, graph_backend=backend)
             total = time.perf_counter() - t
             for phase in PHASES.values():
                 rows[phase].append(spent[phase])
@@ -141,6 +141,9 @@ def main(argv=None) -> int:
                     help="comma-separated CASE:GRID, CASE in planted, disconnected, chelsea, coffee")
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--crossover", action="store_true", help="dense vs Lanczos per subgraph instead")
+    ap.add_argument("--graph-backend", choices=("numpy", "auto"), default="numpy",
+                    help="numpy (default): the pure numpy host path; auto: as the engine runs it above 32x32 (the "
+                    "numpy recursion on the C++ core's fused affinity pass where it is built)")
     args = ap.parse_args(argv)
     if args.crossover:
         crossover(32, args.repeats)
@@ -149,7 +152,7 @@ def main(argv=None) -> int:
     print(f"{'case':16s}" + "".join(f"{c:>10s}" for c in cols) + "   Lanczos solves (nodes: steps, w = warm start)")
     for spec in args.cases.split(","):
         case, grid = spec.split(":")
-        ms, steps = profile(features(case, int(grid)), TAUS[case], args.repeats)
+        ms, steps = profile(features(case, int(grid)), TAUS[case], args.repeats, args.graph_backend)
         solves = ", ".join(f"{n}:{k}{'w' if w else ''}" for n, k, w in steps)
         print(f"{case + ' ' + grid + 'x' + grid:16s}" + "".join(f"{ms[c]:10.1f}" for c in cols) + f"   {solves}")
     return 0

@@ -158,6 +158,10 @@ class EngineConfig:
         (``diffcut_engine._native``, built by the package install), ``numpy`` the Python host path, ``cupy`` the
         device path (as ``graph_device="device"``). ``auto``: as ``graph_device`` decides, and on the host the
         native core where it is built and applies (``graph.native.resolve_graph_backend``).
+    graph_threads : int
+        Host graph stage of a batch: the grids that take the native core are solved together on this many threads
+        (``graph.ncut_trees``; the same trees). Default 1 (one grid at a time). With a multi-threaded BLAS, set
+        ``OPENBLAS_NUM_THREADS=1`` when using several.
     backend : {"torch", "onnx", "tensorrt"}
         Encoder runtime. ``torch`` loads the diffusers weights; ``onnx`` (onnxruntime) and ``tensorrt`` run the
         folder ``engine_dir`` written by ``diffcut export`` instead, after checking that it was exported for this
@@ -205,6 +209,7 @@ class EngineConfig:
     local_files_only: bool = False
     graph_device: str = "auto"
     graph_backend: str = "auto"
+    graph_threads: int = 1
     backend: str = "torch"
     engine_dir: Optional[str] = None
     method: str = "diffcut"
@@ -275,6 +280,8 @@ class EngineConfig:
         if (self.graph_backend == "cupy" and self.graph_device == "host") or (
                 self.graph_backend in ("native", "numpy") and self.graph_device == "device"):
             raise InputError(f"graph_backend={self.graph_backend!r} contradicts graph_device={self.graph_device!r}")
+        if isinstance(self.graph_threads, bool) or not isinstance(self.graph_threads, int) or self.graph_threads < 1:
+            raise InputError(f"graph_threads must be an int >= 1, got {self.graph_threads!r}")
 
     def _check_refine(self, set_) -> None:
         """``refine`` (preset name or bool), ``pamr_iters``, ``pamr_dilations``, ``refine_backend``."""

@@ -379,7 +379,8 @@ class Engine:
               timings: Optional[Sequence[dict]] = None) -> list:
         """Stage 3: the recursive NCut tree of every feature grid of a batch, cut later at any ``tau <= tau_max``.
 
-        On the host each grid is solved on its own (numpy); on the device (:meth:`graph_namespace`) the trees
+        On the host each grid is solved on its own (numpy or the native core; with ``graph_threads`` > 1 the grids
+        that take the native core together on its thread pool); on the device (:meth:`graph_namespace`) the trees
         of the whole batch are built in one call.
 
         Parameters
@@ -406,6 +407,12 @@ class Engine:
             # the trees' last level transfer has finished every device computation: the wall time is complete
             trees = graph.device_ncut_trees([f.float() for f in grids], alpha=cfg.alpha, tau_max=tau_max, xp=xp,
                                             compat=cfg.compat)
+            seconds = [(time.perf_counter() - t0) / len(trees)] * len(trees)
+        elif cfg.graph_threads > 1 and len(grids) > 1:
+            t0 = time.perf_counter()  # the native grids of the batch together on the core's thread pool
+            trees = graph.ncut_trees([f.float().cpu().numpy() for f in grids], alpha=cfg.alpha, tau_max=tau_max,
+                                     compat=cfg.compat, graph_backend=cfg.graph_backend,
+                                     num_threads=cfg.graph_threads)
             seconds = [(time.perf_counter() - t0) / len(trees)] * len(trees)
         else:
             trees, seconds = [], []

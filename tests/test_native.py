@@ -227,3 +227,119 @@ def test_native_block_krylov_on_nearly_disconnected_features(built, h, w, caplog
                               recursive_ncut(f, tau=0.5, solver="dense", graph_backend="numpy"))
     finally:
         module.bind_dgemm(native.scipy_blas_addresses()["dgemm"])
+
+
+@pytest.mark.parametrize("n,c,alpha", [(1100, 64, 10.0), (1030, 7, 1.0), (1500, 33, 3.0), (1024, 16, 64.0)])
+def test_fused_affinity_pass_is_the_numpy_affinity_bit_for_bit(built, n, c, alpha):
+    # the host path's float64 W (scaling, power, mirror, widening) and its zero-row mask from one C++ pass: the
+    # same values as affinity_from_tokens(dtype=float64) and the same mask as zero_row_mask, for grids large enough
+    # to run on several threads, non-multiple-of-tile sizes, alpha 1 (no power), odd and large exponents
+    from diffcut_engine.graph import memory
+    from diffcut_engine.graph.host import zero_row_mask
+
+    rng = np.random.default_rng(n + c)
+    x = l2_normalize(rng.standard_normal((n, c)).astype(np.float32))
+    x[5] = x[3]  # repeated tokens: ties in S
+    ref = affinity_from_tokens(x, alpha, dtype=np.float64)
+    assert native.fused_affinity_applies(alpha, n)
+    W, zero_row = native.native_affinity_widened(x, alpha)
+    try:
+        assert W.dtype == np.float64 and W.shape == (n, n)
+        assert np.array_equal(W, ref)
+        assert np.array_equal(zero_row, zero_row_mask(ref))
+        # large exponents underflow many entries to exact zeros: many zero rows, all found
+        assert zero_row.sum() >= 2 and (alpha < 64 or zero_row.sum() > n // 2)
+    finally:
+        memory.give_back(W)
+
+
+def test_fused_affinity_pass_constant_features_and_what_it_leaves_to_numpy(built):
+    x = np.full((1024, 8), 1 / np.sqrt(8), np.float32)   # identical tokens: the constant-features rule
+    W, zero_row = native.native_affinity_widened(x, 10.0)
+    assert np.array_equal(W, affinity_from_tokens(x, 10.0, dtype=np.float64)) and W.min() == 1.0
+    assert not zero_row.any()
+    # np.power's float32 routine for non-integer exponents is numpy's own: those stay on the numpy pass, as do
+    # grids below the threshold and exponents beyond binary powering
+    assert not native.fused_affinity_applies(2.5, 4096)
+    assert not native.fused_affinity_applies(10.0, native.FUSED_AFFINITY_MIN_TOKENS - 1)
+    assert not native.fused_affinity_applies(65.0, 4096)
+
+
+@pytest.mark.parametrize("h,w", [(40, 40), (36, 48)])
+def test_auto_host_path_with_the_fused_affinity_equals_the_numpy_path(built, h, w, monkeypatch):
+    # above the native core's grids, "auto" is the numpy recursion on the fused pass's W: the same trees
+    from diffcut_engine.graph import ncut
+
+    calls = []
+    fused = ncut.native_affinity_widened
+    monkeypatch.setattr(ncut, "native_affinity_widened", lambda *a: calls.append(1) or fused(*a))
+    disconnected_case = _disconnected_case()
+    f, _ = disconnected_case(h, w, 6, 0.5, seed=h + w)
+    for feats in (f, _features("lab-astronaut", h, w)):
+        for compat in ("official", "clean"):
+            ref = recursive_ncut(feats, tau=0.5, compat=compat, graph_backend="numpy")
+            got = recursive_ncut(feats, tau=0.5, compat=compat, graph_backend="auto")
+            assert np.array_equal(got, ref), compat
+            assert got.max() >= 1
+    assert len(calls) == 4  # every "auto" call took the fused pass (and no "numpy" call did)
+
+
+def test_ncut_trees_mixed_batch_on_threads_equals_one_call_per_grid(built, monkeypatch):
+    # grids of several sizes: those up to 32x32 take the native core (together, on the threads), the 36x36 one the
+    # numpy path; every tree equals ncut_tree's, in the grids' order, for both compat modes
+    from diffcut_engine.graph import ncut, ncut_trees
+
+    grids = [_features("planted-disc", 12, 15), _features("lab-coffee", 36, 36), _features("filters-astronaut", 14, 16),
+             _features("planted-stripes", 16, 16)]
+    batches = []
+    real = ncut.native_trees
+    monkeypatch.setattr(ncut, "native_trees",
+                        lambda tokens, *a, **k: batches.append(len(tokens)) or real(tokens, *a, **k))
+    for compat in ("official", "clean"):
+        for threads in (1, 2):
+            trees = ncut_trees(grids, tau_max=0.7, compat=compat, num_threads=threads)
+            assert len(trees) == len(grids)
+            for f, tree in zip(grids, trees):
+                want = ncut_tree(f, tau_max=0.7, compat=compat)
+                assert tree.shape == want.shape == f.shape[:2]
+                for tau in (0.3, 0.5, 0.7):
+                    assert np.array_equal(tree.cut(tau), want.cut(tau))
+    assert batches == [3, 3, 3, 3]  # one native call per batch, with the three small grids
+    assert ncut_trees([], num_threads=2) == []
+    with pytest.raises(InputError, match="num_threads"):
+        ncut_trees(grids, num_threads=0)
+    with pytest.raises(InputError):
+        ncut_trees([grids[0], np.full((4, 4, 3), np.nan, np.float32)], num_threads=2)
+
+
+def test_engine_graph_threads(built):
+    import skimage.data
+
+    from diffcut_engine import Engine, EngineConfig
+    from toy_encoder import ColourEncoder
+
+    with pytest.raises(InputError, match="graph_threads"):
+        EngineConfig(graph_threads=0)
+    with pytest.raises(InputError, match="graph_threads"):
+        EngineConfig(graph_threads=1.5)
+    images = [skimage.data.astronaut()[::2, ::2], skimage.data.coffee()[::2, ::2], skimage.data.chelsea()[::2, ::2]]
+    out = {}
+    for threads in (1, 2):
+        engine = Engine(EngineConfig(size=(320, 384), tau=0.5, device="cpu", refine="none", batch_size=3,
+                                     graph_threads=threads), encoder=ColourEncoder())
+        out[threads] = [r.labels for r in engine.segment(images)]
+    assert max(int(lab.max()) for lab in out[1]) >= 1
+    for a, b in zip(out[1], out[2]):
+        assert np.array_equal(a, b)
+
+
+def test_cli_graph_threads_option():
+    from diffcut_engine.cli import build_parser, config_from_args
+
+    parser = build_parser()
+    for command in (["segment", "a.png", "-o", "out"], ["bench", "--input", "a.png"]):
+        args = parser.parse_args(command + ["--graph-threads", "3"])
+        assert config_from_args(args).graph_threads == 3
+    assert config_from_args(parser.parse_args(["segment", "a.png", "-o", "out"])).graph_threads == 1
+    with pytest.raises(InputError, match="graph_threads"):
+        config_from_args(parser.parse_args(["segment", "a.png", "-o", "out", "--graph-threads", "0"]))

@@ -147,6 +147,29 @@ PYBIND11_MODULE(_native, m) {
       py::arg("tokens"), py::arg("alpha"), "W of L2-normalised (N, C) float32 tokens, as affinity_from_tokens.");
 
   m.def(
+      "affinity_widened",
+      [](FloatArray tokens, double alpha, py::array_t<float, py::array::c_style> scratch,
+         py::array_t<double, py::array::c_style> out, py::array_t<std::uint8_t, py::array::c_style> zero_row) {
+        if (tokens.ndim() != 2) throw py::value_error("tokens must be (N, C)");
+        const std::int64_t n = tokens.shape(0), c = tokens.shape(1);
+        if (scratch.size() < n * n) throw py::value_error("scratch must hold N * N float32 values");
+        if (out.ndim() != 2 || out.shape(0) != n || out.shape(1) != n) throw py::value_error("out must be (N, N)");
+        if (zero_row.ndim() != 1 || zero_row.shape(0) != n) throw py::value_error("zero_row must be (N,)");
+        const float* x = tokens.data();
+        float* s = scratch.mutable_data();
+        double* w = out.mutable_data();
+        std::uint8_t* z = zero_row.mutable_data();
+        translated([&] {
+          py::gil_scoped_release release;
+          affinity_widened(x, n, c, alpha, s, w, z);
+          return 0;
+        });
+      },
+      py::arg("tokens"), py::arg("alpha"), py::arg("scratch"), py::arg("out"), py::arg("zero_row"),
+      "W of L2-normalised (N, C) float32 tokens widened to float64 into out (N, N), and the rows holding an exact "
+      "zero into zero_row (N,) uint8; scratch: N * N float32 values for the Gram matrix.");
+
+  m.def(
       "tree_from_tokens",
       [](FloatArray tokens, double alpha, double tau_max, const std::string& compat, int num_thresholds,
          const std::string& solver) {

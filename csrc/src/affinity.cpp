@@ -7,6 +7,8 @@
 #include <cmath>
 #include <cstring>
 #include <string>
+#include <thread>
+#include <vector>
 
 #include "core.h"
 #include "lapack.h"
@@ -34,14 +36,104 @@ void l2_normalize(float* tokens, std::int64_t n, std::int64_t c) {
 }
 
 
-void affinity_from_tokens(const float* tokens, std::int64_t n, std::int64_t c, double alpha, float* W) {
+namespace {
+
+// Threads of affinity_widened's element-wise pass (it is memory-bound: a few saturate the bandwidth).
+constexpr unsigned kMaxPassThreads = 4;
+
+// Hot element-wise loops compiled for several instruction sets, picked at load time (the same IEEE float32
+// operations in each: no contraction, no reassociation; only the vector width differs).
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && !defined(__SANITIZE_ADDRESS__)
+#define DIFFCUT_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define DIFFCUT_CLONES
+#endif
+
+// The lower triangle (row-major, diagonal included) of S = X X^T in float32 by one ssyrk call.
+void gram_lower(const float* tokens, std::int64_t n, std::int64_t c, float* S) {
   if (n > 46340 || c > 2147483647) throw Failure(Code::InvalidArgument, "too many tokens for a dense affinity");
   int ni = static_cast<int>(n), ci = static_cast<int>(c);
   float one = 1.0f, zero = 0.0f;
   char uplo = 'U', trans = 'T';
   // Column-major view: tokens (row-major n x c) are the c x n matrix X^T; C = (X^T)^T X^T = X X^T, its upper
-  // triangle in column-major order is the lower triangle of the row-major W.
-  lapack().ssyrk(&uplo, &trans, &ni, &ci, &one, const_cast<float*>(tokens), &ci, &zero, W, &ni);
+  // triangle in column-major order is the lower triangle of the row-major S.
+  lapack().ssyrk(&uplo, &trans, &ni, &ci, &one, const_cast<float*>(tokens), &ci, &zero, S, &ni);
+}
+
+// The min-max scaling and power of affinity_from_tokens, as float32 operations in its order.
+struct Scaling {
+  float lo = 0.0f, spread = 1.0f, alpha_f = 1.0f;
+  int k = 1;
+  bool squaring = true;
+  bool constant = false;
+
+  Scaling(float lo_, float hi_, std::int64_t c, double alpha) : lo(lo_) {
+    // numpy: (hi - lo) > float32(C * eps) * max(|hi|, |lo|), all in float32 (NEP 50: a Python float is weak)
+    const float tol = static_cast<float>(static_cast<double>(c) * static_cast<double>(FLT_EPSILON));
+    spread = hi_ - lo_;
+    constant = !(spread > tol * std::max(std::fabs(hi_), std::fabs(lo_)));
+    squaring = alpha == std::floor(alpha) && alpha >= 1 && alpha <= kMaxSquaringExponent;
+    alpha_f = static_cast<float>(alpha);
+    k = squaring ? static_cast<int>(alpha) : 0;
+  }
+
+  // out[i] = ((in[i] - lo) / spread) ** alpha for i < len (len <= kChunk); in and out may alias.
+  static constexpr std::int64_t kChunk = 4096;
+  void apply(const float* in, float* out, std::int64_t len) const { apply_chunk(*this, in, out, len); }
+  DIFFCUT_CLONES static void apply_chunk(const Scaling& sc, const float* in, float* out, std::int64_t len) {
+    const float lo = sc.lo, spread = sc.spread, alpha_f = sc.alpha_f;
+    const int k = sc.k;
+    const bool squaring = sc.squaring;
+    float base[kChunk], result[kChunk];
+    for (std::int64_t i = 0; i < len; ++i) base[i] = (in[i] - lo) / spread;
+    if (!squaring) {
+      for (std::int64_t i = 0; i < len; ++i) out[i] = std::pow(base[i], alpha_f);
+      return;
+    }
+    int e = k;
+    bool have = false;
+    while (true) {
+      if (e & 1) {
+        if (!have) {
+          for (std::int64_t i = 0; i < len; ++i) result[i] = base[i];
+          have = true;
+        } else {
+          for (std::int64_t i = 0; i < len; ++i) result[i] *= base[i];
+        }
+      }
+      e >>= 1;
+      if (!e) break;
+      for (std::int64_t i = 0; i < len; ++i) base[i] *= base[i];
+    }
+    for (std::int64_t i = 0; i < len; ++i) out[i] = result[i];
+  }
+};
+
+// Extrema of a float range (eight independent lanes; min and max are exact in any order).
+void extrema(const float* v, std::int64_t len, float& lo, float& hi) {
+  float los[8], his[8];
+  for (int j = 0; j < 8; ++j) los[j] = his[j] = lo;
+  for (int j = 0; j < 8; ++j) his[j] = hi;
+  std::int64_t i = 0;
+  for (; i + 8 <= len; i += 8)
+    for (int j = 0; j < 8; ++j) {
+      los[j] = v[i + j] < los[j] ? v[i + j] : los[j];
+      his[j] = v[i + j] > his[j] ? v[i + j] : his[j];
+    }
+  for (; i < len; ++i) {
+    los[0] = v[i] < los[0] ? v[i] : los[0];
+    his[0] = v[i] > his[0] ? v[i] : his[0];
+  }
+  for (int j = 0; j < 8; ++j) {
+    lo = std::min(lo, los[j]);
+    hi = std::max(hi, his[j]);
+  }
+}
+
+}  // namespace
+
+void affinity_from_tokens(const float* tokens, std::int64_t n, std::int64_t c, double alpha, float* W) {
+  gram_lower(tokens, n, c, W);
   // mirror the lower triangle (row-major) onto the upper one in square tiles (the transposed reads stay in cache)
   constexpr std::int64_t tile = 64;
   for (std::int64_t i0 = 0; i0 < n; i0 += tile) {
@@ -53,61 +145,78 @@ void affinity_from_tokens(const float* tokens, std::int64_t n, std::int64_t c, d
     }
   }
   const std::int64_t total = n * n;
-  float los[8], his[8];  // eight running extrema (independent lanes; min and max are exact in any order)
-  for (int j = 0; j < 8; ++j) los[j] = his[j] = W[0];
-  std::int64_t i = 0;
-  for (; i + 8 <= total; i += 8)
-    for (int j = 0; j < 8; ++j) {
-      los[j] = W[i + j] < los[j] ? W[i + j] : los[j];
-      his[j] = W[i + j] > his[j] ? W[i + j] : his[j];
-    }
-  for (; i < total; ++i) {
-    los[0] = W[i] < los[0] ? W[i] : los[0];
-    his[0] = W[i] > his[0] ? W[i] : his[0];
-  }
-  float lo = los[0], hi = his[0];
-  for (int j = 1; j < 8; ++j) {
-    lo = std::min(lo, los[j]);
-    hi = std::max(hi, his[j]);
-  }
-  // numpy: (hi - lo) > float32(C * eps) * max(|hi|, |lo|), all in float32 (NEP 50: a Python float is weak)
-  const float tol = static_cast<float>(static_cast<double>(c) * static_cast<double>(FLT_EPSILON));
-  const float spread = hi - lo;
-  if (!(spread > tol * std::max(std::fabs(hi), std::fabs(lo)))) {
+  float lo = W[0], hi = W[0];
+  extrema(W, total, lo, hi);
+  const Scaling scaling(lo, hi, c, alpha);
+  if (scaling.constant) {
     std::fill(W, W + total, 1.0f);
     return;
   }
-  const bool squaring = alpha == std::floor(alpha) && alpha >= 1 && alpha <= kMaxSquaringExponent;
-  const float alpha_f = static_cast<float>(alpha);
   // chunk by chunk, whole-chunk passes (vectorisable), each element getting exactly the float32 operations of
   // affinity_from_tokens: (s - lo) / spread, then binary powering (power_squaring's order) or powf
-  constexpr std::int64_t chunk = 4096;
-  float base[chunk], result[chunk];
-  for (std::int64_t a = 0; a < total; a += chunk) {
-    const std::int64_t len = std::min(chunk, total - a);
-    float* w = W + a;
-    for (std::int64_t i = 0; i < len; ++i) base[i] = (w[i] - lo) / spread;
-    if (!squaring) {
-      for (std::int64_t i = 0; i < len; ++i) w[i] = std::pow(base[i], alpha_f);
-      continue;
-    }
-    int k = static_cast<int>(alpha);
-    bool have = false;
-    while (true) {
-      if (k & 1) {
-        if (!have) {
-          for (std::int64_t i = 0; i < len; ++i) result[i] = base[i];
-          have = true;
-        } else {
-          for (std::int64_t i = 0; i < len; ++i) result[i] *= base[i];
+  for (std::int64_t a = 0; a < total; a += Scaling::kChunk)
+    scaling.apply(W + a, W + a, std::min(Scaling::kChunk, total - a));
+}
+
+void affinity_widened(const float* tokens, std::int64_t n, std::int64_t c, double alpha, float* S, double* W,
+                      std::uint8_t* zero_row) {
+  gram_lower(tokens, n, c, S);
+  if (zero_row) std::fill(zero_row, zero_row + n, std::uint8_t{0});
+  if (n == 0) return;
+  float lo = S[0], hi = S[0];
+  for (std::int64_t i = 0; i < n; ++i) extrema(S + i * n, i + 1, lo, hi);  // the lower triangle: every value
+  const Scaling scaling(lo, hi, c, alpha);
+  if (scaling.constant) {
+    std::fill(W, W + n * n, 1.0);
+    return;
+  }
+  // The lower triangle scaled in place (row segments: whole-vector passes), then mirrored and widened tile by
+  // tile (a tile's transpose is read from L1). Tile rows are dealt round-robin to a few threads for large n
+  // (each output value is written by exactly one thread; zero rows are collected per thread, then merged).
+  constexpr std::int64_t tile = 64;
+  const std::int64_t tile_rows = (n + tile - 1) / tile;
+  const unsigned hw = std::max(1u, std::thread::hardware_concurrency());
+  const int threads = n * n >= (std::int64_t{1} << 20) ? static_cast<int>(std::min<unsigned>(hw, kMaxPassThreads)) : 1;
+  std::vector<std::vector<std::uint8_t>> zeros(static_cast<std::size_t>(threads),
+                                               std::vector<std::uint8_t>(static_cast<std::size_t>(n), 0));
+  auto work = [&](int part) {
+    std::uint8_t* zr = zeros[static_cast<std::size_t>(part)].data();
+    for (std::int64_t r = part; r < tile_rows; r += threads) {
+      const std::int64_t i0 = r * tile, i1 = std::min(i0 + tile, n);
+      for (std::int64_t i = i0; i < i1; ++i)
+        for (std::int64_t a = 0; a <= i; a += Scaling::kChunk)
+          scaling.apply(S + i * n + a, S + i * n + a, std::min(Scaling::kChunk, i + 1 - a));
+      for (std::int64_t j0 = 0; j0 <= i0; j0 += tile) {
+        const std::int64_t j1 = std::min(j0 + tile, n);
+        for (std::int64_t i = i0; i < i1; ++i) {  // (i, j) for j <= i: the row segment itself
+          const float* src = S + i * n;
+          double* dst = W + i * n;
+          const std::int64_t jend = std::min(j1, i + 1);
+          bool zero = false;
+          for (std::int64_t j = j0; j < jend; ++j) {
+            dst[j] = src[j];
+            zero |= src[j] == 0.0f;
+          }
+          if (zero) {
+            zr[i] = 1;
+            for (std::int64_t j = j0; j < jend; ++j)
+              if (src[j] == 0.0f) zr[j] = 1;
+          }
+        }
+        for (std::int64_t j = j0; j < j1; ++j) {  // (j, i) for i > j: the transposed tile
+          double* dst = W + j * n;
+          for (std::int64_t i = std::max(i0, j + 1); i < i1; ++i) dst[i] = S[i * n + j];
         }
       }
-      k >>= 1;
-      if (!k) break;
-      for (std::int64_t i = 0; i < len; ++i) base[i] *= base[i];
     }
-    for (std::int64_t i = 0; i < len; ++i) w[i] = result[i];
-  }
+  };
+  std::vector<std::thread> pool;
+  for (int part = 1; part < threads; ++part) pool.emplace_back(work, part);
+  work(0);
+  for (std::thread& t : pool) t.join();
+  if (zero_row)
+    for (const auto& zr : zeros)
+      for (std::int64_t i = 0; i < n; ++i) zero_row[i] |= zr[static_cast<std::size_t>(i)];
 }
 
 }  // namespace detail

@@ -45,6 +45,11 @@ constexpr int kMaxSquaringExponent = 64;
 void l2_normalize(float* tokens, std::int64_t n, std::int64_t c);
 // W (n x n, row-major float32) of L2-normalised tokens, as diffcut_engine.graph.affinity_from_tokens computes it.
 void affinity_from_tokens(const float* tokens, std::int64_t n, std::int64_t c, double alpha, float* W);
+// The same W widened to float64 (exactly the float32 values), from one fused pass over the Gram matrix's lower
+// triangle: S (n x n float32) is scratch for the Gram matrix; zero_row (n bytes, may be null) receives 1 for the
+// rows of W holding an exact zero (the official zero-row rule), else 0.
+void affinity_widened(const float* tokens, std::int64_t n, std::int64_t c, double alpha, float* S, double* W,
+                      std::uint8_t* zero_row);
 // Throws Failure(NonFinite) if any of the count values is NaN or infinite.
 void check_finite(const float* values, std::int64_t count, const char* what);
 

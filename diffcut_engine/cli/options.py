@@ -133,6 +133,8 @@ def add_engine_options(parser: argparse.ArgumentParser, *, batch_size: int = 4) 
                    help="which implementation runs the NCut (same labels): native (the C++ core, built by pip "
                    "install), numpy, cupy (the device path), or auto (default: cupy on the device, else native "
                    "where built and applicable, else numpy)")
+    g.add_argument("--graph-threads", type=int, default=1, metavar="N",
+                   help="solve the grids of a batch that take the native core on N threads (default 1)")
     g.add_argument("--refine", choices=("demo", "eval", "full", "none"), default="demo",
                    help="PAMR + median preset (docs/REFINE.md): demo (default, the official notebook at the network "
                    "size), eval (10 iterations at 128x128), full (10 iterations at the output size), none")
@@ -206,7 +208,8 @@ def config_from_args(args) -> EngineConfig:
                    pamr_dilations=args.pamr_dilations, refine_backend=args.refine_backend,
                    output_size=args.output_size, device=args.device,
                    dtype=args.dtype, batch_size=args.batch_size, local_files_only=args.local_files_only,
-                   graph_device=args.graph_device, graph_backend=args.graph_backend, backend=args.backend,
+                   graph_device=args.graph_device, graph_backend=args.graph_backend,
+                   graph_threads=args.graph_threads, backend=args.backend,
                    engine_dir=args.engine_dir,
                    compile=args.compile, channels_last=args.channels_last, attention=args.attention,
                    cuda_graphs=args.cuda_graphs)

@@ -12,7 +12,7 @@ from .batched import build_trees_batched
 from .device import device_affinity, device_namespace, device_ncut_trees
 from .eigen import SOLVERS, fiedler_vector, spectral_lower_bound, stacked_fiedler_vectors
 from .native import native_available, resolve_graph_backend
-from .ncut import build_tree, ncut_tree, recursive_ncut, recursive_ncut_affinity
+from .ncut import build_tree, ncut_tree, ncut_trees, recursive_ncut, recursive_ncut_affinity
 from .scoring import (NUM_THRESHOLDS, best_threshold_split, binned_ncut_values, candidate_thresholds,
                       ncut_values)
 from .tree import ACCEPT_RULES, SCHEDULES, Acceptance, NCutNode, NCutTree, grow, labels_from_masks
@@ -46,6 +46,7 @@ __all__ = [
     "candidate_thresholds",
     "labels_from_masks",
     "ncut_tree",
+    "ncut_trees",
     "ncut_values",
     "recursive_ncut",
     "recursive_ncut_affinity",

@@ -82,13 +82,15 @@ class HostSplitter:
         ``vector(A, d, idx) -> y`` replacing the Fiedler vector (the random-walk ``raw`` graph).
     subgraph : callable, optional
         ``subgraph(idx) -> A`` forming a child's graph instead of restricting the parent's.
+    zero_row : numpy.ndarray, optional
+        (N,) bool :func:`zero_row_mask` of ``W`` when already at hand (the fused affinity pass gives it).
     """
 
     def __init__(self, W, *, official: bool = False, zero_rows: Optional[bool] = None, solver: str = "auto",
                  num_thresholds: int = 100,
                  leaf_bounds: bool = True, warm_start: bool = True, bin_degrees: bool = True, min_size: int = 1,
                  max_depth: Optional[int] = None, owned: bool = False, vector: Optional[Callable] = None,
-                 subgraph: Optional[Callable] = None):
+                 subgraph: Optional[Callable] = None, zero_row: Optional[np.ndarray] = None):
         self.W = W
         self.official = official
         self.dtype = np.float32 if official else np.float64
@@ -104,7 +106,10 @@ class HostSplitter:
         self.subgraph = subgraph
         self.solver_memo = {}  # what the solves of this tree learnt (fiedler_vector's memo)
         # The official code keeps, below the root, only nodes whose row of the masked W has no exact zero.
-        self.zero_row = zero_row_mask(W) if (official if zero_rows is None else zero_rows) else None
+        if official if zero_rows is None else zero_rows:
+            self.zero_row = zero_row_mask(W) if zero_row is None else np.asarray(zero_row, dtype=bool)
+        else:
+            self.zero_row = None
         if self.zero_row is not None and not self.zero_row.any():
             self.zero_row = None  # nothing to leave out: the plain index sets
 
@@ -201,11 +206,12 @@ def zero_row_mask(W) -> np.ndarray:
 
 
 def host_tree(W, *, tau_max: float, compat: str, solver: str, num_thresholds: int, shape, leaf_bounds: bool,
-              owned: bool = False) -> NCutTree:
+              owned: bool = False, zero_row: Optional[np.ndarray] = None) -> NCutTree:
     """The DiffCut tree of a validated affinity: :func:`~diffcut_engine.graph.tree.grow`, depth first, with a
     :class:`HostSplitter` and the ``tau`` rule at ``tau_max``."""
     splitter = HostSplitter(W, official=compat == "official-float32", zero_rows=compat in ZERO_ROW_MODES,
-                            solver=solver, num_thresholds=num_thresholds, leaf_bounds=leaf_bounds, owned=owned)
+                            solver=solver, num_thresholds=num_thresholds, leaf_bounds=leaf_bounds, owned=owned,
+                            zero_row=zero_row)
     root = NCutNode(np.arange(W.shape[0]), 0)
     grow([root], [splitter.root_state()], splitter.propose, Acceptance("tau", tau_max), schedule="depth_first",
          release=splitter.release)

@@ -21,6 +21,8 @@ import threading
 import numpy as np
 
 from ..errors import BackendUnavailableError, InputError
+from . import memory
+from .affinity import MAX_SQUARING_EXPONENT
 from .tree import NCutNode, NCutTree
 from .validation import check_graph_backend
 #: ``auto`` takes the native backend up to this many tokens (32 x 32), where it was measured faster than the numpy
@@ -155,3 +157,42 @@ def native_tree_affinity(W: np.ndarray, *, tau_max: float, compat: str, num_thre
 def native_affinity(tokens: np.ndarray, alpha: float) -> np.ndarray:
     """W of L2-normalised (N, C) float32 tokens by the C++ core (as :func:`.affinity.affinity_from_tokens`)."""
     return require_native().affinity(np.ascontiguousarray(tokens, dtype=np.float32), float(alpha))
+
+
+def fused_affinity_applies(alpha: float, num_tokens: int) -> bool:
+    """Whether :func:`native_affinity_widened` serves the host path's float64 affinity: the extension is built,
+    ``alpha`` is an integer the numpy path raises by binary powering (the same float32 products; ``np.power`` for
+    other exponents is numpy's own SIMD routine, which a C++ ``powf`` does not reproduce bit for bit), and the
+    grid is large enough for the pass to matter (:data:`FUSED_AFFINITY_MIN_TOKENS`)."""
+    return (num_tokens >= FUSED_AFFINITY_MIN_TOKENS and float(alpha).is_integer()
+            and 1 <= alpha <= MAX_SQUARING_EXPONENT and native_available())
+
+
+#: Grids from this many tokens take the fused affinity pass in ``graph_backend="auto"`` (smaller ones take the
+#: native core as a whole, or are too small for the pass to matter).
+FUSED_AFFINITY_MIN_TOKENS = 1024
+
+
+def native_affinity_widened(tokens: np.ndarray, alpha: float):
+    """``(W, zero_row)``: the host path's float64 affinity of L2-normalised (N, C) float32 tokens and its zero-row
+    mask, by one fused C++ pass over the Gram matrix's lower triangle (scaling, power, mirror, widening and the
+    exact-zero scan together, on a few threads).
+
+    The values are :func:`~.affinity.affinity_from_tokens` ``(tokens, alpha, dtype=float64)``'s bit for bit and the
+    mask is :func:`~.host.zero_row_mask`'s (tests/test_native.py); ``W`` comes from :mod:`.memory` (the caller
+    owns it and gives it back). ``alpha`` must satisfy :func:`fused_affinity_applies`.
+    """
+    tokens = np.ascontiguousarray(tokens, dtype=np.float32)
+    n = tokens.shape[0]
+    module = require_native()
+    scratch = memory.empty((n, n), np.float32)
+    W = memory.empty((n, n), np.float64)
+    zero_row = np.empty(n, np.uint8)
+    try:
+        module.affinity_widened(tokens, float(alpha), scratch.reshape(-1), W, zero_row)
+    except BaseException:
+        memory.give_back(W)
+        raise
+    finally:
+        memory.give_back(scratch)
+    return W, zero_row.view(bool)

@@ -20,7 +20,8 @@ from .affinity import affinity_from_tokens, as_token_matrix, l2_normalize
 from .device import device_namespace, device_ncut_tree, device_ncut_trees
 from .eigen import validate_solver
 from .host import host_tree
-from .native import native_tree, native_tree_affinity, resolve_graph_backend
+from .native import (fused_affinity_applies, native_affinity_widened, native_tree, native_tree_affinity,
+                     native_trees, resolve_graph_backend)
 from .scoring import NUM_THRESHOLDS
 from .tree import NCutTree
 from .validation import DEFAULT_COMPAT, check_alpha, check_compat, check_num_thresholds, check_tau
@@ -101,15 +102,20 @@ def _num_tokens(features) -> int:
     return int(shape[0]) * int(shape[1])
 
 
-def _affinity_of(features, alpha, compat=DEFAULT_COMPAT):
-    """Affinity of a feature grid, as the recursion consumes it: float32 for ``official-float32`` (whose float32
-    semantics depend on it), else the same values widened to float64 in the same pass (the float64 solvers
-    then need no conversion of the root matrix; widening keeps the exact zeros of the zero-row rule)."""
+def _affinity_of(features, alpha, compat=DEFAULT_COMPAT, fused: bool = False):
+    """Affinity of a feature grid, as the recursion consumes it, its grid and its zero-row mask (``None``: the
+    recursion computes it when its mode needs it): float32 for ``official-float32`` (whose float32 semantics
+    depend on it), else the same values widened to float64 in the same pass (the float64 solvers then need no
+    conversion of the root matrix; widening keeps the exact zeros of the zero-row rule). ``fused``: by the C++
+    core's fused pass where it applies (the same values and mask, :func:`~.native.native_affinity_widened`)."""
     tokens, grid = as_token_matrix(features)
     official = compat == "official-float32"
+    if fused and not official and fused_affinity_applies(alpha, tokens.shape[0]):
+        W, zero_row = native_affinity_widened(l2_normalize(tokens), float(alpha))
+        return W, grid, zero_row
     W = affinity_from_tokens(l2_normalize(tokens), float(alpha), exact_power=official,
                              dtype=np.float32 if official else np.float64, pooled=not official)
-    return W, grid
+    return W, grid, None
 
 
 def ncut_tree(features, *, alpha: float = 10.0, tau_max: float = 1.0, compat: str = DEFAULT_COMPAT,
@@ -142,9 +148,59 @@ def ncut_tree(features, *, alpha: float = 10.0, tau_max: float = 1.0, compat: st
         tokens, grid = as_token_matrix(features)
         return native_tree(l2_normalize(tokens), grid, alpha=alpha, tau_max=tau_max, compat=compat,
                            num_thresholds=num_thresholds, solver=solver)
-    W, grid = _affinity_of(features, alpha, compat)  # finite by construction (the features were checked)
+    # finite by construction (the features were checked); "auto" takes the C++ core's fused affinity pass
+    W, grid, zero_row = _affinity_of(features, alpha, compat, fused=graph_backend == "auto")
     return host_tree(W, tau_max=tau_max, compat=compat, solver=solver, num_thresholds=num_thresholds,
-                     shape=grid, leaf_bounds=True, owned=compat != "official-float32")
+                     shape=grid, leaf_bounds=True, owned=compat != "official-float32", zero_row=zero_row)
+
+
+def ncut_trees(grids, *, alpha: float = 10.0, tau_max: float = 1.0, compat: str = DEFAULT_COMPAT,
+               solver: str = "auto", num_thresholds: int = NUM_THRESHOLDS, graph_backend: str = "auto",
+               num_threads: int = 1) -> list:
+    """The trees of several host feature grids, as ``[ncut_tree(f, ...) for f in grids]``, the grids that take the
+    native core solved in one call on ``num_threads`` threads.
+
+    Each grid's backend is chosen as :func:`ncut_tree` chooses it (``graph_backend``); those that resolve to
+    ``native`` are built together by the C++ core's thread pool (one grid per thread at a time; with a
+    multi-threaded BLAS, ``OPENBLAS_NUM_THREADS=1`` avoids oversubscription), the others one by one. Same trees
+    as one call per grid, in the grids' order. Device grids go to :func:`ncut_tree` one by one (the batched
+    device path is :func:`~diffcut_engine.graph.device.device_ncut_trees`).
+
+    Parameters
+    ----------
+    grids : sequence of array_like
+        (h_i, w_i, C) feature grids (sizes may differ).
+    num_threads : int, default 1
+        Threads of the native batch (>= 1).
+    Other parameters as :func:`ncut_tree`.
+
+    Returns
+    -------
+    list of NCutTree
+    """
+    if isinstance(num_threads, bool) or not isinstance(num_threads, (int, np.integer)) or num_threads < 1:
+        raise InputError(f"num_threads must be an int >= 1, got {num_threads!r}")
+    grids = list(grids)
+    trees = [None] * len(grids)
+    native_at, native_grids = [], []
+    for i, f in enumerate(grids):
+        if not is_device(f) and resolve_graph_backend(graph_backend, on_device=False, compat=compat, solver=solver,
+                                                      num_tokens=_num_tokens(f)) == "native":
+            native_at.append(i)
+            native_grids.append(f)
+        else:
+            trees[i] = ncut_tree(f, alpha=alpha, tau_max=tau_max, compat=compat, solver=solver,
+                                 num_thresholds=num_thresholds, graph_backend=graph_backend)
+    if native_grids:
+        tau_max = check_options(tau_max, compat, solver, num_thresholds, name="tau_max")
+        alpha = check_alpha(alpha)
+        tokens, shapes = zip(*(as_token_matrix(f) for f in native_grids))
+        built = native_trees([l2_normalize(t) for t in tokens], list(shapes), alpha=alpha, tau_max=tau_max,
+                             compat=compat, num_thresholds=num_thresholds, solver=solver,
+                             num_threads=int(num_threads))
+        for i, tree in zip(native_at, built):
+            trees[i] = tree
+    return trees
 
 
 def recursive_ncut(features, *, alpha: float = 10.0, tau: float = 0.5, compat: str = DEFAULT_COMPAT,
