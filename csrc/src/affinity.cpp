@@ -130,6 +130,36 @@ void extrema(const float* v, std::int64_t len, float& lo, float& hi) {
   }
 }
 
+// One scaled tile buf (rows x cols of the lower triangle at (i0, j0), row-major with stride kTile; on the
+// diagonal only j <= i is valid) written widened to W at (i, j) and, transposed, at (j, i); rows holding an exact
+// zero are flagged in zr. Vectorisable loops (the transpose goes through a second L1 buffer).
+constexpr std::int64_t kTile = 64;
+DIFFCUT_CLONES void widen_tile(const float* buf, std::int64_t rows, std::int64_t cols, bool diagonal, double* W,
+                               std::int64_t n, std::int64_t i0, std::int64_t j0, std::uint8_t* zr) {
+  alignas(64) float tr[kTile * kTile];
+  for (std::int64_t a = 0; a < rows; ++a) {
+    const std::int64_t len = diagonal ? a + 1 : cols;
+    const float* src = buf + a * kTile;
+    double* dst = W + (i0 + a) * n + j0;
+    int zeros = 0;
+    for (std::int64_t b = 0; b < len; ++b) dst[b] = static_cast<double>(src[b]);
+    for (std::int64_t b = 0; b < len; ++b) zeros += src[b] == 0.0f;
+    if (zeros) {
+      zr[i0 + a] = 1;
+      for (std::int64_t b = 0; b < len; ++b)
+        if (src[b] == 0.0f) zr[j0 + b] = 1;
+    }
+  }
+  for (std::int64_t a = 0; a < rows; ++a)  // (on the diagonal only b < a is read back)
+    for (std::int64_t b = 0, end = diagonal ? a : cols; b < end; ++b) tr[b * kTile + a] = buf[a * kTile + b];
+  for (std::int64_t b = 0; b < cols; ++b) {  // W[j0 + b, i0 + a] for i > j
+    const std::int64_t start = diagonal ? b + 1 : 0;
+    const float* src = tr + b * kTile;
+    double* dst = W + (j0 + b) * n + i0;
+    for (std::int64_t a = start; a < rows; ++a) dst[a] = static_cast<double>(src[a]);
+  }
+}
+
 }  // namespace
 
 void affinity_from_tokens(const float* tokens, std::int64_t n, std::int64_t c, double alpha, float* W) {
@@ -170,43 +200,30 @@ void affinity_widened(const float* tokens, std::int64_t n, std::int64_t c, doubl
     std::fill(W, W + n * n, 1.0);
     return;
   }
-  // The lower triangle scaled in place (row segments: whole-vector passes), then mirrored and widened tile by
-  // tile (a tile's transpose is read from L1). Tile rows are dealt round-robin to a few threads for large n
-  // (each output value is written by exactly one thread; zero rows are collected per thread, then merged).
-  constexpr std::int64_t tile = 64;
+  // Tile by tile over the lower triangle: the tile's row segments scaled into an L1 buffer, then written widened
+  // to (i, j) and, transposed from the buffer, to (j, i): S is read once and W written once. Tile rows are dealt
+  // round-robin to a few threads for large n (each output value is written by exactly one thread; zero rows are
+  // collected per thread, then merged).
+  constexpr std::int64_t tile = kTile;
   const std::int64_t tile_rows = (n + tile - 1) / tile;
   const unsigned hw = std::max(1u, std::thread::hardware_concurrency());
-  const int threads = n * n >= (std::int64_t{1} << 20) ? static_cast<int>(std::min<unsigned>(hw, kMaxPassThreads)) : 1;
+  const int threads =
+      n * n >= (std::int64_t{1} << 20) ? static_cast<int>(std::min<unsigned>(hw, kMaxPassThreads)) : 1;
   std::vector<std::vector<std::uint8_t>> zeros(static_cast<std::size_t>(threads),
                                                std::vector<std::uint8_t>(static_cast<std::size_t>(n), 0));
   auto work = [&](int part) {
     std::uint8_t* zr = zeros[static_cast<std::size_t>(part)].data();
+    alignas(64) float buf[tile * tile];  // one scaled tile of the lower triangle, row-major
     for (std::int64_t r = part; r < tile_rows; r += threads) {
-      const std::int64_t i0 = r * tile, i1 = std::min(i0 + tile, n);
-      for (std::int64_t i = i0; i < i1; ++i)
-        for (std::int64_t a = 0; a <= i; a += Scaling::kChunk)
-          scaling.apply(S + i * n + a, S + i * n + a, std::min(Scaling::kChunk, i + 1 - a));
+      const std::int64_t i0 = r * tile, i1 = std::min(i0 + tile, n), rows = i1 - i0;
       for (std::int64_t j0 = 0; j0 <= i0; j0 += tile) {
-        const std::int64_t j1 = std::min(j0 + tile, n);
-        for (std::int64_t i = i0; i < i1; ++i) {  // (i, j) for j <= i: the row segment itself
-          const float* src = S + i * n;
-          double* dst = W + i * n;
-          const std::int64_t jend = std::min(j1, i + 1);
-          bool zero = false;
-          for (std::int64_t j = j0; j < jend; ++j) {
-            dst[j] = src[j];
-            zero |= src[j] == 0.0f;
-          }
-          if (zero) {
-            zr[i] = 1;
-            for (std::int64_t j = j0; j < jend; ++j)
-              if (src[j] == 0.0f) zr[j] = 1;
-          }
+        const std::int64_t j1 = std::min(j0 + tile, n), cols = j1 - j0;
+        const bool diagonal = j0 == i0;
+        for (std::int64_t a = 0; a < rows; ++a) {  // scale the tile's row segments (j <= i only)
+          const std::int64_t len = diagonal ? a + 1 : cols;
+          scaling.apply(S + (i0 + a) * n + j0, buf + a * tile, len);
         }
-        for (std::int64_t j = j0; j < j1; ++j) {  // (j, i) for i > j: the transposed tile
-          double* dst = W + j * n;
-          for (std::int64_t i = std::max(i0, j + 1); i < i1; ++i) dst[i] = S[i * n + j];
-        }
+        widen_tile(buf, rows, cols, diagonal, W, n, i0, j0, zr);
       }
     }
   };
