@@ -1,5 +1,7 @@
 """Refinement cost: presets x photo sizes x K, the torch reference vs the fast path, in the same run.
 
+The fast path is the numba one (``--backend fast``, default) or the C++ core's (``--backend native``).
+
 For every (preset, size, K) the skimage astronaut photo is resized to the size, a label map with about K regions
 is made from SLIC superpixels (computed at <= 512 px, nearest-upsampled: labels at the photo's size, as concept
 assignment gives them), and ``refine.refine_at`` runs the preset (working size, iterations, dilations of
@@ -61,6 +63,8 @@ def main(argv=None):
     ap.add_argument("--reference-max", type=float, default=1.1e7,
                     help="run the torch reference only where K x working pixels <= this (default 1024^2 x 10)")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    ap.add_argument("--backend", choices=("fast", "native"), default="fast",
+                    help="the fast path timed against torch: fast (numba on the CPU, default) or native (C++ core)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
     if args.threads:
@@ -81,9 +85,9 @@ def main(argv=None):
                                                                     else tuple(p["work_size"]))
                 kw = dict(work_size=work, num_segments=k, iters=p["iters"], dilations=p["dilations"])
                 t0, c0 = time.perf_counter(), time.process_time()
-                fast = refine.refine_at(img, lab, backend="fast", **kw)
+                fast = refine.refine_at(img, lab, backend=args.backend, **kw)
                 t_fast = time.perf_counter() - t0
-                row = {"preset": name, "size": size_s, "k": k, "work": f"{work[1]}x{work[0]}",
+                row = {"preset": name, "size": size_s, "k": k, "work": f"{work[1]}x{work[0]}", "backend": args.backend,
                        "fast_s": round(t_fast, 3), "fast_cpu_s": round(time.process_time() - c0, 3),
                        "torch_s": None, "torch_cpu_s": None, "speedup": None, "identical": None}
                 if k * work[0] * work[1] <= args.reference_max:
