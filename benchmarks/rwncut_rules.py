@@ -94,7 +94,7 @@ def main(argv=None) -> None:
     torch.set_num_threads(args.threads)
 
     eng = Engine.from_pretrained(backbone="efficientnet-lite0", device="cpu")
-    rw = Engine(eng.config.replace(method="rwncut"), encoder=eng.encoder)._rw
+    rw = Engine(eng.config.replace(method="rwncut"), encoder=eng.encoder).method_pipeline
     print(f"# {eng!r}; rwncut source={rw.source}, min_size={rw.options.min_size}; blank-image null "
           f"{rw.blank_ceiling(eng.config.size):.4f}")
     rows = {name: [] for name in ["DiffCut (preset tau)"] + [r[0] for r in RULES]}

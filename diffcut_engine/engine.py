@@ -62,16 +62,16 @@ class Engine:
             warn_slow_dtype(self.config)
         self.encoder = encoder if encoder is not None else load_encoder(self.config)
         self.tau = self.config.tau if self.config.tau is not None else (self.encoder.default_tau or 0.5)
-        self._rw = None
+        self._pipeline = None
         self._clip = self._namer = None  # open-vocabulary naming: loaded at the first segment(classes=...)
         if self.config.method == "rwncut":  # stages 2-4 of the random-walk NCut (methods/rwncut.py)
             from .methods.rwncut import RWNCutPipeline
 
-            self._rw = RWNCutPipeline(self.encoder, self.config)
+            self._pipeline = RWNCutPipeline(self.encoder, self.config)
         elif self.config.method == "autosc":  # stages 3-4 of AutoSC (methods/autosc.py)
             from .methods.autosc import AutoSCPipeline
 
-            self._rw = AutoSCPipeline(self.encoder, self.config)
+            self._pipeline = AutoSCPipeline(self.encoder, self.config)
         logger.info("engine ready: %s, tau=%s, alpha=%s", self.encoder.name, self.tau, self.config.alpha)
 
     @classmethod
@@ -93,14 +93,21 @@ class Engine:
         return self.encoder.device
 
     @property
+    def method_pipeline(self):
+        """The pipeline of ``method="rwncut"`` (:class:`~diffcut_engine.methods.rwncut.RWNCutPipeline`) or
+        ``method="autosc"`` (:class:`~diffcut_engine.methods.autosc.AutoSCPipeline`) that runs stages 2-4 for
+        those methods; ``None`` for DiffCut, whose stages are this engine's own."""
+        return self._pipeline
+
+    @property
     def uses_tau(self) -> bool:
         """Whether tau decides the segmentation: DiffCut, or the random-walk NCut with a constant threshold."""
-        if self._rw is None:
+        if self._pipeline is None:
             return True
         return self.config.method == "rwncut" and self.config.rwncut.threshold == "constant"
 
     def __repr__(self):
-        method = f", {self._rw.describe()}" if self._rw is not None else ""
+        method = f", {self._pipeline.describe()}" if self._pipeline is not None else ""
         h, w = self.config.size
         tau = f", tau={self.tau:g}" if self.uses_tau else ""
         return f"Engine({self.encoder.name}, size={w}x{h}{tau}, alpha={self.config.alpha:g}{method})"
@@ -184,7 +191,7 @@ class Engine:
             segments = granularity.check_segments(segments)
             if tau is not None:
                 raise InputError(f"give tau or segments, not both (got tau={tau!r}, segments={segments})")
-            if self._rw is not None:
+            if self._pipeline is not None:
                 raise InputError(f"segments=K picks a tau from the NCut tree of method='diffcut'; "
                                  f"method={self.config.method!r} has no such tree")
         tau = self.resolve_tau(tau)
@@ -193,7 +200,7 @@ class Engine:
             tree_tau = tau if tree_tau_max is None else self.resolve_tau(tree_tau_max)
             if tree_tau < tau:
                 raise InputError(f"tree_tau_max={tree_tau} must be at least tau={tau}")
-        if self._rw is not None and (tree_tau is not None or return_features):
+        if self._pipeline is not None and (tree_tau is not None or return_features):
             raise InputError("return_tree, tree_tau_max and return_features are for method='diffcut'; "
                              f"method={self.config.method!r} keeps no feature tree")
         batch_size = batch_size or self.config.batch_size
@@ -221,9 +228,9 @@ class Engine:
                 prepared.append(self.preprocess(source, index))
             except DiffCutError as exc:
                 out[index] = SegmentResult(index, images.describe(source, index), error=exc)
-        if prepared and self._rw is not None:
+        if prepared and self._pipeline is not None:
             # 2-4. method="rwncut": transition matrices, random-walk NCut, pixel labels (methods/rwncut.py).
-            segs = self._rw.segment(prepared, tau)
+            segs = self._pipeline.segment(prepared, tau)
         elif prepared:
             # 2. Encode the whole batch at once.
             t0 = time.perf_counter()

@@ -174,7 +174,7 @@ def test_engine_rwncut_end_to_end(tiny_sdxl_path):
     assert seg.grid_labels.shape == (8, 8) and seg.labels.shape == (96, 128)
     assert seg.num_segments == seg.grid_labels.max() + 1 >= 1
     assert set(np.unique(seg.labels)) <= set(range(seg.num_segments))
-    P = eng._rw.extractor.extract(pixels(1, 128, 128))
+    P = eng.method_pipeline.extractor.extract(pixels(1, 128, 128))
     assert P.shape == (1, 64, 64)  # (128 / 16)^2 nodes: the finest SDXL-type attention grid
     # concept labels + PAMR, constant threshold (its NCut tree is kept)
     eng2 = Engine(EngineConfig(model=tiny_sdxl_path, **base, pamr_iters=2,
@@ -190,7 +190,7 @@ def test_engine_rwncut_on_the_feature_walk(tiny_sd_path):
     eng = Engine.from_pretrained(tiny_sd_path, device="cpu", dtype="fp32", size=64, method="rwncut", refine=False,
                                  rwncut=dict(source="features", min_size=1))
     seg = eng.segment((np.random.default_rng(1).random((64, 64, 3)) * 255).astype(np.uint8))
-    assert seg.grid_labels.shape == (2, 2) and eng._rw.source == "features"
+    assert seg.grid_labels.shape == (2, 2) and eng.method_pipeline.source == "features"
 
 
 def test_cli_segment_method_rwncut(tiny_sdxl_path, tmp_path, capsys):

@@ -140,7 +140,7 @@ def test_gap_and_null_statistics():
 def test_blank_image_through_tiny_diffusion_attention_is_one_segment(tiny_sdxl_path):
     eng = Engine.from_pretrained(tiny_sdxl_path, device="cpu", dtype="fp32", size=128, method="rwncut",
                                  refine=False, rwncut=dict(min_size=2))
-    assert eng.config.rwncut.threshold == "tree" and eng._rw.source == "attention"
+    assert eng.config.rwncut.threshold == "tree" and eng.method_pipeline.source == "attention"
     for value in (0, 90, 255):
         seg = eng.segment(np.full((96, 128, 3), value, np.uint8))
         assert seg.num_segments == 1, value
@@ -163,7 +163,7 @@ def test_structureless_images_through_lite_features_are_one_segment(lite_rw):
     for name, img in (("red", red), ("noise", rng.integers(0, 256, (120, 160, 3)).astype(np.uint8))):
         assert lite_rw.segment(img).num_segments == 1, name
     # the blank-image null is what stops them: the tree rule alone splits a blank image's border effects
-    ceiling = lite_rw._rw.blank_ceiling((384, 384))
+    ceiling = lite_rw.method_pipeline.blank_ceiling((384, 384))
     assert ceiling is not None and 0 < ceiling < 1
 
 
