@@ -169,3 +169,85 @@ def test_example_refines_to_the_image_size(build_dir, tmp_path):
     run = subprocess.run([str(build_dir / "diffcut_segment"), str(tmp_path / "in.npy"), str(tmp_path / "x.npy"),
                           "--image", str(tmp_path / "in.npy")], capture_output=True, text=True, env=_env())
     assert run.returncode == 1 and "(3, H, W)" in run.stderr
+
+
+def _png_or_skip(build_dir, tmp_path):
+    """Skip when this build of the example has no PNG support (CMake found no zlib)."""
+    np.save(tmp_path / "f.npy", np.ones((2, 2, 3), np.float32))
+    run = subprocess.run([str(build_dir / "diffcut_segment"), str(tmp_path / "f.npy"), str(tmp_path / "probe.png")],
+                         capture_output=True, text=True, env=_env())
+    if run.returncode != 0 and "only with zlib" in run.stderr:
+        pytest.skip("the example was built without zlib (no PNG support)")
+    assert run.returncode == 0, run.stderr
+
+
+def test_example_reads_png_images_and_writes_png_labels(build_dir, tmp_path):
+    """--image IMAGE.png (RGB, RGBA, palette, 8- and 16-bit gray) gives the labels of the same pixels as .npy; a
+    LABELS.png output holds the label ids (8-bit gray, 16-bit above 255 labels), read back by PIL."""
+    from PIL import Image
+    from skimage import data
+
+    _png_or_skip(build_dir, tmp_path)
+    h, w, H, W = 12, 16, 45, 61
+    f = planted_features(planted_regions(h, w, "quadrants"), noise=0.5, seed=3)
+    rgb = np.asarray(Image.fromarray(data.astronaut()).resize((W, H)))
+    np.save(tmp_path / "img.npy", rgb)
+    want = _segment(build_dir, tmp_path, f, "--tau", "0.5", "--image", str(tmp_path / "img.npy"))
+    assert want.shape == (H, W) and want.max() >= 1
+    Image.fromarray(rgb).save(tmp_path / "rgb.png")
+    Image.fromarray(np.dstack([rgb, np.full((H, W), 200, np.uint8)])).save(tmp_path / "rgba.png")
+    Image.fromarray(rgb).save(tmp_path / "rgb_filtered.png", optimize=True)   # PIL picks row filters
+    for name in ("rgb.png", "rgba.png", "rgb_filtered.png"):
+        got = _segment(build_dir, tmp_path, f, "--tau", "0.5", "--image", str(tmp_path / name))
+        assert np.array_equal(got, want), name
+    # palette and gray images: the same labels as their RGB expansion given as .npy
+    pal = Image.fromarray(rgb).quantize(colors=32)
+    pal.save(tmp_path / "pal.png")
+    np.save(tmp_path / "pal.npy", np.asarray(pal.convert("RGB")))
+    gray = np.asarray(Image.fromarray(rgb).convert("L"))
+    Image.fromarray(gray).save(tmp_path / "gray.png")
+    Image.fromarray(gray.astype(np.uint16) * 257).save(tmp_path / "gray16.png")   # 16-bit: high byte = gray
+    np.save(tmp_path / "gray.npy", np.repeat(gray[..., None], 3, axis=2))
+    for png_name, npy_name in (("pal.png", "pal.npy"), ("gray.png", "gray.npy"), ("gray16.png", "gray.npy")):
+        got = _segment(build_dir, tmp_path, f, "--tau", "0.5", "--image", str(tmp_path / png_name))
+        ref = _segment(build_dir, tmp_path, f, "--tau", "0.5", "--image", str(tmp_path / npy_name))
+        assert np.array_equal(got, ref), png_name
+    # PNG output: the same ids as the .npy output, 8-bit below 256 labels
+    out = tmp_path / "labels.png"
+    run = subprocess.run([str(build_dir / "diffcut_segment"), str(tmp_path / "in.npy"), str(out), "--tau", "0.5",
+                          "--image", str(tmp_path / "rgb.png")], capture_output=True, text=True, env=_env())
+    assert run.returncode == 0, run.stderr
+    back = Image.open(out)
+    assert back.mode == "L" and np.array_equal(np.asarray(back), want)
+    # more than 256 labels: 16-bit gray
+    noise = np.random.default_rng(0).standard_normal((24, 24, 8)).astype(np.float32)
+    many = _segment(build_dir, tmp_path, noise, "--tau", "1.5")
+    assert many.max() >= 256
+    run = subprocess.run([str(build_dir / "diffcut_segment"), str(tmp_path / "in.npy"), str(out), "--tau", "1.5"],
+                         capture_output=True, text=True, env=_env())
+    assert run.returncode == 0, run.stderr
+    assert np.array_equal(np.asarray(Image.open(out)).astype(np.int64), many)
+
+
+def test_example_png_errors(build_dir, tmp_path):
+    from PIL import Image
+
+    _png_or_skip(build_dir, tmp_path)
+    f = planted_features(planted_regions(8, 8, "quadrants"), noise=0.5, seed=1)
+    np.save(tmp_path / "in.npy", f)
+    Image.fromarray(np.zeros((20, 20, 3), np.uint8)).save(tmp_path / "ok.png")
+    raw = (tmp_path / "ok.png").read_bytes()
+    (tmp_path / "corrupt.png").write_bytes(raw[:40] + bytes([raw[40] ^ 0xFF]) + raw[41:])
+    (tmp_path / "text.png").write_bytes(b"not a png at all")
+    Image.fromarray(np.zeros((20, 20, 3), np.uint8)).save(tmp_path / "interlaced.png", interlace=1)
+    exe = str(build_dir / "diffcut_segment")
+    cases = [(["--image", str(tmp_path / "corrupt.png")], "corrupt PNG"),
+             (["--image", str(tmp_path / "text.png")], "not a PNG"),
+             (["--image", str(tmp_path / "missing.png")], "cannot open"),
+             (["--tau", "0.3,0.5"], "one (h, w) label map")]
+    if Image.open(tmp_path / "interlaced.png").info.get("interlace"):
+        cases.append((["--image", str(tmp_path / "interlaced.png")], "interlaced"))
+    for args, message in cases:
+        run = subprocess.run([exe, str(tmp_path / "in.npy"), str(tmp_path / "o.png"), *args], capture_output=True,
+                             text=True, env=_env())
+        assert run.returncode == 1 and message in run.stderr and run.stderr.count("\n") == 1, (args, run.stderr)

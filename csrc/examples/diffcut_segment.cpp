@@ -1,15 +1,20 @@
-// diffcut_segment: features (.npy, (h, w, C) float32/float64) in, labels (.npy, int32) out, through the C++ API.
+// diffcut_segment: features (.npy, (h, w, C) float32/float64) in, labels (.npy int32, or a PNG) out, through the
+// C++ API.
 //
-//   diffcut_segment FEATURES.npy LABELS.npy [--tau 0.5[,0.3,...]] [--alpha 10] [--compat official|clean]
-//                   [--solver auto|dense] [--affinity]
-//                   [--image IMAGE.npy [--pamr-iters 10] [--pamr-dilations 1,2,4,8] [--no-median] [--threads 0]]
+//   diffcut_segment FEATURES.npy LABELS.npy|LABELS.png [--tau 0.5[,0.3,...]] [--alpha 10]
+//                   [--compat official|clean] [--solver auto|dense] [--affinity]
+//                   [--image IMAGE.png|IMAGE.npy [--pamr-iters 10] [--pamr-dilations 1,2,4,8] [--no-median]
+//                    [--threads 0]]
 //
 // With several taus, one tree is built (tau_max = the largest) and cut at each: LABELS.npy is (T, h, w).
 // --affinity: the input is an (N, N) affinity instead of features; the labels are (N,) (or (T, N)).
 // --image: the labels are refined to the image's size (concept assignment, PAMR, 3x3 median: the engine's "full"
 // refinement), (H, W) (or (T, H, W)); IMAGE.npy holds (3, H, W) float32/float64 RGB in [0, 1] or (H, W, 3)
-// uint8 RGB (e.g. np.save("img.npy", np.asarray(PIL.Image.open(path).convert("RGB")))).
+// uint8 RGB (e.g. np.save("img.npy", np.asarray(PIL.Image.open(path).convert("RGB")))), or is a PNG (8/16-bit
+// gray, RGB, RGBA or palette; where CMake found zlib). LABELS.png (one tau): the label ids as an 8-bit grayscale
+// PNG, 16-bit when there are more than 256 labels.
 #include <algorithm>
+#include <cctype>
 #include <cstdio>
 #include <cstdlib>
 #include <string>
@@ -17,11 +22,28 @@
 
 #include "diffcut/diffcut.hpp"
 #include "npy.h"
+#ifdef DIFFCUT_EXAMPLE_PNG
+#include "png.h"
+#endif
+
+static bool ends_with_png(const std::string& path) {
+  if (path.size() < 4) return false;
+  std::string tail = path.substr(path.size() - 4);
+  for (char& c : tail) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  return tail == ".png";
+}
+
+#ifndef DIFFCUT_EXAMPLE_PNG
+static void no_png(const std::string& path) {
+  throw std::runtime_error(path + ": this build of diffcut_segment reads and writes PNG only with zlib, which CMake "
+                           "did not find (install zlib's development files, e.g. apt install zlib1g-dev); use .npy");
+}
+#endif
 
 static int usage() {
   std::fprintf(stderr,
-               "usage: diffcut_segment FEATURES.npy LABELS.npy [--tau T[,T...]] [--alpha A] "
-               "[--compat official|clean] [--solver auto|dense] [--affinity] [--image IMAGE.npy "
+               "usage: diffcut_segment FEATURES.npy LABELS.npy|LABELS.png [--tau T[,T...]] [--alpha A] "
+               "[--compat official|clean] [--solver auto|dense] [--affinity] [--image IMAGE.png|IMAGE.npy "
                "[--pamr-iters N] [--pamr-dilations D[,D...]] [--no-median] [--threads N]]\n");
   return 2;
 }
@@ -103,7 +125,19 @@ int main(int argc, char** argv) {
     std::vector<std::int32_t> labels;
     if (!image_path.empty()) {
       if (affinity) throw std::runtime_error("--image needs features, not an affinity");
-      const npy::Array img = npy::load(image_path);
+      npy::Array img;
+      if (ends_with_png(image_path)) {
+#ifdef DIFFCUT_EXAMPLE_PNG
+        png::Image decoded = png::load(image_path);
+        img.shape = {decoded.height, decoded.width, 3};
+        img.data.assign(decoded.rgb.begin(), decoded.rgb.end());
+        img.was_uint8 = true;
+#else
+        no_png(image_path);
+#endif
+      } else {
+        img = npy::load(image_path);
+      }
       std::vector<float> chw;
       std::int64_t H = 0, W = 0;
       if (img.was_uint8) {  // (H, W, 3) uint8 -> (3, H, W) float32 in [0, 1]
@@ -134,6 +168,16 @@ int main(int argc, char** argv) {
         std::vector<std::int32_t> cut = tree.cut(tau);
         labels.insert(labels.end(), cut.begin(), cut.end());
       }
+    }
+    if (ends_with_png(out)) {
+#ifdef DIFFCUT_EXAMPLE_PNG
+      if (taus.size() > 1 || shape.size() != 2)
+        throw std::runtime_error(out + ": a PNG holds one (h, w) label map; use .npy for several taus or --affinity");
+      png::save_labels(out, labels.data(), shape[0], shape[1]);
+#else
+      no_png(out);
+#endif
+      return 0;
     }
     if (taus.size() > 1) shape.insert(shape.begin(), static_cast<std::int64_t>(taus.size()));
     npy::save(out, labels.data(), shape, "<i4");
