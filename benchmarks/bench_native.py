@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import sys
+import time
 
 import numpy as np
 
@@ -31,8 +33,9 @@ def main(argv=None) -> int:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--compat", choices=("official", "clean"), default="official")
     ap.add_argument("--batch", type=int, default=0,
-                    help="instead: the throughput of native trees of this many grids (--grids, cycled over the "
-                    "photo cases) on 1 thread vs 2 threads, one call each (set OPENBLAS_NUM_THREADS=1)")
+                    help="instead: the throughput of graph.ncut_trees on this many grids (--grids, cycled over the "
+                    "photo cases) with num_threads 1 vs 2 (the native core's batch; OpenBLAS single-threaded "
+                    "during a multi-threaded call)")
     args = ap.parse_args(argv)
     if not graph.native_available():
         raise SystemExit("error: diffcut_engine._native is not built (pip install -e . with a C++17 compiler)")
@@ -71,14 +74,25 @@ def batch(args) -> int:
     shapes = [f.shape[:2] for f in grids]
 
     def run(threads):
-        return lambda: graph.native.native_trees(tokens, shapes, alpha=10.0, tau_max=0.5, compat=args.compat,
-                                                 num_thresholds=100, num_threads=threads)
+        return lambda: graph.ncut_trees(grids, alpha=10.0, tau_max=0.5, compat=args.compat, num_threads=threads)
 
-    out = bench_graph.interleaved({"1 thread": run(1), "2 threads": run(2)}, args.repeats)
-    (t1, _, r1), (t2, _, r2) = out["1 thread"], out["2 threads"]
-    same = all(np.array_equal(a.cut(0.5), b.cut(0.5)) for a, b in zip(r1, r2))
+    # each setting timed in a block of consecutive calls after a pause and a warm-up (not alternated: a call right
+    # after a multi-threaded OpenBLAS call runs beside OpenBLAS's worker threads, which keep spinning for a while)
+    times, results = {}, {}
+    for threads in (1, 2):
+        fn = run(threads)
+        time.sleep(1.0)
+        fn()
+        ts = []
+        for _ in range(args.repeats):
+            start = time.perf_counter()
+            results[threads] = fn()
+            ts.append(time.perf_counter() - start)
+        times[threads] = statistics.median(ts)
+    t1, t2 = times[1], times[2]
+    same = all(np.array_equal(a.cut(0.5), b.cut(0.5)) for a, b in zip(results[1], results[2]))
     print(f"{args.batch} grids {h}x{w}: 1 thread {t1:.4f} s, 2 threads {t2:.4f} s, throughput x{t1 / t2:.2f}, "
-          f"same labels {same}")
+          f"same labels {same} (OPENBLAS_NUM_THREADS={os.environ.get('OPENBLAS_NUM_THREADS', 'unset')})")
     return 0
 
 

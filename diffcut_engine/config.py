@@ -160,8 +160,8 @@ class EngineConfig:
         native core where it is built and applies (``graph.native.resolve_graph_backend``).
     graph_threads : int
         Host graph stage of a batch: the grids that take the native core are solved together on this many threads
-        (``graph.ncut_trees``; the same trees). Default 1 (one grid at a time). With a multi-threaded BLAS, set
-        ``OPENBLAS_NUM_THREADS=1`` when using several.
+        (``graph.ncut_trees``; the same trees; SciPy's OpenBLAS runs single-threaded during such a call). Default 1
+        (one grid at a time).
     backend : {"torch", "onnx", "tensorrt"}
         Encoder runtime. ``torch`` loads the diffusers weights; ``onnx`` (onnxruntime) and ``tensorrt`` run the
         folder ``engine_dir`` written by ``diffcut export`` instead, after checking that it was exported for this

@@ -343,3 +343,45 @@ def test_cli_graph_threads_option():
     assert config_from_args(parser.parse_args(["segment", "a.png", "-o", "out"])).graph_threads == 1
     with pytest.raises(InputError, match="graph_threads"):
         config_from_args(parser.parse_args(["segment", "a.png", "-o", "out", "--graph-threads", "0"]))
+
+
+def test_native_batch_runs_openblas_single_threaded_and_restores_it(built, monkeypatch):
+    # several grids on the core's threads: SciPy's OpenBLAS is set to one thread for the call (else each grid's
+    # BLAS calls start OpenBLAS's threads on the same cores) and restored after, also after an error
+    controls = native.blas_thread_controls()
+    if controls is None:
+        pytest.skip("SciPy's BLAS here is not an OpenBLAS with a thread control")
+    get, set_ = controls
+    before = get()
+    seen = []
+    module = native.require_native()
+
+    class Spy:
+        def __getattr__(self, name):
+            return getattr(module, name)
+
+        def trees_from_tokens(self, *args):
+            seen.append(get())
+            return module.trees_from_tokens(*args)
+
+    monkeypatch.setattr(native, "require_native", lambda: Spy())
+    grids = [_features("planted-disc", 12, 15), _features("lab-coffee", 16, 14)]
+    tokens = [l2_normalize(as_token_matrix(f)[0]) for f in grids]
+    shapes = [f.shape[:2] for f in grids]
+    try:
+        set_(2)
+        native.native_trees(tokens, shapes, alpha=10.0, tau_max=0.7, compat="official", num_thresholds=100,
+                            num_threads=2)
+        native.native_trees(tokens, shapes, alpha=10.0, tau_max=0.7, compat="official", num_thresholds=100,
+                            num_threads=1)
+        assert seen == [1, 2] and get() == 2
+        with pytest.raises(ValueError):
+            native.native_trees(tokens, shapes, alpha=10.0, tau_max=0.7, compat="official-float32",
+                                num_thresholds=100, num_threads=2)
+        assert get() == 2
+        with native.single_threaded_blas():
+            assert get() == 1
+        with native.single_threaded_blas(enabled=False):
+            assert get() == 2
+    finally:
+        set_(before)

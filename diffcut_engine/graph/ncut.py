@@ -161,8 +161,8 @@ def ncut_trees(grids, *, alpha: float = 10.0, tau_max: float = 1.0, compat: str 
     native core solved in one call on ``num_threads`` threads.
 
     Each grid's backend is chosen as :func:`ncut_tree` chooses it (``graph_backend``); those that resolve to
-    ``native`` are built together by the C++ core's thread pool (one grid per thread at a time; with a
-    multi-threaded BLAS, ``OPENBLAS_NUM_THREADS=1`` avoids oversubscription), the others one by one. Same trees
+    ``native`` are built together by the C++ core's thread pool (one grid per thread at a time; SciPy's OpenBLAS
+    runs single-threaded meanwhile, :func:`~.native.single_threaded_blas`), the others one by one. Same trees
     as one call per grid, in the grids' order. Device grids go to :func:`ncut_tree` one by one (the batched
     device path is :func:`~diffcut_engine.graph.device.device_ncut_trees`).
 
