@@ -65,13 +65,9 @@ def main(argv=None) -> int:
 def batch(args) -> int:
     from realistic import FAMILIES
 
-    from diffcut_engine.graph.affinity import as_token_matrix
-
     h, w = args.grids[0]
     names = [(fam, photo) for fam in FAMILIES for photo in ("astronaut", "coffee", "chelsea", "rocket")]
     grids = [FAMILIES[fam](photo, h, w) for fam, photo in (names * args.batch)[:args.batch]]
-    tokens = [graph.l2_normalize(as_token_matrix(f)[0]) for f in grids]
-    shapes = [f.shape[:2] for f in grids]
 
     def run(threads):
         return lambda: graph.ncut_trees(grids, alpha=10.0, tau_max=0.5, compat=args.compat, num_threads=threads)
