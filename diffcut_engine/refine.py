@@ -773,7 +773,8 @@ def refine_at(view, labels, *, work_size: Optional[Tuple[int, int]] = None, num_
     2. PAMR (``iters``, ``dilations``) and the argmax at the working size, then the 3x3 median filter: the
        official demo's labels when ``work_size`` is the network size.
     3. If the working size differs from the labels' size, the labels are brought back edge-aware
-       (``upsample="joint"``: :func:`~diffcut_engine.kernels.pamr_cpu.joint_upsample`, a joint bilateral vote
+       (``upsample="joint"``: :func:`~diffcut_engine.kernels.pamr_cpu.joint_upsample`, or the C++ core's
+       :func:`~diffcut_engine.kernels.pamr_native.joint_upsample` with the same labels, a joint bilateral vote
        guided by the full-size colours; ``"nearest"``: nearest-neighbour).
 
     Parameters
@@ -819,9 +820,18 @@ def refine_at(view, labels, *, work_size: Optional[Tuple[int, int]] = None, num_
         out = median3x3(out)
     if work == out_size:
         return out
-    if upsample == "nearest" or not _fast_available(torch.device("cpu")):
+    # the edge-aware return: numba's or the C++ core's joint_upsample (the same labels, bit for bit); the core's
+    # for backend "native" or where numba is missing; nearest-neighbour only where neither can run
+    numba_up = _fast_available(torch.device("cpu"))
+    native_up = _native_available() and (backend == "native" or not numba_up)
+    if upsample == "nearest" or not (numba_up or native_up):
         return F.interpolate(out[None, None].float(), size=out_size, mode="nearest")[0, 0].long().to(device)
-    from .kernels import pamr_cpu
     big = images.resize(view, out_size).detach().cpu().numpy()
-    up = pamr_cpu.joint_upsample(out.cpu().numpy(), rgb.detach().cpu().numpy(), big)
+    small = rgb.detach().cpu().numpy()
+    if native_up:
+        from .kernels import pamr_native
+        up = pamr_native.joint_upsample(out.cpu().numpy(), small, big)
+        return torch.from_numpy(up).long().to(device)
+    from .kernels import pamr_cpu
+    up = pamr_cpu.joint_upsample(out.cpu().numpy(), small, big)
     return torch.from_numpy(up).to(device)

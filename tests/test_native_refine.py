@@ -132,8 +132,58 @@ def test_refine_at_native_equals_torch(built, work, median):
     a = refine.refine_at(view, lab, work_size=work, iters=5, dilations=(1, 2, 4), median=median, backend="torch")
     b = refine.refine_at(view, lab, work_size=work, iters=5, dilations=(1, 2, 4), median=median, backend="native")
     assert b.dtype == torch.int64 and b.shape == (70, 90)
-    if work is None or pamr_cpu.available():   # the upsampling from the working size is numba's (or nearest)
-        assert torch.equal(a, b)
+    # (from a working size both return edge-aware: numba's joint_upsample or the core's, the same labels)
+    assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("small, big", [((32, 32), (100, 90)), ((48, 40), (48, 40)), ((64, 64), (30, 25)),
+                                        ((17, 23), (161, 97)), ((1, 5), (4, 20)), ((5, 1), (20, 3))])
+@pytest.mark.parametrize("k", [2, 5, 40])
+def test_native_joint_upsample_is_numbas_bit_for_bit(built, small, big, k):
+    # random and blocky labels, random colours, two sigmas: the C++ joint bilateral vote gives numba's labels
+    rng = np.random.default_rng(k + small[0] * big[1])
+    hs, ws = small
+    noisy = rng.integers(0, k, small)
+    blocky = np.kron(rng.integers(0, k, ((hs + 3) // 4, (ws + 3) // 4)), np.ones((4, 4), int))[:hs, :ws]
+    for lab in (noisy, blocky):
+        small_img = rng.random((3, *small)).astype(np.float32)
+        big_img = rng.random((3, *big)).astype(np.float32)
+        for sigma in (0.1, 0.03):
+            got = pamr_native.joint_upsample(lab, small_img, big_img, sigma, num_threads=2)
+            assert got.dtype == np.int32 and got.shape == big
+            assert set(np.unique(got)) <= set(np.unique(lab))
+            if pamr_cpu.available():
+                assert np.array_equal(got, pamr_cpu.joint_upsample(lab, small_img, big_img, sigma))
+
+
+def test_native_joint_upsample_on_a_photo_and_without_numba(built, monkeypatch):
+    # the demo-style flow (PAMR at a working size, back to the photo's size) on a photo: native == numba == torch
+    # backend; with numba missing, the edge-aware return is the core's (not nearest-neighbour), the same labels
+    view = _photo((90, 120))
+    lab = _labels((90, 120), 9, seed=5)
+    kw = dict(work_size=(64, 64), iters=4, dilations=(1, 2, 4, 8))
+    ref = refine.refine_at(view, lab, backend="torch", **kw)
+    nat = refine.refine_at(view, lab, backend="native", **kw)
+    assert torch.equal(ref, nat) and int(nat.max()) >= 1
+    nearest = refine.refine_at(view, lab, backend="native", upsample="nearest", **kw)
+    assert not torch.equal(nearest, nat)  # the two returns differ on a photo: the test can tell them apart
+    monkeypatch.setattr(refine, "_fast_available", lambda device: False)
+    assert torch.equal(refine.refine_at(view, lab, backend="auto", **kw), nat)
+    monkeypatch.setattr(refine, "_native_available", lambda: False)
+    assert torch.equal(refine.refine_at(view, lab, backend="torch", **kw), nearest)  # neither: nearest
+
+
+def test_native_joint_upsample_errors(built):
+    module = pamr_native.require()
+    lab = np.zeros((4, 5), np.int32)
+    small_img, big_img = np.zeros((3, 4, 5), np.float32), np.zeros((3, 8, 10), np.float32)
+    for args, msg in (((lab[0], small_img, big_img, 0.1, 0), "labels"),
+                      ((lab, small_img[:, :3], big_img, 0.1, 0), "small_img"),
+                      ((lab, small_img, big_img[0], 0.1, 0), "big_img"),
+                      ((lab, small_img, big_img, 0.0, 0), "sigma"),
+                      ((lab, small_img, big_img, float("nan"), 0), "sigma")):
+        with pytest.raises(ValueError, match=msg):
+            module.joint_upsample(*args)
 
 
 # ------------------------------------------------------------------------------------------------------------

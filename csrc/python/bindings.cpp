@@ -6,6 +6,7 @@
 #include <pybind11/stl.h>
 
 #include <atomic>
+#include <cmath>
 #include <cstdint>
 #include <exception>
 #include <string>
@@ -319,6 +320,33 @@ PYBIND11_MODULE(_native, m) {
       py::arg("budget") = std::int64_t{1} << 25,
       "PAMR argmax (+ 3x3 median) of (h, w) int32 labels on a (3, H, W) float32 image: (H, W) int32; the masks "
       "are resized as the official PAMR resizes them when (h, w) != (H, W).");
+
+  m.def(
+      "joint_upsample",
+      [](IntArray labels, FloatArray small_img, FloatArray big_img, float sigma, int num_threads) {
+        if (labels.ndim() != 2 || labels.shape(0) < 1 || labels.shape(1) < 1)
+          throw py::value_error("labels must be (h, w)");
+        const std::int64_t hs = labels.shape(0), ws = labels.shape(1);
+        if (small_img.ndim() != 3 || small_img.shape(0) != 3 || small_img.shape(1) != hs || small_img.shape(2) != ws)
+          throw py::value_error("small_img must be (3, h, w), the labels' size");
+        if (big_img.ndim() != 3 || big_img.shape(0) != 3 || big_img.shape(1) < 1 || big_img.shape(2) < 1)
+          throw py::value_error("big_img must be (3, H, W)");
+        if (!(sigma > 0.0f) || !std::isfinite(sigma)) throw py::value_error("sigma must be a positive number");
+        const std::int64_t hb = big_img.shape(1), wb = big_img.shape(2);
+        py::array_t<std::int32_t> out({hb, wb});
+        const std::int32_t* lb = labels.data();
+        const float* sm = small_img.data();
+        const float* bg = big_img.data();
+        std::int32_t* ot = out.mutable_data();
+        {
+          py::gil_scoped_release release;
+          joint_upsample(lb, hs, ws, sm, bg, hb, wb, sigma, ot, num_threads);
+        }
+        return out;
+      },
+      py::arg("labels"), py::arg("small_img"), py::arg("big_img"), py::arg("sigma") = 0.1f,
+      py::arg("num_threads") = 0,
+      "pamr_cpu.joint_upsample: (h, w) int32 labels of a (3, h, w) image -> (H, W) int32 labels of (3, H, W).");
 
   m.def(
       "median3x3",

@@ -136,6 +136,11 @@ void median3x3(const std::int32_t* labels, std::int64_t h, std::int64_t w, std::
 // PAMR (+ median) of labels (lh, lw) in [0, k) on a (3, h, w) image: labels (h, w); out may alias labels.
 void pamr_labels(const float* image, std::int64_t h, std::int64_t w, const std::int32_t* labels, std::int64_t lh,
                  std::int64_t lw, std::int32_t k, const RefineOptions& options, std::int32_t* out);
+// pamr_cpu.joint_upsample: labels (hs, ws) of small_img (3, hs, ws) -> labels (hb, wb) of big_img (3, hb, wb), a
+// joint bilateral vote over the 4 x 4 low-resolution neighbours (the edge-aware return of a working resolution).
+void joint_upsample(const std::int32_t* labels, std::int64_t hs, std::int64_t ws, const float* small_img,
+                    const float* big_img, std::int64_t hb, std::int64_t wb, float sigma, std::int32_t* out,
+                    int threads);
 // The engine's refinement at the image's size (preset "full"): concept assignment at (out_h, out_w), then, for
 // k > 1, PAMR and the median on the (3, out_h, out_w) image.
 void refine_labels(const float* features, std::int64_t h, std::int64_t w, std::int64_t c, const std::int32_t* grid,

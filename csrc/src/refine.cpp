@@ -460,6 +460,74 @@ void median3x3(const std::int32_t* labels, i64 h, i64 w, std::int32_t* out, int 
   });
 }
 
+void joint_upsample(const std::int32_t* labels, i64 hs, i64 ws, const float* small_img, const float* big_img, i64 hb,
+                    i64 wb, float sigma, std::int32_t* out, int threads) {
+  // pamr_cpu.joint_upsample's arithmetic: positions in float64, spatial and colour weights in float32 (no
+  // contraction), expf, the weights of a label summed in the order its 4 x 4 neighbours are visited; the largest
+  // total wins, the smaller label on a tie; where the 2 x 2 nearest low-resolution labels agree, that label.
+  const double sy = static_cast<double>(hs) / static_cast<double>(hb);
+  const double sx = static_cast<double>(ws) / static_cast<double>(wb);
+  const float inv = 1.0f / (2.0f * sigma * sigma);
+  const i64 plane_s = hs * ws, plane_b = hb * wb;
+  parallel_blocks(hb, 8, threads, [&](i64 lo, i64 hi) {
+    std::int32_t labs[16];
+    float wts[16];
+    for (i64 y = lo; y < hi; ++y) {
+      const double cy = (static_cast<double>(y) + 0.5) * sy - 0.5;
+      const i64 y0 = static_cast<i64>(std::floor(cy));
+      const float cyf = static_cast<float>(cy);
+      for (i64 x = 0; x < wb; ++x) {
+        const double cx = (static_cast<double>(x) + 0.5) * sx - 0.5;
+        const i64 x0 = static_cast<i64>(std::floor(cx));
+        const i64 ya = clamp(y0, 0, hs - 1), yb = clamp(y0 + 1, 0, hs - 1);
+        const i64 xa = clamp(x0, 0, ws - 1), xb = clamp(x0 + 1, 0, ws - 1);
+        const std::int32_t l0 = labels[ya * ws + xa];
+        if (labels[ya * ws + xb] == l0 && labels[yb * ws + xa] == l0 && labels[yb * ws + xb] == l0) {
+          out[y * wb + x] = l0;
+          continue;
+        }
+        const float cxf = static_cast<float>(cx);
+        int n = 0;
+        for (int j = -1; j < 3; ++j) {
+          const i64 yy = clamp(y0 + j, 0, hs - 1);
+          const float wy = std::max(0.0f, 2.0f - std::fabs(static_cast<float>(y0 + j) - cyf));
+          for (int i = -1; i < 3; ++i) {
+            const i64 xx = clamp(x0 + i, 0, ws - 1);
+            const float wx = std::max(0.0f, 2.0f - std::fabs(static_cast<float>(x0 + i) - cxf));
+            float d2 = 0.0f;
+            for (int c = 0; c < 3; ++c) {
+              const float d = big_img[c * plane_b + y * wb + x] - small_img[c * plane_s + yy * ws + xx];
+              const float dd = d * d;
+              d2 = d2 + dd;
+            }
+            const float wxy = wy * wx;
+            const float e = std::exp(-d2 * inv);
+            const float wt = wxy * e;
+            const std::int32_t lb = labels[yy * ws + xx];
+            int q = 0;
+            while (q < n && labs[q] != lb) ++q;
+            if (q < n) {
+              wts[q] = wts[q] + wt;
+            } else {
+              labs[n] = lb;
+              wts[n] = wt;
+              ++n;
+            }
+          }
+        }
+        std::int32_t best = labs[0];
+        float bw = wts[0];
+        for (int q = 1; q < n; ++q)
+          if (wts[q] > bw || (wts[q] == bw && labs[q] < best)) {
+            bw = wts[q];
+            best = labs[q];
+          }
+        out[y * wb + x] = best;
+      }
+    }
+  });
+}
+
 void refine_labels(const float* features, i64 h, i64 w, i64 c, const std::int32_t* grid, std::int32_t k,
                    const float* image, i64 out_h, i64 out_w, const RefineOptions& o, std::int32_t* out) {
   concept_assign(features, h, w, c, grid, k, out_h, out_w, out, o.num_threads);

@@ -24,7 +24,8 @@ import numpy as np
 from ..errors import BackendUnavailableError
 from ..graph import native as graph_native
 
-__all__ = ["available", "require", "pamr", "pamr_affinity", "concept_assign", "refine", "median3x3"]
+__all__ = ["available", "require", "pamr", "pamr_affinity", "concept_assign", "refine", "median3x3",
+           "joint_upsample"]
 
 
 def available() -> bool:
@@ -84,3 +85,10 @@ def refine(features, grid_labels, num_segments: int, image, *, iters: int = 10, 
 def median3x3(labels, *, num_threads: int = 0) -> np.ndarray:
     """:func:`diffcut_engine.refine.median3x3` of (H, W) labels, as int32."""
     return require().median3x3(_labels(labels), int(num_threads))
+
+
+def joint_upsample(labels, small_img, big_img, sigma: float = 0.1, *, num_threads: int = 0) -> np.ndarray:
+    """:func:`.pamr_cpu.joint_upsample` in the C++ core (the same labels, bit for bit): (h, w) labels of the
+    (3, h, w) image ``small_img`` -> (H, W) int32 labels of the (3, H, W) image ``big_img``."""
+    return require().joint_upsample(_labels(labels), _image(small_img), _image(big_img), float(sigma),
+                                    int(num_threads))
