@@ -251,3 +251,32 @@ def test_example_png_errors(build_dir, tmp_path):
         run = subprocess.run([exe, str(tmp_path / "in.npy"), str(tmp_path / "o.png"), *args], capture_output=True,
                              text=True, env=_env())
         assert run.returncode == 1 and message in run.stderr and run.stderr.count("\n") == 1, (args, run.stderr)
+
+
+def test_example_refines_at_a_working_size(build_dir, tmp_path):
+    """--work-size HxW: PAMR at the working size and back edge-aware (the engine's demo/eval presets), as
+    refine.refine_at(work_size=...) on the concept labels (>= 99.9 %: concept assignment's summation order)."""
+    import torch
+    from PIL import Image
+    from skimage import data
+
+    from diffcut_engine import refine
+
+    h, w, H, W, work = 12, 16, 120, 160, (100, 128)
+    f = planted_features(planted_regions(h, w, "quadrants"), noise=0.5, seed=4)
+    rgb = np.array(Image.fromarray(data.astronaut()).resize((W, H)))
+    np.save(tmp_path / "img.npy", rgb)
+    grid = _reference(f, "official")[TAUS.index(0.5)]
+    k = int(grid.max()) + 1
+    img = torch.from_numpy(rgb).permute(2, 0, 1).float() / 255
+    feats = torch.from_numpy(l2_normalize(as_token_matrix(f)[0]).reshape(h, w, -1))
+    assigned = refine.concept_assign(feats, torch.from_numpy(grid), (H, W), num_segments=k)
+    ref = refine.refine_at(img, assigned, work_size=work, num_segments=k, iters=10, dilations=(1, 2, 4, 8),
+                           backend="torch").numpy()
+    got = _segment(build_dir, tmp_path, f, "--tau", "0.5", "--solver", "dense", "--image", str(tmp_path / "img.npy"),
+                   "--work-size", f"{work[0]}x{work[1]}")
+    assert k > 1 and got.shape == (H, W) and (got == ref).mean() >= 0.999
+    run = subprocess.run([str(build_dir / "diffcut_segment"), str(tmp_path / "in.npy"), str(tmp_path / "x.npy"),
+                          "--image", str(tmp_path / "img.npy"), "--work-size", "0x64"], capture_output=True,
+                         text=True, env=_env())
+    assert run.returncode == 1 and "working size" in run.stderr

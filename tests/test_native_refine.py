@@ -226,6 +226,44 @@ def test_native_refine_is_the_engines_full_refinement(built, grid, size, k, iter
         assert np.array_equal(alone, ref.numpy())
 
 
+@pytest.mark.parametrize("grid, size, work, k, iters, dil", [
+    ((8, 8), (150, 200), (128, 128), 6, 10, (1, 2, 4, 8)),          # "eval": 128 x 128, back up to the photo
+    ((6, 10), (90, 150), (160, 256), 9, 3, (1, 2, 4, 8, 12, 24)),    # "demo"-like: a larger working size
+    ((10, 7), (120, 110), (100, 100), 20, 2, (1, 3)),
+    ((8, 8), (130, 140), (120, 128), 1, 10, (1, 2, 4, 8))])         # one segment: no refinement
+def test_native_refine_at_a_working_size_is_the_engines(built, grid, size, work, k, iters, dil):
+    """work_size: the image resized to it (torch's bilinear arithmetic), PAMR and the median there, the labels back
+    to the image's size by the joint bilateral vote: refine.refine_at(work_size=...) on the same concept labels."""
+    from diffcut_engine import images
+
+    feats, lab = _features(*grid, 32, k, seed=k + 1)
+    img = _photo(size)
+    assigned = refine.concept_assign(feats, lab, size, num_segments=k)
+    ref = assigned if k == 1 else refine.refine_at(img, assigned, work_size=work, num_segments=k, iters=iters,
+                                                   dilations=dil, backend="torch")
+    got = pamr_native.refine(feats.numpy(), lab.numpy(), k, img.numpy(), iters=iters, dilations=dil,
+                             work_size=work)
+    assert got.shape == size and _agreement(got, ref.numpy()) >= 0.999
+    if k > 1:
+        # the image at the working size is torch's bit for bit (output widths of 100 and more, as here)
+        module = pamr_native.require()
+        assert np.array_equal(module.resize_bilinear(img.numpy(), *work, 0), images.resize(img, work).numpy())
+        # PAMR + median + return on the same concept labels: identical
+        small = pamr_native.pamr(images.resize(img, work).numpy(), assigned.numpy(), k, iters=iters, dilations=dil)
+        back = pamr_native.joint_upsample(small, images.resize(img, work).numpy(), img.numpy())
+        assert np.array_equal(back, ref.numpy())
+        assert not np.array_equal(got, pamr_native.refine(feats.numpy(), lab.numpy(), k, img.numpy(), iters=iters,
+                                                          dilations=dil))  # the working size mattered
+
+
+def test_native_refine_work_size_errors(built):
+    feats, lab = _features(8, 8, 16, 3, seed=1)
+    img = _photo((40, 40)).numpy()
+    for work in ((0, 64), (64, 0), (-1, 5), (40000, 40)):
+        with pytest.raises(ValueError, match="working size"):
+            pamr_native.refine(feats.numpy(), lab.numpy(), 3, img, work_size=work)
+
+
 # ------------------------------------------------------------------------------------------------------------
 # Selection and errors
 # ------------------------------------------------------------------------------------------------------------

@@ -4,12 +4,14 @@
 //   diffcut_segment FEATURES.npy LABELS.npy|LABELS.png [--tau 0.5[,0.3,...]] [--alpha 10]
 //                   [--compat official|clean] [--solver auto|dense] [--affinity]
 //                   [--image IMAGE.png|IMAGE.npy [--pamr-iters 10] [--pamr-dilations 1,2,4,8] [--no-median]
-//                    [--threads 0]]
+//                    [--work-size HxW] [--threads 0]]
 //
 // With several taus, one tree is built (tau_max = the largest) and cut at each: LABELS.npy is (T, h, w).
 // --affinity: the input is an (N, N) affinity instead of features; the labels are (N,) (or (T, N)).
 // --image: the labels are refined to the image's size (concept assignment, PAMR, 3x3 median: the engine's "full"
-// refinement), (H, W) (or (T, H, W)); IMAGE.npy holds (3, H, W) float32/float64 RGB in [0, 1] or (H, W, 3)
+// refinement; --work-size HxW: PAMR at that size and back edge-aware, the engine's "demo" preset is
+// --work-size 1024x1024 --pamr-iters 30 --pamr-dilations 1,2,4,8,12,24,32,64, "eval" --work-size 128x128), (H, W)
+// (or (T, H, W)); IMAGE.npy holds (3, H, W) float32/float64 RGB in [0, 1] or (H, W, 3)
 // uint8 RGB (e.g. np.save("img.npy", np.asarray(PIL.Image.open(path).convert("RGB")))), or is a PNG (8/16-bit
 // gray, RGB, RGBA or palette; where CMake found zlib). LABELS.png (one tau): the label ids as an 8-bit grayscale
 // PNG, 16-bit when there are more than 256 labels.
@@ -44,7 +46,7 @@ static int usage() {
   std::fprintf(stderr,
                "usage: diffcut_segment FEATURES.npy LABELS.npy|LABELS.png [--tau T[,T...]] [--alpha A] "
                "[--compat official|clean] [--solver auto|dense] [--affinity] [--image IMAGE.png|IMAGE.npy "
-               "[--pamr-iters N] [--pamr-dilations D[,D...]] [--no-median] [--threads N]]\n");
+               "[--pamr-iters N] [--pamr-dilations D[,D...]] [--no-median] [--work-size HxW] [--threads N]]\n");
   return 2;
 }
 
@@ -99,6 +101,12 @@ int main(int argc, char** argv) {
           if (e == std::string::npos) break;
           p = e + 1;
         }
+      } else if (a == "--work-size") {
+        const std::string v = next();
+        const std::size_t x = v.find('x');
+        if (x == std::string::npos) throw std::runtime_error("--work-size takes HxW, e.g. 1024x1024");
+        options.work_height = std::stoll(v.substr(0, x));
+        options.work_width = std::stoll(v.substr(x + 1));
       } else if (a == "--no-median") {
         options.median = false;
       } else if (a == "--threads") {

@@ -322,6 +322,25 @@ PYBIND11_MODULE(_native, m) {
       "are resized as the official PAMR resizes them when (h, w) != (H, W).");
 
   m.def(
+      "resize_bilinear",
+      [](FloatArray image, std::int64_t out_h, std::int64_t out_w, int num_threads) {
+        if (image.ndim() != 3 || image.shape(0) < 1 || image.shape(1) < 1 || image.shape(2) < 1)
+          throw py::value_error("image must be (C, H, W)");
+        if (out_h < 1 || out_w < 1) throw py::value_error("the output size must be positive");
+        const std::int64_t c = image.shape(0), h = image.shape(1), w = image.shape(2);
+        py::array_t<float> out({c, out_h, out_w});
+        const float* src = image.data();
+        float* dst = out.mutable_data();
+        {
+          py::gil_scoped_release release;
+          resize_bilinear(src, c, h, w, out_h, out_w, dst, num_threads);
+        }
+        return out;
+      },
+      py::arg("image"), py::arg("out_h"), py::arg("out_w"), py::arg("num_threads") = 0,
+      "images.resize of a (C, H, W) float32 image (bilinear, align_corners=False, no antialiasing).");
+
+  m.def(
       "joint_upsample",
       [](IntArray labels, FloatArray small_img, FloatArray big_img, float sigma, int num_threads) {
         if (labels.ndim() != 2 || labels.shape(0) < 1 || labels.shape(1) < 1)
@@ -368,14 +387,20 @@ PYBIND11_MODULE(_native, m) {
   m.def(
       "refine",
       [](FloatArray features, IntArray grid, std::int32_t k, FloatArray image, int iters,
-         const std::vector<int>& dilations, bool median, int num_threads) {
+         const std::vector<int>& dilations, bool median, int num_threads, std::int64_t work_height,
+         std::int64_t work_width) {
         if (features.ndim() != 3 || grid.ndim() != 2 || grid.shape(0) != features.shape(0) ||
             grid.shape(1) != features.shape(1) || features.size() == 0)
           throw py::value_error("features must be (h, w, C) and grid labels (h, w)");
         check_image(image);
         if (k < 1) throw py::value_error("num_segments must be positive");
-        const RefineOptions o = translated([&] { return refine_options(iters, dilations, median, num_threads,
-                                                                       std::int64_t{1} << 25); });
+        const RefineOptions o = translated([&] {
+          RefineOptions r = refine_options(iters, dilations, median, num_threads, std::int64_t{1} << 25);
+          r.work_height = work_height;
+          r.work_width = work_width;
+          check_pamr_options(r);
+          return r;
+        });
         const std::int64_t h = features.shape(0), w = features.shape(1), c = features.shape(2);
         const std::int64_t H = image.shape(1), W = image.shape(2);
         py::array_t<std::int32_t> out({H, W});
@@ -394,6 +419,8 @@ PYBIND11_MODULE(_native, m) {
       },
       py::arg("features"), py::arg("grid"), py::arg("num_segments"), py::arg("image"), py::arg("iters") = 10,
       py::arg("dilations") = std::vector<int>{1, 2, 4, 8}, py::arg("median") = true, py::arg("num_threads") = 0,
-      "The engine's refinement at the image's size (preset full): concept assignment of (h, w, C) float32 "
-      "L2-normalised features and (h, w) int32 grid labels at the (3, H, W) image's size, then PAMR and the median.");
+      py::arg("work_height") = 0, py::arg("work_width") = 0,
+      "The engine's refinement: concept assignment of (h, w, C) float32 L2-normalised features and (h, w) int32 "
+      "grid labels at the (3, H, W) image's size, then PAMR and the median there (work size 0 x 0, preset full) "
+      "or at the working size with the edge-aware return (presets demo, eval).");
 }

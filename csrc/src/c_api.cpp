@@ -430,6 +430,17 @@ int diffcut_options_set_num_threads(diffcut_options* options, int num_threads) {
   });
 }
 
+int diffcut_options_set_refine_work_size(diffcut_options* options, int64_t height, int64_t width) {
+  return guarded([&] {
+    require(options, "options");
+    diffcut::detail::RefineOptions r = options->refine;
+    r.work_height = height;
+    r.work_width = width;
+    diffcut::detail::check_pamr_options(r);
+    options->refine = r;
+  });
+}
+
 int diffcut_pamr(const float* image, int64_t height, int64_t width, const int32_t* labels, int64_t label_height,
                  int64_t label_width, int32_t num_segments, const diffcut_options* options, int32_t* out,
                  int64_t capacity) {

@@ -111,6 +111,10 @@ struct RefineOptions {
   bool median = true;                    // the 3x3 median after PAMR
   int num_threads = 0;                   // threads for one image (0: the hardware's count)
   std::int64_t budget = std::int64_t{1} << 25;  // floats of masks propagated at once (chunks of labels)
+  // working size of PAMR (0, 0: the image's size, the "full" preset); else the image is resized to it (bilinear),
+  // PAMR and the median run there and the labels come back edge-aware (refine.refine_at's work_size: the
+  // "demo" preset at the network size, "eval" at 128 x 128)
+  std::int64_t work_height = 0, work_width = 0;
 };
 
 // Throws Failure(InvalidArgument) unless every one of the count labels is in [0, k).
@@ -136,13 +140,18 @@ void median3x3(const std::int32_t* labels, std::int64_t h, std::int64_t w, std::
 // PAMR (+ median) of labels (lh, lw) in [0, k) on a (3, h, w) image: labels (h, w); out may alias labels.
 void pamr_labels(const float* image, std::int64_t h, std::int64_t w, const std::int32_t* labels, std::int64_t lh,
                  std::int64_t lw, std::int32_t k, const RefineOptions& options, std::int32_t* out);
+// images.resize of a (channels, h, w) float32 image to (out_h, out_w): torch's bilinear, align_corners=False,
+// no antialiasing (its CPU kernel's arithmetic).
+void resize_bilinear(const float* src, std::int64_t channels, std::int64_t h, std::int64_t w, std::int64_t out_h,
+                     std::int64_t out_w, float* dst, int threads);
 // pamr_cpu.joint_upsample: labels (hs, ws) of small_img (3, hs, ws) -> labels (hb, wb) of big_img (3, hb, wb), a
 // joint bilateral vote over the 4 x 4 low-resolution neighbours (the edge-aware return of a working resolution).
 void joint_upsample(const std::int32_t* labels, std::int64_t hs, std::int64_t ws, const float* small_img,
                     const float* big_img, std::int64_t hb, std::int64_t wb, float sigma, std::int32_t* out,
                     int threads);
-// The engine's refinement at the image's size (preset "full"): concept assignment at (out_h, out_w), then, for
-// k > 1, PAMR and the median on the (3, out_h, out_w) image.
+// The engine's refinement (refine.concept_assign + refine.refine_at): concept assignment at the image's size
+// (out_h, out_w), then, for k > 1, PAMR and the median on the (3, out_h, out_w) image, or at options' working size
+// (the image resized bilinearly, then joint_upsample back to the image's size).
 void refine_labels(const float* features, std::int64_t h, std::int64_t w, std::int64_t c, const std::int32_t* grid,
                    std::int32_t k, const float* image, std::int64_t out_h, std::int64_t out_w,
                    const RefineOptions& options, std::int32_t* out);

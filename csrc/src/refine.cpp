@@ -125,6 +125,11 @@ void check_pamr_options(const RefineOptions& o) {
     if (d < 1) throw Failure(Code::InvalidArgument, "dilations must be positive, got " + std::to_string(d));
   if (o.num_threads < 0) throw Failure(Code::InvalidArgument, "num_threads must be >= 0");
   if (o.budget < 1) throw Failure(Code::InvalidArgument, "budget must be >= 1");
+  if ((o.work_height == 0) != (o.work_width == 0) || o.work_height < 0 || o.work_width < 0 ||
+      o.work_height > 32768 || o.work_width > 32768)
+    throw Failure(Code::InvalidArgument, "the working size must be 0 x 0 (the image's size) or two sizes in "
+                                         "[1, 32768], got " + std::to_string(o.work_height) + " x " +
+                                         std::to_string(o.work_width));
 }
 
 // ------------------------------------------------------------------------------------------------------------
@@ -460,6 +465,38 @@ void median3x3(const std::int32_t* labels, i64 h, i64 w, std::int32_t* out, int 
   });
 }
 
+// refine_at's joint_upsample sigma (pamr_cpu.joint_upsample's default).
+constexpr float kJointSigma = 0.1f;
+
+void resize_bilinear(const float* src, i64 channels, i64 h, i64 w, i64 out_h, i64 out_w, float* dst, int threads) {
+  // images.resize: F.interpolate(mode="bilinear", align_corners=False, antialias=False) with torch's CPU
+  // arithmetic (concept assignment's separable fused form): t(y) = fma(s(y, x0), wx0, s(y, x1) * wx1) along x for
+  // the source rows, then out = fma(t(y0), wy0, t(y1) * wy1).
+  if (h == out_h && w == out_w) {
+    std::copy(src, src + channels * h * w, dst);
+    return;
+  }
+  const LinearAxis ay = linear_axis(h, out_h), ax = linear_axis(w, out_w);
+  std::vector<float> rows(static_cast<std::size_t>(channels * h * out_w));
+  parallel_blocks(channels * h, 8, threads, [&](i64 lo, i64 hi) {
+    for (i64 r = lo; r < hi; ++r) {
+      const float* s = src + r * w;
+      float* t = rows.data() + r * out_w;
+      for (i64 x = 0; x < out_w; ++x) t[x] = std::fma(s[ax.i0[x]], ax.l0[x], s[ax.i1[x]] * ax.l1[x]);
+    }
+  });
+  parallel_blocks(channels * out_h, 8, threads, [&](i64 lo, i64 hi) {
+    for (i64 r = lo; r < hi; ++r) {
+      const i64 c = r / out_h, y = r % out_h;
+      const float* t0 = rows.data() + (c * h + ay.i0[y]) * out_w;
+      const float* t1 = rows.data() + (c * h + ay.i1[y]) * out_w;
+      const float wy0 = ay.l0[y], wy1 = ay.l1[y];
+      float* o = dst + r * out_w;
+      for (i64 x = 0; x < out_w; ++x) o[x] = std::fma(t0[x], wy0, t1[x] * wy1);
+    }
+  });
+}
+
 void joint_upsample(const std::int32_t* labels, i64 hs, i64 ws, const float* small_img, const float* big_img, i64 hb,
                     i64 wb, float sigma, std::int32_t* out, int threads) {
   // pamr_cpu.joint_upsample's arithmetic: positions in float64, spatial and colour weights in float32 (no
@@ -532,7 +569,18 @@ void refine_labels(const float* features, i64 h, i64 w, i64 c, const std::int32_
                    const float* image, i64 out_h, i64 out_w, const RefineOptions& o, std::int32_t* out) {
   concept_assign(features, h, w, c, grid, k, out_h, out_w, out, o.num_threads);
   if (k <= 1) return;  // one segment: the engine returns the concept labels unrefined
-  pamr_labels(image, out_h, out_w, out, out_h, out_w, k, o, out);
+  const i64 wh = o.work_height > 0 ? o.work_height : out_h, ww = o.work_width > 0 ? o.work_width : out_w;
+  if (wh == out_h && ww == out_w) {
+    pamr_labels(image, out_h, out_w, out, out_h, out_w, k, o, out);
+    return;
+  }
+  // refine_at(view=image, labels, work_size): the image at the working size, PAMR there (the masks resized from
+  // the labels' size as the official PAMR does), the median, then back to the image's size edge-aware
+  std::vector<float> rgb(static_cast<std::size_t>(3 * wh * ww));
+  resize_bilinear(image, 3, out_h, out_w, wh, ww, rgb.data(), o.num_threads);
+  std::vector<std::int32_t> small(static_cast<std::size_t>(wh * ww));
+  pamr_labels(rgb.data(), wh, ww, out, out_h, out_w, k, o, small.data());
+  joint_upsample(small.data(), wh, ww, rgb.data(), image, out_h, out_w, kJointSigma, out, o.num_threads);
 }
 
 void pamr_labels(const float* image, i64 h, i64 w, const std::int32_t* labels, i64 lh, i64 lw, std::int32_t k,

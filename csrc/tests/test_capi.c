@@ -242,7 +242,29 @@ int main(void) {
       EXPECT_ERR(diffcut_options_set_median(ro, 2), DIFFCUT_ERROR_INVALID_ARGUMENT);
       EXPECT_ERR(diffcut_options_set_num_threads(ro, -1), DIFFCUT_ERROR_INVALID_ARGUMENT);
       EXPECT_ERR(diffcut_options_set_num_threads(NULL, 1), DIFFCUT_ERROR_NULL_POINTER);
+      EXPECT_ERR(diffcut_options_set_refine_work_size(NULL, 8, 8), DIFFCUT_ERROR_NULL_POINTER);
+      EXPECT_ERR(diffcut_options_set_refine_work_size(ro, 0, 8), DIFFCUT_ERROR_INVALID_ARGUMENT);
+      EXPECT_ERR(diffcut_options_set_refine_work_size(ro, 8, -1), DIFFCUT_ERROR_INVALID_ARGUMENT);
+      EXPECT_ERR(diffcut_options_set_refine_work_size(ro, 40000, 8), DIFFCUT_ERROR_INVALID_ARGUMENT);
       diffcut_options_free(ro);
+    }
+    /* a working size (the engine's demo/eval presets): the two halves of the image still come back apart, at
+     * the image's size; the working size equal to the image's is the plain refinement */
+    {
+      diffcut_options* wo = NULL;
+      EXPECT(diffcut_segment_image(f, h, w, c, img, H, W, NULL, 0.5, out, N, &k) == DIFFCUT_OK);
+      EXPECT(diffcut_options_new(&wo) == DIFFCUT_OK);
+      EXPECT(diffcut_options_set_refine_work_size(wo, H / 2, W / 2) == DIFFCUT_OK);
+      EXPECT(diffcut_segment_image(f, h, w, c, img, H, W, wo, 0.5, out2, N, &k) == DIFFCUT_OK);
+      EXPECT(k == 2);
+      for (int y = 0; y < H; ++y)
+        for (int x = 0; x < W; ++x)
+          if (x < 14 || x > 17) EXPECT(out2[y * W + x] == out[x < 16 ? 0 : W - 1]);
+      EXPECT(diffcut_options_set_refine_work_size(wo, H, W) == DIFFCUT_OK);
+      EXPECT(diffcut_refine(f, h, w, c, grid, k, img, H, W, wo, out2, N) == DIFFCUT_OK);
+      EXPECT(memcmp(out, out2, sizeof(out)) == 0);
+      EXPECT(diffcut_options_set_refine_work_size(wo, 0, 0) == DIFFCUT_OK);
+      diffcut_options_free(wo);
     }
     /* batch: two images on two threads, the one-by-one labels */
     {

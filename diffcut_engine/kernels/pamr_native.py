@@ -75,11 +75,14 @@ def concept_assign(features, grid_labels, num_segments: int, out_size, *, num_th
 
 
 def refine(features, grid_labels, num_segments: int, image, *, iters: int = 10, dilations=(1, 2, 4, 8),
-           median: bool = True, num_threads: int = 0) -> np.ndarray:
-    """The engine's ``full`` refinement in one call: concept assignment of the grid labels at the size of ``image``
-    (3, H, W), then (K > 1) PAMR and the median: (H, W) int32."""
+           median: bool = True, num_threads: int = 0, work_size=None) -> np.ndarray:
+    """The engine's refinement in one call: concept assignment of the grid labels at the size of ``image``
+    (3, H, W), then (K > 1) PAMR and the median, at the image's size (``work_size=None``: the ``full`` preset) or
+    at ``work_size`` (height, width) with the edge-aware return (``refine.refine_at``'s ``work_size``: ``demo``,
+    ``eval``): (H, W) int32."""
+    wh, ww = (0, 0) if work_size is None else (int(v) for v in work_size)
     return require().refine(_image(features), _labels(grid_labels), int(num_segments), _image(image), int(iters),
-                            [int(d) for d in dilations], bool(median), int(num_threads))
+                            [int(d) for d in dilations], bool(median), int(num_threads), wh, ww)
 
 
 def median3x3(labels, *, num_threads: int = 0) -> np.ndarray:

@@ -93,7 +93,8 @@ DIFFCUT_API int diffcut_bind_lapack(diffcut_ssyrk_fn ssyrk, diffcut_dsyevr_fn ds
 
 /* Options: alpha = 10, tau_max = 1.0, compat = DIFFCUT_COMPAT_OFFICIAL, num_thresholds = 100,
  * solver = DIFFCUT_SOLVER_AUTO; refinement: pamr_iters = 10, pamr_dilations = {1, 2, 4, 8}, median = 1,
- * num_threads = 0 (threads for one image's refinement; 0: the hardware's count). */
+ * num_threads = 0 (threads for one image's refinement; 0: the hardware's count), refine work size 0 x 0 (the
+ * image's size). */
 DIFFCUT_API int diffcut_options_new(diffcut_options** out);
 DIFFCUT_API void diffcut_options_free(diffcut_options* options);
 DIFFCUT_API int diffcut_options_set_alpha(diffcut_options* options, double alpha);     /* finite, > 0 */
@@ -107,6 +108,12 @@ DIFFCUT_API int diffcut_options_set_pamr_dilations(diffcut_options* options, con
                                                    int64_t count);
 DIFFCUT_API int diffcut_options_set_median(diffcut_options* options, int median);               /* 0 or 1 */
 DIFFCUT_API int diffcut_options_set_num_threads(diffcut_options* options, int num_threads);      /* >= 0 */
+/* Working size of the refinement (diffcut_refine, diffcut_segment_image and its batch): 0 x 0 (the default) refines
+ * at the image's size (the engine's "full" preset); height x width (both in [1, 32768]) resizes the image there
+ * (bilinear, as the engine), runs PAMR and the median there and brings the labels back to the image's size with the
+ * engine's edge-aware joint bilateral vote: the engine's "demo" preset is 1024 x 1024 with pamr_iters 30 and
+ * dilations {1, 2, 4, 8, 12, 24, 32, 64}, "eval" 128 x 128 with the defaults. */
+DIFFCUT_API int diffcut_options_set_refine_work_size(diffcut_options* options, int64_t height, int64_t width);
 
 /* W (n x n, row-major float32, n = num_tokens) of L2-normalised tokens; capacity >= n * n. */
 DIFFCUT_API int diffcut_affinity(const float* tokens, int64_t num_tokens, int64_t channels, double alpha,

@@ -39,6 +39,7 @@ struct Options {
   std::vector<std::int32_t> pamr_dilations{1, 2, 4, 8};
   bool median = true;
   int num_threads = 0;  // threads for one image's refinement (0: the hardware's count)
+  std::int64_t work_height = 0, work_width = 0;  // refinement's working size (0 x 0: the image's size)
 };
 
 namespace handles {
@@ -57,6 +58,7 @@ struct OptionsHandle {
                                                static_cast<std::int64_t>(o.pamr_dilations.size())));
       check(diffcut_options_set_median(ptr, o.median ? 1 : 0));
       check(diffcut_options_set_num_threads(ptr, o.num_threads));
+      check(diffcut_options_set_refine_work_size(ptr, o.work_height, o.work_width));
     } catch (...) {
       diffcut_options_free(ptr);
       throw;
