@@ -21,6 +21,7 @@ from diffcut_engine import refine
 from diffcut_engine.config import EngineConfig
 from diffcut_engine.errors import BackendUnavailableError, InputError
 from diffcut_engine.kernels import pamr_cpu, pamr_native
+from refine_inputs import photo, voronoi_labels
 
 HAVE_COMPILER = any(shutil.which(c) for c in ("c++", "g++", "clang++"))
 needs_numba = pytest.mark.skipif(not pamr_cpu.available(), reason="numba not installed (extra [fast])")
@@ -36,29 +37,11 @@ def built():
     return True
 
 
-def _photo(size):
-    """A real photo (skimage astronaut) at ``size``, (3, H, W) float32 in [0, 1]."""
-    from skimage import data
-
-    img = torch.from_numpy(data.astronaut()).permute(2, 0, 1).float()[None] / 255
-    return F.interpolate(img, size=size, mode="bilinear", align_corners=False)[0].contiguous()
-
-
 def _random_image(size, seed):
     """Smooth random colours plus noise: many near-equal neighbours, as on flat image regions."""
     g = torch.Generator().manual_seed(seed)
     base = F.interpolate(torch.rand(1, 3, 5, 6, generator=g), size=size, mode="bilinear", align_corners=False)[0]
     return (0.8 * base + 0.2 * torch.rand(3, *size, generator=g)).contiguous()
-
-
-def _labels(size, k, seed):
-    """A piecewise-constant label map with k irregular regions (Voronoi cells of random seeds)."""
-    g = np.random.default_rng(seed)
-    h, w = size
-    pts = g.uniform(0, 1, (k, 2)) * (h, w)
-    yy, xx = np.mgrid[0:h, 0:w]
-    d = (yy[..., None] - pts[:, 0]) ** 2 + (xx[..., None] - pts[:, 1]) ** 2
-    return torch.from_numpy(d.argmin(-1).astype(np.int64))
 
 
 def _features(h, w, c, k, seed):
@@ -92,8 +75,8 @@ PAMR_CASES = [
 
 @pytest.mark.parametrize("size, lsize, k, iters, dil, kind", PAMR_CASES)
 def test_native_pamr_labels_equal_the_reference(built, size, lsize, k, iters, dil, kind):
-    img = _photo(size) if kind == "photo" else _random_image(size, seed=k)
-    lab = _labels(lsize or size, k, seed=k + iters)
+    img = photo(size) if kind == "photo" else _random_image(size, seed=k)
+    lab = voronoi_labels(lsize or size, k, seed=k + iters)
     n = k + 2                                   # two absent ids: their masks stay zero and never win
     ref = refine._pamr_torch_at(img, lab, n, iters, dil).numpy()
     for threads, budget in ((1, 1 << 25), (3, 1 << 25), (2, 1)):   # one label per chunk with budget 1
@@ -109,7 +92,7 @@ def test_native_pamr_labels_equal_the_reference(built, size, lsize, k, iters, di
 @needs_numba
 @pytest.mark.parametrize("size, dil", [((40, 52), (1, 3, 8)), ((17, 90), (1, 2, 4, 8)), ((9, 9), (1, 16))])
 def test_native_affinities_are_the_numba_floats(built, size, dil):
-    img = _photo(size).numpy()
+    img = photo(size).numpy()
     got = pamr_native.pamr_affinity(img, dil, num_threads=2)
     assert got.dtype == np.float32 and got.shape == (8 * len(dil), *size)
     assert np.array_equal(got, pamr_cpu.affinity(img, dil))                       # bit for bit
@@ -127,8 +110,8 @@ def test_native_median_equals_the_torch_median(built, shape):
 @pytest.mark.parametrize("work", [None, (48, 64)])
 @pytest.mark.parametrize("median", [True, False])
 def test_refine_at_native_equals_torch(built, work, median):
-    view = _photo((70, 90))
-    lab = _labels((70, 90), 8, seed=3)
+    view = photo((70, 90))
+    lab = voronoi_labels((70, 90), 8, seed=3)
     a = refine.refine_at(view, lab, work_size=work, iters=5, dilations=(1, 2, 4), median=median, backend="torch")
     b = refine.refine_at(view, lab, work_size=work, iters=5, dilations=(1, 2, 4), median=median, backend="native")
     assert b.dtype == torch.int64 and b.shape == (70, 90)
@@ -159,8 +142,8 @@ def test_native_joint_upsample_is_numbas_bit_for_bit(built, small, big, k):
 def test_native_joint_upsample_on_a_photo_and_without_numba(built, monkeypatch):
     # the demo-style flow (PAMR at a working size, back to the photo's size) on a photo: native == numba == torch
     # backend; with numba missing, the edge-aware return is the core's (not nearest-neighbour), the same labels
-    view = _photo((90, 120))
-    lab = _labels((90, 120), 9, seed=5)
+    view = photo((90, 120))
+    lab = voronoi_labels((90, 120), 9, seed=5)
     kw = dict(work_size=(64, 64), iters=4, dilations=(1, 2, 4, 8))
     ref = refine.refine_at(view, lab, backend="torch", **kw)
     nat = refine.refine_at(view, lab, backend="native", **kw)
@@ -214,7 +197,7 @@ def test_native_concept_assign_matches_python(built, grid, out, k):
 def test_native_refine_is_the_engines_full_refinement(built, grid, size, k, iters, dil):
     """features + grid labels + image -> labels at the image's size, as methods.diffcut.pixel_labels ("full")."""
     feats, lab = _features(*grid, 32, k, seed=k)
-    img = _photo(size)
+    img = photo(size)
     assigned = refine.concept_assign(feats, lab, size, num_segments=k)
     ref = assigned if k == 1 else refine.refine_at(img, assigned, num_segments=k, iters=iters, dilations=dil,
                                                    backend="torch")
@@ -237,7 +220,7 @@ def test_native_refine_at_a_working_size_is_the_engines(built, grid, size, work,
     from diffcut_engine import images
 
     feats, lab = _features(*grid, 32, k, seed=k + 1)
-    img = _photo(size)
+    img = photo(size)
     assigned = refine.concept_assign(feats, lab, size, num_segments=k)
     ref = assigned if k == 1 else refine.refine_at(img, assigned, work_size=work, num_segments=k, iters=iters,
                                                    dilations=dil, backend="torch")
@@ -258,7 +241,7 @@ def test_native_refine_at_a_working_size_is_the_engines(built, grid, size, work,
 
 def test_native_refine_work_size_errors(built):
     feats, lab = _features(8, 8, 16, 3, seed=1)
-    img = _photo((40, 40)).numpy()
+    img = photo((40, 40)).numpy()
     for work in ((0, 64), (64, 0), (-1, 5), (40000, 40)):
         with pytest.raises(ValueError, match="working size"):
             pamr_native.refine(feats.numpy(), lab.numpy(), 3, img, work_size=work)
@@ -273,7 +256,7 @@ def test_backend_selection_and_config(built, monkeypatch):
     assert EngineConfig(refine_backend="native").refine_backend == "native"
     with pytest.raises(InputError, match="refine_backend"):
         EngineConfig(refine_backend="cpp")
-    view, lab = _photo((30, 40)), _labels((30, 40), 4, seed=1)
+    view, lab = photo((30, 40)), voronoi_labels((30, 40), 4, seed=1)
     with pytest.raises(InputError, match="backend"):
         refine.refine_at(view, lab, backend="c++")
     # auto without numba on the CPU takes native
@@ -287,15 +270,15 @@ def test_backend_selection_and_config(built, monkeypatch):
 
 def test_native_not_built_is_a_one_line_error(monkeypatch):
     monkeypatch.setattr(pamr_native, "available", lambda: False)
-    view, lab = _photo((20, 20)), _labels((20, 20), 3, seed=2)
+    view, lab = photo((20, 20)), voronoi_labels((20, 20), 3, seed=2)
     with pytest.raises(BackendUnavailableError, match="native") as err:
         refine.refine_at(view, lab, backend="native")
     assert "\n" not in str(err.value) and "not built" in str(err.value)
 
 
 def test_native_refine_errors(built):
-    img = _photo((20, 24)).numpy()
-    lab = _labels((20, 24), 3, seed=0).numpy()
+    img = photo((20, 24)).numpy()
+    lab = voronoi_labels((20, 24), 3, seed=0).numpy()
     feats, grid = (t.numpy() for t in _features(4, 5, 8, 3, seed=0))
     with pytest.raises(ValueError, match="image"):
         pamr_native.pamr(img[:2], lab, 3)
@@ -338,7 +321,7 @@ def test_engine_pixel_labels_with_the_native_backend(built, preset):
     from diffcut_engine.methods.diffcut import pixel_labels
 
     feats, lab = _features(8, 8, 16, 5, seed=4)
-    view = _photo((64, 80))
+    view = photo((64, 80))
     out = {}
     for backend in ("torch", "native"):
         timings = {}
@@ -365,7 +348,7 @@ def test_baseline_and_avx2_kernels_give_the_same_floats(built, tmp_path):
         "         pamr=pn.pamr(d['img'], d['lab'], 7, dilations=(1, 2, 5)),\n"
         "         ca=pn.concept_assign(d['f'], d['g'], 6, (37, 45)))\n")
     feats, grid = _features(6, 7, 16, 6, seed=9)
-    np.savez(tmp_path / "in.npz", img=_photo((37, 45)).numpy(), lab=_labels((37, 45), 7, seed=5).numpy(),
+    np.savez(tmp_path / "in.npz", img=photo((37, 45)).numpy(), lab=voronoi_labels((37, 45), 7, seed=5).numpy(),
              f=feats.numpy(), g=grid.numpy())
     results = []
     for flag in ("0", "1"):

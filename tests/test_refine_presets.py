@@ -16,26 +16,9 @@ from diffcut_engine import refine
 from diffcut_engine.config import REFINE_PRESETS, EngineConfig
 from diffcut_engine.errors import InputError
 from diffcut_engine.kernels import pamr_cpu
+from refine_inputs import photo, voronoi_labels
 
 needs_numba = pytest.mark.skipif(not pamr_cpu.available(), reason="numba not installed (extra [fast])")
-
-
-def _photo(size, seed=0):
-    """A real photo (skimage astronaut) at ``size``, (3, H, W) float32 in [0, 1]."""
-    from skimage import data
-
-    img = torch.from_numpy(data.astronaut()).permute(2, 0, 1).float()[None] / 255
-    return F.interpolate(img, size=size, mode="bilinear", align_corners=False)[0].contiguous()
-
-
-def _labels(size, k, seed):
-    """A piecewise-constant label map with about k irregular regions (Voronoi cells of random seeds)."""
-    g = np.random.default_rng(seed)
-    h, w = size
-    pts = g.uniform(0, 1, (k, 2)) * (h, w)
-    yy, xx = np.mgrid[0:h, 0:w]
-    d = (yy[..., None] - pts[:, 0]) ** 2 + (xx[..., None] - pts[:, 1]) ** 2
-    return torch.from_numpy(d.argmin(-1).astype(np.int64))
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -81,7 +64,7 @@ def test_cli_refine_flags():
 
 @pytest.mark.parametrize("src, dst", [((20, 30), (37, 23)), ((16, 16), (16, 16)), ((9, 40), (64, 8))])
 def test_resize_masks_init_is_the_bilinear_one_hot(src, dst):
-    lab = _labels(src, 7, seed=1)
+    lab = voronoi_labels(src, 7, seed=1)
     dense = F.interpolate(F.one_hot(lab, 7).movedim(-1, 0).float()[None], size=dst, mode="bilinear",
                           align_corners=True)[0]
     mine = refine.resize_masks_init(lab, dst, candidates=range(7))
@@ -100,12 +83,12 @@ def test_resize_masks_init_is_the_bilinear_one_hot(src, dst):
 
 @needs_numba
 def test_fast_affinity_and_dense_step_match_the_reference():
-    img = _photo((40, 52))
+    img = photo((40, 52))
     dil = (1, 3, 8)
     aff = pamr_cpu.affinity(img.numpy(), dil)
     ref = refine.pamr_affinity(img, dil)
     np.testing.assert_allclose(aff, ref.numpy(), rtol=1e-4, atol=1e-6)
-    masks = F.one_hot(_labels((40, 52), 5, 2), 5).movedim(-1, 0).float()
+    masks = F.one_hot(voronoi_labels((40, 52), 5, 2), 5).movedim(-1, 0).float()
     out = pamr_cpu.dense_step(masks.numpy().copy(), aff, pamr_cpu.offsets(dil), np.empty((5, 40, 52), np.float32))
     ref_step = refine.pamr_soft(img, masks, iters=1, dilations=dil)
     np.testing.assert_allclose(out, ref_step.numpy(), rtol=1e-4, atol=1e-6)
@@ -121,8 +104,8 @@ def test_fast_affinity_and_dense_step_match_the_reference():
     ((64, 24), None, 60, 3, (1, 3, 40), 4),                           # a dilation wider than the image
 ])
 def test_fast_pamr_labels_equal_the_reference(size, lsize, k, iters, dil, cands):
-    img = _photo(size)
-    lab = _labels(lsize or size, k, seed=k)
+    img = photo(size)
+    lab = voronoi_labels(lsize or size, k, seed=k)
     ref = refine._pamr_torch_at(img, lab, k, iters, dil)
     for method in ("auto", "box", "sparse", "dense"):
         fast, stats = refine.pamr_fast(img, lab, num_segments=k, iters=iters, dilations=dil, candidates=cands,
@@ -140,8 +123,8 @@ def test_box_path_equals_the_reference_for_every_preset_k_and_chunking(preset, s
     """The support-box path, one label per chunk and all labels in one chunk, on borders and absent ids."""
     p = REFINE_PRESETS[preset]
     iters, dil = p["iters"], p["dilations"]
-    img = _photo(size)
-    lab = _labels(lsize or size, k, seed=k + 7)
+    img = photo(size)
+    lab = voronoi_labels(lsize or size, k, seed=k + 7)
     lab[0, :] = k - 1                          # a label along the top border
     n = k + 3                                  # ids k .. k+2 are absent: their masks stay zero
     ref = refine._pamr_torch_at(img, lab, n, iters, dil)
@@ -162,8 +145,8 @@ def test_box_path_equals_the_reference_for_every_preset_k_and_chunking(preset, s
 
 @needs_numba
 def test_refine_at_backends_agree_and_return_the_output_size():
-    view = _photo((70, 90))
-    lab = _labels((70, 90), 8, seed=3)
+    view = photo((70, 90))
+    lab = voronoi_labels((70, 90), 8, seed=3)
     for work in (None, (48, 64)):
         a = refine.refine_at(view, lab, work_size=work, iters=5, dilations=(1, 2, 4), backend="torch")
         b = refine.refine_at(view, lab, work_size=work, iters=5, dilations=(1, 2, 4), backend="fast")
@@ -201,7 +184,7 @@ def test_numba_median_equals_the_torch_median(shape):
 def test_box_step_gives_the_dense_step_floats_bit_for_bit(label_major):
     """One step on a support box equals the dense step: the same floats inside, exact zeros outside."""
     h, w, dil = 37, 53, (1, 3, 5)
-    img = _photo((h, w)).numpy()
+    img = photo((h, w)).numpy()
     aff = pamr_cpu.affinity(img, dil)
     offs = pamr_cpu.offsets(dil)
     g = np.random.default_rng(3)

@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "core.h"
+#include "krylov.h"
 #include "lapack.h"
 
 namespace diffcut {
@@ -20,21 +21,14 @@ namespace detail {
 
 namespace {
 
-constexpr double kAngleTol = 1e-6;  // LANCZOS_ANGLE_TOL
-constexpr double kNoise = 1e-2;     // LANCZOS_NOISE
+using krylov::dot;
+using krylov::kAngleTol;
+using krylov::kNoise;
+
 constexpr int kBlockSize = 8;       // BLOCK_SIZE
 constexpr int kMaxColumns = 320;    // BLOCK_MAX_COLUMNS
 constexpr int kMaxCluster = 32;     // BLOCK_MAX_CLUSTER
 constexpr double kRankTol = 1e-10;  // rank-deficient directions of a new block (replaced by random ones)
-
-double dot(const double* a, const double* b, std::int64_t n) {
-  double acc[4] = {0, 0, 0, 0};
-  std::int64_t i = 0;
-  for (; i + 4 <= n; i += 4)
-    for (int j = 0; j < 4; ++j) acc[j] += a[i + j] * b[i + j];
-  for (; i < n; ++i) acc[0] += a[i] * b[i];
-  return (acc[0] + acc[1]) + (acc[2] + acc[3]);
-}
 
 void axpy(double a, const double* x, double* y, std::int64_t n) {
   for (std::int64_t i = 0; i < n; ++i) y[i] += a * x[i];
@@ -69,28 +63,10 @@ void gemm(bool ta, bool tb, int m, int n, int k, double alpha, const double* A, 
   }
 }
 
-// Deterministic standard normals (splitmix64 + Box-Muller), one stream per solve.
-class Normals {
+// The block solver's stream of deterministic standard normals.
+class Normals : public krylov::Normals {
  public:
-  explicit Normals(std::uint64_t seed) : state_(seed * 0x9E3779B97F4A7C15ull + 0x2545F4914F6CDD1Dull) {}
-  void fill(double* out, std::int64_t n) {
-    for (std::int64_t i = 0; i < n; i += 2) {
-      const double a = ((next() >> 11) + 0.5) * (1.0 / 9007199254740992.0);
-      const double b = ((next() >> 11) + 0.5) * (1.0 / 9007199254740992.0);
-      const double r = std::sqrt(-2.0 * std::log(a));
-      out[i] = r * std::cos(6.283185307179586 * b);
-      if (i + 1 < n) out[i + 1] = r * std::sin(6.283185307179586 * b);
-    }
-  }
-
- private:
-  std::uint64_t next() {
-    std::uint64_t z = (state_ += 0x9E3779B97F4A7C15ull);
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    return z ^ (z >> 31);
-  }
-  std::uint64_t state_;
+  explicit Normals(std::uint64_t seed) : krylov::Normals(seed, 0x2545F4914F6CDD1Dull) {}
 };
 
 // The b rows of V (b x n) made orthonormal and orthogonal to the q orthonormal rows of Q (q x n): two block

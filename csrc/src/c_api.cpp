@@ -145,6 +145,40 @@ std::int32_t segment_image(const float* features, std::int64_t gh, std::int64_t 
   return k;
 }
 
+// body(i) for i in [0, count) on num_threads threads (0: the hardware's count), each image on one thread. Every
+// image runs; then the first failing image's error (by index) is thrown, named "image i: ...".
+template <class F>
+void for_each_image(std::int64_t count, int num_threads, F&& body) {
+  if (num_threads < 0) throw Failure(Code::InvalidArgument, "num_threads must be >= 0");
+  std::int64_t threads = num_threads ? num_threads : std::max(1u, std::thread::hardware_concurrency());
+  threads = std::min(threads, count);
+  std::vector<int> codes(count, DIFFCUT_OK);
+  std::vector<std::string> messages(count);
+  std::atomic<std::int64_t> next{0};
+  auto work = [&] {
+    for (std::int64_t i = next++; i < count; i = next++) {
+      try {
+        body(i);
+      } catch (const Failure& e) {
+        codes[i] = static_cast<int>(e.code);
+        messages[i] = "image " + std::to_string(i) + ": " + e.what();
+      } catch (const std::bad_alloc&) {
+        codes[i] = DIFFCUT_ERROR_OUT_OF_MEMORY;
+        messages[i] = "image " + std::to_string(i) + ": out of memory";
+      } catch (const std::exception& e) {
+        codes[i] = DIFFCUT_ERROR_INTERNAL;
+        messages[i] = "image " + std::to_string(i) + ": internal error: " + e.what();
+      }
+    }
+  };
+  std::vector<std::thread> pool;
+  for (std::int64_t t = 1; t < threads; ++t) pool.emplace_back(work);
+  work();
+  for (std::thread& t : pool) t.join();
+  for (std::int64_t i = 0; i < count; ++i)
+    if (codes[i] != DIFFCUT_OK) throw Failure(static_cast<Code>(codes[i]), messages[i]);
+}
+
 }  // namespace
 
 extern "C" {
@@ -291,36 +325,11 @@ int diffcut_tree_build_batch(const float* const* features, const int64_t* height
     require(features, "features");
     require(heights, "heights");
     require(widths, "widths");
-    if (num_threads < 0) throw Failure(Code::InvalidArgument, "num_threads must be >= 0");
     const diffcut::detail::Options opts = options_of(options);
-    std::int64_t threads = num_threads ? num_threads : std::max(1u, std::thread::hardware_concurrency());
-    threads = std::min(threads, count);
     std::vector<diffcut::detail::Tree> trees(count);
-    std::vector<int> codes(count, DIFFCUT_OK);
-    std::vector<std::string> messages(count);
-    std::atomic<std::int64_t> next{0};
-    auto work = [&] {
-      for (std::int64_t i = next++; i < count; i = next++) {
-        try {
-          trees[i] = tree_of_features(features[i], heights[i], widths[i], channels, opts);
-        } catch (const Failure& e) {
-          codes[i] = static_cast<int>(e.code);
-          messages[i] = "image " + std::to_string(i) + ": " + e.what();
-        } catch (const std::bad_alloc&) {
-          codes[i] = DIFFCUT_ERROR_OUT_OF_MEMORY;
-          messages[i] = "image " + std::to_string(i) + ": out of memory";
-        } catch (const std::exception& e) {
-          codes[i] = DIFFCUT_ERROR_INTERNAL;
-          messages[i] = "image " + std::to_string(i) + ": internal error: " + e.what();
-        }
-      }
-    };
-    std::vector<std::thread> pool;
-    for (std::int64_t t = 1; t < threads; ++t) pool.emplace_back(work);
-    work();
-    for (std::thread& t : pool) t.join();
-    for (std::int64_t i = 0; i < count; ++i)
-      if (codes[i] != DIFFCUT_OK) throw Failure(static_cast<Code>(codes[i]), messages[i]);
+    for_each_image(count, num_threads, [&](std::int64_t i) {
+      trees[i] = tree_of_features(features[i], heights[i], widths[i], channels, opts);
+    });
     for (std::int64_t i = 0; i < count; ++i) out[i] = new diffcut_tree{std::move(trees[i])};
   });
 }
@@ -500,36 +509,11 @@ int diffcut_segment_image_batch(const float* const* features, const int64_t* gri
     require(widths, "widths");
     require(labels, "labels");
     require(capacities, "capacities");
-    if (num_threads < 0) throw Failure(Code::InvalidArgument, "num_threads must be >= 0");
-    std::int64_t threads = num_threads ? num_threads : std::max(1u, std::thread::hardware_concurrency());
-    threads = std::min(threads, count);
     std::vector<std::int32_t> ks(count, 0);
-    std::vector<int> codes(count, DIFFCUT_OK);
-    std::vector<std::string> messages(count);
-    std::atomic<std::int64_t> next{0};
-    auto work = [&] {
-      for (std::int64_t i = next++; i < count; i = next++) {
-        try {  // each image on one thread
-          ks[i] = segment_image(features[i], grid_heights[i], grid_widths[i], channels, images[i], heights[i],
-                                widths[i], options, tau, labels[i], capacities[i], 1);
-        } catch (const Failure& e) {
-          codes[i] = static_cast<int>(e.code);
-          messages[i] = "image " + std::to_string(i) + ": " + e.what();
-        } catch (const std::bad_alloc&) {
-          codes[i] = DIFFCUT_ERROR_OUT_OF_MEMORY;
-          messages[i] = "image " + std::to_string(i) + ": out of memory";
-        } catch (const std::exception& e) {
-          codes[i] = DIFFCUT_ERROR_INTERNAL;
-          messages[i] = "image " + std::to_string(i) + ": internal error: " + e.what();
-        }
-      }
-    };
-    std::vector<std::thread> pool;
-    for (std::int64_t t = 1; t < threads; ++t) pool.emplace_back(work);
-    work();
-    for (std::thread& t : pool) t.join();
-    for (std::int64_t i = 0; i < count; ++i)
-      if (codes[i] != DIFFCUT_OK) throw Failure(static_cast<Code>(codes[i]), messages[i]);
+    for_each_image(count, num_threads, [&](std::int64_t i) {  // each image on one thread
+      ks[i] = segment_image(features[i], grid_heights[i], grid_widths[i], channels, images[i], heights[i], widths[i],
+                            options, tau, labels[i], capacities[i], 1);
+    });
     if (num_segments)
       for (std::int64_t i = 0; i < count; ++i) num_segments[i] = ks[i];
   });

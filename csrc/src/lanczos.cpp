@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "core.h"
+#include "krylov.h"
 #include "lapack.h"
 
 namespace diffcut {
@@ -18,44 +19,24 @@ namespace detail {
 
 namespace {
 
-constexpr double kAngleTol = 1e-6;
+using krylov::dot;
+using krylov::kAngleTol;
+using krylov::kNoise;
+
 constexpr int kMinSteps = 6;
 constexpr int kMaxSteps = 160;
 constexpr int kCheckEvery = 3;
 constexpr std::int64_t kEveryStepMinNodes = 384;
 constexpr double kFastestRate = 4.0;
 constexpr double kHopeless = 1e-13;
-constexpr double kNoise = 1e-2;
 constexpr double kReorthKeep = 0.7071;
-
-double dot(const double* a, const double* b, std::int64_t n) {
-  double acc[4] = {0, 0, 0, 0};
-  std::int64_t i = 0;
-  for (; i + 4 <= n; i += 4)
-    for (int j = 0; j < 4; ++j) acc[j] += a[i + j] * b[i + j];
-  for (; i < n; ++i) acc[0] += a[i] * b[i];
-  return (acc[0] + acc[1]) + (acc[2] + acc[3]);
-}
 
 double norm(const std::vector<double>& v) { return std::sqrt(dot(v.data(), v.data(), (std::int64_t)v.size())); }
 
-// Deterministic standard normals (splitmix64 + Box-Muller), seeded by the subgraph size.
+// Deterministic standard normals seeded by the subgraph size (the Lanczos stream's salt).
 std::vector<double> normals(std::int64_t n, std::uint64_t seed) {
-  std::uint64_t state = seed * 0x9E3779B97F4A7C15ull + 0x632BE59BD9B4E019ull;
-  auto next = [&]() {
-    std::uint64_t z = (state += 0x9E3779B97F4A7C15ull);
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    return z ^ (z >> 31);
-  };
   std::vector<double> out(n);
-  for (std::int64_t i = 0; i < n; i += 2) {
-    const double a = ((next() >> 11) + 0.5) * (1.0 / 9007199254740992.0);
-    const double b = ((next() >> 11) + 0.5) * (1.0 / 9007199254740992.0);
-    const double r = std::sqrt(-2.0 * std::log(a));
-    out[i] = r * std::cos(6.283185307179586 * b);
-    if (i + 1 < n) out[i + 1] = r * std::sin(6.283185307179586 * b);
-  }
+  krylov::Normals(seed, 0x632BE59BD9B4E019ull).fill(out.data(), n);
   return out;
 }
 

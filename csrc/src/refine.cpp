@@ -172,6 +172,18 @@ LinearAxis linear_axis(i64 n_in, i64 n_out) {
   return a;
 }
 
+// The x pass of torch's separable bilinear form: each of the `rows` source rows (width w) interpolated to out_w
+// columns, t[x] = fma(s[x0], wx0, s[x1] * wx1).
+void interpolate_rows(const float* src, i64 rows, i64 w, const LinearAxis& ax, i64 out_w, float* dst, int threads) {
+  parallel_blocks(rows, 8, threads, [&](i64 lo, i64 hi) {
+    for (i64 r = lo; r < hi; ++r) {
+      const float* s = src + r * w;
+      float* t = dst + r * out_w;
+      for (i64 x = 0; x < out_w; ++x) t[x] = std::fma(s[ax.i0[x]], ax.l0[x], s[ax.i1[x]] * ax.l1[x]);
+    }
+  });
+}
+
 }  // namespace
 
 void concept_assign(const float* features, i64 h, i64 w, i64 c, const std::int32_t* grid, std::int32_t k,
@@ -213,13 +225,7 @@ void concept_assign(const float* features, i64 h, i64 w, i64 c, const std::int32
   //    maximum winning, ids without a grid cell left out.
   const LinearAxis ay = linear_axis(h, out_h), ax = linear_axis(w, out_w);
   std::vector<float> rows(static_cast<std::size_t>(k) * h * out_w);  // (K, h, out_w): t for every grid row
-  parallel_blocks(static_cast<i64>(k) * h, 8, threads, [&](i64 lo, i64 hi) {
-    for (i64 r = lo; r < hi; ++r) {
-      const float* s = scores.data() + r * w;
-      float* t = rows.data() + r * out_w;
-      for (i64 x = 0; x < out_w; ++x) t[x] = std::fma(s[ax.i0[x]], ax.l0[x], s[ax.i1[x]] * ax.l1[x]);
-    }
-  });
+  interpolate_rows(scores.data(), static_cast<i64>(k) * h, w, ax, out_w, rows.data(), threads);
   std::vector<std::int32_t> present;
   for (std::int32_t j = 0; j < k; ++j)
     if (counts[j] > 0) present.push_back(j);
@@ -478,13 +484,7 @@ void resize_bilinear(const float* src, i64 channels, i64 h, i64 w, i64 out_h, i6
   }
   const LinearAxis ay = linear_axis(h, out_h), ax = linear_axis(w, out_w);
   std::vector<float> rows(static_cast<std::size_t>(channels * h * out_w));
-  parallel_blocks(channels * h, 8, threads, [&](i64 lo, i64 hi) {
-    for (i64 r = lo; r < hi; ++r) {
-      const float* s = src + r * w;
-      float* t = rows.data() + r * out_w;
-      for (i64 x = 0; x < out_w; ++x) t[x] = std::fma(s[ax.i0[x]], ax.l0[x], s[ax.i1[x]] * ax.l1[x]);
-    }
-  });
+  interpolate_rows(src, channels * h, w, ax, out_w, rows.data(), threads);
   parallel_blocks(channels * out_h, 8, threads, [&](i64 lo, i64 hi) {
     for (i64 r = lo; r < hi; ++r) {
       const i64 c = r / out_h, y = r % out_h;

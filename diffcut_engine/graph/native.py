@@ -220,6 +220,11 @@ def native_affinity(tokens: np.ndarray, alpha: float) -> np.ndarray:
     return require_native().affinity(np.ascontiguousarray(tokens, dtype=np.float32), float(alpha))
 
 
+#: Grids from this many tokens take the fused affinity pass in ``graph_backend="auto"`` (smaller ones take the
+#: native core as a whole, or are too small for the pass to matter).
+FUSED_AFFINITY_MIN_TOKENS = 1024
+
+
 def fused_affinity_applies(alpha: float, num_tokens: int) -> bool:
     """Whether :func:`native_affinity_widened` serves the host path's float64 affinity: the extension is built,
     ``alpha`` is an integer the numpy path raises by binary powering (the same float32 products; ``np.power`` for
@@ -228,10 +233,6 @@ def fused_affinity_applies(alpha: float, num_tokens: int) -> bool:
     return (num_tokens >= FUSED_AFFINITY_MIN_TOKENS and float(alpha).is_integer()
             and 1 <= alpha <= MAX_SQUARING_EXPONENT and native_available())
 
-
-#: Grids from this many tokens take the fused affinity pass in ``graph_backend="auto"`` (smaller ones take the
-#: native core as a whole, or are too small for the pass to matter).
-FUSED_AFFINITY_MIN_TOKENS = 1024
 
 
 def native_affinity_widened(tokens: np.ndarray, alpha: float):
