@@ -27,7 +27,8 @@ def native_extensions():
     else:
         flags = ["-std=c++17", "-O3", "-g0", "-ffp-contract=off", "-fvisibility=hidden"]
     sources = sorted(glob("csrc/src/*.cpp")) + ["csrc/python/bindings.cpp"]
-    return [Extension("diffcut_engine._native", sources=sources,
+    headers = sorted(glob("csrc/src/*.h")) + sorted(glob("csrc/include/diffcut/*"))  # a changed header rebuilds
+    return [Extension("diffcut_engine._native", sources=sources, depends=headers,
                       include_dirs=[pybind11.get_include(), "csrc/include", "csrc/src"],
                       language="c++", extra_compile_args=flags, optional=True)]
 
