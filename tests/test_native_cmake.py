@@ -117,6 +117,100 @@ def test_example_from_features(build_dir, tmp_path, kind, h, w):
     assert run.returncode == 1 and "NaN" in run.stderr and run.stderr.count("\n") == 1
 
 
+def _segment_file(build_dir, path, out, *args):
+    run = subprocess.run([str(build_dir / "diffcut_segment"), str(path), str(out), *args], capture_output=True,
+                         text=True, env=_env())
+    return run.returncode, run.stderr
+
+
+def test_example_reads_every_npy_layout(build_dir, tmp_path):
+    """Features as numpy writes them: float64, Fortran order, big-endian, float16 (e.g. a TensorRT fp16 encoder's
+    output): the same labels as the float32 C-order file holding the same values."""
+    h, w = 10, 14
+    f = planted_features(planted_regions(h, w, "stripes"), noise=0.5, seed=3)
+    ref = _segment(build_dir, tmp_path, f, "--tau", ",".join(map(str, TAUS)))
+    for variant in (f.astype(np.float64), np.asfortranarray(f), f.astype(">f4"), f.astype(">f8"),
+                    np.asfortranarray(f.astype(">f8")), np.asfortranarray(f.transpose(1, 0, 2)).transpose(1, 0, 2)):
+        np.save(tmp_path / "v.npy", variant)
+        code, err = _segment_file(build_dir, tmp_path / "v.npy", tmp_path / "v_out.npy", "--tau",
+                                  ",".join(map(str, TAUS)))
+        assert code == 0, err
+        assert np.array_equal(np.load(tmp_path / "v_out.npy"), ref), (variant.dtype, variant.flags.f_contiguous)
+    # float16 features, with negative, subnormal and large half values among them: as numpy's float16 -> float32
+    g = f * np.float32(30.0)
+    g[0, 0, :4] = [6e-8, -6e-8, 3e-5, 65000.0]
+    half = g.astype(np.float16)
+    want = _segment(build_dir, tmp_path, half.astype(np.float32), "--tau", ",".join(map(str, TAUS)))
+    for dtype in ("<f2", ">f2"):
+        assert np.array_equal(_segment(build_dir, tmp_path, half.astype(dtype), "--tau", ",".join(map(str, TAUS))),
+                              want), dtype
+    # and an affinity in float16 (subnormal halves and a zero among the weights)
+    W = affinity_from_tokens(l2_normalize(as_token_matrix(f)[0]), 10.0).astype(np.float16)
+    W.flat[:3] = [6e-8, 1e-5, 0.0]  # subnormal halves and a zero among the weights
+    W = np.minimum(W, W.T)
+    want = _segment(build_dir, tmp_path, W.astype(np.float32), "--affinity", "--tau", ",".join(map(str, TAUS)))
+    for dtype in ("<f2", ">f2"):
+        got = _segment(build_dir, tmp_path, W.astype(dtype), "--affinity", "--tau", ",".join(map(str, TAUS)))
+        assert np.array_equal(got, want), dtype
+
+
+@pytest.mark.parametrize("args,message", [
+    (("--tau", "abc"), "--tau: 'abc' is not a number"),
+    (("--tau", "0.5,"), "--tau: empty item"),
+    (("--tau", "0.5x"), "--tau: '0.5x' is not a number"),
+    (("--alpha", ""), "--alpha: '' is not a number"),
+    (("--threads", "2.5"), "--threads: '2.5' is not an integer"),
+    (("--pamr-iters", "1e3"), "--pamr-iters: '1e3' is not an integer"),
+    (("--work-size", "10xa"), "--work-size: 'a' is not an integer"),
+    (("--work-size", "10"), "--work-size takes HxW"),
+    (("--tau",), "--tau needs a value"),
+])
+def test_example_option_errors(build_dir, tmp_path, args, message):
+    """A malformed option value: exit code 1 and one line naming the option (no exception text like 'stod')."""
+    f = planted_features(planted_regions(8, 8, "quadrants"), noise=0.5, seed=1)
+    np.save(tmp_path / "f.npy", f)
+    code, err = _segment_file(build_dir, tmp_path / "f.npy", tmp_path / "o.npy", *args)
+    assert code == 1 and err.count("\n") == 1 and message in err, err
+
+
+def test_example_file_errors(build_dir, tmp_path):
+    f = planted_features(planted_regions(8, 8, "quadrants"), noise=0.5, seed=1)
+    np.save(tmp_path / "f.npy", f)
+    cases = [
+        ((tmp_path / "f.npy", tmp_path / "o.txt"), "written as .npy or .png"),
+        ((tmp_path / "f.npy", tmp_path / "o.npy", "--image", tmp_path / "photo.jpg"), "as .png or .npy"),
+        ((tmp_path / "f.npy", tmp_path / "o.npy", "--image", tmp_path / "rgba.npy"), "must hold an RGB image"),
+        ((tmp_path / "ints.npy", tmp_path / "o.npy"), "dtype <i4"),
+        ((tmp_path / "short.npy", tmp_path / "o.npy"), "truncated"),
+        ((tmp_path / "missing.npy", tmp_path / "o.npy"), "cannot open"),
+    ]
+    np.save(tmp_path / "rgba.npy", np.zeros((8, 8, 4), np.uint8))
+    np.save(tmp_path / "ints.npy", np.zeros((8, 8, 4), np.int32))
+    np.save(tmp_path / "full.npy", f)
+    (tmp_path / "short.npy").write_bytes((tmp_path / "full.npy").read_bytes()[:300])
+    for args, message in cases:
+        code, err = _segment_file(build_dir, *args)
+        assert code == 1 and err.count("\n") == 1 and message in err, (args, err)
+
+
+def test_example_image_layouts(build_dir, tmp_path):
+    """The image as (3, H, W) or (H, W, 3) floats, (H, W, 3) or gray (H, W) uint8: one refinement."""
+    h, w, H, W = 8, 10, 40, 50
+    f = planted_features(planted_regions(h, w, "quadrants"), noise=0.5, seed=4)
+    rng = np.random.default_rng(0)
+    rgb = rng.random((H, W, 3)).astype(np.float32)
+    gray = (rng.random((H, W)) * 255).astype(np.uint8)
+    np.save(tmp_path / "hwc.npy", rgb)
+    np.save(tmp_path / "chw.npy", np.ascontiguousarray(rgb.transpose(2, 0, 1)))
+    np.save(tmp_path / "gray.npy", gray)
+    np.save(tmp_path / "gray3.npy", np.repeat(gray[..., None], 3, axis=2))
+    out = {}
+    for name in ("hwc", "chw", "gray", "gray3"):
+        out[name] = _segment(build_dir, tmp_path, f, "--tau", "0.5", "--image", str(tmp_path / f"{name}.npy"))
+        assert out[name].shape == (H, W)
+    assert np.array_equal(out["hwc"], out["chw"]) and np.array_equal(out["gray"], out["gray3"])
+
+
 def test_readme_c_example_compiles_and_runs(build_dir, tmp_path):
     """The README's "Use from C and C++" example, compiled as the README says and run."""
     cc = shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")

@@ -1,5 +1,5 @@
-// diffcut_segment: features (.npy, (h, w, C) float32/float64) in, labels (.npy int32, or a PNG) out, through the
-// C++ API.
+// diffcut_segment: features (.npy, (h, w, C) float16/32/64, either byte order, C or Fortran order) in, labels (.npy
+// int32, or a PNG) out, through the C++ API.
 //
 //   diffcut_segment FEATURES.npy LABELS.npy|LABELS.png [--tau 0.5[,0.3,...]] [--alpha 10]
 //                   [--compat official|clean] [--solver auto|dense] [--affinity]
@@ -11,14 +11,15 @@
 // --image: the labels are refined to the image's size (concept assignment, PAMR, 3x3 median: the engine's "full"
 // refinement; --work-size HxW: PAMR at that size and back edge-aware, the engine's "demo" preset is
 // --work-size 1024x1024 --pamr-iters 30 --pamr-dilations 1,2,4,8,12,24,32,64, "eval" --work-size 128x128), (H, W)
-// (or (T, H, W)); IMAGE.npy holds (3, H, W) float32/float64 RGB in [0, 1] or (H, W, 3)
-// uint8 RGB (e.g. np.save("img.npy", np.asarray(PIL.Image.open(path).convert("RGB")))), or is a PNG (8/16-bit
-// gray, RGB, RGBA or palette; where CMake found zlib). LABELS.png (one tau): the label ids as an 8-bit grayscale
+// (or (T, H, W)); IMAGE.npy holds RGB floats in [0, 1] as (3, H, W) or (H, W, 3), or uint8 (H, W, 3) (e.g.
+// np.save("img.npy", np.asarray(PIL.Image.open(path).convert("RGB")))), or gray (H, W) of either; or IMAGE is a PNG
+// (8/16-bit gray, RGB, RGBA or palette; where CMake found zlib). LABELS.png (one tau): the label ids as an 8-bit grayscale
 // PNG, 16-bit when there are more than 256 labels.
 #include <algorithm>
 #include <cctype>
 #include <cstdio>
 #include <cstdlib>
+#include <limits>
 #include <string>
 #include <vector>
 
@@ -41,6 +42,59 @@ static void no_png(const std::string& path) {
                            "did not find (install zlib's development files, e.g. apt install zlib1g-dev); use .npy");
 }
 #endif
+
+static bool ends_with_npy(const std::string& path) {
+  if (path.size() < 4) return false;
+  std::string tail = path.substr(path.size() - 4);
+  for (char& c : tail) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  return tail == ".npy";
+}
+
+// The whole of text as a number, or a one-line error naming the option.
+static double parse_number(const std::string& option, const std::string& text) {
+  std::size_t used = 0;
+  double v = 0.0;
+  try {
+    v = std::stod(text, &used);
+  } catch (const std::exception&) {
+    used = 0;
+  }
+  if (used == 0 || used != text.size()) throw std::runtime_error(option + ": '" + text + "' is not a number");
+  return v;
+}
+
+static long long parse_integer(const std::string& option, const std::string& text) {
+  std::size_t used = 0;
+  long long v = 0;
+  try {
+    v = std::stoll(text, &used);
+  } catch (const std::exception&) {
+    used = 0;
+  }
+  if (used == 0 || used != text.size()) throw std::runtime_error(option + ": '" + text + "' is not an integer");
+  return v;
+}
+
+static int parse_int(const std::string& option, const std::string& text) {
+  const long long v = parse_integer(option, text);
+  if (v < std::numeric_limits<int>::min() || v > std::numeric_limits<int>::max())
+    throw std::runtime_error(option + ": " + text + " is out of range");
+  return static_cast<int>(v);
+}
+
+// The comma-separated items of text (an empty item is an error).
+static std::vector<std::string> split_list(const std::string& option, const std::string& text) {
+  std::vector<std::string> items;
+  std::size_t p = 0;
+  while (true) {
+    const std::size_t e = text.find(',', p);
+    items.push_back(text.substr(p, e == std::string::npos ? std::string::npos : e - p));
+    if (items.back().empty()) throw std::runtime_error(option + ": empty item in '" + text + "'");
+    if (e == std::string::npos) break;
+    p = e + 1;
+  }
+  return items;
+}
 
 static int usage() {
   std::fprintf(stderr,
@@ -65,16 +119,9 @@ int main(int argc, char** argv) {
         return argv[++i];
       };
       if (a == "--tau") {
-        std::string v = next();
-        std::size_t p = 0;
-        while (p <= v.size()) {
-          std::size_t e = v.find(',', p);
-          taus.push_back(std::stod(v.substr(p, e == std::string::npos ? std::string::npos : e - p)));
-          if (e == std::string::npos) break;
-          p = e + 1;
-        }
+        for (const std::string& t : split_list(a, next())) taus.push_back(parse_number(a, t));
       } else if (a == "--alpha") {
-        options.alpha = std::stod(next());
+        options.alpha = parse_number(a, next());
       } else if (a == "--compat") {
         std::string v = next();
         if (v == "official") options.compat = diffcut::Compat::Official;
@@ -90,31 +137,26 @@ int main(int argc, char** argv) {
       } else if (a == "--image") {
         image_path = next();
       } else if (a == "--pamr-iters") {
-        options.pamr_iters = std::stoi(next());
+        options.pamr_iters = parse_int(a, next());
       } else if (a == "--pamr-dilations") {
-        std::string v = next();
         options.pamr_dilations.clear();
-        std::size_t p = 0;
-        while (p <= v.size()) {
-          std::size_t e = v.find(',', p);
-          options.pamr_dilations.push_back(std::stoi(v.substr(p, e == std::string::npos ? std::string::npos : e - p)));
-          if (e == std::string::npos) break;
-          p = e + 1;
-        }
+        for (const std::string& d : split_list(a, next())) options.pamr_dilations.push_back(parse_int(a, d));
       } else if (a == "--work-size") {
         const std::string v = next();
         const std::size_t x = v.find('x');
-        if (x == std::string::npos) throw std::runtime_error("--work-size takes HxW, e.g. 1024x1024");
-        options.work_height = std::stoll(v.substr(0, x));
-        options.work_width = std::stoll(v.substr(x + 1));
+        if (x == std::string::npos) throw std::runtime_error("--work-size takes HxW, e.g. 1024x1024, not " + v);
+        options.work_height = parse_integer(a, v.substr(0, x));
+        options.work_width = parse_integer(a, v.substr(x + 1));
       } else if (a == "--no-median") {
         options.median = false;
       } else if (a == "--threads") {
-        options.num_threads = std::stoi(next());
+        options.num_threads = parse_int(a, next());
       } else {
         return usage();
       }
     }
+    if (!ends_with_npy(out) && !ends_with_png(out))
+      throw std::runtime_error(out + ": the labels are written as .npy or .png; name the output file so");
     if (taus.empty()) taus.push_back(0.5);
     options.tau_max = *std::max_element(taus.begin(), taus.end());
     npy::Array x = npy::load(in);
@@ -143,25 +185,32 @@ int main(int argc, char** argv) {
 #else
         no_png(image_path);
 #endif
-      } else {
+      } else if (ends_with_npy(image_path)) {
         img = npy::load(image_path);
+      } else {
+        throw std::runtime_error(image_path + ": the example reads the image as .png or .npy");
       }
+      // -> (3, H, W) float32 in [0, 1]: uint8 (H, W, 3) or (H, W) gray scaled by 1 / 255; floats (3, H, W),
+      // (H, W, 3) (the last axis taken as colour when the first is not 3) or (H, W) gray, as given
       std::vector<float> chw;
       std::int64_t H = 0, W = 0;
-      if (img.was_uint8) {  // (H, W, 3) uint8 -> (3, H, W) float32 in [0, 1]
-        if (img.shape.size() != 3 || img.shape[2] != 3)
-          throw std::runtime_error(image_path + " must hold (H, W, 3) uint8");
-        H = img.shape[0];
-        W = img.shape[1];
+      const std::vector<std::int64_t>& is = img.shape;
+      const float scale = img.was_uint8 ? 1.0f / 255.0f : 1.0f;
+      const bool planar = !img.was_uint8 && is.size() == 3 && is[0] == 3;
+      const bool interleaved = is.size() == 3 && is[2] == 3 && !planar;
+      if (planar) {
+        H = is[1];
+        W = is[2];
+        chw = img.data;
+      } else if (interleaved || is.size() == 2) {
+        H = is[0];
+        W = is[1];
         chw.resize(static_cast<std::size_t>(3 * H * W));
         for (std::int64_t i = 0; i < H * W; ++i)
-          for (int c = 0; c < 3; ++c) chw[c * H * W + i] = img.data[i * 3 + c] / 255.0f;
+          for (int c = 0; c < 3; ++c) chw[c * H * W + i] = (interleaved ? img.data[i * 3 + c] : img.data[i]) * scale;
       } else {
-        if (img.shape.size() != 3 || img.shape[0] != 3)
-          throw std::runtime_error(image_path + " must hold (3, H, W) floats");
-        H = img.shape[1];
-        W = img.shape[2];
-        chw = img.data;
+        throw std::runtime_error(image_path + " must hold an RGB image: (H, W, 3) or (H, W) uint8, or (3, H, W), "
+                                 "(H, W, 3) or (H, W) floats in [0, 1]");
       }
       for (double tau : taus) {
         std::int32_t k = 0;

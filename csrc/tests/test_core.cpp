@@ -15,6 +15,7 @@
 
 #include "core.h"
 #include "diffcut/diffcut.hpp"
+#include "npy.h"
 
 static int failures = 0;
 #define EXPECT(cond)                                                       \
@@ -162,6 +163,19 @@ static std::vector<std::int32_t> dense_pamr(const std::vector<float>& aff, const
 }
 
 int main() {
+  // the example's float16 reader: every half bit pattern against sign * 2^(e - 15) * (1 + m / 1024) (normal),
+  // sign * 2^-14 * m / 1024 (subnormal), inf and NaN
+  for (std::uint32_t bits = 0; bits < 65536; ++bits) {
+    const int e = static_cast<int>((bits >> 10) & 0x1f), m = static_cast<int>(bits & 0x3ff);
+    const double sign = (bits & 0x8000) ? -1.0 : 1.0;
+    const float got = npy::half_to_float(static_cast<std::uint16_t>(bits));
+    if (e == 31) {
+      EXPECT(m == 0 ? (std::isinf(got) && (got < 0) == (sign < 0)) : std::isnan(got));
+    } else {
+      const double want = e == 0 ? sign * std::ldexp(m / 1024.0, -14) : sign * std::ldexp(1.0 + m / 1024.0, e - 15);
+      EXPECT(static_cast<double>(got) == want && std::signbit(got) == (sign < 0));
+    }
+  }
   // pairwise_sum is a sum (integers: exact in any order)
   {
     std::mt19937 rng(1);
