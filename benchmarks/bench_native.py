@@ -36,6 +36,12 @@ def main(argv=None) -> int:
                     help="instead: the throughput of graph.ncut_trees on this many grids (--grids, cycled over the "
                     "photo cases) with num_threads 1 vs 2 (the native core's batch; OpenBLAS single-threaded "
                     "during a multi-threaded call)")
+    ap.add_argument("--against", default="",
+                    help="instead: the native core against these graph backends (comma-separated: numpy, auto), "
+                    "default solvers, calls alternated, medians; e.g. --grids 48,64 --against numpy,auto decides "
+                    "graph.NATIVE_AUTO_MAX_TOKENS")
+    ap.add_argument("--families", default="",
+                    help="with --against: the case families of bench_graph (default: --cases plus disconnected)")
     args = ap.parse_args(argv)
     if not graph.native_available():
         raise SystemExit("error: diffcut_engine._native is not built (pip install -e . with a C++17 compiler)")
@@ -43,6 +49,8 @@ def main(argv=None) -> int:
     args.tau = args.tau_real = None
     if args.batch:
         return batch(args)
+    if args.against:
+        return against(args)
     print(f"{'case':18s} {'grid':7s} {'numpy s':>9s} {'dense s':>9s} {'native s':>9s} {'nat-d s':>9s} "
           f"{'np/nat':>7s} {'d/nat-d':>9s}  same labels (numpy vs native, dense vs native-dense)")
     for case in bench_graph.build_cases(args):
@@ -59,6 +67,26 @@ def main(argv=None) -> int:
         (tc, _, lc), (tcd, _, lcd) = out["native"], out["native-dense"]
         print(f"{case['case']:18s} {case['grid']:7s} {tn:9.4f} {td:9.4f} {tc:9.4f} {tcd:9.4f} {tn / tc:7.2f} "
               f"{td / tcd:9.2f}  {np.array_equal(ln, lc)}, {np.array_equal(ld, lcd)}")
+    return 0
+
+
+def against(args) -> int:
+    others = [b for b in args.against.split(",") if b]
+    if args.families:
+        args.cases = args.families
+    elif "disconnected" not in args.cases:
+        args.cases += ",disconnected"
+    print(f"{'case':18s} {'grid':7s} {'native s':>9s} " + " ".join(f"{b + ' s':>9s} {b + '/nat':>9s}" for b in others)
+          + "  same labels")
+    for case in bench_graph.build_cases(args):
+        f, tau = case["feats"], case["tau"]
+        fns = {b: (lambda b=b: graph.recursive_ncut(f, alpha=10.0, tau=tau, compat=args.compat, graph_backend=b))
+               for b in ["native", *others]}
+        out = bench_graph.interleaved(fns, args.repeats)
+        tn, _, ln = out["native"]
+        cols = " ".join(f"{out[b][0]:9.4f} {out[b][0] / tn:9.2f}" for b in others)
+        same = all(np.array_equal(ln, out[b][2]) for b in others)
+        print(f"{case['case']:18s} {case['grid']:7s} {tn:9.4f} {cols}  {same}", flush=True)
     return 0
 
 

@@ -5,6 +5,7 @@ realistic feature families, square and non-square grids, both compat modes; and 
 Skipped only where no C++ compiler exists (then the install cannot have built the extension); with a compiler a
 missing extension is a failure: `pip install -e .` must build it."""
 
+import os
 import shutil
 
 import numpy as np
@@ -185,6 +186,46 @@ def test_native_batch_on_threads_equals_one_by_one(built):
     with pytest.raises(ValueError, match="compat"):
         native.native_trees(bad, shapes[:2], alpha=10.0, tau_max=0.7, compat="official-float32",
                             num_thresholds=100)
+
+
+def test_native_scratch_cache_reuses_blocks_without_changing_results(built):
+    """The core's large temporaries (W, the subgraphs' matrices) are kept per thread for the next grid: the cache
+    fills, blocks of another size are reused or replaced, and results never depend on what a block held before."""
+    feats = [_features("planted-disc", 20, 24), _features("lab-coffee", 12, 14), _features("filters-astronaut", 24, 26)]
+    native.release_scratch()
+    assert native.scratch_cached_bytes() == 0
+    fresh = []
+    for f in feats:  # each on an empty cache
+        native.release_scratch()
+        fresh.append(ncut_tree(f, tau_max=0.7, graph_backend="native", solver="dense"))
+    native.release_scratch()
+    for rounds in range(2):  # large -> small -> larger, on cached (dirty) blocks
+        for f, want in zip(feats, fresh):
+            got = ncut_tree(f, tau_max=0.7, graph_backend="native", solver="dense")
+            n = f.shape[0] * f.shape[1]
+            assert native.scratch_cached_bytes() >= 4 * n * n  # at least W's block came back
+            for tau in (0.3, 0.5, 0.7):
+                assert np.array_equal(got.cut(tau), want.cut(tau))
+    native.release_scratch()
+    assert native.scratch_cached_bytes() == 0
+
+
+def test_native_scratch_cache_limit_zero_keeps_nothing(built):
+    import subprocess
+    import sys
+
+    code = ("import numpy as np\n"
+            "from diffcut_engine.graph import native, ncut_tree\n"
+            "f = np.random.default_rng(0).standard_normal((16, 16, 32)).astype(np.float32)\n"
+            "ncut_tree(f, tau_max=0.5, graph_backend='native')\n"
+            "print(native.scratch_cached_bytes())\n")
+    out = {}
+    for limit in ("0", "1024"):
+        run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                             env=dict(os.environ, DIFFCUT_GRAPH_CACHE_MB=limit))
+        assert run.returncode == 0, run.stderr
+        out[limit] = int(run.stdout.split()[-1])
+    assert out["0"] == 0 and out["1024"] >= 4 * 256 * 256
 
 
 def _disconnected_case():

@@ -16,6 +16,7 @@
 #include "core.h"
 #include "diffcut/diffcut.h"
 #include "lapack.h"
+#include "scratch.h"
 
 namespace py = pybind11;
 using namespace diffcut::detail;
@@ -115,6 +116,12 @@ PYBIND11_MODULE(_native, m) {
   m.attr("version") = diffcut_version();
 
   m.def(
+      "scratch_cached_bytes", [] { return scratch_cached_bytes(); },
+      "Bytes of free scratch blocks (the graph stage's W and subgraph matrices) the calling thread's cache holds.");
+  m.def(
+      "release_scratch", [] { scratch_trim(); }, "Free the calling thread's cached scratch blocks.");
+
+  m.def(
       "bind_lapack",
       [](std::uintptr_t ssyrk, std::uintptr_t dsyevr, std::uintptr_t dsymv) {
         translated([&] {
@@ -180,7 +187,7 @@ PYBIND11_MODULE(_native, m) {
         const float* x = tokens.data();
         Tree tree = translated([&] {
           py::gil_scoped_release release;
-          std::vector<float> W(static_cast<std::size_t>(n) * static_cast<std::size_t>(n));
+          ScratchArray<float> W(static_cast<std::size_t>(n) * static_cast<std::size_t>(n));
           affinity_from_tokens(x, n, c, alpha, W.data());
           return build_tree(W.data(), n, o);
         });
@@ -206,7 +213,7 @@ PYBIND11_MODULE(_native, m) {
             for (std::size_t i = next++; i < count; i = next++) {
               try {
                 const std::int64_t n = tokens[i].shape(0), c = tokens[i].shape(1);
-                std::vector<float> W(static_cast<std::size_t>(n) * static_cast<std::size_t>(n));
+                ScratchArray<float> W(static_cast<std::size_t>(n) * static_cast<std::size_t>(n));
                 affinity_from_tokens(tokens[i].data(), n, c, o.alpha, W.data());
                 trees[i] = build_tree(W.data(), n, o);
               } catch (...) {

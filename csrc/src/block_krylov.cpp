@@ -139,7 +139,7 @@ double subspace_certificate(const double* theta, const double* r, int p, int* cl
   return best;
 }
 
-bool block_krylov_fiedler(const std::vector<double>& A, const std::vector<double>& d, std::int64_t n,
+bool block_krylov_fiedler(const double* A, const std::vector<double>& d, std::int64_t n,
                           const std::vector<double>& warm, std::vector<double>& u) {
   std::vector<double> sqrt_d(n), dis(n), u1(n);
   for (std::int64_t i = 0; i < n; ++i) {
@@ -180,7 +180,7 @@ bool block_krylov_fiedler(const std::vector<double>& A, const std::vector<double
     for (int j = 0; j < b; ++j)
       for (std::int64_t i = 0; i < n; ++i) scaled[static_cast<std::size_t>(j) * n + i] = V[static_cast<std::size_t>(j) * n + i] * dis[i];
     double* out = MQ.data() + static_cast<std::size_t>(k) * n;
-    gemm(false, false, b, ni, ni, 1.0, scaled.data(), ni, A.data(), ni, 0.0, out, ni);
+    gemm(false, false, b, ni, ni, 1.0, scaled.data(), ni, A, ni, 0.0, out, ni);
     for (int j = 0; j < b; ++j)
       for (std::int64_t i = 0; i < n; ++i) out[static_cast<std::size_t>(j) * n + i] *= dis[i];
     k += b;

@@ -10,6 +10,7 @@
 #include "core.h"
 #include "diffcut/diffcut.h"
 #include "lapack.h"
+#include "scratch.h"
 
 using diffcut::detail::Code;
 using diffcut::detail::Compat;
@@ -91,7 +92,7 @@ diffcut::detail::Tree tree_of_tokens(const std::vector<float>& tokens, std::int6
                                      std::int64_t c, const diffcut::detail::Options& opts) {
   const std::int64_t n = h * w;
   if (n > 46340) throw Failure(Code::InvalidArgument, "a dense affinity of more than 46340 tokens does not fit");
-  std::vector<float> W(static_cast<std::size_t>(n * n));
+  diffcut::detail::ScratchArray<float> W(static_cast<std::size_t>(n * n));  // cached for the thread's next image
   diffcut::detail::affinity_from_tokens(tokens.data(), n, c, opts.alpha, W.data());
   diffcut::detail::Tree tree = diffcut::detail::build_tree(W.data(), n, opts);
   tree.height = h;
@@ -195,6 +196,10 @@ int diffcut_version_number(void) {
 }
 
 const char* diffcut_last_error(void) { return last_error.c_str(); }
+
+void diffcut_release_scratch(void) { diffcut::detail::scratch_trim(); }
+
+size_t diffcut_scratch_cached_bytes(void) { return diffcut::detail::scratch_cached_bytes(); }
 
 const char* diffcut_error_name(int code) {
   switch (code) {

@@ -60,7 +60,7 @@ bool top_ritz_pairs(const std::vector<double>& alpha, const std::vector<double>&
 
 }  // namespace
 
-bool lanczos_fiedler(const std::vector<double>& A, const std::vector<double>& d, std::int64_t m,
+bool lanczos_fiedler(const double* A, const std::vector<double>& d, std::int64_t m,
                      const std::vector<double>& warm, std::vector<double>& u) {
   std::vector<double> sqrt_d(m), dis(m), u1(m);
   for (std::int64_t i = 0; i < m; ++i) {
@@ -76,7 +76,7 @@ bool lanczos_fiedler(const std::vector<double>& A, const std::vector<double>& d,
   char uplo = 'U';  // the column-major upper triangle: A's (row-major) lower one, as the numpy path reads it
   auto matvec = [&](const double* x, double* out) {  // M x = D^-1/2 A D^-1/2 x (one triangle of A)
     for (std::int64_t i = 0; i < m; ++i) tmp[i] = dis[i] * x[i];
-    dsymv(&uplo, &mi, &unit, const_cast<double*>(A.data()), &mi, tmp.data(), &one, &nothing, out, &one);
+    dsymv(&uplo, &mi, &unit, const_cast<double*>(A), &mi, tmp.data(), &one, &nothing, out, &one);
     for (std::int64_t i = 0; i < m; ++i) out[i] *= dis[i];
   };
   auto deflate = [&](double* v) {

@@ -18,6 +18,7 @@
 
 #include "core.h"
 #include "lapack.h"
+#include "scratch.h"
 
 namespace diffcut {
 namespace detail {
@@ -52,7 +53,7 @@ constexpr double kLeafBoundMargin = 1e-9;
 // A rigorous lower bound on the NCut of every bipartition (graph/eigen.py spectral_lower_bound, its O(n^2) form):
 // NCut >= 1 - mu_2 and mu_2 <= sqrt(||M||_F^2 - 1), M = D^-1/2 A D^-1/2. Stops once it is certain to be below
 // stop_below (the row terms are non-negative).
-double spectral_lower_bound(const std::vector<double>& A, const std::vector<double>& d, std::int64_t m,
+double spectral_lower_bound(const double* A, const std::vector<double>& d, std::int64_t m,
                             double stop_below) {
   if (stop_below > 1.0) return 1.0;
   const double give_up = 1.0 + std::pow(std::max(1.0 - stop_below, 0.0), 2);
@@ -60,7 +61,7 @@ double spectral_lower_bound(const std::vector<double>& A, const std::vector<doub
   for (std::int64_t i = 0; i < m; ++i) dinv[i] = 1.0 / d[i];
   double fro2 = 0.0;
   for (std::int64_t i = 0; i < m; ++i) {
-    const double* row = A.data() + i * m;
+    const double* row = A + i * m;
     double acc = 0.0;
     for (std::int64_t j = 0; j < m; ++j) acc += row[j] * row[j] * dinv[j];
     fro2 += dinv[i] * acc;
@@ -72,12 +73,12 @@ double spectral_lower_bound(const std::vector<double>& A, const std::vector<doub
 }  // namespace
 
 // u2 of the (m x m, row-major) affinity A with degrees d by dsyevr (eigenpairs 1..2 of the normalised Laplacian).
-void dense_u2(const std::vector<double>& A, const std::vector<double>& d, std::int64_t m, std::vector<double>& u2) {
+void dense_u2(const double* A, const std::vector<double>& d, std::int64_t m, std::vector<double>& u2) {
   std::vector<double> dis(m);
   for (std::int64_t i = 0; i < m; ++i) dis[i] = 1.0 / std::sqrt(d[i]);
   // L = (D^-1/2 (D - A)) D^-1/2 row by row as numpy computes it; LAPACK reads the lower triangle of the
   // column-major matrix, i.e. element (i, j), i >= j, at lap[i + j * m]: the row-major upper storage.
-  std::vector<double> lap(static_cast<std::size_t>(m * m));
+  ScratchArray<double> lap(static_cast<std::size_t>(m * m));
   for (std::int64_t i = 0; i < m; ++i) {
     for (std::int64_t j = 0; j <= i; ++j) {
       double v = -A[i * m + j];
@@ -139,7 +140,7 @@ struct Split {
 };
 
 // Every candidate's exact NCut from the bin sums (graph/scoring.py binned_scores and ncut_from_bins).
-void score(const std::vector<double>& A, const std::vector<double>& d, const std::vector<double>& y,
+void score(const double* A, const std::vector<double>& d, const std::vector<double>& y,
            std::int64_t m, int num, Split& s) {
   double ymin = y[0], ymax = y[0];
   for (std::int64_t i = 1; i < m; ++i) {
@@ -154,7 +155,7 @@ void score(const std::vector<double>& A, const std::vector<double>& d, const std
   s.GA.assign(static_cast<std::size_t>(nb) * m, 0.0);
   for (std::int64_t j = 0; j < m; ++j) {  // rows of A added to their bin's row, nodes in increasing order
     double* dst = s.GA.data() + static_cast<std::size_t>(s.bins[j]) * m;
-    const double* src = A.data() + j * m;
+    const double* src = A + j * m;
     for (std::int64_t i = 0; i < m; ++i) dst[i] += src[i];
   }
   // B[b][c] = sum over nodes i of bin b (increasing) of GA[c][i]
@@ -261,7 +262,8 @@ Tree build_tree(const float* W, std::int64_t n, const Options& options) {
 
   std::vector<Pending> stack;
   stack.push_back({0, {}, {}});
-  std::vector<double> A, d, y, u;
+  ScratchArray<double> A;  // the subgraph's matrix: reused from node to node and, cached, from image to image
+  std::vector<double> d, y, u;
   Split split;
   bool lanczos_failed = false;  // the per-tree memo of eigen.fiedler_vector
   while (!stack.empty()) {
@@ -296,7 +298,7 @@ Tree build_tree(const float* W, std::int64_t n, const Options& options) {
     if (isolated) continue;  // an all-zero row: no meaningful Laplacian (a leaf)
     if (depth > 0) {  // a subgraph proved a leaf at tau_max needs no eigensolve (the tree and its cuts are unchanged)
       const double stop = options.tau_max + kLeafBoundMargin;
-      const double bound = spectral_lower_bound(A, d, m, stop);
+      const double bound = spectral_lower_bound(A.data(), d, m, stop);
       if (bound >= stop) {
         tree.nodes[id].value = bound;
         tree.nodes[id].exact = false;
@@ -308,13 +310,13 @@ Tree build_tree(const float* W, std::int64_t n, const Options& options) {
     const bool iterative = options.solver == Solver::Auto && m > kAutoDenseMax && m >= 32;
     bool solved = false;
     if (iterative && !lanczos_failed) {
-      solved = lanczos_fiedler(A, d, m, item.warm, u);
+      solved = lanczos_fiedler(A.data(), d, m, item.warm, u);
       lanczos_failed = !solved;
     }
-    if (iterative && !solved) solved = block_krylov_fiedler(A, d, m, item.warm, u);
-    if (!solved) dense_u2(A, d, m, u);
+    if (iterative && !solved) solved = block_krylov_fiedler(A.data(), d, m, item.warm, u);
+    if (!solved) dense_u2(A.data(), d, m, u);
     fiedler_from_u(u, d, m, y);
-    score(A, d, y, m, options.num_thresholds, split);
+    score(A.data(), d, y, m, options.num_thresholds, split);
     tree.nodes[id].value = split.value;
     if (!(split.value < options.tau_max)) continue;
     const int best = split.best;

@@ -60,7 +60,12 @@ int main(void) {
   EXPECT_ERR(diffcut_bind_lapack(NULL, NULL, NULL), DIFFCUT_ERROR_NULL_POINTER);
 
   /* a run: two halves */
+  diffcut_release_scratch();
+  EXPECT(diffcut_scratch_cached_bytes() == 0);
   EXPECT(diffcut_segment(f, h, w, c, NULL, 0.5, labels, n, &k) == DIFFCUT_OK);
+  EXPECT(diffcut_scratch_cached_bytes() >= (size_t)(n * n) * sizeof(float)); /* W's block, kept for the next image */
+  diffcut_release_scratch();
+  EXPECT(diffcut_scratch_cached_bytes() == 0);
   EXPECT(k == 2);
   for (int i = 0; i < h; ++i)
     for (int j = 0; j < w; ++j) EXPECT(labels[i * w + j] == labels[(j < w / 2) ? 0 : w - 1]);

@@ -16,6 +16,7 @@
 #include "core.h"
 #include "diffcut/diffcut.hpp"
 #include "npy.h"
+#include "scratch.h"
 
 static int failures = 0;
 #define EXPECT(cond)                                                       \
@@ -176,6 +177,39 @@ int main() {
       EXPECT(static_cast<double>(got) == want && std::signbit(got) == (sign < 0));
     }
   }
+  // the scratch cache: a block comes back for the next request that fits (smallest first), trim frees all; and
+  // the recursion's results do not depend on what its cached blocks held (here: NaN everywhere)
+  {
+    using namespace diffcut::detail;
+    scratch_trim();
+    EXPECT(scratch_cached_bytes() == 0);
+    std::size_t cap_big = 0, cap_small = 0, cap = 0;
+    void* big = scratch_acquire(std::size_t{3} << 20, &cap_big);
+    void* small = scratch_acquire(4096, &cap_small);
+    EXPECT(cap_big >= (std::size_t{3} << 20) && cap_small >= 4096);
+    scratch_release(big, cap_big);
+    scratch_release(small, cap_small);
+    EXPECT(scratch_cached_bytes() == cap_big + cap_small);
+    void* again = scratch_acquire(1000, &cap);
+    EXPECT(again == small && cap == cap_small);
+    scratch_release(again, cap);
+    std::vector<int> regions;
+    const int h = 14, w = 17, c = 48;
+    const auto f = planted(h, w, c, regions, 5u, 0.35);
+    diffcut::Options o;
+    o.solver = diffcut::Solver::Dense;
+    scratch_trim();
+    const auto want = diffcut::segment(f.data(), h, w, c, 0.5, o);
+    scratch_trim();
+    for (std::size_t bytes : {std::size_t{1} << 16, std::size_t{1} << 20, std::size_t{8} << 20}) {
+      ScratchArray<double> poison(bytes / sizeof(double));
+      for (std::size_t i = 0; i < poison.size(); ++i) poison[i] = std::nan("");
+    }
+    EXPECT(scratch_cached_bytes() > 0);
+    EXPECT(diffcut::segment(f.data(), h, w, c, 0.5, o) == want);
+    scratch_trim();
+    EXPECT(scratch_cached_bytes() == 0);
+  }
   // pairwise_sum is a sum (integers: exact in any order)
   {
     std::mt19937 rng(1);
@@ -223,14 +257,14 @@ int main() {
     std::vector<double> A, d, dense, lanczos, block;
     clustered_graph(parts, 240 / parts + 20, 1e-8, seed, A, d);
     const std::int64_t n = static_cast<std::int64_t>(d.size());
-    diffcut::detail::dense_u2(A, d, n, dense);
-    EXPECT(!diffcut::detail::lanczos_fiedler(A, d, n, {}, lanczos));
-    EXPECT(diffcut::detail::block_krylov_fiedler(A, d, n, {}, block));
+    diffcut::detail::dense_u2(A.data(), d, n, dense);
+    EXPECT(!diffcut::detail::lanczos_fiedler(A.data(), d, n, {}, lanczos));
+    EXPECT(diffcut::detail::block_krylov_fiedler(A.data(), d, n, {}, block));
     EXPECT(block.size() == dense.size() && sin_angle(block, dense) < 1e-6);
     // warm-started from the dense vector (as from a parent's): certified too
     std::vector<double> warm(n);
     for (std::int64_t i = 0; i < n; ++i) warm[i] = dense[i] / std::sqrt(d[i]);
-    EXPECT(diffcut::detail::block_krylov_fiedler(A, d, n, warm, block));
+    EXPECT(diffcut::detail::block_krylov_fiedler(A.data(), d, n, warm, block));
     EXPECT(block.size() == dense.size() && sin_angle(block, dense) < 1e-6);
   }
   // the certificate (eigen.subspace_certificate): a cluster of three within 1e-9 is certified as a whole (m = 3),

@@ -149,6 +149,24 @@ def require_native():
     return module
 
 
+def scratch_cached_bytes() -> int:
+    """Bytes of free scratch blocks the native core keeps for the calling thread (0 where it is not built).
+
+    The core's large temporaries (a grid's affinity and its subgraphs' float64 matrices: 192 MB at 64 x 64) come
+    from a per-thread cache, as :mod:`.memory`'s for the numpy path, so that the next image does not fault in fresh
+    pages; the same limit applies (``DIFFCUT_GRAPH_CACHE_MB``, default 1024; 0 turns it off).
+    """
+    module = _load()
+    return 0 if module is None else int(module.scratch_cached_bytes())
+
+
+def release_scratch() -> None:
+    """Free the native core's cached scratch blocks of the calling thread (nothing where it is not built)."""
+    module = _load()
+    if module is not None:
+        module.release_scratch()
+
+
 def resolve_graph_backend(backend: str, *, on_device: bool, compat: str, solver: str, num_tokens: int) -> str:
     """The concrete backend (``native``, ``numpy`` or ``cupy``) that ``backend`` stands for.
 

@@ -24,6 +24,7 @@
 #ifndef DIFFCUT_DIFFCUT_H
 #define DIFFCUT_DIFFCUT_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 #if defined(_WIN32) && defined(DIFFCUT_SHARED)
@@ -77,6 +78,14 @@ DIFFCUT_API int diffcut_version_number(void);
 DIFFCUT_API const char* diffcut_last_error(void);
 /* Name of an error code ("DIFFCUT_ERROR_NULL_POINTER", ...), "unknown" for other values. */
 DIFFCUT_API const char* diffcut_error_name(int code);
+
+/* Scratch memory: the trees' large temporaries (a grid's affinity, its subgraphs' matrices: 192 MB at 64 x 64) are
+ * kept per thread after a call for that thread's next image, so that it does not fault in fresh pages again, up
+ * to DIFFCUT_GRAPH_CACHE_MB megabytes (environment variable, read once; default 1024, 0: no cache). This frees the
+ * calling thread's cached blocks; a thread's cache is freed when the thread ends. */
+DIFFCUT_API void diffcut_release_scratch(void);
+/* Bytes of scratch memory cached (free) for the calling thread. */
+DIFFCUT_API size_t diffcut_scratch_cached_bytes(void);
 
 /* BLAS/LAPACK: the library calls ssyrk, dsyevr and dsymv through pointers with the Fortran argument lists (32-bit
  * integers, no hidden string lengths). A CMake build binds the BLAS/LAPACK it was linked with; this rebinds them
