@@ -126,3 +126,31 @@ def test_list_image_files(tmp_path):
                               str(tmp_path / "none*.png")])
     names = [p.name for p in files]
     assert names == ["a.jpg", "b.png", "b.png", "missing.png"]
+
+
+def test_lazily_decoded_pil_image_that_fails_is_an_input_error(tmp_path):
+    """``Image.open`` decodes lazily: a truncated file (or a closed image) passed as a PIL image fails only when the
+    engine reads its pixels; that is an InputError naming the input, as for the same file given by path, so that a
+    batch with ``errors="skip"`` (or a BatchError) keeps the other results."""
+    from diffcut_engine.engine import Engine
+    from diffcut_engine.errors import BatchError
+    from toy_encoder import ColourEncoder
+
+    rng = np.random.default_rng(0)
+    arr = rng.integers(0, 256, size=(40, 48, 3), dtype=np.uint8)
+    for ext in ("png", "jpg"):
+        Image.fromarray(arr).save(tmp_path / f"a.{ext}")
+        data = (tmp_path / f"a.{ext}").read_bytes()
+        (tmp_path / f"cut.{ext}").write_bytes(data[:len(data) // 2])
+        with pytest.raises(InputError, match="cannot decode"):
+            load_image(Image.open(tmp_path / f"cut.{ext}"))
+    closed = Image.open(tmp_path / "a.png")
+    closed.close()
+    with pytest.raises(InputError, match="cannot decode"):
+        load_image(closed)
+    engine = Engine(EngineConfig(size=64, device="cpu", refine=False), encoder=ColourEncoder())
+    out = engine.segment([arr, Image.open(tmp_path / "cut.png"), arr], errors="skip")
+    assert out[0] is not None and out[1] is None and out[2] is not None
+    with pytest.raises(BatchError) as info:
+        engine.segment([arr, Image.open(tmp_path / "cut.jpg")])
+    assert info.value.results[0] is not None and list(info.value.errors) == [1]
