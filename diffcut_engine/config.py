@@ -6,6 +6,7 @@ This module imports neither torch nor diffusers, so a configuration can be built
 from __future__ import annotations
 
 import dataclasses
+import numbers
 import os
 import re
 from dataclasses import dataclass
@@ -74,8 +75,8 @@ def parse_size(value: Union[int, str, Tuple[int, int], list, None], *, name: str
         return None
     if isinstance(value, bool):
         raise InputError(f"{name} must be an int, 'WxH' or (height, width), got {value!r}")
-    if isinstance(value, int):
-        hw = (value, value)
+    if isinstance(value, numbers.Integral):  # numpy integers too (bool refused above)
+        hw = (int(value), int(value))
     elif isinstance(value, str):
         m = re.fullmatch(r"\s*(\d+)\s*(?:[x,X*]\s*(\d+)\s*)?", value)
         if not m:
@@ -83,7 +84,8 @@ def parse_size(value: Union[int, str, Tuple[int, int], list, None], *, name: str
         w = int(m.group(1))
         h = int(m.group(2)) if m.group(2) else w
         hw = (h, w)
-    elif isinstance(value, (tuple, list)) and len(value) == 2 and all(isinstance(v, int) for v in value):
+    elif isinstance(value, (tuple, list)) and len(value) == 2 and all(
+            isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in value):
         hw = (int(value[0]), int(value[1]))
     else:
         raise InputError(f"{name} must be an int, 'WxH' or (height, width), got {value!r}")
@@ -93,6 +95,11 @@ def parse_size(value: Union[int, str, Tuple[int, int], list, None], *, name: str
         raise InputError(f"{name} must be a multiple of {multiple} px on both sides (one feature token per "
                          f"{multiple} px), got {hw[1]}x{hw[0]} (width x height)")
     return hw
+
+
+def _is_int(value) -> bool:
+    """An integer option: Python or numpy integers; ``bool`` is refused (``True`` is no batch size or seed)."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 @dataclass(frozen=True)
@@ -237,10 +244,13 @@ class EngineConfig:
             raise InputError(f"unknown resize_mode {self.resize_mode!r}; choose one of {', '.join(RESIZE_MODES)}")
         if self.resize_mode == "center_crop" and self.size[0] != self.size[1]:
             raise InputError(f"resize_mode='center_crop' needs a square size, got {self.size[1]}x{self.size[0]}")
-        if not (isinstance(self.timestep, int) and 0 <= self.timestep < 1000):
+        if not (_is_int(self.timestep) and 0 <= self.timestep < 1000):
             raise InputError(f"timestep must be an integer in [0, 999], got {self.timestep!r}")
-        if not isinstance(self.seed, int):
+        if not _is_int(self.seed):
             raise InputError(f"seed must be an integer, got {self.seed!r}")
+        for name in ("timestep", "seed", "batch_size", "graph_threads", "pamr_iters"):  # numpy ints stored as int
+            if _is_int(getattr(self, name)):
+                set_(name, int(getattr(self, name)))
         set_("alpha", check_alpha(self.alpha))
         if self.tau is not None:
             set_("tau", check_tau(self.tau))
@@ -252,7 +262,7 @@ class EngineConfig:
             raise InputError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {self.device!r}")
         if self.dtype not in DTYPES:
             raise InputError(f"unknown dtype {self.dtype!r}; choose one of {', '.join(DTYPES)}")
-        if not (isinstance(self.batch_size, int) and self.batch_size >= 1):
+        if not (_is_int(self.batch_size) and self.batch_size >= 1):
             raise InputError(f"batch_size must be a positive integer, got {self.batch_size!r}")
         if self.backend not in BACKENDS:
             raise InputError(f"unknown backend {self.backend!r}; choose one of {', '.join(BACKENDS)}")
@@ -280,7 +290,7 @@ class EngineConfig:
         if (self.graph_backend == "cupy" and self.graph_device == "host") or (
                 self.graph_backend in ("native", "numpy") and self.graph_device == "device"):
             raise InputError(f"graph_backend={self.graph_backend!r} contradicts graph_device={self.graph_device!r}")
-        if isinstance(self.graph_threads, bool) or not isinstance(self.graph_threads, int) or self.graph_threads < 1:
+        if not _is_int(self.graph_threads) or self.graph_threads < 1:
             raise InputError(f"graph_threads must be an int >= 1, got {self.graph_threads!r}")
 
     def _check_refine(self, set_) -> None:
@@ -294,17 +304,16 @@ class EngineConfig:
             raise InputError(f"unknown refine {self.refine!r}; choose one of {', '.join(REFINE_PRESETS)}, none "
                              f"(or True/False)")
         set_("refine", refine)
-        if self.pamr_iters is not None and not (isinstance(self.pamr_iters, int) and not
-                                                isinstance(self.pamr_iters, bool) and self.pamr_iters >= 0):
+        if self.pamr_iters is not None and not (_is_int(self.pamr_iters) and self.pamr_iters >= 0):
             raise InputError(f"pamr_iters must be a non-negative integer, got {self.pamr_iters!r}")
         if self.pamr_dilations is not None:
             try:
                 dil = tuple(self.pamr_dilations)
             except TypeError:
                 dil = ()
-            if not dil or not all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in dil):
+            if not dil or not all(_is_int(d) and d > 0 for d in dil):
                 raise InputError(f"pamr_dilations must be positive integers, got {self.pamr_dilations!r}")
-            set_("pamr_dilations", dil)
+            set_("pamr_dilations", tuple(int(d) for d in dil))
         if self.refine_backend not in ("auto", "torch", "fast", "native"):
             raise InputError(f"unknown refine_backend {self.refine_backend!r}; choose one of auto, torch, fast, native")
 

@@ -13,6 +13,7 @@ Couairon et al., "DiffCut", NeurIPS 2024 (arXiv:2406.02842).
 from __future__ import annotations
 
 import logging
+import numbers
 import time
 from typing import Iterable, Iterator, List, Optional, Sequence
 
@@ -203,7 +204,10 @@ class Engine:
         if self._pipeline is not None and (tree_tau is not None or return_features):
             raise InputError("return_tree, tree_tau_max and return_features are for method='diffcut'; "
                              f"method={self.config.method!r} keeps no feature tree")
-        batch_size = batch_size or self.config.batch_size
+        if batch_size is None:
+            batch_size = self.config.batch_size
+        elif isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or batch_size < 1:
+            raise InputError(f"batch_size must be a positive integer, got {batch_size!r}")  # -1 gave no results
         namer = self.namer(classes) if classes is not None else None
         inputs = list(inputs) if not isinstance(inputs, list) else inputs
         bar = _progress(len(inputs), progress)

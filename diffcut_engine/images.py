@@ -190,7 +190,12 @@ def load_image(source, index: int = 0) -> LoadedImage:
         except Image.DecompressionBombError as exc:
             raise InputError(f"{name}: image too large to decode safely ({exc})") from exc
     elif isinstance(source, Image.Image):
-        pixels = pil_to_tensor(source, name)
+        try:  # PIL decodes lazily: a truncated or closed file given as an Image fails only here
+            pixels = pil_to_tensor(source, name)
+        except InputError:
+            raise
+        except (OSError, SyntaxError, ValueError) as exc:
+            raise InputError(f"{name}: cannot decode image ({type(exc).__name__}: {exc})") from exc
     elif isinstance(source, np.ndarray):
         pixels = from_array(source, name)
     elif isinstance(source, torch.Tensor):

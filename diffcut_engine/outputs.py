@@ -36,7 +36,8 @@ SUMMARY_NAME = "summary.json"
 OUTPUT_SUFFIXES = ("_labels.png", "_overlay.png", "_labels.npy", "_masks.json", "_classes.png")
 LOCK_NAME = ".diffcut.lock"
 
-__all__ = ["SUMMARY_NAME", "OUTPUT_SUFFIXES", "LOCK_NAME", "OutputFolder", "write_failure"]
+__all__ = ["SUMMARY_NAME", "OUTPUT_SUFFIXES", "LOCK_NAME", "OutputFolder", "write_failure", "check_output_path",
+           "write_text_file"]
 
 
 def _pid_alive(pid: int) -> bool:
@@ -53,6 +54,42 @@ def _pid_alive(pid: int) -> bool:
 
 def _real(path) -> str:
     return os.path.realpath(os.fspath(path))
+
+
+def check_output_path(path, what: str = "output", *, folder: bool = False) -> Path:
+    """Check, before any model is loaded, that one output file (or, with ``folder``, one output folder) can be
+    written at ``path``; nothing is created. Returns ``path`` as a :class:`~pathlib.Path`.
+
+    Raises :class:`InputError` (one line) when the path is a folder where a file is wanted (or a file where a
+    folder is wanted), not a regular file, or lies under an existing file or a folder that cannot be written.
+    """
+    p = Path(path)
+    if folder:
+        if p.exists() and not p.is_dir():
+            raise InputError(f"{what} {p} is an existing file, not a folder; give a folder name")
+    elif p.is_dir():
+        raise InputError(f"{what} {p} is a folder; give a file name")
+    elif p.exists() and not p.is_file():
+        raise InputError(f"{what} {p} is not a regular file (a FIFO, socket or device); give a file name")
+    parent = p.parent if not (folder and p.is_dir()) else p
+    while not parent.exists() and parent != parent.parent:  # the nearest existing folder above it
+        parent = parent.parent
+    if not parent.is_dir():
+        raise InputError(f"{what} {p} cannot be created: {parent} is a file, not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise InputError(f"{what} {p} cannot be created: the folder {parent} is not writable")
+    return p
+
+
+def write_text_file(path, text: str, what: str = "output") -> Path:
+    """Write ``text`` to ``path`` (its folders created), a failed write as one :class:`InputError` line."""
+    p = Path(path)
+    try:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text(text)
+    except OSError as exc:
+        raise InputError(f"cannot write the {what} {p} ({exc.strerror or exc})") from None
+    return p
 
 
 class OutputFolder:

@@ -126,3 +126,57 @@ def test_list_image_files(tmp_path):
                               str(tmp_path / "none*.png")])
     names = [p.name for p in files]
     assert names == ["a.jpg", "b.png", "b.png", "missing.png"]
+
+
+def test_lazily_decoded_pil_image_that_fails_is_an_input_error(tmp_path):
+    """``Image.open`` decodes lazily: a truncated file (or a closed image) passed as a PIL image fails only when the
+    engine reads its pixels; that is an InputError naming the input, as for the same file given by path, so that a
+    batch with ``errors="skip"`` (or a BatchError) keeps the other results."""
+    from diffcut_engine.engine import Engine
+    from diffcut_engine.errors import BatchError
+    from toy_encoder import ColourEncoder
+
+    rng = np.random.default_rng(0)
+    arr = rng.integers(0, 256, size=(40, 48, 3), dtype=np.uint8)
+    for ext in ("png", "jpg"):
+        Image.fromarray(arr).save(tmp_path / f"a.{ext}")
+        data = (tmp_path / f"a.{ext}").read_bytes()
+        (tmp_path / f"cut.{ext}").write_bytes(data[:len(data) // 2])
+        with pytest.raises(InputError, match="cannot decode"):
+            load_image(Image.open(tmp_path / f"cut.{ext}"))
+    closed = Image.open(tmp_path / "a.png")
+    closed.close()
+    with pytest.raises(InputError, match="cannot decode"):
+        load_image(closed)
+    engine = Engine(EngineConfig(size=64, device="cpu", refine=False), encoder=ColourEncoder())
+    out = engine.segment([arr, Image.open(tmp_path / "cut.png"), arr], errors="skip")
+    assert out[0] is not None and out[1] is None and out[2] is not None
+    with pytest.raises(BatchError) as info:
+        engine.segment([arr, Image.open(tmp_path / "cut.jpg")])
+    assert info.value.results[0] is not None and list(info.value.errors) == [1]
+
+
+@pytest.mark.parametrize("name,value", [("batch_size", True), ("timestep", True), ("seed", True),
+                                        ("pamr_iters", True), ("graph_threads", True), ("batch_size", 2.0),
+                                        ("seed", "42")])
+def test_integer_options_refuse_bool_and_non_integers(name, value):
+    """As for tau (numpy scalars accepted, True refused): True is no batch size, timestep or seed."""
+    with pytest.raises(InputError, match=name):
+        EngineConfig(**{name: value})
+
+
+def test_integer_options_take_numpy_integers_as_python_ints():
+    cfg = EngineConfig(batch_size=np.int64(2), timestep=np.int32(50), seed=np.int64(7), pamr_iters=np.int64(3),
+                       pamr_dilations=np.array([1, 2]), graph_threads=np.int64(2), size=(np.int64(64), 96),
+                       output_size=np.int64(40), method="rwncut",
+                       rwncut={"k": np.int64(2), "min_size": np.int32(4), "factors": np.array([1, 2]),
+                               "grid_factor": np.int64(2)})
+    assert (cfg.batch_size, cfg.timestep, cfg.seed, cfg.pamr_iters, cfg.graph_threads) == (2, 50, 7, 3, 2)
+    assert cfg.pamr_dilations == (1, 2) and cfg.size == (64, 96) and cfg.output_size == (40, 40)
+    assert (cfg.rwncut.k, cfg.rwncut.min_size, cfg.rwncut.factors, cfg.rwncut.grid_factor) == (2, 4, (1, 2), 2)
+    values = [cfg.batch_size, cfg.timestep, cfg.seed, cfg.pamr_iters, cfg.graph_threads, *cfg.pamr_dilations,
+              *cfg.size, cfg.rwncut.k, *cfg.rwncut.factors]
+    assert all(type(v) is int for v in values)
+    assert cfg == cfg.replace(batch_size=2) and hash(cfg) == hash(cfg.replace(batch_size=2))
+    with pytest.raises(InputError, match="rwncut k"):
+        EngineConfig(method="rwncut", rwncut={"k": True})

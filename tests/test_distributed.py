@@ -363,6 +363,43 @@ def test_killed_driver_resumes_without_redoing_finished_items(ray_cluster, tmp_p
         assert read_png(out / f"{p.stem}_labels.png").shape == (120, 160)
 
 
+def test_worker_shortfall_names_what_no_node_has():
+    from diffcut_engine.distributed.pipeline import worker_shortfall
+
+    nodes = [{"CPU": 2.0, "memory": 1e9}, {"CPU": 8.0, "GPU": 1.0}]
+    assert worker_shortfall(nodes, 1.0, 0.0) == "" and worker_shortfall(nodes, 8.0, 1.0) == ""
+    assert "3 CPUs and 0 GPUs" in worker_shortfall(nodes[:1], 3.0, 0.0)
+    msg = worker_shortfall(nodes, 2.0, 2.0)
+    assert "2 CPUs and 2 GPUs" in msg and "largest has 8 CPUs and 1 GPUs" in msg
+    assert worker_shortfall([], 1.0, 0.0)
+
+
+def test_batch_refuses_a_worker_no_local_node_can_hold_instead_of_hanging(ray_cluster, tmp_path):
+    """On the in-process Ray (2 CPUs, no GPU) a worker asking for a GPU or 3 CPUs would wait forever (the run hung
+    with --gpus-per-worker 1 on a CPU machine); it is one InputError, the manifest written as usual."""
+    from diffcut_engine.distributed import run_batch
+
+    write_images(tmp_path / "in", 1)
+    for kw in ({"gpus_per_worker": 1.0}, {"cpus_per_worker": 3.0}):
+        with pytest.raises(InputError, match="no Ray node can hold a worker"):
+            run_batch([str(tmp_path / "in")], tmp_path / "out", lite_config(), progress=False, **kw)
+
+
+def test_batch_output_that_is_a_file_is_one_line_before_ray_starts(tmp_path, capsys, monkeypatch):
+    from diffcut_engine.cli import main
+    from diffcut_engine.distributed import pipeline
+
+    write_images(tmp_path / "in", 1)
+    afile = tmp_path / "afile.txt"
+    afile.write_text("x")
+    monkeypatch.setattr(pipeline, "require_ray", lambda: pytest.fail("Ray was started"))
+    for out, match in ((afile, "is an existing file, not a folder"), (afile / "sub", "is a file, not a folder")):
+        assert main(["batch", str(tmp_path / "in"), "-o", str(out), *LITE, "-q"]) == 2
+        err = capsys.readouterr().err
+        assert "Traceback" not in err and match in err.splitlines()[0]
+    assert afile.read_text() == "x"
+
+
 def test_missing_ray_names_the_extra(tmp_path, monkeypatch):
     from diffcut_engine.distributed import run_batch
     from diffcut_engine.errors import BackendUnavailableError

@@ -272,3 +272,12 @@ def test_results_are_immutable(engine):
 
     assert diffcut_engine.Segmentation is result.Segmentation is Segmentation
     assert diffcut_engine.SegmentResult is result.SegmentResult
+
+
+def test_iter_segment_batch_size_is_validated(engine):
+    """A batch size of -1 or 0 used to give no results at all (an empty range), silently."""
+    img = np.zeros((40, 50, 3), np.uint8)
+    for bad in (-1, 0, 1.5, True):
+        with pytest.raises(InputError, match="batch_size"):
+            list(engine.iter_segment([img, img], batch_size=bad))
+    assert [r.ok for r in engine.iter_segment([img, img, img], batch_size=np.int64(2))] == [True] * 3

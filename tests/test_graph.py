@@ -6,6 +6,7 @@ from diffcut_engine.graph import (
     affinity,
     fiedler_vector,
     labels_from_masks,
+    ncut_tree,
     ncut_values,
     recursive_ncut,
     recursive_ncut_affinity,
@@ -261,3 +262,18 @@ def test_constant_features_rule_is_shared(spread):
     constant = bool(np.all(reference_affinity(tokens, 10.0) == 1))
     assert constant == (spread < spread_tolerance(32))
     assert np.all(host == 1) == constant == np.all(generic == 1)
+
+
+def test_cpu_torch_features_that_require_grad_or_are_bfloat16_are_accepted():
+    """The graph API takes CPU torch tensors; a tensor that requires grad (a feature extractor's output outside
+    no_grad) or is bfloat16 (numpy has no such type) was refused with a misleading 'move device tensors' error."""
+    torch = pytest.importorskip("torch")
+    f = planted_features(planted_regions(7, 9), channels=16, seed=1).astype(np.float32)
+    ref = recursive_ncut(f, tau=0.5)
+    t = torch.from_numpy(f).requires_grad_()
+    for backend in ("numpy", "auto"):
+        np.testing.assert_array_equal(recursive_ncut(t, tau=0.5, graph_backend=backend), ref)
+        bf = torch.from_numpy(f).bfloat16()
+        np.testing.assert_array_equal(recursive_ncut(bf, tau=0.5, graph_backend=backend),
+                                      recursive_ncut(bf.float().numpy(), tau=0.5, graph_backend=backend))
+    assert ncut_tree(t, tau_max=0.5).cut(0.5).shape == (7, 9)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 from fractions import Fraction
 
 import numpy as np
@@ -174,6 +175,61 @@ def test_video_without_a_decodable_frame_says_nothing_was_written(tmp_path, caps
     line = one_error_line(err)
     assert code == 2 and "after 0 frames" in line and line.endswith("no frame was written")
     assert "were written to" not in err and not out.exists()
+
+
+@pytest.mark.parametrize("case", ["under-a-file", "stats-folder", "stats-under-a-file", "labels-dir-is-a-file",
+                                  "labels-npz-under-a-file", "unknown-codec", "audio-codec", "opacity",
+                                  "max-frames-0", "every-0"])
+def test_video_output_options_fail_in_one_line_before_the_model_loads(tmp_path, capsys, toy_cli, case):
+    """Every output path and writer option of ``diffcut video`` is checked before the model loads (was: a
+    traceback after the whole video, or a silently accepted opacity of 3, or rc 0 for --max-frames 0 with no
+    output file at all)."""
+    src = make_video(tmp_path / "in.mp4")
+    afile = tmp_path / "afile.txt"
+    afile.write_text("x")
+    out = tmp_path / "o.mp4"
+    extra, match = {
+        "under-a-file": (["-o", str(afile / "o.mp4")], "is a file, not a folder"),
+        "stats-folder": (["--stats", str(tmp_path)], "is a folder"),
+        "stats-under-a-file": (["--stats", str(afile / "s.json")], "is a file, not a folder"),
+        "labels-dir-is-a-file": (["--labels-out", str(afile)], "not a folder"),
+        "labels-npz-under-a-file": (["--labels-out", str(afile / "l.npz")], "is a file, not a folder"),
+        "unknown-codec": (["--codec", "no-such-codec"], "unknown video codec 'no-such-codec'"),
+        "audio-codec": (["--codec", "aac"], "not video"),
+        "opacity": (["--opacity", "3"], r"opacity must lie in \[0, 1\]"),
+        "max-frames-0": (["--max-frames", "0"], "--max-frames: must be at least 1"),
+        "every-0": (["--every", "0"], "--every: must be at least 1"),
+    }[case]
+    argv = ["video", str(src), "-o", str(out), "-q", *extra]
+    if case.startswith("max-frames") or case.startswith("every"):  # argparse refuses the value itself
+        with pytest.raises(SystemExit) as info:
+            main(argv)
+        assert info.value.code == 2 and re.search(match, capsys.readouterr().err)
+    else:
+        code, _, err = run(argv, capsys)
+        assert code == 2 and re.search(match, one_error_line(err))
+    assert not toy_cli and not out.exists() and afile.read_text() == "x"
+
+
+def test_video_writer_api_refuses_a_bad_opacity_or_codec(engine, tmp_path):
+    from diffcut_engine.errors import InputError
+    from diffcut_engine.video import write_video
+
+    src = make_video(tmp_path / "in.mp4")
+    for kw, match in (({"opacity": 1.5}, "opacity"), ({"opacity": -0.1}, "opacity"),
+                      ({"codec": "no-such-codec"}, "codec")):
+        with pytest.raises(InputError, match=match):
+            write_video(engine.segment_video(str(src), max_frames=2), tmp_path / "o.mp4", **kw)
+        assert not (tmp_path / "o.mp4").exists()
+
+
+def test_bench_json_that_cannot_be_written_fails_before_the_model_loads(tmp_path, capsys, toy_cli):
+    afile = tmp_path / "afile.txt"
+    afile.write_text("x")
+    for target, match in ((tmp_path, "is a folder"), (afile / "b.json", "is a file, not a folder")):
+        code, _, err = run(["bench", "--iters", "1", "--warmup", "0", "--json", str(target), "-q"], capsys)
+        assert code == 2 and match in one_error_line(err)
+    assert not toy_cli
 
 
 # ------------------------------------------------------------------------------------------------------------

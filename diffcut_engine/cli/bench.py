@@ -8,6 +8,7 @@ import sys
 import time
 from pathlib import Path
 
+from ..outputs import check_output_path, write_text_file
 from .options import EXIT_OK, add_engine_options, add_run_flags, config_from_args
 
 BENCH_EXAMPLES = """examples:
@@ -47,6 +48,8 @@ def cmd_bench(args) -> int:
     from ..bench import format_report, run_bench
     from ..engine import Engine
 
+    if args.json:  # a report that cannot be written fails now, not after the run
+        check_output_path(args.json, "--json")
     t0 = time.perf_counter()
     engine = Engine(config_from_args(args))
     report = run_bench(engine, batch_size=args.batch_size, iters=args.iters, warmup=args.warmup, image=args.input,
@@ -54,7 +57,6 @@ def cmd_bench(args) -> int:
                        progress=not args.quiet)
     print(format_report(report))
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=1))
+        write_text_file(args.json, json.dumps(report, indent=1), "--json report")
         print(f"report written to {args.json}", file=sys.stderr)
     return EXIT_OK

@@ -11,7 +11,9 @@ import sys
 from pathlib import Path
 
 from ..errors import InputError
-from .options import EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, add_engine_options, add_run_flags, config_from_args
+from ..outputs import check_output_path, write_text_file
+from .options import (EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, add_engine_options, add_run_flags, config_from_args,
+                      positive_int)
 
 VIDEO_EXAMPLES = """examples:
   diffcut video clip.mp4 -o clip_seg.mp4 --backbone efficientnet-lite0 --size 512     # offline backbone
@@ -38,9 +40,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     g.add_argument("--labels-out", type=Path, default=None, metavar="DIR|FILE.npz",
                    help="also write the label maps (tracked ids) of the segmented frames: a folder of 16-bit "
                    "PNGs frame_NNNNNN.png, or one .npz")
-    g.add_argument("--every", type=int, default=1, metavar="N",
+    g.add_argument("--every", type=positive_int, default=1, metavar="N",
                    help="segment every N-th frame; the frames between keep the last labels (default 1)")
-    g.add_argument("--max-frames", type=int, default=None, metavar="N", help="stop after N input frames")
+    g.add_argument("--max-frames", type=positive_int, default=None, metavar="N", help="stop after N input frames")
     g.add_argument("--no-tracking", dest="tracking", action="store_false",
                    help="keep each frame's own NCut ids (no matching between frames)")
     g.add_argument("--match-threshold", type=float, default=0.8, metavar="COS",
@@ -67,7 +69,10 @@ def cmd_video(args) -> int:
     if args.output.exists() and args.output.is_dir():
         raise InputError(f"--output {args.output} is a folder; give a video file name such as out.mp4")
     probe_video(args.input)  # an unreadable input fails before the model is loaded
-    check_output(args.output, args.input, labels_out=args.labels_out)  # not the input, a known container
+    # not the input, a known container, writable; the codec and opacity valid
+    check_output(args.output, args.input, labels_out=args.labels_out, codec=args.codec, opacity=args.opacity)
+    if args.stats:
+        check_output_path(args.stats, "--stats")
     config = config_from_args(args)
     engine = Engine(config)
     print(f"# {engine!r}", file=sys.stderr)
@@ -87,8 +92,7 @@ def cmd_video(args) -> int:
                "audio": bool(info.has_audio and args.audio), **stats.as_dict(),
                "error": None if error is None else str(error)}
     if args.stats:
-        args.stats.parent.mkdir(parents=True, exist_ok=True)
-        args.stats.write_text(json.dumps(summary, indent=1))
+        write_text_file(args.stats, json.dumps(summary, indent=1), "--stats file")
     stab = "n/a" if stats.label_stability is None else f"{stats.label_stability:.3f}"
     raw = "n/a" if stats.raw_label_stability is None else f"{stats.raw_label_stability:.3f}"
     print(f"{args.input} -> {args.output}: {stats.frames} frames ({stats.segmented} segmented) in "

@@ -20,13 +20,14 @@ from typing import Optional, Sequence
 
 from ..config import EngineConfig
 from ..errors import DiffCutError, InputError
+from ..outputs import check_output_path
 from .items import WorkItem, list_items
 from .manifest import STATUS_DONE, ManifestJournal, completed_items, config_hash, consolidate, read_manifest
 from .worker import STAGING_DIR, SegmentWorker
 
 logger = logging.getLogger("diffcut_engine")
 
-__all__ = ["BatchSummary", "run_batch", "require_ray"]
+__all__ = ["BatchSummary", "run_batch", "require_ray", "worker_shortfall"]
 
 
 @dataclass
@@ -64,6 +65,19 @@ def _check_resources(num_workers, cpus_per_worker, gpus_per_worker, retries):
     for name, value in (("cpus_per_worker", cpus_per_worker), ("gpus_per_worker", gpus_per_worker)):
         if not (isinstance(value, (int, float)) and value >= 0):
             raise InputError(f"{name} must be a number >= 0, got {value!r}")
+
+
+def worker_shortfall(nodes, cpus_per_worker: float, gpus_per_worker: float) -> str:
+    """``""`` when one of ``nodes`` (the ``Resources`` dicts of Ray's live nodes) can hold a worker of
+    ``cpus_per_worker`` CPUs and ``gpus_per_worker`` GPUs, else a sentence saying what is missing (Ray would
+    otherwise keep the actor pool waiting for resources that never come)."""
+    if any(float(r.get("CPU", 0)) >= cpus_per_worker and float(r.get("GPU", 0)) >= gpus_per_worker
+           for r in nodes):
+        return ""
+    cpus = max((float(r.get("CPU", 0)) for r in nodes), default=0.0)
+    gpus = max((float(r.get("GPU", 0)) for r in nodes), default=0.0)
+    return (f"no Ray node can hold a worker of {cpus_per_worker:g} CPUs and {gpus_per_worker:g} GPUs (the "
+            f"largest has {cpus:g} CPUs and {gpus:g} GPUs)")
 
 
 def run_batch(inputs: Sequence, outdir, config: EngineConfig, *, address: Optional[str] = None,
@@ -110,9 +124,12 @@ def run_batch(inputs: Sequence, outdir, config: EngineConfig, *, address: Option
     _check_resources(num_workers, cpus_per_worker, gpus_per_worker, retries)
     log = log or sys.stderr
     t_start = time.perf_counter()
-    outdir = Path(outdir)
+    outdir = check_output_path(outdir, "output folder", folder=True)  # not an existing file, writable
     items = list_items(inputs, frames_per_item=frames_per_item)
-    outdir.mkdir(parents=True, exist_ok=True)
+    try:
+        outdir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"cannot create the output folder {outdir} ({exc.strerror or exc})") from None
     digest = config_hash(config, overlay=bool(overlay), save_npy=bool(save_npy))
     rows = read_manifest(outdir)
     skip = completed_items(rows, digest, outdir)
@@ -143,6 +160,13 @@ def _run_on_ray(todo, outdir, config, digest, summary, *, address, num_workers, 
         ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
         started = True
     try:
+        shortfall = worker_shortfall([n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")],
+                                     cpus_per_worker, gpus_per_worker)
+        if shortfall and address is None:  # no autoscaler can add a node: the actor pool would wait forever
+            raise InputError(f"{shortfall}; lower --cpus-per-worker / --gpus-per-worker, or join a cluster "
+                             "that has such a node (--address)")
+        if shortfall:
+            print(f"warning: {shortfall}; the workers wait until the cluster adds such a node", file=log)
         ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = False
         ctx.print_on_execution_start = False

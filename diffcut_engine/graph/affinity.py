@@ -24,6 +24,7 @@ import numpy as np
 from ..errors import InputError
 from . import memory
 from .validation import check_alpha
+from .xp import to_host
 
 #: epsilon of ``torch.nn.functional.normalize``; a zero token stays a zero vector.
 NORM_EPS = 1e-12
@@ -59,8 +60,10 @@ def as_token_matrix(features, *, name: str = "features") -> tuple:
         If ``features`` is not 3-D, is empty, or contains NaN or infinity.
     """
     try:
-        x = np.asarray(features)
-    except Exception as exc:  # e.g. a CUDA tensor
+        x = to_host(features)  # torch tensors too: detached (requires_grad), bfloat16 widened to float32
+    except InputError:
+        raise
+    except Exception as exc:  # e.g. a ragged nested list
         raise InputError(f"{name} must be an array convertible to numpy (move device tensors to the host): "
                          f"{exc}") from exc
     if x.ndim != 3:

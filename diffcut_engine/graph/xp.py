@@ -136,6 +136,8 @@ def to_host(x) -> np.ndarray:
 
 def _torch_cpu_to_numpy(t) -> np.ndarray:
     t = t.detach()  # shares memory; a tensor that requires grad cannot be exported otherwise
+    if str(t.dtype) == "torch.bfloat16":  # numpy has no bfloat16: widened exactly to float32
+        t = t.float()
     try:
         return np.from_dlpack(t)
     except (TypeError, RuntimeError, BufferError, AttributeError):

@@ -6,6 +6,7 @@ Kept apart from the method's pipeline so that :mod:`diffcut_engine.config` can u
 from __future__ import annotations
 
 import dataclasses
+import numbers
 from dataclasses import dataclass
 from typing import Optional, Tuple
 
@@ -93,22 +94,26 @@ class RWNCutOptions:
             if getattr(self, name) not in allowed:
                 raise InputError(f"unknown rwncut {name} {getattr(self, name)!r}; choose one of {', '.join(allowed)}")
         for name, lo in (("timestep", 0), ("steps", 1), ("num_inference_steps", 1), ("k", 1), ("min_size", 1)):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+            v = getattr(self, name)  # numpy integers accepted (stored as int), bool refused
+            if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < lo:
                 raise InputError(f"rwncut {name} must be an integer >= {lo}, got {v!r}")
+            set_(name, int(v))
         if self.timestep >= 1000:
             raise InputError(f"rwncut timestep must be in [0, 999], got {self.timestep}")
         if self.steps > self.num_inference_steps:
             raise InputError(f"rwncut steps={self.steps} exceeds num_inference_steps={self.num_inference_steps}")
-        if self.grid_factor is not None and not (isinstance(self.grid_factor, int) and self.grid_factor >= 1):
-            raise InputError(f"rwncut grid_factor must be a positive integer, got {self.grid_factor!r}")
+        if self.grid_factor is not None:
+            if not (isinstance(self.grid_factor, numbers.Integral) and not isinstance(self.grid_factor, bool)
+                    and self.grid_factor >= 1):
+                raise InputError(f"rwncut grid_factor must be a positive integer, got {self.grid_factor!r}")
+            set_("grid_factor", int(self.grid_factor))
         if self.layers is not None:
             set_("layers", (self.layers,) if isinstance(self.layers, str) else tuple(self.layers))
         if self.factors is not None:
-            f = (self.factors,) if isinstance(self.factors, int) else tuple(self.factors)
-            if not f or not all(isinstance(x, int) and x >= 1 for x in f):
+            f = (self.factors,) if isinstance(self.factors, numbers.Integral) else tuple(self.factors)
+            if not f or not all(isinstance(x, numbers.Integral) and not isinstance(x, bool) and x >= 1 for x in f):
                 raise InputError(f"rwncut factors must be positive integers, got {self.factors!r}")
-            set_("factors", f)
+            set_("factors", tuple(int(x) for x in f))
         set_("noise", bool(self.noise))
         set_("blank_null", bool(self.blank_null))
 

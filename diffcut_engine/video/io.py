@@ -142,13 +142,20 @@ def _same_file(a, b) -> bool:
         return False
 
 
-def check_output(output, source=None, *, labels_out=None) -> None:
-    """Check an output video path before anything is decoded, encoded or loaded.
+def check_output(output, source=None, *, labels_out=None, codec: Optional[str] = None,
+                 opacity: Optional[float] = None) -> None:
+    """Check an output video path (and the writer's options) before anything is decoded, encoded or loaded.
 
-    Refuses (:class:`VideoError`, one line) an output that is the input file itself (also through a link: the
-    writer would truncate the file the decoder reads), a folder, or a name whose extension FFmpeg knows no
-    container for, and label output that is the input or the output video. Nothing is created.
+    Refuses (:class:`VideoError` or :class:`InputError`, one line) an output that is the input file itself (also
+    through a link: the writer would truncate the file the decoder reads), a folder, a path under an existing file
+    or an unwritable folder, or a name whose extension FFmpeg knows no container for; label output that is the
+    input or the output video, or that cannot be written (``.npz``: a file, else a folder); a ``codec`` that is
+    not a video encoder of this FFmpeg; an ``opacity`` outside [0, 1]. Nothing is created.
     """
+    from ..outputs import check_output_path
+
+    if opacity is not None and not 0.0 <= float(opacity) <= 1.0:
+        raise InputError(f"opacity must lie in [0, 1], got {opacity!r}")
     out = os.fspath(output)
     if source is not None and isinstance(source, (str, os.PathLike)):
         src = os.fspath(source)
@@ -163,7 +170,19 @@ def check_output(output, source=None, *, labels_out=None) -> None:
         raise VideoError(f"{out}: is a folder; give a video file name such as out.mp4")
     if os.path.exists(out) and not os.path.isfile(out):
         raise VideoError(f"{out}: not a regular file (a FIFO, socket or device); give a video file name")
+    check_output_path(out, "output video")
+    if labels_out is not None:
+        check_output_path(labels_out, "label output", folder=os.path.splitext(os.fspath(labels_out))[1].lower()
+                          != ".npz")
     av = require_av()
+    if codec is not None:
+        try:
+            kind = av.codec.Codec(codec, "w").type
+        except Exception as exc:  # noqa: BLE001 (UnknownCodecError, or a decoder-only name)
+            raise VideoError(f"unknown video codec {codec!r}: not an encoder of this FFmpeg build; leave the codec "
+                             "out for the container's default") from exc
+        if kind != "video":
+            raise VideoError(f"codec {codec!r} encodes {kind}, not video")
     try:
         av.open(out, "w").close()  # guesses the container from the extension; creates no file
     except ValueError as exc:

@@ -89,7 +89,7 @@ class VideoWriter:
     def __init__(self, path, info: VideoInfo, *, audio: bool = True, codec: Optional[str] = None,
                  opacity: float = 0.5, edges: bool = True, crf: int = 20, queue_size: int = 8):
         av = require_av()
-        check_output(path, info.path)  # never the input itself, a known container
+        check_output(path, info.path, codec=codec, opacity=opacity)  # never the input, a known container
         self.path, self.info = os.fspath(path), info
         self.opacity, self.edges = float(opacity), edges
         self.frames_written = 0
@@ -384,7 +384,7 @@ def write_video(video: VideoSegmentation, output, *, labels_out=None, audio: boo
     VideoStats
     """
     info = video.info
-    check_output(output, info.path, labels_out=labels_out)  # neither output may be the input file
+    check_output(output, info.path, labels_out=labels_out, codec=codec, opacity=opacity)  # not the input file
     if info.path is None:  # an iterable of images
         return _write_from_iterable(video, output, labels_out=labels_out, codec=codec, opacity=opacity)
     writer = VideoWriter(output, info, audio=audio, codec=codec, opacity=opacity)
