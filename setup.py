@@ -28,7 +28,8 @@ def native_extensions():
         flags = ["-std=c++17", "-O3", "-g0", "-ffp-contract=off", "-fvisibility=hidden"]
     sources = sorted(glob("csrc/src/*.cpp")) + ["csrc/python/bindings.cpp"]
     headers = sorted(glob("csrc/src/*.h")) + sorted(glob("csrc/include/diffcut/*"))  # a changed header rebuilds
-    return [Extension("diffcut_engine._native", sources=sources, depends=headers,
+    libraries = ["dl"] if sys.platform.startswith("linux") else []  # dladdr/dlsym (in libc from glibc 2.34)
+    return [Extension("diffcut_engine._native", sources=sources, depends=headers, libraries=libraries,
                       include_dirs=[pybind11.get_include(), "csrc/include", "csrc/src"],
                       language="c++", extra_compile_args=flags, optional=True)]
 

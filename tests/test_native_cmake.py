@@ -117,6 +117,35 @@ def test_example_from_features(build_dir, tmp_path, kind, h, w):
     assert run.returncode == 1 and "NaN" in run.stderr and run.stderr.count("\n") == 1
 
 
+def test_capi_batch_runs_openblas_single_threaded_and_restores_it(build_dir):
+    """diffcut_tree_build_batch on 2 threads: OpenBLAS (the scipy-openblas32 wheel the build links) single-threaded
+    during the call, its thread count restored after; the trees are those of one thread."""
+    import sys
+
+    run = subprocess.run([str(build_dir / "test_core")], capture_output=True, text=True, env=_env())
+    assert run.returncode == 0 and "BLAS thread control found" in run.stdout, run.stdout + run.stderr
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    from bench_capi_batch import build_batch, load, openblas_controls
+
+    lib = load(str(build_dir / "libdiffcut.so"))
+    controls = openblas_controls(lib)
+    assert controls is not None
+    get, set_ = controls
+    grids = [planted_features(planted_regions(12, 14, kind), noise=0.5, seed=s)
+             for s, kind in enumerate(("quadrants", "disc", "stripes", "quadrants"))]
+    before = get()
+    try:
+        set_(2)
+        want = get()
+        _, one = build_batch(lib, grids, 1)
+        assert get() == want
+        _, two = build_batch(lib, grids, 2)
+        assert get() == want
+    finally:
+        set_(before)
+    assert all(np.array_equal(a, b) for a, b in zip(one, two))
+
+
 def _segment_file(build_dir, path, out, *args):
     run = subprocess.run([str(build_dir / "diffcut_segment"), str(path), str(out), *args], capture_output=True,
                          text=True, env=_env())

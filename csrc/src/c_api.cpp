@@ -2,6 +2,7 @@
 #include <cmath>
 #include <cstring>
 #include <atomic>
+#include <memory>
 #include <new>
 #include <string>
 #include <thread>
@@ -172,6 +173,10 @@ void for_each_image(std::int64_t count, int num_threads, F&& body) {
       }
     }
   };
+  // several images at once: OpenBLAS single-threaded meanwhile (lapack.h), else each image's BLAS calls would
+  // start its threads on the same cores
+  std::unique_ptr<diffcut::detail::SingleThreadedBlas> one_blas_thread;
+  if (threads > 1) one_blas_thread = std::make_unique<diffcut::detail::SingleThreadedBlas>();
   std::vector<std::thread> pool;
   for (std::int64_t t = 1; t < threads; ++t) pool.emplace_back(work);
   work();

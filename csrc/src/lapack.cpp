@@ -3,6 +3,13 @@
 #include <algorithm>
 #include <atomic>
 #include <cstddef>
+#include <mutex>
+#include <string>
+
+#if defined(__unix__) || defined(__APPLE__)
+#include <dlfcn.h>
+#define DIFFCUT_HAVE_DLFCN 1
+#endif
 
 #include "core.h"
 
@@ -104,6 +111,91 @@ int syevr(char range, int n, double* a, int il, int iu, std::vector<double>& w, 
   dsyevr(&jobz, &range, &uplo, &n, a, &n, &vl, &vu, &il, &iu, &abstol, &found, w.data(), z.data(), &n,
          isuppz.data(), work.data(), &lwork, iwork.data(), &liwork, &info);
   return info;
+}
+
+namespace {
+
+using GetThreadsFn = int (*)();
+using SetThreadsFn = void (*)(int);
+
+struct BlasThreads {
+  GetThreadsFn get = nullptr;
+  SetThreadsFn set = nullptr;
+};
+
+#ifdef DIFFCUT_HAVE_DLFCN
+BlasThreads find_in(void* handle) {
+  for (const char* prefix : {"scipy_", ""}) {
+    const std::string p(prefix);
+    void* get = dlsym(handle, (p + "openblas_get_num_threads").c_str());
+    void* set = dlsym(handle, (p + "openblas_set_num_threads").c_str());
+    if (get != nullptr && set != nullptr)
+      return {reinterpret_cast<GetThreadsFn>(get), reinterpret_cast<SetThreadsFn>(set)};
+  }
+  return {};
+}
+#endif
+
+// The thread control of the OpenBLAS behind the bound dsymv (looked up again when another dsymv is bound).
+BlasThreads blas_threads() {
+#ifdef DIFFCUT_HAVE_DLFCN
+  static std::mutex mu;
+  static void* looked_for = nullptr;
+  static BlasThreads found;
+  std::lock_guard<std::mutex> lock(mu);
+  void* address = reinterpret_cast<void*>(bound().dsymv);
+#ifdef DIFFCUT_LINKED_BLAS
+  if (bound().dsymv == linked_dsymv) address = reinterpret_cast<void*>(&DIFFCUT_F77(dsymv_));
+#endif
+  if (address == nullptr) return {};
+  if (address != looked_for) {
+    looked_for = address;
+    found = {};
+    Dl_info info;
+    if (dladdr(address, &info) != 0 && info.dli_fname != nullptr) {
+      if (void* handle = dlopen(info.dli_fname, RTLD_LAZY | RTLD_NOLOAD)) {
+        found = find_in(handle);
+        dlclose(handle);  // RTLD_NOLOAD took a reference to a library that stays loaded
+      }
+    }
+    if (found.get == nullptr) found = find_in(RTLD_DEFAULT);  // e.g. a static OpenBLAS in the executable
+  }
+  return found;
+#else
+  return {};
+#endif
+}
+
+std::mutex guard_mu;
+int guard_depth = 0;
+int guard_previous = 0;
+SetThreadsFn guard_set = nullptr;
+
+}  // namespace
+
+SingleThreadedBlas::SingleThreadedBlas() {
+  const BlasThreads t = blas_threads();
+  std::lock_guard<std::mutex> lock(guard_mu);
+  if (guard_depth++ == 0 && t.set != nullptr) {
+    guard_previous = t.get();
+    guard_set = t.set;
+    if (guard_previous != 1) guard_set(1);
+  }
+}
+
+SingleThreadedBlas::~SingleThreadedBlas() {
+  std::lock_guard<std::mutex> lock(guard_mu);
+  if (--guard_depth == 0 && guard_set != nullptr) {
+    if (guard_previous != 1) guard_set(guard_previous);
+    guard_set = nullptr;
+  }
+}
+
+bool SingleThreadedBlas::available() { return blas_threads().set != nullptr; }
+
+int SingleThreadedBlas::threads() {
+  const BlasThreads t = blas_threads();
+  return t.get != nullptr ? t.get() : -1;
 }
 
 }  // namespace detail

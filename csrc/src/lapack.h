@@ -45,5 +45,23 @@ void bind_dgemm(DgemmFn dgemm);
 // (that of the workspace query if it failed; 0 on success); `found` is the number of eigenpairs.
 int syevr(char range, int n, double* a, int il, int iu, std::vector<double>& w, std::vector<double>& z, int& found);
 
+// While an instance lives, the bound BLAS runs single-threaded if it is an OpenBLAS whose thread control is found
+// (openblas_get/set_num_threads, or scipy_openblas_... of the scipy-openblas32 wheel, in the library holding the
+// bound dsymv; else anywhere in the process); its thread count is restored when the last instance ends (counted,
+// so overlapping batches restore it once). For the batch functions, whose images run on their own threads: each
+// image's BLAS calls would otherwise start OpenBLAS's threads on the same cores (several times slower on 2 cores).
+// A no-op elsewhere (another BLAS, Windows). The setting is process-wide while it lasts.
+class SingleThreadedBlas {
+ public:
+  SingleThreadedBlas();
+  ~SingleThreadedBlas();
+  SingleThreadedBlas(const SingleThreadedBlas&) = delete;
+  SingleThreadedBlas& operator=(const SingleThreadedBlas&) = delete;
+  // Whether the thread control was found (the guard acts).
+  static bool available();
+  // The OpenBLAS thread count now, or -1 where the control is not found.
+  static int threads();
+};
+
 }  // namespace detail
 }  // namespace diffcut

@@ -15,6 +15,7 @@
 
 #include "core.h"
 #include "diffcut/diffcut.hpp"
+#include "lapack.h"
 #include "npy.h"
 #include "scratch.h"
 
@@ -209,6 +210,25 @@ int main() {
     EXPECT(diffcut::segment(f.data(), h, w, c, 0.5, o) == want);
     scratch_trim();
     EXPECT(scratch_cached_bytes() == 0);
+  }
+  // the batch's BLAS guard: OpenBLAS single-threaded while any guard lives (nested too), restored after
+  if (diffcut::detail::SingleThreadedBlas::available()) {
+    using diffcut::detail::SingleThreadedBlas;
+    const int before = SingleThreadedBlas::threads();
+    EXPECT(before >= 1);
+    {
+      SingleThreadedBlas outer;
+      EXPECT(SingleThreadedBlas::threads() == 1);
+      {
+        SingleThreadedBlas inner;
+        EXPECT(SingleThreadedBlas::threads() == 1);
+      }
+      EXPECT(SingleThreadedBlas::threads() == 1);
+    }
+    EXPECT(SingleThreadedBlas::threads() == before);
+    std::printf("BLAS thread control found (OpenBLAS threads: %d)\n", before);
+  } else {
+    std::printf("BLAS thread control not found (not an OpenBLAS): the batch guard is a no-op\n");
   }
   // pairwise_sum is a sum (integers: exact in any order)
   {
