@@ -5,7 +5,8 @@ The C library runs an OpenBLAS behind it single-threaded while a batch runs its 
 starts from (``openblas_set_num_threads`` of the library libdiffcut links, looked up in the same way), so that both
 the guarded default and a single-threaded process can be timed.
 
-    cmake -S csrc -B build -DDIFFCUT_SCIPY_OPENBLAS=$(python -c "import scipy_openblas32, os; print(os.path.dirname(scipy_openblas32.__file__))")
+    wheel=$(python -c "import scipy_openblas32, os; print(os.path.dirname(scipy_openblas32.__file__))")
+    cmake -S csrc -B build -DDIFFCUT_SCIPY_OPENBLAS=$wheel
     cmake --build build -j
     python benchmarks/bench_capi_batch.py --lib build/libdiffcut.so --grids 24,32 --batch 8
 
