@@ -145,8 +145,8 @@ class EngineConfig:
         PAMR neighbourhood dilations; ``None`` takes the preset's.
     refine_backend : {"auto", "torch", "fast", "native"}
         PAMR implementation: ``torch`` (reference), ``fast`` (numba support-box path on the CPU, fused Triton kernel on
-        CUDA; same labels), ``native`` (the C++ core on the CPU; same labels) or ``auto`` (``fast`` where it can run,
-        else ``native`` on the CPU where it is built).
+        CUDA; same labels), ``native`` (the C++ core on the CPU; same labels) or ``auto`` (on the CPU ``native``
+        where it is built, else ``fast`` where numba is installed, else ``torch``; on CUDA ``fast``).
     output_size : (int, int) or str, optional
         Size of the returned label maps, ``(height, width)``. ``None``: each input image's own size.
     device : {"auto", "cpu", "cuda"} or str

@@ -259,13 +259,19 @@ def test_backend_selection_and_config(built, monkeypatch):
     view, lab = photo((30, 40)), voronoi_labels((30, 40), 4, seed=1)
     with pytest.raises(InputError, match="backend"):
         refine.refine_at(view, lab, backend="c++")
-    # auto without numba on the CPU takes native
+    # auto on the CPU takes native where it is built (with or without numba), numba's path where it is not
     calls = []
     real = pamr_native.pamr
     monkeypatch.setattr(pamr_native, "pamr", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    want = refine.refine_at(view, lab, iters=3, backend="torch")
+    assert torch.equal(refine.refine_at(view, lab, iters=3, backend="auto"), want) and calls
+    calls.clear()
     monkeypatch.setattr(refine, "_fast_available", lambda device: False)
-    out = refine.refine_at(view, lab, iters=3, backend="auto")
-    assert calls and torch.equal(out, refine.refine_at(view, lab, iters=3, backend="torch"))
+    assert torch.equal(refine.refine_at(view, lab, iters=3, backend="auto"), want) and calls
+    calls.clear()
+    monkeypatch.setattr(refine, "_native_available", lambda: False)
+    monkeypatch.setattr(refine, "_fast_available", lambda device: device.type == "cpu")
+    assert torch.equal(refine.refine_at(view, lab, iters=3, backend="auto"), want) and not calls
 
 
 def test_native_not_built_is_a_one_line_error(monkeypatch):

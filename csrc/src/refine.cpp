@@ -21,6 +21,11 @@
 #include <thread>
 #include <vector>
 
+#if defined(__x86_64__) || defined(_M_X64)
+#include <xmmintrin.h>
+#define DIFFCUT_HAVE_MXCSR 1
+#endif
+
 #include "core.h"
 
 namespace diffcut {
@@ -70,6 +75,34 @@ struct Box {
   i64 r0 = 0, r1 = 0, c0 = 0, c1 = 0;
   bool empty_rows() const { return r1 <= r0; }
   i64 area() const { return (r1 - r0) * (c1 - c0); }
+};
+
+// For its scope, the calling thread's subnormal float results are flushed to zero and subnormal inputs read as zero
+// (MXCSR's FTZ and DAZ on x86-64; elsewhere a no-op, IEEE arithmetic). Used for PAMR's propagation steps only:
+// there the masks decay to subnormal values (below 1.2e-38) around every label's front, each such result costing
+// a ~100-cycle microcode assist on x86 CPUs (20-40 % of the demo preset's time; benchmarks/RESULTS.md). What it
+// changes: a value the reference would hold as a subnormal is 0 here, so the masks are the reference's lower
+// bounds within 1.2e-38 per operation; such a difference is absorbed exactly by any sum with a term above
+// ~1e-31, while every pixel's largest mask is at least 1 / K (the masks of a pixel sum to 1), so the labels are
+// the reference's unless two masks tie to the last bit and a flushed difference climbs ~90 binary orders to reach
+// them -- a far smaller perturbation than the 1-ulp difference of the C library's expf against torch's in the
+// affinities, which the labels already absorb (tests/test_native_refine.py compares every pixel with torch).
+class FlushSubnormals {
+ public:
+#ifdef DIFFCUT_HAVE_MXCSR
+  FlushSubnormals() : saved_(_mm_getcsr()) { _mm_setcsr(saved_ | kFlushToZero | kDenormalsAreZero); }
+  ~FlushSubnormals() { _mm_setcsr(saved_); }
+
+ private:
+  static constexpr unsigned kFlushToZero = 0x8000, kDenormalsAreZero = 0x0040;
+  unsigned saved_;
+#endif
+ public:
+  FlushSubnormals(const FlushSubnormals&) = delete;
+  FlushSubnormals& operator=(const FlushSubnormals&) = delete;
+#ifndef DIFFCUT_HAVE_MXCSR
+  FlushSubnormals() = default;
+#endif
 };
 
 // The hot loops (refine_kernels.h) for the baseline ISA, and with AVX2 + FMA where the compiler and the CPU have them.
@@ -412,6 +445,7 @@ void pamr_box_argmax(const std::int32_t* labels, i64 lh, i64 lw, i64 h, i64 w, s
         const float* src = a.data();
         float* dst = b.data();
         parallel_blocks(h, 2, threads, [&](i64 lo, i64 hi) {
+          const FlushSubnormals flush;
           std::vector<i64> act, aoff;
           std::vector<float> acc;
           for (i64 y = lo; y < hi; ++y)
