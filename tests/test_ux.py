@@ -259,6 +259,12 @@ def test_overlay_styles():
     np.testing.assert_array_equal(sbs[:, :30], image)
     with pytest.raises(ValueError, match="style"):
         viz.render(image, labels, "sparkles")
+    # bad arguments are the engine's InputError (a ValueError), as everywhere else
+    for args, kw, match in (((image, labels, "sparkles"), {}, "style"), ((image, labels), {"opacity": 2.0}, "opacity"),
+                            ((image, labels), {"opacity": float("nan")}, "opacity"),
+                            ((image, labels[:10]), {}, "differ in size")):
+        with pytest.raises(InputError, match=match):
+            viz.render(*args, **kw)
 
 
 # ------------------------------------------------------------------------------------------------------------
