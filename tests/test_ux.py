@@ -422,3 +422,23 @@ def test_bench_defaults_to_a_photo_and_explains_its_rows():
     lines = text.splitlines()
     graph_row = next(i for i, line in enumerate(lines) if line.startswith("graph "))
     assert lines[graph_row + 1].startswith("  affinity") and lines[graph_row + 2].startswith("  ncut")
+
+
+@pytest.mark.parametrize("method", ["autosc", "rwncut"])
+def test_cli_masks_for_methods_without_a_tree(tmp_path, capsys, monkeypatch, method):
+    """``--format masks`` asked the engine for the NCut tree (for each segment's tau range), which AutoSC and the
+    random-walk NCut do not build: the run stopped with 'return_tree ... are for method=diffcut'. Their masks are
+    written, with no tau range."""
+    from diffcut_engine import engine as engine_mod
+
+    monkeypatch.setattr(engine_mod, "load_encoder", lambda config: ColourEncoder())
+    img = tmp_path / "blocks.png"
+    Image.fromarray(block_image()).save(img)
+    out = tmp_path / "out"
+    code = main(["segment", str(img), "-o", str(out), "--size", "128x96", "--device", "cpu", "--method", method,
+                 "--format", "labels,masks", "-q"])
+    assert code == 0, capsys.readouterr().err
+    coco = json.loads((out / "blocks_masks.json").read_text())
+    labels = np.array(Image.open(out / "blocks_labels.png"))
+    assert sorted(a["id"] for a in coco["annotations"]) == np.unique(labels).tolist()
+    assert all(a["tau_appeared"] is None and a["tau_split"] is None for a in coco["annotations"])

@@ -228,8 +228,10 @@ def _segment_into(args, config, vocab, paths, missing: set, folder) -> int:
     extra = {"tau": taus[0], "tree_tau_max": taus[-1], "return_features": True} if taus else {}
     if args.segments is not None:
         extra["segments"] = args.segments
-    if want_masks and not taus:
-        extra["return_tree"] = True  # the tau at which each segment appears (the tree is built anyway)
+    if want_masks and not taus and engine.method_pipeline is None:
+        # DiffCut: the tau at which each segment appears (the tree is built anyway); AutoSC and the random-walk
+        # NCut keep no such tree, so their masks carry no tau range (null)
+        extra["return_tree"] = True
     progress = not args.quiet
     namer = engine.namer(vocab) if vocab is not None else None
     for res in engine.iter_segment(todo, progress=progress, classes=namer,
