@@ -442,3 +442,15 @@ def test_cli_masks_for_methods_without_a_tree(tmp_path, capsys, monkeypatch, met
     labels = np.array(Image.open(out / "blocks_labels.png"))
     assert sorted(a["id"] for a in coco["annotations"]) == np.unique(labels).tolist()
     assert all(a["tau_appeared"] is None and a["tau_split"] is None for a in coco["annotations"])
+
+
+@pytest.mark.parametrize("option", [["--taus", "0.3,0.5"], ["--segments", "3"]])
+def test_cli_tree_options_of_other_methods_fail_before_the_model_loads(tmp_path, capsys, monkeypatch, option):
+    from diffcut_engine import engine as engine_mod
+
+    monkeypatch.setattr(engine_mod, "load_encoder", lambda config: pytest.fail("the model was loaded"))
+    img = tmp_path / "blocks.png"
+    Image.fromarray(block_image()).save(img)
+    code = main(["segment", str(img), "-o", str(tmp_path / "out"), "--method", "autosc", "-q", *option])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith(f"error: {option[0]} cuts the NCut tree") and "Traceback" not in err

@@ -182,6 +182,9 @@ def cmd_segment(args) -> int:
     if args.opacity is not None and not 0.0 <= args.opacity <= 1.0:
         raise InputError(f"--opacity must lie in [0, 1], got {args.opacity:g}")
     config = config_from_args(args)
+    if config.method != "diffcut" and (args.taus or args.segments is not None):  # known before the model loads
+        raise InputError(f"{'--taus' if args.taus else '--segments'} cuts the NCut tree of --method diffcut; "
+                         f"--method {config.method} builds none")
     vocab = vocabulary_from_args(args)
     if args.clip_model is not None:
         config = config.replace(clip_model=args.clip_model)
