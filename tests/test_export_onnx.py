@@ -221,6 +221,9 @@ def test_export_refuses_bad_options(tiny_sd_encoder, tiny_sd_onnx, tmp_path):
 def test_missing_folder_or_manifest(tmp_path, damaged):
     with pytest.raises(ModelLoadError, match="does not exist"):
         OnnxEncoder(str(tmp_path / "nowhere"), device="cpu")
+    (tmp_path / "a_file").write_text("x")   # an existing file is named as such, not as missing
+    with pytest.raises(ModelLoadError, match="is a file, not a folder"):
+        OnnxEncoder(str(tmp_path / "a_file"), device="cpu")
     os.remove(os.path.join(damaged, "manifest.json"))
     with pytest.raises(ModelLoadError, match="no manifest.json"):
         OnnxEncoder(damaged, device="cpu")
