@@ -344,6 +344,8 @@ class Engine:
         such as CUDA-graph inputs) are ordinary tensors, usable in or out of inference mode.
         """
         items = list(batch) if isinstance(batch, (list, tuple)) else [batch]
+        if not items:
+            raise InputError("encode needs at least one image (got an empty batch)")
         prepared = [x if isinstance(x, PreparedImage) else self.preprocess(x, i) for i, x in enumerate(items)]
         pixels = torch.stack([p.net_input for p in prepared])
         with torch.no_grad():
@@ -408,7 +410,7 @@ class Engine:
         list of NCutTree
         """
         tau_max = self.resolve_tau(tau_max)
-        grids = list(features)
+        grids = _grid_list(features)
         if not grids:
             return []
         cfg = self.config
@@ -462,6 +464,8 @@ class Engine:
         Segmentation
         """
         tau = self.resolve_tau(tau)
+        if not isinstance(tree, graph.NCutTree):
+            raise InputError(f"labels takes one image's NCutTree (an item of trees()), got {type(tree).__name__}")
         timings = dict(prepared.timings if timings is None else timings)
         t0 = time.perf_counter()
         grid_labels = tree.cut(tau)
@@ -568,6 +572,25 @@ class Engine:
         if tau is None:
             return self.tau
         return check_tau(tau)  # numpy scalars accepted; bool, inf and NaN refused
+
+
+def _grid_list(features) -> list:
+    """The feature grids of stage 3 as a list of (h, w, C) tensors: a (B, h, w, C) tensor or array, or a sequence
+    of (h, w, C) grids (numpy arrays are taken as tensors)."""
+    if isinstance(features, (np.ndarray, torch.Tensor)):
+        if features.ndim != 4:
+            raise InputError(f"trees takes a batch of feature grids, (B, h, w, C) or a list of (h, w, C) grids; got "
+                             f"shape {tuple(features.shape)}" + (" (one grid: pass [grid] or grid[None])"
+                                                                 if features.ndim == 3 else ""))
+        features = list(features)
+    grids = []
+    for i, f in enumerate(features):
+        if isinstance(f, np.ndarray):
+            f = torch.from_numpy(np.ascontiguousarray(f))
+        if not isinstance(f, torch.Tensor):
+            raise InputError(f"feature grid {i} must be a torch tensor or a numpy array, got {type(f).__name__}")
+        grids.append(f)
+    return grids
 
 
 def warn_slow_dtype(config: EngineConfig) -> None:

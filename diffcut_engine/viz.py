@@ -6,6 +6,8 @@ import colorsys
 
 import numpy as np
 
+from .errors import InputError
+
 
 def palette(n: int) -> np.ndarray:
     """``n`` distinct RGB colours (uint8, (n, 3)), deterministic: golden-ratio hues, alternating brightness."""
@@ -34,7 +36,7 @@ def boundaries(labels: np.ndarray) -> np.ndarray:
 
 def _check_same_size(image: np.ndarray, labels: np.ndarray) -> None:
     if image.shape[:2] != labels.shape:
-        raise ValueError(f"image {image.shape[:2]} and labels {labels.shape} differ in size")
+        raise InputError(f"image {image.shape[:2]} and labels {labels.shape} differ in size")
 
 
 def overlay(image: np.ndarray, labels: np.ndarray, *, opacity: float = 0.5, edges: bool = True) -> np.ndarray:
@@ -104,11 +106,11 @@ def render(image: np.ndarray, labels: np.ndarray, style: str = "blend", *, opaci
     """One overlay picture of ``style``: ``blend`` (colours mixed in with weight ``opacity``, white edges),
     ``contour`` (outlines in the segment colours, weight ``opacity``) or ``side-by-side`` (image | labels)."""
     if not 0.0 <= opacity <= 1.0:
-        raise ValueError(f"opacity must lie in [0, 1], got {opacity!r}")
+        raise InputError(f"opacity must lie in [0, 1], got {opacity!r}")
     if style == "blend":
         return overlay(image, labels, opacity=opacity)
     if style == "contour":
         return contour(image, labels, opacity=opacity)
     if style == "side-by-side":
         return side_by_side(image, labels)
-    raise ValueError(f"unknown overlay style {style!r}; choose one of {', '.join(OVERLAY_STYLES)}")
+    raise InputError(f"unknown overlay style {style!r}; choose one of {', '.join(OVERLAY_STYLES)}")

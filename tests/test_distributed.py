@@ -412,3 +412,16 @@ def test_missing_ray_names_the_extra(tmp_path, monkeypatch):
         run_batch([str(tmp_path / "in")], tmp_path / "out", lite_config(), progress=False)
     with pytest.raises(InputError, match="num_workers"):
         run_batch([str(tmp_path / "in")], tmp_path / "out", lite_config(), num_workers=0)
+
+
+def test_batch_counts_take_numpy_numbers_and_refuse_bool(tmp_path):
+    from diffcut_engine.distributed.pipeline import _check_resources
+
+    _check_resources(np.int64(2), np.float32(1.5), np.int64(0), np.int32(1))   # accepted
+    for args in ((True, 1.0, 0.0, 2), (1, True, 0.0, 2), (1, 1.0, float("inf"), 2), (1, 1.0, 0.0, False)):
+        with pytest.raises(InputError):
+            _check_resources(*args)
+    write_images(tmp_path / "in", 1)
+    assert len(list_items([str(tmp_path / "in")], frames_per_item=np.int64(3))) == 1
+    with pytest.raises(InputError, match="frames_per_item"):
+        list_items([str(tmp_path / "in")], frames_per_item=True)

@@ -281,3 +281,25 @@ def test_iter_segment_batch_size_is_validated(engine):
         with pytest.raises(InputError, match="batch_size"):
             list(engine.iter_segment([img, img], batch_size=bad))
     assert [r.ok for r in engine.iter_segment([img, img, img], batch_size=np.int64(2))] == [True] * 3
+
+
+def test_stage_api_bad_arguments_are_input_errors_and_numpy_grids_work(engine):
+    """encode([]) was a RuntimeError from torch.stack, trees(numpy) an AttributeError, trees(one (h, w, C) grid)
+    a confusing 'got shape (w, C)', labels(..., trees) an AttributeError."""
+    img = np.zeros((40, 50, 3), np.uint8)
+    img[:, 25:] = 200
+    with pytest.raises(InputError, match="empty batch"):
+        engine.encode([])
+    prepared = [engine.preprocess(img)]
+    features = engine.encode(prepared)
+    ref = engine.trees(features)[0].cut(0.5)
+    for grids in (features.numpy(), [features[0].numpy()], list(features)):
+        np.testing.assert_array_equal(engine.trees(grids)[0].cut(0.5), ref)
+    with pytest.raises(InputError, match=r"one grid: pass \[grid\]"):
+        engine.trees(features[0])
+    with pytest.raises(InputError, match="feature grid 0"):
+        engine.trees(["not a grid"])
+    trees = engine.trees(features)
+    with pytest.raises(InputError, match="NCutTree"):
+        engine.labels(prepared[0], features[0], trees)
+    assert engine.labels(prepared[0], features[0], trees[0]).labels.shape == (40, 50)

@@ -219,3 +219,28 @@ def test_cli_end_to_end(tmp_path, tiny_sdxl_path, capsys):
     assert main(argv[:-2] + ["--json"]) == 0         # resume to all 3 images, JSON on stdout
     printed = json.loads(capsys.readouterr().out)
     assert printed["num_images"] == 3 and printed["images_this_run"] == 1
+
+
+def test_table_names_the_method_when_tau_is_not_used(tmp_path, voc):
+    """AutoSC and the random-walk NCut's automatic rules ignore tau: the table said 'tau 0.5: mIoU ...' for them
+    (issue 18's complaint about `segment --method rwncut`, in `eval`)."""
+    for method, rw, label in (("autosc", None, "method autosc:"), ("rwncut", None, "method rwncut:"),
+                              ("rwncut", {"threshold": "constant"}, "tau 0.5:"), ("diffcut", None, "tau 0.5:")):
+        eng = make_engine(refine=False, method=method, rwncut=rw)
+        text = format_table(evaluate(voc, eng, eval_size=32, limit=1, progress=False, method=method))
+        assert label in text and ("tau" in text) == (label.startswith("tau")), text
+
+
+def test_cli_out_that_cannot_be_written_is_one_line_before_the_model_loads(tmp_path, voc, capsys, monkeypatch):
+    import diffcut_engine.engine as engine_module
+
+    monkeypatch.setattr(engine_module, "Engine", lambda *a, **k: pytest.fail("the model was loaded"))
+    afile = tmp_path / "afile.txt"
+    afile.write_text("x")
+    for out in (afile, afile / "run", afile / "r.json"):
+        code = main(["eval", "--dataset", "voc", "--root", str(voc.root), "--out", str(out), "-q"])
+        err = capsys.readouterr().err
+        assert code == 2 and "Traceback" not in err and err.startswith("error: --out")
+    with pytest.raises(SystemExit):
+        main(["eval", "--dataset", "voc", "--root", str(voc.root), "--out", str(tmp_path / "o"), "--limit", "0"])
+    assert afile.read_text() == "x"

@@ -221,6 +221,9 @@ def test_export_refuses_bad_options(tiny_sd_encoder, tiny_sd_onnx, tmp_path):
 def test_missing_folder_or_manifest(tmp_path, damaged):
     with pytest.raises(ModelLoadError, match="does not exist"):
         OnnxEncoder(str(tmp_path / "nowhere"), device="cpu")
+    (tmp_path / "a_file").write_text("x")   # an existing file is named as such, not as missing
+    with pytest.raises(ModelLoadError, match="is a file, not a folder"):
+        OnnxEncoder(str(tmp_path / "a_file"), device="cpu")
     os.remove(os.path.join(damaged, "manifest.json"))
     with pytest.raises(ModelLoadError, match="no manifest.json"):
         OnnxEncoder(damaged, device="cpu")
@@ -386,3 +389,26 @@ def test_fp16_graph_onnxruntime_refuses_is_an_error(tiny_sdxl_fp16_encoder, tmp_
     with pytest.raises(ExportError, match="onnxruntime could not run the exported fp16 graph"):
         export_onnx(None, tmp_path / "x", size=64, encoder=tiny_sdxl_fp16_encoder, exporter="torchscript")
     assert not os.path.exists(tmp_path / "x")
+
+
+def test_export_options_fail_before_the_model_loads(tmp_path, capsys, monkeypatch):
+    """A malformed size, a timestep out of range and --format tensorrt without TensorRT used to fail only after
+    the pipeline was loaded (and, for tensorrt, after a whole ONNX export)."""
+    import importlib.util
+
+    from diffcut_engine.encoders import onnx_export
+
+    def no_load(*a, **k):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(onnx_export.DiffusionEncoder, "from_pretrained", no_load)
+    cases = [(["--size", "64x6y"], "size must look like"), (["--timestep", "2000"], "timestep must be an integer")]
+    if importlib.util.find_spec("tensorrt") is None:
+        cases.append((["--format", "tensorrt"], "needs TensorRT"))
+    for extra, match in cases:
+        code = main(["export", "--model", str(tmp_path / "m"), "--out", str(tmp_path / "out"), *extra])
+        err = capsys.readouterr().err
+        assert code == 2 and match in err.splitlines()[0] and "Traceback" not in err
+        assert not (tmp_path / "out").exists()
+    with pytest.raises(InputError, match="timestep"):
+        export_onnx("m", str(tmp_path / "out"), timestep=-1)

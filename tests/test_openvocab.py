@@ -468,3 +468,25 @@ def test_missing_open_clip_fails_before_the_engine_loads(tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 2 and "diffcut-engine[openvocab]" in err and "download.pytorch.org/whl/cpu" in err
     assert "# Engine" not in err
+
+
+def test_a_clip_path_that_does_not_exist_is_named_before_the_model_loads(tmp_path, capsys, monkeypatch):
+    """``--clip-model /no/such/folder`` was passed to transformers as a hub id, after the diffusion model had
+    loaded, and failed with "Repo id must use alphanumeric chars"."""
+    from PIL import Image
+
+    import diffcut_engine.engine as engine_module
+    from diffcut_engine.cli import main
+    from diffcut_engine.errors import ModelLoadError
+
+    for path in (str(tmp_path / "nope"), "./no/such/clip", "~/no-such-clip-folder"):
+        with pytest.raises(ModelLoadError, match="does not exist"):
+            clip_kind(path)
+    assert clip_kind("openai/clip-vit-base-patch16") == "transformers"   # an org/name id stays a hub id
+    monkeypatch.setattr(engine_module, "Engine", lambda *a, **k: pytest.fail("the model was loaded"))
+    img = tmp_path / "a.png"
+    Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(img)
+    code = main(["segment", str(img), "-o", str(tmp_path / "out"), "--classes", "a,b", "--clip-model",
+                 str(tmp_path / "nope"), "-q"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("error: CLIP folder") and "does not exist" in err.splitlines()[0]

@@ -259,6 +259,12 @@ def test_overlay_styles():
     np.testing.assert_array_equal(sbs[:, :30], image)
     with pytest.raises(ValueError, match="style"):
         viz.render(image, labels, "sparkles")
+    # bad arguments are the engine's InputError (a ValueError), as everywhere else
+    for args, kw, match in (((image, labels, "sparkles"), {}, "style"), ((image, labels), {"opacity": 2.0}, "opacity"),
+                            ((image, labels), {"opacity": float("nan")}, "opacity"),
+                            ((image, labels[:10]), {}, "differ in size")):
+        with pytest.raises(InputError, match=match):
+            viz.render(*args, **kw)
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -416,3 +422,35 @@ def test_bench_defaults_to_a_photo_and_explains_its_rows():
     lines = text.splitlines()
     graph_row = next(i for i, line in enumerate(lines) if line.startswith("graph "))
     assert lines[graph_row + 1].startswith("  affinity") and lines[graph_row + 2].startswith("  ncut")
+
+
+@pytest.mark.parametrize("method", ["autosc", "rwncut"])
+def test_cli_masks_for_methods_without_a_tree(tmp_path, capsys, monkeypatch, method):
+    """``--format masks`` asked the engine for the NCut tree (for each segment's tau range), which AutoSC and the
+    random-walk NCut do not build: the run stopped with 'return_tree ... are for method=diffcut'. Their masks are
+    written, with no tau range."""
+    from diffcut_engine import engine as engine_mod
+
+    monkeypatch.setattr(engine_mod, "load_encoder", lambda config: ColourEncoder())
+    img = tmp_path / "blocks.png"
+    Image.fromarray(block_image()).save(img)
+    out = tmp_path / "out"
+    code = main(["segment", str(img), "-o", str(out), "--size", "128x96", "--device", "cpu", "--method", method,
+                 "--format", "labels,masks", "-q"])
+    assert code == 0, capsys.readouterr().err
+    coco = json.loads((out / "blocks_masks.json").read_text())
+    labels = np.array(Image.open(out / "blocks_labels.png"))
+    assert sorted(a["id"] for a in coco["annotations"]) == np.unique(labels).tolist()
+    assert all(a["tau_appeared"] is None and a["tau_split"] is None for a in coco["annotations"])
+
+
+@pytest.mark.parametrize("option", [["--taus", "0.3,0.5"], ["--segments", "3"]])
+def test_cli_tree_options_of_other_methods_fail_before_the_model_loads(tmp_path, capsys, monkeypatch, option):
+    from diffcut_engine import engine as engine_mod
+
+    monkeypatch.setattr(engine_mod, "load_encoder", lambda config: pytest.fail("the model was loaded"))
+    img = tmp_path / "blocks.png"
+    Image.fromarray(block_image()).save(img)
+    code = main(["segment", str(img), "-o", str(tmp_path / "out"), "--method", "autosc", "-q", *option])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith(f"error: {option[0]} cuts the NCut tree") and "Traceback" not in err

@@ -304,3 +304,16 @@ def test_stages_overlap(engine, monkeypatch):
     elapsed = time.perf_counter() - t0
     assert [f.index for f in out] == list(range(10))
     assert elapsed < 0.8 * (10 * 0.16), elapsed   # sequential: at least 1.6 s of sleeping alone
+
+
+def test_frame_counts_take_numpy_integers_and_refuse_bool(engine):
+    """As for tau and the engine's integer options: max_frames=True (one frame) was accepted, np.int64(2) refused."""
+    from diffcut_engine.errors import InputError
+
+    frames = [shapes_frame(i) for i in range(4)]
+    got = [f.index for f in engine.segment_video(frames, every=np.int64(2), max_frames=np.int64(3),
+                                                 batch_size=np.int32(2), memory=np.int64(5))]
+    assert got == [0, 1, 2]
+    for kw in ({"max_frames": True}, {"every": True}, {"batch_size": False}, {"every": 1.0}, {"memory": -1}):
+        with pytest.raises(InputError, match=next(iter(kw))):
+            engine.segment_video(frames, **kw)

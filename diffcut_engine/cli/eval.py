@@ -12,8 +12,10 @@ import sys
 from pathlib import Path
 
 from ..config import BACKBONES, COMPAT_MODES, DEFAULT_MODEL, DTYPES, EngineConfig
+from ..errors import InputError
+from ..outputs import check_output_path
 from .options import (EXIT_OK, EXIT_SOME_FAILED, add_method_arguments, add_run_flags, int_list, positive_float,
-                      rwncut_options_from_args, tau_list)
+                      positive_int, rwncut_options_from_args, tau_list)
 
 EVAL_EXAMPLES = """examples:
   diffcut eval --dataset voc --root datasets/VOCdevkit/VOC2012 --out runs/voc/          # the paper's setting
@@ -44,7 +46,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     g.add_argument("--split-file", type=Path, default=None, metavar="FILE",
                    help="text file of image ids to evaluate instead of the official list (for COCO: instead "
                    "of Coco164kFull_Stuff_Coarse_7.txt)")
-    g.add_argument("--limit", type=int, default=None, metavar="N", help="evaluate the first N images only")
+    g.add_argument("--limit", type=positive_int, default=None, metavar="N",
+                   help="evaluate the first N images only")
     g = p.add_argument_group("method")
     g.add_argument("--tau", type=tau_list, default=None, metavar="T[,T2,...]",
                    help="NCut threshold(s); several are evaluated from one NCut tree per image "
@@ -100,6 +103,10 @@ def cmd_eval(args) -> int:
     from ..eval.datasets import get_dataset
     from ..eval.runner import evaluate, format_table, output_paths
 
+    paths = output_paths(args.out)  # a folder, or a .json beside its cache: writable, checked before the model
+    check_output_path(paths["folder"], "--out folder", folder=True)
+    if paths["results"].is_dir():
+        raise InputError(f"--out {paths['results']} is a folder; give a folder or a .json file name")
     dataset = get_dataset(args.dataset, args.root, split_file=args.split_file)
     tau = args.tau[0] if args.tau else None
     config = EngineConfig(model=args.model, backbone=args.backbone, revision=args.revision, size=args.size,

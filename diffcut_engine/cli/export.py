@@ -59,6 +59,10 @@ def cmd_export(args) -> int:
     """Run ``diffcut export``."""
     from ..encoders.onnx_export import export_onnx
 
+    if args.format == "tensorrt":  # what the engine build needs, checked before the model loads and exports
+        from ..utils.imports import require
+
+        require("tensorrt", "the tensorrt backend")
     manifest = export_onnx(args.model, str(args.out), size=args.size, batch=args.batch, fp16=args.fp16,
                            constants="inputs" if args.constants_as_inputs else "baked", opset=args.opset,
                            device=args.device, revision=args.revision, local_files_only=args.local_files_only,

@@ -182,6 +182,9 @@ def cmd_segment(args) -> int:
     if args.opacity is not None and not 0.0 <= args.opacity <= 1.0:
         raise InputError(f"--opacity must lie in [0, 1], got {args.opacity:g}")
     config = config_from_args(args)
+    if config.method != "diffcut" and (args.taus or args.segments is not None):  # known before the model loads
+        raise InputError(f"{'--taus' if args.taus else '--segments'} cuts the NCut tree of --method diffcut; "
+                         f"--method {config.method} builds none")
     vocab = vocabulary_from_args(args)
     if args.clip_model is not None:
         config = config.replace(clip_model=args.clip_model)
@@ -228,8 +231,10 @@ def _segment_into(args, config, vocab, paths, missing: set, folder) -> int:
     extra = {"tau": taus[0], "tree_tau_max": taus[-1], "return_features": True} if taus else {}
     if args.segments is not None:
         extra["segments"] = args.segments
-    if want_masks and not taus:
-        extra["return_tree"] = True  # the tau at which each segment appears (the tree is built anyway)
+    if want_masks and not taus and engine.method_pipeline is None:
+        # DiffCut: the tau at which each segment appears (the tree is built anyway); AutoSC and the random-walk
+        # NCut keep no such tree, so their masks carry no tau range (null)
+        extra["return_tree"] = True
     progress = not args.quiet
     namer = engine.namer(vocab) if vocab is not None else None
     for res in engine.iter_segment(todo, progress=progress, classes=namer,

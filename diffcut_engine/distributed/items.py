@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import glob
 import hashlib
+import numbers
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -160,8 +161,10 @@ def list_items(inputs: Sequence, *, frames_per_item: int = 64) -> List[WorkItem]
     InputError
         If ``frames_per_item`` is not a positive integer, or nothing at all is found.
     """
-    if not (isinstance(frames_per_item, int) and not isinstance(frames_per_item, bool) and frames_per_item >= 1):
+    if not (isinstance(frames_per_item, numbers.Integral) and not isinstance(frames_per_item, bool)
+            and frames_per_item >= 1):
         raise InputError(f"frames_per_item must be a positive integer, got {frames_per_item!r}")
+    frames_per_item = int(frames_per_item)
     paths = expand_inputs(inputs)
     if not paths:
         raise InputError("no input images or videos found in " + ", ".join(map(str, inputs)))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import numbers
 import shutil
 import sys
 import time
@@ -58,12 +59,13 @@ def require_ray():
 
 
 def _check_resources(num_workers, cpus_per_worker, gpus_per_worker, retries):
+    # numpy numbers accepted; bool refused (True is no worker count)
     for name, value in (("num_workers", num_workers), ("retries", retries)):
-        if not (isinstance(value, int) and not isinstance(value, bool) and value >= (1 if name == "num_workers"
-                                                                                     else 0)):
+        if not (isinstance(value, numbers.Integral) and not isinstance(value, bool)
+                and value >= (1 if name == "num_workers" else 0)):
             raise InputError(f"{name} must be an integer >= {1 if name == 'num_workers' else 0}, got {value!r}")
     for name, value in (("cpus_per_worker", cpus_per_worker), ("gpus_per_worker", gpus_per_worker)):
-        if not (isinstance(value, (int, float)) and value >= 0):
+        if not (isinstance(value, numbers.Real) and not isinstance(value, bool) and 0 <= value < float("inf")):
             raise InputError(f"{name} must be a number >= 0, got {value!r}")
 
 

@@ -91,7 +91,8 @@ def read_manifest(folder: str) -> dict:
         If the folder or its manifest is missing, unreadable, of another format or version, or incomplete.
     """
     if not folder or not os.path.isdir(folder):
-        raise ModelLoadError(f"engine folder {folder!r} does not exist; create one with "
+        what = "is a file, not a folder" if folder and os.path.exists(folder) else "does not exist"
+        raise ModelLoadError(f"engine folder {folder!r} {what}; create one with "
                              "`diffcut export --model M --format onnx --out DIR`")
     path = os.path.join(folder, MANIFEST_NAME)
     if not os.path.isfile(path):

@@ -241,6 +241,9 @@ def export_onnx(model: Optional[str], out_dir: str, *, size: Union[int, str, Tup
     if not (isinstance(opset, int) and opset >= 17):
         raise InputError(f"opset must be an integer >= 17 (LayerNormalization), got {opset!r}")
     batch_range = parse_batch_range(batch)
+    parse_size(size, name="size")  # its form now; the multiple of the model's stride once it is loaded
+    if encoder is None and not (isinstance(timestep, int) and not isinstance(timestep, bool) and 0 <= timestep < 1000):
+        raise InputError(f"timestep must be an integer in [0, 999], got {timestep!r}")
     out_dir = os.path.abspath(os.path.expanduser(os.fspath(out_dir)))
     if os.path.exists(out_dir) and not os.path.isdir(out_dir):
         raise InputError(f"output {out_dir!r} is an existing file, not a folder; give a folder name")

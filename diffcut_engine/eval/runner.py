@@ -569,13 +569,20 @@ def format_table(results: dict) -> str:
     pub = results.get("published_miou_percent", {})
     if pub:
         lines.append("published mIoU: " + ", ".join(f"{k} {v:.1f}" for k, v in pub.items()))
+    settings = results.get("settings", {})
+    method = settings.get("method", "diffcut")
+    # AutoSC and the random-walk NCut's automatic rules use no tau: name the method, not a tau it ignored
+    uses_tau = method == "diffcut" or (method == "rwncut"
+                                       and settings.get("rwncut", {}).get("threshold") == "constant")
+    label = (lambda t: f"tau {t:g}") if uses_tau else (lambda t: f"method {method}")
     for r in results["results"]:
         miou = "n/a" if r["miou"] is None else f"{100 * r['miou']:.2f}"
         acc = "n/a" if r["pixel_accuracy"] is None else f"{100 * r['pixel_accuracy']:.2f}"
         seg = "n/a" if r["mean_segments"] is None else f"{r['mean_segments']:.1f}"
-        lines.append(f"tau {r['tau']:g}: mIoU {miou}  pixel accuracy {acc}  mean segments {seg}")
+        lines.append(f"{label(r['tau'])}: mIoU {miou}  pixel accuracy {acc}  mean segments {seg}")
     first = results["results"][0]
-    lines.append(f"per-class IoU at tau {first['tau']:g}:")
+    lines.append(f"per-class IoU ({label(first['tau'])}):" if not uses_tau else
+                 f"per-class IoU at tau {first['tau']:g}:")
     for row in first["per_class"]:
         iou = "  n/a" if row["iou"] is None else f"{100 * row['iou']:5.1f}"
         lines.append(f"  {row['class']:<24s} {iou}")

@@ -240,6 +240,9 @@ def clip_kind(model: str) -> str:
                              "config.json (transformers)")
     if os.path.exists(model):
         raise ModelLoadError(f"CLIP model {model!r} is a file; give a folder or a hub id")
+    if os.path.isabs(model) or model.startswith((".", "~")) or "\\" in model or model.count("/") > 1:
+        # a path, not an org/name hub id (the rule of the diffusion model's loader): say so now
+        raise ModelLoadError(f"CLIP folder {model!r} does not exist")
     return "transformers"
 
 

@@ -12,6 +12,7 @@ their kernels). Frames between two segmented frames (``every > 1``) carry the la
 
 from __future__ import annotations
 
+import numbers
 import os
 import queue
 import threading
@@ -115,13 +116,19 @@ class VideoSegmentation:
                  batch_size: Optional[int] = None, tau: Optional[float] = None, tracking: bool = True,
                  match_threshold: float = 0.8, memory: int = 30, graph_workers: int = 1,
                  fps: Optional[float] = None, progress: bool = False):
-        for name, value, low in (("every", every, 1), ("graph_workers", graph_workers, 1)):
-            if not (isinstance(value, int) and not isinstance(value, bool) and value >= low):
+        def integer(value) -> bool:  # numpy integers too; True is not a frame count
+            return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+        for name, value, low in (("every", every, 1), ("graph_workers", graph_workers, 1), ("memory", memory, 0)):
+            if not (integer(value) and value >= low):
                 raise InputError(f"{name} must be an integer >= {low}, got {value!r}")
-        if max_frames is not None and not (isinstance(max_frames, int) and max_frames >= 0):
+        if max_frames is not None and not (integer(max_frames) and max_frames >= 0):
             raise InputError(f"max_frames must be a non-negative integer, got {max_frames!r}")
-        if batch_size is not None and not (isinstance(batch_size, int) and batch_size >= 1):
+        if batch_size is not None and not (integer(batch_size) and batch_size >= 1):
             raise InputError(f"batch_size must be a positive integer, got {batch_size!r}")
+        every, graph_workers, memory = int(every), int(graph_workers), int(memory)
+        max_frames = None if max_frames is None else int(max_frames)
+        batch_size = None if batch_size is None else int(batch_size)
         if engine.config.method != "diffcut":
             raise InputError(f"segment_video runs method='diffcut' only, got method={engine.config.method!r}")
         self.engine = engine
