@@ -662,6 +662,20 @@ def test_a_uniform_image_is_one_segment(value):
     assert eng.segment(two).num_segments >= 2                     # an image with structure still splits
 
 
+@pytest.mark.parametrize("method,rw", [("autosc", None), ("rwncut", {"threshold": "random", "min_size": 4}),
+                                       ("rwncut", {"threshold": "tree", "min_size": 4})])
+@pytest.mark.parametrize("value", [0, 117, 255])
+def test_a_uniform_image_is_one_segment_with_every_method(method, rw, value):
+    """AutoSC bypassed the uniform-image rule (10-25 segments of an all-black image with the lite backbone) and the
+    random-walk NCut kept it only for its three blank calibration levels (a grey of 30000/65535 gave 2)."""
+    eng = Engine(EngineConfig(size=128, device="cpu", refine=True, pamr_iters=1, method=method, rwncut=rw),
+                 encoder=PaddedConvEncoder())
+    flat = np.full((96, 128, 3), value, np.uint8)
+    seg = eng.segment(flat)
+    assert seg.num_segments == 1 and (seg.labels == 0).all() and (seg.grid_labels == 0).all()
+    assert eng.segment(flat.astype(np.uint16) * 257).num_segments == 1   # any form of a flat image
+
+
 def test_readme_error_section_matches_the_code(capsys):
     from pathlib import Path
 
