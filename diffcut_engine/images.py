@@ -74,6 +74,8 @@ def from_array(arr: np.ndarray, name: str) -> torch.Tensor:
         For another shape or dtype (the message starts with ``name``). Values are not range-checked here
         (:func:`load_image` does that).
     """
+    if not arr.flags.writeable:  # e.g. np.asarray(PIL image): torch.from_numpy warns on read-only memory
+        arr = arr.copy()
     if arr.ndim == 2:
         arr = np.repeat(arr[:, :, None], 3, axis=2)
     if arr.ndim != 3 or arr.shape[2] not in (3, 4):
