@@ -373,6 +373,30 @@ def test_animated_gif_warns_that_only_the_first_frame_is_used(tmp_path, caplog):
     assert "anim.gif" in caplog.text and "3 frames" in caplog.text and "only the first" in caplog.text
 
 
+def test_animated_webp_is_refused_by_video_before_the_model_loads(tmp_path, capsys, toy_cli, caplog):
+    """FFmpeg decodes no frame of an animated WebP: `diffcut video anim.webp` loaded the model, then ended with
+    'writing the output video failed: Invalid argument', while the image warning pointed users to it."""
+    pytest.importorskip("av")
+    from diffcut_engine.images import load_image
+
+    frames = [Image.fromarray(np.full((32, 48, 3), v, np.uint8)) for v in (0, 120, 250)]
+    path = tmp_path / "anim.webp"
+    frames[0].save(path, save_all=True, append_images=frames[1:], duration=100, loop=0)
+    if getattr(Image.open(path), "n_frames", 1) < 2:
+        pytest.skip("this Pillow writes no animated WebP")
+    code, _, err = run(["video", str(path), "-o", str(tmp_path / "o.mp4"), "-q"], capsys)
+    assert code == 2 and "animated WebP" in one_error_line(err) and not toy_cli
+    assert not (tmp_path / "o.mp4").exists()
+    with caplog.at_level("WARNING", logger="diffcut_engine"):
+        load_image(path)
+    assert "only the first" in caplog.text and "diffcut video" not in caplog.text
+    still = tmp_path / "still.webp"                       # a still WebP is still a one-frame video
+    frames[0].save(still)
+    from diffcut_engine.video import probe_video
+
+    assert probe_video(still).width == 48
+
+
 # ------------------------------------------------------------------------------------------------------------
 # 8. export --overwrite deletes only an earlier export; 6: --out a file; 10 and 6: damaged manifest file tables
 # ------------------------------------------------------------------------------------------------------------
