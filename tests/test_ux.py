@@ -480,3 +480,9 @@ def test_every_model_command_takes_quiet():
     parser = build_parser()
     for name in ("segment", "video", "bench", "eval", "export", "batch"):
         assert {"--quiet", "-q", "--debug"} <= set(parser.commands[name].option_strings()), name
+
+
+def test_to_coco_takes_a_numpy_image_id(engine):
+    """``json.dumps(seg.to_coco(image_id=np.int64(3)))`` (ids from a numpy array of a dataset) was a TypeError."""
+    coco = engine.segment(block_image(), tau=0.6).to_coco(image_id=np.int64(3))
+    assert json.loads(json.dumps(coco))["image"]["id"] == 3 and type(coco["image"]["id"]) is int
