@@ -25,7 +25,7 @@ from .config import EngineConfig
 from .encoders import FeatureEncoder, load_encoder
 from .errors import BatchError, DiffCutError, InputError
 from .graph.validation import check_tau
-from .methods.diffcut import pixel_labels, refine_labels
+from .methods.diffcut import flatten_uniform, pixel_labels, refine_labels
 from .result import PreparedImage, Segmentation, SegmentResult
 
 logger = logging.getLogger("diffcut_engine")
@@ -352,13 +352,7 @@ class Engine:
             features = self.encoder.encode(pixels.to(self.encoder.device))
             # A uniform image (all black, all grey) has no structure: its grid gets one constant feature, so the
             # NCut's constant-features rule keeps it one segment (padding artefacts of a backbone are not parts).
-            flat = [i for i, p in enumerate(prepared) if images.is_uniform(p.net_input, value_range=2.0)]
-            if flat:
-                features = features.clone()
-                for i in flat:
-                    mean = torch.nn.functional.normalize(features[i].float().mean(dim=(0, 1)), dim=-1)
-                    features[i] = mean.to(features.dtype).expand_as(features[i])
-            return features
+            return flatten_uniform(features, prepared)
 
     def graph_namespace(self, features=None):
         """Where stage 3 runs: ``None`` for the host (numpy, image by image), else the array module of the

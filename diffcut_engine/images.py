@@ -74,6 +74,8 @@ def from_array(arr: np.ndarray, name: str) -> torch.Tensor:
         For another shape or dtype (the message starts with ``name``). Values are not range-checked here
         (:func:`load_image` does that).
     """
+    if not arr.flags.writeable:  # e.g. np.asarray(PIL image): torch.from_numpy warns on read-only memory
+        arr = arr.copy()
     if arr.ndim == 2:
         arr = np.repeat(arr[:, :, None], 3, axis=2)
     if arr.ndim != 3 or arr.shape[2] not in (3, 4):
@@ -177,10 +179,10 @@ def load_image(source, index: int = 0) -> LoadedImage:
         try:
             with Image.open(path) as im:
                 frames = getattr(im, "n_frames", 1)
-                if frames > 1:
-                    logger.warning("%s: %s with %d frames; only the first is segmented (`diffcut video` segments "
-                                   "every frame)", name, "an animated image" if im.format != "TIFF" else "a TIFF",
-                                   frames)
+                if frames > 1:  # (FFmpeg, behind `diffcut video`, decodes animated GIF and APNG, not WebP)
+                    logger.warning("%s: %s with %d frames; only the first is segmented%s", name,
+                                   "an animated image" if im.format != "TIFF" else "a TIFF", frames,
+                                   " (`diffcut video` segments every frame)" if im.format in ("GIF", "PNG") else "")
                 im.load()
                 pixels = pil_to_tensor(im, name)
         except InputError:

@@ -140,6 +140,8 @@ class Segmentation:
             anns.append({"id": int(sid), "segmentation": rle_encode(mask), "area": int(area),
                          "bbox": [x0, y0, int(cols[-1]) - x0 + 1, int(rows[-1]) - y0 + 1], "iscrowd": 0,
                          "tau_appeared": appeared, "tau_split": split})
+        if isinstance(image_id, np.integer):  # json writes Python ints only
+            image_id = int(image_id)
         image = {"id": image_id, "file_name": self.name, "height": int(H), "width": int(W),
                  "image_size": [int(v) for v in self.image_size], "crop_box": [int(v) for v in self.crop_box]}
         return {"image": image, "tau": float(self.tau), "num_segments": int(self.num_segments),

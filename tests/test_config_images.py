@@ -180,3 +180,25 @@ def test_integer_options_take_numpy_integers_as_python_ints():
     assert cfg == cfg.replace(batch_size=2) and hash(cfg) == hash(cfg.replace(batch_size=2))
     with pytest.raises(InputError, match="rwncut k"):
         EngineConfig(method="rwncut", rwncut={"k": True})
+
+
+def test_read_only_arrays_load_without_torch_warning():
+    """``np.asarray(PIL image)`` is read-only: loading it (as the video pipeline and the batch worker do, through
+    load_image) printed torch's "array is not writable" warning; only Engine.segment copied it first. torch warns
+    once per process, so this runs in a fresh one with warnings as errors."""
+    import subprocess
+    import sys
+
+    code = (
+        "import warnings, numpy as np\n"
+        "warnings.simplefilter('error')\n"
+        "from diffcut_engine.images import load_image\n"
+        "for dtype, scale in ((np.uint8, 1), (np.uint16, 257), (np.float32, 1 / 255)):\n"
+        "    for shape in ((6, 7, 3), (6, 7), (6, 7, 4)):\n"
+        "        a = (np.arange(np.prod(shape)).reshape(shape) % 200 * scale).astype(dtype)\n"
+        "        a.flags.writeable = False\n"
+        "        load_image(a)\n"
+        "print('ok')\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                         cwd=str(__import__("pathlib").Path(__file__).resolve().parents[1]))
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]

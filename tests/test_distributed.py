@@ -425,3 +425,36 @@ def test_batch_counts_take_numpy_numbers_and_refuse_bool(tmp_path):
     assert len(list_items([str(tmp_path / "in")], frames_per_item=np.int64(3))) == 1
     with pytest.raises(InputError, match="frames_per_item"):
         list_items([str(tmp_path / "in")], frames_per_item=True)
+
+
+def test_quiet_batch_starts_ray_with_errors_only(tmp_path, monkeypatch):
+    """``diffcut batch -q`` printed Ray's notices (token authentication, 'Progress bars disabled', Ray Data's
+    execution lines); a quiet run starts Ray at the ERROR level and quiets Ray Data's logger meanwhile."""
+    import logging
+    import types
+
+    from diffcut_engine.distributed import pipeline
+
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    def init(**kw):
+        seen.update(kw, data_level=logging.getLogger("ray.data").level)
+
+    def nodes():
+        seen["data_level_during"] = logging.getLogger("ray.data").level
+        raise Stop
+
+    fake = types.SimpleNamespace(is_initialized=lambda: False, init=init, nodes=nodes, shutdown=lambda: None)
+    monkeypatch.setattr(pipeline, "require_ray", lambda: fake)
+    write_images(tmp_path / "in", 1)
+    before = logging.getLogger("ray.data").level
+    for progress, level in ((False, logging.ERROR), (True, logging.WARNING)):
+        with pytest.raises(Stop):
+            pipeline.run_batch([str(tmp_path / "in")], tmp_path / f"out{progress}", lite_config(),
+                               progress=progress)
+        assert seen["logging_level"] == level
+        assert seen["data_level_during"] == (logging.ERROR if not progress else before)
+        assert logging.getLogger("ray.data").level == before

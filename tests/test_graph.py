@@ -277,3 +277,23 @@ def test_cpu_torch_features_that_require_grad_or_are_bfloat16_are_accepted():
         np.testing.assert_array_equal(recursive_ncut(bf, tau=0.5, graph_backend=backend),
                                       recursive_ncut(bf.float().numpy(), tau=0.5, graph_backend=backend))
     assert ncut_tree(t, tau_max=0.5).cut(0.5).shape == (7, 9)
+
+
+@pytest.mark.parametrize("backend", ["numpy", "native", "auto"])
+def test_affinity_entry_points_check_the_matrix_the_same_way_on_every_backend(backend):
+    """build_tree / recursive_ncut_affinity took a negative W on the numpy path (one segment) while the native core
+    refused it; a non-symmetric W was cut silently; a ``shape`` that does not hold the nodes was an IndexError."""
+    from diffcut_engine.graph import build_tree, native_available
+
+    if backend == "native" and not native_available():
+        pytest.skip("the native core is not built")
+    W = affinity(planted_features(planted_regions(4, 5), channels=8, seed=3), 10.0)
+    ok = build_tree(W, tau_max=0.5, graph_backend=backend, shape=(4, 5)).cut(0.5)
+    np.testing.assert_array_equal(ok, build_tree(W, tau_max=0.5, graph_backend="numpy", shape=(4, 5)).cut(0.5))
+    for bad, match in ((W - 0.5, "non-negative"), (np.triu(W), "symmetric"), (W.astype(np.complex64), "real")):
+        with pytest.raises(InputError, match=match):
+            build_tree(bad, tau_max=0.5, graph_backend=backend)
+    with pytest.raises(InputError, match="does not hold"):
+        build_tree(W, tau_max=0.5, graph_backend=backend, shape=(3, 5))
+    noisy = W + 1e-9 * np.triu(np.ones_like(W))            # rounding-level asymmetry is accepted
+    assert build_tree(noisy, tau_max=0.5, graph_backend=backend).cut(0.5).shape == (20,)

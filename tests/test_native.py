@@ -426,3 +426,17 @@ def test_native_batch_runs_openblas_single_threaded_and_restores_it(built, monke
             assert get() == 2
     finally:
         set_(before)
+
+
+def test_native_backend_names_an_unknown_compat_as_unknown():
+    """``graph_backend='native', compat='foo'`` said the core 'supports compat official and clean, not foo', as if
+    foo were a real mode it lacks."""
+    from diffcut_engine.graph import native_available, recursive_ncut
+
+    if not native_available():
+        pytest.skip("the native core is not built")
+    f = np.random.default_rng(0).normal(size=(4, 4, 8))
+    with pytest.raises(InputError, match="unknown compat 'foo'"):
+        recursive_ncut(f, graph_backend="native", compat="foo")
+    with pytest.raises(InputError, match="supports compat official and clean"):
+        recursive_ncut(f, graph_backend="native", compat="official-float32")

@@ -373,6 +373,30 @@ def test_animated_gif_warns_that_only_the_first_frame_is_used(tmp_path, caplog):
     assert "anim.gif" in caplog.text and "3 frames" in caplog.text and "only the first" in caplog.text
 
 
+def test_animated_webp_is_refused_by_video_before_the_model_loads(tmp_path, capsys, toy_cli, caplog):
+    """FFmpeg decodes no frame of an animated WebP: `diffcut video anim.webp` loaded the model, then ended with
+    'writing the output video failed: Invalid argument', while the image warning pointed users to it."""
+    pytest.importorskip("av")
+    from diffcut_engine.images import load_image
+
+    frames = [Image.fromarray(np.full((32, 48, 3), v, np.uint8)) for v in (0, 120, 250)]
+    path = tmp_path / "anim.webp"
+    frames[0].save(path, save_all=True, append_images=frames[1:], duration=100, loop=0)
+    if getattr(Image.open(path), "n_frames", 1) < 2:
+        pytest.skip("this Pillow writes no animated WebP")
+    code, _, err = run(["video", str(path), "-o", str(tmp_path / "o.mp4"), "-q"], capsys)
+    assert code == 2 and "animated WebP" in one_error_line(err) and not toy_cli
+    assert not (tmp_path / "o.mp4").exists()
+    with caplog.at_level("WARNING", logger="diffcut_engine"):
+        load_image(path)
+    assert "only the first" in caplog.text and "diffcut video" not in caplog.text
+    still = tmp_path / "still.webp"                       # a still WebP is still a one-frame video
+    frames[0].save(still)
+    from diffcut_engine.video import probe_video
+
+    assert probe_video(still).width == 48
+
+
 # ------------------------------------------------------------------------------------------------------------
 # 8. export --overwrite deletes only an earlier export; 6: --out a file; 10 and 6: damaged manifest file tables
 # ------------------------------------------------------------------------------------------------------------
@@ -660,6 +684,20 @@ def test_a_uniform_image_is_one_segment(value):
     two[:, 64:] = (200, 30, 30) if value != 200 else (30, 30, 200)
     eng = Engine(eng.config.replace(refine=False), encoder=eng.encoder)
     assert eng.segment(two).num_segments >= 2                     # an image with structure still splits
+
+
+@pytest.mark.parametrize("method,rw", [("autosc", None), ("rwncut", {"threshold": "random", "min_size": 4}),
+                                       ("rwncut", {"threshold": "tree", "min_size": 4})])
+@pytest.mark.parametrize("value", [0, 117, 255])
+def test_a_uniform_image_is_one_segment_with_every_method(method, rw, value):
+    """AutoSC bypassed the uniform-image rule (10-25 segments of an all-black image with the lite backbone) and the
+    random-walk NCut kept it only for its three blank calibration levels (a grey of 30000/65535 gave 2)."""
+    eng = Engine(EngineConfig(size=128, device="cpu", refine=True, pamr_iters=1, method=method, rwncut=rw),
+                 encoder=PaddedConvEncoder())
+    flat = np.full((96, 128, 3), value, np.uint8)
+    seg = eng.segment(flat)
+    assert seg.num_segments == 1 and (seg.labels == 0).all() and (seg.grid_labels == 0).all()
+    assert eng.segment(flat.astype(np.uint16) * 257).num_segments == 1   # any form of a flat image
 
 
 def test_readme_error_section_matches_the_code(capsys):

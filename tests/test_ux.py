@@ -454,3 +454,35 @@ def test_cli_tree_options_of_other_methods_fail_before_the_model_loads(tmp_path,
     code = main(["segment", str(img), "-o", str(tmp_path / "out"), "--method", "autosc", "-q", *option])
     err = capsys.readouterr().err
     assert code == 2 and err.startswith(f"error: {option[0]} cuts the NCut tree") and "Traceback" not in err
+
+
+def test_quiet_hides_the_pipeline_loading_bar_in_a_fresh_process(tmp_path, tiny_sdxl_path):
+    """diffusers is imported only when the model loads, after --quiet set the libraries' verbosity, so its
+    "Loading pipeline components" bar still showed in every real run (the in-process tests had imported it)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    img = tmp_path / "a.png"
+    Image.fromarray(block_image()).save(img)
+    root = Path(__file__).resolve().parents[1]
+    run = subprocess.run([sys.executable, "-m", "diffcut_engine", "segment", str(img), "-o", str(tmp_path / "o"),
+                          "--model", tiny_sdxl_path, "--size", "64", "--device", "cpu", "--refine", "none", "-q"],
+                         capture_output=True, text=True, timeout=120, cwd=str(root))
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "Loading pipeline components" not in run.stderr and "it/s]" not in run.stderr, run.stderr[-2000:]
+
+
+def test_every_model_command_takes_quiet():
+    """``diffcut export -q`` was refused ('unrecognized argument'), though export loads the pipeline too."""
+    from diffcut_engine.cli import build_parser
+
+    parser = build_parser()
+    for name in ("segment", "video", "bench", "eval", "export", "batch"):
+        assert {"--quiet", "-q", "--debug"} <= set(parser.commands[name].option_strings()), name
+
+
+def test_to_coco_takes_a_numpy_image_id(engine):
+    """``json.dumps(seg.to_coco(image_id=np.int64(3)))`` (ids from a numpy array of a dataset) was a TypeError."""
+    coco = engine.segment(block_image(), tau=0.6).to_coco(image_id=np.int64(3))
+    assert json.loads(json.dumps(coco))["image"]["id"] == 3 and type(coco["image"]["id"]) is int

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from ..config import DEFAULT_MODEL
-from .options import EXIT_OK
+from .options import EXIT_OK, add_run_flags
 
 EXPORT_EXAMPLES = """examples:
   diffcut export --model segmind/SSD-1B --format onnx --out ssd1b-onnx/                # fp32, 1024 px
@@ -50,7 +50,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     exp.add_argument("--no-verify", dest="verify", action="store_false",
                      help="skip the onnxruntime-vs-torch check at export")
     exp.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
-    exp.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
+    add_run_flags(exp)  # --quiet (the loading bars and warnings of diffusers/transformers too) and --debug
     exp.set_defaults(func=cmd_export)
     return exp
 

@@ -158,9 +158,16 @@ def _run_on_ray(todo, outdir, config, digest, summary, *, address, num_workers, 
     from ..utils.progress import progress_bar
 
     started = False
+    # without a progress bar (--quiet): Ray's own notices (authentication, Ray Data's progress and execution
+    # lines) are not shown either; its errors are
+    level = logging.WARNING if progress else logging.ERROR
     if not ray.is_initialized():
-        ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
+        ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level=level)
         started = True
+    data_logger = logging.getLogger("ray.data")
+    data_level = data_logger.level
+    if not progress:
+        data_logger.setLevel(logging.ERROR)
     try:
         shortfall = worker_shortfall([n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")],
                                      cpus_per_worker, gpus_per_worker)
@@ -200,6 +207,7 @@ def _run_on_ray(todo, outdir, config, digest, summary, *, address, num_workers, 
         finally:
             bar.close()
     finally:
+        data_logger.setLevel(data_level)
         if started:
             ray.shutdown()
 

@@ -13,6 +13,7 @@ import os
 
 from ..errors import InputError, ModelLoadError
 from ..utils.imports import require
+from ..utils.progress import progress_disabled
 from .base import torch
 
 __all__ = ["NEEDED_COMPONENTS", "resolve_model", "load_pipeline", "check_pipeline_index", "looks_like_path",
@@ -210,6 +211,12 @@ def load_pipeline(model: str, *, dtype, revision=None, local_files_only: bool = 
                and name not in NEEDED_COMPONENTS}
     if "requires_safety_checker" in index:
         skipped["requires_safety_checker"] = False
+    # --quiet (DIFFCUT_NO_PROGRESS): no "Loading pipeline components" bar either; diffusers has no variable for
+    # it, and is imported only here (so the command line's quiet mode, entered before, cannot reach it)
+    bars = diffusers.utils.logging
+    silence = progress_disabled() and bars.is_progress_bar_enabled()
+    if silence:
+        bars.disable_progress_bar()
     try:
         vae_cls = getattr(diffusers, index["vae"][1])
         dtype_kw = dtype_keyword()
@@ -217,4 +224,7 @@ def load_pipeline(model: str, *, dtype, revision=None, local_files_only: bool = 
         pipe = DiffusionPipeline.from_pretrained(model, **{dtype_kw: dtype}, vae=vae, **skipped, **common)
     except (OSError, ValueError, KeyError, TypeError, AttributeError, ImportError) as exc:
         raise ModelLoadError(f"could not load diffusers pipeline {model!r}: {first_line(exc)}") from exc
+    finally:
+        if silence:
+            bars.enable_progress_bar()
     return pipe, vae

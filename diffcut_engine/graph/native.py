@@ -25,7 +25,7 @@ from ..errors import BackendUnavailableError, InputError
 from . import memory
 from .affinity import MAX_SQUARING_EXPONENT
 from .tree import NCutNode, NCutTree
-from .validation import check_graph_backend
+from .validation import check_compat, check_graph_backend
 #: ``auto`` takes the native backend up to this many tokens (32 x 32), where it was measured faster than the numpy
 #: path on hierarchical and on nearly disconnected features (1.1-1.7x at 24 x 24 and 32 x 32, with the native
 #: block Krylov solver; benchmarks/bench_native_block.py, benchmarks/RESULTS.md). At 48 x 48 the two backends were
@@ -185,6 +185,7 @@ def resolve_graph_backend(backend: str, *, on_device: bool, compat: str, solver:
         return "numpy"
     if backend == "native":
         require_native()
+        check_compat(compat)  # an unknown mode is named as such, not as one the core lacks
         if compat not in NATIVE_COMPAT:
             raise InputError(f"graph_backend='native' supports compat {' and '.join(NATIVE_COMPAT)}, "
                              f"not {compat!r}")

@@ -62,15 +62,24 @@ def build_tree(W, *, tau_max: float, compat: str = DEFAULT_COMPAT, solver: str =
     W = np.asarray(W)
     if W.ndim != 2 or W.shape[0] != W.shape[1]:
         raise InputError(f"affinity must be a square (N, N) matrix, got shape {W.shape}")
+    if not np.issubdtype(W.dtype, np.number) and W.dtype != bool or np.iscomplexobj(W):
+        raise InputError(f"affinity must be a real numeric matrix, got dtype {W.dtype}")
     if not np.all(np.isfinite(W)):
         raise InputError("affinity contains NaN or infinite values")
+    # the same checks for every backend (the numpy path gave one segment for a negative W, the native one refused)
+    if np.any(W < 0):
+        raise InputError("affinity must be non-negative")
+    Wf = W.astype(np.float64, copy=False) if W.dtype == bool else W
+    asym = float(np.max(np.abs(Wf - Wf.T))) if W.size else 0.0
+    if asym > 1e-5 * (float(np.max(np.abs(Wf))) if W.size else 0.0):
+        raise InputError(f"affinity must be symmetric (max |W - W^T| = {asym:.3g})")
+    if shape is not None and int(np.prod(shape)) != W.shape[0]:
+        raise InputError(f"shape {tuple(shape)} does not hold the affinity's {W.shape[0]} nodes")
     backend = resolve_graph_backend(graph_backend, on_device=False, compat=compat, solver=solver,
                                     num_tokens=W.shape[0])
     if backend == "cupy":
         raise InputError("build_tree runs on the host: choose graph_backend 'numpy', 'native' or 'auto'")
     if backend == "native":
-        if np.any(W < 0):
-            raise InputError("affinity must be non-negative")
         return native_tree_affinity(W, tau_max=tau_max, compat=compat, num_thresholds=num_thresholds, shape=shape,
                                     solver=solver)
     return host_tree(W, tau_max=tau_max, compat=compat, solver=solver, num_thresholds=num_thresholds,

@@ -15,7 +15,7 @@ import torch
 
 from ..graph.autosc import AUTOSC_ALPHAS, autosc
 from ..result import Segmentation
-from .diffcut import pixel_labels
+from .diffcut import flatten_uniform, pixel_labels
 
 __all__ = ["AutoSCPipeline"]
 
@@ -35,7 +35,8 @@ class AutoSCPipeline:
         pixels = torch.stack([p.net_input for p in prepared])
         t0 = time.perf_counter()
         with torch.no_grad():
-            feats = self.encoder.encode(pixels.to(self.encoder.device)).float()
+            # a uniform image is one segment, as with DiffCut (its grid becomes one constant feature)
+            feats = flatten_uniform(self.encoder.encode(pixels.to(self.encoder.device)), prepared).float()
         share = (time.perf_counter() - t0) / len(prepared)
         out = []
         for item, f in zip(prepared, feats):

@@ -11,9 +11,29 @@ from typing import Optional, Tuple
 import numpy as np
 import torch
 
-from .. import refine
+from .. import images, refine
 
-__all__ = ["refine_labels", "pixel_labels"]
+__all__ = ["refine_labels", "pixel_labels", "flatten_uniform"]
+
+
+def flatten_uniform(features: torch.Tensor, prepared) -> torch.Tensor:
+    """The features of a batch with every uniform image's grid (all black, all grey: each channel within one 8-bit
+    level, :func:`~diffcut_engine.images.is_uniform`) replaced by one constant feature, so that the graph stage's
+    constant-features rule keeps it one segment (a backbone's zero padding would otherwise invent borders).
+
+    Parameters
+    ----------
+    features : torch.Tensor
+        (B, h, w, C) features of ``prepared`` (returned as is when no image is uniform, else a changed copy).
+    prepared : sequence of PreparedImage
+    """
+    flat = [i for i, p in enumerate(prepared) if images.is_uniform(p.net_input, value_range=2.0)]
+    if flat:
+        features = features.clone()
+        for i in flat:
+            mean = torch.nn.functional.normalize(features[i].float().mean(dim=(0, 1)), dim=-1)
+            features[i] = mean.to(features.dtype).expand_as(features[i])
+    return features
 
 
 def refine_labels(labels: torch.Tensor, view: torch.Tensor, out_size: Tuple[int, int], num_segments: int,

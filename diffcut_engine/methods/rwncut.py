@@ -21,7 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .. import refine
+from .. import images, refine
 from ..errors import InputError
 from ..graph.rwncut import feature_transition_matrix, rw_ncut
 from ..result import Segmentation
@@ -156,7 +156,11 @@ class RWNCutPipeline:
             res = rw_ncut(P[b].double().cpu().numpy(), graph=opts.graph, k=opts.k, threshold=opts.threshold,
                           tau=tau, min_size=opts.min_size, subgraph=opts.subgraph, alpha=cfg.alpha, shape=grid,
                           ceiling=ceiling)
-            grid_labels = res.labels
+            grid_labels, tree = res.labels, res.ncut_tree
+            if images.is_uniform(item.net_input, value_range=2.0):
+                # a uniform image has no structure: one segment, as with DiffCut (the attention of a UNet, or a
+                # CNN's padding, would otherwise give it parts)
+                grid_labels, tree = np.zeros_like(grid_labels), None
             t2 = time.perf_counter()
             out_size = cfg.output_size or tuple(view.shape[-2:])
             k = int(grid_labels.max()) + 1
@@ -173,6 +177,6 @@ class RWNCutPipeline:
             tm["total"] = sum(v for key, v in tm.items() if key != "total")
             seg = Segmentation(labels=labels.cpu().numpy().astype(np.int32), grid_labels=grid_labels,
                                num_segments=k, timings=tm, name=item.name, image_size=item.image_size,
-                               crop_box=item.box, tau=float(tau), tree=res.ncut_tree)
+                               crop_box=item.box, tau=float(tau), tree=tree)
             out.append((seg, res) if return_graph else seg)
         return out

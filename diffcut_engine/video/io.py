@@ -99,7 +99,22 @@ def open_input(path):
     if not container.streams.video:
         container.close()
         raise VideoError(f"{name}: no video stream")
+    if container.format.name == "webp_pipe" and _animated(name):
+        container.close()  # FFmpeg decodes still WebP only: every frame would fail, after the model had loaded
+        raise VideoError(f"{name}: an animated WebP, which FFmpeg cannot decode; convert it to a video or an "
+                         "animated GIF first (e.g. with Pillow: Image.save(..., save_all=True))")
     return container
+
+
+def _animated(path: str) -> bool:
+    """Whether Pillow sees more than one frame in the image file ``path``."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            return getattr(im, "n_frames", 1) > 1
+    except Exception:  # noqa: BLE001 (not an image Pillow reads: FFmpeg's verdict stands)
+        return False
 
 
 def info_of(container, path) -> VideoInfo:
