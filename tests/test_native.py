@@ -308,9 +308,11 @@ def test_fused_affinity_pass_constant_features_and_what_it_leaves_to_numpy(built
 
 @pytest.mark.parametrize("h,w", [(40, 40), (36, 48)])
 def test_auto_host_path_with_the_fused_affinity_equals_the_numpy_path(built, h, w, monkeypatch):
-    # above the native core's grids, "auto" is the numpy recursion on the fused pass's W: the same trees
+    # above the native core's grids, "auto" is the numpy recursion on the fused pass's W: the same trees (the
+    # native cap lowered below these grids, as auto above 64x64 is the same path)
     from diffcut_engine.graph import ncut
 
+    monkeypatch.setattr(native, "NATIVE_AUTO_MAX_TOKENS", 1024)
     calls = []
     fused = ncut.native_affinity_widened
     monkeypatch.setattr(ncut, "native_affinity_widened", lambda *a: calls.append(1) or fused(*a))
@@ -326,10 +328,12 @@ def test_auto_host_path_with_the_fused_affinity_equals_the_numpy_path(built, h, 
 
 
 def test_ncut_trees_mixed_batch_on_threads_equals_one_call_per_grid(built, monkeypatch):
-    # grids of several sizes: those up to 32x32 take the native core (together, on the threads), the 36x36 one the
-    # numpy path; every tree equals ncut_tree's, in the grids' order, for both compat modes
+    # grids of several sizes: those up to the native cap (lowered to 32x32 here) take the native core (together,
+    # on the threads), the 36x36 one the numpy path; every tree equals ncut_tree's, in the grids' order, for both
+    # compat modes
     from diffcut_engine.graph import ncut, ncut_trees
 
+    monkeypatch.setattr(native, "NATIVE_AUTO_MAX_TOKENS", 1024)
     grids = [_features("planted-disc", 12, 15), _features("lab-coffee", 36, 36), _features("filters-astronaut", 14, 16),
              _features("planted-stripes", 16, 16)]
     batches = []

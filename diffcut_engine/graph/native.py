@@ -26,11 +26,12 @@ from . import memory
 from .affinity import MAX_SQUARING_EXPONENT
 from .tree import NCutNode, NCutTree
 from .validation import check_compat, check_graph_backend
-#: ``auto`` takes the native backend up to this many tokens (32 x 32), where it was measured faster than the numpy
-#: path on hierarchical and on nearly disconnected features (1.1-1.7x at 24 x 24 and 32 x 32, with the native
-#: block Krylov solver; benchmarks/bench_native_block.py, benchmarks/RESULTS.md). At 48 x 48 the two backends were
-#: even on hierarchical features, so above 32 x 32 ``auto`` keeps numpy.
-NATIVE_AUTO_MAX_TOKENS = 1024
+#: ``auto`` takes the native backend up to this many tokens (64 x 64). With its per-thread scratch cache (no fresh
+#: pages per image) the core is 1.17-1.38x faster than the numpy path with the fused affinity pass at 48 x 48 and
+#: 64 x 64 on the hierarchical, nearly disconnected and photo families and even (0.95-1.05x) on real lite features,
+#: the same labels everywhere (``python benchmarks/bench_native.py --grids 48,64 --against auto``,
+#: benchmarks/RESULTS.md); at 80 x 80 the margin is 0.95-1.14x, so above 64 x 64 ``auto`` keeps numpy.
+NATIVE_AUTO_MAX_TOKENS = 4096
 #: compat modes the native core implements.
 NATIVE_COMPAT = ("official", "clean")
 NATIVE_MODULE = "diffcut_engine._native"
