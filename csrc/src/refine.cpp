@@ -92,16 +92,16 @@ class FlushSubnormals {
 #ifdef DIFFCUT_HAVE_MXCSR
   FlushSubnormals() : saved_(_mm_getcsr()) { _mm_setcsr(saved_ | kFlushToZero | kDenormalsAreZero); }
   ~FlushSubnormals() { _mm_setcsr(saved_); }
+#else
+  FlushSubnormals() = default;
+#endif
+  FlushSubnormals(const FlushSubnormals&) = delete;
+  FlushSubnormals& operator=(const FlushSubnormals&) = delete;
 
+#ifdef DIFFCUT_HAVE_MXCSR
  private:
   static constexpr unsigned kFlushToZero = 0x8000, kDenormalsAreZero = 0x0040;
   unsigned saved_;
-#endif
- public:
-  FlushSubnormals(const FlushSubnormals&) = delete;
-  FlushSubnormals& operator=(const FlushSubnormals&) = delete;
-#ifndef DIFFCUT_HAVE_MXCSR
-  FlushSubnormals() = default;
 #endif
 };
 
