@@ -165,22 +165,28 @@ class Segmentation:
 
     def save(self, path) -> str:
         """Write the result by the file's extension: ``.png`` the labels (8-bit, 16-bit above 255 segments),
-        ``.npy`` the labels (int32), ``.json`` :meth:`to_coco`. Returns the path written."""
+        ``.npy`` the labels (int32), ``.json`` :meth:`to_coco`. A missing parent folder is created. Returns the path
+        written; a path that cannot be written is an :class:`InputError` naming it."""
         path = os.fspath(path)
         ext = os.path.splitext(path)[1].lower()
-        if ext == ".png":
-            from PIL import Image
-
-            labels = self.labels
-            Image.fromarray(labels.astype(np.uint8 if labels.max() < 256 else np.uint16)).save(path)
-        elif ext == ".npy":
-            np.save(path, self.labels.astype(np.int32))
-        elif ext == ".json":
-            with open(path, "w") as fh:
-                json.dump(self.to_coco(), fh)
-        else:
+        if ext not in (".png", ".npy", ".json"):
             raise InputError(f"cannot save a segmentation as {path!r}: use .png (labels), .npy (labels) or "
                              ".json (COCO-style masks)")
+        try:
+            parent = os.path.dirname(os.path.abspath(path))
+            os.makedirs(parent, exist_ok=True)
+            if ext == ".png":
+                from PIL import Image
+
+                labels = self.labels
+                Image.fromarray(labels.astype(np.uint8 if labels.max() < 256 else np.uint16)).save(path)
+            elif ext == ".npy":
+                np.save(path, self.labels.astype(np.int32))
+            else:
+                with open(path, "w") as fh:
+                    json.dump(self.to_coco(), fh)
+        except OSError as exc:  # a folder in the way, a file where a folder is needed, no permission, a full disk
+            raise InputError(f"cannot write {path!r}: {exc.strerror or exc}") from exc
         return path
 
     def plot(self, image=None, *, style: str = "blend", opacity: float = 0.5, ax=None, title: Optional[str] = None):

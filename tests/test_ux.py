@@ -220,6 +220,15 @@ def test_save_by_extension(engine, tmp_path):
     assert json.loads((tmp_path / "a.json").read_text())["num_segments"] == seg.num_segments
     with pytest.raises(InputError, match=".png"):
         seg.save(tmp_path / "a.bmp")
+    # a missing parent folder is created; a path under a file or onto a folder is one InputError naming it
+    assert seg.save(tmp_path / "new" / "deeper" / "b.npy") == str(tmp_path / "new" / "deeper" / "b.npy")
+    np.testing.assert_array_equal(np.load(tmp_path / "new" / "deeper" / "b.npy"), seg.labels)
+    for bad in (tmp_path / "a.npy" / "c.png", tmp_path / "new.json"):
+        if bad.suffix == ".json":
+            bad.mkdir()
+        with pytest.raises(InputError, match="cannot write") as err:
+            seg.save(bad)
+        assert str(bad) in str(err.value) and "\n" not in str(err.value)
 
 
 def test_plot_with_and_without_matplotlib(engine, monkeypatch):

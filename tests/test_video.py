@@ -203,6 +203,14 @@ def test_iterable_with_a_bad_item_reports_it_and_goes_on(engine, tmp_path):
     assert out[2].labels.shape == (H, W) and out[2].index == 2
 
 
+def test_writing_an_iterable_without_a_good_frame_is_an_error(engine, tmp_path):
+    # nothing segmented: one VideoError naming the output, no file, rather than a silent return
+    out = tmp_path / "none.mp4"
+    with pytest.raises(VideoError, match="was not written") as err:
+        write_video(engine.segment_video([tmp_path / "missing.png", tmp_path / "gone.png"]), out)
+    assert str(out) in str(err.value) and "\n" not in str(err.value) and not out.exists()
+
+
 def test_tracker_matching_memory_and_new_segments():
     rng = np.random.default_rng(0)
     concepts = np.linalg.qr(rng.normal(size=(8, 4)))[0].T        # 4 orthonormal concepts in 8-d

@@ -426,6 +426,8 @@ def _write_from_iterable(video: VideoSegmentation, output, *, labels_out, codec,
         finally:
             if labels is not None:
                 labels.close()
+    if writer is None:  # nothing to write: say so rather than return as if a video had been written
+        raise VideoError(f"no frame of the input could be segmented, so {os.fspath(output)!r} was not written")
     return video.stats
 
 
