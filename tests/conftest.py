@@ -80,3 +80,21 @@ def tiny_sd_onnx(tiny_sd_encoder, tmp_path_factory) -> str:
     export_onnx(None, out, size=64, batch="1..2", encoder=tiny_sd_encoder, exporter="torchscript",
                 constants="inputs", external_data=True)
     return str(out)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# The C++ extension (tests/test_native*.py): it must be built wherever a compiler is
+# ------------------------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def built():
+    import shutil
+
+    from diffcut_engine.graph import native
+
+    if not native.native_available():
+        if not any(shutil.which(c) for c in ("c++", "g++", "clang++")):
+            pytest.skip("no C++ compiler on this machine, so the install could not build diffcut_engine._native")
+        pytest.fail("diffcut_engine._native is not built although a C++ compiler is present: "
+                    "`pip install -e .` (or `python setup.py build_ext --inplace`) must build it")
+    return True

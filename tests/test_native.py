@@ -6,7 +6,6 @@ Skipped only where no C++ compiler exists (then the install cannot have built th
 missing extension is a failure: `pip install -e .` must build it."""
 
 import os
-import shutil
 
 import numpy as np
 import pytest
@@ -17,18 +16,6 @@ from diffcut_engine.graph import (GRAPH_BACKENDS, affinity_from_tokens, build_tr
 from diffcut_engine.graph.affinity import as_token_matrix
 from planted import planted_features, planted_regions
 from realistic import FAMILIES
-
-HAVE_COMPILER = any(shutil.which(c) for c in ("c++", "g++", "clang++"))
-
-
-@pytest.fixture(scope="module")
-def built():
-    if not native.native_available():
-        if not HAVE_COMPILER:
-            pytest.skip("no C++ compiler on this machine, so the install could not build diffcut_engine._native")
-        pytest.fail("diffcut_engine._native is not built although a C++ compiler is present: "
-                    "`pip install -e .` (or `python setup.py build_ext --inplace`) must build it")
-    return True
 
 
 TAUS = (0.2, 0.35, 0.5, 0.65, 0.8)

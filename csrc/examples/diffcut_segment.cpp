@@ -29,11 +29,12 @@
 #include "png.h"
 #endif
 
-static bool ends_with_png(const std::string& path) {
-  if (path.size() < 4) return false;
-  std::string tail = path.substr(path.size() - 4);
+// Whether path ends with ext (".png", ".npy"), in any case.
+static bool has_extension(const std::string& path, const std::string& ext) {
+  if (path.size() < ext.size()) return false;
+  std::string tail = path.substr(path.size() - ext.size());
   for (char& c : tail) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-  return tail == ".png";
+  return tail == ext;
 }
 
 #ifndef DIFFCUT_EXAMPLE_PNG
@@ -43,36 +44,28 @@ static void no_png(const std::string& path) {
 }
 #endif
 
-static bool ends_with_npy(const std::string& path) {
-  if (path.size() < 4) return false;
-  std::string tail = path.substr(path.size() - 4);
-  for (char& c : tail) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-  return tail == ".npy";
-}
-
-// The whole of text as a number, or a one-line error naming the option.
-static double parse_number(const std::string& option, const std::string& text) {
+// The whole of text converted by convert (std::stod, std::stoll, ...), or a one-line error naming the option.
+template <class T, class Convert>
+static T parse_whole(const std::string& option, const std::string& text, Convert convert, const char* kind) {
   std::size_t used = 0;
-  double v = 0.0;
+  T v{};
   try {
-    v = std::stod(text, &used);
+    v = convert(text, &used);
   } catch (const std::exception&) {
     used = 0;
   }
-  if (used == 0 || used != text.size()) throw std::runtime_error(option + ": '" + text + "' is not a number");
+  if (used == 0 || used != text.size()) throw std::runtime_error(option + ": '" + text + "' is not " + kind);
   return v;
+}
+
+static double parse_number(const std::string& option, const std::string& text) {
+  return parse_whole<double>(option, text, [](const std::string& t, std::size_t* used) { return std::stod(t, used); },
+                             "a number");
 }
 
 static long long parse_integer(const std::string& option, const std::string& text) {
-  std::size_t used = 0;
-  long long v = 0;
-  try {
-    v = std::stoll(text, &used);
-  } catch (const std::exception&) {
-    used = 0;
-  }
-  if (used == 0 || used != text.size()) throw std::runtime_error(option + ": '" + text + "' is not an integer");
-  return v;
+  return parse_whole<long long>(
+      option, text, [](const std::string& t, std::size_t* used) { return std::stoll(t, used); }, "an integer");
 }
 
 static int parse_int(const std::string& option, const std::string& text) {
@@ -155,7 +148,7 @@ int main(int argc, char** argv) {
         return usage();
       }
     }
-    if (!ends_with_npy(out) && !ends_with_png(out))
+    if (!has_extension(out, ".npy") && !has_extension(out, ".png"))
       throw std::runtime_error(out + ": the labels are written as .npy or .png; name the output file so");
     if (taus.empty()) taus.push_back(0.5);
     options.tau_max = *std::max_element(taus.begin(), taus.end());
@@ -176,7 +169,7 @@ int main(int argc, char** argv) {
     if (!image_path.empty()) {
       if (affinity) throw std::runtime_error("--image needs features, not an affinity");
       npy::Array img;
-      if (ends_with_png(image_path)) {
+      if (has_extension(image_path, ".png")) {
 #ifdef DIFFCUT_EXAMPLE_PNG
         png::Image decoded = png::load(image_path);
         img.shape = {decoded.height, decoded.width, 3};
@@ -185,7 +178,7 @@ int main(int argc, char** argv) {
 #else
         no_png(image_path);
 #endif
-      } else if (ends_with_npy(image_path)) {
+      } else if (has_extension(image_path, ".npy")) {
         img = npy::load(image_path);
       } else {
         throw std::runtime_error(image_path + ": the example reads the image as .png or .npy");
@@ -226,7 +219,7 @@ int main(int argc, char** argv) {
         labels.insert(labels.end(), cut.begin(), cut.end());
       }
     }
-    if (ends_with_png(out)) {
+    if (has_extension(out, ".png")) {
 #ifdef DIFFCUT_EXAMPLE_PNG
       if (taus.size() > 1 || shape.size() != 2)
         throw std::runtime_error(out + ": a PNG holds one (h, w) label map; use .npy for several taus or --affinity");

@@ -87,10 +87,14 @@ struct Box {
 // the reference's unless two masks tie to the last bit and a flushed difference climbs ~90 binary orders to reach
 // them -- a far smaller perturbation than the 1-ulp difference of the C library's expf against torch's in the
 // affinities, which the labels already absorb (tests/test_native_refine.py compares every pixel with torch).
+// The environment variable DIFFCUT_NO_FLUSH_SUBNORMALS=1 keeps IEEE arithmetic (read once; tests and
+// benchmarks/bench_subnormals.py compare both).
 class FlushSubnormals {
  public:
 #ifdef DIFFCUT_HAVE_MXCSR
-  FlushSubnormals() : saved_(_mm_getcsr()) { _mm_setcsr(saved_ | kFlushToZero | kDenormalsAreZero); }
+  FlushSubnormals() : saved_(_mm_getcsr()) {
+    if (enabled()) _mm_setcsr(saved_ | kFlushToZero | kDenormalsAreZero);
+  }
   ~FlushSubnormals() { _mm_setcsr(saved_); }
 #else
   FlushSubnormals() = default;
@@ -100,6 +104,13 @@ class FlushSubnormals {
 
 #ifdef DIFFCUT_HAVE_MXCSR
  private:
+  static bool enabled() {
+    static const bool yes = [] {
+      const char* off = std::getenv("DIFFCUT_NO_FLUSH_SUBNORMALS");
+      return off == nullptr || off[0] == '\0' || std::string(off) == "0";
+    }();
+    return yes;
+  }
   static constexpr unsigned kFlushToZero = 0x8000, kDenormalsAreZero = 0x0040;
   unsigned saved_;
 #endif
@@ -171,26 +182,29 @@ void check_pamr_options(const RefineOptions& o) {
 
 namespace {
 
+// Two-tap linear interpolation along one axis: output i reads sources i0[i] and i1[i] with weights w0[i] and w1[i].
+// Two rules fill it: linear_axis (align_corners=False, for images and score maps) and corner_axis
+// (align_corners=True, the official PAMR's mask resize).
+struct Axis {
+  std::vector<i64> i0, i1;
+  std::vector<float> w0, w1;
+};
+
 // One axis of F.interpolate(mode="bilinear", align_corners=False): torch's CPU index and weight arithmetic.
 // torch's AVX2/AVX512 kernels (x86-64 builds) contract the source index scale * (i + 0.5) - 0.5 into a fused
 // multiply-add; std::fma gives that rounding on every platform.
-struct LinearAxis {
-  std::vector<i64> i0, i1;
-  std::vector<float> l0, l1;
-};
-
-LinearAxis linear_axis(i64 n_in, i64 n_out) {
-  LinearAxis a;
+Axis linear_axis(i64 n_in, i64 n_out) {
+  Axis a;
   a.i0.resize(n_out);
   a.i1.resize(n_out);
-  a.l0.resize(n_out);
-  a.l1.resize(n_out);
+  a.w0.resize(n_out);
+  a.w1.resize(n_out);
   const float scale = static_cast<float>(n_in) / static_cast<float>(n_out);
   for (i64 i = 0; i < n_out; ++i) {
     if (n_in == n_out) {
       a.i0[i] = a.i1[i] = i;
-      a.l0[i] = 1.0f;
-      a.l1[i] = 0.0f;
+      a.w0[i] = 1.0f;
+      a.w1[i] = 0.0f;
       continue;
     }
     float src = std::fma(scale, static_cast<float>(i) + 0.5f, -0.5f);
@@ -199,20 +213,20 @@ LinearAxis linear_axis(i64 n_in, i64 n_out) {
     const float l1 = std::min(std::max(src - static_cast<float>(i0), 0.0f), 1.0f);
     a.i0[i] = i0;
     a.i1[i] = i0 + (i0 < n_in - 1 ? 1 : 0);
-    a.l1[i] = l1;
-    a.l0[i] = 1.0f - l1;
+    a.w1[i] = l1;
+    a.w0[i] = 1.0f - l1;
   }
   return a;
 }
 
 // The x pass of torch's separable bilinear form: each of the `rows` source rows (width w) interpolated to out_w
 // columns, t[x] = fma(s[x0], wx0, s[x1] * wx1).
-void interpolate_rows(const float* src, i64 rows, i64 w, const LinearAxis& ax, i64 out_w, float* dst, int threads) {
+void interpolate_rows(const float* src, i64 rows, i64 w, const Axis& ax, i64 out_w, float* dst, int threads) {
   parallel_blocks(rows, 8, threads, [&](i64 lo, i64 hi) {
     for (i64 r = lo; r < hi; ++r) {
       const float* s = src + r * w;
       float* t = dst + r * out_w;
-      for (i64 x = 0; x < out_w; ++x) t[x] = std::fma(s[ax.i0[x]], ax.l0[x], s[ax.i1[x]] * ax.l1[x]);
+      for (i64 x = 0; x < out_w; ++x) t[x] = std::fma(s[ax.i0[x]], ax.w0[x], s[ax.i1[x]] * ax.w1[x]);
     }
   });
 }
@@ -256,7 +270,7 @@ void concept_assign(const float* features, i64 h, i64 w, i64 c, const std::int32
   //    out = fma(t(y0), wy0, t(y1) * wy1) with t(y) = fma(s(y, x0), wx0, s(y, x1) * wx1) (the fused form of
   //    torch's AVX2/AVX512 CPU kernel at output widths of ~100 and more); then the argmax over K, the first
   //    maximum winning, ids without a grid cell left out.
-  const LinearAxis ay = linear_axis(h, out_h), ax = linear_axis(w, out_w);
+  const Axis ay = linear_axis(h, out_h), ax = linear_axis(w, out_w);
   std::vector<float> rows(static_cast<std::size_t>(k) * h * out_w);  // (K, h, out_w): t for every grid row
   interpolate_rows(scores.data(), static_cast<i64>(k) * h, w, ax, out_w, rows.data(), threads);
   std::vector<std::int32_t> present;
@@ -265,7 +279,7 @@ void concept_assign(const float* features, i64 h, i64 w, i64 c, const std::int32
   parallel_blocks(out_h, 8, threads, [&](i64 lo, i64 hi) {
     std::vector<float> best(out_w);
     for (i64 y = lo; y < hi; ++y)
-      DIFFCUT_DISPATCH(assign_row, rows.data(), h, out_w, present, ay.i0[y], ay.i1[y], ay.l0[y], ay.l1[y],
+      DIFFCUT_DISPATCH(assign_row, rows.data(), h, out_w, present, ay.i0[y], ay.i1[y], ay.w0[y], ay.w1[y],
                        best.data(), out + y * out_w);
   });
 }
@@ -295,15 +309,10 @@ void pamr_affinity(const float* img, i64 h, i64 w, const std::vector<int>& dilat
 
 namespace {
 
-// Corner indices and weights of F.interpolate(mode="bilinear", align_corners=True) along one axis, as
-// refine._bilinear_corners computes them: src = float32(i) * float32((n_in - 1) / (n_out - 1)).
-struct CornerAxis {
-  std::vector<i64> i0, i1;
-  std::vector<float> w0, w1;
-};
-
-CornerAxis corner_axis(i64 n_in, i64 n_out) {
-  CornerAxis a;
+// One axis of F.interpolate(mode="bilinear", align_corners=True), as refine._bilinear_corners computes it:
+// src = float32(i) * float32((n_in - 1) / (n_out - 1)).
+Axis corner_axis(i64 n_in, i64 n_out) {
+  Axis a;
   const float scale = n_out > 1 ? static_cast<float>(static_cast<double>(n_in - 1) / static_cast<double>(n_out - 1))
                                 : 0.0f;
   for (i64 i = 0; i < n_out; ++i) {
@@ -341,7 +350,7 @@ void pamr_box_argmax(const std::int32_t* labels, i64 lh, i64 lw, i64 h, i64 w, s
     for (std::int32_t j = 0; j < k; ++j)
       if (r0[j] >= 0) lbox[j] = Box{r0[j], r1[j] + 1, c0[j], c1[j] + 1};
   }
-  CornerAxis cy, cx;
+  Axis cy, cx;
   std::vector<Box> box0 = lbox;
   if (resized) {
     cy = corner_axis(lh, h);
@@ -516,7 +525,7 @@ void resize_bilinear(const float* src, i64 channels, i64 h, i64 w, i64 out_h, i6
     std::copy(src, src + channels * h * w, dst);
     return;
   }
-  const LinearAxis ay = linear_axis(h, out_h), ax = linear_axis(w, out_w);
+  const Axis ay = linear_axis(h, out_h), ax = linear_axis(w, out_w);
   std::vector<float> rows(static_cast<std::size_t>(channels * h * out_w));
   interpolate_rows(src, channels * h, w, ax, out_w, rows.data(), threads);
   parallel_blocks(channels * out_h, 8, threads, [&](i64 lo, i64 hi) {
@@ -524,7 +533,7 @@ void resize_bilinear(const float* src, i64 channels, i64 h, i64 w, i64 out_h, i6
       const i64 c = r / out_h, y = r % out_h;
       const float* t0 = rows.data() + (c * h + ay.i0[y]) * out_w;
       const float* t1 = rows.data() + (c * h + ay.i1[y]) * out_w;
-      const float wy0 = ay.l0[y], wy1 = ay.l1[y];
+      const float wy0 = ay.w0[y], wy1 = ay.w1[y];
       float* o = dst + r * out_w;
       for (i64 x = 0; x < out_w; ++x) o[x] = std::fma(t0[x], wy0, t1[x] * wy1);
     }
