@@ -431,3 +431,67 @@ def test_native_backend_names_an_unknown_compat_as_unknown():
         recursive_ncut(f, graph_backend="native", compat="foo")
     with pytest.raises(InputError, match="supports compat official and clean"):
         recursive_ncut(f, graph_backend="native", compat="official-float32")
+
+
+def _symmetric_f32(m: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    a = rng.random((m, m), dtype=np.float32)
+    return np.tril(a) + np.tril(a, -1).T
+
+
+@pytest.mark.parametrize("m", [1, 7, 100, 1023, 2051])
+def test_float32_stored_products_are_float64_products(built, m):
+    # the core's solvers keep W's float32 values and multiply in float64 (the numpy path widens W first): the
+    # Lanczos product reads the lower triangle only (NaN above it changes nothing), the block product full rows;
+    # both within float64 rounding of the widened product, on one row range (m < 2048) or four (m >= 2048)
+    module = native.require_native()
+    A = _symmetric_f32(m, m)
+    rng = np.random.default_rng(1)
+    X = rng.standard_normal((min(m, 8), m))
+    exact = X @ A.astype(np.float64)  # (A symmetric: rows of X A are A x)
+    scale = np.abs(X) @ np.abs(A.astype(np.float64))
+    lower = A.copy()
+    lower[np.triu_indices(m, 1)] = np.nan
+    y = module.symv_lower_f32(lower, X[0])
+    assert np.all(np.abs(y - exact[0]) <= 1e-13 * scale[0])
+    Y = module.rows_times_f32(A, X)
+    assert Y.shape == X.shape and np.all(np.abs(Y - exact) <= 1e-13 * scale)
+    with pytest.raises(ValueError):
+        module.rows_times_f32(A, np.zeros((9, m)))
+
+
+def test_float32_stored_products_same_bits_on_every_instruction_set(built, tmp_path):
+    # AVX-512, AVX2 and the baseline build of the products do the same float64 operations in the same order
+    # (DIFFCUT_NO_AVX512 / DIFFCUT_NO_AVX2 lower the choice, in subprocesses); so does the threaded split at 2051
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    script = ("import numpy as np, sys; sys.path.insert(0, sys.argv[1])\n"
+              "from diffcut_engine.graph import native\n"
+              "m = native.require_native(); d = np.load(sys.argv[2])\n"
+              "np.savez(sys.argv[3], **{f'y{k}': m.symv_lower_f32(d[k], d['x' + k]) for k in ('a', 'b')},\n"
+              "         **{f'Y{k}': m.rows_times_f32(d[k], d['X' + k]) for k in ('a', 'b')})\n")
+    rng = np.random.default_rng(2)
+    np.savez(tmp_path / "in.npz", a=_symmetric_f32(61, 3), xa=rng.standard_normal(61), Xa=rng.standard_normal((5, 61)),
+             b=_symmetric_f32(2051, 4), xb=rng.standard_normal(2051), Xb=rng.standard_normal((8, 2051)))
+    results = []
+    for avx, avx512 in (("0", "0"), ("0", "1"), ("1", "0")):
+        out = tmp_path / f"out{avx}{avx512}.npz"
+        run = subprocess.run([sys.executable, "-c", script, root, str(tmp_path / "in.npz"), str(out)],
+                             env=dict(os.environ, DIFFCUT_NO_AVX2=avx, DIFFCUT_NO_AVX512=avx512),
+                             capture_output=True, text=True)
+        assert run.returncode == 0, run.stderr[-2000:]
+        results.append(np.load(out))
+    for key in ("ya", "yb", "Ya", "Yb"):
+        for other in results[1:]:
+            assert np.array_equal(results[0][key], other[key]), key
+
+
+@pytest.mark.parametrize("n,c", [(1024, 13), (2304, 320)])
+def test_native_gram_in_two_bands_is_the_single_ssyrk_bit_for_bit(built, n, c):
+    # from 1024 tokens the core computes the Gram matrix in two bands on two threads (ssyrk, sgemm, ssyrk, each
+    # single-threaded); W is still affinity_from_tokens's (SciPy's one ssyrk call) bit for bit
+    rng = np.random.default_rng(n)
+    x = l2_normalize(rng.standard_normal((n, c)).astype(np.float32))
+    assert np.array_equal(native.native_affinity(x, 10.0), affinity_from_tokens(x, 10.0))

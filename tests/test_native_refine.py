@@ -325,10 +325,11 @@ def test_engine_pixel_labels_with_the_native_backend(built, preset):
         assert np.array_equal(out["torch"], out["native"])
 
 
-def test_baseline_and_avx2_kernels_give_the_same_floats(built, tmp_path):
-    """The hot loops run as AVX2 + FMA code where the CPU has it, else as baseline code: the same IEEE operations,
-    so the same affinities bit for bit and the same labels (DIFFCUT_NO_AVX2=1 forces the baseline, in a subprocess).
-    And the propagation with IEEE subnormals (DIFFCUT_NO_FLUSH_SUBNORMALS=1) gives the flushed one's labels."""
+def test_baseline_avx2_and_avx512_kernels_give_the_same_floats(built, tmp_path):
+    """The hot loops run as AVX-512 code where the CPU has it, else AVX2 + FMA, else baseline code: the same IEEE
+    operations, so the same affinities bit for bit and the same labels (DIFFCUT_NO_AVX512=1 stops at AVX2,
+    DIFFCUT_NO_AVX2=1 forces the baseline; each in a subprocess). And the propagation with IEEE subnormals
+    (DIFFCUT_NO_FLUSH_SUBNORMALS=1) gives the flushed one's labels."""
     import os
     import subprocess
     import sys
@@ -345,13 +346,14 @@ def test_baseline_and_avx2_kernels_give_the_same_floats(built, tmp_path):
     np.savez(tmp_path / "in.npz", img=photo((37, 45)).numpy(), lab=voronoi_labels((37, 45), 7, seed=5).numpy(),
              f=feats.numpy(), g=grid.numpy())
     results = []
-    for avx, flush in (("0", "0"), ("1", "0"), ("0", "1")):
-        out = tmp_path / f"out{avx}{flush}.npz"
+    for avx, avx512, flush in (("0", "0", "0"), ("1", "0", "0"), ("0", "1", "0"), ("0", "0", "1")):
+        out = tmp_path / f"out{avx}{avx512}{flush}.npz"
         run = subprocess.run([sys.executable, "-c", script, root, str(tmp_path / "in.npz"), str(out)],
-                             env=dict(os.environ, DIFFCUT_NO_AVX2=avx, DIFFCUT_NO_FLUSH_SUBNORMALS=flush),
+                             env=dict(os.environ, DIFFCUT_NO_AVX2=avx, DIFFCUT_NO_AVX512=avx512,
+                                      DIFFCUT_NO_FLUSH_SUBNORMALS=flush),
                              capture_output=True, text=True)
         assert run.returncode == 0, run.stderr[-2000:]
         results.append(np.load(out))
     for key in ("aff", "pamr", "ca"):
-        assert np.array_equal(results[0][key], results[1][key]), key
-        assert np.array_equal(results[0][key], results[2][key]), key
+        for other in results[1:]:
+            assert np.array_equal(results[0][key], other[key]), key

@@ -9,6 +9,7 @@
 #include <cmath>
 #include <cstdint>
 #include <exception>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -16,6 +17,7 @@
 #include "core.h"
 #include "diffcut/diffcut.h"
 #include "lapack.h"
+#include "matvec.h"
 #include "scratch.h"
 
 namespace py = pybind11;
@@ -138,6 +140,38 @@ PYBIND11_MODULE(_native, m) {
       "Bind dgemm (the address of a Fortran-ABI function; 0: none) for the block Krylov products.");
 
   m.def(
+      "bind_sgemm", [](std::uintptr_t sgemm) { bind_sgemm(reinterpret_cast<SgemmFn>(sgemm)); }, py::arg("sgemm"),
+      "Bind sgemm (the address of a Fortran-ABI function; 0: none): the Gram matrix in two bands on two threads.");
+
+  m.def(
+      "symv_lower_f32",
+      [](FloatArray A, py::array_t<double, py::array::c_style | py::array::forcecast> x) {
+        if (A.ndim() != 2 || A.shape(0) != A.shape(1) || x.ndim() != 1 || x.shape(0) != A.shape(0))
+          throw py::value_error("A must be (m, m) and x (m,)");
+        const std::int64_t m = A.shape(0);
+        py::array_t<double> y(m);
+        symv_lower_f32(A.data(), m, x.data(), y.mutable_data());
+        return y;
+      },
+      py::arg("A"), py::arg("x"),
+      "A x in float64 from the lower triangle of a float32 (m, m) A (the Lanczos products; for tests).");
+
+  m.def(
+      "rows_times_f32",
+      [](FloatArray A, py::array_t<double, py::array::c_style | py::array::forcecast> X) {
+        if (A.ndim() != 2 || A.shape(0) != A.shape(1) || X.ndim() != 2 || X.shape(1) != A.shape(0) ||
+            X.shape(0) < 1 || X.shape(0) > kMaxBlock)
+          throw py::value_error("A must be (m, m) and X (b, m) with 1 <= b <= 8");
+        const std::int64_t m = A.shape(0);
+        const int b = static_cast<int>(X.shape(0));
+        py::array_t<double> Y({static_cast<std::int64_t>(b), m});
+        rows_times_f32(A.data(), m, X.data(), b, Y.mutable_data());
+        return Y;
+      },
+      py::arg("A"), py::arg("X"),
+      "X A in float64 for a symmetric float32 (m, m) A (the block Krylov products; for tests).");
+
+  m.def(
       "affinity",
       [](FloatArray tokens, double alpha) {
         if (tokens.ndim() != 2) throw py::value_error("tokens must be (N, C)");
@@ -209,7 +243,10 @@ PYBIND11_MODULE(_native, m) {
         {
           py::gil_scoped_release release;
           std::atomic<std::size_t> next{0};
+          const std::size_t threads = std::min<std::size_t>(std::max(1, num_threads), std::max<std::size_t>(count, 1));
           auto work = [&] {
+            std::optional<OneKernelThread> one_thread;  // each tree on its own core
+            if (threads > 1) one_thread.emplace();
             for (std::size_t i = next++; i < count; i = next++) {
               try {
                 const std::int64_t n = tokens[i].shape(0), c = tokens[i].shape(1);
@@ -221,7 +258,6 @@ PYBIND11_MODULE(_native, m) {
               }
             }
           };
-          const std::size_t threads = std::min<std::size_t>(std::max(1, num_threads), std::max<std::size_t>(count, 1));
           std::vector<std::thread> pool;
           for (std::size_t t = 1; t < threads; ++t) pool.emplace_back(work);
           work();

@@ -15,6 +15,7 @@
 #include "core.h"
 #include "krylov.h"
 #include "lapack.h"
+#include "matvec.h"
 
 namespace diffcut {
 namespace detail {
@@ -26,6 +27,7 @@ using krylov::kAngleTol;
 using krylov::kNoise;
 
 constexpr int kBlockSize = 8;       // BLOCK_SIZE
+static_assert(kBlockSize <= kMaxBlock, "block products take at most kMaxBlock vectors");
 constexpr int kMaxColumns = 320;    // BLOCK_MAX_COLUMNS
 constexpr int kMaxCluster = 32;     // BLOCK_MAX_CLUSTER
 constexpr double kRankTol = 1e-10;  // rank-deficient directions of a new block (replaced by random ones)
@@ -139,7 +141,7 @@ double subspace_certificate(const double* theta, const double* r, int p, int* cl
   return best;
 }
 
-bool block_krylov_fiedler(const double* A, const std::vector<double>& d, std::int64_t n,
+bool block_krylov_fiedler(const float* A, const std::vector<double>& d, std::int64_t n,
                           const std::vector<double>& warm, std::vector<double>& u) {
   std::vector<double> sqrt_d(n), dis(n), u1(n);
   for (std::int64_t i = 0; i < n; ++i) {
@@ -180,7 +182,7 @@ bool block_krylov_fiedler(const double* A, const std::vector<double>& d, std::in
     for (int j = 0; j < b; ++j)
       for (std::int64_t i = 0; i < n; ++i) scaled[static_cast<std::size_t>(j) * n + i] = V[static_cast<std::size_t>(j) * n + i] * dis[i];
     double* out = MQ.data() + static_cast<std::size_t>(k) * n;
-    gemm(false, false, b, ni, ni, 1.0, scaled.data(), ni, A, ni, 0.0, out, ni);
+    rows_times_f32(A, n, scaled.data(), b, out);
     for (int j = 0; j < b; ++j)
       for (std::int64_t i = 0; i < n; ++i) out[static_cast<std::size_t>(j) * n + i] *= dis[i];
     k += b;

@@ -4,6 +4,7 @@
 #include <atomic>
 #include <memory>
 #include <new>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -11,6 +12,7 @@
 #include "core.h"
 #include "diffcut/diffcut.h"
 #include "lapack.h"
+#include "matvec.h"
 #include "scratch.h"
 
 using diffcut::detail::Code;
@@ -158,6 +160,8 @@ void for_each_image(std::int64_t count, int num_threads, F&& body) {
   std::vector<std::string> messages(count);
   std::atomic<std::int64_t> next{0};
   auto work = [&] {
+    std::optional<diffcut::detail::OneKernelThread> one_thread;  // each image on its own core
+    if (threads > 1) one_thread.emplace();
     for (std::int64_t i = next++; i < count; i = next++) {
       try {
         body(i);

@@ -77,18 +77,20 @@ struct Tree {
 // The recursive NCut tree of an affinity W (n x n, row-major float32), depth first with the dense solver.
 Tree build_tree(const float* W, std::int64_t n, const Options& options);
 
-// u2 of the (m x m, row-major) affinity A with degrees d by dsyevr (eigenpairs 1..2 of the normalised Laplacian).
-void dense_u2(const double* A, const std::vector<double>& d, std::int64_t m, std::vector<double>& u2);
+// The solvers' A: a subgraph's affinity matrix (m x m, row-major, full storage), W's float32 values; their
+// arithmetic is float64 (the float32 values widen exactly), as the numpy path's on its float64 copy.
+// u2 of A with degrees d by dsyevr (eigenpairs 1..2 of the normalised Laplacian).
+void dense_u2(const float* A, const std::vector<double>& d, std::int64_t m, std::vector<double>& u2);
 
 // u2 (unit, orthogonal to sqrt(d)) of M = D^-1/2 A D^-1/2 by Lanczos with the Davis-Kahan certificate of
-// diffcut_engine.graph.eigen._lanczos (sin angle(u, u2) < 1e-6), or false where it cannot certify. A is (m x m)
-// row-major and symmetric; warm (may be empty) approximates y = D^-1/2 u2.
-bool lanczos_fiedler(const double* A, const std::vector<double>& d, std::int64_t m,
+// diffcut_engine.graph.eigen._lanczos (sin angle(u, u2) < 1e-6), or false where it cannot certify. A is
+// symmetric; warm (may be empty) approximates y = D^-1/2 u2.
+bool lanczos_fiedler(const float* A, const std::vector<double>& d, std::int64_t m,
                      const std::vector<double>& warm, std::vector<double>& u);
 
 // u2 of M by block Krylov with the invariant-subspace certificate of diffcut_engine.graph.eigen._block_krylov
 // (sin angle(u, u2) < 1e-6 for clustered spectra: nearly disconnected graphs), or false where it cannot certify.
-bool block_krylov_fiedler(const double* A, const std::vector<double>& d, std::int64_t m,
+bool block_krylov_fiedler(const float* A, const std::vector<double>& d, std::int64_t m,
                           const std::vector<double>& warm, std::vector<double>& u);
 // eigen.subspace_certificate: the bound on sin angle(x1, u2) from the p top Ritz values theta (descending) and
 // their residual norms r, the smallest over clusters m = 1 .. p - 1 (infinity if none); *cluster gets that m.

@@ -13,6 +13,7 @@
 #include "core.h"
 #include "krylov.h"
 #include "lapack.h"
+#include "matvec.h"
 
 namespace diffcut {
 namespace detail {
@@ -60,7 +61,7 @@ bool top_ritz_pairs(const std::vector<double>& alpha, const std::vector<double>&
 
 }  // namespace
 
-bool lanczos_fiedler(const double* A, const std::vector<double>& d, std::int64_t m,
+bool lanczos_fiedler(const float* A, const std::vector<double>& d, std::int64_t m,
                      const std::vector<double>& warm, std::vector<double>& u) {
   std::vector<double> sqrt_d(m), dis(m), u1(m);
   for (std::int64_t i = 0; i < m; ++i) {
@@ -70,13 +71,9 @@ bool lanczos_fiedler(const double* A, const std::vector<double>& d, std::int64_t
   const double sn = norm(sqrt_d);
   for (std::int64_t i = 0; i < m; ++i) u1[i] = sqrt_d[i] / sn;
   std::vector<double> tmp(m);
-  const DsymvFn dsymv = lapack().dsymv;
-  int mi = static_cast<int>(m), one = 1;
-  double unit = 1.0, nothing = 0.0;
-  char uplo = 'U';  // the column-major upper triangle: A's (row-major) lower one, as the numpy path reads it
-  auto matvec = [&](const double* x, double* out) {  // M x = D^-1/2 A D^-1/2 x (one triangle of A)
+  auto matvec = [&](const double* x, double* out) {  // M x = D^-1/2 A D^-1/2 x (A's lower triangle)
     for (std::int64_t i = 0; i < m; ++i) tmp[i] = dis[i] * x[i];
-    dsymv(&uplo, &mi, &unit, const_cast<double*>(A), &mi, tmp.data(), &one, &nothing, out, &one);
+    symv_lower_f32(A, m, tmp.data(), out);
     for (std::int64_t i = 0; i < m; ++i) out[i] *= dis[i];
   };
   auto deflate = [&](double* v) {

@@ -38,6 +38,9 @@ void DIFFCUT_F77(dgemm_)(const char* transa, const char* transb, const int* m, c
                          const double* alpha, const double* a, const int* lda, const double* b, const int* ldb,
                          const double* beta, double* c, const int* ldc, std::size_t transa_len,
                          std::size_t transb_len);
+void DIFFCUT_F77(sgemm_)(const char* transa, const char* transb, const int* m, const int* n, const int* k,
+                         const float* alpha, const float* a, const int* lda, const float* b, const int* ldb,
+                         const float* beta, float* c, const int* ldc, std::size_t transa_len, std::size_t transb_len);
 }
 
 namespace {
@@ -59,6 +62,10 @@ void linked_dgemm(char* transa, char* transb, int* m, int* n, int* k, double* al
                   double* b, int* ldb, double* beta, double* c, int* ldc) {
   DIFFCUT_F77(dgemm_)(transa, transb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, 1, 1);
 }
+void linked_sgemm(char* transa, char* transb, int* m, int* n, int* k, float* alpha, float* a, int* lda, float* b,
+                  int* ldb, float* beta, float* c, int* ldc) {
+  DIFFCUT_F77(sgemm_)(transa, transb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, 1, 1);
+}
 }  // namespace
 #endif
 
@@ -68,7 +75,7 @@ namespace detail {
 namespace {
 Lapack& bound() {
 #ifdef DIFFCUT_LINKED_BLAS
-  static Lapack value{linked_ssyrk, linked_dsyevr, linked_dsymv, linked_dgemm};
+  static Lapack value{linked_ssyrk, linked_dsyevr, linked_dsymv, linked_dgemm, linked_sgemm};
 #else
   static Lapack value;
 #endif
@@ -86,10 +93,13 @@ const Lapack& lapack() {
 void bind_lapack(SsyrkFn ssyrk, DsyevrFn dsyevr, DsymvFn dsymv) {
   if (!ssyrk || !dsyevr || !dsymv) throw Failure(Code::NullPointer, "ssyrk, dsyevr and dsymv must not be NULL");
   const DgemmFn dgemm = bound().dgemm;
-  bound() = Lapack{ssyrk, dsyevr, dsymv, dgemm};
+  const SgemmFn sgemm = bound().sgemm;
+  bound() = Lapack{ssyrk, dsyevr, dsymv, dgemm, sgemm};
 }
 
 void bind_dgemm(DgemmFn dgemm) { bound().dgemm = dgemm; }
+
+void bind_sgemm(SgemmFn sgemm) { bound().sgemm = sgemm; }
 
 int syevr(char range, int n, double* a, int il, int iu, std::vector<double>& w, std::vector<double>& z, int& found) {
   const int cols = range == 'A' ? n : iu - il + 1;

@@ -25,11 +25,15 @@ using DsymvFn = void (*)(char* uplo, int* n, double* alpha, double* a, int* lda,
 using DgemmFn = void (*)(char* transa, char* transb, int* m, int* n, int* k, double* alpha, double* a, int* lda,
                          double* b, int* ldb, double* beta, double* c, int* ldc);
 
+using SgemmFn = void (*)(char* transa, char* transb, int* m, int* n, int* k, float* alpha, float* a, int* lda,
+                         float* b, int* ldb, float* beta, float* c, int* ldc);
+
 struct Lapack {
   SsyrkFn ssyrk = nullptr;
   DsyevrFn dsyevr = nullptr;
   DsymvFn dsymv = nullptr;
   DgemmFn dgemm = nullptr;  // optional
+  SgemmFn sgemm = nullptr;  // optional (the Gram matrix in two bands on two threads)
 };
 
 // The bound functions; throws Failure(Internal) if none are bound.
@@ -38,6 +42,8 @@ const Lapack& lapack();
 void bind_lapack(SsyrkFn ssyrk, DsyevrFn dsyevr, DsymvFn dsymv);
 // Bind dgemm (may be null: block Krylov then multiplies with its own loops). The linked build binds its own.
 void bind_dgemm(DgemmFn dgemm);
+// Bind sgemm (may be null: the Gram matrix is then one ssyrk call). The linked build binds its own.
+void bind_sgemm(SgemmFn sgemm);
 
 // The bound dsyevr with its workspace query, eigenvectors on: the eigenpairs il..iu (1-based, ascending; range
 // 'I') or all of them (range 'A') of the symmetric n x n matrix whose lower triangle, column-major, is `a`

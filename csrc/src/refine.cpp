@@ -27,6 +27,7 @@
 #endif
 
 #include "core.h"
+#include "isa.h"
 
 namespace diffcut {
 namespace detail {
@@ -116,7 +117,8 @@ class FlushSubnormals {
 #endif
 };
 
-// The hot loops (refine_kernels.h) for the baseline ISA, and with AVX2 + FMA where the compiler and the CPU have them.
+// The hot loops (refine_kernels.h) for the baseline ISA, and for AVX2 + FMA and AVX-512 where the compiler has them
+// (isa.h picks one by the CPU).
 #define DIFFCUT_KERNEL
 #define DIFFCUT_KERNEL_INLINE inline
 namespace base {
@@ -124,26 +126,23 @@ namespace base {
 }  // namespace base
 #undef DIFFCUT_KERNEL
 #undef DIFFCUT_KERNEL_INLINE
-#if (defined(__GNUC__) || defined(__clang__)) && defined(__x86_64__) && !defined(DIFFCUT_NO_AVX2)
-#define DIFFCUT_HAVE_AVX2_KERNELS 1
-#define DIFFCUT_KERNEL __attribute__((target("avx2,fma")))
-#define DIFFCUT_KERNEL_INLINE inline __attribute__((target("avx2,fma"), always_inline))
+#ifdef DIFFCUT_HAVE_X86_KERNELS
+#define DIFFCUT_KERNEL __attribute__((target(DIFFCUT_TARGET_AVX2)))
+#define DIFFCUT_KERNEL_INLINE inline __attribute__((target(DIFFCUT_TARGET_AVX2), always_inline))
 namespace avx2 {
 #include "refine_kernels.h"
 }  // namespace avx2
 #undef DIFFCUT_KERNEL
 #undef DIFFCUT_KERNEL_INLINE
-// The AVX2 kernels where the CPU has AVX2 and FMA, unless the environment sets DIFFCUT_NO_AVX2 (tests compare both).
-bool use_avx2() {
-  static const bool yes = [] {
-    const char* off = std::getenv("DIFFCUT_NO_AVX2");
-    if (off != nullptr && off[0] != '\0' && std::string(off) != "0") return false;
-    __builtin_cpu_init();
-    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  }();
-  return yes;
-}
-#define DIFFCUT_DISPATCH(fn, ...) (use_avx2() ? avx2::fn(__VA_ARGS__) : base::fn(__VA_ARGS__))
+#define DIFFCUT_KERNEL __attribute__((target(DIFFCUT_TARGET_AVX512)))
+#define DIFFCUT_KERNEL_INLINE inline __attribute__((target(DIFFCUT_TARGET_AVX512), always_inline))
+namespace avx512 {
+#include "refine_kernels.h"
+}  // namespace avx512
+#undef DIFFCUT_KERNEL
+#undef DIFFCUT_KERNEL_INLINE
+#define DIFFCUT_DISPATCH(fn, ...) \
+  (use_avx512() ? avx512::fn(__VA_ARGS__) : use_avx2() ? avx2::fn(__VA_ARGS__) : base::fn(__VA_ARGS__))
 #else
 #define DIFFCUT_DISPATCH(fn, ...) base::fn(__VA_ARGS__)
 #endif

@@ -1,6 +1,7 @@
 // The recursive two-way Normalized Cut with diffcut_engine.graph's semantics (graph/tree.py, graph/host.py,
 // graph/scoring.py, graph/eigen.py), depth first with the dense solver:
-// - each subgraph is an index set; A = W[idx][:, idx] in float64, degrees recomputed inside it (at the root and
+// - each subgraph is an index set; A = W[idx][:, idx], kept as W's float32 values (the root's is W itself) and
+//   read in float64 arithmetic, as the numpy path's float64 copy; degrees recomputed inside it (at the root and
 //   after nodes were left out: numpy's pairwise row sums; else the children's degrees from the split's bin sums);
 // - y = D^-1/2 u2 (u2 from LAPACK dsyevr on D^-1/2 (D - A) D^-1/2, lower triangle, eigenpairs 1..2), its first
 //   entry of (near-)largest magnitude made positive;
@@ -18,6 +19,7 @@
 
 #include "core.h"
 #include "lapack.h"
+#include "matvec.h"
 #include "scratch.h"
 
 namespace diffcut {
@@ -53,7 +55,7 @@ constexpr double kLeafBoundMargin = 1e-9;
 // A rigorous lower bound on the NCut of every bipartition (graph/eigen.py spectral_lower_bound, its O(n^2) form):
 // NCut >= 1 - mu_2 and mu_2 <= sqrt(||M||_F^2 - 1), M = D^-1/2 A D^-1/2. Stops once it is certain to be below
 // stop_below (the row terms are non-negative).
-double spectral_lower_bound(const double* A, const std::vector<double>& d, std::int64_t m,
+double spectral_lower_bound(const float* A, const std::vector<double>& d, std::int64_t m,
                             double stop_below) {
   if (stop_below > 1.0) return 1.0;
   const double give_up = 1.0 + std::pow(std::max(1.0 - stop_below, 0.0), 2);
@@ -61,9 +63,12 @@ double spectral_lower_bound(const double* A, const std::vector<double>& d, std::
   for (std::int64_t i = 0; i < m; ++i) dinv[i] = 1.0 / d[i];
   double fro2 = 0.0;
   for (std::int64_t i = 0; i < m; ++i) {
-    const double* row = A + i * m;
+    const float* row = A + i * m;
     double acc = 0.0;
-    for (std::int64_t j = 0; j < m; ++j) acc += row[j] * row[j] * dinv[j];
+    for (std::int64_t j = 0; j < m; ++j) {
+      const double a = static_cast<double>(row[j]);
+      acc += a * a * dinv[j];
+    }
     fro2 += dinv[i] * acc;
     if (fro2 > give_up) break;
   }
@@ -73,7 +78,7 @@ double spectral_lower_bound(const double* A, const std::vector<double>& d, std::
 }  // namespace
 
 // u2 of the (m x m, row-major) affinity A with degrees d by dsyevr (eigenpairs 1..2 of the normalised Laplacian).
-void dense_u2(const double* A, const std::vector<double>& d, std::int64_t m, std::vector<double>& u2) {
+void dense_u2(const float* A, const std::vector<double>& d, std::int64_t m, std::vector<double>& u2) {
   std::vector<double> dis(m);
   for (std::int64_t i = 0; i < m; ++i) dis[i] = 1.0 / std::sqrt(d[i]);
   // L = (D^-1/2 (D - A)) D^-1/2 row by row as numpy computes it; LAPACK reads the lower triangle of the
@@ -81,7 +86,7 @@ void dense_u2(const double* A, const std::vector<double>& d, std::int64_t m, std
   ScratchArray<double> lap(static_cast<std::size_t>(m * m));
   for (std::int64_t i = 0; i < m; ++i) {
     for (std::int64_t j = 0; j <= i; ++j) {
-      double v = -A[i * m + j];
+      double v = -static_cast<double>(A[i * m + j]);
       if (i == j) v += d[i];
       lap[i + j * m] = (dis[i] * v) * dis[j];
     }
@@ -140,7 +145,7 @@ struct Split {
 };
 
 // Every candidate's exact NCut from the bin sums (graph/scoring.py binned_scores and ncut_from_bins).
-void score(const double* A, const std::vector<double>& d, const std::vector<double>& y,
+void score(const float* A, const std::vector<double>& d, const std::vector<double>& y,
            std::int64_t m, int num, Split& s) {
   double ymin = y[0], ymax = y[0];
   for (std::int64_t i = 1; i < m; ++i) {
@@ -155,8 +160,8 @@ void score(const double* A, const std::vector<double>& d, const std::vector<doub
   s.GA.assign(static_cast<std::size_t>(nb) * m, 0.0);
   for (std::int64_t j = 0; j < m; ++j) {  // rows of A added to their bin's row, nodes in increasing order
     double* dst = s.GA.data() + static_cast<std::size_t>(s.bins[j]) * m;
-    const double* src = A + j * m;
-    for (std::int64_t i = 0; i < m; ++i) dst[i] += src[i];
+    const float* src = A + j * m;
+    for (std::int64_t i = 0; i < m; ++i) dst[i] += static_cast<double>(src[i]);
   }
   // B[b][c] = sum over nodes i of bin b (increasing) of GA[c][i]
   std::vector<double> B(static_cast<std::size_t>(nb) * nb, 0.0), vol(nb, 0.0);
@@ -233,6 +238,9 @@ struct Pending {
 }  // namespace
 
 Tree build_tree(const float* W, std::int64_t n, const Options& options) {
+  // the products run on the core's own threads (matvec.h); the BLAS calls left (dsyevr on small subgraphs, the
+  // block Krylov's small products) single-threaded, so that its idle workers do not spin on the same cores
+  const SingleThreadedBlas one_blas_thread;
   Tree tree;
   tree.height = n;
   tree.width = 1;
@@ -262,7 +270,7 @@ Tree build_tree(const float* W, std::int64_t n, const Options& options) {
 
   std::vector<Pending> stack;
   stack.push_back({0, {}, {}});
-  ScratchArray<double> A;  // the subgraph's matrix: reused from node to node and, cached, from image to image
+  ScratchArray<float> sub;  // a subgraph's matrix: reused from node to node and, cached, from image to image
   std::vector<double> d, y, u;
   Split split;
   bool lanczos_failed = false;  // the per-tree memo of eigen.fiedler_vector
@@ -281,24 +289,28 @@ Tree build_tree(const float* W, std::int64_t n, const Options& options) {
     }
     const std::int64_t m = static_cast<std::int64_t>(idx.size());
     if (m < 2) continue;
-    A.resize(static_cast<std::size_t>(m * m));
-    for (std::int64_t a = 0; a < m; ++a) {
-      const float* src = W + static_cast<std::int64_t>(idx[a]) * n;
-      double* dst = A.data() + a * m;
-      for (std::int64_t b = 0; b < m; ++b) dst[b] = static_cast<double>(src[idx[b]]);
+    const float* A = W;  // every node (the root): W itself
+    if (m < n) {
+      sub.resize(static_cast<std::size_t>(m * m));
+      for (std::int64_t a = 0; a < m; ++a) {
+        const float* src = W + static_cast<std::int64_t>(idx[a]) * n;
+        float* dst = sub.data() + a * m;
+        for (std::int64_t b = 0; b < m; ++b) dst[b] = src[idx[b]];
+      }
+      A = sub.data();
     }
     if (!item.degrees.empty()) {
       d.swap(item.degrees);
     } else {
       d.resize(m);
-      for (std::int64_t a = 0; a < m; ++a) d[a] = pairwise_sum(A.data() + a * m, m);
+      for (std::int64_t a = 0; a < m; ++a) d[a] = pairwise_sum_widened(A + a * m, m);
     }
     bool isolated = false;
     for (std::int64_t a = 0; a < m; ++a) isolated |= !(d[a] > 0);
     if (isolated) continue;  // an all-zero row: no meaningful Laplacian (a leaf)
     if (depth > 0) {  // a subgraph proved a leaf at tau_max needs no eigensolve (the tree and its cuts are unchanged)
       const double stop = options.tau_max + kLeafBoundMargin;
-      const double bound = spectral_lower_bound(A.data(), d, m, stop);
+      const double bound = spectral_lower_bound(A, d, m, stop);
       if (bound >= stop) {
         tree.nodes[id].value = bound;
         tree.nodes[id].exact = false;
@@ -310,13 +322,13 @@ Tree build_tree(const float* W, std::int64_t n, const Options& options) {
     const bool iterative = options.solver == Solver::Auto && m > kAutoDenseMax && m >= 32;
     bool solved = false;
     if (iterative && !lanczos_failed) {
-      solved = lanczos_fiedler(A.data(), d, m, item.warm, u);
+      solved = lanczos_fiedler(A, d, m, item.warm, u);
       lanczos_failed = !solved;
     }
-    if (iterative && !solved) solved = block_krylov_fiedler(A.data(), d, m, item.warm, u);
-    if (!solved) dense_u2(A.data(), d, m, u);
+    if (iterative && !solved) solved = block_krylov_fiedler(A, d, m, item.warm, u);
+    if (!solved) dense_u2(A, d, m, u);
     fiedler_from_u(u, d, m, y);
-    score(A.data(), d, y, m, options.num_thresholds, split);
+    score(A, d, y, m, options.num_thresholds, split);
     tree.nodes[id].value = split.value;
     if (!(split.value < options.tau_max)) continue;
     const int best = split.best;

@@ -1,6 +1,7 @@
 // The C++ core and the C++ header: planted partitions are found, every cut of a tree equals the tree built at
 // that tau, labels follow the official assemble_clusters numbering, constant features give one segment, the
-// pairwise sum is a sum, block Krylov certifies the Fiedler vector of a clustered spectrum (where Lanczos cannot),
+// pairwise sum is a sum, the float32-stored products are float64 products (the same bits on one thread or
+// several), block Krylov certifies the Fiedler vector of a clustered spectrum (where Lanczos cannot),
 // and errors surface as diffcut::Error with their code; the refinement: the support-box PAMR equals a plain dense
 // propagation of all K masks bit for bit (borders, resized masks, a dilation wider than the image, one label per
 // chunk, threads), the median is the 5th smallest of the clamped window, and the C++ header's refinement calls.
@@ -16,6 +17,7 @@
 #include "core.h"
 #include "diffcut/diffcut.hpp"
 #include "lapack.h"
+#include "matvec.h"
 #include "npy.h"
 #include "scratch.h"
 
@@ -96,27 +98,24 @@ static diffcut::detail::Tree tree_of(const std::vector<float>& f, int h, int w, 
 
 // Nearly disconnected (tests/test_graph_block.py clustered_graph): parts dense blocks coupled by weights ~eps, so
 // the top of the spectrum of M is a cluster of parts - 1 eigenvalues within ~eps of 1 (gaps ~eps inside, ~0.5
-// below). A is (n x n) row-major and symmetric, d its row sums.
-static void clustered_graph(int parts, int size, double eps, unsigned seed, std::vector<double>& A,
+// below). A is (n x n) row-major, symmetric and float32 (as the solvers read W's values), d its row sums.
+static void clustered_graph(int parts, int size, double eps, unsigned seed, std::vector<float>& A,
                             std::vector<double>& d) {
   std::mt19937 rng(seed);
   std::uniform_real_distribution<double> within(0.5, 1.0), coupling(0.2, 3.0), jitter(0.5, 1.5);
   const int n = parts * size;
   std::vector<double> cross(static_cast<std::size_t>(parts) * parts);
   for (double& c : cross) c = eps * coupling(rng);
-  A.assign(static_cast<std::size_t>(n) * n, 0.0);
+  A.assign(static_cast<std::size_t>(n) * n, 0.0f);
   for (int i = 0; i < n; ++i)
     for (int j = 0; j < n; ++j)
-      A[static_cast<std::size_t>(i) * n + j] =
-          i / size == j / size ? within(rng) : cross[(i / size) * parts + j / size] * jitter(rng);
+      A[static_cast<std::size_t>(i) * n + j] = static_cast<float>(
+          i / size == j / size ? within(rng) : cross[(i / size) * parts + j / size] * jitter(rng));
   for (int i = 0; i < n; ++i)
-    for (int j = 0; j < i; ++j) {
-      const double v = (A[static_cast<std::size_t>(i) * n + j] + A[static_cast<std::size_t>(j) * n + i]) / 2;
-      A[static_cast<std::size_t>(i) * n + j] = A[static_cast<std::size_t>(j) * n + i] = v;
-    }
+    for (int j = 0; j < i; ++j) A[static_cast<std::size_t>(i) * n + j] = A[static_cast<std::size_t>(j) * n + i];
   d.assign(n, 0.0);
   for (int i = 0; i < n; ++i)
-    for (int j = 0; j < n; ++j) d[i] += A[static_cast<std::size_t>(i) * n + j];
+    for (int j = 0; j < n; ++j) d[i] += static_cast<double>(A[static_cast<std::size_t>(i) * n + j]);
 }
 
 static double sin_angle(const std::vector<double>& u, const std::vector<double>& v) {
@@ -243,6 +242,54 @@ int main() {
       EXPECT(diffcut::detail::pairwise_sum(a.data(), n) == exact);
     }
   }
+  // the products with float32-stored matrices (matvec.h): float64 products of the widened values (against long
+  // double sums: within 1e-13 relative), the lower triangle read only (NaN above it), the same bits with one
+  // kernel thread as with several (the split into row ranges depends on m alone); the widened pairwise sum is
+  // pairwise_sum of the widened copy, bit for bit
+  {
+    std::mt19937 rng(5);
+    std::uniform_real_distribution<float> u(0.0f, 1.0f);
+    for (int m : {1, 2, 3, 4, 5, 7, 8, 9, 13, 31, 64, 100, 1023, 2048, 2051, 2999}) {
+      std::vector<float> A(static_cast<std::size_t>(m) * m), full(A.size());
+      for (int i = 0; i < m; ++i)
+        for (int j = 0; j <= i; ++j) {
+          const float v = u(rng);
+          full[static_cast<std::size_t>(i) * m + j] = full[static_cast<std::size_t>(j) * m + i] = v;
+          A[static_cast<std::size_t>(i) * m + j] = v;
+          if (j < i) A[static_cast<std::size_t>(j) * m + i] = std::nanf("");
+        }
+      const int b = std::min(m, diffcut::detail::kMaxBlock);
+      std::vector<double> X(static_cast<std::size_t>(b) * m);
+      for (double& v : X) v = static_cast<double>(u(rng)) - 0.5;
+      std::vector<double> y(m), y1(m), Y(X.size()), Y1(X.size());
+      diffcut::detail::symv_lower_f32(A.data(), m, X.data(), y.data());
+      diffcut::detail::rows_times_f32(full.data(), m, X.data(), b, Y.data());
+      {
+        const diffcut::detail::OneKernelThread one;
+        EXPECT(diffcut::detail::kernel_threads() == 1);
+        diffcut::detail::symv_lower_f32(A.data(), m, X.data(), y1.data());
+        diffcut::detail::rows_times_f32(full.data(), m, X.data(), b, Y1.data());
+      }
+      EXPECT(y == y1 && Y == Y1);
+      double worst = 0.0;
+      for (int k = 0; k < b; ++k)
+        for (int i = 0; i < m; ++i) {
+          long double exact = 0, scale = 0;
+          for (int j = 0; j < m; ++j) {
+            const long double t = static_cast<long double>(full[static_cast<std::size_t>(i) * m + j]) *
+                                  X[static_cast<std::size_t>(k) * m + j];
+            exact += t;
+            scale += std::fabs(t);
+          }
+          worst = std::max(worst, static_cast<double>(
+                                      std::fabs(Y[static_cast<std::size_t>(k) * m + i] - exact) / scale));
+          if (k == 0) worst = std::max(worst, static_cast<double>(std::fabs(y[i] - exact) / scale));
+        }
+      EXPECT(worst < 1e-13);
+      std::vector<double> wide(full.begin(), full.begin() + m);
+      EXPECT(diffcut::detail::pairwise_sum_widened(full.data(), m) == diffcut::detail::pairwise_sum(wide.data(), m));
+    }
+  }
   // planted regions are found (clean); the official mode differs from it only at the zero-row nodes (the
   // least similar pair, left out below the root), at several grid shapes
   for (auto [h, w] : std::vector<std::pair<int, int>>{{12, 15}, {16, 16}, {9, 20}}) {
@@ -274,7 +321,8 @@ int main() {
   // block Krylov on a clustered spectrum: Lanczos cannot certify (residual / inner gap ~1e-8), the subspace
   // certificate does, and the vector is the dense solve's within 1e-6 (angle); the same for several graphs
   for (auto [parts, seed] : std::vector<std::pair<int, unsigned>>{{4, 0u}, {4, 1u}, {6, 2u}, {3, 3u}}) {
-    std::vector<double> A, d, dense, lanczos, block;
+    std::vector<float> A;
+    std::vector<double> d, dense, lanczos, block;
     clustered_graph(parts, 240 / parts + 20, 1e-8, seed, A, d);
     const std::int64_t n = static_cast<std::int64_t>(d.size());
     diffcut::detail::dense_u2(A.data(), d, n, dense);

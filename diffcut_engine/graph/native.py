@@ -56,7 +56,8 @@ def scipy_blas_addresses() -> dict:
     return {"ssyrk": _capsule_address(cython_blas.__pyx_capi__["ssyrk"]),
             "dsyevr": _capsule_address(cython_lapack.__pyx_capi__["dsyevr"]),
             "dsymv": _capsule_address(cython_blas.__pyx_capi__["dsymv"]),
-            "dgemm": _capsule_address(cython_blas.__pyx_capi__["dgemm"])}
+            "dgemm": _capsule_address(cython_blas.__pyx_capi__["dgemm"]),
+            "sgemm": _capsule_address(cython_blas.__pyx_capi__["sgemm"])}
 
 
 class _DlInfo(ctypes.Structure):
@@ -131,6 +132,7 @@ def _load():
                 blas = scipy_blas_addresses()
                 module.bind_lapack(blas["ssyrk"], blas["dsyevr"], blas["dsymv"])
                 module.bind_dgemm(blas["dgemm"])
+                module.bind_sgemm(blas["sgemm"])
                 _loaded["module"] = module
         return _loaded["module"]
 

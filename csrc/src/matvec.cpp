@@ -1,0 +1,143 @@
+// Products with float32-stored affinity matrices in float64 arithmetic (matvec.h).
+#include "matvec.h"
+
+#include <algorithm>
+#include <cmath>
+#include <thread>
+#include <vector>
+
+#include "core.h"
+#include "isa.h"
+
+#ifdef DIFFCUT_HAVE_X86_KERNELS
+#include <immintrin.h>
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"  // GCC 12's own _mm512_cvtps_pd (its undefined source)
+#endif
+#endif
+
+namespace diffcut {
+namespace detail {
+
+namespace {
+
+using i64 = std::int64_t;
+
+// The hot loops (matvec_kernels.h) for the baseline ISA, AVX2 and AVX-512 (isa.h picks one by the CPU).
+#define DIFFCUT_LANES 0
+#define DIFFCUT_KERNEL
+#define DIFFCUT_KERNEL_INLINE inline
+namespace base {
+#include "matvec_kernels.h"
+}  // namespace base
+#undef DIFFCUT_LANES
+#undef DIFFCUT_KERNEL
+#undef DIFFCUT_KERNEL_INLINE
+#ifdef DIFFCUT_HAVE_X86_KERNELS
+#define DIFFCUT_LANES 256
+#define DIFFCUT_KERNEL __attribute__((target(DIFFCUT_TARGET_AVX2)))
+#define DIFFCUT_KERNEL_INLINE inline __attribute__((target(DIFFCUT_TARGET_AVX2), always_inline))
+namespace avx2 {
+#include "matvec_kernels.h"
+}  // namespace avx2
+#undef DIFFCUT_LANES
+#undef DIFFCUT_KERNEL
+#undef DIFFCUT_KERNEL_INLINE
+#define DIFFCUT_LANES 512
+#define DIFFCUT_KERNEL __attribute__((target(DIFFCUT_TARGET_AVX512)))
+#define DIFFCUT_KERNEL_INLINE inline __attribute__((target(DIFFCUT_TARGET_AVX512), always_inline))
+namespace avx512 {
+#include "matvec_kernels.h"
+}  // namespace avx512
+#undef DIFFCUT_LANES
+#undef DIFFCUT_KERNEL
+#undef DIFFCUT_KERNEL_INLINE
+#define DIFFCUT_DISPATCH(fn, ...) \
+  (use_avx512() ? avx512::fn(__VA_ARGS__) : use_avx2() ? avx2::fn(__VA_ARGS__) : base::fn(__VA_ARGS__))
+#else
+#define DIFFCUT_DISPATCH(fn, ...) base::fn(__VA_ARGS__)
+#endif
+
+// Above this size a product is split into kParts row ranges of equal triangle area, each summed into its own
+// vector, the vectors then added in order: the split depends on m alone, the threads only run the parts.
+constexpr i64 kSplitMinRows = 2048;
+constexpr int kParts = 4;
+constexpr unsigned kMaxThreads = 4;
+
+thread_local int kernel_threads_override = 0;
+
+// body(part) for part in [0, parts) on up to kernel_threads() threads (part t, t + threads, ... on thread t).
+template <class F>
+void run_parts(int parts, F&& body) {
+  const int threads = std::min(kernel_threads(), parts);
+  if (threads <= 1) {
+    for (int p = 0; p < parts; ++p) body(p);
+    return;
+  }
+  std::vector<std::thread> pool;
+  for (int t = 1; t < threads; ++t)
+    pool.emplace_back([&, t] {
+      for (int p = t; p < parts; p += threads) body(p);
+    });
+  for (int p = 0; p < parts; p += threads) body(p);
+  for (std::thread& t : pool) t.join();
+}
+
+}  // namespace
+
+int kernel_threads() {
+  if (kernel_threads_override > 0) return kernel_threads_override;
+  static const int hw = static_cast<int>(std::min(kMaxThreads, std::max(1u, std::thread::hardware_concurrency())));
+  return hw;
+}
+
+OneKernelThread::OneKernelThread() : previous_(kernel_threads_override) { kernel_threads_override = 1; }
+OneKernelThread::~OneKernelThread() { kernel_threads_override = previous_; }
+
+void symv_lower_f32(const float* A, std::int64_t m, const double* x, double* y) {
+  if (m < kSplitMinRows) {
+    DIFFCUT_DISPATCH(symv_rows, A, m, 0, m, x, y);
+    return;
+  }
+  i64 bounds[kParts + 1];
+  bounds[0] = 0;
+  bounds[kParts] = m;
+  for (int p = 1; p < kParts; ++p) {
+    const i64 b = static_cast<i64>(static_cast<double>(m) * std::sqrt(static_cast<double>(p) / kParts));
+    bounds[p] = std::min(m, std::max(bounds[p - 1], b - b % 4));
+  }
+  std::vector<double> partial(static_cast<std::size_t>(kParts - 1) * m);
+  auto part = [&](int p) {
+    double* out = p == 0 ? y : partial.data() + static_cast<std::size_t>(p - 1) * m;
+    DIFFCUT_DISPATCH(symv_rows, A, m, bounds[p], bounds[p + 1], x, out);
+  };
+  run_parts(kParts, part);
+  // y = ((part 0 + part 1) + part 2) + part 3, part p defined on [0, bounds[p + 1]) (0 + q is q exactly)
+  std::fill(y + bounds[1], y + m, 0.0);
+  for (int p = 1; p < kParts; ++p) {
+    const double* q = partial.data() + static_cast<std::size_t>(p - 1) * m;
+    for (i64 j = 0; j < bounds[p + 1]; ++j) y[j] += q[j];
+  }
+}
+
+void rows_times_f32(const float* A, std::int64_t m, const double* X, int b, double* Y) {
+  const int parts = m >= 512 ? kParts : 1;
+  run_parts(parts, [&](int p) {
+    DIFFCUT_DISPATCH(rows_times, A, m, X, b, m * p / parts, m * (p + 1) / parts, Y);
+  });
+}
+
+double pairwise_sum_widened(const float* a, std::int64_t n) {
+  // numpy's blocks: up to 128 values summed in eight lanes, larger ranges split in halves (multiples of 8)
+  if (n <= 128) {
+    double buf[128];
+    for (std::int64_t i = 0; i < n; ++i) buf[i] = static_cast<double>(a[i]);
+    return pairwise_sum(buf, n);
+  }
+  std::int64_t n2 = n / 2;
+  n2 -= n2 % 8;
+  return pairwise_sum_widened(a, n2) + pairwise_sum_widened(a + n2, n - n2);
+}
+
+}  // namespace detail
+}  // namespace diffcut
