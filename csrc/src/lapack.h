@@ -1,5 +1,7 @@
 // BLAS/LAPACK entry points used by the core: ssyrk (the Gram matrix), dsyevr (the dense Fiedler solve, the Ritz
-// pairs) and dsymv (Lanczos products); optionally dgemm (block Krylov products, loops where none is bound).
+// pairs) and dsymv (bound for its library: the OpenBLAS thread control is found from it; the Lanczos products are
+// the core's own, matvec.h); optionally dgemm (block Krylov's small products, loops where none is bound) and sgemm
+// (the Gram matrix in two bands; one ssyrk call where none is bound).
 //
 // They are called through function pointers with the Fortran argument lists (32-bit integers, no hidden string
 // lengths), so that one library can be bound at run time: the Python extension binds SciPy's own OpenBLAS (the

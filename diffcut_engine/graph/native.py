@@ -5,8 +5,10 @@ min-max, power), the zero-row rule of ``compat="official"``, the Fiedler vector 
 ``dsyevr`` per subgraph; ``"auto"``: as :func:`~diffcut_engine.graph.eigen.fiedler_vector`'s, dense up to 192
 nodes, above the certified Lanczos, then the certified block Krylov where Lanczos cannot certify (first, once
 Lanczos failed in the tree), then dense), the 100 thresholds scored from bin sums, pre-order. The extension links
-no BLAS: it is bound here to SciPy's own ``ssyrk``, ``dsyevr``, ``dsymv`` and ``dgemm``
-(``scipy.linalg.cython_blas`` / ``cython_lapack``), the functions the numpy path calls, and its floating-point
+no BLAS: it is bound here to SciPy's own ``ssyrk``, ``dsyevr``, ``dsymv``, ``dgemm`` and ``sgemm``
+(``scipy.linalg.cython_blas`` / ``cython_lapack``), the functions the numpy path calls (the Gram matrix from 1024
+tokens in two bands on two threads, bit-identical to the one ``ssyrk`` call; the Krylov products by the core's own
+float64 kernels on W's float32 values, which the numpy path widens first), and its floating-point
 operations follow the numpy code's order, so with ``solver="dense"`` the trees are the numpy dense path's bit for
 bit; with ``"auto"`` both backends' vectors are certified within 1e-6 of the dense one (tests/test_native.py
 compares partitions and label ids). Selection: :func:`resolve_graph_backend`.
@@ -49,8 +51,8 @@ def _capsule_address(capsule) -> int:
 
 
 def scipy_blas_addresses() -> dict:
-    """Addresses of SciPy's own ``ssyrk``, ``dsyevr``, ``dsymv`` and ``dgemm`` (the functions the numpy path
-    calls), which the extension is bound to."""
+    """Addresses of SciPy's own ``ssyrk``, ``dsyevr``, ``dsymv``, ``dgemm`` and ``sgemm`` (the functions the numpy
+    path calls), which the extension is bound to."""
     from scipy.linalg import cython_blas, cython_lapack
 
     return {"ssyrk": _capsule_address(cython_blas.__pyx_capi__["ssyrk"]),
