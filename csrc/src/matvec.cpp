@@ -2,6 +2,7 @@
 #include "matvec.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <thread>
 #include <vector>
@@ -66,7 +67,7 @@ constexpr unsigned kMaxThreads = 4;
 
 thread_local int kernel_threads_override = 0;
 
-// body(part) for part in [0, parts) on up to kernel_threads() threads (part t, t + threads, ... on thread t).
+// body(part) for part in [0, parts) on up to kernel_threads() threads.
 template <class F>
 void run_parts(int parts, F&& body) {
   const int threads = std::min(kernel_threads(), parts);
@@ -74,12 +75,13 @@ void run_parts(int parts, F&& body) {
     for (int p = 0; p < parts; ++p) body(p);
     return;
   }
+  std::atomic<int> next{0};  // parts claimed one at a time (a thread that starts late takes fewer)
+  auto work = [&] {
+    for (int p = next++; p < parts; p = next++) body(p);
+  };
   std::vector<std::thread> pool;
-  for (int t = 1; t < threads; ++t)
-    pool.emplace_back([&, t] {
-      for (int p = t; p < parts; p += threads) body(p);
-    });
-  for (int p = 0; p < parts; p += threads) body(p);
+  for (int t = 1; t < threads; ++t) pool.emplace_back(work);
+  work();
   for (std::thread& t : pool) t.join();
 }
 

@@ -14,6 +14,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <optional>
 #include <string>
 #include <utility>
 
@@ -51,6 +52,8 @@ namespace {
 constexpr double kInf = std::numeric_limits<double>::infinity();
 // A subgraph is a leaf without solving when its spectral lower bound is at least tau_max plus this margin.
 constexpr double kLeafBoundMargin = 1e-9;
+// Dense solves from this many nodes on run dsyevr with the BLAS's threads.
+constexpr std::int64_t kThreadedDenseMin = 512;
 
 // A rigorous lower bound on the NCut of every bipartition (graph/eigen.py spectral_lower_bound, its O(n^2) form):
 // NCut >= 1 - mu_2 and mu_2 <= sqrt(||M||_F^2 - 1), M = D^-1/2 A D^-1/2. Stops once it is certain to be below
@@ -239,8 +242,10 @@ struct Pending {
 
 Tree build_tree(const float* W, std::int64_t n, const Options& options) {
   // the products run on the core's own threads (matvec.h); the BLAS calls left (dsyevr on small subgraphs, the
-  // block Krylov's small products) single-threaded, so that its idle workers do not spin on the same cores
-  const SingleThreadedBlas one_blas_thread;
+  // block Krylov's small products) single-threaded, so that its idle workers do not spin on the same cores; a
+  // dense solve of a large subgraph (solver "dense", or where neither Krylov solver certifies) gets its threads
+  std::optional<SingleThreadedBlas> one_blas_thread;
+  one_blas_thread.emplace();
   Tree tree;
   tree.height = n;
   tree.width = 1;
@@ -326,7 +331,11 @@ Tree build_tree(const float* W, std::int64_t n, const Options& options) {
       lanczos_failed = !solved;
     }
     if (iterative && !solved) solved = block_krylov_fiedler(A, d, m, item.warm, u);
-    if (!solved) dense_u2(A, d, m, u);
+    if (!solved) {
+      if (m >= kThreadedDenseMin) one_blas_thread.reset();
+      dense_u2(A, d, m, u);
+      if (!one_blas_thread) one_blas_thread.emplace();
+    }
     fiedler_from_u(u, d, m, y);
     score(A, d, y, m, options.num_thresholds, split);
     tree.nodes[id].value = split.value;
