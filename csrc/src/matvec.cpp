@@ -64,13 +64,15 @@ namespace avx512 {
 constexpr i64 kSplitMinRows = 2048;
 constexpr int kParts = 4;
 constexpr unsigned kMaxThreads = 4;
+// The block product (b vectors, about b / 2 times the work of a symv per row) is split from this size on.
+constexpr i64 kBlockSplitMinRows = 512;
 
 thread_local int kernel_threads_override = 0;
 
-// body(part) for part in [0, parts) on up to kernel_threads() threads.
+// body(part) for part in [0, parts) on up to kernel_threads() threads where spawn (else on the calling thread).
 template <class F>
-void run_parts(int parts, F&& body) {
-  const int threads = std::min(kernel_threads(), parts);
+void run_parts(int parts, bool spawn, F&& body) {
+  const int threads = spawn ? std::min(kernel_threads(), parts) : 1;
   if (threads <= 1) {
     for (int p = 0; p < parts; ++p) body(p);
     return;
@@ -113,7 +115,7 @@ void symv_lower_f32(const float* A, std::int64_t m, const double* x, double* y) 
     double* out = p == 0 ? y : partial.data() + static_cast<std::size_t>(p - 1) * m;
     DIFFCUT_DISPATCH(symv_rows, A, m, bounds[p], bounds[p + 1], x, out);
   };
-  run_parts(kParts, part);
+  run_parts(kParts, true, part);
   // y = ((part 0 + part 1) + part 2) + part 3, part p defined on [0, bounds[p + 1]) (0 + q is q exactly)
   std::fill(y + bounds[1], y + m, 0.0);
   for (int p = 1; p < kParts; ++p) {
@@ -123,8 +125,8 @@ void symv_lower_f32(const float* A, std::int64_t m, const double* x, double* y) 
 }
 
 void rows_times_f32(const float* A, std::int64_t m, const double* X, int b, double* Y) {
-  const int parts = m >= 512 ? kParts : 1;
-  run_parts(parts, [&](int p) {
+  const int parts = m >= kBlockSplitMinRows ? kParts : 1;
+  run_parts(parts, true, [&](int p) {
     DIFFCUT_DISPATCH(rows_times, A, m, X, b, m * p / parts, m * (p + 1) / parts, Y);
   });
 }
