@@ -162,18 +162,21 @@ void extrema(const float* v, std::int64_t len, float& lo, float& hi) {
 }
 
 // One scaled tile buf (rows x cols of the lower triangle at (i0, j0), row-major with stride kTile; on the
-// diagonal only j <= i is valid) written widened to W at (i, j) and, transposed, at (j, i); rows holding an exact
-// zero are flagged in zr. Vectorisable loops (the transpose goes through a second L1 buffer).
+// diagonal only j <= i is valid) written (widened, for a float64 W) to W at (i, j) and, transposed, at (j, i);
+// rows holding an exact zero are flagged in zr (if not null). Vectorisable loops (the transpose goes through a
+// second L1 buffer).
 constexpr std::int64_t kTile = 64;
-DIFFCUT_CLONES void widen_tile(const float* buf, std::int64_t rows, std::int64_t cols, bool diagonal, double* W,
+template <class Out>
+DIFFCUT_CLONES void write_tile(const float* buf, std::int64_t rows, std::int64_t cols, bool diagonal, Out* W,
                                std::int64_t n, std::int64_t i0, std::int64_t j0, std::uint8_t* zr) {
   alignas(64) float tr[kTile * kTile];
   for (std::int64_t a = 0; a < rows; ++a) {
     const std::int64_t len = diagonal ? a + 1 : cols;
     const float* src = buf + a * kTile;
-    double* dst = W + (i0 + a) * n + j0;
+    Out* dst = W + (i0 + a) * n + j0;
+    for (std::int64_t b = 0; b < len; ++b) dst[b] = static_cast<Out>(src[b]);
+    if (zr == nullptr) continue;
     int zeros = 0;
-    for (std::int64_t b = 0; b < len; ++b) dst[b] = static_cast<double>(src[b]);
     for (std::int64_t b = 0; b < len; ++b) zeros += src[b] == 0.0f;
     if (zeros) {
       zr[i0 + a] = 1;
@@ -186,64 +189,43 @@ DIFFCUT_CLONES void widen_tile(const float* buf, std::int64_t rows, std::int64_t
   for (std::int64_t b = 0; b < cols; ++b) {  // W[j0 + b, i0 + a] for i > j
     const std::int64_t start = diagonal ? b + 1 : 0;
     const float* src = tr + b * kTile;
-    double* dst = W + (j0 + b) * n + i0;
-    for (std::int64_t a = start; a < rows; ++a) dst[a] = static_cast<double>(src[a]);
+    Out* dst = W + (j0 + b) * n + i0;
+    for (std::int64_t a = start; a < rows; ++a) dst[a] = static_cast<Out>(src[a]);
   }
 }
 
 }  // namespace
 
-void affinity_from_tokens(const float* tokens, std::int64_t n, std::int64_t c, double alpha, float* W) {
-  gram_lower(tokens, n, c, W);
-  // mirror the lower triangle (row-major) onto the upper one in square tiles (the transposed reads stay in cache)
-  constexpr std::int64_t tile = 64;
-  for (std::int64_t i0 = 0; i0 < n; i0 += tile) {
-    const std::int64_t i1 = std::min(i0 + tile, n);
-    for (std::int64_t j0 = i0; j0 < n; j0 += tile) {
-      const std::int64_t j1 = std::min(j0 + tile, n);
-      for (std::int64_t i = i0; i < i1; ++i)
-        for (std::int64_t j = std::max(j0, i + 1); j < j1; ++j) W[i * n + j] = W[j * n + i];
-    }
-  }
-  const std::int64_t total = n * n;
-  float lo = W[0], hi = W[0];
-  extrema(W, total, lo, hi);
-  const Scaling scaling(lo, hi, c, alpha);
-  if (scaling.constant) {
-    std::fill(W, W + total, 1.0f);
-    return;
-  }
-  // chunk by chunk, whole-chunk passes (vectorisable), each element getting exactly the float32 operations of
-  // affinity_from_tokens: (s - lo) / spread, then binary powering (power_squaring's order) or powf
-  for (std::int64_t a = 0; a < total; a += Scaling::kChunk)
-    scaling.apply(W + a, W + a, std::min(Scaling::kChunk, total - a));
-}
+namespace {
 
-void affinity_widened(const float* tokens, std::int64_t n, std::int64_t c, double alpha, float* S, double* W,
-                      std::uint8_t* zero_row) {
-  gram_lower(tokens, n, c, S);
+// The scaled affinity from the lower triangle of S (the Gram matrix) into W (n x n, both triangles; W may be S
+// itself: each tile is read into a buffer before it is written, and the upper triangle is never read), zero rows
+// flagged in zero_row (if not null): tile by tile over the lower triangle, the tile's row segments scaled into an L1
+// buffer, then written to (i, j) and, transposed from the buffer, to (j, i): S is read once and W written once.
+// Tile rows are dealt round-robin to a few threads for large n (each output value is written by exactly one
+// thread; zero rows are collected per thread, then merged).
+template <class Out>
+void scaled_affinity(const float* S, std::int64_t n, std::int64_t c, double alpha, Out* W, std::uint8_t* zero_row) {
   if (zero_row) std::fill(zero_row, zero_row + n, std::uint8_t{0});
   if (n == 0) return;
   float lo = S[0], hi = S[0];
   for (std::int64_t i = 0; i < n; ++i) extrema(S + i * n, i + 1, lo, hi);  // the lower triangle: every value
   const Scaling scaling(lo, hi, c, alpha);
   if (scaling.constant) {
-    std::fill(W, W + n * n, 1.0);
+    std::fill(W, W + n * n, Out{1});
     return;
   }
-  // Tile by tile over the lower triangle: the tile's row segments scaled into an L1 buffer, then written widened
-  // to (i, j) and, transposed from the buffer, to (j, i): S is read once and W written once. Tile rows are dealt
-  // round-robin to a few threads for large n (each output value is written by exactly one thread; zero rows are
-  // collected per thread, then merged).
   constexpr std::int64_t tile = kTile;
   const std::int64_t tile_rows = (n + tile - 1) / tile;
   const unsigned hw = std::max(1u, std::thread::hardware_concurrency());
-  const int threads =
-      n * n >= (std::int64_t{1} << 20) ? static_cast<int>(std::min<unsigned>(hw, kMaxPassThreads)) : 1;
-  std::vector<std::vector<std::uint8_t>> zeros(static_cast<std::size_t>(threads),
-                                               std::vector<std::uint8_t>(static_cast<std::size_t>(n), 0));
+  const int threads = n * n >= (std::int64_t{1} << 20)
+                          ? static_cast<int>(std::min<unsigned>(
+                                std::min<unsigned>(hw, kMaxPassThreads), static_cast<unsigned>(kernel_threads())))
+                          : 1;
+  std::vector<std::vector<std::uint8_t>> zeros(
+      zero_row ? static_cast<std::size_t>(threads) : 0, std::vector<std::uint8_t>(static_cast<std::size_t>(n), 0));
   auto work = [&](int part) {
-    std::uint8_t* zr = zeros[static_cast<std::size_t>(part)].data();
+    std::uint8_t* zr = zero_row ? zeros[static_cast<std::size_t>(part)].data() : nullptr;
     alignas(64) float buf[tile * tile];  // one scaled tile of the lower triangle, row-major
     for (std::int64_t r = part; r < tile_rows; r += threads) {
       const std::int64_t i0 = r * tile, i1 = std::min(i0 + tile, n), rows = i1 - i0;
@@ -254,7 +236,7 @@ void affinity_widened(const float* tokens, std::int64_t n, std::int64_t c, doubl
           const std::int64_t len = diagonal ? a + 1 : cols;
           scaling.apply(S + (i0 + a) * n + j0, buf + a * tile, len);
         }
-        widen_tile(buf, rows, cols, diagonal, W, n, i0, j0, zr);
+        write_tile(buf, rows, cols, diagonal, W, n, i0, j0, zr);
       }
     }
   };
@@ -265,6 +247,19 @@ void affinity_widened(const float* tokens, std::int64_t n, std::int64_t c, doubl
   if (zero_row)
     for (const auto& zr : zeros)
       for (std::int64_t i = 0; i < n; ++i) zero_row[i] |= zr[static_cast<std::size_t>(i)];
+}
+
+}  // namespace
+
+void affinity_from_tokens(const float* tokens, std::int64_t n, std::int64_t c, double alpha, float* W) {
+  gram_lower(tokens, n, c, W);
+  scaled_affinity(W, n, c, alpha, W, nullptr);  // in place
+}
+
+void affinity_widened(const float* tokens, std::int64_t n, std::int64_t c, double alpha, float* S, double* W,
+                      std::uint8_t* zero_row) {
+  gram_lower(tokens, n, c, S);
+  scaled_affinity(S, n, c, alpha, W, zero_row);
 }
 
 }  // namespace detail

@@ -16,6 +16,7 @@
 #include "krylov.h"
 #include "lapack.h"
 #include "matvec.h"
+#include "scratch.h"
 
 namespace diffcut {
 namespace detail {
@@ -169,15 +170,15 @@ bool block_krylov_fiedler(const float* A, const std::vector<double>& d, std::int
     }
   }
   // Q row 0: u1; rows 1..k: the orthonormal Krylov basis. MQ row j: (M Q^T)^T's row j = M q_j (M symmetric).
-  std::vector<double> Q(static_cast<std::size_t>(kmax + 1) * n), MQ(static_cast<std::size_t>(kmax) * n);
-  std::copy(u1.begin(), u1.end(), Q.begin());
+  ScratchArray<double> Q(static_cast<std::size_t>(kmax + 1) * n), MQ(static_cast<std::size_t>(kmax) * n);  // cached
+  std::copy(u1.begin(), u1.end(), Q.data());
   std::vector<double> T(static_cast<std::size_t>(kmax) * kmax, 0.0);  // row-major, leading dimension kmax
   std::vector<double> scaled(static_cast<std::size_t>(kBlockSize) * n);
   const int ni = static_cast<int>(n);
   if (!orthonormal_rows(V, b, Q.data(), 1, n, rng)) return false;
   int k = 0;
   while (k + b <= kmax) {
-    std::copy(V.begin(), V.end(), Q.begin() + static_cast<std::size_t>(1 + k) * n);
+    std::copy(V.begin(), V.end(), Q.data() + static_cast<std::size_t>(1 + k) * n);
     // rows of V M: (v_j * dis) A, times dis; A row-major and full, read row by row (one pass per block)
     for (int j = 0; j < b; ++j)
       for (std::int64_t i = 0; i < n; ++i) scaled[static_cast<std::size_t>(j) * n + i] = V[static_cast<std::size_t>(j) * n + i] * dis[i];
@@ -229,7 +230,7 @@ bool block_krylov_fiedler(const float* A, const std::vector<double>& d, std::int
       return true;
     }
     if (k + b > kmax) break;
-    std::copy(MQ.begin() + static_cast<std::size_t>(k - b) * n, MQ.begin() + static_cast<std::size_t>(k) * n, V.begin());
+    std::copy(MQ.data() + static_cast<std::size_t>(k - b) * n, MQ.data() + static_cast<std::size_t>(k) * n, V.begin());
     if (!orthonormal_rows(V, b, Q.data(), 1 + k, n, rng)) return false;
   }
   return false;

@@ -14,6 +14,7 @@
 #include "krylov.h"
 #include "lapack.h"
 #include "matvec.h"
+#include "scratch.h"
 
 namespace diffcut {
 namespace detail {
@@ -99,8 +100,8 @@ bool lanczos_fiedler(const float* A, const std::vector<double>& d, std::int64_t 
   }
   const int kmax = static_cast<int>(std::min<std::int64_t>(kMaxSteps, m - 1));
   // row 0: u1; rows 1..: the Lanczos vectors
-  std::vector<double> Q(static_cast<std::size_t>(kmax + 2) * m);
-  std::copy(u1.begin(), u1.end(), Q.begin());
+  ScratchArray<double> Q(static_cast<std::size_t>(kmax + 2) * m);  // (cached: no fresh pages per solve)
+  std::copy(u1.begin(), u1.end(), Q.data());
   std::vector<double> alpha(kmax), beta(kmax), w(m), h(kmax + 2), s1, s2;
   deflate(v.data());
   deflate(v.data());

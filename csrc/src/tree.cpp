@@ -144,7 +144,7 @@ struct Split {
   double value = kInf;
   int best = -1;
   std::vector<int> bins;    // bin of each node: the number of thresholds strictly below its y
-  std::vector<double> GA;   // (k+1) x m: GA[c * m + i] = sum of A[j, i] over the nodes j of bin c
+  ScratchArray<double> GA;  // (k+1) x m: GA[c * m + i] = sum of A[j, i] over the nodes j of bin c (cached)
 };
 
 // Every candidate's exact NCut from the bin sums (graph/scoring.py binned_scores and ncut_from_bins).
@@ -160,7 +160,8 @@ void score(const float* A, const std::vector<double>& d, const std::vector<doubl
   s.bins.assign(m, 0);
   for (std::int64_t i = 0; i < m; ++i)  // searchsorted(thr, y, "left")
     s.bins[i] = static_cast<int>(std::lower_bound(thr.begin(), thr.end(), y[i]) - thr.begin());
-  s.GA.assign(static_cast<std::size_t>(nb) * m, 0.0);
+  s.GA.resize(static_cast<std::size_t>(nb) * m);
+  std::fill(s.GA.data(), s.GA.data() + s.GA.size(), 0.0);
   for (std::int64_t j = 0; j < m; ++j) {  // rows of A added to their bin's row, nodes in increasing order
     double* dst = s.GA.data() + static_cast<std::size_t>(s.bins[j]) * m;
     const float* src = A + j * m;
