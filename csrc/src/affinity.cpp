@@ -50,8 +50,10 @@ constexpr unsigned kMaxPassThreads = 4;
 #define DIFFCUT_CLONES
 #endif
 
-// From this many tokens on, with sgemm bound and two threads allowed, the Gram matrix is computed in two bands.
-constexpr std::int64_t kBandMinRows = 1024;
+// From this many tokens on, with sgemm bound and two threads allowed, the Gram matrix is computed in two bands
+// (below, one ssyrk call on the BLAS's threads: where they are still spinning from an earlier call, as in a loop of
+// small grids, they are the threads at hand; the core's own would compete with them for the cores).
+constexpr std::int64_t kBandMinRows = 2048;
 
 // The lower triangle (row-major, diagonal included) of S = X X^T in float32: one ssyrk call, or, for large n, two
 // bands of equal area on two threads, each calling the BLAS single-threaded (rows [0, r): ssyrk; rows [r, n):
@@ -218,7 +220,7 @@ void scaled_affinity(const float* S, std::int64_t n, std::int64_t c, double alph
   constexpr std::int64_t tile = kTile;
   const std::int64_t tile_rows = (n + tile - 1) / tile;
   const unsigned hw = std::max(1u, std::thread::hardware_concurrency());
-  const int threads = n * n >= (std::int64_t{1} << 20)
+  const int threads = n >= kBandMinRows
                           ? static_cast<int>(std::min<unsigned>(
                                 std::min<unsigned>(hw, kMaxPassThreads), static_cast<unsigned>(kernel_threads())))
                           : 1;
