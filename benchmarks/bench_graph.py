@@ -343,16 +343,20 @@ def build_cases(args) -> list:
     return cases
 
 
-def interleaved(fns: dict, repeats: int) -> dict:
+def interleaved(fns: dict, repeats: int, pause: float = 0.0) -> dict:
     """Time ``repeats`` calls of each function, the calls alternating (A B C A B C ...), so that the slow phases of
     a shared machine fall on all of them alike: {name: (median seconds, all times, last result)}; a function that
-    raises is reported as {name: exception} and dropped from the rotation."""
+    raises is reported as {name: exception} and dropped from the rotation. ``pause``: seconds of idle before each
+    timed call (the BLAS worker threads of the previous call go on spinning for up to ~0.2 s after it, on the cores
+    the next call's own threads need: a pause times each call as in a process that runs that one alone)."""
     times = {name: [] for name in fns}
     results, failed = {}, {}
     for _ in range(repeats):
         for name, fn in fns.items():
             if name in failed:
                 continue
+            if pause:
+                time.sleep(pause)
             start = time.perf_counter()
             try:
                 results[name] = fn()

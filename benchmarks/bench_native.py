@@ -6,7 +6,7 @@ nodes, certified Lanczos above), ``dense`` (the numpy path with ``solver="dense"
 the C++ certified Lanczos above 192 nodes) and ``native-dense``. Reported: median seconds, the ratios numpy / native
 and dense / native-dense, and whether the labels are equal (label ids, not only partitions).
 
-    python benchmarks/bench_native.py [--grids 16,24,32,24x40] [--cases planted,photos,real] [--repeats 3]
+    python benchmarks/bench_native.py [--grids 16,24,32,24x40] [--cases planted,photos,real] [--repeats 3] [--pause 0.3]
 """
 
 from __future__ import annotations
@@ -32,6 +32,10 @@ def main(argv=None) -> int:
     ap.add_argument("--cases", default="planted,photos,real")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--compat", choices=("official", "clean"), default="official")
+    ap.add_argument("--pause", type=float, default=0.0,
+                    help="seconds of idle before each timed call (default 0: back to back). The numpy path's BLAS "
+                    "workers spin for up to ~0.2 s after its calls, on the cores the native core's threads use next; "
+                    "0.3 times each backend as a process running it alone would")
     ap.add_argument("--batch", type=int, default=0,
                     help="instead: the throughput of graph.ncut_trees on this many grids (--grids, cycled over the "
                     "photo cases) with num_threads 1 vs 2 (the native core's batch; OpenBLAS single-threaded "
@@ -62,7 +66,8 @@ def main(argv=None) -> int:
         out = bench_graph.interleaved({"numpy": call(graph_backend="numpy"),
                                        "dense": call(graph_backend="numpy", solver="dense"),
                                        "native": call(graph_backend="native"),
-                                       "native-dense": call(graph_backend="native", solver="dense")}, args.repeats)
+                                       "native-dense": call(graph_backend="native", solver="dense")}, args.repeats,
+                                      args.pause)
         (tn, _, ln), (td, _, ld) = out["numpy"], out["dense"]
         (tc, _, lc), (tcd, _, lcd) = out["native"], out["native-dense"]
         print(f"{case['case']:18s} {case['grid']:7s} {tn:9.4f} {td:9.4f} {tc:9.4f} {tcd:9.4f} {tn / tc:7.2f} "
@@ -82,7 +87,7 @@ def against(args) -> int:
         f, tau = case["feats"], case["tau"]
         fns = {b: (lambda b=b: graph.recursive_ncut(f, alpha=10.0, tau=tau, compat=args.compat, graph_backend=b))
                for b in ["native", *others]}
-        out = bench_graph.interleaved(fns, args.repeats)
+        out = bench_graph.interleaved(fns, args.repeats, args.pause)
         tn, _, ln = out["native"]
         cols = " ".join(f"{out[b][0]:9.4f} {out[b][0] / tn:9.2f}" for b in others)
         same = all(np.array_equal(ln, out[b][2]) for b in others)
