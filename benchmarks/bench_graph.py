@@ -384,10 +384,10 @@ def run_case(case, args, solvers, calls) -> dict:
     fns = {"reference": reference}
     fns.update({solver: (lambda solver=solver: calls[solver](feats, args.alpha, tau)) for solver in calls})
     if row["interleaved"]:  # reference and engine calls alternate
-        runs = interleaved(fns, args.repeats)
+        runs = interleaved(fns, args.repeats, args.pause)
     else:  # the reference on its own, then the engine calls alternating among themselves
-        runs = interleaved({"reference": reference}, ref_repeats)
-        runs.update(interleaved({k: fn for k, fn in fns.items() if k != "reference"}, args.repeats))
+        runs = interleaved({"reference": reference}, ref_repeats, args.pause)
+        runs.update(interleaved({k: fn for k, fn in fns.items() if k != "reference"}, args.repeats, args.pause))
     try:
         if isinstance(runs["reference"], Exception):
             raise runs["reference"]
@@ -466,6 +466,10 @@ def main(argv=None) -> int:
     ap.add_argument("--cases", default="planted,real,disconnected,photos",
                     help="comma-separated: planted, real, disconnected, photos")
     ap.add_argument("--repeats", type=int, default=None, help="timed runs per engine call (default 3)")
+    ap.add_argument("--pause", type=float, default=0.0,
+                    help="seconds of idle before each timed call, the reference's and the engine's (default 0: back "
+                    "to back; the thread pools of one call, torch's OpenMP or OpenBLAS's, go on spinning for a while "
+                    "after it on the cores the next call's threads use: 0.3 times each as a process running it alone)")
     ap.add_argument("--reference-repeats", type=int, default=None,
                     help="timed runs of the reference (default: --repeats, 1 above 2048 nodes)")
     ap.add_argument("--tau", type=float, default=None,

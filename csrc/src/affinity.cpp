@@ -50,10 +50,11 @@ constexpr unsigned kMaxPassThreads = 4;
 #define DIFFCUT_CLONES
 #endif
 
-// From this many tokens on, with sgemm bound and two threads allowed, the Gram matrix is computed in two bands
-// (below, one ssyrk call on the BLAS's threads: where they are still spinning from an earlier call, as in a loop of
-// small grids, they are the threads at hand; the core's own would compete with them for the cores).
-constexpr std::int64_t kBandMinRows = 2048;
+// From this many tokens on, with sgemm bound and two threads allowed, the Gram matrix is computed in two bands on
+// the core's own threads, and the scaling pass runs on them too: a call of the BLAS on its own threads would leave
+// them spinning (OpenBLAS's idle workers busy-wait for up to ~0.2 s) on the cores the core's threaded products
+// use next.
+constexpr std::int64_t kBandMinRows = 1024;
 
 // The lower triangle (row-major, diagonal included) of S = X X^T in float32: one ssyrk call, or, for large n, two
 // bands of equal area on two threads, each calling the BLAS single-threaded (rows [0, r): ssyrk; rows [r, n):
