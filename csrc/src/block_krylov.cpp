@@ -174,6 +174,7 @@ bool block_krylov_fiedler(const float* A, const std::vector<double>& d, std::int
   std::copy(u1.begin(), u1.end(), Q.data());
   std::vector<double> T(static_cast<std::size_t>(kmax) * kmax, 0.0);  // row-major, leading dimension kmax
   std::vector<double> scaled(static_cast<std::size_t>(kBlockSize) * n);
+  ProductTeam team(n);
   const int ni = static_cast<int>(n);
   if (!orthonormal_rows(V, b, Q.data(), 1, n, rng)) return false;
   int k = 0;
@@ -183,7 +184,7 @@ bool block_krylov_fiedler(const float* A, const std::vector<double>& d, std::int
     for (int j = 0; j < b; ++j)
       for (std::int64_t i = 0; i < n; ++i) scaled[static_cast<std::size_t>(j) * n + i] = V[static_cast<std::size_t>(j) * n + i] * dis[i];
     double* out = MQ.data() + static_cast<std::size_t>(k) * n;
-    rows_times_f32(A, n, scaled.data(), b, out);
+    rows_times_f32(A, n, scaled.data(), b, out, &team);
     for (int j = 0; j < b; ++j)
       for (std::int64_t i = 0; i < n; ++i) out[static_cast<std::size_t>(j) * n + i] *= dis[i];
     k += b;

@@ -72,9 +72,10 @@ bool lanczos_fiedler(const float* A, const std::vector<double>& d, std::int64_t 
   const double sn = norm(sqrt_d);
   for (std::int64_t i = 0; i < m; ++i) u1[i] = sqrt_d[i] / sn;
   std::vector<double> tmp(m);
+  ProductTeam team(m);
   auto matvec = [&](const double* x, double* out) {  // M x = D^-1/2 A D^-1/2 x (A's lower triangle)
     for (std::int64_t i = 0; i < m; ++i) tmp[i] = dis[i] * x[i];
-    symv_lower_f32(A, m, tmp.data(), out);
+    symv_lower_f32(A, m, tmp.data(), out, &team);
     for (std::int64_t i = 0; i < m; ++i) out[i] *= dis[i];
   };
   auto deflate = [&](double* v) {

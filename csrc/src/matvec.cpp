@@ -4,14 +4,19 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <condition_variable>
+#include <functional>
+#include <mutex>
 #include <thread>
 #include <vector>
 
 #include "core.h"
 #include "isa.h"
 
-#ifdef DIFFCUT_HAVE_X86_KERNELS
+#if defined(__x86_64__) || defined(_M_X64)
 #include <immintrin.h>
+#endif
+#ifdef DIFFCUT_HAVE_X86_KERNELS
 #if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"  // GCC 12's own _mm512_cvtps_pd (its undefined source)
 #endif
@@ -59,19 +64,31 @@ namespace avx512 {
 #define DIFFCUT_DISPATCH(fn, ...) base::fn(__VA_ARGS__)
 #endif
 
-// Above this size a product is split into kParts row ranges of equal triangle area, each summed into its own
-// vector, the vectors then added in order: the split depends on m alone, the threads only run the parts.
-constexpr i64 kSplitMinRows = 2048;
+// From this size a product is split into kParts row ranges (of equal triangle area for A x), each summed into its
+// own vector, the vectors then added in order: the split depends on m alone, the threads only run the parts.
+constexpr i64 kSplitMinRows = 512;
 constexpr int kParts = 4;
 constexpr unsigned kMaxThreads = 4;
-// The block product (b vectors, about b / 2 times the work of a symv per row) is split from this size on.
-constexpr i64 kBlockSplitMinRows = 512;
+// Without a ProductTeam, A x starts threads from this size on (below, starting them costs about what they save, and
+// its parts run one after the other on the calling thread); the block product (8 vectors) from kSplitMinRows on.
+constexpr i64 kSpawnMinRows = 2048;
 
 thread_local int kernel_threads_override = 0;
 
-// body(part) for part in [0, parts) on up to kernel_threads() threads where spawn (else on the calling thread).
+inline void cpu_relax() {
+#if defined(__x86_64__) || defined(_M_X64)
+  _mm_pause();
+#endif
+}
+
+// body(part) for part in [0, parts): on the team's threads where given, else on up to kernel_threads() new
+// threads where spawn, else on the calling thread.
 template <class F>
-void run_parts(int parts, bool spawn, F&& body) {
+void run_parts(int parts, bool spawn, ProductTeam* team, F&& body) {
+  if (team != nullptr && team->threads() > 1 && parts > 1) {
+    team->run(parts, body);
+    return;
+  }
   const int threads = spawn ? std::min(kernel_threads(), parts) : 1;
   if (threads <= 1) {
     for (int p = 0; p < parts; ++p) body(p);
@@ -98,7 +115,67 @@ int kernel_threads() {
 OneKernelThread::OneKernelThread() : previous_(kernel_threads_override) { kernel_threads_override = 1; }
 OneKernelThread::~OneKernelThread() { kernel_threads_override = previous_; }
 
-void symv_lower_f32(const float* A, std::int64_t m, const double* x, double* y) {
+ProductTeam::ProductTeam(std::int64_t m) : threads_(m >= kSplitMinRows ? std::min(kernel_threads(), kParts) : 1) {
+  for (int t = 1; t < threads_; ++t) workers_.emplace_back([this] { work(); });
+}
+
+ProductTeam::~ProductTeam() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    stop_ = true;
+  }
+  wake_.notify_all();
+  for (std::thread& w : workers_) w.join();
+}
+
+// Parts are claimed one at a time from ticket_ (generation << 32 | next part) by the caller and the workers alike:
+// a worker the system has not woken or scheduled yet leaves its parts to the caller instead of holding it up, and a
+// late worker cannot claim a part of a later product (the generation no longer matches).
+bool ProductTeam::claim_and_run(unsigned generation) {
+  std::uint64_t v = ticket_.load(std::memory_order_acquire);
+  while (true) {
+    if (static_cast<unsigned>(v >> 32) != generation ||
+        static_cast<int>(v & 0xffffffffu) >= parts_.load(std::memory_order_relaxed))
+      return false;
+    if (ticket_.compare_exchange_weak(v, v + 1, std::memory_order_acq_rel, std::memory_order_acquire)) break;
+  }
+  (*job_)(static_cast<int>(v & 0xffffffffu));
+  done_.fetch_add(1, std::memory_order_release);
+  return true;
+}
+
+void ProductTeam::work() {
+  unsigned seen = 0;
+  while (true) {
+    unsigned g;
+    {
+      std::unique_lock<std::mutex> lock(mu_);
+      wake_.wait(lock, [&] { return stop_ || generation_ != seen; });  // asleep between products: no spinning
+      if (stop_) return;
+      g = seen = generation_;
+    }
+    while (claim_and_run(g)) {
+    }
+  }
+}
+
+void ProductTeam::run(int parts, const std::function<void(int)>& body) {
+  unsigned g;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    g = ++generation_;
+    job_ = &body;
+    parts_.store(parts, std::memory_order_relaxed);
+    done_.store(0, std::memory_order_relaxed);
+    ticket_.store(static_cast<std::uint64_t>(g) << 32, std::memory_order_release);
+  }
+  wake_.notify_all();
+  while (claim_and_run(g)) {
+  }
+  while (done_.load(std::memory_order_acquire) < parts) cpu_relax();  // parts a worker is finishing
+}
+
+void symv_lower_f32(const float* A, std::int64_t m, const double* x, double* y, ProductTeam* team) {
   if (m < kSplitMinRows) {
     DIFFCUT_DISPATCH(symv_rows, A, m, 0, m, x, y);
     return;
@@ -115,7 +192,7 @@ void symv_lower_f32(const float* A, std::int64_t m, const double* x, double* y) 
     double* out = p == 0 ? y : partial.data() + static_cast<std::size_t>(p - 1) * m;
     DIFFCUT_DISPATCH(symv_rows, A, m, bounds[p], bounds[p + 1], x, out);
   };
-  run_parts(kParts, true, part);
+  run_parts(kParts, m >= kSpawnMinRows, team, part);
   // y = ((part 0 + part 1) + part 2) + part 3, part p defined on [0, bounds[p + 1]) (0 + q is q exactly)
   std::fill(y + bounds[1], y + m, 0.0);
   for (int p = 1; p < kParts; ++p) {
@@ -124,9 +201,9 @@ void symv_lower_f32(const float* A, std::int64_t m, const double* x, double* y) 
   }
 }
 
-void rows_times_f32(const float* A, std::int64_t m, const double* X, int b, double* Y) {
-  const int parts = m >= kBlockSplitMinRows ? kParts : 1;
-  run_parts(parts, true, [&](int p) {
+void rows_times_f32(const float* A, std::int64_t m, const double* X, int b, double* Y, ProductTeam* team) {
+  const int parts = m >= kSplitMinRows ? kParts : 1;
+  run_parts(parts, true, team, [&](int p) {
     DIFFCUT_DISPATCH(rows_times, A, m, X, b, m * p / parts, m * (p + 1) / parts, Y);
   });
 }

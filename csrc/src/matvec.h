@@ -4,23 +4,60 @@
 // a Lanczos step reads 32 MB here against dsymv's 64 MB of float64 triangle.
 #pragma once
 
+#include <atomic>
+#include <condition_variable>
 #include <cstdint>
+#include <functional>
+#include <mutex>
+#include <thread>
+#include <vector>
 
 namespace diffcut {
 namespace detail {
 
-// y = A x, A symmetric: only its lower triangle is read. Every product and sum in float64, in an order fixed by
-// m alone (eight lanes along a row, rows in groups of four; from 2048 rows on, four row ranges summed apart and
-// then in order), so the result does not depend on the CPU's vector width or the thread count. Large products
-// run their row ranges on up to four threads (one inside a OneKernelThread scope).
+// Threads kept for the products of one solve: a Krylov solve makes tens of products, and starting a thread for each
+// costs about what a product of 1,000-2,000 rows takes. kernel_threads() - 1 workers (none below 512 rows) sleep
+// between products (no busy-waiting: they take no core from anyone else) and are woken for each; the caller and
+// the workers claim the product's parts one at a time, so a worker that wakes late leaves its parts to the caller.
+class ProductTeam {
+ public:
+  explicit ProductTeam(std::int64_t m);
+  ~ProductTeam();
+  ProductTeam(const ProductTeam&) = delete;
+  ProductTeam& operator=(const ProductTeam&) = delete;
+  int threads() const { return threads_; }
+  // body(p) for p in [0, parts), each part on one of the threads; back when all ran.
+  void run(int parts, const std::function<void(int)>& body);
 
-void symv_lower_f32(const float* A, std::int64_t m, const double* x, double* y);
+ private:
+  void work();
+  bool claim_and_run(unsigned generation);
+  const int threads_;
+  std::vector<std::thread> workers_;
+  std::mutex mu_;
+  std::condition_variable wake_;
+  unsigned generation_ = 0;  // (mu_)
+  bool stop_ = false;        // (mu_)
+  std::atomic<std::uint64_t> ticket_{0};
+  std::atomic<int> done_{0};
+  std::atomic<int> parts_{0};
+  const std::function<void(int)>* job_ = nullptr;
+};
+
+// y = A x, A symmetric: only its lower triangle is read. Every product and sum in float64, in an order fixed by
+// m alone (eight lanes along a row, rows in groups of four; from 512 rows on, four row ranges summed apart and
+// then in order), so the result does not depend on the CPU's vector width or the thread count. The row ranges run
+// on the team's threads where given, else from 2048 rows on on up to four new threads (one inside a
+// OneKernelThread scope).
+
+void symv_lower_f32(const float* A, std::int64_t m, const double* x, double* y, ProductTeam* team = nullptr);
 
 // Y (b x m, row-major) = X (b x m) A for the same A, b <= kMaxBlock (block Krylov's products): full rows of A
 // read once for all b vectors, each Y[j][i] the dot product of row i with X's row j in eight lanes; row ranges on up
 // to four threads (the result does not depend on them).
 constexpr int kMaxBlock = 8;
-void rows_times_f32(const float* A, std::int64_t m, const double* X, int b, double* Y);
+void rows_times_f32(const float* A, std::int64_t m, const double* X, int b, double* Y,
+                    ProductTeam* team = nullptr);
 
 // The threads a product may use on the calling thread: the hardware's (at most 4), or 1 in a OneKernelThread scope.
 int kernel_threads();

@@ -244,7 +244,8 @@ int main() {
   }
   // the products with float32-stored matrices (matvec.h): float64 products of the widened values (against long
   // double sums: within 1e-13 relative), the lower triangle read only (NaN above it), the same bits with one
-  // kernel thread as with several (the split into row ranges depends on m alone); the widened pairwise sum is
+  // kernel thread as with several or a ProductTeam (the split into row ranges depends on m alone); the widened
+  // pairwise sum is
   // pairwise_sum of the widened copy, bit for bit
   {
     std::mt19937 rng(5);
@@ -271,6 +272,17 @@ int main() {
         diffcut::detail::rows_times_f32(full.data(), m, X.data(), b, Y1.data());
       }
       EXPECT(y == y1 && Y == Y1);
+      {  // a team kept for many products (a Krylov solve's): the same bits, product after product
+        diffcut::detail::ProductTeam team(m);
+        EXPECT(team.threads() >= 1 && (m < 512 || team.threads() == std::min(diffcut::detail::kernel_threads(), 4)));
+        for (int round = 0; round < 3; ++round) {
+          std::fill(y1.begin(), y1.end(), 0.0);
+          std::fill(Y1.begin(), Y1.end(), 0.0);
+          diffcut::detail::symv_lower_f32(A.data(), m, X.data(), y1.data(), &team);
+          diffcut::detail::rows_times_f32(full.data(), m, X.data(), b, Y1.data(), &team);
+          EXPECT(y == y1 && Y == Y1);
+        }
+      }
       double worst = 0.0;
       for (int k = 0; k < b; ++k)
         for (int i = 0; i < m; ++i) {
