@@ -163,18 +163,20 @@ def test_labels_from_masks_matches_weighted_sum_assembly():
     np.testing.assert_array_equal(labels_from_masks(masks, n), _assemble(dense, n))
 
 
-@pytest.mark.parametrize("count", [1, 20, 62, 63, 90])
-def test_labels_from_masks_packed_codes_match_row_ranking(count, monkeypatch):
-    # up to 62 masks the patterns are ranked as int64 bit codes; beyond, as byte rows: both give one order
-    import diffcut_engine.graph.tree as tree_module
-
+@pytest.mark.parametrize("count", [1, 20, 62, 63, 90, 124, 125, 200])
+def test_labels_from_masks_packed_codes_match_row_ranking(count):
+    # the patterns are ranked as int64 bit codes, 62 masks per word (several words beyond 62 masks): the order of
+    # the membership rows read from the last mask to the first, as ranking the byte rows gives it
     rng = np.random.default_rng(count)
     n = 300
     masks = [np.flatnonzero(rng.random(n) > 0.3) for _ in range(count)]
+    masks[-1] = masks[0][:5]  # patterns that differ only in the first word too
     got = labels_from_masks(masks, n)
-    monkeypatch.setattr(tree_module, "PACKED_MASKS", -1)
-    rows = labels_from_masks(masks, n)
-    np.testing.assert_array_equal(got, rows)
+    member = np.zeros((count, n), dtype=np.uint8)
+    for k, m in enumerate(masks):
+        member[k, m] = 1
+    _, rows = np.unique(member[::-1].T, axis=0, return_inverse=True)
+    np.testing.assert_array_equal(got, rows.reshape(n))
     assert got.dtype == np.int32 and got.max() == len(np.unique(got)) - 1
 
 

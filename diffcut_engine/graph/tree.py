@@ -141,7 +141,7 @@ class NCutTree:
         return tau
 
 
-#: Up to this many masks, membership patterns are ranked as packed int64 bit codes.
+#: Masks per int64 word of a packed membership pattern (bits 0..61: every code is non-negative).
 PACKED_MASKS = 62
 
 
@@ -155,19 +155,21 @@ def labels_from_masks(masks: List[np.ndarray], n: int) -> np.ndarray:
     """
     if not masks:
         return np.zeros(n, dtype=np.int32)
-    if len(masks) <= PACKED_MASKS:
-        # the pattern as an integer, mask k as bit k (the last mask most significant): same order, and ranking
-        # n integers is much cheaper than ranking n byte rows
-        code = np.zeros(n, dtype=np.int64)
-        for k, m in enumerate(masks):
-            code[m] |= np.int64(1) << k
-        _, labels = np.unique(code, return_inverse=True)
-        return labels.reshape(n).astype(np.int32)
-    member = np.zeros((len(masks), n), dtype=np.uint8)
+    # the pattern as integers, mask k as bit k % 62 of word k // 62 (the last mask most significant): the same
+    # order, and ranking n integers (or n tuples of a few) is much cheaper than ranking n byte rows
+    words = (len(masks) + PACKED_MASKS - 1) // PACKED_MASKS
+    code = np.zeros((words, n), dtype=np.int64)
     for k, m in enumerate(masks):
-        member[k, m] = 1
-    _, labels = np.unique(member[::-1].T, axis=0, return_inverse=True)
-    return labels.reshape(n).astype(np.int32)
+        code[k // PACKED_MASKS, m] |= np.int64(1) << (k % PACKED_MASKS)
+    if words == 1:
+        _, labels = np.unique(code[0], return_inverse=True)
+        return labels.reshape(n).astype(np.int32)
+    order = np.lexsort(code)  # the last word is the primary key
+    ranked = code[:, order]
+    new = np.any(ranked[:, 1:] != ranked[:, :-1], axis=0)
+    labels = np.empty(n, dtype=np.int32)
+    labels[order] = np.concatenate(([0], np.cumsum(new))).astype(np.int32)
+    return labels
 
 
 class Acceptance:
