@@ -39,9 +39,6 @@ void l2_normalize(float* tokens, std::int64_t n, std::int64_t c) {
 
 namespace {
 
-// Threads of affinity_widened's element-wise pass (it is memory-bound: a few saturate the bandwidth).
-constexpr unsigned kMaxPassThreads = 4;
-
 // Hot element-wise loops compiled for several instruction sets, picked at load time (the same IEEE float32
 // operations in each: no contraction, no reassociation; only the vector width differs).
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && !defined(__SANITIZE_ADDRESS__)
@@ -220,11 +217,7 @@ void scaled_affinity(const float* S, std::int64_t n, std::int64_t c, double alph
   }
   constexpr std::int64_t tile = kTile;
   const std::int64_t tile_rows = (n + tile - 1) / tile;
-  const unsigned hw = std::max(1u, std::thread::hardware_concurrency());
-  const int threads = n >= kBandMinRows
-                          ? static_cast<int>(std::min<unsigned>(
-                                std::min<unsigned>(hw, kMaxPassThreads), static_cast<unsigned>(kernel_threads())))
-                          : 1;
+  const int threads = n >= kBandMinRows ? kernel_threads() : 1;
   std::vector<std::vector<std::uint8_t>> zeros(
       zero_row ? static_cast<std::size_t>(threads) : 0, std::vector<std::uint8_t>(static_cast<std::size_t>(n), 0));
   auto work = [&](int part) {

@@ -98,6 +98,8 @@ double subspace_certificate(const double* theta, const double* r, int p, int* cl
 
 // numpy's pairwise summation of a contiguous float64 array (the order numpy's sum along a row uses).
 double pairwise_sum(const double* a, std::int64_t n);
+// The same of a float32 row widened to float64 (the sum of the widened copy, bit for bit).
+double pairwise_sum_widened(const float* a, std::int64_t n);
 
 
 // ---- Refinement (refine.cpp): concept assignment, PAMR, 3x3 median, as diffcut_engine.refine on the CPU ----

@@ -8,6 +8,15 @@
 #define DIFFCUT_HAVE_X86_KERNELS 1
 #define DIFFCUT_TARGET_AVX2 "avx2,fma"
 #define DIFFCUT_TARGET_AVX512 "avx512f,avx512vl,avx512bw,avx512dq,avx2,fma,prefer-vector-width=512"
+// The attributes of a kernels header's functions in its avx2 / avx512 inclusion (DIFFCUT_KERNEL and
+// DIFFCUT_KERNEL_INLINE there; empty and `inline` in the baseline one).
+#define DIFFCUT_AVX2_KERNEL __attribute__((target(DIFFCUT_TARGET_AVX2)))
+#define DIFFCUT_AVX2_KERNEL_INLINE inline __attribute__((target(DIFFCUT_TARGET_AVX2), always_inline))
+#define DIFFCUT_AVX512_KERNEL __attribute__((target(DIFFCUT_TARGET_AVX512)))
+#define DIFFCUT_AVX512_KERNEL_INLINE inline __attribute__((target(DIFFCUT_TARGET_AVX512), always_inline))
+// fn of the kernels header included in the namespaces base, avx2 and avx512 of the calling file, by the CPU.
+#define DIFFCUT_DISPATCH(fn, ...) \
+  (use_avx512() ? avx512::fn(__VA_ARGS__) : use_avx2() ? avx2::fn(__VA_ARGS__) : base::fn(__VA_ARGS__))
 
 namespace diffcut {
 namespace detail {
@@ -15,4 +24,6 @@ bool use_avx2();
 bool use_avx512();  // implies use_avx2()
 }  // namespace detail
 }  // namespace diffcut
+#else
+#define DIFFCUT_DISPATCH(fn, ...) base::fn(__VA_ARGS__)
 #endif

@@ -10,7 +10,6 @@
 #include <thread>
 #include <vector>
 
-#include "core.h"
 #include "isa.h"
 
 #if defined(__x86_64__) || defined(_M_X64)
@@ -41,8 +40,8 @@ namespace base {
 #undef DIFFCUT_KERNEL_INLINE
 #ifdef DIFFCUT_HAVE_X86_KERNELS
 #define DIFFCUT_LANES 256
-#define DIFFCUT_KERNEL __attribute__((target(DIFFCUT_TARGET_AVX2)))
-#define DIFFCUT_KERNEL_INLINE inline __attribute__((target(DIFFCUT_TARGET_AVX2), always_inline))
+#define DIFFCUT_KERNEL DIFFCUT_AVX2_KERNEL
+#define DIFFCUT_KERNEL_INLINE DIFFCUT_AVX2_KERNEL_INLINE
 namespace avx2 {
 #include "matvec_kernels.h"
 }  // namespace avx2
@@ -50,18 +49,14 @@ namespace avx2 {
 #undef DIFFCUT_KERNEL
 #undef DIFFCUT_KERNEL_INLINE
 #define DIFFCUT_LANES 512
-#define DIFFCUT_KERNEL __attribute__((target(DIFFCUT_TARGET_AVX512)))
-#define DIFFCUT_KERNEL_INLINE inline __attribute__((target(DIFFCUT_TARGET_AVX512), always_inline))
+#define DIFFCUT_KERNEL DIFFCUT_AVX512_KERNEL
+#define DIFFCUT_KERNEL_INLINE DIFFCUT_AVX512_KERNEL_INLINE
 namespace avx512 {
 #include "matvec_kernels.h"
 }  // namespace avx512
 #undef DIFFCUT_LANES
 #undef DIFFCUT_KERNEL
 #undef DIFFCUT_KERNEL_INLINE
-#define DIFFCUT_DISPATCH(fn, ...) \
-  (use_avx512() ? avx512::fn(__VA_ARGS__) : use_avx2() ? avx2::fn(__VA_ARGS__) : base::fn(__VA_ARGS__))
-#else
-#define DIFFCUT_DISPATCH(fn, ...) base::fn(__VA_ARGS__)
 #endif
 
 // From this size a product is split into kParts row ranges (of equal triangle area for A x), each summed into its
@@ -206,18 +201,6 @@ void rows_times_f32(const float* A, std::int64_t m, const double* X, int b, doub
   run_parts(parts, true, team, [&](int p) {
     DIFFCUT_DISPATCH(rows_times, A, m, X, b, m * p / parts, m * (p + 1) / parts, Y);
   });
-}
-
-double pairwise_sum_widened(const float* a, std::int64_t n) {
-  // numpy's blocks: up to 128 values summed in eight lanes, larger ranges split in halves (multiples of 8)
-  if (n <= 128) {
-    double buf[128];
-    for (std::int64_t i = 0; i < n; ++i) buf[i] = static_cast<double>(a[i]);
-    return pairwise_sum(buf, n);
-  }
-  std::int64_t n2 = n / 2;
-  n2 -= n2 % 8;
-  return pairwise_sum_widened(a, n2) + pairwise_sum_widened(a + n2, n - n2);
 }
 
 }  // namespace detail

@@ -75,8 +75,6 @@ class OneKernelThread {
   int previous_;
 };
 
-// numpy's pairwise summation of a float32 row widened to float64 (pairwise_sum's order on the widened values).
-double pairwise_sum_widened(const float* a, std::int64_t n);
 
 }  // namespace detail
 }  // namespace diffcut

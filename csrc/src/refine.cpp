@@ -127,24 +127,20 @@ namespace base {
 #undef DIFFCUT_KERNEL
 #undef DIFFCUT_KERNEL_INLINE
 #ifdef DIFFCUT_HAVE_X86_KERNELS
-#define DIFFCUT_KERNEL __attribute__((target(DIFFCUT_TARGET_AVX2)))
-#define DIFFCUT_KERNEL_INLINE inline __attribute__((target(DIFFCUT_TARGET_AVX2), always_inline))
+#define DIFFCUT_KERNEL DIFFCUT_AVX2_KERNEL
+#define DIFFCUT_KERNEL_INLINE DIFFCUT_AVX2_KERNEL_INLINE
 namespace avx2 {
 #include "refine_kernels.h"
 }  // namespace avx2
 #undef DIFFCUT_KERNEL
 #undef DIFFCUT_KERNEL_INLINE
-#define DIFFCUT_KERNEL __attribute__((target(DIFFCUT_TARGET_AVX512)))
-#define DIFFCUT_KERNEL_INLINE inline __attribute__((target(DIFFCUT_TARGET_AVX512), always_inline))
+#define DIFFCUT_KERNEL DIFFCUT_AVX512_KERNEL
+#define DIFFCUT_KERNEL_INLINE DIFFCUT_AVX512_KERNEL_INLINE
 namespace avx512 {
 #include "refine_kernels.h"
 }  // namespace avx512
 #undef DIFFCUT_KERNEL
 #undef DIFFCUT_KERNEL_INLINE
-#define DIFFCUT_DISPATCH(fn, ...) \
-  (use_avx512() ? avx512::fn(__VA_ARGS__) : use_avx2() ? avx2::fn(__VA_ARGS__) : base::fn(__VA_ARGS__))
-#else
-#define DIFFCUT_DISPATCH(fn, ...) base::fn(__VA_ARGS__)
 #endif
 
 }  // namespace

@@ -1,7 +1,7 @@
 // Reusable scratch memory for the graph stage's large temporaries (the affinity W of a grid, the subgraphs'
-// float64 matrices), as diffcut_engine/graph/memory.py keeps them for the numpy path.
+// float32 matrices, the Krylov bases), as diffcut_engine/graph/memory.py keeps them for the numpy path.
 //
-// A 64 x 64 grid needs a 64 MB W and a 128 MB matrix per image. Fresh memory of that size comes from the kernel
+// A 64 x 64 grid needs a 64 MB W and up to a 64 MB subgraph matrix per image. Fresh memory of that size comes from the kernel
 // (glibc maps blocks above 32 MB anew on every allocation), which faults in and zeroes every 4 KB page on first
 // touch: a third of the native graph stage's time at 64 x 64. Blocks freed here stay in the calling thread's cache
 // for its next image instead, up to a limit (the environment variable DIFFCUT_GRAPH_CACHE_MB, default 1024, read

@@ -26,26 +26,36 @@
 namespace diffcut {
 namespace detail {
 
-double pairwise_sum(const double* a, std::int64_t n) {
+namespace {
+
+// numpy's pairwise summation in float64 of n values of type T, each widened to double as it is read.
+template <class T>
+double pairwise_sum_of(const T* a, std::int64_t n) {
   if (n < 8) {
     double res = 0.0;
-    for (std::int64_t i = 0; i < n; ++i) res += a[i];
+    for (std::int64_t i = 0; i < n; ++i) res += static_cast<double>(a[i]);
     return res;
   }
   if (n <= 128) {
     double r[8];
-    for (int j = 0; j < 8; ++j) r[j] = a[j];
+    for (int j = 0; j < 8; ++j) r[j] = static_cast<double>(a[j]);
     std::int64_t i = 8;
     for (; i < n - (n % 8); i += 8)
-      for (int j = 0; j < 8; ++j) r[j] += a[i + j];
+      for (int j = 0; j < 8; ++j) r[j] += static_cast<double>(a[i + j]);
     double res = ((r[0] + r[1]) + (r[2] + r[3])) + ((r[4] + r[5]) + (r[6] + r[7]));
-    for (; i < n; ++i) res += a[i];
+    for (; i < n; ++i) res += static_cast<double>(a[i]);
     return res;
   }
   std::int64_t n2 = n / 2;
   n2 -= n2 % 8;
-  return pairwise_sum(a, n2) + pairwise_sum(a + n2, n - n2);
+  return pairwise_sum_of(a, n2) + pairwise_sum_of(a + n2, n - n2);
 }
+
+}  // namespace
+
+double pairwise_sum(const double* a, std::int64_t n) { return pairwise_sum_of(a, n); }
+
+double pairwise_sum_widened(const float* a, std::int64_t n) { return pairwise_sum_of(a, n); }
 
 namespace {
 
