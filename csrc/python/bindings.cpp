@@ -222,8 +222,9 @@ PYBIND11_MODULE(_native, m) {
         Tree tree = translated([&] {
           py::gil_scoped_release release;
           ScratchArray<float> W(static_cast<std::size_t>(n) * static_cast<std::size_t>(n));
-          affinity_from_tokens(x, n, c, alpha, W.data());
-          return build_tree(W.data(), n, o);
+          std::vector<std::uint8_t> zero_row(static_cast<std::size_t>(n));
+          affinity_from_tokens(x, n, c, alpha, W.data(), zero_row.data());
+          return build_tree(W.data(), n, o, zero_row.data());
         });
         return tree_arrays(tree);
       },
@@ -251,8 +252,9 @@ PYBIND11_MODULE(_native, m) {
               try {
                 const std::int64_t n = tokens[i].shape(0), c = tokens[i].shape(1);
                 ScratchArray<float> W(static_cast<std::size_t>(n) * static_cast<std::size_t>(n));
-                affinity_from_tokens(tokens[i].data(), n, c, o.alpha, W.data());
-                trees[i] = build_tree(W.data(), n, o);
+                std::vector<std::uint8_t> zero_row(static_cast<std::size_t>(n));
+                affinity_from_tokens(tokens[i].data(), n, c, o.alpha, W.data(), zero_row.data());
+                trees[i] = build_tree(W.data(), n, o, zero_row.data());
               } catch (...) {
                 errors[i] = std::current_exception();
               }

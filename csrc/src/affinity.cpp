@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "core.h"
+#include "isa.h"
 #include "lapack.h"
 #include "matvec.h"
 
@@ -36,16 +37,7 @@ void l2_normalize(float* tokens, std::int64_t n, std::int64_t c) {
   }
 }
 
-
 namespace {
-
-// Hot element-wise loops compiled for several instruction sets, picked at load time (the same IEEE float32
-// operations in each: no contraction, no reassociation; only the vector width differs).
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && !defined(__SANITIZE_ADDRESS__)
-#define DIFFCUT_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
-#else
-#define DIFFCUT_CLONES
-#endif
 
 // From this many tokens on, with sgemm bound and two threads allowed, the Gram matrix is computed in two bands on
 // the core's own threads, and the scaling pass runs on them too: a call of the BLAS on its own threads would leave
@@ -140,14 +132,14 @@ struct Scaling {
   }
 };
 
-// Extrema of a float range (eight independent lanes; min and max are exact in any order).
-void extrema(const float* v, std::int64_t len, float& lo, float& hi) {
-  float los[8], his[8];
-  for (int j = 0; j < 8; ++j) los[j] = his[j] = lo;
-  for (int j = 0; j < 8; ++j) his[j] = hi;
+// Extrema of a float range (16 independent lanes; min and max are exact in any order).
+DIFFCUT_CLONES void extrema(const float* v, std::int64_t len, float& lo, float& hi) {
+  float los[16], his[16];
+  for (int j = 0; j < 16; ++j) los[j] = lo;
+  for (int j = 0; j < 16; ++j) his[j] = hi;
   std::int64_t i = 0;
-  for (; i + 8 <= len; i += 8)
-    for (int j = 0; j < 8; ++j) {
+  for (; i + 16 <= len; i += 16)
+    for (int j = 0; j < 16; ++j) {
       los[j] = v[i + j] < los[j] ? v[i + j] : los[j];
       his[j] = v[i + j] > his[j] ? v[i + j] : his[j];
     }
@@ -155,7 +147,7 @@ void extrema(const float* v, std::int64_t len, float& lo, float& hi) {
     los[0] = v[i] < los[0] ? v[i] : los[0];
     his[0] = v[i] > his[0] ? v[i] : his[0];
   }
-  for (int j = 0; j < 8; ++j) {
+  for (int j = 0; j < 16; ++j) {
     lo = std::min(lo, los[j]);
     hi = std::max(hi, his[j]);
   }
@@ -247,9 +239,10 @@ void scaled_affinity(const float* S, std::int64_t n, std::int64_t c, double alph
 
 }  // namespace
 
-void affinity_from_tokens(const float* tokens, std::int64_t n, std::int64_t c, double alpha, float* W) {
+void affinity_from_tokens(const float* tokens, std::int64_t n, std::int64_t c, double alpha, float* W,
+                          std::uint8_t* zero_row) {
   gram_lower(tokens, n, c, W);
-  scaled_affinity(W, n, c, alpha, W, nullptr);  // in place
+  scaled_affinity(W, n, c, alpha, W, zero_row);  // in place
 }
 
 void affinity_widened(const float* tokens, std::int64_t n, std::int64_t c, double alpha, float* S, double* W,

@@ -96,8 +96,9 @@ diffcut::detail::Tree tree_of_tokens(const std::vector<float>& tokens, std::int6
   const std::int64_t n = h * w;
   if (n > 46340) throw Failure(Code::InvalidArgument, "a dense affinity of more than 46340 tokens does not fit");
   diffcut::detail::ScratchArray<float> W(static_cast<std::size_t>(n * n));  // cached for the thread's next image
-  diffcut::detail::affinity_from_tokens(tokens.data(), n, c, opts.alpha, W.data());
-  diffcut::detail::Tree tree = diffcut::detail::build_tree(W.data(), n, opts);
+  std::vector<std::uint8_t> zero_row(static_cast<std::size_t>(n));
+  diffcut::detail::affinity_from_tokens(tokens.data(), n, c, opts.alpha, W.data(), zero_row.data());
+  diffcut::detail::Tree tree = diffcut::detail::build_tree(W.data(), n, opts, zero_row.data());
   tree.height = h;
   tree.width = w;
   return tree;

@@ -43,8 +43,10 @@ constexpr int kMaxSquaringExponent = 64;
 
 // Rows of tokens (n x c, row-major) scaled to unit L2 norm in float32, in place.
 void l2_normalize(float* tokens, std::int64_t n, std::int64_t c);
-// W (n x n, row-major float32) of L2-normalised tokens, as diffcut_engine.graph.affinity_from_tokens computes it.
-void affinity_from_tokens(const float* tokens, std::int64_t n, std::int64_t c, double alpha, float* W);
+// W (n x n, row-major float32) of L2-normalised tokens, as diffcut_engine.graph.affinity_from_tokens computes it;
+// zero_row (n bytes, may be null) receives 1 for the rows of W holding an exact zero, else 0.
+void affinity_from_tokens(const float* tokens, std::int64_t n, std::int64_t c, double alpha, float* W,
+                          std::uint8_t* zero_row = nullptr);
 // The same W widened to float64 (exactly the float32 values), from one fused pass over the Gram matrix's lower
 // triangle: S (n x n float32) is scratch for the Gram matrix; zero_row (n bytes, may be null) receives 1 for the
 // rows of W holding an exact zero (the official zero-row rule), else 0.
@@ -74,8 +76,9 @@ struct Tree {
   std::vector<double> split_values() const;
 };
 
-// The recursive NCut tree of an affinity W (n x n, row-major float32), depth first with the dense solver.
-Tree build_tree(const float* W, std::int64_t n, const Options& options);
+// The recursive NCut tree of an affinity W (n x n, row-major float32), depth first. zero_row: W's rows holding
+// an exact zero as affinity_from_tokens flags them, for compat "official" (null: W is scanned for them).
+Tree build_tree(const float* W, std::int64_t n, const Options& options, const std::uint8_t* zero_row = nullptr);
 
 // The solvers' A: a subgraph's affinity matrix (m x m, row-major, full storage), W's float32 values; their
 // arithmetic is float64 (the float32 values widen exactly), as the numpy path's on its float64 copy.

@@ -27,3 +27,12 @@ bool use_avx512();  // implies use_avx2()
 #else
 #define DIFFCUT_DISPATCH(fn, ...) base::fn(__VA_ARGS__)
 #endif
+
+// Element-wise loops compiled for several instruction sets by the compiler, picked at load time (GCC's
+// target_clones; the same IEEE operations in each: no contraction, no reassociation, so only the vector width
+// differs and the floats are the same).
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && !defined(__SANITIZE_ADDRESS__)
+#define DIFFCUT_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define DIFFCUT_CLONES
+#endif

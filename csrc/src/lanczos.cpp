@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "core.h"
+#include "isa.h"
 #include "krylov.h"
 #include "lapack.h"
 #include "matvec.h"
@@ -32,6 +33,53 @@ constexpr std::int64_t kEveryStepMinNodes = 384;
 constexpr double kFastestRate = 4.0;
 constexpr double kHopeless = 1e-13;
 constexpr double kReorthKeep = 0.7071;
+
+// h[r] = dot(row r of Q, w) for r < rows (rows of length m, one after the other): dot's four lanes and final sum per
+// row, four rows at a time sharing w's loads (vectorised; the same floats as dot).
+DIFFCUT_CLONES void dots_with_rows(const double* Q, int rows, std::int64_t m, const double* w, double* h) {
+  int r = 0;
+  const std::int64_t m4 = m - m % 4;
+  for (; r + 4 <= rows; r += 4) {
+    const double* q0 = Q + static_cast<std::size_t>(r) * m;
+    const double* q1 = q0 + m;
+    const double* q2 = q1 + m;
+    const double* q3 = q2 + m;
+    double a0[4] = {0, 0, 0, 0}, a1[4] = {0, 0, 0, 0}, a2[4] = {0, 0, 0, 0}, a3[4] = {0, 0, 0, 0};
+    for (std::int64_t i = 0; i < m4; i += 4)
+      for (int j = 0; j < 4; ++j) {
+        const double x = w[i + j];
+        a0[j] += q0[i + j] * x;
+        a1[j] += q1[i + j] * x;
+        a2[j] += q2[i + j] * x;
+        a3[j] += q3[i + j] * x;
+      }
+    for (std::int64_t i = m4; i < m; ++i) {
+      a0[0] += q0[i] * w[i];
+      a1[0] += q1[i] * w[i];
+      a2[0] += q2[i] * w[i];
+      a3[0] += q3[i] * w[i];
+    }
+    h[r] = (a0[0] + a0[1]) + (a0[2] + a0[3]);
+    h[r + 1] = (a1[0] + a1[1]) + (a1[2] + a1[3]);
+    h[r + 2] = (a2[0] + a2[1]) + (a2[2] + a2[3]);
+    h[r + 3] = (a3[0] + a3[1]) + (a3[2] + a3[3]);
+  }
+  for (; r < rows; ++r) h[r] = dot(Q + static_cast<std::size_t>(r) * m, w, m);
+}
+
+// w[i] -= h[r] * Q[r][i] for r = 0, 1, ..., rows - 1 in that order for every i (as one pass per row would do it),
+// in blocks of w that stay in L1 (vectorised).
+DIFFCUT_CLONES void subtract_rows(double* w, const double* Q, int rows, std::int64_t m, const double* h) {
+  constexpr std::int64_t kBlock = 512;
+  for (std::int64_t i0 = 0; i0 < m; i0 += kBlock) {
+    const std::int64_t i1 = std::min(m, i0 + kBlock);
+    for (int r = 0; r < rows; ++r) {
+      const double c = h[r];
+      const double* q = Q + static_cast<std::size_t>(r) * m;
+      for (std::int64_t i = i0; i < i1; ++i) w[i] -= c * q[i];
+    }
+  }
+}
 
 double norm(const std::vector<double>& v) { return std::sqrt(dot(v.data(), v.data(), (std::int64_t)v.size())); }
 
@@ -123,11 +171,8 @@ bool lanczos_fiedler(const float* A, const std::vector<double>& d, std::int64_t 
     }
     double norm_before = norm(w);
     for (int pass = 0; pass < 2; ++pass) {  // classical Gram-Schmidt against rows 0..j+1, twice if needed
-      for (int r = 0; r <= j + 1; ++r) h[r] = dot(Q.data() + static_cast<std::size_t>(r) * m, w.data(), m);
-      for (int r = 0; r <= j + 1; ++r) {
-        const double* qr = Q.data() + static_cast<std::size_t>(r) * m;
-        for (std::int64_t i = 0; i < m; ++i) w[i] -= h[r] * qr[i];
-      }
+      dots_with_rows(Q.data(), j + 2, m, w.data(), h.data());
+      subtract_rows(w.data(), Q.data(), j + 2, m, h.data());
       beta[j] = norm(w);
       if (beta[j] > kReorthKeep * norm_before) break;
       norm_before = beta[j];

@@ -19,6 +19,7 @@
 #include <utility>
 
 #include "core.h"
+#include "isa.h"
 #include "lapack.h"
 #include "matvec.h"
 #include "scratch.h"
@@ -28,7 +29,20 @@ namespace detail {
 
 namespace {
 
-// numpy's pairwise summation in float64 of n values of type T, each widened to double as it is read.
+// numpy's pairwise summation in float64 of n values of type T, each widened to double as it is read: its blocks
+// of 8 <= n <= 128 values (eight lanes, vectorised) and the recursion above them.
+template <class T>
+DIFFCUT_CLONES double pairwise_block(const T* a, std::int64_t n) {
+  double r[8];
+  for (int j = 0; j < 8; ++j) r[j] = static_cast<double>(a[j]);
+  std::int64_t i = 8;
+  for (; i < n - (n % 8); i += 8)
+    for (int j = 0; j < 8; ++j) r[j] += static_cast<double>(a[i + j]);
+  double res = ((r[0] + r[1]) + (r[2] + r[3])) + ((r[4] + r[5]) + (r[6] + r[7]));
+  for (; i < n; ++i) res += static_cast<double>(a[i]);
+  return res;
+}
+
 template <class T>
 double pairwise_sum_of(const T* a, std::int64_t n) {
   if (n < 8) {
@@ -36,16 +50,7 @@ double pairwise_sum_of(const T* a, std::int64_t n) {
     for (std::int64_t i = 0; i < n; ++i) res += static_cast<double>(a[i]);
     return res;
   }
-  if (n <= 128) {
-    double r[8];
-    for (int j = 0; j < 8; ++j) r[j] = static_cast<double>(a[j]);
-    std::int64_t i = 8;
-    for (; i < n - (n % 8); i += 8)
-      for (int j = 0; j < 8; ++j) r[j] += static_cast<double>(a[i + j]);
-    double res = ((r[0] + r[1]) + (r[2] + r[3])) + ((r[4] + r[5]) + (r[6] + r[7]));
-    for (; i < n; ++i) res += static_cast<double>(a[i]);
-    return res;
-  }
+  if (n <= 128) return pairwise_block(a, n);
   std::int64_t n2 = n / 2;
   n2 -= n2 % 8;
   return pairwise_sum_of(a, n2) + pairwise_sum_of(a + n2, n - n2);
@@ -68,6 +73,24 @@ constexpr std::int64_t kThreadedDenseMin = 512;
 // A rigorous lower bound on the NCut of every bipartition (graph/eigen.py spectral_lower_bound, its O(n^2) form):
 // NCut >= 1 - mu_2 and mu_2 <= sqrt(||M||_F^2 - 1), M = D^-1/2 A D^-1/2. Stops once it is certain to be below
 // stop_below (the row terms are non-negative).
+// sum_j row[j]^2 dinv[j] in float64, in eight lanes (vectorised; the order differs from numpy's, which only moves
+// the bound by rounding: a bound within kLeafBoundMargin of tau_max is solved either way)
+DIFFCUT_CLONES double weighted_square_sum(const float* row, const double* dinv, std::int64_t m) {
+  double r[8] = {0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0};
+  std::int64_t j = 0;
+  for (; j + 8 <= m; j += 8)
+    for (int l = 0; l < 8; ++l) {
+      const double a = static_cast<double>(row[j + l]);
+      r[l] += a * a * dinv[j + l];
+    }
+  double acc = ((r[0] + r[1]) + (r[2] + r[3])) + ((r[4] + r[5]) + (r[6] + r[7]));
+  for (; j < m; ++j) {
+    const double a = static_cast<double>(row[j]);
+    acc += a * a * dinv[j];
+  }
+  return acc;
+}
+
 double spectral_lower_bound(const float* A, const std::vector<double>& d, std::int64_t m,
                             double stop_below) {
   if (stop_below > 1.0) return 1.0;
@@ -76,16 +99,34 @@ double spectral_lower_bound(const float* A, const std::vector<double>& d, std::i
   for (std::int64_t i = 0; i < m; ++i) dinv[i] = 1.0 / d[i];
   double fro2 = 0.0;
   for (std::int64_t i = 0; i < m; ++i) {
-    const float* row = A + i * m;
-    double acc = 0.0;
-    for (std::int64_t j = 0; j < m; ++j) {
-      const double a = static_cast<double>(row[j]);
-      acc += a * a * dinv[j];
-    }
-    fro2 += dinv[i] * acc;
+    fro2 += dinv[i] * weighted_square_sum(A + i * m, dinv.data(), m);
     if (fro2 > give_up) break;
   }
   return 1.0 - std::sqrt(std::max(fro2 - 1.0, 0.0));
+}
+
+// Whether v[0, len) holds an exact zero (vectorised: blocks of 256 values counted, stopping after the first block
+// with one).
+DIFFCUT_CLONES bool has_zero(const float* v, std::int64_t len) {
+  std::int64_t i = 0;
+  for (; i + 256 <= len; i += 256) {
+    int zeros = 0;
+    for (int j = 0; j < 256; ++j) zeros += v[i + j] == 0.0f;
+    if (zeros) return true;
+  }
+  int zeros = 0;
+  for (; i < len; ++i) zeros += v[i] == 0.0f;
+  return zeros != 0;
+}
+
+// dst[i] += src[i] (widened) for i < m (vectorised; element by element, so the order of each sum is the caller's)
+DIFFCUT_CLONES void add_widened(double* dst, const float* src, std::int64_t m) {
+  for (std::int64_t i = 0; i < m; ++i) dst[i] += static_cast<double>(src[i]);
+}
+
+// dst[b] = src[idx[b]] for b < m (a subgraph's row gathered from W's)
+DIFFCUT_CLONES void gather_row(float* dst, const float* src, const std::int32_t* idx, std::int64_t m) {
+  for (std::int64_t b = 0; b < m; ++b) dst[b] = src[idx[b]];
 }
 
 }  // namespace
@@ -174,8 +215,7 @@ void score(const float* A, const std::vector<double>& d, const std::vector<doubl
   std::fill(s.GA.data(), s.GA.data() + s.GA.size(), 0.0);
   for (std::int64_t j = 0; j < m; ++j) {  // rows of A added to their bin's row, nodes in increasing order
     double* dst = s.GA.data() + static_cast<std::size_t>(s.bins[j]) * m;
-    const float* src = A + j * m;
-    for (std::int64_t i = 0; i < m; ++i) dst[i] += static_cast<double>(src[i]);
+    add_widened(dst, A + j * m, m);
   }
   // B[b][c] = sum over nodes i of bin b (increasing) of GA[c][i]
   std::vector<double> B(static_cast<std::size_t>(nb) * nb, 0.0), vol(nb, 0.0);
@@ -251,7 +291,7 @@ struct Pending {
 
 }  // namespace
 
-Tree build_tree(const float* W, std::int64_t n, const Options& options) {
+Tree build_tree(const float* W, std::int64_t n, const Options& options, const std::uint8_t* zero_rows) {
   // the products run on the core's own threads (matvec.h); the BLAS calls left (dsyevr on small subgraphs, the
   // block Krylov's small products) single-threaded, so that its idle workers do not spin on the same cores; a
   // dense solve of a large subgraph (solver "dense", or where neither Krylov solver certifies) gets its threads
@@ -268,13 +308,9 @@ Tree build_tree(const float* W, std::int64_t n, const Options& options) {
     zero_row.assign(n, 0);
     bool any = false;
     for (std::int64_t i = 0; i < n; ++i) {
-      const float* row = W + i * n;
-      for (std::int64_t j = 0; j < n; ++j) {
-        if (row[j] == 0.0f) {
-          zero_row[i] = 1;
-          any = true;
-          break;
-        }
+      if (zero_rows ? zero_rows[i] != 0 : has_zero(W + i * n, n)) {
+        zero_row[i] = 1;
+        any = true;
       }
     }
     if (!any) zero_row.clear();
@@ -308,11 +344,8 @@ Tree build_tree(const float* W, std::int64_t n, const Options& options) {
     const float* A = W;  // every node (the root): W itself
     if (m < n) {
       sub.resize(static_cast<std::size_t>(m * m));
-      for (std::int64_t a = 0; a < m; ++a) {
-        const float* src = W + static_cast<std::int64_t>(idx[a]) * n;
-        float* dst = sub.data() + a * m;
-        for (std::int64_t b = 0; b < m; ++b) dst[b] = src[idx[b]];
-      }
+      for (std::int64_t a = 0; a < m; ++a)
+        gather_row(sub.data() + a * m, W + static_cast<std::int64_t>(idx[a]) * n, idx.data(), m);
       A = sub.data();
     }
     if (!item.degrees.empty()) {

@@ -163,6 +163,33 @@ static std::vector<std::int32_t> dense_pamr(const std::vector<float>& aff, const
   return out;
 }
 
+// The affinity pass's zero-row flags are exactly the rows of W holding an exact zero, and the tree built with them
+// is the tree built by scanning W (official mode).
+static void check_zero_row_flags(const std::vector<float>& f, int n, int c) {
+  std::vector<float> x(f);
+  diffcut::detail::l2_normalize(x.data(), n, c);
+  std::vector<float> W(static_cast<std::size_t>(n) * n);
+  std::vector<std::uint8_t> zero_row(static_cast<std::size_t>(n), 7);
+  diffcut::detail::affinity_from_tokens(x.data(), n, c, 10.0, W.data(), zero_row.data());
+  int flagged = 0;
+  for (int i = 0; i < n; ++i) {
+    const bool has = std::find(W.begin() + static_cast<std::ptrdiff_t>(i) * n,
+                               W.begin() + static_cast<std::ptrdiff_t>(i + 1) * n, 0.0f) !=
+                     W.begin() + static_cast<std::ptrdiff_t>(i + 1) * n;
+    EXPECT(zero_row[i] == (has ? 1 : 0));
+    flagged += has;
+  }
+  EXPECT(flagged >= 2);
+  diffcut::detail::Options o;
+  o.compat = Compat::Official;
+  const auto given = diffcut::detail::build_tree(W.data(), n, o, zero_row.data());
+  const auto scanned = diffcut::detail::build_tree(W.data(), n, o);
+  std::vector<std::int32_t> a(n), b(n);
+  EXPECT(given.nodes.size() == scanned.nodes.size());
+  EXPECT(given.cut(0.5, a.data()) == scanned.cut(0.5, b.data()));
+  EXPECT(a == b);
+}
+
 int main() {
   // the example's float16 reader: every half bit pattern against sign * 2^(e - 15) * (1 + m / 1024) (normal),
   // sign * 2^-14 * m / 1024 (subnormal), inf and NaN
@@ -329,6 +356,12 @@ int main() {
     }
     EXPECT(dropped >= 2);
     EXPECT(same_partition(kept_regions, kept_labels));
+    check_zero_row_flags(f, n, c);
+  }
+  {  // from 1024 tokens the scaling pass runs on several threads, each flagging zero rows apart
+    std::vector<int> regions;
+    const int h = 33, w = 34, c = 32;
+    check_zero_row_flags(planted(h, w, c, regions, 11u, 0.35), h * w, c);
   }
   // block Krylov on a clustered spectrum: Lanczos cannot certify (residual / inner gap ~1e-8), the subspace
   // certificate does, and the vector is the dense solve's within 1e-6 (angle); the same for several graphs
