@@ -45,13 +45,39 @@ namespace {
 // use next.
 constexpr std::int64_t kBandMinRows = 1024;
 
-// The lower triangle (row-major, diagonal included) of S = X X^T in float32: one ssyrk call, or, for large n, two
-// bands of equal area on two threads, each calling the BLAS single-threaded (rows [0, r): ssyrk; rows [r, n):
-// sgemm against rows [0, r), then ssyrk): then the BLAS's own threads are not woken, and they would spin on the
+// Extrema of a float range (16 independent lanes; min and max are exact in any order).
+DIFFCUT_CLONES void extrema(const float* v, std::int64_t len, float& lo, float& hi) {
+  float los[16], his[16];
+  for (int j = 0; j < 16; ++j) los[j] = lo;
+  for (int j = 0; j < 16; ++j) his[j] = hi;
+  std::int64_t i = 0;
+  for (; i + 16 <= len; i += 16)
+    for (int j = 0; j < 16; ++j) {
+      los[j] = v[i + j] < los[j] ? v[i + j] : los[j];
+      his[j] = v[i + j] > his[j] ? v[i + j] : his[j];
+    }
+  for (; i < len; ++i) {
+    los[0] = v[i] < los[0] ? v[i] : los[0];
+    his[0] = v[i] > his[0] ? v[i] : his[0];
+  }
+  for (int j = 0; j < 16; ++j) {
+    lo = std::min(lo, los[j]);
+    hi = std::max(hi, his[j]);
+  }
+}
+
+// The extrema of the lower triangle of S's rows [r0, r1) into lo, hi.
+void triangle_extrema(const float* S, std::int64_t n, std::int64_t r0, std::int64_t r1, float& lo, float& hi) {
+  for (std::int64_t i = r0; i < r1; ++i) extrema(S + i * n, i + 1, lo, hi);
+}
+
+// The lower triangle (row-major, diagonal included) of S = X X^T in float32 and its extrema (lo, hi): one ssyrk
+// call, or, for large n, two bands of equal area on two threads, each calling the BLAS single-threaded (rows
+// [0, r): ssyrk; rows [r, n): sgemm against rows [0, r), then ssyrk) and taking its band's extrema while in cache: then the BLAS's own threads are not woken, and they would spin on the
 // cores the core's threaded products use afterwards (OpenBLAS's idle workers busy-wait for a while after a call).
 // Each value is the same dot product, in the same blocked order of the same kernel, as the single call's
 // (tests/test_native.py compares every bit with SciPy's ssyrk).
-void gram_lower(const float* tokens, std::int64_t n, std::int64_t c, float* S) {
+void gram_lower(const float* tokens, std::int64_t n, std::int64_t c, float* S, float& lo, float& hi) {
   if (n > 46340 || c > 2147483647) throw Failure(Code::InvalidArgument, "too many tokens for a dense affinity");
   const Lapack& blas = lapack();
   // Column-major view: tokens (row-major n x c) are the c x n matrix X^T; C = (X^T)^T X^T = X X^T, its upper
@@ -63,14 +89,22 @@ void gram_lower(const float* tokens, std::int64_t n, std::int64_t c, float* S) {
     blas.ssyrk(&uplo, &trans, &rows, &ci, &one, const_cast<float*>(tokens + r0 * c), &ci, &zero, S + r0 * n + r0,
                &ld);
   };
+  if (n == 0) return;
   if (blas.sgemm == nullptr || n < kBandMinRows || kernel_threads() < 2) {
     syrk(0, n);
+    lo = hi = S[0];
+    triangle_extrema(S, n, 0, n, lo, hi);
     return;
   }
   std::int64_t r = static_cast<std::int64_t>(static_cast<double>(n) / std::sqrt(2.0));
   r -= r % 64;
   const SingleThreadedBlas one_blas_thread;
-  std::thread top([&] { syrk(0, r); });
+  float top_lo = 0.0f, top_hi = 0.0f;
+  std::thread top([&] {  // (the band's extrema while it is in cache)
+    syrk(0, r);
+    top_lo = top_hi = S[0];
+    triangle_extrema(S, n, 0, r, top_lo, top_hi);
+  });
   {
     // S[i, j] for i >= r > j: column-major C (r x (n - r)) = X[:r] X[r:]^T at S + r * n
     int rows = static_cast<int>(r), cols = static_cast<int>(n - r), ci = static_cast<int>(c), ld = static_cast<int>(n);
@@ -80,7 +114,11 @@ void gram_lower(const float* tokens, std::int64_t n, std::int64_t c, float* S) {
                &ci, &zero, S + r * n, &ld);
   }
   syrk(r, n);
+  lo = hi = S[r * n];
+  triangle_extrema(S, n, r, n, lo, hi);
   top.join();
+  lo = std::min(lo, top_lo);
+  hi = std::max(hi, top_hi);
 }
 
 // The min-max scaling and power of affinity_from_tokens, as float32 operations in its order.
@@ -132,27 +170,6 @@ struct Scaling {
   }
 };
 
-// Extrema of a float range (16 independent lanes; min and max are exact in any order).
-DIFFCUT_CLONES void extrema(const float* v, std::int64_t len, float& lo, float& hi) {
-  float los[16], his[16];
-  for (int j = 0; j < 16; ++j) los[j] = lo;
-  for (int j = 0; j < 16; ++j) his[j] = hi;
-  std::int64_t i = 0;
-  for (; i + 16 <= len; i += 16)
-    for (int j = 0; j < 16; ++j) {
-      los[j] = v[i + j] < los[j] ? v[i + j] : los[j];
-      his[j] = v[i + j] > his[j] ? v[i + j] : his[j];
-    }
-  for (; i < len; ++i) {
-    los[0] = v[i] < los[0] ? v[i] : los[0];
-    his[0] = v[i] > his[0] ? v[i] : his[0];
-  }
-  for (int j = 0; j < 16; ++j) {
-    lo = std::min(lo, los[j]);
-    hi = std::max(hi, his[j]);
-  }
-}
-
 // One scaled tile buf (rows x cols of the lower triangle at (i0, j0), row-major with stride kTile; on the
 // diagonal only j <= i is valid) written (widened, for a float64 W) to W at (i, j) and, transposed, at (j, i);
 // rows holding an exact zero are flagged in zr (if not null). Vectorisable loops (the transpose goes through a
@@ -190,18 +207,17 @@ DIFFCUT_CLONES void write_tile(const float* buf, std::int64_t rows, std::int64_t
 
 namespace {
 
-// The scaled affinity from the lower triangle of S (the Gram matrix) into W (n x n, both triangles; W may be S
+// The scaled affinity from the lower triangle of S (the Gram matrix, its extrema lo and hi) into W (n x n, both triangles; W may be S
 // itself: each tile is read into a buffer before it is written, and the upper triangle is never read), zero rows
 // flagged in zero_row (if not null): tile by tile over the lower triangle, the tile's row segments scaled into an L1
 // buffer, then written to (i, j) and, transposed from the buffer, to (j, i): S is read once and W written once.
 // Tile rows are dealt round-robin to a few threads for large n (each output value is written by exactly one
 // thread; zero rows are collected per thread, then merged).
 template <class Out>
-void scaled_affinity(const float* S, std::int64_t n, std::int64_t c, double alpha, Out* W, std::uint8_t* zero_row) {
+void scaled_affinity(const float* S, std::int64_t n, std::int64_t c, double alpha, Out* W, std::uint8_t* zero_row,
+                     float lo, float hi) {
   if (zero_row) std::fill(zero_row, zero_row + n, std::uint8_t{0});
   if (n == 0) return;
-  float lo = S[0], hi = S[0];
-  for (std::int64_t i = 0; i < n; ++i) extrema(S + i * n, i + 1, lo, hi);  // the lower triangle: every value
   const Scaling scaling(lo, hi, c, alpha);
   if (scaling.constant) {
     std::fill(W, W + n * n, Out{1});
@@ -241,14 +257,16 @@ void scaled_affinity(const float* S, std::int64_t n, std::int64_t c, double alph
 
 void affinity_from_tokens(const float* tokens, std::int64_t n, std::int64_t c, double alpha, float* W,
                           std::uint8_t* zero_row) {
-  gram_lower(tokens, n, c, W);
-  scaled_affinity(W, n, c, alpha, W, zero_row);  // in place
+  float lo = 0.0f, hi = 0.0f;
+  gram_lower(tokens, n, c, W, lo, hi);
+  scaled_affinity(W, n, c, alpha, W, zero_row, lo, hi);  // in place
 }
 
 void affinity_widened(const float* tokens, std::int64_t n, std::int64_t c, double alpha, float* S, double* W,
                       std::uint8_t* zero_row) {
-  gram_lower(tokens, n, c, S);
-  scaled_affinity(S, n, c, alpha, W, zero_row);
+  float lo = 0.0f, hi = 0.0f;
+  gram_lower(tokens, n, c, S, lo, hi);
+  scaled_affinity(S, n, c, alpha, W, zero_row, lo, hi);
 }
 
 }  // namespace detail
