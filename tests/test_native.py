@@ -488,9 +488,9 @@ def test_float32_stored_products_same_bits_on_every_instruction_set(built, tmp_p
             assert np.array_equal(results[0][key], other[key]), key
 
 
-@pytest.mark.parametrize("n,c", [(1024, 13), (2304, 320)])
+@pytest.mark.parametrize("n,c", [(256, 1280), (300, 64), (577, 8), (1024, 13), (2304, 320)])
 def test_native_gram_in_two_bands_is_the_single_ssyrk_bit_for_bit(built, n, c):
-    # from 1024 tokens the core computes the Gram matrix in two bands on two threads (ssyrk, sgemm, ssyrk, each
+    # from 256 tokens the core computes the Gram matrix in two bands on two threads (ssyrk, sgemm, ssyrk, each
     # single-threaded); W is still affinity_from_tokens's (SciPy's one ssyrk call) bit for bit
     rng = np.random.default_rng(n)
     x = l2_normalize(rng.standard_normal((n, c)).astype(np.float32))

@@ -40,10 +40,13 @@ void l2_normalize(float* tokens, std::int64_t n, std::int64_t c) {
 namespace {
 
 // From this many tokens on, with sgemm bound and two threads allowed, the Gram matrix is computed in two bands on
-// the core's own threads, and the scaling pass runs on them too: a call of the BLAS on its own threads would leave
-// them spinning (OpenBLAS's idle workers busy-wait for up to ~0.2 s) on the cores the core's threaded products
-// use next.
-constexpr std::int64_t kBandMinRows = 1024;
+// the core's own threads: a call of the BLAS on its own threads would leave them spinning (OpenBLAS's idle workers
+// busy-wait for up to ~0.2 s) on the cores the core's threaded products use next (from 512 rows on); at 16 x 16
+// and 24 x 24 tokens the two bands are faster per tree than one multi-threaded ssyrk (benchmarks/RESULTS.md).
+constexpr std::int64_t kBandMinRows = 256;
+// From this many tokens on, the scaling pass runs on kernel_threads() threads (below, starting them costs more
+// than they save).
+constexpr std::int64_t kScaleThreadsMinRows = 1024;
 
 // Extrema of a float range (16 independent lanes as one GCC vector, which every clone compiles to its own
 // registers; min and max are exact in any order).
@@ -239,7 +242,7 @@ void scaled_affinity(const float* S, std::int64_t n, std::int64_t c, double alph
   }
   constexpr std::int64_t tile = kTile;
   const std::int64_t tile_rows = (n + tile - 1) / tile;
-  const int threads = n >= kBandMinRows ? kernel_threads() : 1;
+  const int threads = n >= kScaleThreadsMinRows ? kernel_threads() : 1;
   std::vector<std::vector<std::uint8_t>> zeros(
       zero_row ? static_cast<std::size_t>(threads) : 0, std::vector<std::uint8_t>(static_cast<std::size_t>(n), 0));
   auto work = [&](int part) {

@@ -6,7 +6,7 @@ min-max, power), the zero-row rule of ``compat="official"``, the Fiedler vector 
 nodes, above the certified Lanczos, then the certified block Krylov where Lanczos cannot certify (first, once
 Lanczos failed in the tree), then dense), the 100 thresholds scored from bin sums, pre-order. The extension links
 no BLAS: it is bound here to SciPy's own ``ssyrk``, ``dsyevr``, ``dsymv``, ``dgemm`` and ``sgemm``
-(``scipy.linalg.cython_blas`` / ``cython_lapack``), the functions the numpy path calls (the Gram matrix from 1024
+(``scipy.linalg.cython_blas`` / ``cython_lapack``), the functions the numpy path calls (the Gram matrix from 256
 tokens in two bands on two threads, bit-identical to the one ``ssyrk`` call; the Krylov products by the core's own
 float64 kernels on W's float32 values, which the numpy path widens first), and its floating-point
 operations follow the numpy code's order, so with ``solver="dense"`` the trees are the numpy dense path's bit for
