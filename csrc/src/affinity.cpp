@@ -90,8 +90,9 @@ void triangle_extrema(const float* S, std::int64_t n, std::int64_t r0, std::int6
 
 // The lower triangle (row-major, diagonal included) of S = X X^T in float32 and its extrema (lo, hi): one ssyrk
 // call, or, for large n, two bands of equal area on two threads, each calling the BLAS single-threaded (rows
-// [0, r): ssyrk; rows [r, n): sgemm against rows [0, r), then ssyrk) and taking its band's extrema while in cache: then the BLAS's own threads are not woken, and they would spin on the
-// cores the core's threaded products use afterwards (OpenBLAS's idle workers busy-wait for a while after a call).
+// [0, r): ssyrk; rows [r, n): sgemm against rows [0, r), then ssyrk) and taking its band's extrema while in
+// cache: then the BLAS's own threads are not woken, and they would spin on the cores the core's threaded products
+// use afterwards (OpenBLAS's idle workers busy-wait for a while after a call).
 // Each value is the same dot product, in the same blocked order of the same kernel, as the single call's
 // (tests/test_native.py compares every bit with SciPy's ssyrk).
 void gram_lower(const float* tokens, std::int64_t n, std::int64_t c, float* S, float& lo, float& hi) {
@@ -224,10 +225,11 @@ DIFFCUT_CLONES void write_tile(const float* buf, std::int64_t rows, std::int64_t
 
 namespace {
 
-// The scaled affinity from the lower triangle of S (the Gram matrix, its extrema lo and hi) into W (n x n, both triangles; W may be S
-// itself: each tile is read into a buffer before it is written, and the upper triangle is never read), zero rows
-// flagged in zero_row (if not null): tile by tile over the lower triangle, the tile's row segments scaled into an L1
-// buffer, then written to (i, j) and, transposed from the buffer, to (j, i): S is read once and W written once.
+// The scaled affinity from the lower triangle of S (the Gram matrix, its extrema lo and hi) into W (n x n, both
+// triangles; W may be S itself: each tile is read into a buffer before it is written, and the upper triangle is
+// never read), zero rows flagged in zero_row (if not null): tile by tile over the lower triangle, the tile's row
+// segments scaled into an L1 buffer, then written to (i, j) and, transposed from the buffer, to (j, i): S is read
+// once and W written once.
 // Tile rows are dealt round-robin to a few threads for large n (each output value is written by exactly one
 // thread; zero rows are collected per thread, then merged).
 template <class Out>
