@@ -257,6 +257,25 @@ def test_native_block_krylov_on_nearly_disconnected_features(built, h, w, caplog
         module.bind_dgemm(native.scipy_blas_addresses()["dgemm"])
 
 
+def test_native_lanczos_ritz_pairs_without_dstemr(built):
+    # Lanczos's Ritz pairs come from the bound dstemr (as eigen._top_ritz_pairs); unbound, from dsyevr on the
+    # tridiagonal matrix: the same trees (split values within the certificate) on grids whose solves are Lanczos's
+    module = native.require_native()
+    cases = [(_features("lab-astronaut", 24, 24), 0.8), (_features("filters-coffee", 20, 36), 0.8)]
+    bound = [ncut_tree(f, tau_max=tau, graph_backend="native") for f, tau in cases]
+    try:
+        module.bind_dstemr(0)
+        for (f, tau), want in zip(cases, bound):
+            got = ncut_tree(f, tau_max=tau, graph_backend="native")
+            dense = ncut_tree(f, tau_max=tau, solver="dense", graph_backend="numpy")
+            assert len(got.split_values()) >= 2
+            np.testing.assert_allclose(got.split_values(), want.split_values(), rtol=1e-9)
+            for t in TAUS:
+                assert np.array_equal(got.cut(t), want.cut(t)) and np.array_equal(got.cut(t), dense.cut(t))
+    finally:
+        module.bind_dstemr(native.scipy_blas_addresses()["dstemr"])
+
+
 @pytest.mark.parametrize("n,c,alpha", [(1100, 64, 10.0), (1030, 7, 1.0), (1500, 33, 3.0), (1024, 16, 64.0)])
 def test_fused_affinity_pass_is_the_numpy_affinity_bit_for_bit(built, n, c, alpha):
     # the host path's float64 W (scaling, power, mirror, widening) and its zero-row mask from one C++ pass: the

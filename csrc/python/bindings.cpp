@@ -144,6 +144,12 @@ PYBIND11_MODULE(_native, m) {
       "Bind sgemm (the address of a Fortran-ABI function; 0: none): the Gram matrix in two bands on two threads.");
 
   m.def(
+      "bind_dstemr", [](std::uintptr_t dstemr) { bind_dstemr(reinterpret_cast<DstemrFn>(dstemr)); },
+      py::arg("dstemr"),
+      "Bind dstemr (the address of a Fortran-ABI function; 0: none): Lanczos's Ritz pairs from the tridiagonal "
+      "matrix (else dsyevr on it).");
+
+  m.def(
       "symv_lower_f32",
       [](FloatArray A, py::array_t<double, py::array::c_style | py::array::forcecast> x) {
         if (A.ndim() != 2 || A.shape(0) != A.shape(1) || x.ndim() != 1 || x.shape(0) != A.shape(0))

@@ -90,24 +90,6 @@ std::vector<double> normals(std::int64_t n, std::uint64_t seed) {
   return out;
 }
 
-// The two largest eigenpairs of the k x k symmetric tridiagonal matrix (alpha, beta): (theta2, theta1), s2, s1.
-bool top_ritz_pairs(const std::vector<double>& alpha, const std::vector<double>& beta, int k, double& theta1,
-                    double& theta2, std::vector<double>& s1, std::vector<double>& s2) {
-  std::vector<double> T(static_cast<std::size_t>(k) * k, 0.0);
-  for (int i = 0; i < k; ++i) {
-    T[i + i * k] = alpha[i];
-    if (i + 1 < k) T[(i + 1) + i * k] = beta[i];  // lower triangle, column-major
-  }
-  std::vector<double> w, z;
-  int found = 0;
-  if (syevr('I', k, T.data(), k - 1, k, w, z, found) != 0 || found != 2) return false;
-  theta2 = w[0];
-  theta1 = w[1];
-  s2.assign(z.begin(), z.begin() + k);
-  s1.assign(z.begin() + k, z.begin() + 2 * k);
-  return true;
-}
-
 }  // namespace
 
 bool lanczos_fiedler(const float* A, const std::vector<double>& d, std::int64_t m,
@@ -187,7 +169,7 @@ bool lanczos_fiedler(const float* A, const std::vector<double>& d, std::int64_t 
     }
     if ((k < next_check && !breakdown) || k < 3) continue;
     double theta1 = 0, theta2 = 0;
-    if (!top_ritz_pairs(alpha, beta, k, theta1, theta2, s1, s2)) return false;
+    if (!tridiagonal_top2(alpha.data(), beta.data(), k, theta1, theta2, s1, s2)) return false;
     const double b = breakdown ? 0.0 : beta[j];
     const double r1 = std::fabs(b * s1[k - 1]), r2 = std::fabs(b * s2[k - 1]);
     double gap = std::min(1.0 - theta1 - r1, theta1 - theta2 - r2);

@@ -38,6 +38,10 @@ void DIFFCUT_F77(dgemm_)(const char* transa, const char* transb, const int* m, c
                          const double* alpha, const double* a, const int* lda, const double* b, const int* ldb,
                          const double* beta, double* c, const int* ldc, std::size_t transa_len,
                          std::size_t transb_len);
+void DIFFCUT_F77(dstemr_)(const char* jobz, const char* range, const int* n, double* d, double* e, const double* vl,
+                          const double* vu, const int* il, const int* iu, int* m, double* w, double* z,
+                          const int* ldz, const int* nzc, int* isuppz, int* tryrac, double* work, const int* lwork,
+                          int* iwork, const int* liwork, int* info, std::size_t jobz_len, std::size_t range_len);
 void DIFFCUT_F77(sgemm_)(const char* transa, const char* transb, const int* m, const int* n, const int* k,
                          const float* alpha, const float* a, const int* lda, const float* b, const int* ldb,
                          const float* beta, float* c, const int* ldc, std::size_t transa_len, std::size_t transb_len);
@@ -66,6 +70,12 @@ void linked_sgemm(char* transa, char* transb, int* m, int* n, int* k, float* alp
                   int* ldb, float* beta, float* c, int* ldc) {
   DIFFCUT_F77(sgemm_)(transa, transb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, 1, 1);
 }
+void linked_dstemr(char* jobz, char* range, int* n, double* d, double* e, double* vl, double* vu, int* il, int* iu,
+                   int* m, double* w, double* z, int* ldz, int* nzc, int* isuppz, int* tryrac, double* work,
+                   int* lwork, int* iwork, int* liwork, int* info) {
+  DIFFCUT_F77(dstemr_)(jobz, range, n, d, e, vl, vu, il, iu, m, w, z, ldz, nzc, isuppz, tryrac, work, lwork, iwork,
+                       liwork, info, 1, 1);
+}
 }  // namespace
 #endif
 
@@ -75,7 +85,7 @@ namespace detail {
 namespace {
 Lapack& bound() {
 #ifdef DIFFCUT_LINKED_BLAS
-  static Lapack value{linked_ssyrk, linked_dsyevr, linked_dsymv, linked_dgemm, linked_sgemm};
+  static Lapack value{linked_ssyrk, linked_dsyevr, linked_dsymv, linked_dgemm, linked_sgemm, linked_dstemr};
 #else
   static Lapack value;
 #endif
@@ -94,12 +104,53 @@ void bind_lapack(SsyrkFn ssyrk, DsyevrFn dsyevr, DsymvFn dsymv) {
   if (!ssyrk || !dsyevr || !dsymv) throw Failure(Code::NullPointer, "ssyrk, dsyevr and dsymv must not be NULL");
   const DgemmFn dgemm = bound().dgemm;
   const SgemmFn sgemm = bound().sgemm;
-  bound() = Lapack{ssyrk, dsyevr, dsymv, dgemm, sgemm};
+  const DstemrFn dstemr = bound().dstemr;
+  bound() = Lapack{ssyrk, dsyevr, dsymv, dgemm, sgemm, dstemr};
 }
 
 void bind_dgemm(DgemmFn dgemm) { bound().dgemm = dgemm; }
 
 void bind_sgemm(SgemmFn sgemm) { bound().sgemm = sgemm; }
+
+void bind_dstemr(DstemrFn dstemr) { bound().dstemr = dstemr; }
+
+bool tridiagonal_top2(const double* alpha, const double* beta, int k, double& w1, double& w2, std::vector<double>& z1,
+                      std::vector<double>& z2) {
+  if (k < 2) return false;
+  const DstemrFn dstemr = lapack().dstemr;
+  if (dstemr != nullptr) {
+    // workspace as documented for jobz 'V' (18 k and 10 k), so no query call; e[k - 1] is dstemr's workspace
+    std::vector<double> d(alpha, alpha + k), e(static_cast<std::size_t>(k), 0.0), w(static_cast<std::size_t>(k)),
+        z(2 * static_cast<std::size_t>(k)), work(18 * static_cast<std::size_t>(k));
+    std::copy(beta, beta + k - 1, e.begin());
+    std::vector<int> isuppz(4), iwork(10 * static_cast<std::size_t>(k));
+    char jobz = 'V', range = 'I';
+    double vl = 0.0, vu = 0.0;
+    int n = k, il = k - 1, iu = k, m = 0, ldz = k, nzc = 2, tryrac = 1, lwork = 18 * k, liwork = 10 * k, info = 0;
+    dstemr(&jobz, &range, &n, d.data(), e.data(), &vl, &vu, &il, &iu, &m, w.data(), z.data(), &ldz, &nzc,
+           isuppz.data(), &tryrac, work.data(), &lwork, iwork.data(), &liwork, &info);
+    if (info == 0 && m == 2) {
+      w2 = w[0];
+      w1 = w[1];
+      z2.assign(z.begin(), z.begin() + k);
+      z1.assign(z.begin() + k, z.begin() + 2 * k);
+      return true;
+    }
+  }
+  std::vector<double> T(static_cast<std::size_t>(k) * k, 0.0);  // lower triangle, column-major
+  for (int i = 0; i < k; ++i) {
+    T[static_cast<std::size_t>(i) * (k + 1)] = alpha[i];
+    if (i + 1 < k) T[static_cast<std::size_t>(i) * k + i + 1] = beta[i];
+  }
+  std::vector<double> w, z;
+  int found = 0;
+  if (syevr('I', k, T.data(), k - 1, k, w, z, found) != 0 || found != 2) return false;
+  w2 = w[0];
+  w1 = w[1];
+  z2.assign(z.begin(), z.begin() + k);
+  z1.assign(z.begin() + k, z.begin() + 2 * k);
+  return true;
+}
 
 int syevr(char range, int n, double* a, int il, int iu, std::vector<double>& w, std::vector<double>& z, int& found) {
   const int cols = range == 'A' ? n : iu - il + 1;

@@ -1,7 +1,8 @@
 // BLAS/LAPACK entry points used by the core: ssyrk (the Gram matrix), dsyevr (the dense Fiedler solve, the Ritz
 // pairs) and dsymv (bound for its library: the OpenBLAS thread control is found from it; the Lanczos products are
-// the core's own, matvec.h); optionally dgemm (block Krylov's small products, loops where none is bound) and sgemm
-// (the Gram matrix in two bands; one ssyrk call where none is bound).
+// the core's own, matvec.h); optionally dgemm (block Krylov's small products, loops where none is bound), sgemm
+// (the Gram matrix in two bands; one ssyrk call where none is bound) and dstemr (Lanczos's Ritz pairs from the
+// tridiagonal matrix, as the numpy path's eigen._top_ritz_pairs; dsyevr on it where none is bound).
 //
 // They are called through function pointers with the Fortran argument lists (32-bit integers, no hidden string
 // lengths), so that one library can be bound at run time: the Python extension binds SciPy's own OpenBLAS (the
@@ -30,12 +31,17 @@ using DgemmFn = void (*)(char* transa, char* transb, int* m, int* n, int* k, dou
 using SgemmFn = void (*)(char* transa, char* transb, int* m, int* n, int* k, float* alpha, float* a, int* lda,
                          float* b, int* ldb, float* beta, float* c, int* ldc);
 
+using DstemrFn = void (*)(char* jobz, char* range, int* n, double* d, double* e, double* vl, double* vu, int* il,
+                          int* iu, int* m, double* w, double* z, int* ldz, int* nzc, int* isuppz, int* tryrac,
+                          double* work, int* lwork, int* iwork, int* liwork, int* info);
+
 struct Lapack {
   SsyrkFn ssyrk = nullptr;
   DsyevrFn dsyevr = nullptr;
   DsymvFn dsymv = nullptr;
   DgemmFn dgemm = nullptr;  // optional
   SgemmFn sgemm = nullptr;  // optional (the Gram matrix in two bands on two threads)
+  DstemrFn dstemr = nullptr;  // optional (Lanczos's Ritz pairs)
 };
 
 // The bound functions; throws Failure(Internal) if none are bound.
@@ -46,6 +52,15 @@ void bind_lapack(SsyrkFn ssyrk, DsyevrFn dsyevr, DsymvFn dsymv);
 void bind_dgemm(DgemmFn dgemm);
 // Bind sgemm (may be null: the Gram matrix is then one ssyrk call). The linked build binds its own.
 void bind_sgemm(SgemmFn sgemm);
+// Bind dstemr (may be null: the Ritz pairs then come from dsyevr on the tridiagonal matrix). The linked build binds
+// its own.
+void bind_dstemr(DstemrFn dstemr);
+
+// The two largest eigenpairs of the symmetric tridiagonal k x k matrix (diagonal alpha[0 .. k), off-diagonal
+// beta[0 .. k-1)), k >= 2: by the bound dstemr (eigenpairs k-1..k, as the numpy path), else dsyevr on the full
+// matrix. w2 <= w1; z2, z1 their eigenvectors (k values each). False: LAPACK failed.
+bool tridiagonal_top2(const double* alpha, const double* beta, int k, double& w1, double& w2, std::vector<double>& z1,
+                      std::vector<double>& z2);
 
 // The bound dsyevr with its workspace query, eigenvectors on: the eigenpairs il..iu (1-based, ascending; range
 // 'I') or all of them (range 'A') of the symmetric n x n matrix whose lower triangle, column-major, is `a`

@@ -363,6 +363,50 @@ int main() {
     const int h = 33, w = 34, c = 32;
     check_zero_row_flags(planted(h, w, c, regions, 11u, 0.35), h * w, c);
   }
+  // Lanczos's Ritz pairs: the bound dstemr and the dsyevr fallback (dstemr unbound) agree with each other and are
+  // eigenpairs of the tridiagonal matrix (residual and the eigenvalue's place among a dense solve's)
+  {
+    using namespace diffcut::detail;
+    std::mt19937 rng(42);
+    std::uniform_real_distribution<double> uni(-1.0, 1.0);
+    const DstemrFn linked = lapack().dstemr;
+    EXPECT(linked != nullptr);
+    for (int k : {2, 3, 17, 60}) {
+      std::vector<double> alpha(k), beta(k);
+      for (double& a : alpha) a = uni(rng);
+      for (double& b : beta) b = 0.1 + std::fabs(uni(rng));
+      double w1 = 0, w2 = 0, v1 = 0, v2 = 0;
+      std::vector<double> z1, z2, y1, y2;
+      EXPECT(tridiagonal_top2(alpha.data(), beta.data(), k, w1, w2, z1, z2));
+      bind_dstemr(nullptr);
+      EXPECT(tridiagonal_top2(alpha.data(), beta.data(), k, v1, v2, y1, y2));
+      bind_dstemr(linked);
+      EXPECT(w2 < w1 && std::fabs(w1 - v1) < 1e-12 && std::fabs(w2 - v2) < 1e-12);
+      for (auto [w, z] : {std::pair<double, const std::vector<double>*>{w1, &z1}, {w2, &z2}}) {
+        double res = 0.0, nz = 0.0;
+        for (int i = 0; i < k; ++i) {
+          double t = alpha[i] * (*z)[i] - w * (*z)[i];
+          if (i > 0) t += beta[i - 1] * (*z)[i - 1];
+          if (i + 1 < k) t += beta[i] * (*z)[i + 1];
+          res += t * t;
+          nz += (*z)[i] * (*z)[i];
+        }
+        EXPECT(std::sqrt(res) < 1e-12 && std::fabs(nz - 1.0) < 1e-12);
+      }
+      double dot1 = 0.0;
+      for (int i = 0; i < k; ++i) dot1 += z1[i] * y1[i];
+      EXPECT(std::fabs(std::fabs(dot1) - 1.0) < 1e-10);
+      // the two largest of all k eigenvalues (dsyevr on the full matrix)
+      std::vector<double> T(static_cast<std::size_t>(k) * k, 0.0), w, z;
+      for (int i = 0; i < k; ++i) {
+        T[static_cast<std::size_t>(i) * (k + 1)] = alpha[i];
+        if (i + 1 < k) T[static_cast<std::size_t>(i) * k + i + 1] = beta[i];
+      }
+      int found = 0;
+      EXPECT(syevr('A', k, T.data(), 1, k, w, z, found) == 0 && found == k);
+      EXPECT(std::fabs(w[k - 1] - w1) < 1e-12 && std::fabs(w[k - 2] - w2) < 1e-12);
+    }
+  }
   // block Krylov on a clustered spectrum: Lanczos cannot certify (residual / inner gap ~1e-8), the subspace
   // certificate does, and the vector is the dense solve's within 1e-6 (angle); the same for several graphs
   for (auto [parts, seed] : std::vector<std::pair<int, unsigned>>{{4, 0u}, {4, 1u}, {6, 2u}, {3, 3u}}) {

@@ -5,7 +5,7 @@ min-max, power), the zero-row rule of ``compat="official"``, the Fiedler vector 
 ``dsyevr`` per subgraph; ``"auto"``: as :func:`~diffcut_engine.graph.eigen.fiedler_vector`'s, dense up to 192
 nodes, above the certified Lanczos, then the certified block Krylov where Lanczos cannot certify (first, once
 Lanczos failed in the tree), then dense), the 100 thresholds scored from bin sums, pre-order. The extension links
-no BLAS: it is bound here to SciPy's own ``ssyrk``, ``dsyevr``, ``dsymv``, ``dgemm`` and ``sgemm``
+no BLAS: it is bound here to SciPy's own ``ssyrk``, ``dsyevr``, ``dsymv``, ``dgemm``, ``sgemm`` and ``dstemr``
 (``scipy.linalg.cython_blas`` / ``cython_lapack``), the functions the numpy path calls (the Gram matrix from 256
 tokens in two bands on two threads, bit-identical to the one ``ssyrk`` call; the Krylov products by the core's own
 float64 kernels on W's float32 values, which the numpy path widens first), and its floating-point
@@ -51,15 +51,16 @@ def _capsule_address(capsule) -> int:
 
 
 def scipy_blas_addresses() -> dict:
-    """Addresses of SciPy's own ``ssyrk``, ``dsyevr``, ``dsymv``, ``dgemm`` and ``sgemm`` (the functions the numpy
-    path calls), which the extension is bound to."""
+    """Addresses of SciPy's own ``ssyrk``, ``dsyevr``, ``dsymv``, ``dgemm``, ``sgemm`` and ``dstemr`` (the
+    functions the numpy path calls), which the extension is bound to."""
     from scipy.linalg import cython_blas, cython_lapack
 
     return {"ssyrk": _capsule_address(cython_blas.__pyx_capi__["ssyrk"]),
             "dsyevr": _capsule_address(cython_lapack.__pyx_capi__["dsyevr"]),
             "dsymv": _capsule_address(cython_blas.__pyx_capi__["dsymv"]),
             "dgemm": _capsule_address(cython_blas.__pyx_capi__["dgemm"]),
-            "sgemm": _capsule_address(cython_blas.__pyx_capi__["sgemm"])}
+            "sgemm": _capsule_address(cython_blas.__pyx_capi__["sgemm"]),
+            "dstemr": _capsule_address(cython_lapack.__pyx_capi__["dstemr"])}
 
 
 class _DlInfo(ctypes.Structure):
@@ -135,6 +136,7 @@ def _load():
                 module.bind_lapack(blas["ssyrk"], blas["dsyevr"], blas["dsymv"])
                 module.bind_dgemm(blas["dgemm"])
                 module.bind_sgemm(blas["sgemm"])
+                module.bind_dstemr(blas["dstemr"])
                 _loaded["module"] = module
         return _loaded["module"]
 
