@@ -16,6 +16,7 @@
 #include <cstring>
 #include <optional>
 #include <string>
+#include <thread>
 #include <utility>
 
 #include "core.h"
@@ -124,6 +125,21 @@ DIFFCUT_CLONES void add_widened(double* dst, const float* src, std::int64_t m) {
   for (std::int64_t i = 0; i < m; ++i) dst[i] += static_cast<double>(src[i]);
 }
 
+// body(begin, end) over [0, m) in two halves on two threads from kSplitRowsMin on where the core may use two (else
+// one call): for passes over a whole subgraph matrix whose parts are independent (so the same floats either way).
+constexpr std::int64_t kSplitRowsMin = 1024;
+template <class F>
+void in_two_halves(std::int64_t m, F&& body) {
+  if (m < kSplitRowsMin || kernel_threads() < 2) {
+    body(std::int64_t{0}, m);
+    return;
+  }
+  const std::int64_t half = m / 2;
+  std::thread other([&] { body(half, m); });
+  body(std::int64_t{0}, half);
+  other.join();
+}
+
 // dst[b] = src[idx[b]] for b < m (a subgraph's row gathered from W's)
 DIFFCUT_CLONES void gather_row(float* dst, const float* src, const std::int32_t* idx, std::int64_t m) {
   for (std::int64_t b = 0; b < m; ++b) dst[b] = src[idx[b]];
@@ -213,10 +229,12 @@ void score(const float* A, const std::vector<double>& d, const std::vector<doubl
     s.bins[i] = static_cast<int>(std::lower_bound(thr.begin(), thr.end(), y[i]) - thr.begin());
   s.GA.resize(static_cast<std::size_t>(nb) * m);
   std::fill(s.GA.data(), s.GA.data() + s.GA.size(), 0.0);
-  for (std::int64_t j = 0; j < m; ++j) {  // rows of A added to their bin's row, nodes in increasing order
-    double* dst = s.GA.data() + static_cast<std::size_t>(s.bins[j]) * m;
-    add_widened(dst, A + j * m, m);
-  }
+  in_two_halves(m, [&](std::int64_t c0, std::int64_t c1) {  // (column ranges: each sum's order is kept)
+    for (std::int64_t j = 0; j < m; ++j) {  // rows of A added to their bin's row, nodes in increasing order
+      double* dst = s.GA.data() + static_cast<std::size_t>(s.bins[j]) * m;
+      add_widened(dst + c0, A + j * m + c0, c1 - c0);
+    }
+  });
   // B[b][c] = sum over nodes i of bin b (increasing) of GA[c][i]
   std::vector<double> B(static_cast<std::size_t>(nb) * nb, 0.0), vol(nb, 0.0);
   std::vector<std::int64_t> cnt(nb, 0);
@@ -344,15 +362,19 @@ Tree build_tree(const float* W, std::int64_t n, const Options& options, const st
     const float* A = W;  // every node (the root): W itself
     if (m < n) {
       sub.resize(static_cast<std::size_t>(m * m));
-      for (std::int64_t a = 0; a < m; ++a)
-        gather_row(sub.data() + a * m, W + static_cast<std::int64_t>(idx[a]) * n, idx.data(), m);
+      in_two_halves(m, [&](std::int64_t a0, std::int64_t a1) {
+        for (std::int64_t a = a0; a < a1; ++a)
+          gather_row(sub.data() + a * m, W + static_cast<std::int64_t>(idx[a]) * n, idx.data(), m);
+      });
       A = sub.data();
     }
     if (!item.degrees.empty()) {
       d.swap(item.degrees);
     } else {
       d.resize(m);
-      for (std::int64_t a = 0; a < m; ++a) d[a] = pairwise_sum_widened(A + a * m, m);
+      in_two_halves(m, [&](std::int64_t a0, std::int64_t a1) {
+        for (std::int64_t a = a0; a < a1; ++a) d[a] = pairwise_sum_widened(A + a * m, m);
+      });
     }
     bool isolated = false;
     for (std::int64_t a = 0; a < m; ++a) isolated |= !(d[a] > 0);
