@@ -12,6 +12,7 @@
 // The floating-point operations follow the numpy code's order, so that, given the same W, the partitions agree
 // with the Python dense solver's up to the eigensolver's own rounding.
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstring>
 #include <optional>
@@ -125,18 +126,24 @@ DIFFCUT_CLONES void add_widened(double* dst, const float* src, std::int64_t m) {
   for (std::int64_t i = 0; i < m; ++i) dst[i] += static_cast<double>(src[i]);
 }
 
-// body(begin, end) over [0, m) in two halves on two threads from kSplitRowsMin on where the core may use two (else
-// one call): for passes over a whole subgraph matrix whose parts are independent (so the same floats either way).
+// body(begin, end) over [0, m) from kSplitRowsMin on where the core may use two threads (else one call): in
+// kSplitParts ranges claimed one at a time by the calling thread and one more, so that a helper that starts late
+// (its core busy) leaves its share to the caller. For passes over a whole subgraph matrix whose parts are
+// independent (the same floats either way).
 constexpr std::int64_t kSplitRowsMin = 1024;
+constexpr int kSplitParts = 8;
 template <class F>
-void in_two_halves(std::int64_t m, F&& body) {
+void on_two_threads(std::int64_t m, F&& body) {
   if (m < kSplitRowsMin || kernel_threads() < 2) {
     body(std::int64_t{0}, m);
     return;
   }
-  const std::int64_t half = m / 2;
-  std::thread other([&] { body(half, m); });
-  body(std::int64_t{0}, half);
+  std::atomic<int> next{0};
+  auto work = [&] {
+    for (int p = next++; p < kSplitParts; p = next++) body(m * p / kSplitParts, m * (p + 1) / kSplitParts);
+  };
+  std::thread other(work);
+  work();
   other.join();
 }
 
@@ -229,7 +236,7 @@ void score(const float* A, const std::vector<double>& d, const std::vector<doubl
     s.bins[i] = static_cast<int>(std::lower_bound(thr.begin(), thr.end(), y[i]) - thr.begin());
   s.GA.resize(static_cast<std::size_t>(nb) * m);
   std::fill(s.GA.data(), s.GA.data() + s.GA.size(), 0.0);
-  in_two_halves(m, [&](std::int64_t c0, std::int64_t c1) {  // (column ranges: each sum's order is kept)
+  on_two_threads(m, [&](std::int64_t c0, std::int64_t c1) {  // (column ranges: each sum's order is kept)
     for (std::int64_t j = 0; j < m; ++j) {  // rows of A added to their bin's row, nodes in increasing order
       double* dst = s.GA.data() + static_cast<std::size_t>(s.bins[j]) * m;
       add_widened(dst + c0, A + j * m + c0, c1 - c0);
@@ -362,7 +369,7 @@ Tree build_tree(const float* W, std::int64_t n, const Options& options, const st
     const float* A = W;  // every node (the root): W itself
     if (m < n) {
       sub.resize(static_cast<std::size_t>(m * m));
-      in_two_halves(m, [&](std::int64_t a0, std::int64_t a1) {
+      on_two_threads(m, [&](std::int64_t a0, std::int64_t a1) {
         for (std::int64_t a = a0; a < a1; ++a)
           gather_row(sub.data() + a * m, W + static_cast<std::int64_t>(idx[a]) * n, idx.data(), m);
       });
@@ -372,7 +379,7 @@ Tree build_tree(const float* W, std::int64_t n, const Options& options, const st
       d.swap(item.degrees);
     } else {
       d.resize(m);
-      in_two_halves(m, [&](std::int64_t a0, std::int64_t a1) {
+      on_two_threads(m, [&](std::int64_t a0, std::int64_t a1) {
         for (std::int64_t a = a0; a < a1; ++a) d[a] = pairwise_sum_widened(A + a * m, m);
       });
     }
