@@ -28,12 +28,12 @@ from . import memory
 from .affinity import MAX_SQUARING_EXPONENT
 from .tree import NCutNode, NCutTree
 from .validation import check_compat, check_graph_backend
-#: ``auto`` takes the native backend up to this many tokens (64 x 64). With its per-thread scratch cache (no fresh
-#: pages per image) the core is 1.17-1.38x faster than the numpy path with the fused affinity pass at 48 x 48 and
-#: 64 x 64 on the hierarchical, nearly disconnected and photo families and even (0.95-1.05x) on real lite features,
-#: the same labels everywhere (``python benchmarks/bench_native.py --grids 48,64 --against auto``,
-#: benchmarks/RESULTS.md); at 80 x 80 the margin is 0.95-1.14x, so above 64 x 64 ``auto`` keeps numpy.
-NATIVE_AUTO_MAX_TOKENS = 4096
+#: ``auto`` takes the native backend up to this many tokens (128 x 128). The core measured 1.8-2.7x faster than the
+#: numpy path with the fused affinity pass at 80 x 80 and 1.8-9.8x at 96 x 96, 128 x 96 and 128 x 128 on the
+#: hierarchical, nearly disconnected, photo and lite-feature families, the same labels everywhere (``python
+#: benchmarks/bench_native.py --grids 80,96,128x96,128 --against auto --pause 0.3``, benchmarks/RESULTS.md); it
+#: also needs half the memory (W and the subgraphs' matrices in float32). Larger grids were not measured.
+NATIVE_AUTO_MAX_TOKENS = 16384
 #: compat modes the native core implements.
 NATIVE_COMPAT = ("official", "clean")
 NATIVE_MODULE = "diffcut_engine._native"

@@ -252,7 +252,7 @@ def recursive_ncut(features, *, alpha: float = 10.0, tau: float = 0.5, compat: s
         ``native``: the C++ core (``diffcut_engine._native``, built by the package install; the dense solver,
         ``compat`` ``official`` or ``clean``); ``numpy``: this module's host path; ``cupy``: the device path.
         ``auto``: ``cupy`` for device features, else ``native`` when it is built and applies (see
-        :func:`~diffcut_engine.graph.native.resolve_graph_backend`: grids up to 64 x 64 tokens), else
+        :func:`~diffcut_engine.graph.native.resolve_graph_backend`: grids up to 128 x 128 tokens), else
         ``numpy``. The backends give the same partitions and label ids.
 
     Returns
