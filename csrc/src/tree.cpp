@@ -72,9 +72,6 @@ constexpr double kLeafBoundMargin = 1e-9;
 // Dense solves from this many nodes on run dsyevr with the BLAS's threads.
 constexpr std::int64_t kThreadedDenseMin = 512;
 
-// A rigorous lower bound on the NCut of every bipartition (graph/eigen.py spectral_lower_bound, its O(n^2) form):
-// NCut >= 1 - mu_2 and mu_2 <= sqrt(||M||_F^2 - 1), M = D^-1/2 A D^-1/2. Stops once it is certain to be below
-// stop_below (the row terms are non-negative).
 // sum_j row[j]^2 dinv[j] in float64, in eight lanes (vectorised; the order differs from numpy's, which only moves
 // the bound by rounding: a bound within kLeafBoundMargin of tau_max is solved either way)
 DIFFCUT_CLONES double weighted_square_sum(const float* row, const double* dinv, std::int64_t m) {
@@ -93,6 +90,9 @@ DIFFCUT_CLONES double weighted_square_sum(const float* row, const double* dinv, 
   return acc;
 }
 
+// A rigorous lower bound on the NCut of every bipartition (graph/eigen.py spectral_lower_bound, its O(n^2) form):
+// NCut >= 1 - mu_2 and mu_2 <= sqrt(||M||_F^2 - 1), M = D^-1/2 A D^-1/2. Stops once it is certain to be below
+// stop_below (the row terms are non-negative).
 double spectral_lower_bound(const float* A, const std::vector<double>& d, std::int64_t m,
                             double stop_below) {
   if (stop_below > 1.0) return 1.0;
