@@ -159,9 +159,10 @@ def require_native():
 def scratch_cached_bytes() -> int:
     """Bytes of free scratch blocks the native core keeps for the calling thread (0 where it is not built).
 
-    The core's large temporaries (a grid's affinity and its subgraphs' float64 matrices: 192 MB at 64 x 64) come
-    from a per-thread cache, as :mod:`.memory`'s for the numpy path, so that the next image does not fault in fresh
-    pages; the same limit applies (``DIFFCUT_GRAPH_CACHE_MB``, default 1024; 0 turns it off).
+    The core's large temporaries (a grid's affinity and its subgraphs' matrices, W's float32 values: about 130 MB
+    at 64 x 64, up to about 2 GB at 128 x 128) come from a per-thread cache, as :mod:`.memory`'s for the numpy path,
+    so that the next image does not fault in fresh pages; the same limit applies (``DIFFCUT_GRAPH_CACHE_MB``,
+    default 1024; 0 turns it off).
     """
     module = _load()
     return 0 if module is None else int(module.scratch_cached_bytes())
