@@ -41,8 +41,7 @@ namespace {
 
 // From this many tokens on, with sgemm bound and two threads allowed, the Gram matrix is computed in two bands on
 // the core's own threads: a call of the BLAS on its own threads would leave them spinning (OpenBLAS's idle workers
-// busy-wait for up to ~0.2 s) on the cores the core's threaded products use next (from 512 rows on); at 16 x 16
-// and 24 x 24 tokens the two bands are faster per tree than one multi-threaded ssyrk (benchmarks/RESULTS.md).
+// busy-wait for up to ~0.2 s) on the cores the core's threaded products use next (from 512 rows on).
 constexpr std::int64_t kBandMinRows = 256;
 // From this many tokens on, the scaling pass runs on kernel_threads() threads (below, starting them costs more
 // than they save).
@@ -83,16 +82,17 @@ void extrema(const float* v, std::int64_t len, float& lo, float& hi) {
 }
 #endif
 
-// The extrema of the lower triangle of S's rows [r0, r1) into lo, hi.
+// The extrema (lo, hi) of the lower triangle of S's rows [r0, r1), r0 < r1.
 void triangle_extrema(const float* S, std::int64_t n, std::int64_t r0, std::int64_t r1, float& lo, float& hi) {
+  lo = hi = S[r0 * n];
   for (std::int64_t i = r0; i < r1; ++i) extrema(S + i * n, i + 1, lo, hi);
 }
 
 // The lower triangle (row-major, diagonal included) of S = X X^T in float32 and its extrema (lo, hi): one ssyrk
 // call, or, for large n, two bands of equal area on two threads, each calling the BLAS single-threaded (rows
-// [0, r): ssyrk; rows [r, n): sgemm against rows [0, r), then ssyrk) and taking its band's extrema while in
-// cache: then the BLAS's own threads are not woken, and they would spin on the cores the core's threaded products
-// use afterwards (OpenBLAS's idle workers busy-wait for a while after a call).
+// [0, r): ssyrk; rows [r, n): sgemm against rows [0, r), then ssyrk) and then taking its band's extrema while it
+// is in cache. The BLAS's own threads are then not woken: they would spin on the cores the core's threaded
+// products use afterwards (OpenBLAS's idle workers busy-wait for a while after a call).
 // Each value is the same dot product, in the same blocked order of the same kernel, as the single call's
 // (tests/test_native.py compares every bit with SciPy's ssyrk).
 void gram_lower(const float* tokens, std::int64_t n, std::int64_t c, float* S, float& lo, float& hi) {
@@ -110,7 +110,6 @@ void gram_lower(const float* tokens, std::int64_t n, std::int64_t c, float* S, f
   if (n == 0) return;
   if (blas.sgemm == nullptr || n < kBandMinRows || kernel_threads() < 2) {
     syrk(0, n);
-    lo = hi = S[0];
     triangle_extrema(S, n, 0, n, lo, hi);
     return;
   }
@@ -120,7 +119,6 @@ void gram_lower(const float* tokens, std::int64_t n, std::int64_t c, float* S, f
   float top_lo = 0.0f, top_hi = 0.0f;
   std::thread top([&] {  // (the band's extrema while it is in cache)
     syrk(0, r);
-    top_lo = top_hi = S[0];
     triangle_extrema(S, n, 0, r, top_lo, top_hi);
   });
   {
@@ -132,7 +130,6 @@ void gram_lower(const float* tokens, std::int64_t n, std::int64_t c, float* S, f
                &ci, &zero, S + r * n, &ld);
   }
   syrk(r, n);
-  lo = hi = S[r * n];
   triangle_extrema(S, n, r, n, lo, hi);
   top.join();
   lo = std::min(lo, top_lo);

@@ -36,7 +36,8 @@ constexpr int kMaxColumns = 320;    // BLOCK_MAX_COLUMNS
 constexpr int kMaxCluster = 32;     // BLOCK_MAX_CLUSTER
 constexpr double kRankTol = 1e-10;  // rank-deficient directions of a new block (replaced by random ones)
 // The explicit residuals are computed once the residual estimate's certificate is below this many times the
-// tolerance (the estimate and the explicit residuals agree to the basis' rounding, ~1e-15).
+// tolerance (the estimate and the explicit residuals are equal in exact arithmetic and differ by the basis'
+// rounding).
 constexpr double kCheckSlack = 100.0;
 
 void axpy(double a, const double* x, double* y, std::int64_t n) {

@@ -117,34 +117,34 @@ void bind_dstemr(DstemrFn dstemr) { bound().dstemr = dstemr; }
 bool tridiagonal_top2(const double* alpha, const double* beta, int k, double& w1, double& w2, std::vector<double>& z1,
                       std::vector<double>& z2) {
   if (k < 2) return false;
+  std::vector<double> w, z;  // the two eigenvalues ascending, their eigenvectors column-major (k x 2)
+  bool found2 = false;
   const DstemrFn dstemr = lapack().dstemr;
   if (dstemr != nullptr) {
     // workspace as documented for jobz 'V' (18 k and 10 k), so no query call; e[k - 1] is dstemr's workspace
-    std::vector<double> d(alpha, alpha + k), e(static_cast<std::size_t>(k), 0.0), w(static_cast<std::size_t>(k)),
-        z(2 * static_cast<std::size_t>(k)), work(18 * static_cast<std::size_t>(k));
+    std::vector<double> d(alpha, alpha + k), e(static_cast<std::size_t>(k), 0.0),
+        work(18 * static_cast<std::size_t>(k));
     std::copy(beta, beta + k - 1, e.begin());
+    w.assign(static_cast<std::size_t>(k), 0.0);
+    z.assign(2 * static_cast<std::size_t>(k), 0.0);
     std::vector<int> isuppz(4), iwork(10 * static_cast<std::size_t>(k));
     char jobz = 'V', range = 'I';
     double vl = 0.0, vu = 0.0;
     int n = k, il = k - 1, iu = k, m = 0, ldz = k, nzc = 2, tryrac = 1, lwork = 18 * k, liwork = 10 * k, info = 0;
     dstemr(&jobz, &range, &n, d.data(), e.data(), &vl, &vu, &il, &iu, &m, w.data(), z.data(), &ldz, &nzc,
            isuppz.data(), &tryrac, work.data(), &lwork, iwork.data(), &liwork, &info);
-    if (info == 0 && m == 2) {
-      w2 = w[0];
-      w1 = w[1];
-      z2.assign(z.begin(), z.begin() + k);
-      z1.assign(z.begin() + k, z.begin() + 2 * k);
-      return true;
+    found2 = info == 0 && m == 2;
+  }
+  if (!found2) {  // dsyevr on the full matrix (lower triangle, column-major)
+    std::vector<double> T(static_cast<std::size_t>(k) * k, 0.0);
+    for (int i = 0; i < k; ++i) {
+      T[static_cast<std::size_t>(i) * (k + 1)] = alpha[i];
+      if (i + 1 < k) T[static_cast<std::size_t>(i) * k + i + 1] = beta[i];
     }
+    int found = 0;
+    found2 = syevr('I', k, T.data(), k - 1, k, w, z, found) == 0 && found == 2;
   }
-  std::vector<double> T(static_cast<std::size_t>(k) * k, 0.0);  // lower triangle, column-major
-  for (int i = 0; i < k; ++i) {
-    T[static_cast<std::size_t>(i) * (k + 1)] = alpha[i];
-    if (i + 1 < k) T[static_cast<std::size_t>(i) * k + i + 1] = beta[i];
-  }
-  std::vector<double> w, z;
-  int found = 0;
-  if (syevr('I', k, T.data(), k - 1, k, w, z, found) != 0 || found != 2) return false;
+  if (!found2) return false;
   w2 = w[0];
   w1 = w[1];
   z2.assign(z.begin(), z.begin() + k);
