@@ -15,6 +15,13 @@ For every case it times, per image and from features to labels (affinity constru
   per subgraph and a Python loop with a host sync per threshold, the official painting recursion (zero-row rule
   included), i.e. the official code's cost structure and partitions, which the engine's default
   ``compat="official"`` promises (``--compat clean``: the index-set variant against ``compat="clean"``);
+- where the reference's float32 partition is in question (it failed, or an engine call's labels differ from it;
+  ``--exact-reference always`` for every case), the **exact-decision reference**,
+  ``official_recursive_ncut(..., decisions="float64")``: the same float32 work on every subgraph of the recursion
+  the float64 rule takes, its float64 decisions not timed. On nearly disconnected graphs the official float32
+  ``eigh`` returns an arbitrary vector of a cluster of eigenvalues ~1e-8 apart, so which split comes first, or
+  whether the recursion stops at once (K = 1), follows the CPU's LAPACK rounding; this row gives the official
+  cost of the partition the engine promises, and whether the engine's labels are that partition's;
 - the engine, ``diffcut_engine.graph.recursive_ncut(features, alpha=..., tau=...)``, once per solver named in
   ``diffcut_engine.graph.SOLVERS`` when the package has it (passed as ``solver=name``), else the default call.
   With a device input (``--engine-input cupy``: a CuPy array; ``cuda-tensor``: a CUDA torch tensor) the engine
@@ -415,12 +422,44 @@ def run_case(case, args, solvers, calls) -> dict:
             result.update({"baseline_s": base[0], "speedup_vs_baseline": base[0] / eng_s,
                            "same_labels_as_baseline": bool(np.array_equal(base[2], labels))})
         row["engine"][name] = result
+    exact_reference(row, runs, feats, tau, args, ref_labels)
     dense = row["engine"].get("dense")
     if dense is not None and "error" not in dense:  # the float64 rule solved densely: the exact partition
         for name, result in row["engine"].items():
             if "error" not in result and not name.startswith("base:"):
                 result["same_as_dense"] = bool(np.array_equal(runs[name][2], runs["dense"][2]))
     return row
+
+
+def exact_reference(row, runs, feats, tau, args, ref_labels) -> None:
+    """Time the exact-decision reference (``official_recursive_ncut(..., decisions="float64")``: the official
+    float32 work on every subgraph of the float64 rule's recursion, less the float64 decisions) where the official
+    float32 computation's own partition is in question: ``--exact-reference always``, or ``auto`` where it failed
+    or any engine call's labels differ from it. Adds ``row["exact_reference"]`` and, per engine call,
+    ``exact_ratio``, ``same_labels_as_exact`` and ``moved_vs_exact``."""
+    engines = {name: runs[name] for name in runs if name != "reference" and not isinstance(runs[name], Exception)}
+    if args.exact_reference == "never" or not engines:
+        return
+    if args.exact_reference == "auto" and ref_labels is not None and all(
+            np.array_equal(ref_labels, result[2]) for result in engines.values()):
+        return
+    times, labels, info = [], None, None
+    for _ in range(row["reference_repeats"]):
+        if args.pause:
+            time.sleep(args.pause)
+        start = time.perf_counter()
+        labels, info = official_recursive_ncut(feats, alpha=args.alpha, tau=tau, device=args.device,
+                                               index_sets=args.compat == "clean", return_info=True,
+                                               decisions="float64")
+        times.append(time.perf_counter() - start - info["decision_seconds"])
+    seconds = statistics.median(times)
+    row["exact_reference"] = {"seconds": seconds, "times": times, "segments": info["segments"],
+                              "solves": info["solves"]}
+    for name, (eng_s, _, eng_labels) in engines.items():
+        key = name if isinstance(name, str) and name.startswith("base:") else (name or "default")
+        row["engine"][key].update({"exact_ratio": seconds / eng_s,
+                                   "same_labels_as_exact": bool(np.array_equal(labels, eng_labels)),
+                                   "moved_vs_exact": moved_nodes(labels, eng_labels)})
 
 
 def print_row(row):
@@ -440,6 +479,13 @@ def print_row(row):
             print(f"{prefix}  {name:<8} {r['seconds']:>9.4f} {r['ratio']:>8.1f}x {r['segments']:>4}  "
                   f"{'yes' if r['same_partition'] else 'NO':>9} {'yes' if r['same_labels'] else 'NO':>6} "
                   f"{r['moved_nodes']:>5}")
+    exact = row.get("exact_reference")
+    if exact:
+        parts = [f"{name} {r['exact_ratio']:.1f}x labels {'identical' if r['same_labels_as_exact'] else 'DIFFER'}"
+                 + ("" if r["same_labels_as_exact"] else f" ({r['moved_vs_exact']} moved)")
+                 for name, r in row["engine"].items() if "exact_ratio" in r]
+        print(f"{blank}  exact-decision reference: K {exact['segments']}, {exact['seconds']:.3f} s; "
+              + "; ".join(parts))
     sys.stdout.flush()
 
 
@@ -476,6 +522,10 @@ def main(argv=None) -> int:
                     help=f"tau for every case (default {PLANTED_TAU} planted, {LITE_TAU} real)")
     ap.add_argument("--tau-real", type=float, default=None,
                     help="tau for the real cases only (overrides --tau there)")
+    ap.add_argument("--exact-reference", choices=("auto", "always", "never"), default="auto",
+                    help="also time the exact-decision reference (the official float32 work along the float64 "
+                    "rule's recursion; reference_official.py, decisions='float64'): auto (default) where the "
+                    "official float32 reference fails or its labels differ from an engine call's")
     ap.add_argument("--alpha", type=float, default=10.0)
     ap.add_argument("--compat", choices=("official", "clean"), default="official",
                     help="official (default): the engine's default against the official painting recursion; "
@@ -554,15 +604,23 @@ def main(argv=None) -> int:
     worst = {}
     for r in rows:
         for name, e in r["engine"].items():
-            if "ratio" in e and not name.startswith("base:"):
-                key = (r["case"].split("/")[0], r["grid"], name)
-                if key not in worst or e["ratio"] < worst[key][0]:
-                    worst[key] = (e["ratio"], r["case"], e["same_labels"])
+            if name.startswith("base:"):
+                continue
+            if "exact_ratio" in e:  # the official float32 partition is rounding's: its exact-decision cost
+                ratio, same, against = e["exact_ratio"], e["same_labels_as_exact"], "exact-decision"
+            elif "ratio" in e:
+                ratio, same, against = e["ratio"], e["same_labels"], "official"
+            else:
+                continue
+            key = (r["case"].split("/")[0], r["grid"], name)
+            if key not in worst or ratio < worst[key][0]:
+                worst[key] = (ratio, r["case"], same, against)
     if worst:
-        print("\nworst case per family and grid (lowest ratio reference / engine):")
-        for (family, grid, name), (ratio, case, same) in sorted(worst.items()):
+        print("\nworst case per family and grid (lowest ratio reference / engine; against the exact-decision "
+              "reference where it ran):")
+        for (family, grid, name), (ratio, case, same, against) in sorted(worst.items()):
             labels = "identical" if same else "DIFFER"
-            print(f"{family:<14} {grid:>6}  {name:<8} {ratio:>8.1f}x  {case}  labels {labels}")
+            print(f"{family:<14} {grid:>6}  {name:<8} {ratio:>8.1f}x  {case}  labels {labels} ({against})")
     if args.baseline:
         print(f"\nthis checkout vs --baseline {args.baseline} (same run, calls alternated): baseline s / this s")
         for r in rows:

@@ -21,10 +21,24 @@ the node indices of each side down), with everything else unchanged. Its partiti
 reference the benchmark times and compares against. It skips the two O(N^2) elementwise passes per call (mask
 multiply, zero scan), which are small next to the O(n^3) products and eigendecomposition.
 
+``decisions="float64"`` (the benchmark's *exact-decision* reference) keeps all of that float32 work on every
+subgraph the recursion visits, but takes every decision (the subgraph, the Fiedler vector, the threshold,
+NCut < tau) from the same steps solved in float64 on the same float32 W (entries of the Fiedler vector tied in
+magnitude to rounding: the first fixes the sign, as in the engine), and numbers the segments by exact (float64)
+mask sums (``tests/graph_reference.py::literal_official(dtype=float64)``: the partition and label ids
+``compat="official"`` promises, up to the last bits of W: the engine's float32 W, a ``ssyrk`` Gram matrix raised
+to alpha by squaring, can differ from torch's by a few ulps, which can turn a near-tie, such as which node of a
+two-node subgraph has the larger degree, the other way). Where the official float32 eigensolve is decided by rounding (a
+clustered spectrum: nearly disconnected graphs), its own recursion may stop at once (K = 1) or split in another
+order, so its time is not the cost of the official computation of *that* partition; this mode's time, less the
+float64 work (``info["decision_seconds"]``), is.
+
 This file is a benchmark baseline, not part of the package; it is deliberately not vectorised.
 """
 
 from __future__ import annotations
+
+import time
 
 import numpy as np
 import torch
@@ -32,6 +46,9 @@ import torch.nn.functional as F
 
 #: Candidate thresholds per split (official value).
 NUM_THRESHOLDS = 100
+#: Exact-decision mode: entries of |y| within this relative distance of the largest tie for the sign (the engine's
+#: ``diffcut_engine.graph.eigen.SIGN_TIE_RTOL``, restated: this file does not import the package).
+SIGN_TIE_RTOL = 1e-9
 
 
 class DegenerateSplitError(RuntimeError):
@@ -63,14 +80,22 @@ def _fiedler(A: torch.Tensor, D: torch.Tensor) -> torch.Tensor:
     d_inv_sqrt = torch.diag(1 / torch.diag(D) ** 0.5)
     _, vecs = torch.linalg.eigh(d_inv_sqrt @ (D - A) @ d_inv_sqrt)
     y = d_inv_sqrt @ vecs[:, 1]
-    y *= torch.sign(y[torch.argmax(torch.abs(y))])
+    magnitude = torch.abs(y)
+    if y.dtype == torch.float64:
+        # The exact-decision mode: entries tied in magnitude up to rounding (a two-node subgraph gives y = (x, -x))
+        # count as tied and the first one fixes the sign, as the engine's rule (eigen.sign_reference, 1e-9);
+        # argmax would follow the last bits of this LAPACK's eigenvector there.
+        reference = int(torch.argmax((magnitude >= magnitude.max() * (1.0 - SIGN_TIE_RTOL)).to(torch.uint8)))
+    else:
+        reference = torch.argmax(magnitude)
+    y *= torch.sign(y[reference])
     return y
 
 
 def _best_split(y: torch.Tensor, A: torch.Tensor, D: torch.Tensor, info: dict) -> tuple:
     """Best of 100 thresholds by exact NCut, scored one at a time with a host sync each (the official loop)."""
-    thresholds = torch.linspace(y.min() * 0.99, y.max() * 0.99, NUM_THRESHOLDS)
-    partitions = [1.0 * (y > t) for t in thresholds]
+    thresholds = torch.linspace(y.min() * 0.99, y.max() * 0.99, NUM_THRESHOLDS, dtype=y.dtype)
+    partitions = [(y > t).to(y.dtype) for t in thresholds]  # float32 0/1 as the official 1.0 * (y > t)
     L = D - A
     sum_d = torch.sum(D)
     diag_d = torch.diag(D)
@@ -86,7 +111,34 @@ def _best_split(y: torch.Tensor, A: torch.Tensor, D: torch.Tensor, info: dict) -
     return partitions[best] > 0, min(values)
 
 
-def _split_subgraph(A: torch.Tensor, tau: float, info: dict) -> tuple:
+def _split_subgraph(A: torch.Tensor, tau: float, info: dict, decide=None) -> tuple:
+    """(side, NCut) of the subgraph A: the official float32 work. With ``decide`` (the same subgraph of the
+    exact-decision W, float64) that work still runs, and is what the caller times, but the answer comes from the
+    same steps on ``decide``, timed apart in ``info["decision_seconds"]``."""
+    if decide is None:
+        return _solve_subgraph(A, tau, info)
+    try:
+        _solve_subgraph(A, tau, info)  # the official computation's cost; its float32 answer is not used
+    except DegenerateSplitError:
+        pass
+    with _decision_time(info):
+        return _solve_subgraph(decide, tau, {"solves": 0, "host_syncs": 0})
+
+
+class _decision_time:
+    """Adds the time of its block to ``info["decision_seconds"]`` (the exact-decision mode's untimed work)."""
+
+    def __init__(self, info: dict):
+        self.info = info
+
+    def __enter__(self):
+        self.start = time.perf_counter()
+
+    def __exit__(self, *exc):
+        self.info["decision_seconds"] += time.perf_counter() - self.start
+
+
+def _solve_subgraph(A: torch.Tensor, tau: float, info: dict) -> tuple:
     D = torch.diag(torch.sum(A, dim=1))
     y = _fiedler(A, D)
     info["solves"] += 1
@@ -101,46 +153,53 @@ def _split_subgraph(A: torch.Tensor, tau: float, info: dict) -> tuple:
     return side, ncut
 
 
-def _painting_recursion(W: torch.Tensor, tau: float, info: dict) -> list:
-    """The official recursion: painted pairs masked out of W, subgraph = rows with no exact zero (depth >= 1)."""
+def _painting_recursion(W: torch.Tensor, tau: float, info: dict, W_decide=None) -> list:
+    """The official recursion: painted pairs masked out of W, subgraph = rows with no exact zero (depth >= 1).
+    With ``W_decide`` (float64) the subgraphs and splits are ``W_decide``'s, the float32 work still done on W."""
     n = W.shape[0]
     device = W.device
     masks = []
 
-    def visit(affinity, painting, mask, level):
+    def without_zero_rows(affinity):
+        has_zero = torch.zeros(n, dtype=torch.bool, device=device)
+        has_zero[torch.unique(torch.where(affinity == 0)[0])] = True
+        return torch.nonzero(~has_zero).flatten()
+
+    def visit(affinity, decide, painting, mask, level):
         painting = painting + mask
         painting[painting > 0] = 1
         painting[painting <= 0] = 0
         row = painting.reshape(1, -1)
         affinity = affinity * (1 - torch.t(row) @ row)
-        if level == 0:
-            keep = torch.arange(n, device=device)
-        else:
-            has_zero = torch.zeros(n, dtype=torch.bool, device=device)
-            has_zero[torch.unique(torch.where(affinity == 0)[0])] = True
-            keep = torch.nonzero(~has_zero).flatten()
+        keep = torch.arange(n, device=device) if level == 0 else without_zero_rows(affinity)
+        if decide is not None:
+            with _decision_time(info):
+                decide = decide * (1 - torch.t(row).double() @ row.double())
+                keep = torch.arange(n, device=device) if level == 0 else without_zero_rows(decide)
         if keep.numel() > 1:
-            side, ncut = _split_subgraph(affinity[keep][:, keep], tau, info)
+            side, ncut = _split_subgraph(affinity[keep][:, keep], tau, info,
+                                         None if decide is None else decide[keep][:, keep])
             bipartition = torch.zeros(n, device=device)
             bipartition[keep[side]] = 1.0
             if ncut < tau:
                 masks.append(bipartition)
-                visit(affinity, painting, 1 - bipartition, level + 1)  # the "1"-side first (pre-order)
-                visit(affinity, painting, bipartition, level + 1)
+                visit(affinity, decide, painting, 1 - bipartition, level + 1)  # the "1"-side first (pre-order)
+                visit(affinity, decide, painting, bipartition, level + 1)
 
     zeros = torch.zeros(n, device=device)
-    visit(W, zeros, zeros, 0)
+    visit(W, W_decide, zeros, zeros, 0)
     return masks
 
 
-def _index_set_recursion(W: torch.Tensor, tau: float, info: dict) -> list:
+def _index_set_recursion(W: torch.Tensor, tau: float, info: dict, W_decide=None) -> list:
     """Same splits and order, but each subgraph is the explicit index set of its parent's side."""
     n = W.shape[0]
     masks = []
 
     def visit(idx):
         if idx.numel() > 1:
-            side, ncut = _split_subgraph(W[idx][:, idx], tau, info)
+            side, ncut = _split_subgraph(W[idx][:, idx], tau, info,
+                                         None if W_decide is None else W_decide[idx][:, idx])
             if ncut < tau:
                 bipartition = torch.zeros(n, device=W.device)
                 bipartition[idx[side]] = 1.0
@@ -152,15 +211,16 @@ def _index_set_recursion(W: torch.Tensor, tau: float, info: dict) -> list:
     return masks
 
 
-def _assemble_clusters(masks: list, h: int, w: int, device) -> torch.Tensor:
-    """Sum the masks with weights max(current) + 1 (float32), then number the distinct sums 0..K-1."""
+def _assemble_clusters(masks: list, h: int, w: int, device, dtype=torch.float32) -> torch.Tensor:
+    """Sum the masks with weights max(current) + 1 (float32 as the official code; float64 sums are exact for the
+    exact-decision mode), then number the distinct sums 0..K-1."""
     if not masks:
         masks = [torch.zeros(h * w, device=device)]
-    total = torch.zeros((h, w), device=device)
+    total = torch.zeros((h, w), device=device, dtype=dtype)
     final = torch.zeros((h, w), device=device)
     weight = 1
     for m in masks:
-        total += weight * m.reshape(h, w)
+        total += weight * m.reshape(h, w).to(dtype)
         weight = total.max() + 1
     for i, value in enumerate(torch.unique(total)):
         final[total == value] = i
@@ -168,7 +228,7 @@ def _assemble_clusters(masks: list, h: int, w: int, device) -> torch.Tensor:
 
 
 def official_recursive_ncut(features_hw_c, alpha: float = 10.0, tau: float = 0.5, device="cpu", *,
-                            index_sets: bool = False, return_info: bool = False):
+                            index_sets: bool = False, return_info: bool = False, decisions: str = "float32"):
     """Official-style DiffCut recursive NCut of one feature grid (slow on purpose: the speed baseline).
 
     Parameters
@@ -189,7 +249,11 @@ def official_recursive_ncut(features_hw_c, alpha: float = 10.0, tau: float = 0.5
         ``compat="clean"``).
     return_info : bool, default False
         Also return ``{"solves": number of eigendecompositions, "host_syncs": number of per-threshold .item()
-        calls, "segments": K}``.
+        calls, "segments": K, "decision_seconds": time of the float64 decisions (0 for "float32")}``.
+    decisions : {"float32", "float64"}, default "float32"
+        ``"float32"``: the official computation. ``"float64"``: the same float32 work on every visited subgraph,
+        the decisions from float64 solves of the same float32 subgraphs (module docstring): the labels are the
+        float64 rule's, the call's time less ``decision_seconds`` is the official cost of that partition.
 
     Returns
     -------
@@ -210,13 +274,21 @@ def official_recursive_ncut(features_hw_c, alpha: float = 10.0, tau: float = 0.5
         precision, e.g. regions whose cross weights are ~1e-11 of the within-region weights, so ``eigh`` returns
         a one-signed second eigenvector and the best "split" (everything on one side) has NCut ~0 < tau.
     """
+    if decisions not in ("float32", "float64"):
+        raise ValueError(f"decisions must be 'float32' or 'float64', got {decisions!r}")
     device = torch.device(device)
-    info = {"solves": 0, "host_syncs": 0}
+    info = {"solves": 0, "host_syncs": 0, "decision_seconds": 0.0, "exact": decisions == "float64"}
     with torch.no_grad():
         x, (h, w) = _tokens(features_hw_c, device)
         W = _affinity(x, alpha)
+        W_decide = None
+        if decisions == "float64":
+            with _decision_time(info):
+                W_decide = W.double()
         recursion = _index_set_recursion if index_sets else _painting_recursion
-        masks = recursion(W, float(tau), info)
-        labels = _assemble_clusters(masks, h, w, device).cpu().numpy().astype(np.int32)
+        masks = recursion(W, float(tau), info, W_decide)
+        labels = _assemble_clusters(masks, h, w, device, torch.float64 if info["exact"] else torch.float32)
+        labels = labels.cpu().numpy().astype(np.int32)
     info["segments"] = int(labels.max()) + 1
+    del info["exact"]
     return (labels, info) if return_info else labels

@@ -64,3 +64,25 @@ def test_disconnected_family_differs_from_the_reference_only_at_zero_row_nodes()
     match = dict(zip(cols.tolist(), rows.tolist()))
     moved = set(np.flatnonzero(np.array([match[int(x)] for x in ours]) != ref).tolist())
     assert 0 < len(zero_row) <= 4 and moved <= zero_row
+
+
+def test_exact_decision_reference_row(tmp_path):
+    """``--exact-reference always``: each case also has the exact-decision reference (official float32 work along
+    the float64 rule's recursion), the engine's ratio against it and whether its labels are that partition's."""
+    path = tmp_path / "graph.json"
+    assert bench_graph.main(["--grids", "12", "--cases", "disconnected", "--repeats", "1", "--solvers", "auto",
+                             "--exact-reference", "always", "--json", str(path)]) in (0, None)
+    rows = json.loads(path.read_text())["results"]
+    assert len(rows) == len(bench_graph.DISCONNECTED)
+    for row in rows:
+        exact, auto = row["exact_reference"], row["engine"]["auto"]
+        # one solve per visited subgraph of more than one node (the zero-row rule can leave a side with one)
+        assert exact["segments"] - 1 <= exact["solves"] <= 2 * exact["segments"] - 1 and len(exact["times"]) == 1
+        # the float64 rule's partition (label ids can differ where W's last bits decide a two-node split's side)
+        assert auto["moved_vs_exact"] == 0 and isinstance(auto["same_labels_as_exact"], bool)
+        assert auto["exact_ratio"] == exact["seconds"] / auto["seconds"]
+    # auto: only where the reference's own labels are in question.
+    bench_graph.main(["--grids", "8", "--cases", "planted", "--repeats", "1", "--solvers", "auto",
+                      "--json", str(path)])
+    row, = json.loads(path.read_text())["results"]
+    assert row["engine"]["auto"]["same_labels"] and "exact_reference" not in row

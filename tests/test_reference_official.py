@@ -58,3 +58,28 @@ def test_accepts_torch_input_and_single_segment():
     assert not official_recursive_ncut(feats, tau=1e-9).any()
     with pytest.raises(ValueError):
         official_recursive_ncut(feats[0])
+
+
+def test_exact_decisions_take_the_float64_rule_and_time_the_float32_work():
+    """``decisions="float64"`` (bench_graph's exact-decision reference): the labels of the official rule solved in
+    float64 (what ``compat="official"`` promises), the official float32 work still done once per visited subgraph,
+    and the float64 decisions' time reported apart."""
+    import bench_graph
+
+    disconnected, _ = bench_graph.disconnected_case(16, 16, 4, 0.5, seed=3)
+    planted_feats = planted_features(planted_regions(12, 20, "stripes"), seed=2)
+    for feats in (disconnected, planted_feats):
+        labels, info = official_recursive_ncut(feats, alpha=10.0, tau=0.5, return_info=True, decisions="float64")
+        np.testing.assert_array_equal(labels, literal_official(feats, alpha=10.0, tau=0.5, dtype=np.float64))
+        np.testing.assert_array_equal(labels, recursive_ncut(feats, alpha=10.0, tau=0.5))
+        assert info["segments"] >= 3 and info["solves"] == 2 * info["segments"] - 1
+        assert info["host_syncs"] == 100 * info["solves"]  # the float32 loop's, the float64 one's not counted
+        assert info["decision_seconds"] > 0
+    # Where rounding decides nothing, both modes agree and do the same float32 work.
+    plain, plain_info = official_recursive_ncut(planted_feats, alpha=10.0, tau=0.5, return_info=True)
+    exact, exact_info = official_recursive_ncut(planted_feats, alpha=10.0, tau=0.5, return_info=True,
+                                                decisions="float64")
+    np.testing.assert_array_equal(plain, exact)
+    assert plain_info["solves"] == exact_info["solves"] and plain_info["decision_seconds"] == 0.0
+    with pytest.raises(ValueError, match="decisions"):
+        official_recursive_ncut(planted_feats, decisions="float16")
