@@ -21,17 +21,17 @@ the node indices of each side down), with everything else unchanged. Its partiti
 reference the benchmark times and compares against. It skips the two O(N^2) elementwise passes per call (mask
 multiply, zero scan), which are small next to the O(n^3) products and eigendecomposition.
 
-``decisions="float64"`` (the benchmark's *exact-decision* reference) keeps all of that float32 work on every
-subgraph the recursion visits, but takes every decision (the subgraph, the Fiedler vector, the threshold,
-NCut < tau) from the same steps solved in float64 on the same float32 W (entries of the Fiedler vector tied in
-magnitude to rounding: the first fixes the sign, as in the engine), and numbers the segments by exact (float64)
-mask sums (``tests/graph_reference.py::literal_official(dtype=float64)``: the partition and label ids
-``compat="official"`` promises, up to the last bits of W: the engine's float32 W, a ``ssyrk`` Gram matrix raised
-to alpha by squaring, can differ from torch's by a few ulps, which can turn a near-tie, such as which node of a
-two-node subgraph has the larger degree, the other way). Where the official float32 eigensolve is decided by rounding (a
-clustered spectrum: nearly disconnected graphs), its own recursion may stop at once (K = 1) or split in another
-order, so its time is not the cost of the official computation of *that* partition; this mode's time, less the
-float64 work (``info["decision_seconds"]``), is.
+``decisions="float64"`` (the benchmark's *exact-decision* reference) takes every decision (the subgraph, the
+Fiedler vector, the threshold, NCut < tau) from the same steps solved in float64 on the same float32 W, recorded
+by a first, untimed pass (entries of the Fiedler vector tied in magnitude to rounding: the first fixes the sign, as
+in the engine), then does all the float32 work above on every subgraph of that recursion, and numbers the segments
+by exact (float64) mask sums: the labels of ``tests/graph_reference.py::literal_official(dtype=float64)``, the
+partition and label ids ``compat="official"`` promises. (Up to the last bits of W: the engine's float32 W, a
+``ssyrk`` Gram matrix raised to alpha by squaring, can differ from torch's by a few ulps, which can turn a near-tie,
+such as which node of a two-node subgraph has the larger degree, the other way.) Where the official float32
+eigensolve is decided by rounding (a clustered spectrum: nearly disconnected graphs), its own recursion may stop at
+once (K = 1) or split in another order, so its time is not the cost of the official computation of *that*
+partition; this mode's time, less the float64 pass (``info["decision_seconds"]``), is.
 
 This file is a benchmark baseline, not part of the package; it is deliberately not vectorised.
 """
@@ -111,31 +111,16 @@ def _best_split(y: torch.Tensor, A: torch.Tensor, D: torch.Tensor, info: dict) -
     return partitions[best] > 0, min(values)
 
 
-def _split_subgraph(A: torch.Tensor, tau: float, info: dict, decide=None) -> tuple:
-    """(side, NCut) of the subgraph A: the official float32 work. With ``decide`` (the same subgraph of the
-    exact-decision W, float64) that work still runs, and is what the caller times, but the answer comes from the
-    same steps on ``decide``, timed apart in ``info["decision_seconds"]``."""
-    if decide is None:
+def _split_subgraph(A: torch.Tensor, tau: float, info: dict, decided=None) -> tuple:
+    """(side, NCut) of the subgraph A: the official float32 work. With ``decided`` (the exact-decision replay) that
+    work still runs, and is timed with the rest, but the answer is ``decided``, the float64 pass's."""
+    if decided is None:
         return _solve_subgraph(A, tau, info)
     try:
         _solve_subgraph(A, tau, info)  # the official computation's cost; its float32 answer is not used
     except DegenerateSplitError:
         pass
-    with _decision_time(info):
-        return _solve_subgraph(decide, tau, {"solves": 0, "host_syncs": 0})
-
-
-class _decision_time:
-    """Adds the time of its block to ``info["decision_seconds"]`` (the exact-decision mode's untimed work)."""
-
-    def __init__(self, info: dict):
-        self.info = info
-
-    def __enter__(self):
-        self.start = time.perf_counter()
-
-    def __exit__(self, *exc):
-        self.info["decision_seconds"] += time.perf_counter() - self.start
+    return decided
 
 
 def _solve_subgraph(A: torch.Tensor, tau: float, info: dict) -> tuple:
@@ -153,53 +138,60 @@ def _solve_subgraph(A: torch.Tensor, tau: float, info: dict) -> tuple:
     return side, ncut
 
 
-def _painting_recursion(W: torch.Tensor, tau: float, info: dict, W_decide=None) -> list:
+def _painting_recursion(W: torch.Tensor, tau: float, info: dict, plan=None, record=None) -> list:
     """The official recursion: painted pairs masked out of W, subgraph = rows with no exact zero (depth >= 1).
-    With ``W_decide`` (float64) the subgraphs and splits are ``W_decide``'s, the float32 work still done on W."""
+
+    ``record`` (a list): append each visit's (subgraph, (side, NCut) or None) in visit order. ``plan`` (an iterator
+    over such a record): the official work on W at every visit, the subgraphs and splits the plan's."""
     n = W.shape[0]
     device = W.device
     masks = []
 
-    def without_zero_rows(affinity):
-        has_zero = torch.zeros(n, dtype=torch.bool, device=device)
-        has_zero[torch.unique(torch.where(affinity == 0)[0])] = True
-        return torch.nonzero(~has_zero).flatten()
-
-    def visit(affinity, decide, painting, mask, level):
+    def visit(affinity, painting, mask, level):
         painting = painting + mask
         painting[painting > 0] = 1
         painting[painting <= 0] = 0
         row = painting.reshape(1, -1)
         affinity = affinity * (1 - torch.t(row) @ row)
-        keep = torch.arange(n, device=device) if level == 0 else without_zero_rows(affinity)
-        if decide is not None:
-            with _decision_time(info):
-                decide = decide * (1 - torch.t(row).double() @ row.double())
-                keep = torch.arange(n, device=device) if level == 0 else without_zero_rows(decide)
+        if level == 0:
+            keep = torch.arange(n, device=device)
+        else:
+            has_zero = torch.zeros(n, dtype=torch.bool, device=device)
+            has_zero[torch.unique(torch.where(affinity == 0)[0])] = True
+            keep = torch.nonzero(~has_zero).flatten()
+        decided = None
+        if plan is not None:
+            keep, decided = next(plan)
         if keep.numel() > 1:
-            side, ncut = _split_subgraph(affinity[keep][:, keep], tau, info,
-                                         None if decide is None else decide[keep][:, keep])
+            side, ncut = _split_subgraph(affinity[keep][:, keep], tau, info, decided)
+            if record is not None:
+                record.append((keep, (side, ncut)))
             bipartition = torch.zeros(n, device=device)
             bipartition[keep[side]] = 1.0
             if ncut < tau:
                 masks.append(bipartition)
-                visit(affinity, decide, painting, 1 - bipartition, level + 1)  # the "1"-side first (pre-order)
-                visit(affinity, decide, painting, bipartition, level + 1)
+                visit(affinity, painting, 1 - bipartition, level + 1)  # the "1"-side first (pre-order)
+                visit(affinity, painting, bipartition, level + 1)
+        elif record is not None:
+            record.append((keep, None))
 
     zeros = torch.zeros(n, device=device)
-    visit(W, W_decide, zeros, zeros, 0)
+    visit(W, zeros, zeros, 0)
     return masks
 
 
-def _index_set_recursion(W: torch.Tensor, tau: float, info: dict, W_decide=None) -> list:
-    """Same splits and order, but each subgraph is the explicit index set of its parent's side."""
+def _index_set_recursion(W: torch.Tensor, tau: float, info: dict, plan=None, record=None) -> list:
+    """Same splits and order, but each subgraph is the explicit index set of its parent's side (``plan`` and
+    ``record`` as in :func:`_painting_recursion`)."""
     n = W.shape[0]
     masks = []
 
     def visit(idx):
         if idx.numel() > 1:
-            side, ncut = _split_subgraph(W[idx][:, idx], tau, info,
-                                         None if W_decide is None else W_decide[idx][:, idx])
+            decided = next(plan)[1] if plan is not None else None
+            side, ncut = _split_subgraph(W[idx][:, idx], tau, info, decided)
+            if record is not None:
+                record.append((idx, (side, ncut)))
             if ncut < tau:
                 bipartition = torch.zeros(n, device=W.device)
                 bipartition[idx[side]] = 1.0
@@ -281,12 +273,15 @@ def official_recursive_ncut(features_hw_c, alpha: float = 10.0, tau: float = 0.5
     with torch.no_grad():
         x, (h, w) = _tokens(features_hw_c, device)
         W = _affinity(x, alpha)
-        W_decide = None
-        if decisions == "float64":
-            with _decision_time(info):
-                W_decide = W.double()
         recursion = _index_set_recursion if index_sets else _painting_recursion
-        masks = recursion(W, float(tau), info, W_decide)
+        plan = None
+        if decisions == "float64":  # first the decisions, in one untimed float64 pass; then the official work
+            start = time.perf_counter()
+            record = []
+            recursion(W.double(), float(tau), {"solves": 0, "host_syncs": 0}, record=record)
+            plan = iter(record)
+            info["decision_seconds"] = time.perf_counter() - start
+        masks = recursion(W, float(tau), info, plan=plan)
         labels = _assemble_clusters(masks, h, w, device, torch.float64 if info["exact"] else torch.float32)
         labels = labels.cpu().numpy().astype(np.int32)
     info["segments"] = int(labels.max()) + 1
