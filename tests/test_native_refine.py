@@ -57,6 +57,7 @@ PAMR_CASES = [
     ((29, 44), None, 1, 10, (2,), "photo"),                                 # one label
     ((1, 9), None, 3, 2, (1, 2), "random"),                                 # one row
     ((7, 1), (3, 1), 2, 3, (1,), "random"),                                 # one column, masks resized
+    ((12, 150), None, 5, 4, (1, 2, 4, 8, 12, 24, 32, 64), "photo"),         # wide: fused taps and clamped edges
 ]
 
 
