@@ -451,10 +451,8 @@ void pamr_box_argmax(const std::int32_t* labels, i64 lh, i64 lw, i64 h, i64 w, s
         parallel_blocks(h, 2, threads, [&](i64 lo, i64 hi) {
           const FlushSubnormals flush;
           std::vector<i64> act, aoff;
-          std::vector<float> acc;
           for (i64 y = lo; y < hi; ++y)
-            DIFFCUT_DISPATCH(box_step_row, y, src, dst, off, sbox, bt, aff, offs, h, w, label_major, act, aoff,
-                             acc);
+            DIFFCUT_DISPATCH(box_step_row, y, src, dst, off, sbox, bt, aff, offs, h, w, label_major, act, aoff);
         });
         std::swap(a, b);
       }

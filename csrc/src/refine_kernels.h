@@ -197,44 +197,35 @@ DIFFCUT_KERNEL_INLINE void box_taps(const float* src, float* acc, const float* a
 DIFFCUT_KERNEL
 void box_step_row(i64 y, const float* src, float* dst, const std::vector<i64>& off, const std::vector<Box>& sbox,
                   const std::vector<Box>& bt, const float* aff, const std::vector<Tap>& offs, i64 h, i64 w,
-                  bool label_major, std::vector<i64>& act, std::vector<i64>& aoff, std::vector<float>& acc) {
+                  bool label_major, std::vector<i64>& act, std::vector<i64>& aoff) {
   const i64 n = static_cast<i64>(bt.size());
   const i64 p_total = static_cast<i64>(offs.size());
   const i64 hw = h * w;
   act.clear();
-  aoff.clear();
-  i64 tot = 0;
+  aoff.clear();  // where label act[q]'s sums of row y start in dst (its columns bt.c0 .. bt.c1), summed in place
   for (i64 j = 0; j < n; ++j) {
     const Box& q = bt[j];
     if (q.r0 <= y && y < q.r1 && q.c0 < q.c1) {
+      const Box& s = sbox[j];
       act.push_back(j);
-      aoff.push_back(tot);
-      tot += q.c1 - q.c0;
+      aoff.push_back(off[j] + (y - s.r0) * (s.c1 - s.c0) + q.c0 - s.c0);
+      std::fill(dst + aoff.back(), dst + aoff.back() + (q.c1 - q.c0), 0.0f);
     }
   }
-  if (act.empty()) return;
-  acc.assign(static_cast<std::size_t>(tot), 0.0f);
   const i64 na = static_cast<i64>(act.size());
-  if (label_major) {  // one label's accumulators stay in L1 over all taps
+  if (label_major) {  // one label's sums stay in L1 over all taps
     for (i64 q = 0; q < na; ++q) {
       const i64 j = act[q];
       for (i64 p = 0; p < p_total; p += kTapGroup)
-        box_taps(src + off[j], acc.data() + aoff[q], aff + p * hw + y * w, hw, sbox[j], bt[j], offs.data() + p,
+        box_taps(src + off[j], dst + aoff[q], aff + p * hw + y * w, hw, sbox[j], bt[j], offs.data() + p,
                  static_cast<int>(std::min<i64>(kTapGroup, p_total - p)), y, h, w);
     }
   } else {  // one tap's affinity row is read once for all labels
     for (i64 p = 0; p < p_total; p += kTapGroup)
       for (i64 q = 0; q < na; ++q) {
         const i64 j = act[q];
-        box_taps(src + off[j], acc.data() + aoff[q], aff + p * hw + y * w, hw, sbox[j], bt[j], offs.data() + p,
+        box_taps(src + off[j], dst + aoff[q], aff + p * hw + y * w, hw, sbox[j], bt[j], offs.data() + p,
                  static_cast<int>(std::min<i64>(kTapGroup, p_total - p)), y, h, w);
       }
-  }
-  for (i64 q = 0; q < na; ++q) {
-    const i64 j = act[q];
-    const Box& s = sbox[j];
-    const Box& q2 = bt[j];
-    std::memcpy(dst + off[j] + (y - s.r0) * (s.c1 - s.c0) + q2.c0 - s.c0, acc.data() + aoff[q],
-                static_cast<std::size_t>(q2.c1 - q2.c0) * sizeof(float));
   }
 }
