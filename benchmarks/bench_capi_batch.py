@@ -10,8 +10,11 @@ the guarded default and a single-threaded process can be timed.
     cmake --build build -j
     python benchmarks/bench_capi_batch.py --lib build/libdiffcut.so --grids 24,32 --batch 8
 
-Rounds alternate 1 and 2 threads; reported: the best time of each, the throughput ratio, and whether the label
-maps (tau 0.5) of the two runs are equal.
+The C API's batch takes one channel count for all its images, so each batch holds one feature family
+(``--families``, default ``lab,filters``: the photo features of bench_graph's ``photos`` cases, 8 and 13 channels), its
+photos repeated up to ``--batch`` grids. Rounds alternate 1 and 2 threads; reported per family and grid: the best time
+of each, the throughput ratio, whether the label maps (tau 0.5) of the two runs are equal and, where the Python
+extension is built, whether they are the Python engine's (``graph.ncut_trees``, same grids).
 """
 
 from __future__ import annotations
@@ -27,7 +30,9 @@ import numpy as np
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
-from bench_graph import PHOTO_CASES, parse_grid  # noqa: E402
+from bench_graph import parse_grid  # noqa: E402
+
+PHOTOS = ("astronaut", "coffee", "chelsea", "rocket")
 
 
 def load(lib_path: str):
@@ -58,6 +63,10 @@ def openblas_controls(lib):
 def build_batch(lib, grids, threads, tau=0.5):
     count = len(grids)
     c = grids[0].shape[2]
+    for i, g in enumerate(grids):
+        if g.ndim != 3 or g.shape[2] != c or g.dtype != np.float32 or not g.flags.c_contiguous:
+            raise ValueError(f"grid {i}: the C API batch takes C-contiguous float32 (h, w, {c}) grids (one channel "
+                             f"count for all), got {g.dtype} {g.shape}")
     feats = (ctypes.c_void_p * count)(*[g.ctypes.data for g in grids])
     hs = (ctypes.c_int64 * count)(*[g.shape[0] for g in grids])
     ws = (ctypes.c_int64 * count)(*[g.shape[1] for g in grids])
@@ -85,31 +94,50 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--lib", required=True, help="path of the CMake-built libdiffcut shared library")
     ap.add_argument("--grids", default="24,32")
+    ap.add_argument("--families", default="lab,filters", help="comma-separated feature families, one batch each")
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--blas-threads", type=int, default=0, help="OpenBLAS threads to start from (0: as loaded)")
     args = ap.parse_args(argv)
     from realistic import FAMILIES  # tests/realistic.py: the photo features of bench_graph
 
+    families = [f for f in args.families.split(",") if f]
+    unknown = sorted(set(families) - set(FAMILIES))
+    if unknown:
+        ap.error(f"unknown family {unknown[0]!r}; choose from {', '.join(FAMILIES)}")
+    try:
+        from diffcut_engine import graph
+        from diffcut_engine.graph import native
+        python_engine = graph if native.native_available() else None
+    except ImportError:
+        python_engine = None
     lib = load(args.lib)
     controls = openblas_controls(lib)
     if args.blas_threads and controls is not None:
         controls[1](args.blas_threads)
     print(f"OpenBLAS threads at the start: {controls[0]() if controls else 'unknown (not found)'}")
-    print(f"{'grid':7s} {'batch':>5s} {'1 thread s':>11s} {'2 threads s':>12s} {'throughput x':>13s}  same labels")
+    print(f"{'family':8s} {'grid':7s} {'batch':>5s} {'1 thread s':>11s} {'2 threads s':>12s} {'throughput x':>13s}  "
+          f"same labels  Python engine's")
     for spec in args.grids.split(","):
         h, w = parse_grid(spec)
-        cases = [FAMILIES[f](p, h, w) for f, p in PHOTO_CASES]
-        grids = [np.ascontiguousarray(cases[i % len(cases)], dtype=np.float32) for i in range(args.batch)]
-        build_batch(lib, grids, 1)  # warm-up
-        best = {1: np.inf, 2: np.inf}
-        labels = {}
-        for r in range(args.repeats):
-            for threads in ((1, 2) if r % 2 == 0 else (2, 1)):
-                seconds, labels[threads] = build_batch(lib, grids, threads)
-                best[threads] = min(best[threads], seconds)
-        same = all(np.array_equal(a, b) for a, b in zip(labels[1], labels[2]))
-        print(f"{spec:7s} {args.batch:5d} {best[1]:11.4f} {best[2]:12.4f} {best[1] / best[2]:13.2f}  {same}")
+        for family in families:
+            cases = [FAMILIES[family](photo, h, w) for photo in PHOTOS]
+            grids = [np.ascontiguousarray(cases[i % len(cases)], dtype=np.float32) for i in range(args.batch)]
+            build_batch(lib, grids, 1)  # warm-up
+            best = {1: np.inf, 2: np.inf}
+            labels = {}
+            for r in range(args.repeats):
+                for threads in ((1, 2) if r % 2 == 0 else (2, 1)):
+                    seconds, labels[threads] = build_batch(lib, grids, threads)
+                    best[threads] = min(best[threads], seconds)
+            same = all(np.array_equal(a, b) for a, b in zip(labels[1], labels[2]))
+            if python_engine is not None:
+                trees = python_engine.ncut_trees(grids, alpha=10.0, tau_max=0.5)
+                pythons = str(all(np.array_equal(a, t.cut(0.5).ravel()) for a, t in zip(labels[1], trees)))
+            else:
+                pythons = "(extension not built)"
+            print(f"{family:8s} {spec:7s} {args.batch:5d} {best[1]:11.4f} {best[2]:12.4f} {best[1] / best[2]:13.2f}  "
+                  f"{str(same):11s}  {pythons}")
         if controls is not None:
             print(f"        OpenBLAS threads after the calls: {controls[0]()}")
     return 0
