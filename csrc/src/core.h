@@ -38,6 +38,10 @@ struct Options {
 constexpr float kNormEps = 1e-12f;
 // Entries of |y| within this relative distance of the largest count as tied for the sign rule.
 constexpr double kSignTieRtol = 1e-9;
+// A dense solve whose second-smallest normalised-Laplacian eigenvalue is at most this checks whether the subgraph
+// is disconnected, and then takes the canonical split of its first node's component (eigen.DISCONNECTED_EIGENVALUE,
+// eigen.component_split).
+constexpr double kDisconnectedEigenvalue = 1e-10;
 // Integer alphas up to this use binary powering (as the Python path does).
 constexpr int kMaxSquaringExponent = 64;
 

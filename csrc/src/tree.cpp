@@ -155,6 +155,8 @@ DIFFCUT_CLONES void gather_row(float* dst, const float* src, const std::int32_t*
 }  // namespace
 
 // u2 of the (m x m, row-major) affinity A with degrees d by dsyevr (eigenpairs 1..2 of the normalised Laplacian).
+bool component_split(const float* A, const std::vector<double>& d, std::int64_t m, std::vector<double>& u2);
+
 void dense_u2(const float* A, const std::vector<double>& d, std::int64_t m, std::vector<double>& u2) {
   std::vector<double> dis(m);
   for (std::int64_t i = 0; i < m; ++i) dis[i] = 1.0 / std::sqrt(d[i]);
@@ -174,7 +176,37 @@ void dense_u2(const float* A, const std::vector<double>& d, std::int64_t m, std:
   if (info != 0 || found != 2)
     throw Failure(Code::Lapack, "dsyevr failed on a subgraph of " + std::to_string(m) + " nodes (info " +
                                     std::to_string(info) + ")");
+  if (w[1] <= kDisconnectedEigenvalue && component_split(A, d, m, u2)) return;
   u2.assign(z.begin() + m, z.begin() + 2 * m);  // second eigenvector (column 1)
+}
+
+// A disconnected subgraph (several components of A's non-zero entries) has the eigenvalue 1 of M once per
+// component, so its eigensolve returns an arbitrary vector of that eigenspace: u2 = D^1/2 (1_C - vol(C) / vol(V)),
+// C the component of node 0 (eigen.component_split), and true; false (u2 untouched) where A is connected.
+bool component_split(const float* A, const std::vector<double>& d, std::int64_t m, std::vector<double>& u2) {
+  std::vector<char> reached(static_cast<std::size_t>(m), 0);
+  std::vector<std::int64_t> queue;
+  queue.reserve(static_cast<std::size_t>(m));
+  reached[0] = 1;
+  queue.push_back(0);
+  for (std::size_t head = 0; head < queue.size(); ++head) {
+    const float* row = A + queue[head] * m;
+    for (std::int64_t j = 0; j < m; ++j)
+      if (!reached[j] && row[j] != 0.0f) {
+        reached[j] = 1;
+        queue.push_back(j);
+      }
+  }
+  if (static_cast<std::int64_t>(queue.size()) == m) return false;
+  double vol_c = 0.0, vol = 0.0;
+  for (std::int64_t i = 0; i < m; ++i) {
+    vol += d[i];
+    if (reached[i]) vol_c += d[i];
+  }
+  const double c = vol_c / vol;
+  u2.resize(static_cast<std::size_t>(m));
+  for (std::int64_t i = 0; i < m; ++i) u2[i] = std::sqrt(d[i]) * ((reached[i] ? 1.0 : 0.0) - c);
+  return true;
 }
 
 namespace {

@@ -256,6 +256,43 @@ int main() {
   } else {
     std::printf("BLAS thread control not found (not an OpenBLAS): the batch guard is a no-op\n");
   }
+  // an exactly disconnected graph (one-hot classes: similarity 1 within, 0 across) has a degenerate Fiedler
+  // eigenvalue; the core splits it along the first token's component (eigen.component_split): clean separates
+  // every class, official (every row holds a zero) stops after that root split; both solvers alike
+  {
+    const int h = 9, w = 13, c = 5, classes = 3;
+    std::mt19937 rng(11u);
+    std::vector<int> cls(h * w);
+    for (int i = 0; i < h * w; ++i) cls[i] = i < classes ? i : static_cast<int>(rng() % classes);
+    std::shuffle(cls.begin(), cls.end(), rng);
+    std::vector<float> f(static_cast<std::size_t>(h) * w * c, 0.0f);
+    for (int i = 0; i < h * w; ++i) f[static_cast<std::size_t>(i) * c + cls[i]] = 1.0f;
+    for (Compat compat : {Compat::Clean, Compat::Official})
+      for (auto solver : {diffcut::detail::Solver::Dense, diffcut::detail::Solver::Auto}) {
+        std::vector<float> x(f);
+        const std::int64_t n = static_cast<std::int64_t>(h) * w;
+        diffcut::detail::l2_normalize(x.data(), n, c);
+        std::vector<float> W(static_cast<std::size_t>(n * n));
+        diffcut::detail::affinity_from_tokens(x.data(), n, c, 10.0, W.data());
+        diffcut::detail::Options o;
+        o.tau_max = 0.5;
+        o.compat = compat;
+        o.solver = solver;
+        auto t = diffcut::detail::build_tree(W.data(), n, o);
+        t.height = h;
+        t.width = w;
+        std::vector<std::int32_t> labels(static_cast<std::size_t>(n));
+        t.cut(0.5, labels.data());
+        if (compat == Compat::Clean) {
+          EXPECT(same_partition(cls, labels));
+        } else {
+          std::vector<int> first(h * w);
+          for (int i = 0; i < h * w; ++i) first[i] = cls[i] == cls[0];
+          EXPECT(same_partition(first, labels));
+        }
+        EXPECT(t.nodes[0].is_split() && t.nodes[0].value == 0.0);
+      }
+  }
   // pairwise_sum is a sum (integers: exact in any order)
   {
     std::mt19937 rng(1);

@@ -71,6 +71,13 @@ PAD_EIGENVALUE = -2.0
 DENSE_MAX_NODES = 2048
 #: Reorthogonalise a second time only when the first pass kept less than this fraction of the vector's norm.
 REORTH_KEEP = 0.7071
+#: A dense solve whose second-smallest normalised-Laplacian eigenvalue is at most this checks whether the graph is
+#: disconnected (:func:`component_split`); exactly disconnected graphs give ~1e-16, connected ones far more.
+DISCONNECTED_EIGENVALUE = 1e-10
+#: The stacked dense path (no host sync, so no component search) counts a subgraph as disconnected when a second
+#: eigenvalue of M lies within this of 1: rounding level, so that a connected graph, however weakly (the nearly
+#: disconnected benchmark family: 1 - theta ~ 1e-11), keeps its eigenvector as on the host.
+STACKED_DISCONNECTED_EIGENVALUE = 1e-13
 
 
 def validate_solver(solver: str) -> None:
@@ -112,11 +119,40 @@ def _dense(A, d, full: bool):
     import scipy.linalg
 
     lap = normalized_laplacian(A, d)
-    if full:
+    if full:  # (the official float32 computation, literally: no rule for disconnected graphs)
         _, vecs = np.linalg.eigh(lap)
-    else:
-        _, vecs = scipy.linalg.eigh(lap, subset_by_index=[0, 1], driver="evr", check_finite=False)
+        return vecs[:, 1]
+    vals, vecs = scipy.linalg.eigh(lap, subset_by_index=[0, 1], driver="evr", check_finite=False)
+    if vals[1] <= DISCONNECTED_EIGENVALUE:
+        u = component_split(A, d)
+        if u is not None:
+            return u
     return vecs[:, 1]
+
+
+def component_split(A, d):
+    """``u`` of the canonical split of a disconnected graph, or None when ``A`` is connected.
+
+    A graph whose affinity has several connected components (its non-zero entries) has the eigenvalue 1 of
+    ``M = D^-1/2 A D^-1/2`` once per component, so its Fiedler vector is not unique: any eigensolver returns an
+    arbitrary vector of that eigenspace, and two solvers (or two LAPACK builds) split it differently. The
+    engine then takes the one vector every backend computes alike, from exact zero patterns only:
+    ``y = 1_C - vol(C) / vol(V)`` (``u = D^1/2 y``, orthogonal to ``sqrt(d)``), ``C`` the component of the
+    subgraph's first node, a split of NCut 0. (Triggered only when the dense solve finds a second eigenvalue of
+    the normalised Laplacian below ``DISCONNECTED_EIGENVALUE``; a connected graph keeps its eigenvector.)
+    """
+    import scipy.sparse
+    from scipy.sparse.csgraph import breadth_first_order
+
+    reached = breadth_first_order(scipy.sparse.csr_matrix(np.asarray(A) != 0), 0, directed=False,
+                                  return_predecessors=False)
+    if reached.size == A.shape[0]:
+        return None
+    first = np.zeros(A.shape[0], dtype=np.float64)
+    first[reached] = 1.0
+    d = np.asarray(d, dtype=np.float64)
+    c = float(np.dot(first, d)) / float(d.sum())
+    return np.sqrt(d) * (first - c)
 
 
 def _lobpcg(A, d, warm_start):
@@ -530,8 +566,16 @@ def _fiedler_iterative(xp, M, d, real):
         v0 = eigsh_start_vector(M.shape[1], real_host[i], u1, i)
         u1_x = xp.asarray(u1)
         deflated = M[i] - u1_x[:, None] * u1_x[None, :]
-        _, vec = eigsh(deflated, k=1, which="LA", tol=0, v0=xp.asarray(v0))
+        val, vec = eigsh(deflated, k=1, which="LA", tol=0, v0=xp.asarray(v0))
         out[i] = vec[:, 0]
+        if float(val[0]) >= 1.0 - STACKED_DISCONNECTED_EIGENVALUE:  # disconnected: the canonical split
+            keep = np.flatnonzero(real_host[i])
+            Mi = M[i][keep][:, keep]
+            u = component_split(np.asarray(Mi.get() if hasattr(Mi, "get") else Mi), d_host[i][keep])
+            if u is not None:
+                full = np.zeros(M.shape[1])
+                full[keep] = u
+                out[i] = xp.asarray(full)
     return out
 
 
@@ -667,6 +711,15 @@ def stacked_fiedler_vectors(xp, A, real, degrees=None, *, return_converged: bool
     else:
         vals, vecs = stacked_eigh(xp, M, method)
         u2 = vecs[:, :, -2]
+        # A disconnected subgraph (eigenvalue 1 once per component, to rounding) takes component_split's canonical
+        # vector: the projection of its first node's unit vector on that eigenspace, less its u1 part, is
+        # D^1/2 (1_C / vol(C) - 1 / vol(V)) sqrt(d_0), a positive multiple of the host's (no host sync)
+        ones = vals > 1.0 - STACKED_DISCONNECTED_EIGENVALUE
+        degenerate = ones.sum(axis=1) >= 2
+        sqrt_d = xp.where(real, xp.sqrt(xp.where(real, d, 0.0)), 0.0)
+        u1 = sqrt_d / xp.sqrt((sqrt_d * sqrt_d).sum(axis=1, keepdims=True))
+        projected = (vecs * (vecs[:, :1, :] * ones[:, None, :])).sum(axis=2) - u1 * u1[:, :1]
+        u2 = xp.where(degenerate[:, None], projected, u2)
         # No host sync here: the flags travel with the level's one transfer (a NaN value, see batched.py)
         converged = eigh_residuals(xp, M, vals, vecs) <= EIGH_RESIDUAL_TOL
     y = dis * u2  # y = D^-1/2 u2; zero on the padding

@@ -1,0 +1,127 @@
+"""Exactly disconnected graphs (several connected components of W's non-zero entries): their Fiedler eigenvalue is
+degenerate, so an eigensolver returns an arbitrary vector of the eigenspace. The engine splits such a (sub)graph
+along the component of its first node (eigen.component_split), in every backend: numpy, the native core and the
+stacked (device) path run on numpy give the same partitions and label ids.
+
+Such graphs come from features whose cosine similarities take only a few values: one channel (every token +x or
+-x), one-hot classes (similarity 1 within a class, 0 across), or exactly repeated tokens."""
+
+import numpy as np
+import pytest
+
+from diffcut_engine import graph
+from diffcut_engine.graph import eigen, native
+
+
+def one_hot_features(h, w, classes, seed, channels=None):
+    """(h, w, C) float32: each token the unit vector of its class (random layout, every class present)."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, classes, size=h * w)
+    labels[:classes] = np.arange(classes)
+    rng.shuffle(labels)
+    f = np.zeros((h * w, channels or classes), np.float32)
+    f[np.arange(h * w), labels] = 1.0
+    return f.reshape(h, w, -1), labels.reshape(h, w)
+
+
+def sign_features(h, w, seed):
+    """(h, w, 1): one channel, so every cosine similarity is +1 or -1: two cliques."""
+    rng = np.random.default_rng(seed)
+    f = rng.standard_normal((h, w, 1)).astype(np.float32)
+    f[0, 0], f[-1, -1] = 1.0, -1.0
+    return f, (f[..., 0] > 0).astype(np.int64)
+
+
+def _is_refinement(labels, classes):
+    """Every segment lies inside one class."""
+    return all(np.unique(classes[labels == s]).size == 1 for s in np.unique(labels))
+
+
+def test_component_split_is_the_first_nodes_component():
+    A = np.zeros((6, 6), np.float32)
+    for group in ((0, 2, 5), (1, 3), (4,)):
+        A[np.ix_(group, group)] = 1.0
+    A[0, 2] = A[2, 0] = 0.5
+    d = A.sum(axis=1).astype(np.float64)
+    u = eigen.component_split(A, d)
+    y = u / np.sqrt(d)
+    c = d[[0, 2, 5]].sum() / d.sum()
+    assert np.allclose(y, np.where(np.isin(np.arange(6), (0, 2, 5)), 1.0 - c, -c), rtol=0, atol=1e-15)
+    assert abs(np.dot(u, np.sqrt(d))) < 1e-12  # orthogonal to the trivial eigenvector
+    # a connected graph keeps its eigenvector
+    A[0, 1] = A[1, 0] = A[3, 4] = A[4, 3] = 1e-30
+    assert eigen.component_split(A, A.sum(axis=1).astype(np.float64)) is None
+    # the dense solver takes it where the graph is disconnected: the split is the component of node 0, NCut 0
+    B = np.zeros((9, 9), np.float32)
+    for group in ((1, 4, 7), (0, 3, 6, 8), (2, 5)):
+        B[np.ix_(group, group)] = 1.0
+    dB = B.sum(axis=1)
+    yB = eigen.fiedler_vector(B, dB, solver="dense")
+    side, value = graph.scoring.best_threshold_split(B, dB, yB.astype(np.float64))
+    assert value == 0.0
+    assert set(np.flatnonzero(side if side[0] else ~side)) == {0, 3, 6, 8}
+
+
+CASES = [("sign", 16, 16, None), ("sign", 5, 40, None), ("sign", 13, 7, None),
+         ("onehot", 12, 12, 3), ("onehot", 9, 20, 4), ("onehot", 16, 16, 2), ("onehot", 11, 11, 5)]
+
+
+def _case(kind, h, w, classes, seed):
+    if kind == "sign":
+        return sign_features(h, w, seed)
+    return one_hot_features(h, w, classes, seed, channels=classes + 2)
+
+
+@pytest.mark.parametrize("kind,h,w,classes", CASES)
+@pytest.mark.parametrize("compat", ["official", "clean"])
+def test_every_backend_splits_components_alike(kind, h, w, classes, compat):
+    f, cls = _case(kind, h, w, classes, seed=h * w)
+    count = np.unique(cls).size
+    ref = graph.recursive_ncut(f, alpha=10.0, tau=0.5, compat=compat, graph_backend="numpy")
+    if compat == "clean":
+        # every component separated (each such split has NCut 0), no clique split (NCut 1)
+        assert _is_refinement(ref, cls) and np.unique(ref).size == count
+    else:
+        # every node's row holds an exact zero, so the zero-row rule stops after the root's split: the first
+        # token's component against the rest
+        assert np.unique(ref).size == 2
+        assert np.array_equal(ref == ref.flat[0], cls == cls.flat[0])
+    trees = graph.device_ncut_trees([f], alpha=10.0, tau_max=0.5, xp=np, compat=compat)
+    assert np.array_equal(trees[0].cut(0.5), ref)
+    for solver in ("dense", "auto"):
+        assert np.array_equal(graph.recursive_ncut(f, alpha=10.0, tau=0.5, compat=compat, solver=solver,
+                                                   graph_backend="numpy"), ref)
+
+
+@pytest.mark.parametrize("kind,h,w,classes", CASES)
+@pytest.mark.parametrize("compat", ["official", "clean"])
+def test_native_core_splits_components_as_numpy(built, kind, h, w, classes, compat):
+    f, _ = _case(kind, h, w, classes, seed=h * w)
+    ref = graph.recursive_ncut(f, alpha=10.0, tau=0.5, compat=compat, graph_backend="numpy")
+    for solver in ("dense", "auto"):
+        got = graph.recursive_ncut(f, alpha=10.0, tau=0.5, compat=compat, solver=solver, graph_backend="native")
+        assert np.array_equal(got, ref), (solver, np.bincount(got.ravel()), np.bincount(ref.ravel()))
+    assert native.native_available()
+
+
+def test_large_disconnected_graph_takes_the_rule_after_the_iterative_solvers():
+    """Above the dense size of ``auto`` Lanczos and block Krylov cannot certify a degenerate eigenvalue; the dense
+    fallback then applies the rule: numpy and the stacked path agree on a 48 x 48 grid (2304 tokens)."""
+    f, cls = one_hot_features(48, 48, 3, seed=1, channels=4)
+    ref = graph.recursive_ncut(f, alpha=10.0, tau=0.5, compat="official", graph_backend="numpy")
+    assert np.array_equal(ref == ref.flat[0], cls == cls.flat[0])
+    if native.native_available():
+        assert np.array_equal(graph.recursive_ncut(f, alpha=10.0, tau=0.5, compat="official",
+                                                   graph_backend="native"), ref)
+
+
+def test_stacked_iterative_path_takes_the_rule(monkeypatch):
+    """The stacked path's per-subgraph ``eigsh`` (above ``DENSE_MAX_NODES``; lowered here so a small grid takes it)
+    applies the rule too: the same labels as the host on a 3-component graph, where the deflated eigenvalue 1 is
+    still double."""
+    monkeypatch.setattr(eigen, "DENSE_MAX_NODES", 64)
+    for compat in ("official", "clean"):
+        f, _ = one_hot_features(12, 14, 3, seed=4, channels=5)
+        ref = graph.recursive_ncut(f, alpha=10.0, tau=0.5, compat=compat, graph_backend="numpy")
+        trees = graph.device_ncut_trees([f], alpha=10.0, tau_max=0.5, xp=np, compat=compat)
+        assert np.array_equal(trees[0].cut(0.5), ref)
