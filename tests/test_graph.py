@@ -210,8 +210,10 @@ def test_bad_parameters_raise_input_error():
     feats = np.ones((2, 2, 3))
     with pytest.raises(InputError, match="compat"):
         recursive_ncut(feats, compat="fast")
-    with pytest.raises(InputError, match="tau"):
+    with pytest.raises(InputError, match="^tau must be a positive number, got 0$"):  # named as the caller named it
         recursive_ncut(feats, tau=0)
+    with pytest.raises(InputError, match="^tau must be a positive number, got nan$"):
+        recursive_ncut_affinity(np.ones((3, 3)), tau=float("nan"))
     with pytest.raises(InputError, match="alpha"):
         recursive_ncut(feats, alpha=-1)
     with pytest.raises(InputError, match="square"):

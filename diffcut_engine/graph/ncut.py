@@ -100,6 +100,7 @@ def recursive_ncut_affinity(W, *, tau: float = 0.5, compat: str = DEFAULT_COMPAT
     numpy.ndarray
         (N,) int32 labels 0..K-1.
     """
+    tau = check_tau(tau)
     return build_tree(W, tau_max=tau, compat=compat, solver=solver, num_thresholds=num_thresholds).cut(tau)
 
 
@@ -273,5 +274,6 @@ def recursive_ncut(features, *, alpha: float = 10.0, tau: float = 0.5, compat: s
        NeurIPS 2024, arXiv:2406.02842.
     .. [2] J. Shi and J. Malik, "Normalized Cuts and Image Segmentation", TPAMI 2000.
     """
+    tau = check_tau(tau)  # (named as the caller named it)
     return ncut_tree(features, alpha=alpha, tau_max=tau, compat=compat, solver=solver,
                      num_thresholds=num_thresholds, graph_backend=graph_backend).cut(tau)
