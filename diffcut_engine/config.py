@@ -238,6 +238,10 @@ class EngineConfig:
             set_("model", DEFAULT_MODEL)
         if self.backbone not in BACKBONES:
             raise InputError(f"unknown backbone {self.backbone!r}; choose one of {', '.join(BACKBONES)}")
+        if self.backbone != "diffusion" and (self.model != DEFAULT_MODEL or self.revision is not None):
+            what = f"model={self.model!r}" if self.model != DEFAULT_MODEL else f"revision={self.revision!r}"
+            raise InputError(f"{what} applies to backbone='diffusion'; backbone={self.backbone!r} loads its own "
+                             "weights (leave model and revision out, or use backbone='diffusion')")
         size = SIZE_PRESETS[self.backbone] if self.size is None else self.size
         set_("size", parse_size(size, name="size", multiple=32))
         if self.resize_mode not in RESIZE_MODES:

@@ -39,6 +39,9 @@ def test_config_defaults_are_the_paper():
     ({"resize_mode": "pad"}, "resize_mode"), ({"size": "1024x576", "resize_mode": "center_crop"}, "square"),
     ({"pamr_dilations": (1, 0)}, "dilations"), ({"refine": "fast"}, "refine"), ({"pamr_iters": -1}, "pamr_iters"),
     ({"refine_backend": "gpu"}, "refine_backend"),
+    # a diffusion model or revision next to the offline backbone (which loads its own weights) is not ignored
+    ({"backbone": "efficientnet-lite0", "model": "/no/such/folder"}, "^model='/no/such/folder' applies to backbone"),
+    ({"backbone": "efficientnet-lite0", "revision": "main"}, "^revision='main' applies to backbone='diffusion'"),
 ])
 def test_config_validation(kwargs, match):
     with pytest.raises(InputError, match=match):
