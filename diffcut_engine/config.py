@@ -156,10 +156,12 @@ class EngineConfig:
     batch_size : int
         Images per encoder call.
     graph_device : {"auto", "host", "device"}
-        Where the recursive NCut runs. ``host``: numpy, one image at a time. ``device``: CuPy on the CUDA device,
-        the trees of a whole batch built in one batched call (not with ``compat="official-float32"``; needs the
-        ``[gpu]`` extra, CPU features are copied to the device). ``auto``: ``device`` when the features are on
-        CUDA, CuPy sees a device and ``compat`` is not ``"official-float32"``, else ``host``.
+        Where the recursive NCut runs. ``host``: the CPU, one image at a time (numpy or the C++ core, as
+        ``graph_backend`` picks; with ``graph_threads`` > 1 the core's pool takes a batch's grids together).
+        ``device``: CuPy on the CUDA device, the trees of a whole batch built in one batched call (not with
+        ``compat="official-float32"``; needs the ``[gpu]`` extra, CPU features are copied to the device).
+        ``auto``: ``device`` when the features are on CUDA, CuPy sees a device and ``compat`` is not
+        ``"official-float32"``, else ``host``.
     graph_backend : {"auto", "native", "numpy", "cupy"}
         Which implementation runs the recursive NCut (same partitions and label ids): ``native`` the C++ core
         (``diffcut_engine._native``, built by the package install), ``numpy`` the Python host path, ``cupy`` the
@@ -187,6 +189,9 @@ class EngineConfig:
     cuda_graphs : bool
         ``backend="torch"``: capture the truncated UNet call with ``torch.cuda.CUDAGraph`` once per input
         shape and replay it afterwards. Needs CUDA.
+    vae_tf32 : bool, default True
+        Diffusion backbone on CUDA: the float32 VAE's convolutions may use TF32 (PyTorch's default, under which the
+        official code ran); ``False`` gives IEEE float32 convolutions, slower. No effect on the CPU.
     clip_model : str, optional
         CLIP model that names segments when ``Engine.segment(..., classes=[...])`` asks for class names: an
         open_clip model (``hf-hub:org/repo``, ``local-dir:/path``, ``open_clip:ARCH/TAG`` or a folder with
@@ -226,6 +231,7 @@ class EngineConfig:
     attention: str = "auto"
     cuda_graphs: bool = False
     clip_model: Optional[str] = None
+    vae_tf32: bool = True
 
     def __post_init__(self):
         set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731  (frozen dataclass)
@@ -343,7 +349,7 @@ class EngineConfig:
         if self.compile is not None and self.compile not in COMPILE_MODES:
             raise InputError(f"unknown compile mode {self.compile!r}; choose None or one of "
                              f"{', '.join(COMPILE_MODES)}")
-        for name in ("channels_last", "cuda_graphs"):
+        for name in ("channels_last", "cuda_graphs", "vae_tf32"):
             if not isinstance(getattr(self, name), bool):
                 raise InputError(f"{name} must be True or False, got {getattr(self, name)!r}")
         if self.attention not in ATTENTION_MODES:

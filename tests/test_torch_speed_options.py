@@ -247,3 +247,22 @@ def test_vae_tf32_on_the_encoder(tiny_sdxl_path, tiny_sdxl_encoder, monkeypatch)
     assert seen == [False, True]  # the VAE ran under each encoder's own setting
     with pytest.raises(InputError, match="vae_tf32"):
         DiffusionEncoder.from_pretrained(tiny_sdxl_path, device="cpu", dtype="fp32", vae_tf32="no")
+
+
+def test_vae_tf32_from_the_engine_config_and_the_cli(tiny_sdxl_path):
+    """EngineConfig(vae_tf32=False) (``--no-vae-tf32``) reaches the diffusion encoder; the default keeps TF32."""
+    import argparse
+
+    from diffcut_engine import EngineConfig
+    from diffcut_engine.cli.options import add_engine_options, config_from_args
+    from diffcut_engine.encoders import load_encoder
+
+    enc = load_encoder(EngineConfig(model=tiny_sdxl_path, device="cpu", dtype="fp32", vae_tf32=False))
+    assert enc.vae_tf32 is False
+    assert load_encoder(EngineConfig(model=tiny_sdxl_path, device="cpu", dtype="fp32")).vae_tf32 is True
+    with pytest.raises(InputError, match="vae_tf32 must be True or False"):
+        EngineConfig(vae_tf32="no")
+    parser = argparse.ArgumentParser()
+    add_engine_options(parser)
+    assert config_from_args(parser.parse_args(["--no-vae-tf32"])).vae_tf32 is False
+    assert config_from_args(parser.parse_args([])).vae_tf32 is True

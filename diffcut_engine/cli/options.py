@@ -112,6 +112,9 @@ def add_engine_options(parser: argparse.ArgumentParser, *, batch_size: int = 4) 
                    "(diffusers' choice, the default)")
     g.add_argument("--cuda-graphs", action="store_true",
                    help="capture the truncated UNet in a CUDA graph per input shape and replay it (CUDA only)")
+    g.add_argument("--no-vae-tf32", dest="vae_tf32", action="store_false",
+                   help="IEEE float32 convolutions in the VAE on CUDA (default: TF32 allowed, as PyTorch and the "
+                   "official code)")
     g = parser.add_argument_group("method")
     g.add_argument("--tau", type=positive_float, default=None,
                    help="NCut threshold; larger gives more segments. Its scale depends on the backbone: "
@@ -127,8 +130,9 @@ def add_engine_options(parser: argparse.ArgumentParser, *, batch_size: int = 4) 
                    "the official float32 computation (slow); clean: plain index sets (no zero-row rule)")
     g.add_argument("--graph-device", choices=GRAPH_DEVICES, default="auto",
                    help="where the NCut runs: device (CuPy on the GPU, a whole batch at once; needs "
-                   "pip install 'diffcut-engine[gpu]'; not with --compat official-float32), host (numpy), or auto "
-                   "(default: device when the features are on CUDA and CuPy is available)")
+                   "pip install 'diffcut-engine[gpu]'; not with --compat official-float32), host (the CPU: numpy "
+                   "or the C++ core, see --graph-backend), or auto (default: device when the features are on CUDA "
+                   "and CuPy is available)")
     g.add_argument("--graph-backend", choices=GRAPH_BACKENDS, default="auto",
                    help="which implementation runs the NCut (same labels): native (the C++ core, built by pip "
                    "install), numpy, cupy (the device path), or auto (default: cupy on the device, else native "
@@ -212,7 +216,7 @@ def config_from_args(args) -> EngineConfig:
                    graph_threads=args.graph_threads, backend=args.backend,
                    engine_dir=args.engine_dir,
                    compile=args.compile, channels_last=args.channels_last, attention=args.attention,
-                   cuda_graphs=args.cuda_graphs)
+                   cuda_graphs=args.cuda_graphs, vae_tf32=args.vae_tf32)
     # An engine folder supplies the model, size, timestep and seed that were not given.
     options = apply_manifest_defaults(options)
     for key, default in (("model", DEFAULT_MODEL), ("timestep", 50), ("seed", 42)):

@@ -44,10 +44,9 @@ def load_encoder(config) -> FeatureEncoder:
         return LiteEncoder.from_pretrained(device=config.device, dtype=config.dtype)
     from .diffusion import DiffusionEncoder
 
-    # vae_tf32: read with a default until EngineConfig has the field (config.py belongs to another change).
     encoder = DiffusionEncoder.from_pretrained(config.model, revision=config.revision, device=config.device,
                                                dtype=config.dtype, timestep=config.timestep, seed=config.seed,
                                                local_files_only=config.local_files_only,
-                                               vae_tf32=getattr(config, "vae_tf32", True))
+                                               vae_tf32=config.vae_tf32)
     return encoder.configure_speed(compile=config.compile, channels_last=config.channels_last,
                                    attention=config.attention, cuda_graphs=config.cuda_graphs)
