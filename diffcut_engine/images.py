@@ -207,7 +207,7 @@ def load_image(source, index: int = 0) -> LoadedImage:
                          "a numpy array or a torch tensor")
     h, w = pixels.shape[-2:]
     if h < 2 or w < 2:
-        raise InputError(f"{name}: image is too small ({w}x{h} px)")
+        raise InputError(f"{name}: image is too small ({w}x{h} px; at least 2x2)")
     if not torch.isfinite(pixels).all():
         raise InputError(f"{name}: image contains NaN or infinite values")
     lo, hi = float(pixels.min()), float(pixels.max())

@@ -84,6 +84,9 @@ def test_load_image_errors(tmp_path):
         load_image(12)
     with pytest.raises(InputError, match="directory"):
         load_image(tmp_path)
+    with pytest.raises(InputError, match=r"image is too small \(1x3 px; at least 2x2\)"):
+        load_image(np.zeros((3, 1, 3), np.uint8))
+    assert tuple(load_image(np.zeros((2, 2, 3), np.uint8)).pixels.shape) == (3, 2, 2)
 
 
 def test_load_image_forms_agree(tmp_path):
