@@ -81,7 +81,8 @@ static std::vector<std::int32_t> official_numbering(const diffcut::detail::Tree&
 }
 
 static diffcut::detail::Tree tree_of(const std::vector<float>& f, int h, int w, int c, double tau_max,
-                                     Compat compat) {
+                                     Compat compat,
+                                     diffcut::detail::Solver solver = diffcut::detail::Solver::Auto) {
   std::vector<float> x(f);
   const std::int64_t n = static_cast<std::int64_t>(h) * w;
   diffcut::detail::l2_normalize(x.data(), n, c);
@@ -90,6 +91,7 @@ static diffcut::detail::Tree tree_of(const std::vector<float>& f, int h, int w, 
   diffcut::detail::Options o;
   o.tau_max = tau_max;
   o.compat = compat;
+  o.solver = solver;
   auto t = diffcut::detail::build_tree(W.data(), n, o);
   t.height = h;
   t.width = w;
@@ -269,19 +271,8 @@ int main() {
     for (int i = 0; i < h * w; ++i) f[static_cast<std::size_t>(i) * c + cls[i]] = 1.0f;
     for (Compat compat : {Compat::Clean, Compat::Official})
       for (auto solver : {diffcut::detail::Solver::Dense, diffcut::detail::Solver::Auto}) {
-        std::vector<float> x(f);
-        const std::int64_t n = static_cast<std::int64_t>(h) * w;
-        diffcut::detail::l2_normalize(x.data(), n, c);
-        std::vector<float> W(static_cast<std::size_t>(n * n));
-        diffcut::detail::affinity_from_tokens(x.data(), n, c, 10.0, W.data());
-        diffcut::detail::Options o;
-        o.tau_max = 0.5;
-        o.compat = compat;
-        o.solver = solver;
-        auto t = diffcut::detail::build_tree(W.data(), n, o);
-        t.height = h;
-        t.width = w;
-        std::vector<std::int32_t> labels(static_cast<std::size_t>(n));
+        const auto t = tree_of(f, h, w, c, 0.5, compat, solver);
+        std::vector<std::int32_t> labels(static_cast<std::size_t>(h) * w);
         t.cut(0.5, labels.data());
         if (compat == Compat::Clean) {
           EXPECT(same_partition(cls, labels));

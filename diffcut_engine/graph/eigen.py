@@ -22,6 +22,7 @@ import numpy as np
 
 from ..errors import InputError
 from ._blas import matmul, matvec, project_out, rmatvec, symv
+from .xp import to_host
 
 logger = logging.getLogger(__name__)
 
@@ -570,8 +571,7 @@ def _fiedler_iterative(xp, M, d, real):
         out[i] = vec[:, 0]
         if float(val[0]) >= 1.0 - STACKED_DISCONNECTED_EIGENVALUE:  # disconnected: the canonical split
             keep = np.flatnonzero(real_host[i])
-            Mi = M[i][keep][:, keep]
-            u = component_split(np.asarray(Mi.get() if hasattr(Mi, "get") else Mi), d_host[i][keep])
+            u = component_split(to_host(M[i][keep][:, keep]), d_host[i][keep])
             if u is not None:
                 full = np.zeros(M.shape[1])
                 full[keep] = u
