@@ -20,6 +20,7 @@
 #include "lapack.h"
 #include "matvec.h"
 #include "scratch.h"
+#include "small_eigen.h"
 
 namespace diffcut {
 namespace detail {
@@ -213,18 +214,23 @@ bool block_krylov_fiedler(const float* A, const std::vector<double>& d, std::int
       for (int c = 0; c < k; ++c)
         Tk[static_cast<std::size_t>(r) * k + c] =
             (T[static_cast<std::size_t>(r) * kmax + c] + T[static_cast<std::size_t>(c) * kmax + r]) / 2;
-    std::vector<double> w, z;
-    int found = 0;
-    if (syevr('A', k, Tk.data(), 1, k, w, z, found) != 0 || found != k) return false;
+    // the top p Ritz pairs: theta descending, St's row i (k values) the eigenvector of theta[i] (small_eigen.h;
+    // dsyevr on all k pairs where it does not converge)
     const int p = std::min(k, kMaxCluster + 1);
-    // the top p Ritz vectors X (p x n) and residuals R = S^T MQ - theta X, S's columns k-1, k-2, ... (descending)
-    // (z is column-major k x k: its column col, eigenvalue w[col] ascending, is the row-major row col of z)
     std::vector<double> theta(p), r(p), St(static_cast<std::size_t>(p) * k);
-    for (int i = 0; i < p; ++i) {
-      const int col = k - 1 - i;
-      theta[i] = w[col];
-      std::copy(z.begin() + static_cast<std::size_t>(col) * k, z.begin() + static_cast<std::size_t>(col + 1) * k,
-                St.begin() + static_cast<std::size_t>(i) * k);
+    if (!top_eigenpairs(Tk.data(), k, p, theta, St)) {
+      std::vector<double> w, z;
+      int found = 0;
+      if (syevr('A', k, Tk.data(), 1, k, w, z, found) != 0 || found != k) return false;
+      // z is column-major k x k: its column col, eigenvalue w[col] ascending, is the row-major row col of z
+      theta.assign(p, 0.0);
+      St.assign(static_cast<std::size_t>(p) * k, 0.0);
+      for (int i = 0; i < p; ++i) {
+        const int col = k - 1 - i;
+        theta[i] = w[col];
+        std::copy(z.begin() + static_cast<std::size_t>(col) * k, z.begin() + static_cast<std::size_t>(col + 1) * k,
+                  St.begin() + static_cast<std::size_t>(i) * k);
+      }
     }
     // The next block first: the last block's products with their components in span(u1, Q) removed, whose Gram
     // matrix G gives every Ritz pair's residual without an n-vector: M Q^T = Q^T T + (last block's rest), so
@@ -253,7 +259,7 @@ bool block_krylov_fiedler(const float* A, const std::vector<double>& d, std::int
         check = std::isfinite(estimate) && estimate < kCheckSlack * kAngleTol;
       }
     }
-    if (check) {
+    if (check) {  // the top p Ritz vectors X (p x n) and residuals R = S^T MQ - theta X
       std::vector<double> X(static_cast<std::size_t>(p) * n), R(static_cast<std::size_t>(p) * n);
       gemm(false, false, p, ni, k, 1.0, St.data(), k, Q.data() + n, ni, 0.0, X.data(), ni);
       gemm(false, false, p, ni, k, 1.0, St.data(), k, MQ.data(), ni, 0.0, R.data(), ni);

@@ -1,7 +1,8 @@
 // The C++ core and the C++ header: planted partitions are found, every cut of a tree equals the tree built at
 // that tau, labels follow the official assemble_clusters numbering, constant features give one segment, the
 // pairwise sum is a sum, the float32-stored products are float64 products (the same bits on one thread or
-// several), block Krylov certifies the Fiedler vector of a clustered spectrum (where Lanczos cannot),
+// several), block Krylov certifies the Fiedler vector of a clustered spectrum (where Lanczos cannot), its
+// Rayleigh-Ritz eigensolver (small_eigen.h) gives dsyevr's top eigenpairs (random, clustered, repeated, zero),
 // and errors surface as diffcut::Error with their code; the refinement: the support-box PAMR equals a plain dense
 // propagation of all K masks bit for bit (borders, resized masks, a dilation wider than the image, one label per
 // chunk, threads), the median is the 5th smallest of the clamped window, and the C++ header's refinement calls.
@@ -20,6 +21,7 @@
 #include "matvec.h"
 #include "npy.h"
 #include "scratch.h"
+#include "small_eigen.h"
 
 static int failures = 0;
 #define EXPECT(cond)                                                       \
@@ -190,6 +192,63 @@ static void check_zero_row_flags(const std::vector<float>& f, int n, int c) {
   EXPECT(given.nodes.size() == scanned.nodes.size());
   EXPECT(given.cut(0.5, a.data()) == scanned.cut(0.5, b.data()));
   EXPECT(a == b);
+}
+
+// A symmetric k x k matrix Q diag(w) Q^T (row-major) with a random orthogonal Q.
+static std::vector<double> with_spectrum(const std::vector<double>& w, std::mt19937_64& rng) {
+  const int k = static_cast<int>(w.size());
+  std::normal_distribution<double> normal(0.0, 1.0);
+  std::vector<double> Q(static_cast<std::size_t>(k) * k), A(static_cast<std::size_t>(k) * k, 0.0);
+  for (double& x : Q) x = normal(rng);
+  for (int i = 0; i < k; ++i) {
+    double* q = &Q[static_cast<std::size_t>(i) * k];
+    for (int pass = 0; pass < 2; ++pass)
+      for (int j = 0; j < i; ++j) {
+        const double* r = &Q[static_cast<std::size_t>(j) * k];
+        double s = 0.0;
+        for (int t = 0; t < k; ++t) s += r[t] * q[t];
+        for (int t = 0; t < k; ++t) q[t] -= s * r[t];
+      }
+    double s = 0.0;
+    for (int t = 0; t < k; ++t) s += q[t] * q[t];
+    for (int t = 0; t < k; ++t) q[t] /= std::sqrt(s);
+  }
+  for (int a = 0; a < k; ++a)
+    for (int b = 0; b <= a; ++b) {
+      double s = 0.0;
+      for (int i = 0; i < k; ++i) s += Q[static_cast<std::size_t>(i) * k + a] * w[i] * Q[static_cast<std::size_t>(i) * k + b];
+      A[static_cast<std::size_t>(a) * k + b] = A[static_cast<std::size_t>(b) * k + a] = s;
+    }
+  return A;
+}
+
+// top_eigenpairs against dsyevr: eigenvalues within 1e-13 ||A||, residuals ||A z - w z|| and orthogonality within
+// 1e-11 ||A|| (a cluster's vectors are any orthonormal basis of it, so they are compared through residuals).
+static void check_top_eigenpairs(const std::vector<double>& A, int k, int p) {
+  std::vector<double> w, z, lw, lz, copy(A);
+  int found = 0;
+  EXPECT(diffcut::detail::top_eigenpairs(A.data(), k, p, w, z));
+  EXPECT(diffcut::detail::syevr('A', k, copy.data(), 1, k, lw, lz, found) == 0 && found == k);
+  if (w.size() != static_cast<std::size_t>(p) || z.size() != static_cast<std::size_t>(p) * k || found != k) return;
+  double norm = 1e-300;
+  for (double x : A) norm = std::max(norm, std::fabs(x));
+  for (int t = 0; t < p; ++t) {
+    EXPECT(std::fabs(w[t] - lw[k - 1 - t]) <= 1e-13 * norm);
+    if (t > 0) EXPECT(w[t] <= w[t - 1]);
+    const double* zt = &z[static_cast<std::size_t>(t) * k];
+    double res = 0.0;
+    for (int a = 0; a < k; ++a) {
+      double s = -w[t] * zt[a];
+      for (int b = 0; b < k; ++b) s += A[static_cast<std::size_t>(a) * k + b] * zt[b];
+      res += s * s;
+    }
+    EXPECT(std::sqrt(res) <= 1e-11 * norm);
+    for (int u = 0; u <= t; ++u) {
+      double s = 0.0;
+      for (int a = 0; a < k; ++a) s += zt[a] * z[static_cast<std::size_t>(u) * k + a];
+      EXPECT(std::fabs(s - (u == t ? 1.0 : 0.0)) <= 1e-11);
+    }
+  }
 }
 
 int main() {
@@ -434,6 +493,39 @@ int main() {
       EXPECT(syevr('A', k, T.data(), 1, k, w, z, found) == 0 && found == k);
       EXPECT(std::fabs(w[k - 1] - w1) < 1e-12 && std::fabs(w[k - 2] - w2) < 1e-12);
     }
+  }
+  // block Krylov's Rayleigh-Ritz eigensolver: random spectra, a tight cluster at the top (a nearly disconnected
+  // graph's, gaps 1e-9 .. 1e-6), exactly repeated eigenvalues, a cluster at rounding level, a matrix with zeros in
+  // its spectrum; sizes 1 .. 320, p = min(k, 33) and p = k; the zero matrix; a NaN entry is refused
+  {
+    std::mt19937_64 rng(11);
+    std::uniform_real_distribution<double> uniform(0.0, 1.0);
+    for (int kind = 0; kind < 5; ++kind)
+      for (int k : {1, 2, 3, 5, 9, 33, 40, 112, 320}) {
+        std::vector<double> w(k);
+        for (int i = 0; i < k; ++i) {
+          const double u = uniform(rng);
+          w[i] = kind == 0   ? 2.0 * u - 1.0
+                 : kind == 1 ? (i < 12 ? 1.0 - 1e-9 - 1e-6 * u : 0.8 * u)
+                 : kind == 2 ? (i < 6 ? 1.0 : i < 10 ? 0.5 : 0.3 * u)
+                 : kind == 3 ? (i < 12 ? 1.0 - 1e-15 * i : 0.8 * u)
+                             : (i % 3 == 0 ? 0.0 : 1e-3 * u);
+        }
+        const std::vector<double> A = with_spectrum(w, rng);
+        check_top_eigenpairs(A, k, std::min(k, 33));
+        if (k <= 40) check_top_eigenpairs(A, k, k);
+      }
+    std::vector<double> w, z, zero(16 * 16, 0.0);
+    EXPECT(diffcut::detail::top_eigenpairs(zero.data(), 16, 4, w, z) && w[0] == 0.0 && w[3] == 0.0);
+    for (int t = 0; t < 4; ++t) {
+      double s = 0.0;
+      for (int a = 0; a < 16; ++a) s += z[t * 16 + a] * z[t * 16 + a];
+      EXPECT(s == 1.0);
+    }
+    std::vector<double> bad(9, 1.0);
+    bad[4] = std::nan("");
+    EXPECT(!diffcut::detail::top_eigenpairs(bad.data(), 3, 1, w, z));
+    EXPECT(!diffcut::detail::top_eigenpairs(zero.data(), 16, 17, w, z));
   }
   // block Krylov on a clustered spectrum: Lanczos cannot certify (residual / inner gap ~1e-8), the subspace
   // certificate does, and the vector is the dense solve's within 1e-6 (angle); the same for several graphs
