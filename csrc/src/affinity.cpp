@@ -46,6 +46,7 @@ constexpr std::int64_t kBandMinRows = 256;
 // From this many tokens on, the scaling pass runs on kernel_threads() threads (below, starting them costs more
 // than they save).
 constexpr std::int64_t kScaleThreadsMinRows = 1024;
+constexpr int kScaleParts = 4;  // its parts (tile rows dealt round-robin) for the caller and the shared helpers
 
 // Extrema of a float range (16 independent lanes as one GCC vector, which every clone compiles to its own
 // registers; min and max are exact in any order).
@@ -117,21 +118,23 @@ void gram_lower(const float* tokens, std::int64_t n, std::int64_t c, float* S, f
   r -= r % 64;
   const SingleThreadedBlas one_blas_thread;
   float top_lo = 0.0f, top_hi = 0.0f;
-  std::thread top([&] {  // (the band's extrema while it is in cache)
-    syrk(0, r);
-    triangle_extrema(S, n, 0, r, top_lo, top_hi);
-  });
-  {
+  // two parts of equal work for the caller and a shared helper, each band's extrema while it is in cache (a
+  // helper that wakes late leaves both to the caller: run_shared)
+  run_shared(2, [&](int part) {
+    if (part == 0) {
+      syrk(0, r);
+      triangle_extrema(S, n, 0, r, top_lo, top_hi);
+      return;
+    }
     // S[i, j] for i >= r > j: column-major C (r x (n - r)) = X[:r] X[r:]^T at S + r * n
     int rows = static_cast<int>(r), cols = static_cast<int>(n - r), ci = static_cast<int>(c), ld = static_cast<int>(n);
     float one = 1.0f, zero = 0.0f;
     char ta = 'T', tb = 'N';
     blas.sgemm(&ta, &tb, &rows, &cols, &ci, &one, const_cast<float*>(tokens), &ci, const_cast<float*>(tokens + r * c),
                &ci, &zero, S + r * n, &ld);
-  }
-  syrk(r, n);
-  triangle_extrema(S, n, r, n, lo, hi);
-  top.join();
+    syrk(r, n);
+    triangle_extrema(S, n, r, n, lo, hi);
+  });
   lo = std::min(lo, top_lo);
   hi = std::max(hi, top_hi);
 }
@@ -241,7 +244,8 @@ void scaled_affinity(const float* S, std::int64_t n, std::int64_t c, double alph
   }
   constexpr std::int64_t tile = kTile;
   const std::int64_t tile_rows = (n + tile - 1) / tile;
-  const int threads = n >= kScaleThreadsMinRows ? kernel_threads() : 1;
+  // parts: tile rows dealt round-robin, claimed by the caller and the shared helpers (run_shared)
+  const int threads = n >= kScaleThreadsMinRows && kernel_threads() > 1 ? kScaleParts : 1;
   std::vector<std::vector<std::uint8_t>> zeros(
       zero_row ? static_cast<std::size_t>(threads) : 0, std::vector<std::uint8_t>(static_cast<std::size_t>(n), 0));
   auto work = [&](int part) {
@@ -260,10 +264,7 @@ void scaled_affinity(const float* S, std::int64_t n, std::int64_t c, double alph
       }
     }
   };
-  std::vector<std::thread> pool;
-  for (int part = 1; part < threads; ++part) pool.emplace_back(work, part);
-  work(0);
-  for (std::thread& t : pool) t.join();
+  run_shared(threads, work);
   if (zero_row)
     for (const auto& zr : zeros)
       for (std::int64_t i = 0; i < n; ++i) zero_row[i] |= zr[static_cast<std::size_t>(i)];

@@ -2,13 +2,14 @@
 // constants, same invariant-subspace certificate, eigen.subspace_certificate): for clustered spectra (nearly
 // disconnected graphs: one eigenvalue near 1 per weakly linked part, tiny gaps inside the cluster, a wide gap below
 // it), where a single Lanczos vector cannot be certified. Blocks of 8 vectors, at most 320 columns, fully
-// reorthogonalised (two passes) against u1 = sqrt(d)/||sqrt(d)|| and the basis; Rayleigh-Ritz on T = Q^T M Q (all
-// pairs by dsyevr), explicit residuals from the stored products M Q; accepted when the bound on sin angle(x1, u2)
-// of the best cluster of the top m <= 32 Ritz pairs is below 1e-6 and 1 - theta1 - r1 > 0. The start block is
-// seeded by the subgraph size (its own generator), its first row the parent's vector when given. Unlike the numpy
-// port, which forms the explicit residuals after every block, the residuals are first estimated from the next
-// block's projection (b x b numbers) and formed explicitly only near certification: the same certificate on the
-// same explicit residuals, for fewer p x n products.
+// reorthogonalised (two passes) against u1 = sqrt(d)/||sqrt(d)|| and the basis; Rayleigh-Ritz on T = Q^T M Q (its
+// top pairs by small_eigen.h, where the numpy port takes all by SciPy's eigh; dsyevr as a fallback), explicit
+// residuals from the stored products M Q; accepted when the bound on sin angle(x1, u2) of the best cluster of the
+// top m <= 32 Ritz pairs is below 1e-6 and 1 - theta1 - r1 > 0. The start block is seeded by the subgraph size (its
+// own generator), its first row the parent's vector when given. Unlike the numpy port, which forms the explicit
+// residuals after every block, the residuals are first estimated from the next block's projection (b x b numbers)
+// and formed explicitly only near certification: the same certificate on the same explicit residuals, for fewer
+// p x n products.
 #include <algorithm>
 #include <cmath>
 #include <cstdint>

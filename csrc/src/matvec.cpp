@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <cmath>
 #include <condition_variable>
 #include <functional>
@@ -11,6 +12,10 @@
 #include <vector>
 
 #include "isa.h"
+
+#if defined(__unix__) || defined(__APPLE__)
+#include <unistd.h>
+#endif
 
 #if defined(__x86_64__) || defined(_M_X64)
 #include <immintrin.h>
@@ -67,6 +72,8 @@ constexpr unsigned kMaxThreads = 4;
 // Without a ProductTeam, A x starts threads from this size on (below, starting them costs about what they save, and
 // its parts run one after the other on the calling thread); the block product (8 vectors) from kSplitMinRows on.
 constexpr i64 kSpawnMinRows = 2048;
+// How long a helper thread spins for the next call before it sleeps (HelperPool).
+constexpr int kSpinMicros = 500;
 
 thread_local int kernel_threads_override = 0;
 
@@ -76,27 +83,116 @@ inline void cpu_relax() {
 #endif
 }
 
-// body(part) for part in [0, parts): on the team's threads where given, else on up to kernel_threads() new
-// threads where spawn, else on the calling thread.
+// body(part) for part in [0, parts): on the shared helpers too where a team with threads is given or spawn,
+// else on the calling thread.
 template <class F>
 void run_parts(int parts, bool spawn, ProductTeam* team, F&& body) {
   if (team != nullptr && team->threads() > 1 && parts > 1) {
     team->run(parts, body);
     return;
   }
-  const int threads = spawn ? std::min(kernel_threads(), parts) : 1;
-  if (threads <= 1) {
-    for (int p = 0; p < parts; ++p) body(p);
+  if (spawn && parts > 1) {
+    run_shared(parts, body);
     return;
   }
-  std::atomic<int> next{0};  // parts claimed one at a time (a thread that starts late takes fewer)
-  auto work = [&] {
-    for (int p = next++; p < parts; p = next++) body(p);
-  };
-  std::vector<std::thread> pool;
-  for (int t = 1; t < threads; ++t) pool.emplace_back(work);
-  work();
-  for (std::thread& t : pool) t.join();
+  for (int p = 0; p < parts; ++p) body(p);
+}
+
+// The helper threads of run_shared. Parts are claimed one at a time from ticket_ (generation << 32 | next part) by
+// the caller and the helpers alike: a helper the system has not woken or scheduled yet leaves its parts to the
+// caller instead of holding it up, and a late helper cannot claim a part of a later call (the generation no longer
+// matches). After a call a helper spins for kSpinMicros (the products of one solve come 0.02-0.5 ms apart, and a
+// sleeping thread takes tens of microseconds to wake, far more on an idle VM core), then sleeps on the condition
+// variable. The pool lives as long as the process (never destroyed: no join at exit).
+class HelperPool {
+ public:
+  explicit HelperPool(int helpers) {
+#if defined(__unix__) || defined(__APPLE__)
+    owner_ = getpid();
+#endif
+    for (int t = 0; t < helpers; ++t) workers_.emplace_back([this] { work(); });
+  }
+
+  // False where the helpers are held by another call (or this is a forked child): the caller runs the parts.
+  bool try_run(int parts, const std::function<void(int)>& body) {
+#if defined(__unix__) || defined(__APPLE__)
+    if (getpid() != owner_) return false;  // a forked child: the helpers stayed in the parent
+#endif
+    if (busy_.exchange(true, std::memory_order_acquire)) return false;
+    unsigned g;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      g = ++generation_;
+      job_ = &body;
+      parts_.store(parts, std::memory_order_relaxed);
+      done_.store(0, std::memory_order_relaxed);
+      ticket_.store(static_cast<std::uint64_t>(g) << 32, std::memory_order_release);
+    }
+    wake_.notify_all();
+    while (claim_and_run(g)) {
+    }
+    // parts a helper is finishing (done_ counts every claimed part; the caller's own are done)
+    while (done_.load(std::memory_order_acquire) < parts) cpu_relax();
+    busy_.store(false, std::memory_order_release);
+    return true;
+  }
+
+ private:
+  bool claim_and_run(unsigned generation) {
+    std::uint64_t v = ticket_.load(std::memory_order_acquire);
+    while (true) {
+      if (static_cast<unsigned>(v >> 32) != generation ||
+          static_cast<int>(v & 0xffffffffu) >= parts_.load(std::memory_order_relaxed))
+        return false;
+      if (ticket_.compare_exchange_weak(v, v + 1, std::memory_order_acq_rel, std::memory_order_acquire)) break;
+    }
+    (*job_)(static_cast<int>(v & 0xffffffffu));
+    done_.fetch_add(1, std::memory_order_release);
+    return true;
+  }
+
+  void work() {
+    unsigned seen = 0;
+    while (true) {
+      unsigned g = seen;
+      const auto until = std::chrono::steady_clock::now() + std::chrono::microseconds(kSpinMicros);
+      for (unsigned spins = 1;; ++spins) {
+        g = static_cast<unsigned>(ticket_.load(std::memory_order_acquire) >> 32);
+        if (g != seen) break;
+        if (spins % 64 == 0 && std::chrono::steady_clock::now() >= until) break;
+        cpu_relax();
+      }
+      if (g == seen) {
+        std::unique_lock<std::mutex> lock(mu_);
+        wake_.wait(lock, [&] { return generation_ != seen; });
+        g = generation_;
+      }
+      seen = g;
+      while (claim_and_run(g)) {
+      }
+    }
+  }
+
+  std::atomic<bool> busy_{false};
+  std::mutex mu_;
+  std::condition_variable wake_;
+  unsigned generation_ = 0;  // (mu_)
+  std::atomic<std::uint64_t> ticket_{0};
+  std::atomic<int> done_{0};
+  std::atomic<int> parts_{0};
+  const std::function<void(int)>* job_ = nullptr;
+  std::vector<std::thread> workers_;
+#if defined(__unix__) || defined(__APPLE__)
+  pid_t owner_ = 0;
+#endif
+};
+
+HelperPool* helper_pool() {
+  static HelperPool* const pool = [] {
+    const int hw = static_cast<int>(std::min(kMaxThreads, std::max(1u, std::thread::hardware_concurrency())));
+    return hw > 1 ? new HelperPool(hw - 1) : nullptr;  // (kept for the process's life)
+  }();
+  return pool;
 }
 
 }  // namespace
@@ -110,64 +206,21 @@ int kernel_threads() {
 OneKernelThread::OneKernelThread() : previous_(kernel_threads_override) { kernel_threads_override = 1; }
 OneKernelThread::~OneKernelThread() { kernel_threads_override = previous_; }
 
-ProductTeam::ProductTeam(std::int64_t m) : threads_(m >= kSplitMinRows ? std::min(kernel_threads(), kParts) : 1) {
-  for (int t = 1; t < threads_; ++t) workers_.emplace_back([this] { work(); });
+void run_shared(int parts, const std::function<void(int)>& body) {
+  if (parts > 1 && kernel_threads() > 1) {
+    HelperPool* pool = helper_pool();
+    if (pool != nullptr && pool->try_run(parts, body)) return;
+  }
+  for (int p = 0; p < parts; ++p) body(p);
 }
 
-ProductTeam::~ProductTeam() {
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    stop_ = true;
-  }
-  wake_.notify_all();
-  for (std::thread& w : workers_) w.join();
-}
-
-// Parts are claimed one at a time from ticket_ (generation << 32 | next part) by the caller and the workers alike:
-// a worker the system has not woken or scheduled yet leaves its parts to the caller instead of holding it up, and a
-// late worker cannot claim a part of a later product (the generation no longer matches).
-bool ProductTeam::claim_and_run(unsigned generation) {
-  std::uint64_t v = ticket_.load(std::memory_order_acquire);
-  while (true) {
-    if (static_cast<unsigned>(v >> 32) != generation ||
-        static_cast<int>(v & 0xffffffffu) >= parts_.load(std::memory_order_relaxed))
-      return false;
-    if (ticket_.compare_exchange_weak(v, v + 1, std::memory_order_acq_rel, std::memory_order_acquire)) break;
-  }
-  (*job_)(static_cast<int>(v & 0xffffffffu));
-  done_.fetch_add(1, std::memory_order_release);
-  return true;
-}
-
-void ProductTeam::work() {
-  unsigned seen = 0;
-  while (true) {
-    unsigned g;
-    {
-      std::unique_lock<std::mutex> lock(mu_);
-      wake_.wait(lock, [&] { return stop_ || generation_ != seen; });  // asleep between products: no spinning
-      if (stop_) return;
-      g = seen = generation_;
-    }
-    while (claim_and_run(g)) {
-    }
-  }
-}
+ProductTeam::ProductTeam(std::int64_t m) : threads_(m >= kSplitMinRows ? std::min(kernel_threads(), kParts) : 1) {}
 
 void ProductTeam::run(int parts, const std::function<void(int)>& body) {
-  unsigned g;
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    g = ++generation_;
-    job_ = &body;
-    parts_.store(parts, std::memory_order_relaxed);
-    done_.store(0, std::memory_order_relaxed);
-    ticket_.store(static_cast<std::uint64_t>(g) << 32, std::memory_order_release);
-  }
-  wake_.notify_all();
-  while (claim_and_run(g)) {
-  }
-  while (done_.load(std::memory_order_acquire) < parts) cpu_relax();  // parts a worker is finishing
+  if (threads_ > 1)
+    run_shared(parts, body);
+  else
+    for (int p = 0; p < parts; ++p) body(p);
 }
 
 void symv_lower_f32(const float* A, std::int64_t m, const double* x, double* y, ProductTeam* team) {

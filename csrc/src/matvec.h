@@ -15,33 +15,25 @@
 namespace diffcut {
 namespace detail {
 
-// Threads kept for the products of one solve: a Krylov solve makes tens of products, and starting a thread for each
-// costs about what a product of 1,000-2,000 rows takes. kernel_threads() - 1 workers (none below 512 rows) sleep
-// between products (no busy-waiting: they take no core from anyone else) and are woken for each; the caller and
-// the workers claim the product's parts one at a time, so a worker that wakes late leaves its parts to the caller.
+// body(p) for p in [0, parts) on the calling thread and the process's helper threads (kernel_threads() - 1 of
+// them at most 3, started on first use and kept, asleep between uses after a short spin). The parts are claimed one
+// at a time, so a helper that wakes late (its core asleep or busy: on a VM a core idle for a while can take
+// milliseconds to wake) leaves its share to the caller, and the call waits only for parts a helper has claimed: it
+// never takes longer than the parts on the calling thread alone. Inside a OneKernelThread scope, with one part,
+// while another call holds the helpers (concurrent or nested callers) or in a forked child, the parts run on the
+// calling thread, in order.
+void run_shared(int parts, const std::function<void(int)>& body);
+
+// The threads of one solve's products: the shared helpers (run_shared) from 512 rows on, else the calling thread.
 class ProductTeam {
  public:
   explicit ProductTeam(std::int64_t m);
-  ~ProductTeam();
-  ProductTeam(const ProductTeam&) = delete;
-  ProductTeam& operator=(const ProductTeam&) = delete;
   int threads() const { return threads_; }
-  // body(p) for p in [0, parts), each part on one of the threads; back when all ran.
+  // body(p) for p in [0, parts) (run_shared where threads() > 1); back when all ran.
   void run(int parts, const std::function<void(int)>& body);
 
  private:
-  void work();
-  bool claim_and_run(unsigned generation);
   const int threads_;
-  std::vector<std::thread> workers_;
-  std::mutex mu_;
-  std::condition_variable wake_;
-  unsigned generation_ = 0;  // (mu_)
-  bool stop_ = false;        // (mu_)
-  std::atomic<std::uint64_t> ticket_{0};
-  std::atomic<int> done_{0};
-  std::atomic<int> parts_{0};
-  const std::function<void(int)>* job_ = nullptr;
 };
 
 // y = A x, A symmetric: only its lower triangle is read. Every product and sum in float64, in an order fixed by

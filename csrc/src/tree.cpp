@@ -126,10 +126,10 @@ DIFFCUT_CLONES void add_widened(double* dst, const float* src, std::int64_t m) {
   for (std::int64_t i = 0; i < m; ++i) dst[i] += static_cast<double>(src[i]);
 }
 
-// body(begin, end) over [0, m) from kSplitRowsMin on where the core may use two threads (else one call): in
-// kSplitParts ranges claimed one at a time by the calling thread and one more, so that a helper that starts late
-// (its core busy) leaves its share to the caller. For passes over a whole subgraph matrix whose parts are
-// independent (the same floats either way).
+// body(begin, end) over [0, m) from kSplitRowsMin on where the core may use several threads (else one call): in
+// kSplitParts ranges claimed one at a time by the calling thread and the shared helpers (run_shared), so that a
+// helper that wakes late (its core busy or asleep) leaves its share to the caller. For passes over a whole
+// subgraph matrix whose parts are independent (the same floats either way).
 constexpr std::int64_t kSplitRowsMin = 1024;
 constexpr int kSplitParts = 8;
 template <class F>
@@ -138,13 +138,7 @@ void on_two_threads(std::int64_t m, F&& body) {
     body(std::int64_t{0}, m);
     return;
   }
-  std::atomic<int> next{0};
-  auto work = [&] {
-    for (int p = next++; p < kSplitParts; p = next++) body(m * p / kSplitParts, m * (p + 1) / kSplitParts);
-  };
-  std::thread other(work);
-  work();
-  other.join();
+  run_shared(kSplitParts, [&](int p) { body(m * p / kSplitParts, m * (p + 1) / kSplitParts); });
 }
 
 // dst[b] = src[idx[b]] for b < m (a subgraph's row gathered from W's)
