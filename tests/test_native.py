@@ -514,3 +514,44 @@ def test_native_gram_in_two_bands_is_the_single_ssyrk_bit_for_bit(built, n, c):
     rng = np.random.default_rng(n)
     x = l2_normalize(rng.standard_normal((n, c)).astype(np.float32))
     assert np.array_equal(native.native_affinity(x, 10.0), affinity_from_tokens(x, 10.0))
+
+
+def _disconnected_tokens(h, w, regions, seed):
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((regions, 64))
+    labels = (np.arange(h)[:, None] * regions // h + np.arange(w)[None, :] * 0) % regions
+    f = centres[labels] + 0.3 * rng.standard_normal((h, w, 64))
+    return f.astype(np.float32)
+
+
+def test_native_shared_helpers_concurrent_callers_and_forked_child(built):
+    """The core's parallel work runs on one process-wide helper pool (run_shared): callers on several threads at
+    once (each call takes the helpers or runs its parts alone) and a child forked after the pool started (its
+    helpers stayed in the parent) get exactly the labels of a lone call. 32x32 grids: the products, Gram bands,
+    scaling pass and gathers all take the shared path."""
+    import concurrent.futures
+    grids = [_disconnected_tokens(32, 32, 4, 1), _features("lab-coffee", 32, 32), _features("planted-disc", 32, 32)]
+    want = [recursive_ncut(f, tau=0.5, graph_backend="native") for f in grids]
+    assert max(int(w.max()) for w in want) >= 1
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        jobs = [pool.submit(recursive_ncut, grids[i % 3], tau=0.5, graph_backend="native") for i in range(12)]
+        for i, job in enumerate(jobs):
+            assert np.array_equal(job.result(), want[i % 3]), i
+    if not hasattr(os, "fork"):
+        return
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: same labels, reported through the pipe, then out without cleanup
+        code = 1
+        try:
+            same = all(np.array_equal(recursive_ncut(f, tau=0.5, graph_backend="native"), w)
+                       for f, w in zip(grids, want))
+            os.write(write, b"same" if same else b"diff")
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(write)
+    reply = os.read(read, 16)
+    os.close(read)
+    _, status = os.waitpid(pid, 0)
+    assert os.WEXITSTATUS(status) == 0 and reply == b"same"
