@@ -57,7 +57,9 @@ Cases:
 main``), imported beside this one in the same process, as solver ``base:NAME``, its calls alternated with this
 checkout's; a final table gives baseline seconds / these seconds and whether the labels are identical. With
 ``--reference-repeats`` different from ``--repeats`` the reference runs on its own first and the engine calls
-(this checkout's and the baseline's) alternate among themselves.
+(this checkout's and the baseline's) alternate among themselves. The baseline runs its own C++ core (its
+``diffcut_engine/_native*.so``, built in DIR); both cores' helper threads live in the one process, so a change
+inside ``csrc/`` is better compared in separate processes.
 
 ``--tau`` overrides tau for all cases, ``--tau-real`` for the real ones only. At the lite preset the real
 features give few segments (1-3 on these grids: the preset was chosen at 768 px, and the NCut values grow with
@@ -267,7 +269,13 @@ def load_baseline(path: str):
     spec.loader.exec_module(module)
     import importlib
 
-    return importlib.import_module("diffcut_engine_baseline.graph")
+    graph = importlib.import_module("diffcut_engine_baseline.graph")
+    # its own C++ core: checkouts before 2026-12-07 name the extension "diffcut_engine._native" outright, which is
+    # this checkout's (already imported), so a baseline's native graph stage ran this checkout's core
+    base_native = sys.modules.get("diffcut_engine_baseline.graph.native")
+    if base_native is not None and hasattr(base_native, "NATIVE_MODULE"):
+        base_native.NATIVE_MODULE = "diffcut_engine_baseline._native"
+    return graph
 
 
 def make_engine_call(solver, engine_input: str, module=None, compat: str = "official"):

@@ -252,8 +252,8 @@ PYBIND11_MODULE(_native, m) {
           std::atomic<std::size_t> next{0};
           const std::size_t threads = std::min<std::size_t>(std::max(1, num_threads), std::max<std::size_t>(count, 1));
           auto work = [&] {
-            std::optional<OneKernelThread> one_thread;  // each tree on its own core
-            if (threads > 1) one_thread.emplace();
+            // each tree on one thread: its own core, or the one thread asked for (no helpers: run_shared)
+            const OneKernelThread one_thread;
             for (std::size_t i = next++; i < count; i = next++) {
               try {
                 const std::int64_t n = tokens[i].shape(0), c = tokens[i].shape(1);

@@ -161,8 +161,10 @@ void for_each_image(std::int64_t count, int num_threads, F&& body) {
   std::vector<std::string> messages(count);
   std::atomic<std::int64_t> next{0};
   auto work = [&] {
-    std::optional<diffcut::detail::OneKernelThread> one_thread;  // each image on its own core
-    if (threads > 1) one_thread.emplace();
+    // each image on one thread: its own core, or the one thread asked for (num_threads 1: no helpers, run_shared);
+    // with num_threads 0 (the hardware's) and one image, that image's work may use the helpers
+    std::optional<diffcut::detail::OneKernelThread> one_thread;
+    if (threads > 1 || num_threads == 1) one_thread.emplace();
     for (std::int64_t i = next++; i < count; i = next++) {
       try {
         body(i);

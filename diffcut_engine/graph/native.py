@@ -36,7 +36,9 @@ from .validation import check_compat, check_graph_backend
 NATIVE_AUTO_MAX_TOKENS = 16384
 #: compat modes the native core implements.
 NATIVE_COMPAT = ("official", "clean")
-NATIVE_MODULE = "diffcut_engine._native"
+# the extension beside this package ("diffcut_engine._native"; another name where the package is imported under
+# one, e.g. benchmarks/bench_graph.py --baseline, so that each checkout runs its own core)
+NATIVE_MODULE = __name__.rsplit(".", 2)[0] + "._native"
 
 _lock = threading.Lock()
 _loaded = {"module": None, "error": None}

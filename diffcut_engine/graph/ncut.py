@@ -181,7 +181,8 @@ def ncut_trees(grids, *, alpha: float = 10.0, tau_max: float = 1.0, compat: str 
     grids : sequence of array_like
         (h_i, w_i, C) feature grids (sizes may differ).
     num_threads : int, default 1
-        Threads of the native batch (>= 1).
+        Threads of the native batch (>= 1), each grid on one of them: the call uses exactly that many threads (with
+        1, none of the core's helper threads either; a lone :func:`ncut_tree` call uses them).
     Other parameters as :func:`ncut_tree`.
 
     Returns

@@ -146,7 +146,7 @@ DIFFCUT_API int diffcut_tree_split_values(const diffcut_tree* tree, double* valu
                                           int64_t* count);
 
 /* Several feature grids in one call, on num_threads threads (0: the hardware's count; each image is built by
- * one thread). With more than one thread an OpenBLAS behind the library runs single-threaded during the call (its
+ * one thread; num_threads 1: exactly one thread, without the helper threads a lone call may use). With more than one thread an OpenBLAS behind the library runs single-threaded during the call (its
  * thread count restored after; process-wide meanwhile), else each image's BLAS calls would start its threads on the
  * same cores; set OPENBLAS_NUM_THREADS=1 or the equivalent for another multi-threaded BLAS. features[i] is an
  * (heights[i], widths[i], channels) grid; out[i] receives its tree (all NULL if any fails: the first failure's code
@@ -184,8 +184,8 @@ DIFFCUT_API int diffcut_segment_image(const float* features, int64_t grid_height
                                       const diffcut_options* options, double tau, int32_t* labels, int64_t capacity,
                                       int32_t* num_segments);
 
-/* diffcut_segment_image of count images on num_threads threads (0: the hardware's count), each image on one
- * thread (OpenBLAS single-threaded meanwhile, as for diffcut_tree_build_batch). Image i: features[i] (grid_heights[i], grid_widths[i],
+/* diffcut_segment_image of count images on num_threads threads (0: the hardware's count; 1: exactly one), each
+ * image on one thread (OpenBLAS single-threaded meanwhile, as for diffcut_tree_build_batch). Image i: features[i] (grid_heights[i], grid_widths[i],
  * channels), images[i] (3, heights[i], widths[i]), labels[i] with capacities[i]; num_segments (count values) may be
  * NULL. On a failure the first failing image's code and message are returned. */
 DIFFCUT_API int diffcut_segment_image_batch(const float* const* features, const int64_t* grid_heights,
