@@ -69,8 +69,8 @@ namespace avx512 {
 constexpr i64 kSplitMinRows = 512;
 constexpr int kParts = 4;
 constexpr unsigned kMaxThreads = 4;
-// Without a ProductTeam, A x starts threads from this size on (below, starting them costs about what they save, and
-// its parts run one after the other on the calling thread); the block product (8 vectors) from kSplitMinRows on.
+// Without a ProductTeam, A x takes the shared helpers from this size on (below, its parts run one after the other on
+// the calling thread); the block product (8 vectors) from kSplitMinRows on.
 constexpr i64 kSpawnMinRows = 2048;
 // How long a helper thread spins for the next call before it sleeps (HelperPool).
 constexpr int kSpinMicros = 500;
@@ -83,16 +83,12 @@ inline void cpu_relax() {
 #endif
 }
 
-// body(part) for part in [0, parts): on the shared helpers too where a team with threads is given or spawn,
+// body(part) for part in [0, parts): on the shared helpers too where a team with threads is given or `helpers`,
 // else on the calling thread.
 template <class F>
-void run_parts(int parts, bool spawn, ProductTeam* team, F&& body) {
-  if (team != nullptr && team->threads() > 1 && parts > 1) {
-    team->run(parts, body);
-    return;
-  }
-  if (spawn && parts > 1) {
-    run_shared(parts, body);
+void run_parts(int parts, bool helpers, ProductTeam* team, F&& body) {
+  if (helpers || (team != nullptr && team->threads() > 1)) {
+    run_shared(parts, body);  // (the calling thread alone for one part)
     return;
   }
   for (int p = 0; p < parts; ++p) body(p);

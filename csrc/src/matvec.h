@@ -4,13 +4,8 @@
 // a Lanczos step reads 32 MB here against dsymv's 64 MB of float64 triangle.
 #pragma once
 
-#include <atomic>
-#include <condition_variable>
 #include <cstdint>
 #include <functional>
-#include <mutex>
-#include <thread>
-#include <vector>
 
 namespace diffcut {
 namespace detail {

@@ -12,12 +12,10 @@
 // The floating-point operations follow the numpy code's order, so that, given the same W, the partitions agree
 // with the Python dense solver's up to the eigensolver's own rounding.
 #include <algorithm>
-#include <atomic>
 #include <cmath>
 #include <cstring>
 #include <optional>
 #include <string>
-#include <thread>
 #include <utility>
 
 #include "core.h"
@@ -148,9 +146,9 @@ DIFFCUT_CLONES void gather_row(float* dst, const float* src, const std::int32_t*
 
 }  // namespace
 
-// u2 of the (m x m, row-major) affinity A with degrees d by dsyevr (eigenpairs 1..2 of the normalised Laplacian).
 bool component_split(const float* A, const std::vector<double>& d, std::int64_t m, std::vector<double>& u2);
 
+// u2 of the (m x m, row-major) affinity A with degrees d by dsyevr (eigenpairs 1..2 of the normalised Laplacian).
 void dense_u2(const float* A, const std::vector<double>& d, std::int64_t m, std::vector<double>& u2) {
   std::vector<double> dis(m);
   for (std::int64_t i = 0; i < m; ++i) dis[i] = 1.0 / std::sqrt(d[i]);

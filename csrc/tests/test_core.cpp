@@ -22,6 +22,7 @@
 #include "npy.h"
 #include "scratch.h"
 #include "small_eigen.h"
+#include "spectrum.h"
 
 static int failures = 0;
 #define EXPECT(cond)                                                       \
@@ -192,34 +193,6 @@ static void check_zero_row_flags(const std::vector<float>& f, int n, int c) {
   EXPECT(given.nodes.size() == scanned.nodes.size());
   EXPECT(given.cut(0.5, a.data()) == scanned.cut(0.5, b.data()));
   EXPECT(a == b);
-}
-
-// A symmetric k x k matrix Q diag(w) Q^T (row-major) with a random orthogonal Q.
-static std::vector<double> with_spectrum(const std::vector<double>& w, std::mt19937_64& rng) {
-  const int k = static_cast<int>(w.size());
-  std::normal_distribution<double> normal(0.0, 1.0);
-  std::vector<double> Q(static_cast<std::size_t>(k) * k), A(static_cast<std::size_t>(k) * k, 0.0);
-  for (double& x : Q) x = normal(rng);
-  for (int i = 0; i < k; ++i) {
-    double* q = &Q[static_cast<std::size_t>(i) * k];
-    for (int pass = 0; pass < 2; ++pass)
-      for (int j = 0; j < i; ++j) {
-        const double* r = &Q[static_cast<std::size_t>(j) * k];
-        double s = 0.0;
-        for (int t = 0; t < k; ++t) s += r[t] * q[t];
-        for (int t = 0; t < k; ++t) q[t] -= s * r[t];
-      }
-    double s = 0.0;
-    for (int t = 0; t < k; ++t) s += q[t] * q[t];
-    for (int t = 0; t < k; ++t) q[t] /= std::sqrt(s);
-  }
-  for (int a = 0; a < k; ++a)
-    for (int b = 0; b <= a; ++b) {
-      double s = 0.0;
-      for (int i = 0; i < k; ++i) s += Q[static_cast<std::size_t>(i) * k + a] * w[i] * Q[static_cast<std::size_t>(i) * k + b];
-      A[static_cast<std::size_t>(a) * k + b] = A[static_cast<std::size_t>(b) * k + a] = s;
-    }
-  return A;
 }
 
 // top_eigenpairs against dsyevr: eigenvalues within 1e-13 ||A||, residuals ||A z - w z|| and orthogonality within
