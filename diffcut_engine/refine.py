@@ -95,6 +95,8 @@ def _check_labels(labels: torch.Tensor, name: str, shape: Tuple[int, ...],
     if num_segments is not None and (isinstance(num_segments, bool) or not isinstance(num_segments, int)
                                      or num_segments < 1):
         raise InputError(f"num_segments must be a positive int, got {num_segments!r}")
+    if labels.numel() == 0:
+        raise InputError(f"{name} must not be empty, got shape {tuple(labels.shape)}")
     labels = labels.long()
     lo, hi = (int(v) for v in torch.aminmax(labels))
     if lo < 0:
@@ -298,7 +300,19 @@ def pamr_affinity(image: torch.Tensor, dilations: Sequence[int] = (1, 2, 4, 8)) 
     torch.Tensor, shape (..., 8 * len(dilations), H, W), dtype of ``image``
         Non-negative affinities summing to 1 over the neighbour axis. The neighbour order is dilation-major,
         then row-major over the 3x3 offsets without the centre (the order :func:`pamr_soft` uses).
+
+    Raises
+    ------
+    InputError
+        If ``image`` is not (3, H, W)/(B, 3, H, W) floating with finite values, or ``dilations`` is not a
+        non-empty sequence of positive ints.
     """
+    image = _check_image(image)
+    dilations = _check_dilations(dilations)
+    return _pamr_affinity(image, dilations)
+
+
+def _pamr_affinity(image: torch.Tensor, dilations: Tuple[int, ...]) -> torch.Tensor:
     h, w = image.shape[-2:]
     pmax = max(dilations)
     padded = _replicate_pad(image, pmax)
@@ -369,6 +383,8 @@ def pamr_soft(image, masks, *, iters: int = 10, dilations: Sequence[int] = (1, 2
     if not same_layout or masks.shape[-2:] != image.shape[-2:]:
         raise InputError(f"masks must have shape (K, H, W) or (B, K, H, W) matching image "
                          f"{tuple(image.shape)}, got {tuple(masks.shape)}")
+    if masks.shape[-3] == 0:
+        raise InputError(f"masks must hold at least one mask (K >= 1), got shape {tuple(masks.shape)}")
     masks = _check_float(masks, "masks").to(image.dtype)
     return _pamr_soft(image, masks, _check_iters(iters), _check_dilations(dilations))
 
@@ -376,15 +392,20 @@ def pamr_soft(image, masks, *, iters: int = 10, dilations: Sequence[int] = (1, 2
 def _pamr_soft(image: torch.Tensor, masks: torch.Tensor, iters: int,
                dilations: Tuple[int, ...]) -> torch.Tensor:
     h, w = image.shape[-2:]
-    aff = pamr_affinity(image, dilations).unsqueeze(-4)                         # (..., 1, P, H, W)
+    aff = _pamr_affinity(image, dilations).unsqueeze(-4)                        # (..., 1, P, H, W)
     pmax = max(dilations)
+    term = torch.empty_like(masks) if iters else None
     for _ in range(iters):
         padded = _replicate_pad(masks, pmax)
         new = torch.zeros_like(masks)
         p = 0
         for d in dilations:
             for dy, dx in _NEIGHBOURS:
-                new.addcmul_(_shifted(padded, pmax, dy * d, dx * d, h, w), aff[..., p, :, :])
+                # the product, rounded, then the sum, rounded: not addcmul_, whose vectorised CPU kernel fuses
+                # them into one FMA where the CPU has it (AVX2, AVX-512) and not elsewhere, so its floats
+                # would depend on the machine; the fast paths (numba, C++, Triton without fp fusion) round twice
+                torch.mul(_shifted(padded, pmax, dy * d, dx * d, h, w), aff[..., p, :, :], out=term)
+                new += term
                 p += 1
         masks = new
     return masks
@@ -471,6 +492,8 @@ def median3x3(labels) -> torch.Tensor:
         raise InputError(f"labels must have shape (H, W) or (B, H, W), got {tuple(labels.shape)}")
     if labels.dtype == torch.bool or labels.is_floating_point() or labels.is_complex():
         raise InputError(f"labels must have an integer dtype, got {labels.dtype}")
+    if labels.dtype in (torch.uint16, torch.uint32, torch.uint64):  # torch's median lacks them: filter as int64
+        return median3x3(labels.long()).to(labels.dtype)                  # (a median is one of the values)
     h, w = labels.shape[-2:]
     rows = torch.arange(-1, h + 1, device=labels.device).clamp_(0, h - 1)
     cols = torch.arange(-1, w + 1, device=labels.device).clamp_(0, w - 1)
@@ -614,7 +637,8 @@ def pamr_fast(image, labels, *, num_segments: Optional[int] = None, iters: int =
 
     Parameters
     ----------
-    image : (3, H, W) float tensor in [0, 1] (CPU)
+    image : (3, H, W) float tensor in [0, 1] (CPU); computed in float32 (a float64 image gives the reference's
+        labels for ``image.float()``)
     labels : (h, w) integer tensor; resized to (H, W) as the official PAMR resizes its masks (identity if equal)
     candidates, delta : the top-C size and the smallest value kept
     method : {"auto", "box", "dense", "sparse"}
@@ -780,7 +804,8 @@ def refine_at(view, labels, *, work_size: Optional[Tuple[int, int]] = None, num_
     Parameters
     ----------
     view : (3, h0, w0) float tensor in [0, 1]
-        The image region the labels describe (any size; resized as needed).
+        The image region the labels describe (any size; resized as needed). Every backend computes in float32:
+        a float64 view is rounded to float32 first.
     labels : (H, W) integer tensor
         Labels at the output size (concept assignment).
     backend : {"auto", "torch", "fast", "native"}
@@ -794,6 +819,9 @@ def refine_at(view, labels, *, work_size: Optional[Tuple[int, int]] = None, num_
     if upsample not in ("joint", "nearest"):
         raise InputError(f"upsample must be 'joint' or 'nearest', got {upsample!r}")
     view = _check_image(view)
+    if view.ndim != 3:
+        raise InputError(f"view must be one image (3, h0, w0), got {tuple(view.shape)}")
+    view = view.float()  # every backend works in float32 (a float64 view is rounded first)
     labels = _as_tensor(labels, "labels")
     if labels.ndim != 2:
         raise InputError(f"labels must have shape (H, W), got {tuple(labels.shape)}")

@@ -75,8 +75,8 @@ def test_interpreter_matches_reference(interpreter_run, name):
     ref = kpamr.propagate_reference(masks, aff, dil, iters)
     got = out["results"][name]
     assert got.shape == ref.shape
-    torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-6)
-    assert torch.equal(got.argmax(1), ref.argmax(1))
+    # the same float32 products and sums in the same tap order (no fused multiply-add on either side): bit for bit
+    assert torch.equal(got, ref), float((got - ref).abs().max())
 
 
 def test_reference_is_refines_pamr_soft():
@@ -101,5 +101,8 @@ def test_without_cuda_the_kernel_says_why():
 def test_compiled_kernel_matches_reference_on_cuda():
     for masks, aff, dil, iters in _cases().values():
         masks, aff = masks.cuda(), aff.cuda()
-        torch.testing.assert_close(kpamr.propagate(masks, aff, dil, iters),
-                                   kpamr.propagate_reference(masks, aff, dil, iters), rtol=1e-5, atol=1e-6)
+        got, ref = kpamr.propagate(masks, aff, dil, iters), kpamr.propagate_reference(masks, aff, dil, iters)
+        torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-6)
+        # compiled without fp fusion: the reference's rounded products and sums (unmeasured on a device so far)
+        assert torch.equal(got.argmax(1), ref.argmax(1))
+        assert torch.equal(got, ref), float((got - ref).abs().max())

@@ -334,3 +334,106 @@ def test_other_bad_inputs_raise():
         pamr(torch.rand(3, 8, 8), torch.zeros(8, 8, dtype=torch.long), iters=-1)
     with pytest.raises(InputError, match="labels"):
         median3x3(torch.zeros(8, 8))
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Float semantics of the reference, and inputs the fast paths must treat as the reference does
+# ------------------------------------------------------------------------------------------------------------
+
+def test_pamr_soft_rounds_each_product_and_each_sum():
+    """The reference's floats are numpy's float32 product-then-sum, tap by tap, bit for bit: not a fused
+    multiply-add (torch's vectorised ``addcmul_`` fuses on AVX2/AVX-512 CPUs and not elsewhere)."""
+    g = torch.Generator().manual_seed(3)
+    image = torch.rand(3, 13, 17, generator=g)
+    image[:, 6:] *= 0.4
+    masks = torch.rand(4, 13, 17, generator=g)
+    dil, iters = (1, 3), 3
+    aff = pamr_affinity(image, dil).numpy()
+    m = masks.numpy().copy()
+    rows, cols = np.arange(13), np.arange(17)
+    for _ in range(iters):
+        new = np.zeros_like(m)
+        p = 0
+        for d in dil:
+            for dy, dx in ((-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1), (1, -1), (1, 0), (1, 1)):
+                r, c = np.clip(rows + dy * d, 0, 12), np.clip(cols + dx * d, 0, 16)
+                prod = m[:, r][:, :, c] * aff[p]                 # float32 products, each rounded
+                new = new + prod                                 # then float32 sums, each rounded
+                p += 1
+        m = new
+    got = pamr_soft(image, masks, iters=iters, dilations=dil).numpy()
+    assert got.dtype == np.float32 and np.array_equal(got, m)
+
+
+def _near_tie_case():
+    """A checkerboard image and 2x2 label blocks: many pixels whose leading masks tie up to rounding."""
+    h = w = 16
+    view = (torch.arange(h)[:, None] + torch.arange(w)[None]).remainder(2).float().expand(3, h, w).contiguous()
+    labels = (torch.arange(h)[:, None] // 2 * 3 + torch.arange(w)[None] // 2).remainder(4)
+    return view, labels
+
+
+@pytest.mark.parametrize("work, iters, dil", [((9, 9), 1, (1,)), ((16, 16), 2, (1, 2)), ((11, 7), 3, (1, 2, 4))])
+def test_fast_paths_equal_the_reference_on_near_ties(work, iters, dil):
+    from diffcut_engine.kernels import pamr_cpu, pamr_native
+    from diffcut_engine.refine import refine_at
+
+    view, labels = _near_tie_case()
+    ref = refine_at(view, labels, work_size=work, iters=iters, dilations=dil, backend="torch")
+    backends = [b for b, ok in (("fast", pamr_cpu.available()), ("native", pamr_native.available())) if ok]
+    if not backends:
+        pytest.skip("neither numba nor the C++ core is available")
+    for backend in backends:
+        got = refine_at(view, labels, work_size=work, iters=iters, dilations=dil, backend=backend)
+        assert torch.equal(got, ref), (backend, int((got != ref).sum()))
+
+
+def test_refine_at_computes_in_float32_on_every_backend():
+    from diffcut_engine.kernels import pamr_cpu, pamr_native
+    from diffcut_engine.refine import refine_at
+
+    g = np.random.default_rng(52)
+    labels = torch.from_numpy(g.integers(0, 50, (30, 30)))
+    view = torch.rand(3, 17, 23, generator=torch.Generator().manual_seed(52)).double()  # 28 pixels differ in float64
+    kw = dict(work_size=(17, 23), iters=1, dilations=(1,))
+    want = refine_at(view.float(), labels, backend="torch", **kw)
+    assert torch.equal(refine_at(view, labels, backend="torch", **kw), want)
+    for backend, ok in (("fast", pamr_cpu.available()), ("native", pamr_native.available())):
+        if ok:
+            assert torch.equal(refine_at(view, labels, backend=backend, **kw), want), backend
+
+
+def test_more_bad_inputs_raise_input_errors():
+    from diffcut_engine.refine import pamr_fast, refine_at
+
+    image, labels = torch.rand(3, 16, 20), torch.randint(0, 3, (16, 20))
+    for backend in ("torch", "auto"):
+        with pytest.raises(InputError, match="one image"):
+            refine_at(torch.rand(1, 3, 16, 20), labels, backend=backend)
+    with pytest.raises(InputError, match="empty"):
+        refine_at(image, labels[:0])
+    with pytest.raises(InputError, match="empty"):
+        pamr_fast(image, labels[:0]) if _numba_available() else pamr(image[:, :0], labels[:0])
+    with pytest.raises(InputError, match="dilations"):
+        pamr_affinity(image, ())
+    with pytest.raises(InputError, match="dilations"):
+        pamr_affinity(image, (-1,))
+    with pytest.raises(InputError, match="image"):
+        pamr_affinity(image[0])
+    with pytest.raises(InputError, match="non-finite"):
+        pamr_affinity(torch.full((3, 4, 4), float("nan")))
+    with pytest.raises(InputError, match="K >= 1"):
+        pamr_soft(image, torch.zeros(0, 16, 20))
+
+
+def _numba_available() -> bool:
+    from diffcut_engine.kernels import pamr_cpu
+    return pamr_cpu.available()
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.uint32, np.uint64, np.int16])
+def test_median3x3_takes_every_integer_dtype(dtype):
+    labels = np.random.default_rng(1).integers(0, 9, (7, 8)).astype(dtype)
+    got = median3x3(labels)
+    assert got.dtype == torch.from_numpy(labels).dtype
+    assert np.array_equal(got.numpy().astype(np.int64), median_filter(labels.astype(np.int64), size=3))

@@ -5,10 +5,12 @@ neighbours (replicate borders)::
 
     out[b, k, y, x] = sum_p aff[b, p, y, x] * m[b, k, clamp(y + dy_p), clamp(x + dx_p)]
 
-The torch reference (:func:`propagate_reference`) is ``diffcut_engine.refine``'s loop: one ``addcmul`` per tap,
-taps in dilation-major order. The kernel (:func:`propagate`) runs one program per (block of pixels, block of
+The torch reference (:func:`propagate_reference`) is ``diffcut_engine.refine``'s loop: per tap, the product and then
+the sum, each rounded to float32 (no fused multiply-add), taps in dilation-major order. The kernel (:func:`propagate`) runs one program per (block of pixels, block of
 ``K_BLOCK`` masks): each tap's affinity row is loaded once for ``K_BLOCK`` masks, the sum is kept in registers in
-the same tap order, and only the (K, H, W) result is written. There is no (K, P, H, W) intermediate (the
+the same tap order, and only the (K, H, W) result is written. The kernel is compiled with ``enable_fp_fusion=False``
+so that ``acc += v * a`` stays a rounded product and a rounded sum, as in the reference (Triton fuses them into
+an FMA by default). There is no (K, P, H, W) intermediate (the
 stacked tensor of the official ``LocalAffinityCopy``: 2.7 GB at 1024x1024, K = 10, 8 dilations). Memory traffic per
 step is about ``ceil(K / K_BLOCK) x P x H x W x 4`` bytes of affinities plus the masks (cached).
 
@@ -65,14 +67,17 @@ def propagate_reference(masks: torch.Tensor, aff: torch.Tensor, dilations, iters
     """Torch reference: ``iters`` PAMR steps of masks (B, K, H, W) with affinities (B, P, H, W)."""
     h, w = masks.shape[-2:]
     pad = max(dilations)
+    term = torch.empty_like(masks) if iters else None
     for _ in range(iters):
         padded = torch.nn.functional.pad(masks, [pad] * 4, mode="replicate")
         new = torch.zeros_like(masks)
         p = 0
         for d in dilations:
             for dy, dx in _RING:
-                new.addcmul_(padded[..., pad + dy * d:pad + dy * d + h, pad + dx * d:pad + dx * d + w],
-                             aff[:, p:p + 1])
+                # product and sum rounded separately (addcmul_ may fuse them into an FMA, machine-dependent)
+                torch.mul(padded[..., pad + dy * d:pad + dy * d + h, pad + dx * d:pad + dx * d + w],
+                          aff[:, p:p + 1], out=term)
+                new += term
                 p += 1
         masks = new
     return masks
@@ -136,6 +141,7 @@ def propagate(masks: torch.Tensor, aff: torch.Tensor, dilations, iters: int, *, 
     bufs = [torch.empty_like(masks), torch.empty_like(masks) if iters > 1 else None]   # never the caller's
     for i in range(iters):
         dst = bufs[i % 2]
-        _pamr_step_kernel[grid](masks, aff, offs, dst, k, h, w, aff.shape[1], BLOCK=block, K_BLOCK=k_block)
+        _pamr_step_kernel[grid](masks, aff, offs, dst, k, h, w, aff.shape[1], BLOCK=block, K_BLOCK=k_block,
+                                enable_fp_fusion=False)
         masks = dst
     return masks
