@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from diffcut_engine.errors import BackendUnavailableError, InputError
-from diffcut_engine.graph import (GRAPH_BACKENDS, affinity_from_tokens, build_tree, l2_normalize, native,
+from diffcut_engine.graph import (GRAPH_BACKENDS, affinity_from_tokens, build_tree, l2_normalize, native, ncut_trees,
                                   ncut_tree, recursive_ncut, resolve_graph_backend)
 from diffcut_engine.graph.affinity import as_token_matrix
 from planted import planted_features, planted_regions
@@ -86,6 +86,24 @@ def test_native_constant_features_and_alpha(built):
     x = l2_normalize(as_token_matrix(_features("filters-coffee", 8, 9))[0])
     # a non-integer alpha: powf against numpy's float32 power (both within an ulp or so of the exact value)
     np.testing.assert_allclose(native.native_affinity(x, 2.5), affinity_from_tokens(x, 2.5), rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("alpha", [2.5, 0.5, 65.0, 100.0])
+def test_native_labels_equal_numpy_for_exponents_the_core_cannot_reproduce(built, alpha):
+    """An exponent other than an integer in [1, 64] is np.power in the numpy path, which the core's std::pow does not
+    reproduce bit for bit: the native backend then builds its tree on numpy's W (seed 844 at alpha 2.5 gave 51 vs
+    52 segments before). tau = 1 takes every split, so the deep near-tie cuts are compared too."""
+    for seed in (844, 129, 399):
+        r = np.random.default_rng(seed)
+        h, w = (int(v) for v in r.integers(3, 13, size=2))
+        c = int(r.choice([2, 3, 5, 16]))
+        f = r.standard_normal((h, w, c)).astype(np.float32)
+        want = recursive_ncut(f, alpha=alpha, tau=1.0, graph_backend="numpy")
+        assert np.array_equal(recursive_ncut(f, alpha=alpha, tau=1.0, graph_backend="native"), want), seed
+        trees = ncut_trees([f, f[::-1].copy()], alpha=alpha, tau_max=1.0, graph_backend="native", num_threads=2)
+        assert np.array_equal(trees[0].cut(1.0), want), seed
+        assert np.array_equal(trees[1].cut(1.0),
+                              recursive_ncut(f[::-1].copy(), alpha=alpha, tau=1.0, graph_backend="numpy")), seed
 
 
 def test_native_rejects_what_it_does_not_implement(built):

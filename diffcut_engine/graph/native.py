@@ -215,9 +215,28 @@ def tree_from_arrays(arrays, shape, tau_max: float, compat: str) -> NCutTree:
     return NCutTree(nodes[0], shape, tau_max, compat)
 
 
+def core_power_matches(alpha: float) -> bool:
+    """Whether the core's power gives numpy's floats: an integer ``alpha`` in [1, 64], raised by binary powering in
+    both (the same float32 products). Any other exponent is ``np.power`` in the numpy path, numpy's own routine
+    (SIMD where the CPU has it), which the core's ``std::pow`` does not reproduce bit for bit."""
+    return float(alpha).is_integer() and 1 <= alpha <= MAX_SQUARING_EXPONENT
+
+
+def _affinity_for_core(tokens: np.ndarray, alpha: float) -> np.ndarray:
+    """W of L2-normalised tokens in float32 by the numpy path (for the exponents :func:`core_power_matches` rejects:
+    the core then builds the tree on numpy's W, so the labels stay the numpy path's)."""
+    from .affinity import affinity_from_tokens
+
+    return affinity_from_tokens(np.ascontiguousarray(tokens, dtype=np.float32), float(alpha), dtype=np.float32)
+
+
 def native_tree(tokens: np.ndarray, grid, *, alpha: float, tau_max: float, compat: str,
                 num_thresholds: int, solver: str = "auto") -> NCutTree:
-    """The tree of L2-normalised (N, C) float32 tokens (validated options) by the C++ core."""
+    """The tree of L2-normalised (N, C) float32 tokens (validated options) by the C++ core (on numpy's affinity for
+    an exponent whose power the core does not reproduce, :func:`core_power_matches`)."""
+    if not core_power_matches(alpha):
+        return native_tree_affinity(_affinity_for_core(tokens, alpha), tau_max=tau_max, compat=compat,
+                                    num_thresholds=num_thresholds, shape=grid, solver=solver)
     arrays = require_native().tree_from_tokens(np.ascontiguousarray(tokens, dtype=np.float32), float(alpha),
                                                float(tau_max), compat, int(num_thresholds), solver)
     return tree_from_arrays(arrays, grid, tau_max, compat)
@@ -228,6 +247,9 @@ def native_trees(tokens_list, grids, *, alpha: float, tau_max: float, compat: st
     """The trees of several grids' L2-normalised (N_i, C) float32 tokens (validated options) by the C++ core, the
     images spread over ``num_threads`` threads (each image on one thread; with more than one, SciPy's OpenBLAS
     runs single-threaded during the call, :func:`single_threaded_blas`)."""
+    if not core_power_matches(alpha):  # numpy's affinities (see native_tree), the trees one after the other
+        return [native_tree(t, g, alpha=alpha, tau_max=tau_max, compat=compat, num_thresholds=num_thresholds,
+                            solver=solver) for t, g in zip(tokens_list, grids)]
     tokens_list = [np.ascontiguousarray(t, dtype=np.float32) for t in tokens_list]
     module = require_native()
     with single_threaded_blas(int(num_threads) > 1 and len(tokens_list) > 1):
@@ -259,8 +281,7 @@ def fused_affinity_applies(alpha: float, num_tokens: int) -> bool:
     ``alpha`` is an integer the numpy path raises by binary powering (the same float32 products; ``np.power`` for
     other exponents is numpy's own SIMD routine, which a C++ ``powf`` does not reproduce bit for bit), and the
     grid is large enough for the pass to matter (:data:`FUSED_AFFINITY_MIN_TOKENS`)."""
-    return (num_tokens >= FUSED_AFFINITY_MIN_TOKENS and float(alpha).is_integer()
-            and 1 <= alpha <= MAX_SQUARING_EXPONENT and native_available())
+    return num_tokens >= FUSED_AFFINITY_MIN_TOKENS and core_power_matches(alpha) and native_available()
 
 
 

@@ -106,7 +106,10 @@ DIFFCUT_API int diffcut_bind_lapack(diffcut_ssyrk_fn ssyrk, diffcut_dsyevr_fn ds
  * image's size). */
 DIFFCUT_API int diffcut_options_new(diffcut_options** out);
 DIFFCUT_API void diffcut_options_free(diffcut_options* options);
-DIFFCUT_API int diffcut_options_set_alpha(diffcut_options* options, double alpha);     /* finite, > 0 */
+/* alpha: finite, > 0. An integer alpha in [1, 64] is raised by binary powering, the Python engine's float32
+ * products bit for bit; any other alpha uses std::pow, which may differ from numpy's np.power in the last bit (the
+ * Python native backend then takes numpy's affinity, so its labels stay the numpy path's). */
+DIFFCUT_API int diffcut_options_set_alpha(diffcut_options* options, double alpha);
 DIFFCUT_API int diffcut_options_set_tau_max(diffcut_options* options, double tau_max); /* finite, > 0 */
 DIFFCUT_API int diffcut_options_set_compat(diffcut_options* options, int compat);
 DIFFCUT_API int diffcut_options_set_num_thresholds(diffcut_options* options, int num_thresholds); /* >= 2 */
