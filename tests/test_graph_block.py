@@ -118,3 +118,43 @@ def test_disconnected_features_same_tree_with_any_solver():
     assert dense.max() + 1 >= 3
     for solver in ("auto", "block"):
         np.testing.assert_array_equal(recursive_ncut(feats.astype(np.float32), tau=0.5, solver=solver), dense)
+
+
+def _stripes(h, w, k):
+    """k exactly orthogonal stripes of one-hot features: W is exactly zero between stripes (a disconnected graph
+    whose eigenvalue 1 of M has multiplicity k)."""
+    f = np.zeros((h, w, k), np.float32)
+    for j in range(k):
+        f[:, j * w // k:(j + 1) * w // k, j] = 1
+    return f
+
+
+@pytest.mark.parametrize("h,w,k", [(20, 20, 3), (14, 30, 3), (24, 24, 5), (16, 16, 4)])
+def test_every_solver_and_backend_takes_the_canonical_split_of_a_disconnected_graph(h, w, k):
+    """Above 192 nodes ``auto`` solves iteratively; block Krylov certifies the eigenvalue-1 cluster of a disconnected
+    graph and used to return an arbitrary vector of it ({stripe 0, stripe 2} vs {stripe 1} on 20x20/3), where the
+    dense solve takes component_split's canonical split. Every solver now takes it there."""
+    from diffcut_engine.graph import native_available, recursive_ncut
+
+    f = _stripes(h, w, k)
+    for tau in (0.5, 0.2):
+        want = recursive_ncut(f, tau=tau, graph_backend="numpy", solver="dense")
+        assert want.max() >= 1
+        for solver in ("auto", "block"):
+            assert np.array_equal(recursive_ncut(f, tau=tau, graph_backend="numpy", solver=solver), want), solver
+        if native_available():
+            assert np.array_equal(recursive_ncut(f, tau=tau, graph_backend="native"), want)
+
+
+@pytest.mark.parametrize("h,w,k", [(20, 20, 3), (14, 30, 3)])
+def test_block_krylov_returns_component_split_on_a_disconnected_graph(h, w, k):
+    """Where block Krylov certifies the eigenvalue-1 cluster of a disconnected W (these two grids; it declines on
+    others, which then go to the dense solve), it returns component_split's vector itself."""
+    from diffcut_engine.graph.affinity import affinity_from_tokens, as_token_matrix, l2_normalize
+    from diffcut_engine.graph.eigen import component_split
+
+    W = affinity_from_tokens(l2_normalize(as_token_matrix(_stripes(h, w, k))[0]), 10.0, dtype=np.float64)
+    d = W.sum(1)
+    u = _block_krylov(W, d, None)
+    assert u is not None
+    np.testing.assert_array_equal(u, component_split(W, d))

@@ -573,3 +573,58 @@ def test_native_shared_helpers_concurrent_callers_and_forked_child(built):
     os.close(read)
     _, status = os.waitpid(pid, 0)
     assert os.WEXITSTATUS(status) == 0 and reply == b"same"
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_nearly_disconnected_labels_do_not_depend_on_the_blas_thread_count(built, seed):
+    """Clusters of one-hot features with 1e-3 noise: lambda_2 at rounding level (root NCut ~1e-22), so dsyevr's
+    vector, and the split, followed OpenBLAS's thread count in the numpy path (the core runs its small dense solves
+    single-threaded): 16 of 24 such cases gave other labels natively. Dense solves below 512 nodes now run
+    single-threaded in both."""
+    r = np.random.default_rng(seed)
+    k, n = 2 + seed % 4, (16, 20, 14)[seed % 3]
+    f = np.zeros((n, n, 8), np.float32)
+    for j in range(k):
+        f[:, j * n // k:(j + 1) * n // k, j] = 1
+    f += 1e-3 * r.standard_normal(f.shape).astype(np.float32)
+    for solver in ("dense", "auto"):
+        want = recursive_ncut(f, tau=0.2, graph_backend="numpy", solver=solver)
+        with native.single_threaded_blas():
+            assert np.array_equal(recursive_ncut(f, tau=0.2, graph_backend="numpy", solver=solver), want)
+        assert np.array_equal(recursive_ncut(f, tau=0.2, graph_backend="native", solver=solver), want), solver
+
+
+def test_build_tree_on_an_affinity_float32_cannot_hold(built):
+    """float64 affinities: "native" rounds to float32 but refuses values whose rounding changes the graph (1e-50
+    became 0 and gave 2 segments instead of 4; 1e39 became inf and failed in dsyevr with a RuntimeError); "auto"
+    keeps the numpy path for a W float32 does not hold exactly."""
+    W = np.full((8, 8), 1e-50)
+    for a in range(0, 8, 2):
+        W[a:a + 2, a:a + 2] = 1.0
+    W[0:2, 2:4] = W[2:4, 0:2] = 0.01
+    W[4:6, 6:8] = W[6:8, 4:6] = 0.01
+    want = build_tree(W, tau_max=0.5, graph_backend="numpy").cut(0.5)
+    assert want.max() == 3
+    assert np.array_equal(build_tree(W, tau_max=0.5, graph_backend="auto").cut(0.5), want)
+    with pytest.raises(InputError, match="below float32's range"):
+        build_tree(W, tau_max=0.5, graph_backend="native")
+    B = np.zeros((10, 10))
+    B[:5, :5] = B[5:, 5:] = 1e39
+    assert np.array_equal(build_tree(B, tau_max=0.5, graph_backend="auto").cut(0.5),
+                          build_tree(B, tau_max=0.5, graph_backend="numpy").cut(0.5))
+    with pytest.raises(InputError, match="beyond float32's range"):
+        build_tree(B, tau_max=0.5, graph_backend="native")
+    # a float64 W that float32 holds exactly takes the core and gives the numpy labels
+    W2 = np.where(W < 1e-40, 0.0, W).astype(np.float32).astype(np.float64)
+    assert np.array_equal(build_tree(W2, tau_max=0.5, graph_backend="native").cut(0.5),
+                          build_tree(W2, tau_max=0.5, graph_backend="numpy").cut(0.5))
+
+
+def test_huge_integer_options_are_input_errors_or_clamped(built):
+    f = np.random.default_rng(0).standard_normal((4, 4, 3)).astype(np.float32)
+    one = ncut_tree(f, graph_backend="native").cut(0.5)
+    trees = ncut_trees([f, f], num_threads=2**31, graph_backend="native")  # more threads than grids: one each
+    assert all(np.array_equal(t.cut(0.5), one) for t in trees)
+    for backend in ("native", "numpy"):
+        with pytest.raises(InputError, match="num_thresholds"):
+            recursive_ncut(f, num_thresholds=2**31, graph_backend=backend)

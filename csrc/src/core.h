@@ -88,6 +88,10 @@ Tree build_tree(const float* W, std::int64_t n, const Options& options, const st
 // arithmetic is float64 (the float32 values widen exactly), as the numpy path's on its float64 copy.
 // u2 of A with degrees d by dsyevr (eigenpairs 1..2 of the normalised Laplacian).
 void dense_u2(const float* A, const std::vector<double>& d, std::int64_t m, std::vector<double>& u2);
+// The canonical split of a disconnected A (eigen.component_split): u2 = D^1/2 (1_C - vol(C) / vol(V)), C the
+// component of node 0 of A's non-zero entries, and true; false (u2 untouched) where A is connected. Every solver
+// takes it where its eigenvalue says the graph may be disconnected (lambda_2 <= kDisconnectedEigenvalue).
+bool component_split(const float* A, const std::vector<double>& d, std::int64_t m, std::vector<double>& u2);
 
 // u2 (unit, orthogonal to sqrt(d)) of M = D^-1/2 A D^-1/2 by Lanczos with the Davis-Kahan certificate of
 // diffcut_engine.graph.eigen._lanczos (sin angle(u, u2) < 1e-6), or false where it cannot certify. A is

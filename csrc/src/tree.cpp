@@ -146,8 +146,6 @@ DIFFCUT_CLONES void gather_row(float* dst, const float* src, const std::int32_t*
 
 }  // namespace
 
-bool component_split(const float* A, const std::vector<double>& d, std::int64_t m, std::vector<double>& u2);
-
 // u2 of the (m x m, row-major) affinity A with degrees d by dsyevr (eigenpairs 1..2 of the normalised Laplacian).
 void dense_u2(const float* A, const std::vector<double>& d, std::int64_t m, std::vector<double>& u2) {
   std::vector<double> dis(m);

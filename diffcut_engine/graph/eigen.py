@@ -21,7 +21,7 @@ from typing import Optional
 import numpy as np
 
 from ..errors import InputError
-from ._blas import matmul, matvec, project_out, rmatvec, symv
+from ._blas import matmul, matvec, project_out, rmatvec, single_threaded_blas, symv
 from .xp import to_host
 
 logger = logging.getLogger(__name__)
@@ -79,6 +79,11 @@ DISCONNECTED_EIGENVALUE = 1e-10
 #: eigenvalue of M lies within this of 1: rounding level, so that a connected graph, however weakly (the nearly
 #: disconnected benchmark family: 1 - theta ~ 1e-11), keeps its eigenvector as on the host.
 STACKED_DISCONNECTED_EIGENVALUE = 1e-13
+#: Dense solves below this many nodes run with SciPy's OpenBLAS single-threaded (``dsyevr``'s result depends on
+#: its thread count in the last bits, which decides the split of a graph whose lambda_2 is at rounding level: a
+#: nearly disconnected one), as the C++ core runs them (``kThreadedDenseMin`` in csrc/src/tree.cpp), so both
+#: backends, and any ``OPENBLAS_NUM_THREADS``, give the same labels there.
+DENSE_THREADED_MIN_NODES = 512
 
 
 def validate_solver(solver: str) -> None:
@@ -123,7 +128,8 @@ def _dense(A, d, full: bool):
     if full:  # (the official float32 computation, literally: no rule for disconnected graphs)
         _, vecs = np.linalg.eigh(lap)
         return vecs[:, 1]
-    vals, vecs = scipy.linalg.eigh(lap, subset_by_index=[0, 1], driver="evr", check_finite=False)
+    with single_threaded_blas(lap.shape[0] < DENSE_THREADED_MIN_NODES):
+        vals, vecs = scipy.linalg.eigh(lap, subset_by_index=[0, 1], driver="evr", check_finite=False)
     if vals[1] <= DISCONNECTED_EIGENVALUE:
         u = component_split(A, d)
         if u is not None:
@@ -408,6 +414,12 @@ def _block_krylov(A, d, warm_start, tol: float = LANCZOS_ANGLE_TOL):
         r = np.sqrt(np.einsum("ij,ij->i", R, R))
         bound, m = subspace_certificate(theta[:p], r)
         if np.isfinite(bound) and bound < tol and 1.0 - theta[0] - r[0] > 0:
+            if 1.0 - theta[0] <= DISCONNECTED_EIGENVALUE:
+                # lambda_2 at rounding level: a disconnected graph has the eigenvalue 1 once per component and the
+                # certified vector is an arbitrary one of that eigenspace; the dense solve's canonical split then
+                split = component_split(A, d)
+                if split is not None:
+                    return split
             u = X[0] - u1 * (u1 @ X[0])
             return u / np.linalg.norm(u)
         if k + b > kmax:

@@ -16,8 +16,6 @@ compares partitions and label ids). Selection: :func:`resolve_graph_backend`.
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import importlib
 import threading
 
@@ -25,6 +23,7 @@ import numpy as np
 
 from ..errors import BackendUnavailableError, InputError
 from . import memory
+from ._blas import blas_thread_controls, scipy_blas_addresses, single_threaded_blas  # noqa: F401 (re-exported)
 from .affinity import MAX_SQUARING_EXPONENT
 from .tree import NCutNode, NCutTree
 from .validation import check_compat, check_graph_backend
@@ -42,85 +41,6 @@ NATIVE_MODULE = __name__.rsplit(".", 2)[0] + "._native"
 
 _lock = threading.Lock()
 _loaded = {"module": None, "error": None}
-
-
-def _capsule_address(capsule) -> int:
-    get_name = ctypes.pythonapi.PyCapsule_GetName
-    get_name.restype, get_name.argtypes = ctypes.c_char_p, [ctypes.py_object]
-    get_pointer = ctypes.pythonapi.PyCapsule_GetPointer
-    get_pointer.restype, get_pointer.argtypes = ctypes.c_void_p, [ctypes.py_object, ctypes.c_char_p]
-    return int(get_pointer(capsule, get_name(capsule)))
-
-
-def scipy_blas_addresses() -> dict:
-    """Addresses of SciPy's own ``ssyrk``, ``dsyevr``, ``dsymv``, ``dgemm``, ``sgemm`` and ``dstemr`` (the
-    functions the numpy path calls), which the extension is bound to."""
-    from scipy.linalg import cython_blas, cython_lapack
-
-    return {"ssyrk": _capsule_address(cython_blas.__pyx_capi__["ssyrk"]),
-            "dsyevr": _capsule_address(cython_lapack.__pyx_capi__["dsyevr"]),
-            "dsymv": _capsule_address(cython_blas.__pyx_capi__["dsymv"]),
-            "dgemm": _capsule_address(cython_blas.__pyx_capi__["dgemm"]),
-            "sgemm": _capsule_address(cython_blas.__pyx_capi__["sgemm"]),
-            "dstemr": _capsule_address(cython_lapack.__pyx_capi__["dstemr"])}
-
-
-class _DlInfo(ctypes.Structure):
-    _fields_ = [("dli_fname", ctypes.c_char_p), ("dli_fbase", ctypes.c_void_p), ("dli_sname", ctypes.c_char_p),
-                ("dli_saddr", ctypes.c_void_p)]
-
-
-_blas_threads = {"looked": False, "get": None, "set": None}
-
-
-def blas_thread_controls():
-    """``(get, set)``: the thread-count functions of the OpenBLAS that SciPy's BLAS calls (the BLAS the native core
-    is bound to), or ``None`` where they cannot be found (another BLAS, or no ``dladdr``). Looked up once: the
-    shared object holding SciPy's ``dgemm`` is found by address (``dladdr``) and its dependencies searched for
-    ``scipy_openblas_get_num_threads`` / ``openblas_get_num_threads`` and the matching setter."""
-    with _lock:
-        if not _blas_threads["looked"]:
-            _blas_threads["looked"] = True
-            try:
-                dl = ctypes.CDLL(None)
-                if not hasattr(dl, "dladdr"):
-                    dl = ctypes.CDLL("libdl.so.2")
-                dl.dladdr.argtypes = [ctypes.c_void_p, ctypes.POINTER(_DlInfo)]
-                info = _DlInfo()
-                if dl.dladdr(ctypes.c_void_p(scipy_blas_addresses()["dgemm"]), ctypes.byref(info)) and info.dli_fname:
-                    lib = ctypes.CDLL(info.dli_fname.decode())
-                    for prefix in ("scipy_openblas", "openblas"):
-                        get = getattr(lib, prefix + "_get_num_threads", None)
-                        set_ = getattr(lib, prefix + "_set_num_threads", None)
-                        if get is not None and set_ is not None:
-                            get.restype, get.argtypes = ctypes.c_int, []
-                            set_.restype, set_.argtypes = None, [ctypes.c_int]
-                            _blas_threads.update(get=get, set=set_)
-                            break
-            except OSError:  # no dladdr or the library cannot be reopened: leave the BLAS threads alone
-                pass
-    if _blas_threads["get"] is None:
-        return None
-    return _blas_threads["get"], _blas_threads["set"]
-
-
-@contextlib.contextmanager
-def single_threaded_blas(enabled: bool = True):
-    """Within the block, SciPy's OpenBLAS runs single-threaded (restored after; a no-op where its thread control
-    is not found or ``enabled`` is false). For the native batch: several grids on the core's threads would
-    otherwise each start OpenBLAS's threads on the same cores (measured 0.52x the one-thread throughput for 8
-    grids of 32x32 on 2 cores, against 1.87x single-threaded). The setting is process-wide while the block runs."""
-    controls = blas_thread_controls() if enabled else None
-    if controls is None:
-        yield
-        return
-    get, set_ = controls
-    previous = int(get())
-    set_(1)
-    try:
-        yield
-    finally:
-        set_(previous)
 
 
 def _load():
@@ -252,16 +172,42 @@ def native_trees(tokens_list, grids, *, alpha: float, tau_max: float, compat: st
                             solver=solver) for t, g in zip(tokens_list, grids)]
     tokens_list = [np.ascontiguousarray(t, dtype=np.float32) for t in tokens_list]
     module = require_native()
-    with single_threaded_blas(int(num_threads) > 1 and len(tokens_list) > 1):
+    threads = max(1, min(int(num_threads), len(tokens_list)))  # (one image per thread: more would idle)
+    with single_threaded_blas(threads > 1):
         arrays = module.trees_from_tokens(tokens_list, float(alpha), float(tau_max), compat, int(num_thresholds),
-                                          solver, int(num_threads))
+                                          solver, threads)
     return [tree_from_arrays(a, g, tau_max, compat) for a, g in zip(arrays, grids)]
+
+
+def float32_affinity(W: np.ndarray) -> np.ndarray:
+    """A validated (N, N) affinity as the core's float32 values (C-ordered).
+
+    Raises
+    ------
+    InputError
+        If rounding to float32 would change the graph itself: a value beyond float32's range (it would become
+        infinite) or a positive value below it (it would become 0 and drop an edge, or change which rows the
+        zero-row rule of ``compat="official"`` drops).
+    """
+    with np.errstate(over="ignore"):  # (overflow is reported below, as an InputError)
+        W32 = np.ascontiguousarray(W, dtype=np.float32)
+    if W32.dtype != W.dtype:
+        if not np.all(np.isfinite(W32)):
+            raise InputError(f"graph_backend='native' works on float32 affinities and this {W.dtype} affinity has "
+                             f"values beyond float32's range (max {float(np.max(W)):.3g}); scale it, or use "
+                             "graph_backend='numpy'")
+        if np.any((W32 == 0) & (W != 0)):
+            raise InputError(f"graph_backend='native' works on float32 affinities and this {W.dtype} affinity has "
+                             f"non-zero values below float32's range (min non-zero "
+                             f"{float(np.min(W[W != 0])):.3g}), which would become zeros; scale it, or use "
+                             "graph_backend='numpy'")
+    return W32
 
 
 def native_tree_affinity(W: np.ndarray, *, tau_max: float, compat: str, num_thresholds: int,
                          shape=None, solver: str = "auto") -> NCutTree:
-    """The tree of a validated (N, N) affinity (float32) by the C++ core."""
-    W = np.ascontiguousarray(W, dtype=np.float32)
+    """The tree of a validated (N, N) affinity by the C++ core, on its float32 values (:func:`float32_affinity`)."""
+    W = float32_affinity(W)
     arrays = require_native().tree_from_affinity(W, float(tau_max), compat, int(num_thresholds), solver)
     return tree_from_arrays(arrays, shape or (W.shape[0],), tau_max, compat)
 

@@ -56,7 +56,10 @@ def build_tree(W, *, tau_max: float, compat: str = DEFAULT_COMPAT, solver: str =
         :func:`spectral_lower_bound` proves that no bipartition has NCut < ``tau_max`` (its node gets that bound
         as ``value`` and ``exact=False``). The tree and every cut are unchanged; only leaf values differ.
     graph_backend : {"numpy", "native", "auto"}, default "numpy"
-        As for :func:`ncut_tree` (the native core solves every leaf: exact values, no bounds).
+        As for :func:`ncut_tree` (the native core solves every leaf: exact values, no bounds). The core works on
+        float32 values: another dtype is rounded to float32 for ``"native"`` (an ``InputError`` where that would
+        change the graph: values beyond float32's range, or non-zero values that would become 0), and ``"auto"``
+        takes the numpy path for a W that float32 does not hold exactly.
     """
     tau_max = check_options(tau_max, compat, solver, num_thresholds, name="tau_max")
     W = np.asarray(W)
@@ -79,6 +82,10 @@ def build_tree(W, *, tau_max: float, compat: str = DEFAULT_COMPAT, solver: str =
                                     num_tokens=W.shape[0])
     if backend == "cupy":
         raise InputError("build_tree runs on the host: choose graph_backend 'numpy', 'native' or 'auto'")
+    if backend == "native" and graph_backend == "auto" and W.dtype != np.float32:
+        with np.errstate(over="ignore"):
+            if not np.array_equal(W.astype(np.float32), W):
+                backend = "numpy"  # the core works on float32 values: "auto" keeps the numpy path's labels
     if backend == "native":
         return native_tree_affinity(W, tau_max=tau_max, compat=compat, num_thresholds=num_thresholds, shape=shape,
                                     solver=solver)

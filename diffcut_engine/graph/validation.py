@@ -44,9 +44,15 @@ def check_tau(tau, name: str = "tau") -> float:
     return _positive(tau, name)
 
 
+#: The most candidate thresholds a split may score (the C++ core counts them in a C int; every backend has the
+#: limit, far above any use: the official code scores 100).
+MAX_THRESHOLDS = 2**31 - 2
+
+
 def check_num_thresholds(num_thresholds) -> int:
-    if isinstance(num_thresholds, bool) or not isinstance(num_thresholds, numbers.Integral) or num_thresholds < 2:
-        raise InputError(f"num_thresholds must be an integer >= 2, got {num_thresholds!r}")
+    if isinstance(num_thresholds, bool) or not isinstance(num_thresholds, numbers.Integral) \
+            or not 2 <= num_thresholds <= MAX_THRESHOLDS:
+        raise InputError(f"num_thresholds must be an integer in [2, {MAX_THRESHOLDS}], got {num_thresholds!r}")
     return int(num_thresholds)
 
 
