@@ -112,6 +112,8 @@ def test_native_rejects_what_it_does_not_implement(built):
         ncut_tree(f, compat="official-float32", graph_backend="native")
     with pytest.raises(InputError, match="solver='auto' or 'dense'"):
         ncut_tree(f, solver="lanczos", graph_backend="native")
+    with pytest.raises(InputError, match="unknown eigensolver 'bogus'"):
+        ncut_tree(f, solver="bogus", graph_backend="native")
     bad = f.copy()
     bad[0, 0, 0] = np.nan
     with pytest.raises(InputError, match="NaN"):

@@ -119,6 +119,9 @@ def resolve_graph_backend(backend: str, *, on_device: bool, compat: str, solver:
         if compat not in NATIVE_COMPAT:
             raise InputError(f"graph_backend='native' supports compat {' and '.join(NATIVE_COMPAT)}, "
                              f"not {compat!r}")
+        from .eigen import validate_solver
+
+        validate_solver(solver)  # an unknown solver is named as such, not as one the core lacks
         if solver not in ("auto", "dense"):
             raise InputError(f"graph_backend='native' has the solvers solver='auto' or 'dense', not {solver!r}")
     return backend
