@@ -6,6 +6,7 @@ Skipped only where no C++ compiler exists (then the install cannot have built th
 missing extension is a failure: `pip install -e .` must build it."""
 
 import os
+import sys
 
 import numpy as np
 import pytest
@@ -630,3 +631,40 @@ def test_huge_integer_options_are_input_errors_or_clamped(built):
     for backend in ("native", "numpy"):
         with pytest.raises(InputError, match="num_thresholds"):
             recursive_ncut(f, num_thresholds=2**31, graph_backend=backend)
+
+
+_STEER_SCRIPT = """
+import os, numpy as np
+from diffcut_engine.graph import recursive_ncut
+allowed = set(os.sched_getaffinity(0))
+f = np.random.default_rng(0).standard_normal((32, 32, 16)).astype(np.float32)
+want = recursive_ncut(f, tau=0.5, graph_backend="native")  # starts the helper pool on every allowed CPU
+def cpu_sets():  # each thread's Cpus_allowed_list, parsed
+    out = []
+    for tid in os.listdir("/proc/self/task"):
+        for line in open(f"/proc/self/task/{tid}/status"):
+            if line.startswith("Cpus_allowed_list"):
+                cpus = set()
+                for part in line.split()[1].split(","):
+                    lo, _, hi = part.partition("-")
+                    cpus.update(range(int(lo), int(hi or lo) + 1))
+                out.append(cpus)
+    return out
+for cpu in sorted(allowed)[:2]:
+    os.sched_setaffinity(0, {cpu})
+    assert (recursive_ncut(f, tau=0.5, graph_backend="native") == want).all()
+    sets = cpu_sets()
+    assert allowed - {cpu} in sets, (cpu, sets)  # a helper kept off the caller's CPU
+print("steered")
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux") or len(os.sched_getaffinity(0)) < 2,
+                    reason="needs Linux and two CPUs")
+def test_helpers_are_kept_off_the_callers_cpu(built):
+    """A woken helper queued on the caller's own CPU preempted the caller (paused calls slower than one thread);
+    the pool now sets the helpers' affinity to the process's CPUs less the caller's before waking them."""
+    import subprocess
+
+    proc = subprocess.run([sys.executable, "-c", _STEER_SCRIPT], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and "steered" in proc.stdout, proc.stdout + proc.stderr[-3000:]
