@@ -220,22 +220,37 @@ PYBIND11_MODULE(_native, m) {
   m.def(
       "tree_from_tokens",
       [](FloatArray tokens, double alpha, double tau_max, const std::string& compat, int num_thresholds,
-         const std::string& solver) {
+         const std::string& solver, std::optional<FloatArray> row_scale) {
         if (tokens.ndim() != 2) throw py::value_error("tokens must be (N, C)");
         const Options o = make_options(alpha, tau_max, compat, num_thresholds, solver);
         const std::int64_t n = tokens.shape(0), c = tokens.shape(1);
+        if (row_scale && (row_scale->ndim() != 1 || row_scale->shape(0) != n))
+          throw py::value_error("row_scale must be (N,)");
         const float* x = tokens.data();
+        const float* scale = row_scale ? row_scale->data() : nullptr;
         Tree tree = translated([&] {
           py::gil_scoped_release release;
+          // tokens / row_scale[:, None] in float32 (numpy's division, correctly rounded either way) into the
+          // thread's scratch cache: warm pages, where a fresh array of the caller's would fault in every page
+          ScratchArray<float> scaled(scale ? static_cast<std::size_t>(n) * static_cast<std::size_t>(c) : 0);
+          if (scale) {
+            float* dst = scaled.data();
+            for (std::int64_t i = 0; i < n; ++i) {
+              const float si = scale[i];
+              for (std::int64_t k = 0; k < c; ++k) dst[i * c + k] = x[i * c + k] / si;
+            }
+          }
           ScratchArray<float> W(static_cast<std::size_t>(n) * static_cast<std::size_t>(n));
           std::vector<std::uint8_t> zero_row(static_cast<std::size_t>(n));
-          affinity_from_tokens(x, n, c, alpha, W.data(), zero_row.data());
+          affinity_from_tokens(scale ? scaled.data() : x, n, c, alpha, W.data(), zero_row.data());
           return build_tree(W.data(), n, o, zero_row.data());
         });
         return tree_arrays(tree);
       },
       py::arg("tokens"), py::arg("alpha"), py::arg("tau_max"), py::arg("compat"), py::arg("num_thresholds"),
-      py::arg("solver") = "auto", "The recursive NCut tree of L2-normalised (N, C) float32 tokens, as flat arrays.");
+      py::arg("solver") = "auto", py::arg("row_scale") = py::none(),
+      "The recursive NCut tree of L2-normalised (N, C) float32 tokens, as flat arrays; with row_scale (N,) float32, "
+      "of tokens / row_scale[:, None] (the L2 normalisation's float32 division, done here).");
 
   m.def(
       "trees_from_tokens",

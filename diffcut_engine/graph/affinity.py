@@ -39,7 +39,7 @@ def spread_tolerance(channels: int) -> float:
     return float(channels) * float(np.finfo(np.float32).eps)
 
 
-def as_token_matrix(features, *, name: str = "features") -> tuple:
+def as_token_matrix(features, *, name: str = "features", check_finite: bool = True) -> tuple:
     """Validate a feature grid and flatten it to tokens.
 
     Parameters
@@ -53,6 +53,10 @@ def as_token_matrix(features, *, name: str = "features") -> tuple:
         (h*w, C) float32, row-major over (h, w).
     grid : tuple of int
         (h, w).
+
+    check_finite : bool, default True
+        Check every value for NaN and infinity (:func:`check_finite_tokens`); a caller that checks otherwise (the
+        native path: finite row norms imply finite values) passes False.
 
     Raises
     ------
@@ -74,16 +78,28 @@ def as_token_matrix(features, *, name: str = "features") -> tuple:
     if not np.issubdtype(x.dtype, np.number) or np.iscomplexobj(x):
         raise InputError(f"{name} must be a real numeric array, got dtype {x.dtype}")
     x = x.reshape(h * w, c).astype(np.float32, copy=False)
+    if check_finite:
+        check_finite_tokens(x, name)
+    return x, (h, w)
+
+
+def check_finite_tokens(x: np.ndarray, name: str = "features") -> None:
+    """InputError naming how many of the (N, C) tokens hold NaN or infinity."""
     if not np.all(np.isfinite(x)):
         bad = int(np.count_nonzero(~np.isfinite(x).all(axis=1)))
-        raise InputError(f"{name} contain NaN or infinite values ({bad} of {h * w} tokens)")
-    return x, (h, w)
+        raise InputError(f"{name} contain NaN or infinite values ({bad} of {x.shape[0]} tokens)")
+
+
+def row_norms(tokens: np.ndarray) -> np.ndarray:
+    """The divisors of :func:`l2_normalize`: ``max(||x_i||, 1e-12)`` per row, float32 (inf or NaN where a row is
+    not finite or its squares overflow)."""
+    norms = np.sqrt(np.einsum("ij,ij->i", tokens, tokens, dtype=np.float32))
+    return np.maximum(norms, NORM_EPS)
 
 
 def l2_normalize(tokens: np.ndarray) -> np.ndarray:
     """Normalise rows to unit L2 norm (float32), as ``F.normalize(x, dim=-1)``: zero rows stay zero."""
-    norms = np.sqrt(np.einsum("ij,ij->i", tokens, tokens, dtype=np.float32))
-    return (tokens / np.maximum(norms, NORM_EPS)[:, None]).astype(np.float32, copy=False)
+    return (tokens / row_norms(tokens)[:, None]).astype(np.float32, copy=False)
 
 
 def power_inplace(s, k: int, work=None):

@@ -154,14 +154,21 @@ def _affinity_for_core(tokens: np.ndarray, alpha: float) -> np.ndarray:
 
 
 def native_tree(tokens: np.ndarray, grid, *, alpha: float, tau_max: float, compat: str,
-                num_thresholds: int, solver: str = "auto") -> NCutTree:
+                num_thresholds: int, solver: str = "auto", row_scale=None) -> NCutTree:
     """The tree of L2-normalised (N, C) float32 tokens (validated options) by the C++ core (on numpy's affinity for
-    an exponent whose power the core does not reproduce, :func:`core_power_matches`)."""
+    an exponent whose power the core does not reproduce, :func:`core_power_matches`). With ``row_scale`` (N,)
+    float32 (:func:`.affinity.row_norms`, finite), the tokens are raw and the core normalises them:
+    ``tokens / row_scale[:, None]``, :func:`.affinity.l2_normalize`'s float32 division."""
+    tokens = np.ascontiguousarray(tokens, dtype=np.float32)
+    if row_scale is not None:
+        row_scale = np.ascontiguousarray(row_scale, dtype=np.float32)
     if not core_power_matches(alpha):
+        if row_scale is not None:
+            tokens = tokens / row_scale[:, None]
         return native_tree_affinity(_affinity_for_core(tokens, alpha), tau_max=tau_max, compat=compat,
                                     num_thresholds=num_thresholds, shape=grid, solver=solver)
-    arrays = require_native().tree_from_tokens(np.ascontiguousarray(tokens, dtype=np.float32), float(alpha),
-                                               float(tau_max), compat, int(num_thresholds), solver)
+    arrays = require_native().tree_from_tokens(tokens, float(alpha), float(tau_max), compat, int(num_thresholds),
+                                               solver, row_scale)
     return tree_from_arrays(arrays, grid, tau_max, compat)
 
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import InputError
-from .affinity import affinity_from_tokens, as_token_matrix, l2_normalize
+from .affinity import affinity_from_tokens, as_token_matrix, check_finite_tokens, l2_normalize, row_norms
 from .device import device_namespace, device_ncut_tree, device_ncut_trees
 from .eigen import validate_solver
 from .host import host_tree
@@ -162,9 +162,15 @@ def ncut_tree(features, *, alpha: float = 10.0, tau_max: float = 1.0, compat: st
     tau_max = check_options(tau_max, compat, solver, num_thresholds, name="tau_max")
     alpha = check_alpha(alpha)
     if backend == "native":
-        tokens, grid = as_token_matrix(features)
-        return native_tree(l2_normalize(tokens), grid, alpha=alpha, tau_max=tau_max, compat=compat,
-                           num_thresholds=num_thresholds, solver=solver)
+        # the norms first: finite row norms imply finite values, so one pass checks and normalises (the core divides
+        # into its own warm scratch; a fresh normalised copy here faulted in every page of it)
+        tokens, grid = as_token_matrix(features, check_finite=False)
+        norms = row_norms(tokens)
+        if not np.all(np.isfinite(norms)):
+            check_finite_tokens(tokens)  # raises where a value is NaN or infinite
+            tokens, norms = l2_normalize(tokens), None  # finite values whose squares overflow: as l2_normalize does
+        return native_tree(tokens, grid, alpha=alpha, tau_max=tau_max, compat=compat,
+                           num_thresholds=num_thresholds, solver=solver, row_scale=norms)
     # finite by construction (the features were checked); "auto" takes the C++ core's fused affinity pass
     W, grid, zero_row = _affinity_of(features, alpha, compat, fused=graph_backend == "auto")
     return host_tree(W, tau_max=tau_max, compat=compat, solver=solver, num_thresholds=num_thresholds,

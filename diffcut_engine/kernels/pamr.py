@@ -6,12 +6,13 @@ neighbours (replicate borders)::
     out[b, k, y, x] = sum_p aff[b, p, y, x] * m[b, k, clamp(y + dy_p), clamp(x + dx_p)]
 
 The torch reference (:func:`propagate_reference`) is ``diffcut_engine.refine``'s loop: per tap, the product and then
-the sum, each rounded to float32 (no fused multiply-add), taps in dilation-major order. The kernel (:func:`propagate`) runs one program per (block of pixels, block of
-``K_BLOCK`` masks): each tap's affinity row is loaded once for ``K_BLOCK`` masks, the sum is kept in registers in
-the same tap order, and only the (K, H, W) result is written. The kernel is compiled with ``enable_fp_fusion=False``
-so that ``acc += v * a`` stays a rounded product and a rounded sum, as in the reference (Triton fuses them into
-an FMA by default). There is no (K, P, H, W) intermediate (the
-stacked tensor of the official ``LocalAffinityCopy``: 2.7 GB at 1024x1024, K = 10, 8 dilations). Memory traffic per
+the sum, each rounded to float32 (no fused multiply-add), taps in dilation-major order. The kernel
+(:func:`propagate`) runs one program per (block of pixels, block of ``K_BLOCK`` masks): each tap's affinity row is
+loaded once for ``K_BLOCK`` masks, the sum is kept in registers in the same tap order, and only the (K, H, W)
+result is written. The kernel is compiled with ``enable_fp_fusion=False`` so that ``acc += v * a`` stays a rounded
+product and a rounded sum, as in the reference (Triton fuses them into an FMA by default). There is no
+(K, P, H, W) intermediate (the stacked tensor of the official ``LocalAffinityCopy``: 2.7 GB at 1024x1024, K = 10,
+8 dilations). Memory traffic per
 step is about ``ceil(K / K_BLOCK) x P x H x W x 4`` bytes of affinities plus the masks (cached).
 
 The affinities come from ``diffcut_engine.refine.pamr_affinity`` (once per image; the caller keeps them).
