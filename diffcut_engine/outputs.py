@@ -9,10 +9,13 @@ Checked before any model is loaded, so a mistake costs nothing:
   the earlier ``summary.json`` are deleted first, so no stale results stay) or ``resume`` (inputs whose results
   are in ``summary.json`` with their files present are skipped, new names never reuse an earlier one, and the
   summary is merged);
-- an input file is never overwritten by an output.
+- an input file is never overwritten by an output;
+- ``summary.json`` records the run's working directory (``cwd``), to which its relative paths are relative, so a
+  later ``overwrite`` or ``resume`` started from another directory finds the earlier inputs and files.
 
-A write that fails during the run (disk full, ``ENOSPC``, or any other ``OSError``) stops the run cleanly: the
-summary of what was finished is still written (:meth:`OutputFolder.write_summary`) and the command reports one
+A write that fails during the run (disk full, ``ENOSPC``, or any other ``OSError``, for every output file: labels,
+masks, overlay, ``.npy``) stops the run cleanly, a partly written file is removed, the summary of what was finished
+is still written (:meth:`OutputFolder.write_summary`) and the command reports one
 ``error:`` line (:func:`write_failure`).
 """
 
@@ -219,7 +222,27 @@ class OutputFolder:
                 raise InputError(f"{path} is unreadable ({exc}); cannot resume: pass --overwrite instead") \
                     from None
             return []
-        return [r for r in results if isinstance(r, dict) and isinstance(r.get("input"), str)]
+        cwd = data.get("cwd") if isinstance(data.get("cwd"), str) else None
+        return [self._resolved(r, cwd) for r in results if isinstance(r, dict) and isinstance(r.get("input"), str)]
+
+    def _resolved(self, entry: dict, cwd: Optional[str]) -> dict:
+        """An earlier entry with absolute paths: relative ones are relative to the earlier run's working directory
+        (``cwd`` of its summary), so a run started elsewhere finds them. A summary without ``cwd`` (older
+        versions): inputs relative to this directory, outputs found in the folder by name where not found here."""
+        def absolute(p: str, output: bool) -> str:
+            if os.path.isabs(p):
+                return p
+            if cwd is not None:
+                return os.path.normpath(os.path.join(cwd, p))
+            if output and not os.path.isfile(p):
+                return os.path.abspath(self.path / os.path.basename(p))  # (outputs are written in the folder)
+            return os.path.abspath(p)
+
+        entry = dict(entry)
+        entry["input"] = absolute(entry["input"], False)
+        if isinstance(entry.get("outputs"), list):
+            entry["outputs"] = [absolute(f, True) if isinstance(f, str) else f for f in entry["outputs"]]
+        return entry
 
     def _inside(self, p: str) -> bool:
         root = _real(self.path)
@@ -273,8 +296,8 @@ class OutputFolder:
         path = self.path / SUMMARY_NAME
         tmp = self.path / (SUMMARY_NAME + ".tmp")
         try:
-            with open(tmp, "w") as fh:
-                json.dump({**header, "results": self.previous + list(results)}, fh, indent=1)
+            with open(tmp, "w") as fh:  # (relative paths are relative to cwd; earlier results kept are absolute)
+                json.dump({**header, "cwd": os.getcwd(), "results": self.previous + list(results)}, fh, indent=1)
             os.replace(tmp, path)
         except BaseException:
             try:

@@ -114,3 +114,14 @@ def test_several_taus_from_one_tree(image_folder, tmp_path, tiny_sdxl_path, caps
         np.testing.assert_array_equal(np.load(out / f"img0_tau{t}_labels.npy"),
                                       np.load(single / "img0_labels.npy"))
     capsys.readouterr()
+
+
+@pytest.mark.parametrize("text", ["0.1,nan", "inf", "0.2,-0.1", "0", ","])
+def test_taus_must_be_positive_finite_numbers(text):
+    import argparse
+
+    from diffcut_engine.cli.options import tau_list
+
+    with pytest.raises(argparse.ArgumentTypeError, match="positive finite numbers|comma-separated"):
+        tau_list(text)
+    assert tau_list("0.5,0.2,0.5") == (0.2, 0.5)

@@ -522,6 +522,63 @@ def test_disk_full_stops_cleanly_and_writes_the_summary_of_what_was_done(three_i
     assert stdout.count("segments at tau") == 1
 
 
+def test_a_failed_labels_write_stops_the_run_and_leaves_no_partial_file(three_images, tmp_path, capsys, toy_cli,
+                                                                        monkeypatch):
+    """Segmentation.save words a failed write as an InputError (from the OSError): it used to be taken for one
+    input's failure, the run went on (exit 1) and the truncated file stayed."""
+    import errno
+
+    from diffcut_engine.errors import InputError
+    from diffcut_engine.result import Segmentation
+
+    real, calls = Segmentation.save, []
+
+    def full_on_the_second(self, path):
+        calls.append(path)
+        if len(calls) == 1:
+            return real(self, path)
+        with open(path, "wb") as fh:
+            fh.write(b"\x89PNG partial")
+        try:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        except OSError as exc:
+            raise InputError(f"cannot write {str(path)!r}: {exc.strerror}") from exc
+
+    monkeypatch.setattr(Segmentation, "save", full_on_the_second)
+    out = tmp_path / "out"
+    code, stdout, err = run(["segment", str(three_images), "-o", str(out), *SEG], capsys)
+    line = one_error_line(err)
+    assert code == 2 and "disk is full" in line and "stopped after 1 of 3 inputs" in line
+    assert len(calls) == 2 and not (out / "img1_labels.png").exists()
+    summary = json.loads((out / "summary.json").read_text())
+    assert [r["input"] for r in summary["results"]] == [str(three_images / "img0.png")]
+
+
+def test_resume_and_overwrite_from_another_working_directory(three_images, tmp_path, capsys, toy_cli, monkeypatch):
+    """summary.json's relative paths are relative to the run's directory (its ``cwd``): a later run from elsewhere
+    used to find none of them (--resume redid everything under -1 names, --overwrite left stale files)."""
+    import shutil
+
+    a, b = tmp_path / "A", tmp_path / "B"
+    a.mkdir()
+    b.mkdir()
+    for name in ("img0.png", "img1.png"):
+        shutil.copy(three_images / name, a / name)
+    monkeypatch.chdir(a)
+    code, _, err = run(["segment", "img0.png", "img1.png", "-o", "out", *SEG], capsys)
+    assert code == 0, err
+    first = sorted(p.name for p in (a / "out").iterdir())
+    monkeypatch.chdir(b)
+    code, stdout, err = run(["segment", "../A/img0.png", "../A/img1.png", "-o", "../A/out", "--resume", *SEG],
+                            capsys)
+    assert code == 0, err
+    assert sorted(p.name for p in (a / "out").iterdir()) == first      # both skipped: no -1 names
+    assert stdout.count("segments at tau") == 0
+    code, _, err = run(["segment", "../A/img0.png", "-o", "../A/out", "--overwrite", *SEG], capsys)
+    assert code == 0, err
+    assert sorted(p.name for p in (a / "out").iterdir()) == ["img0_labels.png", "img0_overlay.png", "summary.json"]
+
+
 def test_a_non_empty_output_folder_needs_overwrite_or_resume(three_images, tmp_path, capsys, toy_cli):
     out = tmp_path / "out"
     code, first, _ = run(["segment", str(three_images / "img0.png"), "-o", str(out), *SEG], capsys)

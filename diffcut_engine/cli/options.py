@@ -7,6 +7,7 @@ pieces, so that options keep one name, one default and one help text everywhere.
 from __future__ import annotations
 
 import argparse
+import math
 
 from ..config import (ATTENTION_MODES, BACKBONES, BACKENDS, COMPAT_MODES, COMPILE_MODES, DEFAULT_MODEL, DTYPES,
                       GRAPH_DEVICES, METHODS, RESIZE_MODES, EngineConfig, RWNCutOptions)
@@ -62,8 +63,8 @@ def tau_list(text: str) -> tuple:
         vals = tuple(sorted({float(t) for t in text.split(",") if t.strip()}))
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}")
-    if not vals or min(vals) <= 0:
-        raise argparse.ArgumentTypeError(f"expected positive numbers, got {text!r}")
+    if not vals or not all(math.isfinite(v) and v > 0 for v in vals):  # (NaN compares False with everything)
+        raise argparse.ArgumentTypeError(f"expected positive finite numbers, got {text!r}")
     return vals
 
 

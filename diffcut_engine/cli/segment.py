@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -110,12 +111,30 @@ def write_outputs(seg, image_view, outdir: Path, stem: str, *, overlay, save_npy
 
     written = []
     labels = seg.labels
+
+    def write(p: Path, save) -> None:
+        # A failed write is an OSError, which stops the run (Segmentation.save words it as an InputError: its
+        # cause is re-raised); a partly written file is removed, as no summary lists it
+        try:
+            try:
+                save(p)
+            except InputError as exc:
+                if isinstance(exc.__cause__, OSError):
+                    raise exc.__cause__ from None
+                raise
+        except OSError:
+            if os.path.isfile(p):
+                try:
+                    os.remove(p)
+                except OSError:
+                    pass
+            raise
+        written.append(Path(p))
+
     if "labels" in formats:
-        p = outdir / f"{stem}_labels.png"
-        written.append(Path(seg.save(p)))
+        write(outdir / f"{stem}_labels.png", seg.save)
     if "masks" in formats:
-        p = outdir / f"{stem}_masks.json"
-        written.append(Path(seg.save(p)))
+        write(outdir / f"{stem}_masks.json", seg.save)
     style = "blend" if overlay is True else (overlay or "none")
     if style != "none":
         rgb = (image_view.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
@@ -123,13 +142,10 @@ def write_outputs(seg, image_view, outdir: Path, stem: str, *, overlay, save_npy
             rgb = np.asarray(Image.fromarray(rgb).resize(labels.shape[::-1], Image.BILINEAR))
         if opacity is None:
             opacity = 1.0 if style == "contour" else 0.5
-        p = outdir / f"{stem}_overlay.png"
-        Image.fromarray(viz.render(rgb, labels, style, opacity=opacity)).save(p)
-        written.append(p)
+        write(outdir / f"{stem}_overlay.png",
+              lambda p: Image.fromarray(viz.render(rgb, labels, style, opacity=opacity)).save(p))
     if save_npy:
-        p = outdir / f"{stem}_labels.npy"
-        np.save(p, labels.astype(np.int32))
-        written.append(p)
+        write(outdir / f"{stem}_labels.npy", lambda p: np.save(p, labels.astype(np.int32)))
     return written
 
 
