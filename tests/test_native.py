@@ -691,3 +691,33 @@ def test_the_core_normalising_raw_tokens_gives_the_normalised_tokens_tree(built)
         recursive_ncut(bad, graph_backend="native")
     with pytest.raises(ValueError, match="row_scale"):
         module.tree_from_tokens(tokens, 10.0, 0.9, "official", 100, "auto", np.ones(3, np.float32))
+
+
+def test_row_norms_are_the_cores_bit_for_bit(built):
+    """The C API normalises features itself (no numpy): its row norm summed the squares in a float32 loop and
+    numpy's einsum in another order, so 8 of 21 norms differed and the labels from features differed from the
+    Python engine's. Both now compute float32(sqrt(float64(exact sum of squares))): a bounded float64 sum, and the
+    exactly rounded sum (math.fsum / the core's partials) where the bound leaves the float32 open."""
+    import math
+
+    from diffcut_engine.graph.affinity import NORM_EPS, row_norms
+
+    module = native.require_native()
+    rng = np.random.default_rng(0)
+    for _ in range(60):
+        c, n = int(rng.integers(1, 1400)), int(rng.integers(1, 40))
+        x = (rng.standard_normal((n, c)) * 10.0 ** rng.uniform(-18, 18)).astype(np.float32)
+        assert np.array_equal(row_norms(x), np.maximum(module.row_norms(x), NORM_EPS))
+    # rows [a, b] with sqrt(a^2 + b^2) on a float32 rounding boundary, to rounding: the exact branch
+    opened = 0
+    for _ in range(300):
+        a = np.float32(rng.uniform(1, 2) * 2.0 ** int(rng.integers(-10, 10)))
+        b = np.float32(math.sqrt(float(a) * float(np.spacing(a))))
+        x = np.array([[a, b], [b, a]], np.float32)
+        s = float(a) ** 2 + float(b) ** 2
+        opened += np.float32(math.sqrt(s * (1 - 4 * 2.0 ** -53))) != np.float32(math.sqrt(s * (1 + 4 * 2.0 ** -53)))
+        want = np.float32(math.sqrt(math.fsum([float(a) ** 2, float(b) ** 2])))
+        assert row_norms(x)[0] == want == row_norms(x)[1] == module.row_norms(x)[0] == module.row_norms(x)[1]
+    assert opened > 10
+    huge = np.full((1, 1280), 3e38, np.float32)  # a finite row whose norm is beyond float32: inf in both
+    assert np.isinf(row_norms(huge)[0]) and np.isinf(module.row_norms(huge)[0])

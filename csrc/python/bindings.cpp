@@ -218,6 +218,20 @@ PYBIND11_MODULE(_native, m) {
       "zero into zero_row (N,) uint8; scratch: N * N float32 values for the Gram matrix.");
 
   m.def(
+      "row_norms",
+      [](FloatArray tokens) {
+        if (tokens.ndim() != 2) throw py::value_error("tokens must be (N, C)");
+        const std::int64_t n = tokens.shape(0), c = tokens.shape(1);
+        py::array_t<float> out(n);
+        float* o = out.mutable_data();
+        const float* x = tokens.data();
+        for (std::int64_t i = 0; i < n; ++i) o[i] = row_norm(x + i * c, c);
+        return out;
+      },
+      py::arg("tokens"), "||x_i|| of each row as the C API's normalisation computes it (graph.affinity.row_norms "
+      "before its 1e-12 floor).");
+
+  m.def(
       "tree_from_tokens",
       [](FloatArray tokens, double alpha, double tau_max, const std::string& compat, int num_thresholds,
          const std::string& solver, std::optional<FloatArray> row_scale) {

@@ -26,12 +26,66 @@ void check_finite(const float* values, std::int64_t count, const char* what) {
   }
 }
 
+namespace {
+
+// The exactly rounded float64 sum of the squares of a float32 row (each square is exact in float64): Shewchuk's
+// partials with the correct final rounding, the algorithm of Python's math.fsum (which graph/affinity.py's
+// row_norms uses for the same rows), so both give the same double.
+double exact_sum_of_squares(const float* row, std::int64_t c) {
+  std::vector<double> partials;
+  for (std::int64_t k = 0; k < c; ++k) {
+    double x = static_cast<double>(row[k]) * static_cast<double>(row[k]);
+    std::size_t used = 0;
+    for (double y : partials) {
+      if (std::fabs(x) < std::fabs(y)) std::swap(x, y);
+      const double hi = x + y;
+      const double lo = y - (hi - x);
+      if (lo != 0.0) partials[used++] = lo;
+      x = hi;
+    }
+    partials.resize(used);
+    partials.push_back(x);
+  }
+  std::size_t n = partials.size();
+  if (n == 0) return 0.0;
+  double hi = partials[--n], lo = 0.0;
+  while (n > 0) {
+    const double x = hi, y = partials[--n];
+    hi = x + y;
+    const double yr = hi - x;
+    lo = y - yr;
+    if (lo != 0.0) break;
+  }
+  // round half-even when the rest of the partials pushes the exact sum past a tie
+  if (n > 0 && ((lo < 0.0 && partials[n - 1] < 0.0) || (lo > 0.0 && partials[n - 1] > 0.0))) {
+    const double y = lo * 2.0, x = hi + y, yr = x - hi;
+    if (y == yr) hi = x;
+  }
+  return hi;
+}
+
+}  // namespace
+
+// double -> float32, round to nearest even, infinity beyond float32's range (as numpy's astype; a plain cast of an
+// out-of-range double is undefined behaviour in C++)
+inline float to_float32(double v) { return v >= 0x1.ffffffp+127 ? INFINITY : static_cast<float>(v); }
+
+float row_norm(const float* row, std::int64_t c) {
+  // float32(sqrt(float64(exact sum of squares))): a float64 sum in any order is within gamma = 4 (c - 1) 2^-53 of
+  // the exact one, and the function is monotone, so where both ends of that interval give the same float32 it is
+  // the answer; otherwise (rare: the sum sits on a float32 rounding boundary) the exactly rounded sum decides
+  double s = 0.0;
+  for (std::int64_t k = 0; k < c; ++k) s += static_cast<double>(row[k]) * static_cast<double>(row[k]);
+  const double g = c > 1 ? 4.0 * static_cast<double>(c - 1) * 0x1p-53 : 0.0;
+  const float lo = to_float32(std::sqrt(s - s * g)), hi = to_float32(std::sqrt(s + s * g));
+  if (lo == hi) return lo;
+  return to_float32(std::sqrt(exact_sum_of_squares(row, c)));
+}
+
 void l2_normalize(float* tokens, std::int64_t n, std::int64_t c) {
   for (std::int64_t i = 0; i < n; ++i) {
     float* row = tokens + i * c;
-    float acc = 0.0f;
-    for (std::int64_t k = 0; k < c; ++k) acc += row[k] * row[k];
-    const float norm = std::max(std::sqrt(acc), kNormEps);
+    const float norm = std::max(row_norm(row, c), kNormEps);
     for (std::int64_t k = 0; k < c; ++k) row[k] = row[k] / norm;
   }
 }

@@ -46,6 +46,9 @@ constexpr double kDisconnectedEigenvalue = 1e-10;
 constexpr int kMaxSquaringExponent = 64;
 
 // Rows of tokens (n x c, row-major) scaled to unit L2 norm in float32, in place.
+// ||row||, as graph/affinity.py's row_norms defines it: float32(sqrt(float64(the exact sum of the squares))), the
+// same bits in both (a bounded float64 sum, and the exactly rounded one where the bound leaves the float32 open).
+float row_norm(const float* row, std::int64_t c);
 void l2_normalize(float* tokens, std::int64_t n, std::int64_t c);
 // W (n x n, row-major float32) of L2-normalised tokens, as diffcut_engine.graph.affinity_from_tokens computes it;
 // zero_row (n bytes, may be null) receives 1 for the rows of W holding an exact zero, else 0.

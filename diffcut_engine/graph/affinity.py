@@ -18,6 +18,7 @@ NeurIPS 2024 (arXiv 2406.02842), section 3; official code ``diffcut/recursive_no
 from __future__ import annotations
 
 import functools
+import math
 
 import numpy as np
 
@@ -91,9 +92,25 @@ def check_finite_tokens(x: np.ndarray, name: str = "features") -> None:
 
 
 def row_norms(tokens: np.ndarray) -> np.ndarray:
-    """The divisors of :func:`l2_normalize`: ``max(||x_i||, 1e-12)`` per row, float32 (inf or NaN where a row is
-    not finite or its squares overflow)."""
-    norms = np.sqrt(np.einsum("ij,ij->i", tokens, tokens, dtype=np.float32))
+    """The divisors of :func:`l2_normalize`: ``max(||x_i||, 1e-12)`` per row, float32 (NaN or inf where a row is
+    not finite).
+
+    ``||x_i||`` is ``float32(sqrt(float64(s_i)))`` with ``s_i`` the exact sum of the row's squares (each square of
+    a float32 is exact in float64), so the value does not depend on a summation order and the C++ core
+    (``row_norm`` in csrc/src/affinity.cpp, the C API's normalisation) computes the same bits. Here: a float64 sum
+    in numpy's order is within ``4 (C - 1) 2^-53`` of ``s_i``, the function is monotone, so where both ends of that
+    interval give one float32 it is the answer; the rare rows whose interval straddles a float32 rounding boundary
+    take the exactly rounded sum (``math.fsum``).
+    """
+    x = np.asarray(tokens)
+    s = np.einsum("ij,ij->i", x, x, dtype=np.float64)
+    g = 4.0 * (x.shape[1] - 1) * 2.0 ** -53 if x.shape[1] > 1 else 0.0
+    with np.errstate(over="ignore", invalid="ignore"):
+        norms = np.sqrt(s - s * g).astype(np.float32)
+        open_rows = np.flatnonzero(norms != np.sqrt(s + s * g).astype(np.float32))  # (NaN rows too)
+        for i in open_rows:
+            row = x[i].astype(np.float64)
+            norms[i] = np.float32(math.sqrt(math.fsum((row * row).tolist())))
     return np.maximum(norms, NORM_EPS)
 
 
