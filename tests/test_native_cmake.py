@@ -212,7 +212,19 @@ def test_example_file_errors(build_dir, tmp_path):
         ((tmp_path / "ints.npy", tmp_path / "o.npy"), "dtype <i4"),
         ((tmp_path / "short.npy", tmp_path / "o.npy"), "truncated"),
         ((tmp_path / "missing.npy", tmp_path / "o.npy"), "cannot open"),
+        # a header claiming 1.6 GB of data in a small file: refused before the buffer is allocated
+        ((tmp_path / "claims.npy", tmp_path / "o.npy"), "header claims 1600000000 bytes of data"),
+        ((tmp_path / "empty.npy", tmp_path / "o.npy"), "height must be positive"),
+        ((tmp_path / "nan.npy", tmp_path / "o.npy"), f"{tmp_path / 'nan.npy'}: DIFFCUT_ERROR_NON_FINITE"),
     ]
+    header = b"{'descr': '<f4', 'fortran_order': False, 'shape': (20000, 20000, 1), }"
+    header += b" " * (63 - (10 + len(header)) % 64) + b"\n"
+    (tmp_path / "claims.npy").write_bytes(b"\x93NUMPY\x01\x00" + len(header).to_bytes(2, "little") + header
+                                          + bytes(100))
+    np.save(tmp_path / "empty.npy", np.zeros((0, 5, 8), np.float32))
+    bad = f.copy()
+    bad[1, 2, 3] = np.inf
+    np.save(tmp_path / "nan.npy", bad)
     np.save(tmp_path / "rgba.npy", np.zeros((8, 8, 4), np.uint8))
     np.save(tmp_path / "ints.npy", np.zeros((8, 8, 4), np.int32))
     np.save(tmp_path / "full.npy", f)
@@ -363,8 +375,19 @@ def test_example_png_errors(build_dir, tmp_path):
     (tmp_path / "corrupt.png").write_bytes(raw[:40] + bytes([raw[40] ^ 0xFF]) + raw[41:])
     (tmp_path / "text.png").write_bytes(b"not a png at all")
     Image.fromarray(np.zeros((20, 20, 3), np.uint8)).save(tmp_path / "interlaced.png", interlace=1)
+    (tmp_path / "no_end.png").write_bytes(raw[:-12])                         # cut before its IEND chunk
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    (tmp_path / "claims.png").write_bytes(raw[:8] + chunk(b"IHDR", struct.pack(">IIBBBBB", 40000, 40000, 8, 0, 0, 0, 0))
+                                          + chunk(b"IDAT", zlib.compress(bytes(10))) + chunk(b"IEND", b""))
     exe = str(build_dir / "diffcut_segment")
-    cases = [(["--image", str(tmp_path / "corrupt.png")], "corrupt PNG"),
+    cases = [(["--image", str(tmp_path / "no_end.png")], "truncated PNG"),
+             (["--image", str(tmp_path / "claims.png")], "cannot hold 40000 x 40000 pixels"),
+             (["--image", str(tmp_path / "corrupt.png")], "corrupt PNG"),
              (["--image", str(tmp_path / "text.png")], "not a PNG"),
              (["--image", str(tmp_path / "missing.png")], "cannot open"),
              (["--tau", "0.3,0.5"], "one (h, w) label map")]

@@ -154,16 +154,20 @@ int main(int argc, char** argv) {
     options.tau_max = *std::max_element(taus.begin(), taus.end());
     npy::Array x = npy::load(in);
     std::vector<std::int64_t> shape;
-    diffcut::Tree tree = [&] {
-      if (affinity) {
-        if (x.shape.size() != 2 || x.shape[0] != x.shape[1])
-          throw std::runtime_error(in + " must hold an (N, N) affinity");
-        shape = {x.shape[0]};
-        return diffcut::Tree::from_affinity(x.data.data(), x.shape[0], options);
+    diffcut::Tree tree = [&]() -> diffcut::Tree {
+      try {
+        if (affinity) {
+          if (x.shape.size() != 2 || x.shape[0] != x.shape[1])
+            throw std::runtime_error(in + " must hold an (N, N) affinity");
+          shape = {x.shape[0]};
+          return diffcut::Tree::from_affinity(x.data.data(), x.shape[0], options);
+        }
+        if (x.shape.size() != 3) throw std::runtime_error(in + " must hold (h, w, C) features");
+        shape = {x.shape[0], x.shape[1]};
+        return diffcut::Tree(x.data.data(), x.shape[0], x.shape[1], x.shape[2], options);
+      } catch (const diffcut::Error& e) {  // (the library's message, e.g. NaN values, with the file named)
+        throw std::runtime_error(in + ": " + e.what());
       }
-      if (x.shape.size() != 3) throw std::runtime_error(in + " must hold (h, w, C) features");
-      shape = {x.shape[0], x.shape[1]};
-      return diffcut::Tree(x.data.data(), x.shape[0], x.shape[1], x.shape[2], options);
     }();
     std::vector<std::int32_t> labels;
     if (!image_path.empty()) {
@@ -208,8 +212,13 @@ int main(int argc, char** argv) {
       for (double tau : taus) {
         std::int32_t k = 0;
         std::vector<std::int32_t> grid = tree.cut(tau, &k);
-        std::vector<std::int32_t> refined = diffcut::refine(x.data.data(), shape[0], shape[1], x.shape[2], grid.data(),
-                                                            k, chw.data(), H, W, options);
+        std::vector<std::int32_t> refined;
+        try {
+          refined = diffcut::refine(x.data.data(), shape[0], shape[1], x.shape[2], grid.data(), k, chw.data(), H, W,
+                                    options);
+        } catch (const diffcut::Error& e) {  // (e.g. NaN pixels: the image named)
+          throw std::runtime_error(image_path + ": " + e.what());
+        }
         labels.insert(labels.end(), refined.begin(), refined.end());
       }
       shape = {H, W};

@@ -122,6 +122,15 @@ inline Array load(const std::string& path) {
   const std::uint16_t probe = 1;
   const bool host_little = *reinterpret_cast<const unsigned char*>(&probe) == 1;
   const bool swap = item > 1 && ((byte_order == '<' && !host_little) || (byte_order == '>' && host_little));
+  {  // the data the header claims must be in the file before a buffer for it is allocated
+    const std::streampos here = f.tellg();
+    f.seekg(0, std::ios::end);
+    const std::streamoff left = static_cast<std::streamoff>(f.tellg() - here);
+    f.seekg(here);
+    if (!f || left < static_cast<std::streamoff>(count) * static_cast<std::streamoff>(item))
+      throw std::runtime_error(path + " is truncated (its header claims " + std::to_string(count * item) +
+                               " bytes of data, the file holds " + std::to_string(left < 0 ? 0 : left) + ")");
+  }
   std::vector<unsigned char> raw(static_cast<std::size_t>(count) * item);
   f.read(reinterpret_cast<char*>(raw.data()), static_cast<std::streamsize>(raw.size()));
   if (!f) throw std::runtime_error(path + " is truncated");

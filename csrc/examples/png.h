@@ -71,6 +71,8 @@ inline Image load(const std::string& path) {
     }
     p += 12 + len;
   }
+  if (!ended) throw std::runtime_error(path + ": truncated PNG (no IEND chunk)");
+  if (width == 0 && height == 0 && colour == -1) throw std::runtime_error(path + ": corrupt PNG (no IHDR chunk)");
   const int channels = colour == 0 ? 1 : colour == 2 ? 3 : colour == 3 ? 1 : colour == 4 ? 2 : colour == 6 ? 4 : 0;
   if (!width || !height || !channels || !(depth == 8 || depth == 16 || (colour == 3 && depth <= 8)))
     throw std::runtime_error(path + ": unsupported PNG (colour type " + std::to_string(colour) + ", " +
@@ -80,6 +82,11 @@ inline Image load(const std::string& path) {
     throw std::runtime_error(path + ": image too large");
   const std::size_t bpp = static_cast<std::size_t>(channels) * (depth / 8);  // bytes per pixel
   const std::size_t stride = bpp * width;
+  // deflate expands at most ~1032-fold: image data that cannot hold the header's size is refused before the buffer
+  // for it is allocated (a 69-byte file claiming 40000 x 40000 pixels would otherwise take 1.6 GB first)
+  if (static_cast<double>(stride + 1) * height > 1100.0 * static_cast<double>(idat.size()) + 1024.0)
+    throw std::runtime_error(path + ": corrupt PNG (" + std::to_string(idat.size()) + " bytes of image data cannot " +
+                             "hold " + std::to_string(width) + " x " + std::to_string(height) + " pixels)");
   std::vector<std::uint8_t> raw((stride + 1) * height);
   uLongf size = static_cast<uLongf>(raw.size());
   if (uncompress(raw.data(), &size, idat.data(), static_cast<uLong>(idat.size())) != Z_OK || size != raw.size())

@@ -79,10 +79,10 @@ diffcut::detail::Options options_of(const diffcut_options* options) {
 
 // (h, w, C) features checked and L2-normalised (a copy), as the tree and the concept assignment take them.
 std::vector<float> normalized_tokens(const float* features, std::int64_t h, std::int64_t w, std::int64_t c) {
-  require(features, "features");
-  positive_size(h, "height");
+  positive_size(h, "height");  // (the sizes first: empty features have no data pointer to speak of)
   positive_size(w, "width");
   positive_size(c, "channels");
+  require(features, "features");
   const std::int64_t n = product(h, w, "height * width");
   const std::int64_t count = product(n, c, "height * width * channels");
   diffcut::detail::check_finite(features, count, "features");
