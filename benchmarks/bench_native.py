@@ -40,6 +40,8 @@ def main(argv=None) -> int:
                     help="instead: the throughput of graph.ncut_trees on this many grids (--grids, cycled over the "
                     "photo cases) with num_threads 1 vs 2 (the native core's batch; OpenBLAS single-threaded "
                     "during a multi-threaded call)")
+    ap.add_argument("--rounds", type=int, default=5,
+                    help="with --batch: alternated blocks of --repeats calls per setting (default 5)")
     ap.add_argument("--against", default="",
                     help="instead: the native core against these graph backends (comma-separated: numpy, auto), "
                     "default solvers, calls alternated, medians; e.g. --grids 48,64 --against numpy,auto decides "
@@ -105,19 +107,20 @@ def batch(args) -> int:
     def run(threads):
         return lambda: graph.ncut_trees(grids, alpha=10.0, tau_max=0.5, compat=args.compat, num_threads=threads)
 
-    # each setting timed in a block of consecutive calls after a pause and a warm-up (not alternated: a call right
-    # after a multi-threaded OpenBLAS call runs beside OpenBLAS's worker threads, which keep spinning for a while)
-    times, results = {}, {}
-    for threads in (1, 2):
-        fn = run(threads)
-        time.sleep(1.0)
-        fn()
-        ts = []
-        for _ in range(args.repeats):
-            start = time.perf_counter()
-            results[threads] = fn()
-            ts.append(time.perf_counter() - start)
-        times[threads] = statistics.median(ts)
+    # each setting timed in blocks of consecutive calls, each after a pause and a warm-up, the blocks of the two
+    # settings alternated --rounds times (the VM's speed drifts between blocks: one block per setting gave 1.27x and
+    # 2.22x in two runs a minute apart); the median over all timed calls of a setting
+    samples, results = {1: [], 2: []}, {}
+    for _ in range(args.rounds):
+        for threads in (1, 2):
+            fn = run(threads)
+            time.sleep(0.3)
+            fn()
+            for _ in range(args.repeats):
+                start = time.perf_counter()
+                results[threads] = fn()
+                samples[threads].append(time.perf_counter() - start)
+    times = {threads: statistics.median(ts) for threads, ts in samples.items()}
     t1, t2 = times[1], times[2]
     same = all(np.array_equal(a.cut(0.5), b.cut(0.5)) for a, b in zip(results[1], results[2]))
     print(f"{args.batch} grids {h}x{w}: 1 thread {t1:.4f} s, 2 threads {t2:.4f} s, throughput x{t1 / t2:.2f}, "

@@ -671,26 +671,25 @@ def test_helpers_are_kept_off_the_callers_cpu(built):
 
 
 def test_the_core_normalising_raw_tokens_gives_the_normalised_tokens_tree(built):
-    """ncut_tree's native path hands the raw tokens and l2_normalize's divisors to the core, which divides: the same
-    tree arrays, bit for bit, as normalising in numpy; NaN still raises, and finite values whose squares overflow
-    take l2_normalize's path (one segment, as numpy)."""
-    from diffcut_engine.graph.affinity import row_norms
-
+    """ncut_tree's and ncut_trees' native paths hand the raw tokens to the core, which normalises them (row_norm is
+    row_norms): the same tree arrays, bit for bit, as normalising in numpy; NaN still raises, and a finite row whose
+    norm is beyond float32 becomes zeros, as in numpy."""
     module = native.require_native()
     for name, h, w in (("filters-coffee", 12, 14), ("lab-astronaut", 16, 16), ("planted-disc", 9, 23)):
         tokens = as_token_matrix(_features(name, h, w))[0] * np.float32(3.7)
         a = module.tree_from_tokens(l2_normalize(tokens), 10.0, 0.9, "official", 100, "auto")
-        b = module.tree_from_tokens(tokens, 10.0, 0.9, "official", 100, "auto", row_norms(tokens))
+        b = module.tree_from_tokens(tokens, 10.0, 0.9, "official", 100, "auto", True)
         assert all(np.array_equal(x, y) for x, y in zip(a, b)), name
+        (c,) = module.trees_from_tokens([tokens], 10.0, 0.9, "official", 100, "auto", 1, True)
+        assert all(np.array_equal(x, y) for x, y in zip(a, c)), name
     f = _features("filters-coffee", 8, 9)
-    assert np.array_equal(recursive_ncut(f * np.float32(1e30), graph_backend="native"),
-                          recursive_ncut(f * np.float32(1e30), graph_backend="numpy"))
+    for scale in (1e30, 3e37):
+        assert np.array_equal(recursive_ncut(f * np.float32(scale), graph_backend="native"),
+                              recursive_ncut(f * np.float32(scale), graph_backend="numpy"))
     bad = f.copy()
     bad[1, 2, 0] = np.inf
     with pytest.raises(InputError, match=r"NaN or infinite values \(1 of 72 tokens\)"):
         recursive_ncut(bad, graph_backend="native")
-    with pytest.raises(ValueError, match="row_scale"):
-        module.tree_from_tokens(tokens, 10.0, 0.9, "official", 100, "auto", np.ones(3, np.float32))
 
 
 def test_row_norms_are_the_cores_bit_for_bit(built):

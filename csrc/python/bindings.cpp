@@ -27,6 +27,21 @@ namespace {
 
 using FloatArray = py::array_t<float, py::array::c_style | py::array::forcecast>;
 
+// The tree of (n, c) float32 tokens: L2-normalised ones, or (normalize) raw finite ones normalised first into the
+// thread's scratch cache (warm pages, where a fresh normalised array of the caller's faulted in every page).
+diffcut::detail::Tree tree_of_raw_or_normalised(const float* x, std::int64_t n, std::int64_t c, double alpha,
+                                                const diffcut::detail::Options& o, bool normalize) {
+  ScratchArray<float> normalised(normalize ? static_cast<std::size_t>(n) * static_cast<std::size_t>(c) : 0);
+  if (normalize) {
+    std::copy(x, x + n * c, normalised.data());
+    l2_normalize(normalised.data(), n, c);
+  }
+  ScratchArray<float> W(static_cast<std::size_t>(n) * static_cast<std::size_t>(n));
+  std::vector<std::uint8_t> zero_row(static_cast<std::size_t>(n));
+  affinity_from_tokens(normalize ? normalised.data() : x, n, c, alpha, W.data(), zero_row.data());
+  return build_tree(W.data(), n, o, zero_row.data());
+}
+
 Options make_options(double alpha, double tau_max, const std::string& compat, int num_thresholds,
                      const std::string& solver) {
   Options o;
@@ -234,42 +249,26 @@ PYBIND11_MODULE(_native, m) {
   m.def(
       "tree_from_tokens",
       [](FloatArray tokens, double alpha, double tau_max, const std::string& compat, int num_thresholds,
-         const std::string& solver, std::optional<FloatArray> row_scale) {
+         const std::string& solver, bool normalize) {
         if (tokens.ndim() != 2) throw py::value_error("tokens must be (N, C)");
         const Options o = make_options(alpha, tau_max, compat, num_thresholds, solver);
         const std::int64_t n = tokens.shape(0), c = tokens.shape(1);
-        if (row_scale && (row_scale->ndim() != 1 || row_scale->shape(0) != n))
-          throw py::value_error("row_scale must be (N,)");
         const float* x = tokens.data();
-        const float* scale = row_scale ? row_scale->data() : nullptr;
         Tree tree = translated([&] {
           py::gil_scoped_release release;
-          // tokens / row_scale[:, None] in float32 (numpy's division, correctly rounded either way) into the
-          // thread's scratch cache: warm pages, where a fresh array of the caller's would fault in every page
-          ScratchArray<float> scaled(scale ? static_cast<std::size_t>(n) * static_cast<std::size_t>(c) : 0);
-          if (scale) {
-            float* dst = scaled.data();
-            for (std::int64_t i = 0; i < n; ++i) {
-              const float si = scale[i];
-              for (std::int64_t k = 0; k < c; ++k) dst[i * c + k] = x[i * c + k] / si;
-            }
-          }
-          ScratchArray<float> W(static_cast<std::size_t>(n) * static_cast<std::size_t>(n));
-          std::vector<std::uint8_t> zero_row(static_cast<std::size_t>(n));
-          affinity_from_tokens(scale ? scaled.data() : x, n, c, alpha, W.data(), zero_row.data());
-          return build_tree(W.data(), n, o, zero_row.data());
+          return tree_of_raw_or_normalised(x, n, c, alpha, o, normalize);
         });
         return tree_arrays(tree);
       },
       py::arg("tokens"), py::arg("alpha"), py::arg("tau_max"), py::arg("compat"), py::arg("num_thresholds"),
-      py::arg("solver") = "auto", py::arg("row_scale") = py::none(),
-      "The recursive NCut tree of L2-normalised (N, C) float32 tokens, as flat arrays; with row_scale (N,) float32, "
-      "of tokens / row_scale[:, None] (the L2 normalisation's float32 division, done here).");
+      py::arg("solver") = "auto", py::arg("normalize") = false,
+      "The recursive NCut tree of L2-normalised (N, C) float32 tokens, as flat arrays; normalize: finite raw tokens, "
+      "normalised here as graph.affinity.l2_normalize does (the same bits: row_norm).");
 
   m.def(
       "trees_from_tokens",
       [](const std::vector<FloatArray>& tokens, double alpha, double tau_max, const std::string& compat,
-         int num_thresholds, const std::string& solver, int num_threads) {
+         int num_thresholds, const std::string& solver, int num_threads, bool normalize) {
         const Options o = make_options(alpha, tau_max, compat, num_thresholds, solver);
         const std::size_t count = tokens.size();
         for (const FloatArray& t : tokens)
@@ -286,10 +285,7 @@ PYBIND11_MODULE(_native, m) {
             for (std::size_t i = next++; i < count; i = next++) {
               try {
                 const std::int64_t n = tokens[i].shape(0), c = tokens[i].shape(1);
-                ScratchArray<float> W(static_cast<std::size_t>(n) * static_cast<std::size_t>(n));
-                std::vector<std::uint8_t> zero_row(static_cast<std::size_t>(n));
-                affinity_from_tokens(tokens[i].data(), n, c, o.alpha, W.data(), zero_row.data());
-                trees[i] = build_tree(W.data(), n, o, zero_row.data());
+                trees[i] = tree_of_raw_or_normalised(tokens[i].data(), n, c, o.alpha, o, normalize);
               } catch (...) {
                 errors[i] = std::current_exception();
               }
@@ -308,8 +304,9 @@ PYBIND11_MODULE(_native, m) {
         return out;
       },
       py::arg("tokens"), py::arg("alpha"), py::arg("tau_max"), py::arg("compat"), py::arg("num_thresholds"),
-      py::arg("solver") = "auto", py::arg("num_threads") = 1,
-      "The trees of several L2-normalised (N_i, C) float32 token matrices on num_threads threads.");
+      py::arg("solver") = "auto", py::arg("num_threads") = 1, py::arg("normalize") = false,
+      "The trees of several L2-normalised (N_i, C) float32 token matrices on num_threads threads (normalize: raw "
+      "finite tokens, normalised on the image's thread).");
 
   m.def(
       "tree_from_affinity",

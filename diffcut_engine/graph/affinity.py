@@ -40,7 +40,7 @@ def spread_tolerance(channels: int) -> float:
     return float(channels) * float(np.finfo(np.float32).eps)
 
 
-def as_token_matrix(features, *, name: str = "features", check_finite: bool = True) -> tuple:
+def as_token_matrix(features, *, name: str = "features") -> tuple:
     """Validate a feature grid and flatten it to tokens.
 
     Parameters
@@ -54,10 +54,6 @@ def as_token_matrix(features, *, name: str = "features", check_finite: bool = Tr
         (h*w, C) float32, row-major over (h, w).
     grid : tuple of int
         (h, w).
-
-    check_finite : bool, default True
-        Check every value for NaN and infinity (:func:`check_finite_tokens`); a caller that checks otherwise (the
-        native path: finite row norms imply finite values) passes False.
 
     Raises
     ------
@@ -79,8 +75,7 @@ def as_token_matrix(features, *, name: str = "features", check_finite: bool = Tr
     if not np.issubdtype(x.dtype, np.number) or np.iscomplexobj(x):
         raise InputError(f"{name} must be a real numeric array, got dtype {x.dtype}")
     x = x.reshape(h * w, c).astype(np.float32, copy=False)
-    if check_finite:
-        check_finite_tokens(x, name)
+    check_finite_tokens(x, name)
     return x, (h, w)
 
 

@@ -24,7 +24,7 @@ import numpy as np
 from ..errors import BackendUnavailableError, InputError
 from . import memory
 from ._blas import blas_thread_controls, scipy_blas_addresses, single_threaded_blas  # noqa: F401 (re-exported)
-from .affinity import MAX_SQUARING_EXPONENT
+from .affinity import MAX_SQUARING_EXPONENT, l2_normalize
 from .tree import NCutNode, NCutTree
 from .validation import check_compat, check_graph_backend
 #: ``auto`` takes the native backend up to this many tokens (128 x 128). The core measured 1.8-2.7x faster than the
@@ -154,38 +154,36 @@ def _affinity_for_core(tokens: np.ndarray, alpha: float) -> np.ndarray:
 
 
 def native_tree(tokens: np.ndarray, grid, *, alpha: float, tau_max: float, compat: str,
-                num_thresholds: int, solver: str = "auto", row_scale=None) -> NCutTree:
+                num_thresholds: int, solver: str = "auto", normalize: bool = False) -> NCutTree:
     """The tree of L2-normalised (N, C) float32 tokens (validated options) by the C++ core (on numpy's affinity for
-    an exponent whose power the core does not reproduce, :func:`core_power_matches`). With ``row_scale`` (N,)
-    float32 (:func:`.affinity.row_norms`, finite), the tokens are raw and the core normalises them:
-    ``tokens / row_scale[:, None]``, :func:`.affinity.l2_normalize`'s float32 division."""
+    an exponent whose power the core does not reproduce, :func:`core_power_matches`). ``normalize``: the tokens
+    are raw (finite) and the core normalises them, :func:`.affinity.l2_normalize`'s float32 values bit for bit
+    (its ``row_norm`` is :func:`.affinity.row_norms`), in its warm scratch memory and on the image's thread."""
     tokens = np.ascontiguousarray(tokens, dtype=np.float32)
-    if row_scale is not None:
-        row_scale = np.ascontiguousarray(row_scale, dtype=np.float32)
     if not core_power_matches(alpha):
-        if row_scale is not None:
-            tokens = tokens / row_scale[:, None]
+        if normalize:
+            tokens = l2_normalize(tokens)
         return native_tree_affinity(_affinity_for_core(tokens, alpha), tau_max=tau_max, compat=compat,
                                     num_thresholds=num_thresholds, shape=grid, solver=solver)
     arrays = require_native().tree_from_tokens(tokens, float(alpha), float(tau_max), compat, int(num_thresholds),
-                                               solver, row_scale)
+                                               solver, bool(normalize))
     return tree_from_arrays(arrays, grid, tau_max, compat)
 
 
 def native_trees(tokens_list, grids, *, alpha: float, tau_max: float, compat: str, num_thresholds: int,
-                 solver: str = "auto", num_threads: int = 1) -> list:
+                 solver: str = "auto", num_threads: int = 1, normalize: bool = False) -> list:
     """The trees of several grids' L2-normalised (N_i, C) float32 tokens (validated options) by the C++ core, the
     images spread over ``num_threads`` threads (each image on one thread; with more than one, SciPy's OpenBLAS
     runs single-threaded during the call, :func:`single_threaded_blas`)."""
     if not core_power_matches(alpha):  # numpy's affinities (see native_tree), the trees one after the other
         return [native_tree(t, g, alpha=alpha, tau_max=tau_max, compat=compat, num_thresholds=num_thresholds,
-                            solver=solver) for t, g in zip(tokens_list, grids)]
+                            solver=solver, normalize=normalize) for t, g in zip(tokens_list, grids)]
     tokens_list = [np.ascontiguousarray(t, dtype=np.float32) for t in tokens_list]
     module = require_native()
     threads = max(1, min(int(num_threads), len(tokens_list)))  # (one image per thread: more would idle)
     with single_threaded_blas(threads > 1):
         arrays = module.trees_from_tokens(tokens_list, float(alpha), float(tau_max), compat, int(num_thresholds),
-                                          solver, threads)
+                                          solver, threads, bool(normalize))
     return [tree_from_arrays(a, g, tau_max, compat) for a, g in zip(arrays, grids)]
 
 

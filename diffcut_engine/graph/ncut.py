@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import InputError
-from .affinity import affinity_from_tokens, as_token_matrix, check_finite_tokens, l2_normalize, row_norms
+from .affinity import affinity_from_tokens, as_token_matrix, l2_normalize
 from .device import device_namespace, device_ncut_tree, device_ncut_trees
 from .eigen import validate_solver
 from .host import host_tree
@@ -162,15 +162,11 @@ def ncut_tree(features, *, alpha: float = 10.0, tau_max: float = 1.0, compat: st
     tau_max = check_options(tau_max, compat, solver, num_thresholds, name="tau_max")
     alpha = check_alpha(alpha)
     if backend == "native":
-        # the norms first: finite row norms imply finite values, so one pass checks and normalises (the core divides
-        # into its own warm scratch; a fresh normalised copy here faulted in every page of it)
-        tokens, grid = as_token_matrix(features, check_finite=False)
-        norms = row_norms(tokens)
-        if not np.all(np.isfinite(norms)):
-            check_finite_tokens(tokens)  # raises where a value is NaN or infinite
-            tokens, norms = l2_normalize(tokens), None  # finite values whose squares overflow: as l2_normalize does
+        # raw tokens: the core normalises them (l2_normalize's bits) in its warm scratch memory, where a fresh
+        # normalised copy here faulted in every page of it
+        tokens, grid = as_token_matrix(features)
         return native_tree(tokens, grid, alpha=alpha, tau_max=tau_max, compat=compat,
-                           num_thresholds=num_thresholds, solver=solver, row_scale=norms)
+                           num_thresholds=num_thresholds, solver=solver, normalize=True)
     # finite by construction (the features were checked); "auto" takes the C++ core's fused affinity pass
     W, grid, zero_row = _affinity_of(features, alpha, compat, fused=graph_backend == "auto")
     return host_tree(W, tau_max=tau_max, compat=compat, solver=solver, num_thresholds=num_thresholds,
@@ -219,9 +215,9 @@ def ncut_trees(grids, *, alpha: float = 10.0, tau_max: float = 1.0, compat: str 
         tau_max = check_options(tau_max, compat, solver, num_thresholds, name="tau_max")
         alpha = check_alpha(alpha)
         tokens, shapes = zip(*(as_token_matrix(f) for f in native_grids))
-        built = native_trees([l2_normalize(t) for t in tokens], list(shapes), alpha=alpha, tau_max=tau_max,
-                             compat=compat, num_thresholds=num_thresholds, solver=solver,
-                             num_threads=int(num_threads))
+        built = native_trees(list(tokens), list(shapes), alpha=alpha, tau_max=tau_max, compat=compat,
+                             num_thresholds=num_thresholds, solver=solver, num_threads=int(num_threads),
+                             normalize=True)  # (each grid normalised by the core, on its thread)
         for i, tree in zip(native_at, built):
             trees[i] = tree
     return trees
