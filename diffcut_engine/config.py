@@ -300,6 +300,8 @@ class EngineConfig:
         if (self.graph_backend == "cupy" and self.graph_device == "host") or (
                 self.graph_backend in ("native", "numpy") and self.graph_device == "device"):
             raise InputError(f"graph_backend={self.graph_backend!r} contradicts graph_device={self.graph_device!r}")
+        if self.graph_backend == "native" and self.compat == "official-float32":  # (before a model loads)
+            raise InputError("graph_backend='native' supports compat official and clean, not 'official-float32'")
         if not _is_int(self.graph_threads) or self.graph_threads < 1:
             raise InputError(f"graph_threads must be an int >= 1, got {self.graph_threads!r}")
 

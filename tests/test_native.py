@@ -157,6 +157,10 @@ def test_engine_config_graph_backend():
         EngineConfig(graph_backend="cupy", graph_device="host")
     with pytest.raises(InputError, match="contradicts"):
         EngineConfig(graph_backend="native", graph_device="device")
+    # refused with the configuration, before any model loads (it used to be after)
+    with pytest.raises(InputError, match="not 'official-float32'"):
+        EngineConfig(graph_backend="native", compat="official-float32")
+    assert EngineConfig(graph_backend="auto", compat="official-float32").compat == "official-float32"
 
 
 def test_engine_graph_backends_agree(built):
