@@ -27,21 +27,6 @@ namespace {
 
 using FloatArray = py::array_t<float, py::array::c_style | py::array::forcecast>;
 
-// The tree of (n, c) float32 tokens: L2-normalised ones, or (normalize) raw finite ones normalised first into the
-// thread's scratch cache (warm pages, where a fresh normalised array of the caller's faulted in every page).
-diffcut::detail::Tree tree_of_raw_or_normalised(const float* x, std::int64_t n, std::int64_t c, double alpha,
-                                                const diffcut::detail::Options& o, bool normalize) {
-  ScratchArray<float> normalised(normalize ? static_cast<std::size_t>(n) * static_cast<std::size_t>(c) : 0);
-  if (normalize) {
-    std::copy(x, x + n * c, normalised.data());
-    l2_normalize(normalised.data(), n, c);
-  }
-  ScratchArray<float> W(static_cast<std::size_t>(n) * static_cast<std::size_t>(n));
-  std::vector<std::uint8_t> zero_row(static_cast<std::size_t>(n));
-  affinity_from_tokens(normalize ? normalised.data() : x, n, c, alpha, W.data(), zero_row.data());
-  return build_tree(W.data(), n, o, zero_row.data());
-}
-
 Options make_options(double alpha, double tau_max, const std::string& compat, int num_thresholds,
                      const std::string& solver) {
   Options o;
@@ -256,7 +241,7 @@ PYBIND11_MODULE(_native, m) {
         const float* x = tokens.data();
         Tree tree = translated([&] {
           py::gil_scoped_release release;
-          return tree_of_raw_or_normalised(x, n, c, alpha, o, normalize);
+          return build_tree_from_tokens(x, n, c, o, normalize);
         });
         return tree_arrays(tree);
       },
@@ -285,7 +270,7 @@ PYBIND11_MODULE(_native, m) {
             for (std::size_t i = next++; i < count; i = next++) {
               try {
                 const std::int64_t n = tokens[i].shape(0), c = tokens[i].shape(1);
-                trees[i] = tree_of_raw_or_normalised(tokens[i].data(), n, c, o.alpha, o, normalize);
+                trees[i] = build_tree_from_tokens(tokens[i].data(), n, c, o, normalize);
               } catch (...) {
                 errors[i] = std::current_exception();
               }

@@ -95,10 +95,7 @@ diffcut::detail::Tree tree_of_tokens(const std::vector<float>& tokens, std::int6
                                      std::int64_t c, const diffcut::detail::Options& opts) {
   const std::int64_t n = h * w;
   if (n > 46340) throw Failure(Code::InvalidArgument, "a dense affinity of more than 46340 tokens does not fit");
-  diffcut::detail::ScratchArray<float> W(static_cast<std::size_t>(n * n));  // cached for the thread's next image
-  std::vector<std::uint8_t> zero_row(static_cast<std::size_t>(n));
-  diffcut::detail::affinity_from_tokens(tokens.data(), n, c, opts.alpha, W.data(), zero_row.data());
-  diffcut::detail::Tree tree = diffcut::detail::build_tree(W.data(), n, opts, zero_row.data());
+  diffcut::detail::Tree tree = diffcut::detail::build_tree_from_tokens(tokens.data(), n, c, opts);
   tree.height = h;
   tree.width = w;
   return tree;

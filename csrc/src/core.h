@@ -86,6 +86,10 @@ struct Tree {
 // The recursive NCut tree of an affinity W (n x n, row-major float32), depth first. zero_row: W's rows holding
 // an exact zero as affinity_from_tokens flags them, for compat "official" (null: W is scanned for them).
 Tree build_tree(const float* W, std::int64_t n, const Options& options, const std::uint8_t* zero_row = nullptr);
+// The tree of (n, c) float32 tokens: L2-normalised ones, or (normalize) raw finite ones, normalised first as
+// l2_normalize does (into the thread's scratch cache); W and its zero rows by affinity_from_tokens.
+Tree build_tree_from_tokens(const float* tokens, std::int64_t n, std::int64_t c, const Options& options,
+                            bool normalize = false);
 
 // The solvers' A: a subgraph's affinity matrix (m x m, row-major, full storage), W's float32 values; their
 // arithmetic is float64 (the float32 values widen exactly), as the numpy path's on its float64 copy.

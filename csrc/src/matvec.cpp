@@ -107,9 +107,8 @@ void run_parts(int parts, bool helpers, ProductTeam* team, F&& body) {
 //
 // On Linux the helpers are kept off the calling thread's CPU (steer): woken by a caller, a sleeping helper was
 // often queued on the caller's own CPU (the wakeup's cache-affine placement) while the other CPU idled; it then
-// waited behind the caller and, once running, preempted it for its share (perf sched on the 2-core VM: a helper
-// delayed 2.65 ms on the caller's CPU, the call 6.7 ms instead of 3.8 ms; paused calls were slower than one
-// thread alone). Before waking them, a caller on another CPU than last time sets the helpers' affinity to the
+// waited behind the caller and, once running, preempted it for its share (seen with perf sched on a 2-core VM;
+// paused calls were slower than one thread alone, benchmarks/RESULTS.md). Before waking them, a caller on another CPU than last time sets the helpers' affinity to the
 // process's CPUs less its own (one syscall per helper; none while the caller stays put).
 class HelperPool {
  public:

@@ -471,5 +471,18 @@ Tree build_tree(const float* W, std::int64_t n, const Options& options, const st
   return tree;
 }
 
+Tree build_tree_from_tokens(const float* tokens, std::int64_t n, std::int64_t c, const Options& options,
+                            bool normalize) {
+  ScratchArray<float> normalised(normalize ? static_cast<std::size_t>(n) * static_cast<std::size_t>(c) : 0);
+  if (normalize) {
+    std::copy(tokens, tokens + n * c, normalised.data());
+    l2_normalize(normalised.data(), n, c);
+  }
+  ScratchArray<float> W(static_cast<std::size_t>(n) * static_cast<std::size_t>(n));  // cached for the next image
+  std::vector<std::uint8_t> zero_row(static_cast<std::size_t>(n));
+  affinity_from_tokens(normalize ? normalised.data() : tokens, n, c, options.alpha, W.data(), zero_row.data());
+  return build_tree(W.data(), n, options, zero_row.data());
+}
+
 }  // namespace detail
 }  // namespace diffcut

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 from pathlib import Path
@@ -114,21 +115,17 @@ def write_outputs(seg, image_view, outdir: Path, stem: str, *, overlay, save_npy
 
     def write(p: Path, save) -> None:
         # A failed write is an OSError, which stops the run (Segmentation.save words it as an InputError: its
-        # cause is re-raised); a partly written file is removed, as no summary lists it
+        # cause is raised); a partly written file is removed, as no summary lists it
         try:
-            try:
-                save(p)
-            except InputError as exc:
-                if isinstance(exc.__cause__, OSError):
-                    raise exc.__cause__ from None
+            save(p)
+        except (OSError, InputError) as exc:
+            failure = exc if isinstance(exc, OSError) else exc.__cause__
+            if not isinstance(failure, OSError):
                 raise
-        except OSError:
             if os.path.isfile(p):
-                try:
+                with contextlib.suppress(OSError):
                     os.remove(p)
-                except OSError:
-                    pass
-            raise
+            raise failure from None
         written.append(Path(p))
 
     if "labels" in formats:

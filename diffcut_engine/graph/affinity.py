@@ -75,15 +75,10 @@ def as_token_matrix(features, *, name: str = "features") -> tuple:
     if not np.issubdtype(x.dtype, np.number) or np.iscomplexobj(x):
         raise InputError(f"{name} must be a real numeric array, got dtype {x.dtype}")
     x = x.reshape(h * w, c).astype(np.float32, copy=False)
-    check_finite_tokens(x, name)
-    return x, (h, w)
-
-
-def check_finite_tokens(x: np.ndarray, name: str = "features") -> None:
-    """InputError naming how many of the (N, C) tokens hold NaN or infinity."""
     if not np.all(np.isfinite(x)):
         bad = int(np.count_nonzero(~np.isfinite(x).all(axis=1)))
-        raise InputError(f"{name} contain NaN or infinite values ({bad} of {x.shape[0]} tokens)")
+        raise InputError(f"{name} contain NaN or infinite values ({bad} of {h * w} tokens)")
+    return x, (h, w)
 
 
 def row_norms(tokens: np.ndarray) -> np.ndarray:

@@ -24,7 +24,8 @@ import numpy as np
 from ..errors import BackendUnavailableError, InputError
 from . import memory
 from ._blas import blas_thread_controls, scipy_blas_addresses, single_threaded_blas  # noqa: F401 (re-exported)
-from .affinity import MAX_SQUARING_EXPONENT, l2_normalize
+from .affinity import MAX_SQUARING_EXPONENT, affinity_from_tokens, l2_normalize
+from .eigen import validate_solver
 from .tree import NCutNode, NCutTree
 from .validation import check_compat, check_graph_backend
 #: ``auto`` takes the native backend up to this many tokens (128 x 128). The core measured 1.8-2.7x faster than the
@@ -119,8 +120,6 @@ def resolve_graph_backend(backend: str, *, on_device: bool, compat: str, solver:
         if compat not in NATIVE_COMPAT:
             raise InputError(f"graph_backend='native' supports compat {' and '.join(NATIVE_COMPAT)}, "
                              f"not {compat!r}")
-        from .eigen import validate_solver
-
         validate_solver(solver)  # an unknown solver is named as such, not as one the core lacks
         if solver not in ("auto", "dense"):
             raise InputError(f"graph_backend='native' has the solvers solver='auto' or 'dense', not {solver!r}")
@@ -148,9 +147,7 @@ def core_power_matches(alpha: float) -> bool:
 def _affinity_for_core(tokens: np.ndarray, alpha: float) -> np.ndarray:
     """W of L2-normalised tokens in float32 by the numpy path (for the exponents :func:`core_power_matches` rejects:
     the core then builds the tree on numpy's W, so the labels stay the numpy path's)."""
-    from .affinity import affinity_from_tokens
-
-    return affinity_from_tokens(np.ascontiguousarray(tokens, dtype=np.float32), float(alpha), dtype=np.float32)
+    return affinity_from_tokens(tokens, float(alpha), dtype=np.float32)
 
 
 def native_tree(tokens: np.ndarray, grid, *, alpha: float, tau_max: float, compat: str,
