@@ -80,8 +80,9 @@ class Segmentation:
         (height, width) of the decoded input image.
     crop_box : tuple of int
         (top, left, height, width) of the region of the input that ``labels`` covers.
-    tau : float
-        The NCut threshold that was used.
+    tau : float or None
+        The NCut threshold that was used; ``None`` for a method without one (AutoSC chooses the number of segments
+        itself).
     features : numpy.ndarray or None
         (h, w, C) float32 normalised features, if requested with ``return_features=True``.
     tree : NCutTree or None
@@ -99,7 +100,7 @@ class Segmentation:
     name: str = ""
     image_size: Tuple[int, int] = (0, 0)
     crop_box: Tuple[int, int, int, int] = (0, 0, 0, 0)
-    tau: float = 0.0
+    tau: Optional[float] = 0.0
     features: Optional[np.ndarray] = field(default=None, repr=False)
     tree: Optional[object] = field(default=None, repr=False)
     naming: Optional[object] = field(default=None, repr=False)
@@ -144,15 +145,15 @@ class Segmentation:
             image_id = int(image_id)
         image = {"id": image_id, "file_name": self.name, "height": int(H), "width": int(W),
                  "image_size": [int(v) for v in self.image_size], "crop_box": [int(v) for v in self.crop_box]}
-        return {"image": image, "tau": float(self.tau), "num_segments": int(self.num_segments),
-                "annotations": anns}
+        return {"image": image, "tau": None if self.tau is None else float(self.tau),
+                "num_segments": int(self.num_segments), "annotations": anns}
 
     def _segment_taus(self) -> dict:
         """Segment id -> (tau_appeared, tau_split) from the kept tree (empty without one)."""
         from .granularity import leaf_taus
 
         tree = self.tree
-        if tree is None or tuple(getattr(tree, "shape", ())) != tuple(self.grid_labels.shape) \
+        if tree is None or self.tau is None or tuple(getattr(tree, "shape", ())) != tuple(self.grid_labels.shape) \
                 or self.tau > tree.tau_max:
             return {}
         flat = self.grid_labels.reshape(-1)
@@ -221,8 +222,8 @@ class Segmentation:
         ax.imshow(picture)
         ax.set_axis_off()
         ax.set_title(title if title is not None else
-                     f"{self.name}: {self.num_segments} segment{'s' if self.num_segments != 1 else ''}, "
-                     f"tau {self.tau:.3g}")
+                     f"{self.name}: {self.num_segments} segment{'s' if self.num_segments != 1 else ''}"
+                     + ("" if self.tau is None else f", tau {self.tau:.3g}"))
         return ax
 
     def image_rgb(self, image) -> np.ndarray:

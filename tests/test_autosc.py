@@ -136,6 +136,8 @@ def test_engine_method_autosc_runs_stages_and_matches_graph_function():
     assert seg.labels.shape == img.shape[:2] and seg.num_segments == 3
     assert same_partition(seg.labels[8::16, 8::16], (img[8::16, 8::16, 0] > 100) * 2 + (img[8::16, 8::16, 2] > 100))
     assert "autosc" in repr(engine)
+    # no NCut threshold: tau is None, in the result and in its masks JSON (0.0 read as a threshold of 0)
+    assert seg.tau is None and seg.to_coco()["tau"] is None
     with pytest.raises(InputError):
         engine.segment(img, return_tree=True)
 

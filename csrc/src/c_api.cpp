@@ -325,6 +325,16 @@ int diffcut_tree_build_affinity(const float* affinity, int64_t n, const diffcut_
     diffcut::detail::check_finite(affinity, n * n, "affinity");
     for (std::int64_t i = 0; i < n * n; ++i)
       if (affinity[i] < 0) throw Failure(Code::InvalidArgument, "affinity must be non-negative");
+    // symmetric as graph.build_tree requires it (the solvers read one triangle): max |W - W^T| <= 1e-5 max |W|
+    float largest = 0.0f, asym = 0.0f;
+    for (std::int64_t i = 0; i < n; ++i)
+      for (std::int64_t j = 0; j < n; ++j) {
+        largest = std::max(largest, affinity[i * n + j]);
+        if (j < i) asym = std::max(asym, std::fabs(affinity[i * n + j] - affinity[j * n + i]));
+      }
+    if (static_cast<double>(asym) > 1e-5 * static_cast<double>(largest))
+      throw Failure(Code::InvalidArgument, "affinity must be symmetric (max |W - W^T| = " + std::to_string(asym) +
+                                               ")");
     *out = new diffcut_tree{diffcut::detail::build_tree(affinity, n, options_of(options))};
   });
 }

@@ -187,6 +187,10 @@ int main(void) {
     W[3] = -1.0f;
     EXPECT_ERR(diffcut_tree_build_affinity(W, n, NULL, &tree), DIFFCUT_ERROR_INVALID_ARGUMENT);
     EXPECT(diffcut_affinity(f, n, c, 10.0, W, n * n) == DIFFCUT_OK);
+    W[1 * n + 5] += 0.25f; /* W[1][5] != W[5][1]: not symmetric */
+    EXPECT_ERR(diffcut_tree_build_affinity(W, n, NULL, &tree), DIFFCUT_ERROR_INVALID_ARGUMENT);
+    EXPECT(strstr(diffcut_last_error(), "symmetric") != NULL);
+    EXPECT(diffcut_affinity(f, n, c, 10.0, W, n * n) == DIFFCUT_OK);
     EXPECT(diffcut_tree_build_affinity(W, n, NULL, &tree) == DIFFCUT_OK);
     {
       int32_t again[48];

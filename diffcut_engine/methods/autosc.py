@@ -31,7 +31,7 @@ class AutoSCPipeline:
 
     def segment(self, prepared: List, tau: float) -> List[Segmentation]:
         """Segment a prepared batch (``Engine.preprocess`` items); ``tau`` is unused (AutoSC picks K itself) and
-        each result's ``tau`` is 0."""
+        each result's ``tau`` is ``None``."""
         pixels = torch.stack([p.net_input for p in prepared])
         t0 = time.perf_counter()
         with torch.no_grad():
@@ -48,5 +48,5 @@ class AutoSCPipeline:
             tm["total"] = sum(v for key, v in tm.items() if key != "total")
             out.append(Segmentation(labels=labels, grid_labels=res.labels, num_segments=int(res.labels.max()) + 1,
                                     timings=tm, name=item.name, image_size=item.image_size, crop_box=item.box,
-                                    tau=0.0))
+                                    tau=None))
         return out

@@ -135,7 +135,8 @@ DIFFCUT_API int diffcut_affinity(const float* tokens, int64_t num_tokens, int64_
  * options may be NULL (the defaults). *out receives a handle to free with diffcut_tree_free. */
 DIFFCUT_API int diffcut_tree_build(const float* features, int64_t height, int64_t width, int64_t channels,
                                    const diffcut_options* options, diffcut_tree** out);
-/* The tree of a given (n x n, row-major float32, symmetric, non-negative) affinity; its shape is (n, 1). */
+/* The tree of a given (n x n, row-major float32, symmetric, non-negative) affinity; its shape is (n, 1).
+ * DIFFCUT_ERROR_INVALID_ARGUMENT where max |W - W^T| > 1e-5 max W (the check of graph.build_tree). */
 DIFFCUT_API int diffcut_tree_build_affinity(const float* affinity, int64_t n, const diffcut_options* options,
                                             diffcut_tree** out);
 DIFFCUT_API void diffcut_tree_free(diffcut_tree* tree);
