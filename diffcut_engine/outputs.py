@@ -40,7 +40,15 @@ OUTPUT_SUFFIXES = ("_labels.png", "_overlay.png", "_labels.npy", "_masks.json", 
 LOCK_NAME = ".diffcut.lock"
 
 __all__ = ["SUMMARY_NAME", "OUTPUT_SUFFIXES", "LOCK_NAME", "OutputFolder", "write_failure", "check_output_path",
-           "write_text_file"]
+           "write_text_file", "is_written_output"]
+
+
+def is_written_output(path, output_folder) -> bool:
+    """Whether ``path`` is one of the per-image files the segmentation commands write (a name ending in one of
+    :data:`OUTPUT_SUFFIXES`) lying directly in ``output_folder``: an input folder that is also the output folder
+    must not take a run's own results as new inputs on the next run."""
+    p = Path(path)
+    return p.name.endswith(OUTPUT_SUFFIXES) and _real(p.parent) == _real(output_folder)
 
 
 def _pid_alive(pid: int) -> bool:

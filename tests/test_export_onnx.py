@@ -262,6 +262,28 @@ def test_manifest_of_another_export(damaged):
         OnnxEncoder(damaged, device="cpu")
 
 
+@pytest.mark.parametrize("path, value, message", [
+    (("input", "size"), "x", "input.size"), (("input", "size"), [64], "input.size"),
+    (("input", "size"), [0, 64], "input.size"), (("input", "size"), [64.0, 64], "input.size"),
+    (("method", "seed"), "42", "method.seed"), (("method", "timestep"), None, "method.timestep"),
+    (("model",), ["tiny"], "'model' entry"), (("model", "id"), 7, "model.id"),
+    (("model", "stride"), -8, "model.stride"), (("dtype",), "fp64", "dtype"), (("batch",), 1, "'batch' entry"),
+])
+def test_malformed_manifest_entries_are_refused_in_one_line(damaged, path, value, message):
+    # a manifest that parses but whose entries have the wrong type or shape: a ModelLoadError naming the entry
+    # (a malformed input.size raised "ValueError: not enough values to unpack" from the configuration check)
+    manifest_path = os.path.join(damaged, "manifest.json")
+    m = json.load(open(manifest_path))
+    target = m
+    for key in path[:-1]:
+        target = target[key]
+    target[path[-1]] = value
+    json.dump(m, open(manifest_path, "w"))
+    with pytest.raises(ModelLoadError, match="is damaged") as err:
+        OnnxEncoder(damaged, device="cpu")
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
 @pytest.mark.parametrize("override, message", [
     ({"size": 256}, "exported for 128x96"),
     ({"model": "someone/other-model"}, "exported from model"),
@@ -412,3 +434,22 @@ def test_export_options_fail_before_the_model_loads(tmp_path, capsys, monkeypatc
         assert not (tmp_path / "out").exists()
     with pytest.raises(InputError, match="timestep"):
         export_onnx("m", str(tmp_path / "out"), timestep=-1)
+    # a dangling link as the output: refused up front (it failed after the whole export, in os.replace)
+    os.symlink(tmp_path / "nowhere", tmp_path / "dangling")
+    code = main(["export", "--model", str(tmp_path / "m"), "--out", str(tmp_path / "dangling")])
+    err = capsys.readouterr().err
+    assert code == 2 and "symbolic link" in err.splitlines()[0] and "Traceback" not in err
+
+
+def test_export_through_a_link_replaces_the_linked_folder(tiny_sd_encoder, tmp_path):
+    """--out naming a link to an earlier export, with --overwrite: the export replaces the linked folder and the
+    link stays (shutil.rmtree refused the link after the whole export before)."""
+    real, link = tmp_path / "real", tmp_path / "link"
+    export_onnx(None, real, size=64, encoder=tiny_sd_encoder, exporter="torchscript")
+    first = artifacts.read_manifest(str(real))["created"]
+    os.symlink(real, link)
+    export_onnx(None, link, size=64, encoder=tiny_sd_encoder, exporter="torchscript", overwrite=True)
+    assert os.path.islink(link) and os.path.realpath(link) == os.path.realpath(real)
+    manifest = artifacts.load_manifest(str(link))
+    assert manifest["created"] >= first and manifest["input"]["size"] == [64, 64]
+    assert not [p for p in os.listdir(tmp_path) if ".partial-" in p]

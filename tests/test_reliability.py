@@ -579,6 +579,25 @@ def test_resume_and_overwrite_from_another_working_directory(three_images, tmp_p
     assert sorted(p.name for p in (a / "out").iterdir()) == ["img0_labels.png", "img0_overlay.png", "summary.json"]
 
 
+def test_an_output_folder_that_is_the_input_folder_does_not_take_its_outputs_as_inputs(three_images, capsys,
+                                                                                        toy_cli):
+    """-o equal to the input folder: a --resume rerun segmented the first run's *_labels.png and *_overlay.png
+    (then *_labels_labels.png, ... on every rerun); a file named on the command line is still an input."""
+    folder = three_images
+    code, _, err = run(["segment", str(folder), "-o", str(folder), "--resume", *SEG], capsys)
+    assert code == 0, err
+    first = sorted(p.name for p in folder.iterdir())
+    assert "img0_labels.png" in first and not any("_labels_" in name for name in first)
+    for _ in range(2):
+        code, stdout, err = run(["segment", str(folder), "-o", str(folder), "--resume", *SEG], capsys)
+        assert code == 0, err
+        assert sorted(p.name for p in folder.iterdir()) == first and "outputs, not inputs" in err
+        assert "resuming: 3 inputs already done" in err
+    code, _, err = run(["segment", str(folder / "img0_labels.png"), "-o", str(folder), "--resume", *SEG], capsys)
+    assert code == 0, err
+    assert (folder / "img0_labels_labels.png").is_file()
+
+
 def test_a_non_empty_output_folder_needs_overwrite_or_resume(three_images, tmp_path, capsys, toy_cli):
     out = tmp_path / "out"
     code, first, _ = run(["segment", str(three_images / "img0.png"), "-o", str(out), *SEG], capsys)

@@ -260,6 +260,37 @@ def test_label_writer_npz_is_valid_after_an_error(tmp_path):
         assert list(data["time_base"]) == [1, 10]
 
 
+def test_label_writes_that_fail_are_one_line_video_errors(engine, clip, tmp_path, monkeypatch, capsys):
+    """A --labels-out that cannot be written: a VideoError naming the file (it was a raw IsADirectoryError or
+    FileNotFoundError traceback, exit code 1)."""
+    from diffcut_engine.cli import video as cli_video
+    from diffcut_engine.video import VideoError, VideoFrame
+
+    class Seg:
+        labels = np.zeros((3, 4), dtype=np.int32)
+
+    blocked = tmp_path / "blocked"
+    (blocked / "frame_000000.png").mkdir(parents=True)  # a folder where the first label PNG goes
+    writer = LabelWriter(blocked)
+    with pytest.raises(VideoError, match="frame_000000.png: cannot write the labels of frame 0") as err:
+        writer.write(VideoFrame(index=0, pts=0, time_base=Fraction(1, 10), image=None, segmentation=Seg(),
+                                segmented=True))
+    assert err.value.frames_done == 0
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(VideoError, match="cannot create the label output"):
+        LabelWriter(tmp_path / "file" / "labels.npz")  # its parent is a file
+    with pytest.raises(VideoError, match="cannot create the label output"):
+        LabelWriter(tmp_path / "file" / "labels")
+    # through the command line: one error line, no traceback
+    monkeypatch.setattr(cli_video, "config_from_args", lambda args: engine.config)
+    monkeypatch.setattr("diffcut_engine.engine.Engine", lambda config: engine)
+    rc = main(["video", str(clip), "-o", str(tmp_path / "o.mp4"), "--max-frames", "2", "--labels-out",
+               str(blocked), "-q"])
+    err_text = capsys.readouterr().err
+    assert rc == 2 and "Traceback" not in err_text
+    assert [line for line in err_text.splitlines() if line.startswith("error:")][0].count("frame_000000.png") == 1
+
+
 def test_missing_pyav_names_the_extra(engine, monkeypatch, tmp_path):
     from diffcut_engine.utils import imports
 

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from ..errors import InputError
-from ..outputs import OUTPUT_SUFFIXES, OutputFolder, write_failure
+from ..outputs import OUTPUT_SUFFIXES, OutputFolder, is_written_output, write_failure
 from ..utils.progress import write_line
 from .classes import add_class_arguments, vocabulary_from_args, write_class_map
 from .options import (EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, add_engine_options, add_run_flags, config_from_args,
@@ -206,6 +206,14 @@ def cmd_segment(args) -> int:
 
         check_clip_backend(config.clip_model)  # fail before the diffusion model is loaded
     paths = images.list_image_files(expand_recursive(args.inputs) if args.recursive else args.inputs)
+    # what an earlier run wrote into an output folder that is also an input folder is not an input (files named
+    # on the command line stay)
+    named = {os.path.realpath(i) for i in args.inputs if os.path.isfile(i)}
+    ours = [p for p in paths if is_written_output(p, args.output) and os.path.realpath(p) not in named]
+    if ours:
+        paths = [p for p in paths if p not in ours]
+        print(f"# {len(ours)} files in {args.output} are this command's outputs, not inputs: skipped",
+              file=sys.stderr)
     if not paths:
         raise InputError("no input images found in " + ", ".join(args.inputs))
     # Inputs that do not exist are reported before the model is loaded (and not loaded at all if none is left).

@@ -112,7 +112,37 @@ def read_manifest(folder: str) -> dict:
     missing = [k for k in REQUIRED_KEYS if k not in manifest]
     if missing:
         raise ModelLoadError(f"{path!r} is incomplete: missing {', '.join(missing)}; export the model again")
+    problem = _structure_problem(manifest)
+    if problem:
+        raise ModelLoadError(f"{path!r} is damaged: {problem}; export the model again")
     return manifest
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _structure_problem(manifest: dict) -> Optional[str]:
+    """What is malformed in the entries the backends read (None if nothing): each one's type and shape."""
+    for key in ("model", "method", "input", "output", "batch", "tolerance"):
+        if not isinstance(manifest[key], dict):
+            return f"its {key!r} entry is {type(manifest[key]).__name__}, not a table"
+    model, method, inp = manifest["model"], manifest["method"], manifest["input"]
+    if not isinstance(model.get("id"), str) or not model["id"]:
+        return "model.id is not a model name"
+    if not isinstance(model.get("family"), str):
+        return "model.family is not a name"
+    if model.get("stride") is not None and not (_is_int(model["stride"]) and model["stride"] > 0):
+        return f"model.stride is {model.get('stride')!r}, not a positive int"
+    size = inp.get("size")
+    if not (isinstance(size, list) and len(size) == 2 and all(_is_int(v) and v > 0 for v in size)):
+        return f"input.size is {size!r}, not [height, width] in pixels"
+    for key in ("timestep", "seed"):
+        if not _is_int(method.get(key)):
+            return f"method.{key} is {method.get(key)!r}, not an int"
+    if manifest["dtype"] not in ("fp32", "fp16"):
+        return f"dtype is {manifest['dtype']!r}, not 'fp32' or 'fp16'"
+    return None
 
 
 def check_files(folder: str, manifest: dict, *, verify_hashes: bool = True) -> None:

@@ -245,6 +245,12 @@ def export_onnx(model: Optional[str], out_dir: str, *, size: Union[int, str, Tup
     if encoder is None and not (isinstance(timestep, int) and not isinstance(timestep, bool) and 0 <= timestep < 1000):
         raise InputError(f"timestep must be an integer in [0, 999], got {timestep!r}")
     out_dir = os.path.abspath(os.path.expanduser(os.fspath(out_dir)))
+    if os.path.islink(out_dir):  # a link to a folder: that folder is the output (the link keeps pointing at it)
+        target = os.path.realpath(out_dir)
+        if not os.path.isdir(target):
+            raise InputError(f"output {out_dir!r} is a symbolic link to {target!r}, which is not a folder; give a "
+                             "folder name")
+        out_dir = target
     if os.path.exists(out_dir) and not os.path.isdir(out_dir):
         raise InputError(f"output {out_dir!r} is an existing file, not a folder; give a folder name")
     if os.path.exists(out_dir) and os.listdir(out_dir):

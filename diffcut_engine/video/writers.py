@@ -326,11 +326,15 @@ class LabelWriter:
         self.npz = self.path.suffix.lower() == ".npz"
         self._index, self._pts = [], []
         self._time_base = None
-        if self.npz:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._zip = zipfile.ZipFile(self.path, "w", compression=zipfile.ZIP_DEFLATED, allowZip64=True)
-        else:
-            self.path.mkdir(parents=True, exist_ok=True)
+        self._zip = None
+        try:
+            if self.npz:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self._zip = zipfile.ZipFile(self.path, "w", compression=zipfile.ZIP_DEFLATED, allowZip64=True)
+            else:
+                self.path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise VideoError(f"{self.path}: cannot create the label output ({exc.strerror or exc})") from None
 
     def write(self, frame: VideoFrame):
         """Write the labels of a segmented frame (frames holding earlier labels are skipped)."""
@@ -338,14 +342,20 @@ class LabelWriter:
             return
         labels = frame.segmentation.labels
         name = f"frame_{frame.index:06d}"
-        if self.npz:
-            self._write_array(name, labels.astype(np.int32))
-        else:
-            from PIL import Image
+        try:
+            if self.npz:
+                self._write_array(name, labels.astype(np.int32))
+            else:
+                from PIL import Image
 
-            if labels.max() > 65535:
-                raise InputError(f"{labels.max() + 1} segment ids do not fit a 16-bit PNG; write an .npz instead")
-            Image.fromarray(labels.astype(np.uint16)).save(self.path / f"{name}.png")
+                if labels.max() > 65535:
+                    raise InputError(f"{labels.max() + 1} segment ids do not fit a 16-bit PNG; write an .npz "
+                                     "instead")
+                Image.fromarray(labels.astype(np.uint16)).save(self.path / f"{name}.png")
+        except OSError as exc:  # (frames_done: the frames whose labels were written)
+            where = self.path if self.npz else self.path / f"{name}.png"
+            raise VideoError(f"{where}: cannot write the labels of frame {frame.index} ({exc.strerror or exc})",
+                             frames_done=len(self._index)) from None
         self._index.append(frame.index)
         self._pts.append(-1 if frame.pts is None else frame.pts)
         self._time_base = frame.time_base
@@ -361,9 +371,18 @@ class LabelWriter:
                 self._write_array("pts", np.asarray(self._pts, dtype=np.int64))
                 tb = self._time_base or Fraction(1, DEFAULT_FPS)
                 self._write_array("time_base", np.asarray([tb.numerator, tb.denominator], dtype=np.int64))
+                zf, self._zip = self._zip, None
+                zf.close()
+            except OSError as exc:
+                raise VideoError(f"{self.path}: cannot finish the label file ({exc.strerror or exc})",
+                                 frames_done=len(self._index)) from None
             finally:
-                self._zip.close()
-                self._zip = None
+                if self._zip is not None:
+                    try:
+                        self._zip.close()
+                    except OSError:
+                        pass  # (the error above is the one to report)
+                    self._zip = None
 
     def __enter__(self):
         return self
