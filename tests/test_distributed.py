@@ -458,3 +458,194 @@ def test_quiet_batch_starts_ray_with_errors_only(tmp_path, monkeypatch):
         assert seen["logging_level"] == level
         assert seen["data_level_during"] == (logging.ERROR if not progress else before)
         assert logging.getLogger("ray.data").level == before
+
+
+# ------------------------------------------------------------------------------------------------------------
+# The driver's side of run_batch, with the Ray part replaced by a worker in this process
+# ------------------------------------------------------------------------------------------------------------
+
+@pytest.fixture
+def in_process(lite_engine, monkeypatch):
+    """run_batch with ``_run_on_ray`` replaced by a SegmentWorker in this process (the module's engine): listing,
+    skipping and the manifest run as they are, in a fraction of a second per item. ``state["cwd"]``: the worker
+    runs in that working directory, as a Ray worker runs in its own; ``state["calls"]``: each run's items."""
+    from diffcut_engine.distributed import pipeline
+
+    state = {"cwd": None, "calls": []}
+
+    def run(todo, outdir, config, digest, summary, *, overlay, save_npy, retries, log, **_):
+        state["calls"].append(todo)
+        worker = worker_for(lite_engine, str(outdir.resolve()), overlay=overlay, save_npy=save_npy, retries=retries)
+        here = os.getcwd()
+        if state["cwd"] is not None:
+            os.chdir(state["cwd"])
+        try:
+            res = worker(column_batch(todo))
+        finally:
+            os.chdir(here)
+        results = [{k: res[k][i] for k in res} for i in range(len(todo))]
+        pipeline._record(results, {i.item_id: i for i in todo}, outdir, digest, summary, progress=False, log=log)
+
+    monkeypatch.setattr(pipeline, "_run_on_ray", run)
+    return state
+
+
+def test_a_later_run_with_another_file_of_the_same_name_keeps_the_first_ones_outputs(in_process, tmp_path):
+    """colA/img00.png, then colB/img00.png into the same folder: the second run wrote over the first's
+    img00_labels.png, and a third run of colA skipped its image although the file held colB's labels. Stems are
+    now unique against the inputs the manifest records, and an item is done only if no other input's later row
+    lists its files."""
+    from diffcut_engine.distributed import run_batch
+
+    (a,) = write_images(tmp_path / "colA", 1, size=(48, 64))
+    (b,) = write_images(tmp_path / "colB", 1, size=(40, 56), seed=3)
+    out = tmp_path / "out"
+    runs = [run_batch([str(tmp_path / col)], out, lite_config(), progress=False, log=open(os.devnull, "w"))
+            for col in ("colA", "colB", "colA")]
+    assert [(s.done, s.skipped) for s in runs] == [(1, 0), (1, 0), (0, 1)]
+    assert read_png(out / "img00_labels.png").shape == (48, 64)              # still colA's
+    rows = manifest_rows(out)
+    ra, rb = rows[os.path.abspath(a)], rows[os.path.abspath(b)]
+    assert ra["outputs"] == ["img00_labels.png"] and ra["stem"] == "img00"
+    assert rb["stem"].startswith("img00-") and rb["outputs"] == [f"{rb['stem']}_labels.png"]
+    assert read_png(out / rb["outputs"][0]).shape == (40, 56)
+    # a manifest written before stems were kept unique across runs: the later input owns the shared files
+    old = {"/A/x.png": dict(item_id="/A/x.png", kind="image", status="done", outputs=["x_labels.png"],
+                            config_hash="h", finished_at=1.0),
+           "/B/x.png": dict(item_id="/B/x.png", kind="image", status="done", outputs=["x_labels.png"],
+                            config_hash="h", finished_at=2.0)}
+    (tmp_path / "x_labels.png").write_bytes(b"x")
+    from diffcut_engine.distributed.items import assign_stems
+
+    assert mf.completed_items(old, "h", tmp_path) == {"/B/x.png"}
+    assert mf.recorded_stems(old) == {"/B/x.png": "x"}
+    stem_a, stem_b = assign_stems([Path("/A/x.png"), Path("/B/x.png")], mf.recorded_stems(old))
+    assert stem_b == "x" and stem_a.startswith("x-")
+
+
+def test_workers_get_absolute_inputs_and_model_folder(in_process, tmp_path, monkeypatch):
+    """Under `ray start` the workers run in another working directory: relative inputs and a relative --model
+    folder were not found there. The driver makes them absolute; a hub id stays as it is."""
+    from diffcut_engine.distributed import pipeline, run_batch
+
+    write_images(tmp_path / "in", 1)
+    (tmp_path / "mymodel").mkdir()
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path)
+    in_process["cwd"] = tmp_path / "elsewhere"   # where the worker runs
+    summary = run_batch(["in/img00.png"], "out", lite_config(), progress=False, log=open(os.devnull, "w"))
+    assert (summary.done, summary.failed) == (1, 0) and (tmp_path / "out" / "img00_labels.png").is_file()
+    (item,) = in_process["calls"][0]
+    assert item.input == str(tmp_path / "in" / "img00.png")
+    assert manifest_rows(tmp_path / "out")[item.item_id]["input"] == item.input
+    cfg = pipeline.worker_config(EngineConfig(model="mymodel", size=64, device="cpu"))
+    assert cfg.model == str(tmp_path / "mymodel")
+    assert pipeline.worker_config(EngineConfig(model="./mymodel/", size=64)).model == str(tmp_path / "mymodel")
+    assert pipeline.worker_config(EngineConfig(model="org/name", size=64)).model == "org/name"
+
+
+def test_output_folder_inside_the_inputs_is_not_read_back(in_process, tmp_path):
+    """`diffcut batch same/ -o same` took its own img00_labels.png (then img00_labels_labels.png, ...) as new
+    inputs on every rerun."""
+    from diffcut_engine.distributed import run_batch
+    from diffcut_engine.distributed.items import expand_inputs
+
+    (img,) = write_images(tmp_path / "same", 1)
+    same = tmp_path / "same"
+    for inputs in ([str(same)], [str(same)], [str(same / "*.png")]):
+        summary = run_batch(inputs, same, lite_config(), overlay=True, progress=False, log=open(os.devnull, "w"))
+        assert summary.total == 1
+    assert summary.skipped == 1
+    assert sorted(p.name for p in same.iterdir() if p.name != ".staging") == [
+        "img00.png", "img00_labels.png", "img00_overlay.png", "manifest.parquet"]
+    # only in the output folder: elsewhere such a name is an input like any other
+    assert [p.name for p in expand_inputs([str(same)], outdir=tmp_path / "other")] == [
+        "img00.png", "img00_labels.png", "img00_overlay.png"]
+    assert expand_inputs([str(same)], outdir=same) == [img]
+
+
+def test_truncated_video_fails_its_last_range_as_diffcut_video_does(lite_engine, tmp_path):
+    """A video cut off mid-file (the container declares more than can be decoded) was recorded done in every
+    range, exit 0, while `diffcut video` says truncated; its last range now fails with the same error."""
+    from diffcut_engine.video.io import VideoError
+
+    whole = make_video(tmp_path / "whole.mkv", frames=12)
+    data = whole.read_bytes()
+    cut = tmp_path / "cut.mkv"
+    cut.write_bytes(data[: len(data) * 6 // 10])
+    with pytest.raises(VideoError) as expected:
+        for _ in lite_engine.segment_video(str(cut), tracking=False):
+            pass
+    out = tmp_path / "out"
+    out.mkdir()
+    items = list_items([str(cut), str(whole)], frames_per_item=4)
+    res = worker_for(lite_engine, out)(column_batch(items))
+    rows = dict(zip(res["item_id"], zip(res["status"], res["error"])))
+    last_cut = max((i for i in items if i.input == str(cut)), key=lambda i: i.frame_start)
+    assert rows.pop(last_cut.item_id) == ("failed", str(expected.value))
+    assert "the file is truncated" in str(expected.value)
+    assert {status for status, _ in rows.values()} == {"done"}   # the other ranges, and the whole video
+
+
+def test_missing_model_folder_is_one_line_before_ray_starts(tmp_path, capsys, monkeypatch):
+    """`diffcut batch --model /nonexistent` printed ~200 lines of Ray traceback and suggested running the command
+    again; it is now `diffcut segment`'s one line, exit 2, before Ray starts."""
+    from diffcut_engine.cli import main
+    from diffcut_engine.distributed import pipeline
+
+    write_images(tmp_path / "in", 1)
+    monkeypatch.setattr(pipeline, "require_ray", lambda: pytest.fail("Ray was started"))
+    missing = tmp_path / "nonexistent_model"
+    assert main(["batch", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "--model", str(missing),
+                 "--size", "64", "--device", "cpu", "-q"]) == 2
+    err = capsys.readouterr().err
+    assert [line for line in err.splitlines() if line.startswith("error:")] == [
+        f"error: model folder {str(missing)!r} does not exist"]
+    assert "Traceback" not in err and "resume" not in err
+
+    # a worker that cannot build its engine (e.g. a hub id missing on its node): no "run again to resume"
+    class Died:
+        def __init__(self, text):
+            self.text = text
+
+        def iter_rows(self):
+            raise RuntimeError(self.text)
+            yield
+
+    text = ("ray.exceptions.ActorDiedError: The actor died because of an error raised in its creation task\n"
+            "diffcut_engine.errors.ModelLoadError: model 'org/x' is not in the local Hugging Face cache")
+    with pytest.raises(Exception) as info:
+        list(pipeline._rows(Died(text)))
+    assert "could not build its engine: model 'org/x' is not in the local" in str(info.value)
+    assert "resume" not in str(info.value)
+    with pytest.raises(Exception, match="run the same command again to resume"):
+        list(pipeline._rows(Died("ray.exceptions.NodeDiedError: node lost")))
+
+
+@pytest.mark.parametrize("damage", ["parquet", "schema", "journal"])
+def test_damaged_manifest_is_one_line_naming_the_file(tmp_path, capsys, monkeypatch, damage):
+    """A damaged manifest.parquet (or a journal line that is JSON but not an object) was a pyarrow / TypeError
+    traceback; it is one line naming the file and what to do, exit 2, before Ray starts."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from diffcut_engine.cli import main
+    from diffcut_engine.distributed import pipeline
+
+    write_images(tmp_path / "in", 1)
+    out = tmp_path / "out"
+    out.mkdir()
+    name = mf.JOURNAL_NAME if damage == "journal" else mf.MANIFEST_NAME
+    if damage == "parquet":
+        (out / name).write_text("garbage\n")
+    elif damage == "schema":
+        pq.write_table(pa.table({"other": [1, 2]}), out / name)
+    else:
+        (out / name).write_text("[1, 2]\n")
+    monkeypatch.setattr(pipeline, "require_ray", lambda: pytest.fail("Ray was started"))
+    assert main(["batch", str(tmp_path / "in"), "-o", str(out), *LITE, "-q"]) == 2
+    err = capsys.readouterr().err
+    (line,) = [line for line in err.splitlines() if line.startswith("error:")]
+    assert "Traceback" not in err and line.startswith(f"error: {out / name}: ") and "Remove it" in line
+    with pytest.raises(InputError, match=name):
+        mf.read_manifest(out)

@@ -15,12 +15,14 @@ import numbers
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence
 
 from ..errors import InputError
 from ..images import IMAGE_EXTENSIONS
+from ..outputs import is_written_output
 
-__all__ = ["VIDEO_EXTENSIONS", "WorkItem", "list_items", "expand_inputs", "video_frame_ranges", "frame_stem"]
+__all__ = ["VIDEO_EXTENSIONS", "WorkItem", "list_items", "expand_inputs", "is_output_file", "assign_stems",
+           "video_frame_ranges", "frame_stem"]
 
 #: Files with these extensions are split into frame ranges; everything else is read as an image.
 VIDEO_EXTENSIONS = (".mp4", ".mkv", ".mov", ".avi", ".webm", ".m4v", ".mpg", ".mpeg", ".ts", ".flv", ".wmv")
@@ -35,11 +37,11 @@ class WorkItem:
     item_id : str
         Stable key of the item in the manifest: the absolute path, plus ``#frames=START-STOP`` for a video range.
     input : str
-        The path as listed.
+        The absolute path of the file (workers may run in another working directory, on another node).
     kind : {"image", "video"}
     stem : str
-        Output name prefix, unique in the run: ``<stem>_labels.png`` for an image, ``<stem>_frame_NNNNNN_labels.png``
-        per frame of a video.
+        Output name prefix, unique in the run and among the inputs the output folder's manifest already records:
+        ``<stem>_labels.png`` for an image, ``<stem>_frame_NNNNNN_labels.png`` per frame of a video.
     frame_start, frame_stop : int
         Frame range of a video item (``frame_stop`` exclusive, -1: to the end); -1, -1 for an image.
     start_pts : int
@@ -68,11 +70,26 @@ def is_video(path) -> bool:
     return Path(path).suffix.lower() in VIDEO_EXTENSIONS
 
 
-def expand_inputs(inputs: Sequence) -> List[Path]:
+def is_output_file(path, outdir, names: Sequence[str] = ()) -> bool:
+    """Whether ``path`` is a file that a run writes into the output folder ``outdir``: it lies directly in
+    ``outdir`` (also through a link) and its name ends with one of the outputs' suffixes
+    (:data:`~diffcut_engine.outputs.OUTPUT_SUFFIXES`: ``_labels.png``, ``_overlay.png``, ...) or is one of
+    ``names`` (the run's own files, such as its manifest). Listing a folder or a pattern skips such files, so that
+    an output folder that is also an input folder does not feed a run's outputs back in as inputs."""
+    if outdir is None:
+        return False
+    p = Path(path)
+    if p.name in names:
+        return os.path.realpath(p.parent) == os.path.realpath(outdir)
+    return is_written_output(p, outdir)
+
+
+def expand_inputs(inputs: Sequence, *, outdir=None, output_names: Sequence[str] = ()) -> List[Path]:
     """Files, folders (their images and videos, sorted, not recursive) and glob patterns, in the order given.
 
     A plain path that does not exist is kept (it becomes a failed item that says so); a folder's other files and a
-    pattern that matches nothing add nothing. A path listed twice is kept once.
+    pattern that matches nothing add nothing. A path listed twice is kept once. With ``outdir``, the files a run
+    writes there (:func:`is_output_file`) are not taken from a folder or a pattern.
     """
     out, seen = [], set()
 
@@ -87,15 +104,20 @@ def expand_inputs(inputs: Sequence) -> List[Path]:
         p = Path(item)
         if p.is_dir():
             for q in sorted(p.iterdir()):
-                if q.is_file() and q.suffix.lower() in wanted:
+                if q.is_file() and q.suffix.lower() in wanted and not is_output_file(q, outdir, output_names):
                     add(q)
         elif any(ch in str(item) for ch in "*?[") and not p.exists():
             for m in sorted(glob.glob(str(item), recursive=True)):
-                if Path(m).is_file():
+                if Path(m).is_file() and not is_output_file(m, outdir, output_names):
                     add(Path(m))
         else:
             add(p)
     return out
+
+
+def _hashed_stem(path, extra: int = 0) -> str:
+    key = os.path.abspath(path) + ("" if not extra else f"#{extra}")
+    return f"{Path(path).stem or 'item'}-{hashlib.sha1(key.encode()).hexdigest()[:8]}"
 
 
 def unique_stems(paths: Sequence[Path]) -> List[str]:
@@ -105,8 +127,32 @@ def unique_stems(paths: Sequence[Path]) -> List[str]:
     counts = {}
     for s in stems:
         counts[s] = counts.get(s, 0) + 1
-    return [s if counts[s] == 1 else f"{s}-{hashlib.sha1(os.path.abspath(p).encode()).hexdigest()[:8]}"
-            for s, p in zip(stems, paths)]
+    return [s if counts[s] == 1 else _hashed_stem(p) for s, p in zip(stems, paths)]
+
+
+def assign_stems(paths: Sequence[Path], recorded: Optional[Dict[str, str]] = None) -> List[str]:
+    """Output stems of ``paths``, unique in the run and against ``recorded`` (``{absolute input: stem}`` that the
+    output folder's manifest already holds for earlier runs).
+
+    An input already recorded keeps its stem. Any other input gets its :func:`unique_stems` name, unless that
+    name is taken by another input (recorded, or of this run): then ``<stem>-<8 hex of its absolute path>``, the
+    scheme of duplicates within a run. So a later run with a different ``x.png`` never writes over the outputs of
+    the first one.
+    """
+    recorded = dict(recorded or {})
+    keys = [os.path.abspath(p) for p in paths]
+    taken = {stem: key for key, stem in recorded.items()}
+    out: List[Optional[str]] = [recorded.get(k) for k in keys]
+    for i, (path, key, stem) in enumerate(zip(paths, keys, unique_stems(paths))):
+        if out[i] is not None:
+            continue
+        extra = 0
+        while taken.get(stem, key) != key:
+            stem = _hashed_stem(path, extra)
+            extra += 1
+        taken[stem] = key
+        out[i] = stem
+    return out
 
 
 def frame_stem(stem: str, index: int) -> str:
@@ -153,8 +199,13 @@ def video_frame_ranges(path, frames_per_item: int):
     return ranges
 
 
-def list_items(inputs: Sequence, *, frames_per_item: int = 64) -> List[WorkItem]:
+def list_items(inputs: Sequence, *, frames_per_item: int = 64, outdir=None, output_names: Sequence[str] = (),
+               recorded_stems: Optional[Dict[str, str]] = None) -> List[WorkItem]:
     """The work items of a run over ``inputs`` (files, folders, glob patterns), in listing order.
+
+    ``outdir`` / ``output_names``: files a run writes into its output folder are not taken from a folder or a
+    pattern (:func:`expand_inputs`). ``recorded_stems``: ``{absolute input: stem}`` of the output folder's
+    manifest, against which the stems are made unique (:func:`assign_stems`). Each item's ``input`` is absolute.
 
     Raises
     ------
@@ -165,14 +216,14 @@ def list_items(inputs: Sequence, *, frames_per_item: int = 64) -> List[WorkItem]
             and frames_per_item >= 1):
         raise InputError(f"frames_per_item must be a positive integer, got {frames_per_item!r}")
     frames_per_item = int(frames_per_item)
-    paths = expand_inputs(inputs)
+    paths = expand_inputs(inputs, outdir=outdir, output_names=output_names)
     if not paths:
         raise InputError("no input images or videos found in " + ", ".join(map(str, inputs)))
     items = []
-    for path, stem in zip(paths, unique_stems(paths)):
+    for path, stem in zip(paths, assign_stems(paths, recorded_stems)):
         key = os.path.abspath(path)
         if not is_video(path):
-            items.append(WorkItem(item_id=key, input=str(path), kind="image", stem=stem))
+            items.append(WorkItem(item_id=key, input=key, kind="image", stem=stem))
             continue
         try:
             ranges = video_frame_ranges(path, frames_per_item)
@@ -180,10 +231,17 @@ def list_items(inputs: Sequence, *, frames_per_item: int = 64) -> List[WorkItem]
             # unreadable: one item, whose worker reports the same error in the manifest
             ranges = [(0, -1, -1)]
         for start, stop, start_pts in ranges:
-            items.append(WorkItem(item_id=f"{key}#frames={start}-{'end' if stop < 0 else stop}", input=str(path),
+            items.append(WorkItem(item_id=f"{key}#frames={start}-{'end' if stop < 0 else stop}", input=key,
                                   kind="video", stem=stem, frame_start=start, frame_stop=stop,
                                   start_pts=start_pts))
     return items
+
+
+def input_of(item_id: str, kind: str = "image") -> str:
+    """The absolute input path of a manifest row's ``item_id`` (without a video item's ``#frames=`` range)."""
+    if kind == "video" and "#frames=" in item_id:
+        return item_id.rsplit("#frames=", 1)[0]
+    return item_id
 
 
 def describe_item(item: WorkItem) -> str:

@@ -5,7 +5,9 @@ While a run goes on, each finished item is appended at once to a journal, ``OUTD
 JSON line, flushed and fsynced), so a killed driver loses no finished item; the end of the run folds the journal
 into the Parquet file (written to a temporary file and renamed, so it is never half-written) and removes it. A
 line cut short by a kill is ignored when reading. :func:`read_manifest` reads both, the latest row of each item
-winning; :func:`completed_items` says which items a new run with the same configuration may skip.
+winning; :func:`completed_items` says which items a new run with the same configuration may skip, and
+:func:`recorded_stems` which output names the folder's earlier inputs hold. A manifest or journal that cannot be
+read is one :class:`~diffcut_engine.errors.InputError` naming the file.
 """
 
 from __future__ import annotations
@@ -14,14 +16,18 @@ import dataclasses
 import hashlib
 import json
 import os
+import re
 import time
 from pathlib import Path
 from typing import Dict, Iterable, Optional
 
 from ..config import EngineConfig
+from ..errors import InputError
+from ..outputs import OUTPUT_SUFFIXES
+from .items import input_of
 
 __all__ = ["MANIFEST_NAME", "JOURNAL_NAME", "STAGES", "STATUS_DONE", "STATUS_FAILED", "config_hash",
-           "ManifestJournal", "read_manifest", "write_manifest", "consolidate", "completed_items"]
+           "ManifestJournal", "read_manifest", "write_manifest", "consolidate", "completed_items", "recorded_stems"]
 
 MANIFEST_NAME = "manifest.parquet"
 JOURNAL_NAME = "manifest.journal.jsonl"
@@ -60,7 +66,7 @@ def _pyarrow():
 def _schema():
     pa = _pyarrow()
     return pa.schema([
-        ("item_id", pa.string()), ("input", pa.string()), ("kind", pa.string()),
+        ("item_id", pa.string()), ("input", pa.string()), ("kind", pa.string()), ("stem", pa.string()),
         ("frame_start", pa.int64()), ("frame_stop", pa.int64()),
         ("status", pa.string()), ("error", pa.string()), ("attempts", pa.int32()),
         ("outputs", pa.list_(pa.string())), ("num_segments", pa.list_(pa.int32())),
@@ -74,7 +80,7 @@ def normalize_row(row: dict) -> dict:
     """A manifest row with every column of the schema (missing ones empty; -1 frame bounds as nulls)."""
     out = {
         "item_id": str(row["item_id"]), "input": str(row.get("input", "")), "kind": str(row.get("kind", "image")),
-        "frame_start": None, "frame_stop": None,
+        "stem": str(row.get("stem") or ""), "frame_start": None, "frame_stop": None,
         "status": str(row["status"]), "error": row.get("error") or None, "attempts": int(row.get("attempts", 1)),
         "outputs": [str(p) for p in row.get("outputs") or []],
         "num_segments": [int(n) for n in row.get("num_segments") or []],
@@ -115,27 +121,72 @@ class ManifestJournal:
         self.close()
 
 
+#: Columns every manifest row must have (older manifests may lack the others, such as ``stem``).
+_REQUIRED = ("item_id", "status", "finished_at")
+
+
+def _damaged(path: Path, what: str) -> InputError:
+    redo = "every item is" if path.name == MANIFEST_NAME else "the items it records are"
+    return InputError(f"{path}: {what}; it is not a manifest this version can read. Remove it ({redo} then done "
+                      "again) or choose another output folder (-o)")
+
+
+def _check_row(row, path: Path, where: str) -> dict:
+    if not isinstance(row, dict):
+        raise _damaged(path, f"{where} is {type(row).__name__}, not a row (a JSON object)")
+    missing = [k for k in _REQUIRED if k not in row]
+    if missing:
+        raise _damaged(path, f"{where} has no {', '.join(missing)}")
+    if not isinstance(row["item_id"], str) or not isinstance(row["finished_at"], (int, float)) \
+            or isinstance(row["finished_at"], bool):
+        raise _damaged(path, f"{where} has an item_id or finished_at of the wrong type")
+    return row
+
+
 def _journal_rows(path: Path) -> Iterable[dict]:
     if not path.exists():
         return
-    with open(path, encoding="utf-8") as fh:
-        for line in fh:
-            if not line.endswith("\n"):
-                break  # the last line, cut short by a kill
-            try:
-                yield json.loads(line)
-            except json.JSONDecodeError:
-                continue
+    try:
+        with open(path, encoding="utf-8") as fh:
+            for number, line in enumerate(fh, 1):
+                if not line.endswith("\n"):
+                    break  # the last line, cut short by a kill
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError:
+                    continue  # a line cut short by a kill, with the next run's first line appended to it
+                yield _check_row(row, path, f"line {number}")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise _damaged(path, f"cannot be read ({getattr(exc, 'strerror', None) or exc})") from None
+
+
+def _parquet_rows(path: Path) -> Iterable[dict]:
+    pa = _pyarrow()
+    if not path.is_file():
+        raise _damaged(path, "is not a file")
+    try:
+        rows = pa.parquet.read_table(path).to_pylist()
+    except (OSError, pa.ArrowException, ValueError) as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise _damaged(path, f"damaged or not a Parquet file ({reason})") from None
+    for number, row in enumerate(rows, 1):
+        yield _check_row(row, path, f"row {number}")
 
 
 def read_manifest(outdir) -> Dict[str, dict]:
-    """``{item_id: row}`` of the Parquet manifest and the journal of ``outdir`` (the latest row of each item)."""
+    """``{item_id: row}`` of the Parquet manifest and the journal of ``outdir`` (the latest row of each item).
+
+    Raises
+    ------
+    InputError
+        If the manifest or the journal is damaged (not Parquet, a row without its columns, a journal line that
+        is not a JSON object), naming the file and what to do.
+    """
     outdir = Path(outdir)
     rows: Dict[str, dict] = {}
     path = outdir / MANIFEST_NAME
     if path.exists():
-        pa = _pyarrow()
-        for row in pa.parquet.read_table(path).to_pylist():
+        for row in _parquet_rows(path):
             rows[row["item_id"]] = row
     for row in _journal_rows(outdir / JOURNAL_NAME):
         old = rows.get(row["item_id"])
@@ -166,17 +217,74 @@ def consolidate(outdir) -> Path:
     return path
 
 
+def _owners(rows: Dict[str, dict]) -> Dict[str, str]:
+    """``{output name: item_id}``: for each output file, the item whose latest done row lists it."""
+    owners: Dict[str, tuple] = {}
+    for item_id, row in rows.items():
+        if row.get("status") != STATUS_DONE:
+            continue
+        for name in row.get("outputs") or []:
+            when = float(row.get("finished_at") or 0.0)
+            if name not in owners or when >= owners[name][0]:
+                owners[name] = (when, item_id)
+    return {name: item_id for name, (_, item_id) in owners.items()}
+
+
 def completed_items(rows: Dict[str, dict], digest: str, outdir=None) -> set:
-    """Ids of the items a run with configuration hash ``digest`` may skip: done with that hash, and every output
-    file of the row still there (relative outputs are taken from ``outdir``)."""
+    """Ids of the items a run with configuration hash ``digest`` may skip: done with that hash, every output
+    file of the row still there (relative outputs are taken from ``outdir``), and no later row of another input
+    listing the same files (which would then hold that input's results)."""
     done = set()
+    owners = _owners(rows)
     for item_id, row in rows.items():
         if row.get("status") != STATUS_DONE or row.get("config_hash") != digest or not row.get("outputs"):
+            continue
+        if any(owners.get(name) != item_id for name in row["outputs"]):
             continue
         paths = [Path(p) if outdir is None or os.path.isabs(p) else Path(outdir) / p for p in row["outputs"]]
         if all(p.is_file() and p.stat().st_size > 0 for p in paths):
             done.add(item_id)
     return done
+
+
+_FRAME_NAME = re.compile(r"^(.*)_frame_\d{6}_")
+
+
+def row_stem(row: dict) -> str:
+    """The output stem of a manifest row: its ``stem`` column, else (a manifest written before that column)
+    taken from its output names; ``""`` if neither says."""
+    if row.get("stem"):
+        return str(row["stem"])
+    for name in row.get("outputs") or []:
+        name = os.path.basename(str(name))
+        if row.get("kind") == "video":
+            m = _FRAME_NAME.match(name)
+            if m:
+                return m.group(1)
+            continue
+        for suffix in OUTPUT_SUFFIXES:
+            if name.endswith(suffix):
+                return name[: -len(suffix)]
+    return ""
+
+
+def recorded_stems(rows: Dict[str, dict]) -> Dict[str, str]:
+    """``{absolute input: stem}`` of the inputs ``rows`` (a manifest) records. Where several inputs claim one
+    stem (manifests written before stems were kept unique across runs), the input of the latest row keeps it."""
+    latest: Dict[str, tuple] = {}
+    for item_id, row in rows.items():
+        stem = row_stem(row)
+        if not stem:
+            continue
+        key = input_of(str(item_id), str(row.get("kind", "image")))
+        when = float(row.get("finished_at") or 0.0)
+        if key not in latest or when >= latest[key][0]:
+            latest[key] = (when, stem)
+    by_stem: Dict[str, tuple] = {}
+    for key, (when, stem) in latest.items():
+        if stem not in by_stem or when >= by_stem[stem][0]:
+            by_stem[stem] = (when, key)
+    return {key: stem for stem, (_, key) in by_stem.items()}
 
 
 def summarize(rows: Iterable[dict]) -> Optional[dict]:

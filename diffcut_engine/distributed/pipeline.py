@@ -1,7 +1,10 @@
 """The Ray Data pipeline of ``diffcut batch``: list -> skip what is done -> actor pool of engines -> manifest.
 
-The driver lists the work items, drops those the manifest already has as done for the same configuration hash
-(with their output files present), and streams the rest through ``Dataset.map_batches`` with an actor pool of
+The driver checks the configuration that needs no weights (a model or engine folder that does not exist) and
+makes its paths absolute, lists the work items (absolute paths, output names unique against what the manifest
+already records; the run's own outputs in the output folder are not inputs), drops those the manifest already has
+as done for the same configuration hash (with their output files present and not since written by another
+input), and streams the rest through ``Dataset.map_batches`` with an actor pool of
 :class:`~.worker.SegmentWorker` (one engine per actor, loaded once; ``num_gpus``/``num_cpus`` per actor). Each
 result row is appended to the manifest journal the moment it reaches the driver, so a killed run resumes where
 it stopped; the end of the run writes ``manifest.parquet`` and prints done / skipped / failed counts.
@@ -12,6 +15,8 @@ from __future__ import annotations
 import json
 import logging
 import numbers
+import os
+import re
 import shutil
 import sys
 import time
@@ -19,16 +24,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence
 
-from ..config import EngineConfig
-from ..errors import DiffCutError, InputError
+from ..config import MODEL_ALIASES, EngineConfig
+from ..errors import DiffCutError, InputError, ModelLoadError
 from ..outputs import check_output_path
 from .items import WorkItem, list_items
-from .manifest import STATUS_DONE, ManifestJournal, completed_items, config_hash, consolidate, read_manifest
+from .manifest import (JOURNAL_NAME, MANIFEST_NAME, STATUS_DONE, ManifestJournal, completed_items, config_hash,
+                       consolidate, read_manifest, recorded_stems)
 from .worker import STAGING_DIR, SegmentWorker
 
 logger = logging.getLogger("diffcut_engine")
 
-__all__ = ["BatchSummary", "run_batch", "require_ray", "worker_shortfall"]
+__all__ = ["BatchSummary", "run_batch", "require_ray", "worker_shortfall", "worker_config"]
 
 
 @dataclass
@@ -82,6 +88,47 @@ def worker_shortfall(nodes, cpus_per_worker: float, gpus_per_worker: float) -> s
             f"largest has {cpus:g} CPUs and {gpus:g} GPUs)")
 
 
+def _is_remote(address) -> bool:
+    """Whether the driver runs off the cluster (Ray Client, ``ray://``): its files need not be the workers'."""
+    return isinstance(address, str) and address.startswith("ray://")
+
+
+def worker_config(config: EngineConfig, *, address: Optional[str] = None, log=None) -> EngineConfig:
+    """``config`` as the workers get it, checked on the driver as far as no weights are needed.
+
+    A model folder (``--model``) or engine folder (``--engine-dir``) that exists here becomes an absolute path:
+    the workers run in another working directory (on a cluster started with ``ray start``, another node), so a
+    relative path would not be found there. Hub ids are kept as they are. The folder the workers will load is
+    checked the way the engine checks it (``diffcut segment``'s one-line error for a folder that does not exist,
+    an engine folder without its manifest), before Ray starts; on Ray Client (``ray://``), where the driver's
+    files need not be the workers', a folder missing here is a warning.
+
+    Raises
+    ------
+    ModelLoadError
+        If the model or engine folder does not exist (or is a file, or has no export manifest).
+    """
+    from ..encoders.loading import looks_like_path, resolve_model
+
+    changes = {}
+    try:
+        if config.backend in ("onnx", "tensorrt"):  # the exported folder replaces the diffusers weights
+            from ..encoders.artifacts import read_manifest as read_export_manifest
+
+            folder = os.path.expanduser(config.engine_dir)
+            read_export_manifest(folder)
+            changes["engine_dir"] = os.path.abspath(folder)
+        elif config.backbone == "diffusion":
+            model = MODEL_ALIASES.get(config.model, config.model)
+            if looks_like_path(model):
+                changes["model"] = os.path.abspath(resolve_model(model))
+    except ModelLoadError as exc:
+        if not _is_remote(address):
+            raise
+        print(f"warning: {exc} here, on the driver; the workers must find it", file=log or sys.stderr)
+    return config.replace(**changes) if changes else config
+
+
 def run_batch(inputs: Sequence, outdir, config: EngineConfig, *, address: Optional[str] = None,
               num_workers: int = 1, cpus_per_worker: float = 1.0, gpus_per_worker: float = 0.0,
               frames_per_item: int = 64, items_per_call: Optional[int] = None, retries: int = 2,
@@ -127,13 +174,17 @@ def run_batch(inputs: Sequence, outdir, config: EngineConfig, *, address: Option
     log = log or sys.stderr
     t_start = time.perf_counter()
     outdir = check_output_path(outdir, "output folder", folder=True)  # not an existing file, writable
-    items = list_items(inputs, frames_per_item=frames_per_item)
+    config = worker_config(config, address=address, log=log)  # absolute folders; a missing one before Ray starts
+    rows = read_manifest(outdir) if outdir.is_dir() else {}
+    # absolute inputs (the workers' working directory is not ours); names unique against the manifest's; the
+    # run's own outputs, when the output folder is also an input folder, are not inputs
+    items = list_items(inputs, frames_per_item=frames_per_item, outdir=outdir,
+                       output_names=(MANIFEST_NAME, JOURNAL_NAME), recorded_stems=recorded_stems(rows))
     try:
         outdir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise InputError(f"cannot create the output folder {outdir} ({exc.strerror or exc})") from None
     digest = config_hash(config, overlay=bool(overlay), save_npy=bool(save_npy))
-    rows = read_manifest(outdir)
     skip = completed_items(rows, digest, outdir)
     todo = [item for item in items if item.item_id not in skip]
     summary = BatchSummary(total=len(items), skipped=len(items) - len(todo), config_hash=digest)
@@ -155,8 +206,6 @@ def run_batch(inputs: Sequence, outdir, config: EngineConfig, *, address: Option
 def _run_on_ray(todo, outdir, config, digest, summary, *, address, num_workers, cpus_per_worker,
                 gpus_per_worker, items_per_call, retries, overlay, save_npy, progress, log):
     ray = require_ray()  # with ray.data imported
-    from ..utils.progress import progress_bar
-
     started = False
     # without a progress bar (--quiet): Ray's own notices (authentication, Ray Data's progress and execution
     # lines) are not shown either; its errors are
@@ -189,38 +238,55 @@ def _run_on_ray(todo, outdir, config, digest, summary, *, address, num_workers, 
                                                        save_npy=save_npy, retries=retries),
                             compute=ray.data.ActorPoolStrategy(size=num_workers), num_cpus=cpus_per_worker,
                             num_gpus=gpus_per_worker)
-        bar = progress_bar(total=len(todo), enabled=progress, desc="batch", unit="item")
-        try:
-            with ManifestJournal(outdir) as journal:
-                for result in _rows(ds):
-                    item: WorkItem = by_id[str(result["item_id"])]
-                    # finished_at: the worker's clock when the item's files were in place
-                    row = journal.append({**item.as_row(), **_decode(result), "config_hash": digest})
-                    if row["status"] == STATUS_DONE:
-                        summary.done += 1
-                    else:
-                        summary.failed += 1
-                        summary.errors.append(row["error"])
-                        print(f"error: {row['error']} (after {row['attempts']} attempt(s))", file=log)
-                    bar.update(1)
-                    bar.set_postfix_str(f"{summary.done} done, {summary.failed} failed")
-        finally:
-            bar.close()
+        _record(_rows(ds), by_id, outdir, digest, summary, progress=progress, log=log)
     finally:
         data_logger.setLevel(data_level)
         if started:
             ray.shutdown()
 
 
+def _record(results, by_id, outdir, digest, summary, *, progress, log):
+    """Append each result row (a worker's columns, one item) to the journal the moment it arrives, and count."""
+    from ..utils.progress import progress_bar
+
+    bar = progress_bar(total=len(by_id), enabled=progress, desc="batch", unit="item")
+    try:
+        with ManifestJournal(outdir) as journal:
+            for result in results:
+                item: WorkItem = by_id[str(result["item_id"])]
+                # finished_at: the worker's clock when the item's files were in place
+                row = journal.append({**item.as_row(), **_decode(result), "config_hash": digest})
+                if row["status"] == STATUS_DONE:
+                    summary.done += 1
+                else:
+                    summary.failed += 1
+                    summary.errors.append(row["error"])
+                    print(f"error: {row['error']} (after {row['attempts']} attempt(s))", file=log)
+                bar.update(1)
+                bar.set_postfix_str(f"{summary.done} done, {summary.failed} failed")
+    finally:
+        bar.close()
+
+
+#: How a diffcut-engine error raised in a worker reads in the text of the exception Ray hands the driver.
+_WORKER_ERROR = re.compile(r"\bdiffcut_engine\.errors\.\w*Error: (.+)")
+
+
 def _rows(ds):
-    """The dataset's result rows; a failure of the pipeline itself (an actor that cannot load its engine, a lost
-    node) becomes one :class:`DiffCutError` line, since what finished is already in the journal."""
+    """The dataset's result rows; a failure of the pipeline itself becomes one :class:`DiffCutError` line, since
+    what finished is already in the journal. An actor that cannot build its engine (a diffcut-engine error:
+    a model a worker cannot find, a missing extra) is a configuration or environment error, which running the
+    same command again would not fix; anything else (a lost node) can be resumed."""
     try:
         yield from ds.iter_rows()
     except (DiffCutError, KeyboardInterrupt):
         raise
     except Exception as exc:  # noqa: BLE001 (Ray wraps the worker's exception with its traceback)
         lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        setup = next((m.group(1) for m in map(_WORKER_ERROR.search, reversed(lines)) if m), None)
+        if setup is not None:
+            raise DiffCutError(f"a Ray worker could not build its engine: {setup}; fix the engine options (or the "
+                               "workers' environment) first") from exc
         reason = lines[-1] if lines else type(exc).__name__
         raise DiffCutError(f"the Ray pipeline stopped: {reason}; the items finished before are recorded in the "
                            "manifest, run the same command again to resume") from exc

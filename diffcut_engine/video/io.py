@@ -13,7 +13,7 @@ from ..errors import InputError
 DEFAULT_FPS = 25
 
 __all__ = ["DEFAULT_FPS", "VideoError", "VideoInfo", "require_av", "open_input", "info_of", "probe_video",
-           "check_output"]
+           "check_output", "check_complete"]
 
 
 class VideoError(InputError):
@@ -132,6 +132,23 @@ def info_of(container, path) -> VideoInfo:
                      frames=int(stream.frames) or None, duration=duration, has_audio=bool(container.streams.audio),
                      codec=ctx.name, path=os.fspath(path))
 
+
+
+def check_complete(info: VideoInfo, frames: int, first_pts, last_pts) -> None:
+    """Raise :class:`VideoError` if a stream that ended after ``frames`` decoded frames (the first and last at
+    ``first_pts`` / ``last_pts``) stopped before what the container (``info``) declares: the frame count when it is
+    declared, else the duration (compared with the last frame's timestamp, so variable frame rates pass). What
+    ``diffcut video`` and the frame ranges of ``diffcut batch`` check at the end of a video."""
+    name, declared = info.path, info.frames
+    if declared and frames < declared - max(2, declared // 50):
+        raise VideoError(f"{name}: the video ended after {frames} of the {declared} frames its container "
+                         "declares; the file is truncated", frames)
+    if not declared and info.duration and last_pts is not None and first_pts is not None:
+        step = 1.0 / float(info.fps)
+        end = float((last_pts - first_pts) * info.time_base) + step
+        if end < info.duration - max(2 * step, info.duration / 50):
+            raise VideoError(f"{name}: the video ended at {end:.2f} s of the {info.duration:.2f} s its "
+                             f"container declares (after {frames} frames); the file is truncated", frames)
 
 def probe_video(path) -> VideoInfo:
     """Size, frame rate, time base, frame count, duration and audio of a video file.

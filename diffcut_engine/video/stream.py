@@ -25,7 +25,7 @@ from typing import Iterator, Optional, Tuple
 import numpy as np
 
 from ..errors import DiffCutError, InputError
-from .io import DEFAULT_FPS, VideoError, VideoInfo, info_of, open_input, require_av
+from .io import DEFAULT_FPS, VideoError, VideoInfo, check_complete, info_of, open_input, require_av
 from .tracking import SegmentTracker, StabilityMeter, VideoStats
 
 __all__ = ["VideoFrame", "VideoSegmentation", "segment_video"]
@@ -186,21 +186,12 @@ class VideoSegmentation:
         self._check_complete(index, first_pts, last_pts)
 
     def _check_complete(self, index: int, first_pts, last_pts):
-        """Raise VideoError if the stream ended before what its container declares: the frame count when it is
-        declared, else the duration (compared with the last frame's timestamp, so variable frame rates pass)."""
-        info, name = self.info, self.info.path
-        declared = info.frames
-        if declared and index < declared - max(2, declared // 50):
+        """io.check_complete of the stream (its VideoError marks the stats truncated)."""
+        try:
+            check_complete(self.info, index, first_pts, last_pts)
+        except VideoError:
             self.stats.truncated = True
-            raise VideoError(f"{name}: the video ended after {index} of the {declared} frames its container "
-                             "declares; the file is truncated", index)
-        if not declared and info.duration and last_pts is not None:
-            step = 1.0 / float(info.fps)
-            end = float((last_pts - first_pts) * info.time_base) + step
-            if end < info.duration - max(2 * step, info.duration / 50):
-                self.stats.truncated = True
-                raise VideoError(f"{name}: the video ended at {end:.2f} s of the {info.duration:.2f} s its "
-                                 f"container declares (after {index} frames); the file is truncated", index)
+            raise
 
     # stage 1: decode and preprocess -----------------------------------------------------------------------------
     def _decode_stage(self, out: queue.Queue, stop: threading.Event):
