@@ -48,6 +48,10 @@ REFINE_PRESETS = {
     "full": {"work_size": "output", "iters": 10, "dilations": (1, 2, 4, 8)},
 }
 DEFAULT_REFINE = "demo"
+#: Bounds of explicit PAMR settings (the official ones: 30 iterations, dilations up to 64); the C++ core refuses
+#: the same (csrc/src/refine.cpp, check_pamr_options).
+PAMR_MAX_ITERS = 10_000
+PAMR_MAX_DILATION = 32_768
 
 #: tau presets by feature family: the paper's value for SDXL-type UNets, the author's value for SD 1.x (issue #5 of
 #: the official repository), and our own for the offline backbone (chosen on scikit-image photos, see encoders/lite.py).
@@ -316,15 +320,16 @@ class EngineConfig:
             raise InputError(f"unknown refine {self.refine!r}; choose one of {', '.join(REFINE_PRESETS)}, none "
                              f"(or True/False)")
         set_("refine", refine)
-        if self.pamr_iters is not None and not (_is_int(self.pamr_iters) and self.pamr_iters >= 0):
-            raise InputError(f"pamr_iters must be a non-negative integer, got {self.pamr_iters!r}")
+        if self.pamr_iters is not None and not (_is_int(self.pamr_iters) and 0 <= self.pamr_iters <= PAMR_MAX_ITERS):
+            raise InputError(f"pamr_iters must be an integer in [0, {PAMR_MAX_ITERS}], got {self.pamr_iters!r}")
         if self.pamr_dilations is not None:
             try:
                 dil = tuple(self.pamr_dilations)
             except TypeError:
                 dil = ()
-            if not dil or not all(_is_int(d) and d > 0 for d in dil):
-                raise InputError(f"pamr_dilations must be positive integers, got {self.pamr_dilations!r}")
+            if not dil or not all(_is_int(d) and 0 < d <= PAMR_MAX_DILATION for d in dil):
+                raise InputError(f"pamr_dilations must be integers in [1, {PAMR_MAX_DILATION}], got "
+                                 f"{self.pamr_dilations!r}")
             set_("pamr_dilations", tuple(int(d) for d in dil))
         if self.refine_backend not in ("auto", "torch", "fast", "native"):
             raise InputError(f"unknown refine_backend {self.refine_backend!r}; choose one of auto, torch, fast, native")

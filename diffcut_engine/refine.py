@@ -31,6 +31,7 @@ from typing import Optional, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 
+from .config import PAMR_MAX_DILATION, PAMR_MAX_ITERS
 from .errors import BackendUnavailableError, InputError
 
 __all__ = [
@@ -132,8 +133,8 @@ def _check_size(out_size) -> Tuple[int, int]:
 
 
 def _check_iters(iters) -> int:
-    if isinstance(iters, bool) or not isinstance(iters, int) or iters < 0:
-        raise InputError(f"iters must be a non-negative int, got {iters!r}")
+    if isinstance(iters, bool) or not isinstance(iters, int) or not 0 <= iters <= PAMR_MAX_ITERS:
+        raise InputError(f"iters must be an int in [0, {PAMR_MAX_ITERS}], got {iters!r}")
     return iters
 
 
@@ -142,8 +143,9 @@ def _check_dilations(dilations) -> Tuple[int, ...]:
         dil = tuple(dilations)
     except TypeError:
         dil = ()
-    if not dil or any(isinstance(d, bool) or not isinstance(d, int) or d < 1 for d in dil):
-        raise InputError(f"dilations must be a non-empty sequence of positive ints, got {dilations!r}")
+    if not dil or any(isinstance(d, bool) or not isinstance(d, int) or not 1 <= d <= PAMR_MAX_DILATION for d in dil):
+        raise InputError(f"dilations must be a non-empty sequence of ints in [1, {PAMR_MAX_DILATION}], got "
+                         f"{dilations!r}")
     return dil
 
 

@@ -39,6 +39,10 @@ def test_config_defaults_are_the_paper():
     ({"resize_mode": "pad"}, "resize_mode"), ({"size": "1024x576", "resize_mode": "center_crop"}, "square"),
     ({"pamr_dilations": (1, 0)}, "dilations"), ({"refine": "fast"}, "refine"), ({"pamr_iters": -1}, "pamr_iters"),
     ({"refine_backend": "gpu"}, "refine_backend"),
+    # beyond the bounds the C++ core takes (2**31 reached its binding and raised a raw TypeError)
+    ({"pamr_iters": 2**31}, r"pamr_iters must be an integer in \[0, 10000\]"),
+    ({"pamr_dilations": (1, 2**31)}, r"pamr_dilations must be integers in \[1, 32768\]"),
+    ({"pamr_dilations": (32769,)}, "pamr_dilations"),
     # a diffusion model or revision next to the offline backbone (which loads its own weights) is not ignored
     ({"backbone": "efficientnet-lite0", "model": "/no/such/folder"}, "^model='/no/such/folder' applies to backbone"),
     ({"backbone": "efficientnet-lite0", "revision": "main"}, "^revision='main' applies to backbone='diffusion'"),

@@ -17,6 +17,7 @@ from diffcut_engine.refine import (
     pamr_affinity,
     pamr_soft,
     refine,
+    refine_at,
 )
 
 
@@ -332,6 +333,13 @@ def test_other_bad_inputs_raise():
         pamr(torch.rand(3, 8, 8), torch.zeros(8, 8, dtype=torch.long), dilations=(1, 0))
     with pytest.raises(InputError, match="iters"):
         pamr(torch.rand(3, 8, 8), torch.zeros(8, 8, dtype=torch.long), iters=-1)
+    # beyond the bounds the C++ core takes (2**31 reached its binding: a raw TypeError; torch: a storage overflow)
+    for backend in ("torch", "auto"):
+        with pytest.raises(InputError, match=r"iters must be an int in \[0, 10000\]"):
+            refine_at(torch.rand(3, 8, 8), torch.zeros(8, 8, dtype=torch.long), iters=2**31, backend=backend)
+        with pytest.raises(InputError, match=r"dilations .* ints in \[1, 32768\]"):
+            refine_at(torch.rand(3, 8, 8), torch.zeros(8, 8, dtype=torch.long), dilations=(1, 2**31),
+                      backend=backend)
     with pytest.raises(InputError, match="labels"):
         median3x3(torch.zeros(8, 8))
 

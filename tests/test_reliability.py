@@ -598,6 +598,38 @@ def test_an_output_folder_that_is_the_input_folder_does_not_take_its_outputs_as_
     assert (folder / "img0_labels_labels.png").is_file()
 
 
+@pytest.mark.parametrize("stop", [KeyboardInterrupt, RuntimeError])
+def test_an_interrupted_run_records_what_it_finished(three_images, tmp_path, capsys, toy_cli, monkeypatch, stop):
+    """Ctrl-C (or an unexpected error) after the first image: summary.json was not written, so --resume redid the
+    finished image under a -1 name and left the first files orphaned."""
+    from diffcut_engine.cli import segment as cli_segment
+
+    real, calls = cli_segment.write_outputs, []
+
+    def stop_on_the_second(*a, **kw):
+        calls.append(1)
+        if len(calls) == 2:
+            raise stop("stopped")
+        return real(*a, **kw)
+
+    monkeypatch.setattr(cli_segment, "write_outputs", stop_on_the_second)
+    out = tmp_path / "out"
+    if stop is KeyboardInterrupt:
+        code, _, err = run(["segment", str(three_images), "-o", str(out), *SEG], capsys)
+        assert code == 130
+    else:
+        with pytest.raises(RuntimeError):
+            main(["segment", str(three_images), "-o", str(out), *SEG])
+    summary = json.loads((out / "summary.json").read_text())
+    assert [r["input"] for r in summary["results"]] == [str(three_images / "img0.png")]
+    monkeypatch.setattr(cli_segment, "write_outputs", real)
+    code, _, err = run(["segment", str(three_images), "-o", str(out), "--resume", *SEG], capsys)
+    assert code == 0, err
+    assert "resuming: 1 inputs already done" in err
+    assert sorted(p.name for p in out.glob("*_labels.png")) == ["img0_labels.png", "img1_labels.png",
+                                                               "img2_labels.png"]
+
+
 def test_a_non_empty_output_folder_needs_overwrite_or_resume(three_images, tmp_path, capsys, toy_cli):
     out = tmp_path / "out"
     code, first, _ = run(["segment", str(three_images / "img0.png"), "-o", str(out), *SEG], capsys)

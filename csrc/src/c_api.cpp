@@ -429,8 +429,10 @@ int diffcut_segment(const float* features, int64_t height, int64_t width, int64_
 int diffcut_options_set_pamr_iters(diffcut_options* options, int iters) {
   return guarded([&] {
     require(options, "options");
-    if (iters < 0) throw Failure(Code::InvalidArgument, "pamr iters must be >= 0, got " + std::to_string(iters));
-    options->refine.iters = iters;
+    diffcut::detail::RefineOptions r = options->refine;
+    r.iters = iters;
+    diffcut::detail::check_pamr_options(r);  // [0, 10000]
+    options->refine = r;
   });
 }
 
@@ -440,10 +442,10 @@ int diffcut_options_set_pamr_dilations(diffcut_options* options, const int32_t* 
     require(dilations, "dilations");
     positive_size(count, "count");
     if (count > 1024) throw Failure(Code::InvalidArgument, "at most 1024 dilations");
-    std::vector<int> d(dilations, dilations + count);
-    for (int v : d)
-      if (v < 1) throw Failure(Code::InvalidArgument, "dilations must be positive, got " + std::to_string(v));
-    options->refine.dilations = d;
+    diffcut::detail::RefineOptions r = options->refine;
+    r.dilations.assign(dilations, dilations + count);
+    diffcut::detail::check_pamr_options(r);  // each in [1, 32768]
+    options->refine = r;
   });
 }
 

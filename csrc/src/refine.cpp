@@ -158,10 +158,13 @@ void check_labels(const std::int32_t* labels, i64 count, std::int32_t k, const c
 }
 
 void check_pamr_options(const RefineOptions& o) {
-  if (o.iters < 0) throw Failure(Code::InvalidArgument, "iters must be >= 0, got " + std::to_string(o.iters));
+  // the bounds of diffcut_engine.config (PAMR_MAX_ITERS, PAMR_MAX_DILATION)
+  if (o.iters < 0 || o.iters > 10000)
+    throw Failure(Code::InvalidArgument, "iters must be in [0, 10000], got " + std::to_string(o.iters));
   if (o.dilations.empty()) throw Failure(Code::InvalidArgument, "dilations must not be empty");
   for (int d : o.dilations)
-    if (d < 1) throw Failure(Code::InvalidArgument, "dilations must be positive, got " + std::to_string(d));
+    if (d < 1 || d > 32768)
+      throw Failure(Code::InvalidArgument, "dilations must be in [1, 32768], got " + std::to_string(d));
   if (o.num_threads < 0) throw Failure(Code::InvalidArgument, "num_threads must be >= 0");
   if (o.budget < 1) throw Failure(Code::InvalidArgument, "budget must be >= 1");
   if ((o.work_height == 0) != (o.work_width == 0) || o.work_height < 0 || o.work_width < 0 ||

@@ -247,7 +247,13 @@ int main(void) {
       {
         const int32_t bad_dil[2] = {1, 0};
         EXPECT_ERR(diffcut_options_set_pamr_dilations(ro, bad_dil, 2), DIFFCUT_ERROR_INVALID_ARGUMENT);
+        const int32_t huge_dil[2] = {1, 32769};
+        EXPECT_ERR(diffcut_options_set_pamr_dilations(ro, huge_dil, 2), DIFFCUT_ERROR_INVALID_ARGUMENT);
       }
+      EXPECT_ERR(diffcut_options_set_pamr_iters(ro, 10001), DIFFCUT_ERROR_INVALID_ARGUMENT);
+      /* a refused setting leaves the options as they were: the same labels as before */
+      EXPECT(diffcut_pamr(img, H, W, out, H, W, 3, ro, out2, N) == DIFFCUT_OK);
+      EXPECT(memcmp(out, out2, sizeof(out)) == 0);
       EXPECT_ERR(diffcut_options_set_median(ro, 2), DIFFCUT_ERROR_INVALID_ARGUMENT);
       EXPECT_ERR(diffcut_options_set_num_threads(ro, -1), DIFFCUT_ERROR_INVALID_ARGUMENT);
       EXPECT_ERR(diffcut_options_set_num_threads(NULL, 1), DIFFCUT_ERROR_NULL_POINTER);

@@ -258,6 +258,38 @@ def _segment_into(args, config, vocab, paths, missing: set, folder) -> int:
         extra["return_tree"] = True
     progress = not args.quiet
     namer = engine.namer(vocab) if vocab is not None else None
+    h, w = engine.config.size
+    head = {"engine": repr(engine), "size": f"{w}x{h}", **tau_fields}
+    if namer is not None:
+        head.update(clip_model=namer.clip.name, classes=list(namer.vocabulary.names))
+    try:
+        write_error, failed = _segment_loop(args, engine, todo, extra, namer, folder, summary, used, failed,
+                                            progress)
+    except BaseException:
+        # interrupted (Ctrl-C) or an unexpected error: what was finished is recorded, so --resume skips it
+        with contextlib.suppress(OSError):
+            folder.write_summary(head, summary)
+        raise
+    summary_error = None
+    try:
+        folder.write_summary(head, summary)
+    except OSError as exc:
+        summary_error = exc
+    if write_error is not None or summary_error is not None:
+        done = len({r["input"] for r in summary if "error" not in r})
+        print(f"error: {write_failure(write_error or summary_error, args.output, done, len(paths), summary_error)}",
+              file=sys.stderr)
+        return EXIT_USAGE
+    if failed:
+        print(f"{failed} of {len(paths)} inputs failed", file=sys.stderr)
+        return EXIT_SOME_FAILED
+    return EXIT_OK
+
+
+def _segment_loop(args, engine, todo, extra, namer, folder, summary: list, used: set, failed: int, progress):
+    """Segment ``todo`` and write each result's files, appending to ``summary`` as they finish: (the write error
+    that stopped the run or None, the number of failed inputs)."""
+    taus, write_error = args.taus, None
     for res in engine.iter_segment(todo, progress=progress, classes=namer,
                                    return_image=args.overlay != "none" or bool(taus) or namer is not None,
                                    **extra):
@@ -302,21 +334,4 @@ def _segment_into(args, config, vocab, paths, missing: set, folder) -> int:
                             "timings": {k: round(v, 6) for k, v in seg.timings.items()}})
         if write_error is not None:
             break
-    h, w = engine.config.size
-    head = {"engine": repr(engine), "size": f"{w}x{h}", **tau_fields}
-    if namer is not None:
-        head.update(clip_model=namer.clip.name, classes=list(namer.vocabulary.names))
-    summary_error = None
-    try:
-        folder.write_summary(head, summary)
-    except OSError as exc:
-        summary_error = exc
-    if write_error is not None or summary_error is not None:
-        done = len({r["input"] for r in summary if "error" not in r})
-        print(f"error: {write_failure(write_error or summary_error, args.output, done, len(paths), summary_error)}",
-              file=sys.stderr)
-        return EXIT_USAGE
-    if failed:
-        print(f"{failed} of {len(paths)} inputs failed", file=sys.stderr)
-        return EXIT_SOME_FAILED
-    return EXIT_OK
+    return write_error, failed

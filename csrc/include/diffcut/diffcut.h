@@ -114,8 +114,8 @@ DIFFCUT_API int diffcut_options_set_tau_max(diffcut_options* options, double tau
 DIFFCUT_API int diffcut_options_set_compat(diffcut_options* options, int compat);
 DIFFCUT_API int diffcut_options_set_num_thresholds(diffcut_options* options, int num_thresholds); /* >= 2 */
 DIFFCUT_API int diffcut_options_set_solver(diffcut_options* options, int solver);
-DIFFCUT_API int diffcut_options_set_pamr_iters(diffcut_options* options, int iters);             /* >= 0 */
-/* count (1 .. 1024) positive dilations, copied */
+DIFFCUT_API int diffcut_options_set_pamr_iters(diffcut_options* options, int iters);   /* 0 .. 10000 */
+/* count (1 .. 1024) dilations, each 1 .. 32768, copied */
 DIFFCUT_API int diffcut_options_set_pamr_dilations(diffcut_options* options, const int32_t* dilations,
                                                    int64_t count);
 DIFFCUT_API int diffcut_options_set_median(diffcut_options* options, int median);               /* 0 or 1 */
