@@ -268,6 +268,19 @@ def test_constant_features_rule_is_shared(spread):
     assert np.all(host == 1) == constant == np.all(generic == 1)
 
 
+@pytest.mark.parametrize("alpha", [0.5, 1.0, 1.5, 2.5])
+def test_constant_features_give_ones_at_every_alpha(alpha):
+    """namespace_affinity (the device path's W) added 1 to the rounding noise raised to alpha for constant
+    features: entries up to 1.0006 at alpha 0.5, 899 of them above 1."""
+    from diffcut_engine.graph.affinity import affinity_from_tokens, l2_normalize, namespace_affinity
+
+    rng = np.random.default_rng(1)
+    tokens = np.tile(rng.normal(size=64).astype(np.float32), (30, 1)) * rng.uniform(0.5, 2, (30, 1)).astype(
+        np.float32)
+    assert np.all(namespace_affinity(np, tokens.copy(), alpha) == 1)
+    assert np.all(affinity_from_tokens(l2_normalize(tokens), alpha) == 1)
+
+
 def test_cpu_torch_features_that_require_grad_or_are_bfloat16_are_accepted():
     """The graph API takes CPU torch tensors; a tensor that requires grad (a feature extractor's output outside
     no_grad) or is bfloat16 (numpy has no such type) was refused with a misleading 'move device tensors' error."""

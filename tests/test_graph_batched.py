@@ -134,7 +134,8 @@ def test_one_host_transfer_per_level(monkeypatch):
     Ws = [planted_W(12, 16, "quadrants", 0), affinity(smooth_field(16, 20, seed=1), 10.0), planted_W(1, 1, "disc", 0)]
     trees = build_trees_batched(Ws, tau_max=0.5)
     solved_depths = [n.depth for t in trees for n in t.nodes() if n.indices.size >= 2]
-    assert len(calls) == max(solved_depths) + 1 >= 4
+    # one per level, plus one for the whole batch's value checks (finite, non-negative, symmetric)
+    assert len(calls) == max(solved_depths) + 2 >= 5
 
 
 def test_thresholds_reproduce_numpy_linspace_bitwise():
@@ -408,3 +409,20 @@ def test_iterative_solver_for_large_buckets_gives_the_dense_trees(monkeypatch, l
     assert calls, "no subgraph took the iterative path"
     np.testing.assert_array_equal(iterative.cut(0.5), dense.cut(0.5))
     np.testing.assert_allclose(iterative.split_values(), dense.split_values(), rtol=1e-9)
+
+
+def test_batched_trees_check_the_affinities_as_build_tree_does():
+    """A negative, asymmetric or non-finite W gave a tree (with numpy warnings) where build_tree refuses it; a
+    wrongly sized degrees= raised a raw broadcast ValueError."""
+    rng = np.random.default_rng(0)
+    good = rng.random((6, 6)).astype(np.float32)
+    good = (good + good.T) / 2
+    for bad, match in ((-good, "non-negative"), (good + np.triu(good, 1), "symmetric"),
+                       (np.where(np.eye(6) > 0, np.nan, good).astype(np.float32), "NaN")):
+        with pytest.raises(InputError, match=match):
+            build_tree(bad, tau_max=0.5)
+        with pytest.raises(InputError, match=f"affinity 1 .*{match}"):
+            build_trees_batched([good, bad], tau_max=0.5)
+    with pytest.raises(InputError, match="degrees"):
+        build_trees_batched([good], tau_max=0.5, degrees=[np.ones(5)])
+    assert len(build_trees_batched([good, good[:0, :0]], tau_max=0.5)) == 2

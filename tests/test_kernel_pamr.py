@@ -17,7 +17,7 @@ import torch
 
 import diffcut_engine.kernels.pamr as kpamr
 from diffcut_engine import refine
-from diffcut_engine.errors import BackendUnavailableError
+from diffcut_engine.errors import BackendUnavailableError, InputError
 
 
 def _case(h, w, k, dilations, iters, seed):
@@ -106,3 +106,15 @@ def test_compiled_kernel_matches_reference_on_cuda():
         # compiled without fp fusion: the reference's rounded products and sums (unmeasured on a device so far)
         assert torch.equal(got.argmax(1), ref.argmax(1))
         assert torch.equal(got, ref), float((got - ref).abs().max())
+
+
+def test_interpreter_is_decided_at_import_and_blocks_are_checked(monkeypatch):
+    """TRITON_INTERPRET set after the import changed available() but not the compiled kernel, which then failed
+    with a raw Triton error; a block that is not a power of two reached Triton's arange."""
+    masks, aff = torch.rand(1, 2, 4, 4), torch.rand(1, 8, 4, 4)
+    before = kpamr.available("cpu")
+    monkeypatch.setenv("TRITON_INTERPRET", "0" if kpamr._INTERPRETED else "1")
+    assert kpamr.available("cpu") == before
+    for bad in ({"block": 100}, {"k_block": 3}, {"block": 0}, {"k_block": True}):
+        with pytest.raises(InputError, match="power of two"):
+            kpamr.propagate(masks, aff, (1,), 1, **bad)

@@ -274,6 +274,11 @@ def test_native_refine_errors(built):
     img = photo((20, 24)).numpy()
     lab = voronoi_labels((20, 24), 3, seed=0).numpy()
     feats, grid = (t.numpy() for t in _features(4, 5, 8, 3, seed=0))
+    # int64 ids beyond int32 were wrapped silently by the cast to the core's int32 (2**32 became 0)
+    with pytest.raises(InputError, match="fit int32"):
+        pamr_native.median3x3(lab.astype(np.int64) + 2**32)
+    with pytest.raises(InputError, match="fit int32"):
+        pamr_native.pamr(img, lab.astype(np.int64) - 2**40, 3)
     with pytest.raises(ValueError, match="image"):
         pamr_native.pamr(img[:2], lab, 3)
     with pytest.raises(ValueError, match="labels"):

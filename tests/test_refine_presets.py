@@ -211,3 +211,19 @@ def test_box_step_gives_the_dense_step_floats_bit_for_bit(label_major):
         outside = np.ones((h, w), bool)
         outside[r0:r1, c0:c1] = False
         assert not dense[j][outside].any()
+
+
+@pytest.mark.skipif(not pamr_cpu.available(), reason="numba not installed (extra [fast])")
+def test_cpu_kernels_take_iterators_and_refuse_out_of_range_labels():
+    """affinity() read its dilations twice (an iterator gave NaN); box_argmax indexed by label without bounds
+    checks (a label >= num_labels wrote out of bounds and returned silently)."""
+    img = photo((12, 14)).numpy()
+    assert np.array_equal(pamr_cpu.affinity(img, iter((1, 2))), pamr_cpu.affinity(img, (1, 2)))
+    aff = pamr_cpu.affinity(img, (1,))
+    offs = pamr_cpu.offsets((1,))
+    lab = np.zeros((12, 14), np.int64)
+    lab[3, 4] = 5
+    with pytest.raises(InputError, match=r"\[0, num_labels=2\)"):
+        pamr_cpu.box_argmax(lab, (12, 14), 2, aff, offs, 1)
+    with pytest.raises(InputError, match="num_labels"):
+        pamr_cpu.box_argmax(lab - 6, (12, 14), 2, aff, offs, 1)

@@ -297,7 +297,9 @@ def namespace_affinity(xp, tokens, alpha: float):
         s = power_inplace(s, int(alpha))
     else:
         xp.power(s, xp.float32(alpha), out=s)
-    # constant similarities: s is all zeros here and every entry must be 1; otherwise this adds exactly 0
+    # constant similarities: every entry is 1 (s holds rounding noise raised to alpha there, up to ~6e-4 above 0 for
+    # alpha 0.5, so it is cleared first); otherwise s is multiplied by 1 and 0 is added, exactly
+    s *= spread
     s += ~spread
     return s
 

@@ -213,6 +213,27 @@ def _stack_affinities(xp, Ws: list, sizes: List[int]):
     return stack
 
 
+def _check_affinity_values(xp, Ws: list) -> None:
+    """build_tree's value checks (finite, non-negative, symmetric within 1e-5 of the largest entry) for every W,
+    read back to the host once for the whole batch."""
+    flags = []
+    for W in Ws:
+        if not W.size:
+            continue
+        Wf = W.astype(xp.float64) if W.dtype == bool else W
+        flags.append(xp.stack([~xp.all(xp.isfinite(Wf)), xp.any(Wf < 0),
+                               xp.max(xp.abs(Wf - Wf.T)) > 1e-5 * xp.max(xp.abs(Wf))]))
+    if not flags:
+        return
+    bad = to_host(xp.stack(flags))
+    problems = ("contains NaN or infinite values", "must be non-negative", "must be symmetric")
+    nonempty = [i for i, W in enumerate(Ws) if W.size]
+    for row, i in zip(bad, nonempty):
+        for flag, what in zip(row, problems):
+            if flag:
+                raise InputError(f"affinity {i} {what}")
+
+
 def build_trees_batched(Ws: Sequence, *, tau_max: float, num_thresholds: int = NUM_THRESHOLDS,
                         shapes: Optional[Sequence] = None, xp=None, degrees=None,
                         compat: str = DEFAULT_COMPAT) -> List[NCutTree]:
@@ -220,7 +241,8 @@ def build_trees_batched(Ws: Sequence, *, tau_max: float, num_thresholds: int = N
 
     Gives, image by image, the tree of ``build_tree(W, tau_max=tau_max, compat=compat, solver="dense")``: same
     nodes and sorted indices, depths, and values up to rounding (see the module notes for the schedule, the
-    padding and the one host transfer per level).
+    padding and the one host transfer per level), after ``build_tree``'s value checks of every W (finite,
+    non-negative, symmetric; one more host transfer for the whole batch).
 
     Parameters
     ----------
@@ -269,6 +291,12 @@ def build_trees_batched(Ws: Sequence, *, tau_max: float, num_thresholds: int = N
         if W.dtype.kind not in "biuf":
             raise InputError(f"affinity {i} must be real-valued, got dtype {W.dtype}")
         sizes.append(int(W.shape[0]))
+    _check_affinity_values(xp, Ws)
+    if degrees is not None:
+        degrees = list(degrees)
+        if len(degrees) != len(Ws) or any(tuple(getattr(d, "shape", ())) != (n,) for d, n in zip(degrees, sizes)):
+            raise InputError(f"degrees must be one (N_i,) array per affinity, got shapes "
+                             f"{[tuple(getattr(d, 'shape', ())) for d in degrees]} for affinities of {sizes} nodes")
     if shapes is None:
         shapes = [(n,) for n in sizes]
     else:

@@ -44,15 +44,17 @@ if is_available("triton"):
 _RING = ((-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1), (1, -1), (1, 0), (1, 1))
 
 
-def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+#: Whether the kernel was built for Triton's CPU interpreter: decided when this module is imported (Triton reads
+#: ``TRITON_INTERPRET`` when the kernel is defined), so setting the variable later changes nothing.
+_INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
 def available(device=None) -> bool:
-    """True when the kernel can run on ``device`` (CUDA with Triton, or any device under the interpreter)."""
+    """True when the kernel can run on ``device`` (CUDA with Triton, or any device when this module was imported
+    with ``TRITON_INTERPRET=1``)."""
     if tl is None:
         return False
-    if _interpreting():
+    if _INTERPRETED:
         return True
     dev = torch.device(device) if device is not None else None
     return torch.cuda.is_available() and (dev is None or dev.type == "cuda")
@@ -124,9 +126,13 @@ def propagate(masks: torch.Tensor, aff: torch.Tensor, dilations, iters: int, *, 
     InputError
         On mismatched shapes or dtypes.
     """
+    for name, value in (("block", block), ("k_block", k_block)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1 or value & (value - 1):
+            raise InputError(f"{name} must be a power of two, got {value!r}")
     if not available(masks.device):
         raise BackendUnavailableError("the fused PAMR kernel needs Triton and a CUDA device (or "
-                                      f"TRITON_INTERPRET=1); install it with: {install_hint('triton')}")
+                                      f"TRITON_INTERPRET=1 set before this module is imported); install it with: "
+                                      f"{install_hint('triton')}")
     dilations = tuple(dilations)
     if masks.ndim != 4 or aff.ndim != 4 or aff.shape[0] != masks.shape[0] or aff.shape[-2:] != masks.shape[-2:] \
             or aff.shape[1] != 8 * len(dilations):

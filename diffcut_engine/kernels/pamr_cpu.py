@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..errors import InputError
 from ..utils.imports import is_available
 
 __all__ = ["available", "affinity", "dense_step", "sparse_step", "box_argmax", "median3x3", "joint_upsample", "offsets"]
@@ -441,7 +442,8 @@ def _need():
 def affinity(image: np.ndarray, dilations) -> np.ndarray:
     """(3, H, W) float32 image -> (8 * len(dilations), H, W) float32 affinities (``refine.pamr_affinity``)."""
     _need()
-    return _affinity(np.ascontiguousarray(image, dtype=np.float32), offsets(dilations), len(tuple(dilations)))
+    dilations = tuple(dilations)  # (read twice below: an iterator would be empty the second time)
+    return _affinity(np.ascontiguousarray(image, dtype=np.float32), offsets(dilations), len(dilations))
 
 
 def dense_step(masks: np.ndarray, aff: np.ndarray, offs: np.ndarray, out: np.ndarray) -> np.ndarray:
@@ -503,6 +505,10 @@ def box_argmax(labels: np.ndarray, size, num_labels: int, aff, offs: np.ndarray,
     _need()
     h, w = size
     labels = np.ascontiguousarray(labels, dtype=np.int64)
+    if labels.size and (int(labels.min()) < 0 or int(labels.max()) >= num_labels):
+        # (the compiled loops index by label without bounds checks)
+        raise InputError(f"labels must lie in [0, num_labels={num_labels}), got values in "
+                         f"[{int(labels.min())}, {int(labels.max())}]")
     lbox = _label_boxes(labels, num_labels)
     if corners is None:
         resized = False

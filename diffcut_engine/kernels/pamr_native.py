@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import BackendUnavailableError
+from ..errors import BackendUnavailableError, InputError
 from ..graph import native as graph_native
 
 __all__ = ["available", "require", "pamr", "pamr_affinity", "concept_assign", "refine", "median3x3",
@@ -47,7 +47,12 @@ def _image(image) -> np.ndarray:
 
 
 def _labels(labels) -> np.ndarray:
-    return np.ascontiguousarray(labels, dtype=np.int32)
+    a = np.asarray(labels)
+    if a.dtype.kind in "iu" and a.size and a.dtype.itemsize >= 4 and \
+            (int(a.max()) > np.iinfo(np.int32).max or int(a.min()) < np.iinfo(np.int32).min):
+        # (a cast would wrap them silently)
+        raise InputError(f"label ids must fit int32 for the C++ core, got values in [{int(a.min())}, {int(a.max())}]")
+    return np.ascontiguousarray(a, dtype=np.int32)
 
 
 def pamr(image, labels, num_segments: int, *, iters: int = 10, dilations=(1, 2, 4, 8), median: bool = True,
