@@ -158,6 +158,15 @@ def test_several_taus_from_one_tree_per_image(tmp_path, voc):
     assert Image.open(strips[0]).size == (2 * (5 * EVAL + 4 * 2), 2 * EVAL)
 
 
+def test_taus_that_differ_beyond_six_digits_keep_their_own_records(voc):
+    """Records were keyed f"{tau:g}": two taus equal in 6 digits shared one record, the last one's numbers
+    reported for both."""
+    multi = evaluate(voc, make_engine(), taus=[0.25, 0.2500001], eval_size=EVAL, progress=False)
+    assert [r["tau"] for r in multi["results"]] == [0.25, 0.2500001]
+    for r in multi["results"]:
+        assert evaluate(voc, make_engine(), taus=r["tau"], eval_size=EVAL, progress=False)["results"] == [r]
+
+
 def test_results_json_and_table(tmp_path, voc):
     res = evaluate(voc, make_engine(), eval_size=EVAL, out=tmp_path / "r.json", overlays=1, progress=False)
     saved = json.loads((tmp_path / "r.json").read_text())
@@ -244,3 +253,13 @@ def test_cli_out_that_cannot_be_written_is_one_line_before_the_model_loads(tmp_p
     with pytest.raises(SystemExit):
         main(["eval", "--dataset", "voc", "--root", str(voc.root), "--out", str(tmp_path / "o"), "--limit", "0"])
     assert afile.read_text() == "x"
+
+
+def test_tau_names_round_trip():
+    from diffcut_engine.graph.validation import tau_name
+
+    rng = np.random.default_rng(0)
+    taus = np.concatenate([rng.uniform(0, 1, 200), [0.5, 0.3, 0.08, 1e-8, 0.0340443, 0.03404432]])
+    assert all(float(tau_name(t)) == float(t) for t in taus)
+    assert len({tau_name(t) for t in taus}) == len(set(taus.tolist()))
+    assert tau_name(0.5) == "0.5" and tau_name(np.float32(0.25)) == "0.25"

@@ -864,6 +864,18 @@ def test_resume_with_several_taus_never_reuses_a_name(three_images, tmp_path, ca
     assert (out / "img0-1_tau0.3_labels.png").is_file() and (out / "img0-2_tau0.6_labels.png").is_file()
 
 
+def test_taus_that_differ_beyond_six_digits_get_their_own_files(three_images, tmp_path, capsys, toy_cli):
+    """--taus named files f"{tau:g}" (6 significant digits): two close taus wrote one file set, the first result
+    overwritten and summary.json listing it for both."""
+    out = tmp_path / "out"
+    code, _, err = run(["segment", str(three_images / "img0.png"), "-o", str(out), "--taus",
+                        "0.0340443,0.03404432", "--save-npy", *SEG], capsys)
+    assert code == 0, err
+    assert (out / "img0_tau0.0340443_labels.npy").is_file() and (out / "img0_tau0.03404432_labels.npy").is_file()
+    results = json.loads((out / "summary.json").read_text())["results"]
+    assert len({tuple(r["outputs"]) for r in results}) == 2
+
+
 def test_a_damaged_summary_cannot_be_resumed_but_can_be_overwritten(three_images, tmp_path, capsys, toy_cli):
     out = tmp_path / "out"
     out.mkdir()

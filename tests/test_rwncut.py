@@ -140,6 +140,18 @@ def test_min_size_guard():
     assert np.bincount(guarded.labels).min() >= 4
 
 
+@pytest.mark.parametrize("kw, match", [
+    ({"max_iter": 0}, "max_iter"), ({"max_iter": True}, "max_iter"), ({"tol": 0}, "tol"), ({"tol": -1.0}, "tol"),
+    ({"max_depth": -1}, "max_depth"), ({"max_depth": 1.5}, "max_depth"), ({"max_depth": "2"}, "max_depth"),
+])
+def test_stationary_and_depth_options_are_validated(kw, match):
+    """rw_ncut took max_iter=0 (the uniform start instead of the stationary distribution), tol <= 0 (10,000
+    iterations that never converge) and any max_depth; stationary_distribution refuses the first two."""
+    P, _ = planted_chain([10, 12], [[1, .02], [.02, 1]], seed=3)
+    with pytest.raises(InputError, match=match):
+        rw_ncut(P, **kw)
+
+
 def test_expected_random_ncut_of_a_uniform_block_is_one():
     A = np.ones((10, 10))
     assert expected_random_ncut(A, A.sum(1)) == pytest.approx(1.0)

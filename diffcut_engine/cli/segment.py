@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from ..errors import InputError
+from ..graph.validation import tau_name
 from ..outputs import OUTPUT_SUFFIXES, OutputFolder, is_written_output, write_failure
 from ..utils.progress import write_line
 from .classes import add_class_arguments, vocabulary_from_args, write_class_map
@@ -302,8 +303,8 @@ def _segment_loop(args, engine, todo, extra, namer, folder, summary: list, used:
         stem = unique_stem(source, used)
         # One tree per image: every further tau is a cut of it plus concept assignment and refinement.
         variants = [(res.segmentation, stem)] if not taus else [
-            (res.segmentation if t == taus[0] else engine.at_tau(res.segmentation, t, res.image), f"{stem}_tau{t:g}")
-            for t in taus]
+            (res.segmentation if t == taus[0] else engine.at_tau(res.segmentation, t, res.image),
+             f"{stem}_tau{tau_name(t)}") for t in taus]
         for seg, name in variants:
             try:
                 for suffix in OUTPUT_SUFFIXES:

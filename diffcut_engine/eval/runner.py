@@ -36,7 +36,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from ..errors import DiffCutError, InputError
-from ..graph.validation import check_tau
+from ..graph.validation import check_tau, tau_name
 from .datasets import PUBLISHED, SegmentationDataset, eval_labels
 from .metrics import FP_COUNTING, ImageScore, Scorer, merge_background, score_image
 
@@ -262,7 +262,7 @@ def record_problem(rec, taus, num_classes: int) -> Optional[str]:
 
 
 def _tau_key(tau: float) -> str:
-    return f"{tau:g}"
+    return tau_name(tau)
 
 
 # ------------------------------------------------------------------------------------------------------------

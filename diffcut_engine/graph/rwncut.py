@@ -527,6 +527,14 @@ def rw_ncut(P, *, graph: str = "flow", k: int = 1, threshold: str = "tree", tau:
     _validate(graph, threshold, tau, min_size, subgraph, solver, num_thresholds, alpha)
     if ceiling is not None and not (isinstance(ceiling, (int, float)) and ceiling > 0):
         raise InputError(f"ceiling must be a positive number, got {ceiling!r}")
+    # (stationary_distribution's checks, also where the stationary distribution is not needed)
+    if isinstance(tol, bool) or not (isinstance(tol, (int, float, np.floating)) and tol > 0):
+        raise InputError(f"tol must be a positive number, got {tol!r}")
+    if isinstance(max_iter, bool) or not isinstance(max_iter, (int, np.integer)) or max_iter < 1:
+        raise InputError(f"max_iter must be a positive integer, got {max_iter!r}")
+    if max_depth is not None and (isinstance(max_depth, bool) or not isinstance(max_depth, (int, np.integer))
+                                  or max_depth < 0):
+        raise InputError(f"max_depth must be None or a non-negative integer, got {max_depth!r}")
     P = check_transition_matrix(P)
     n = P.shape[0]
     shape = tuple(shape) if shape is not None else (n,)

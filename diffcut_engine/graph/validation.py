@@ -39,6 +39,12 @@ def check_alpha(alpha) -> float:
     return _positive(alpha, "alpha")
 
 
+def tau_name(tau) -> str:
+    """``tau`` as it appears in file names and record keys: Python's shortest repr of the float, so two different
+    taus never share a name (``f"{tau:g}"`` keeps 6 digits: 0.0340443 and 0.03404432 were one name)."""
+    return repr(float(tau))
+
+
 def check_tau(tau, name: str = "tau") -> float:
     """``tau`` (or ``tau_max``) as a float; :class:`InputError` unless it is a finite positive number."""
     return _positive(tau, name)
