@@ -255,6 +255,29 @@ def test_cli_out_that_cannot_be_written_is_one_line_before_the_model_loads(tmp_p
     assert afile.read_text() == "x"
 
 
+def test_an_image_with_an_exif_orientation_is_scored_against_its_turned_label(tmp_path):
+    """The image is read upright (its EXIF orientation applied) and its label, drawn on the stored pixels, takes
+    the same turn: a stored-sideways JPEG with orientation 6 was refused ("label is 104x80 but the image is
+    80x104") or, if square, scored against an unturned label."""
+    key, root, names, _ = make_dataset("voc-devkit", tmp_path / "a", n=2, size=(80, 104))
+    upright = evaluate(get_dataset(key, root), make_engine(refine=False), eval_size=EVAL, progress=False)
+    base = root / "VOCdevkit" / "VOC2012"
+    image, label = base / "JPEGImages" / f"{names[0]}.jpg", base / "SegmentationClass" / f"{names[0]}.png"
+    with Image.open(image) as im:
+        pixels = np.asarray(im.convert("RGB"))
+    with Image.open(label) as lab:
+        palette, ids = lab.getpalette(), np.asarray(lab)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # shown turned 90 degrees clockwise: store the pixels turned 90 degrees the other way
+    Image.fromarray(np.ascontiguousarray(np.rot90(pixels))).save(image, quality=100, exif=exif)
+    turned = Image.fromarray(np.ascontiguousarray(np.rot90(ids)), mode="P")
+    turned.putpalette(palette)
+    turned.save(label)
+    sideways = evaluate(get_dataset(key, root), make_engine(refine=False), eval_size=EVAL, progress=False)
+    assert sideways["failed"] == upright["failed"] == []
+    assert abs(sideways["results"][0]["miou"] - upright["results"][0]["miou"]) < 0.02
+
+
 def test_tau_names_round_trip():
     from diffcut_engine.graph.validation import tau_name
 

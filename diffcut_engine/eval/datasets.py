@@ -309,6 +309,11 @@ class SegmentationDataset:
         if raw.ndim != 2:
             raise InputError(f"{self.title}: label {sample.label} must be a single-channel (palette or grayscale) "
                              f"PNG of class ids, got mode {mode}")
+        # the image is read as viewers show it (its EXIF orientation applied, diffcut_engine.images); the label
+        # is drawn on the image's stored pixels, so it takes the same turn
+        turn = _EXIF_TURNS.get(_exif_orientation(sample.image))
+        if turn is not None:
+            raw = np.asarray(Image.fromarray(raw).transpose(turn))
         return self.map_labels(raw)
 
     # -------------------------------------------------------------------------------------------- helpers
@@ -688,3 +693,27 @@ def eval_labels(labels, box: Tuple[int, int, int, int], net_size: int, eval_size
     rows = _source_index(h, net_size, "nearest-exact")[_source_index(net_size, eval_size, "nearest")]
     cols = _source_index(w, net_size, "nearest-exact")[_source_index(net_size, eval_size, "nearest")]
     return labels[top + rows[:, None], left + cols[None, :]]
+
+
+def _exif_turns() -> dict:
+    from PIL import Image
+
+    t = Image.Transpose
+    return {2: t.FLIP_LEFT_RIGHT, 3: t.ROTATE_180, 4: t.FLIP_TOP_BOTTOM, 5: t.TRANSPOSE, 6: t.ROTATE_270,
+            7: t.TRANSVERSE, 8: t.ROTATE_90}
+
+
+#: EXIF orientation -> the transposition that shows the stored pixels upright (PIL.ImageOps.exif_transpose's).
+_EXIF_TURNS = _exif_turns()
+
+
+def _exif_orientation(path) -> int:
+    """The EXIF orientation of an image file (1 when it has none, or it cannot be read: the image loader then
+    keeps the stored orientation too)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            return int(im.getexif().get(0x0112, 1))
+    except Exception:  # noqa: BLE001 (a damaged EXIF block or file: the image load reports the file itself)
+        return 1
