@@ -252,6 +252,36 @@ def test_example_image_layouts(build_dir, tmp_path):
     assert np.array_equal(out["hwc"], out["chw"]) and np.array_equal(out["gray"], out["gray3"])
 
 
+def test_installed_package_links_and_runs_through_find_package(build_dir, tmp_path):
+    """cmake --install, then a consumer project with find_package(diffcut) and diffcut::diffcut (the README's
+    way): the installed library had no run path to the wheel's OpenBLAS, so the consumer did not link
+    (undefined scipy_ssyrk_, ...) nor start."""
+    cc = shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
+    if cc is None:
+        pytest.skip("no C compiler")
+    prefix = tmp_path / "prefix"
+    run = subprocess.run(["cmake", "--install", str(build_dir), "--prefix", str(prefix)], capture_output=True,
+                         text=True)
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+    with open(os.path.join(ROOT, "README.md")) as fh:
+        block = fh.read().split("<!-- c-api-example -->", 1)[1].split("```c\n", 1)[1].split("```", 1)[0]
+    app = tmp_path / "app"
+    app.mkdir()
+    (app / "segment.c").write_text(block)
+    (app / "CMakeLists.txt").write_text(
+        "cmake_minimum_required(VERSION 3.16)\nproject(app C CXX)\nfind_package(diffcut REQUIRED)\n"
+        "add_executable(app segment.c)\ntarget_link_libraries(app diffcut::diffcut)\n")
+    _build_consumer = [["cmake", "-S", str(app), "-B", str(app / "build"), f"-DCMAKE_PREFIX_PATH={prefix}"],
+                       ["cmake", "--build", str(app / "build")]]
+    for cmd in _build_consumer:
+        run = subprocess.run(cmd, capture_output=True, text=True)
+        assert run.returncode == 0, f"{' '.join(cmd)}:\n{run.stdout[-3000:]}\n{run.stderr[-3000:]}"
+    env = {k: v for k, v in _env().items() if k != "LD_LIBRARY_PATH"}
+    run = subprocess.run([str(app / "build" / "app")], capture_output=True, text=True, env=env)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == "libdiffcut 0.1.0: 2 segments"
+
+
 def test_readme_c_example_compiles_and_runs(build_dir, tmp_path):
     """The README's "Use from C and C++" example, compiled as the README says and run."""
     cc = shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")

@@ -864,6 +864,30 @@ def test_resume_with_several_taus_never_reuses_a_name(three_images, tmp_path, ca
     assert (out / "img0-1_tau0.3_labels.png").is_file() and (out / "img0-2_tau0.6_labels.png").is_file()
 
 
+def test_special_inputs_are_named_as_such_by_the_command_line(three_images, tmp_path, capsys, toy_cli):
+    """A FIFO, a dangling link and a link loop were all "file not found" on the command line (the API named
+    them; README: "is refused ... named as such")."""
+    import os
+
+    edge = tmp_path / "edge"
+    edge.mkdir()
+    os.mkfifo(edge / "fifo.png")
+    os.symlink(edge / "gone.png", edge / "dangling.png")
+    os.symlink(edge / "loop2.png", edge / "loop1.png")
+    os.symlink(edge / "loop1.png", edge / "loop2.png")
+    inputs = [str(edge / n) for n in ("fifo.png", "dangling.png", "loop1.png")]
+    code, _, err = run(["segment", *inputs, str(three_images / "img0.png"), "-o", str(tmp_path / "out"), *SEG],
+                       capsys)
+    assert code == 1
+    assert "fifo.png: not a regular file (a FIFO, socket or device)" in err
+    assert "dangling.png: broken symbolic link" in err and "loop1.png: symbolic link loop" in err
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert [r.get("error", "").split(": ", 1)[-1][:12] for r in summary["results"][:3]] == \
+        ["not a regula", "broken symbo", "symbolic lin"]
+    code, _, err = run(["segment", *inputs, "-o", str(tmp_path / "out2"), *SEG], capsys)
+    assert code == 2 and "no input image exists" in err and "broken symbolic link" in err
+
+
 def test_taus_that_differ_beyond_six_digits_get_their_own_files(three_images, tmp_path, capsys, toy_cli):
     """--taus named files f"{tau:g}" (6 significant digits): two close taus wrote one file set, the first result
     overwritten and summary.json listing it for both."""

@@ -218,27 +218,37 @@ def cmd_segment(args) -> int:
     if not paths:
         raise InputError("no input images found in " + ", ".join(args.inputs))
     # Inputs that do not exist are reported before the model is loaded (and not loaded at all if none is left).
-    missing = [i for i, p in enumerate(paths) if not p.is_file()]
+    missing = {i: why for i, why in ((i, _not_a_file(p)) for i, p in enumerate(paths)) if why is not None}
     if len(missing) == len(paths):
-        detail = "; ".join(f"{paths[i]}: {'is a folder' if paths[i].is_dir() else 'file not found'}"
-                           for i in missing[:3])
+        detail = "; ".join(missing[i] for i in sorted(missing)[:3])
         raise InputError(f"no input image exists ({detail}{'; ...' if len(missing) > 3 else ''})")
     # checked (and locked) before the model loads: a file, unwritable, busy or non-empty folder is one error line
     folder = OutputFolder(args.output, overwrite=args.overwrite, resume=args.resume, inputs=paths)
     try:
-        return _segment_into(args, config, vocab, paths, set(missing), folder)
+        return _segment_into(args, config, vocab, paths, missing, folder)
     finally:
         folder.close()
 
 
-def _segment_into(args, config, vocab, paths, missing: set, folder) -> int:
+def _not_a_file(path: Path):
+    """Why ``path`` is not an image file to read (a folder, missing, a dangling link or a link loop, a FIFO,
+    socket or device: images.check_regular_file's one-line reasons), or None."""
+    from .. import images
+
+    try:
+        images.check_regular_file(path, str(path))
+    except InputError as exc:
+        return str(exc)
+    return None
+
+
+def _segment_into(args, config, vocab, paths, missing: dict, folder) -> int:
     from ..engine import Engine
 
     summary = []
     for i in sorted(missing):
-        why = "is a directory, not an image" if paths[i].is_dir() else "file not found"
-        print(f"error: {paths[i]}: {why}", file=sys.stderr)
-        summary.append({"input": str(paths[i]), "error": f"{paths[i]}: {why}"})
+        print(f"error: {missing[i]}", file=sys.stderr)
+        summary.append({"input": str(paths[i]), "error": missing[i]})
     todo = [p for i, p in enumerate(paths) if i not in missing]
     before = len(todo)
     todo = [p for p in todo if not folder.is_done(p)]   # --resume: what the earlier run finished
