@@ -12,7 +12,7 @@ import pytest
 
 from diffcut_engine import InputError
 from diffcut_engine.graph import affinity, build_tree, candidate_thresholds, recursive_ncut_affinity
-from diffcut_engine.graph import batched
+from diffcut_engine.graph import batched, validation
 from diffcut_engine.graph.batched import build_trees_batched
 from diffcut_engine.graph.xp import array_namespace, as_array, cupy_available, is_device, to_host
 
@@ -131,6 +131,7 @@ def test_one_host_transfer_per_level(monkeypatch):
         return real(x)
 
     monkeypatch.setattr(batched, "to_host", counting)
+    monkeypatch.setattr(validation, "to_host", counting)  # (the value checks' transfer)
     Ws = [planted_W(12, 16, "quadrants", 0), affinity(smooth_field(16, 20, seed=1), 10.0), planted_W(1, 1, "disc", 0)]
     trees = build_trees_batched(Ws, tau_max=0.5)
     solved_depths = [n.depth for t in trees for n in t.nodes() if n.indices.size >= 2]

@@ -273,19 +273,17 @@ def _segment_into(args, config, vocab, paths, missing: dict, folder) -> int:
     head = {"engine": repr(engine), "size": f"{w}x{h}", **tau_fields}
     if namer is not None:
         head.update(clip_model=namer.clip.name, classes=list(namer.vocabulary.names))
+    summary_error = None
     try:
         write_error, failed = _segment_loop(args, engine, todo, extra, namer, folder, summary, used, failed,
                                             progress)
-    except BaseException:
-        # interrupted (Ctrl-C) or an unexpected error: what was finished is recorded, so --resume skips it
-        with contextlib.suppress(OSError):
+    finally:
+        # also when interrupted (Ctrl-C) or on an unexpected error: what was finished is recorded, so --resume
+        # skips it (that exception then goes on; a failed summary write is reported only after a whole run)
+        try:
             folder.write_summary(head, summary)
-        raise
-    summary_error = None
-    try:
-        folder.write_summary(head, summary)
-    except OSError as exc:
-        summary_error = exc
+        except OSError as exc:
+            summary_error = exc
     if write_error is not None or summary_error is not None:
         done = len({r["input"] for r in summary if "error" not in r})
         print(f"error: {write_failure(write_error or summary_error, args.output, done, len(paths), summary_error)}",

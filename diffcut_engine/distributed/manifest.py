@@ -217,16 +217,24 @@ def consolidate(outdir) -> Path:
     return path
 
 
+def _latest(entries) -> dict:
+    """``{key: (when, value)}`` of ``(key, when, value)`` entries: for each key the latest one (a tie: the later
+    entry)."""
+    out: dict = {}
+    for key, when, value in entries:
+        if key not in out or when >= out[key][0]:
+            out[key] = (when, value)
+    return out
+
+
+def _finished(row: dict) -> float:
+    return float(row.get("finished_at") or 0.0)
+
+
 def _owners(rows: Dict[str, dict]) -> Dict[str, str]:
     """``{output name: item_id}``: for each output file, the item whose latest done row lists it."""
-    owners: Dict[str, tuple] = {}
-    for item_id, row in rows.items():
-        if row.get("status") != STATUS_DONE:
-            continue
-        for name in row.get("outputs") or []:
-            when = float(row.get("finished_at") or 0.0)
-            if name not in owners or when >= owners[name][0]:
-                owners[name] = (when, item_id)
+    owners = _latest((name, _finished(row), item_id) for item_id, row in rows.items()
+                     if row.get("status") == STATUS_DONE for name in row.get("outputs") or [])
     return {name: item_id for name, (_, item_id) in owners.items()}
 
 
@@ -271,19 +279,10 @@ def row_stem(row: dict) -> str:
 def recorded_stems(rows: Dict[str, dict]) -> Dict[str, str]:
     """``{absolute input: stem}`` of the inputs ``rows`` (a manifest) records. Where several inputs claim one
     stem (manifests written before stems were kept unique across runs), the input of the latest row keeps it."""
-    latest: Dict[str, tuple] = {}
-    for item_id, row in rows.items():
-        stem = row_stem(row)
-        if not stem:
-            continue
-        key = input_of(str(item_id), str(row.get("kind", "image")))
-        when = float(row.get("finished_at") or 0.0)
-        if key not in latest or when >= latest[key][0]:
-            latest[key] = (when, stem)
-    by_stem: Dict[str, tuple] = {}
-    for key, (when, stem) in latest.items():
-        if stem not in by_stem or when >= by_stem[stem][0]:
-            by_stem[stem] = (when, key)
+    stems = ((input_of(str(item_id), str(row.get("kind", "image"))), _finished(row), row_stem(row))
+             for item_id, row in rows.items())
+    latest = _latest(entry for entry in stems if entry[2])
+    by_stem = _latest((stem, when, key) for key, (when, stem) in latest.items())
     return {key: stem for stem, (_, key) in by_stem.items()}
 
 

@@ -24,7 +24,8 @@ from ..errors import InputError
 from .eigen import stacked_fiedler_vectors
 from .scoring import NUM_THRESHOLDS, stacked_scores
 from .tree import Acceptance, NCutNode, NCutTree, Proposal, grow
-from .validation import DEFAULT_COMPAT, ZERO_ROW_MODES, check_compat, check_num_thresholds, check_tau
+from .validation import (DEFAULT_COMPAT, ZERO_ROW_MODES, check_affinity_values, check_compat,
+                         check_num_thresholds, check_tau)
 from .xp import array_namespace, as_array, to_host
 
 __all__ = ["build_trees_batched", "BatchedSplitter", "SMALL_BUCKET"]
@@ -213,27 +214,6 @@ def _stack_affinities(xp, Ws: list, sizes: List[int]):
     return stack
 
 
-def _check_affinity_values(xp, Ws: list) -> None:
-    """build_tree's value checks (finite, non-negative, symmetric within 1e-5 of the largest entry) for every W,
-    read back to the host once for the whole batch."""
-    flags = []
-    for W in Ws:
-        if not W.size:
-            continue
-        Wf = W.astype(xp.float64) if W.dtype == bool else W
-        flags.append(xp.stack([~xp.all(xp.isfinite(Wf)), xp.any(Wf < 0),
-                               xp.max(xp.abs(Wf - Wf.T)) > 1e-5 * xp.max(xp.abs(Wf))]))
-    if not flags:
-        return
-    bad = to_host(xp.stack(flags))
-    problems = ("contains NaN or infinite values", "must be non-negative", "must be symmetric")
-    nonempty = [i for i, W in enumerate(Ws) if W.size]
-    for row, i in zip(bad, nonempty):
-        for flag, what in zip(row, problems):
-            if flag:
-                raise InputError(f"affinity {i} {what}")
-
-
 def build_trees_batched(Ws: Sequence, *, tau_max: float, num_thresholds: int = NUM_THRESHOLDS,
                         shapes: Optional[Sequence] = None, xp=None, degrees=None,
                         compat: str = DEFAULT_COMPAT) -> List[NCutTree]:
@@ -291,7 +271,7 @@ def build_trees_batched(Ws: Sequence, *, tau_max: float, num_thresholds: int = N
         if W.dtype.kind not in "biuf":
             raise InputError(f"affinity {i} must be real-valued, got dtype {W.dtype}")
         sizes.append(int(W.shape[0]))
-    _check_affinity_values(xp, Ws)
+    check_affinity_values(xp, Ws, [f"affinity {i}" for i in range(len(Ws))])
     if degrees is not None:
         degrees = list(degrees)
         if len(degrees) != len(Ws) or any(tuple(getattr(d, "shape", ())) != (n,) for d, n in zip(degrees, sizes)):

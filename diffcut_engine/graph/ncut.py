@@ -24,7 +24,8 @@ from .native import (fused_affinity_applies, native_affinity_widened, native_tre
                      native_trees, resolve_graph_backend)
 from .scoring import NUM_THRESHOLDS
 from .tree import NCutTree
-from .validation import DEFAULT_COMPAT, check_alpha, check_compat, check_num_thresholds, check_tau
+from .validation import (DEFAULT_COMPAT, check_affinity_values, check_alpha, check_compat, check_num_thresholds,
+                         check_tau)
 from .xp import is_device, to_host
 
 
@@ -67,15 +68,8 @@ def build_tree(W, *, tau_max: float, compat: str = DEFAULT_COMPAT, solver: str =
         raise InputError(f"affinity must be a square (N, N) matrix, got shape {W.shape}")
     if not np.issubdtype(W.dtype, np.number) and W.dtype != bool or np.iscomplexobj(W):
         raise InputError(f"affinity must be a real numeric matrix, got dtype {W.dtype}")
-    if not np.all(np.isfinite(W)):
-        raise InputError("affinity contains NaN or infinite values")
     # the same checks for every backend (the numpy path gave one segment for a negative W, the native one refused)
-    if np.any(W < 0):
-        raise InputError("affinity must be non-negative")
-    Wf = W.astype(np.float64, copy=False) if W.dtype == bool else W
-    asym = float(np.max(np.abs(Wf - Wf.T))) if W.size else 0.0
-    if asym > 1e-5 * (float(np.max(np.abs(Wf))) if W.size else 0.0):
-        raise InputError(f"affinity must be symmetric (max |W - W^T| = {asym:.3g})")
+    check_affinity_values(np, [W])
     if shape is not None and int(np.prod(shape)) != W.shape[0]:
         raise InputError(f"shape {tuple(shape)} does not hold the affinity's {W.shape[0]} nodes")
     backend = resolve_graph_backend(graph_backend, on_device=False, compat=compat, solver=solver,

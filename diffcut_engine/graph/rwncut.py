@@ -108,6 +108,14 @@ class StationaryDistribution:
     residual: float
 
 
+def _check_iteration(tol, max_iter) -> None:
+    """The power iteration's options: ``tol`` a positive number, ``max_iter`` a positive integer."""
+    if isinstance(tol, bool) or not (isinstance(tol, (int, float, np.floating)) and tol > 0):
+        raise InputError(f"tol must be a positive number, got {tol!r}")
+    if isinstance(max_iter, bool) or not isinstance(max_iter, (int, np.integer)) or max_iter < 1:
+        raise InputError(f"max_iter must be a positive integer, got {max_iter!r}")
+
+
 def stationary_distribution(P, *, tol: float = STATIONARY_TOL, max_iter: int = STATIONARY_MAX_ITER,
                             start=None) -> StationaryDistribution:
     """Stationary distribution of a row-stochastic matrix by power iteration, pi_{t+1} = pi_t P.
@@ -133,10 +141,7 @@ def stationary_distribution(P, *, tol: float = STATIONARY_TOL, max_iter: int = S
     StationaryDistribution
     """
     P = check_transition_matrix(P)
-    if not (isinstance(tol, (int, float)) and tol > 0):
-        raise InputError(f"tol must be a positive number, got {tol!r}")
-    if isinstance(max_iter, bool) or not isinstance(max_iter, (int, np.integer)) or max_iter < 1:
-        raise InputError(f"max_iter must be a positive integer, got {max_iter!r}")
+    _check_iteration(tol, max_iter)
     return _stationary(P, tol, int(max_iter), start)
 
 
@@ -527,11 +532,7 @@ def rw_ncut(P, *, graph: str = "flow", k: int = 1, threshold: str = "tree", tau:
     _validate(graph, threshold, tau, min_size, subgraph, solver, num_thresholds, alpha)
     if ceiling is not None and not (isinstance(ceiling, (int, float)) and ceiling > 0):
         raise InputError(f"ceiling must be a positive number, got {ceiling!r}")
-    # (stationary_distribution's checks, also where the stationary distribution is not needed)
-    if isinstance(tol, bool) or not (isinstance(tol, (int, float, np.floating)) and tol > 0):
-        raise InputError(f"tol must be a positive number, got {tol!r}")
-    if isinstance(max_iter, bool) or not isinstance(max_iter, (int, np.integer)) or max_iter < 1:
-        raise InputError(f"max_iter must be a positive integer, got {max_iter!r}")
+    _check_iteration(tol, max_iter)  # (also where the stationary distribution is not needed)
     if max_depth is not None and (isinstance(max_depth, bool) or not isinstance(max_depth, (int, np.integer))
                                   or max_depth < 0):
         raise InputError(f"max_depth must be None or a non-negative integer, got {max_depth!r}")

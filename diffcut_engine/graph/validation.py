@@ -6,6 +6,7 @@ import math
 import numbers
 
 from ..errors import InputError
+from .xp import to_host
 
 #: ``compat`` modes of the recursion (see :func:`~diffcut_engine.graph.ncut.recursive_ncut`): ``official`` (the
 #: default: the official partitions, the zero-row rule on the fast float64 solvers), ``official-float32`` (the
@@ -66,3 +67,33 @@ def check_compat(compat) -> str:
     if compat not in COMPAT_MODES:
         raise InputError(f"unknown compat {compat!r}; choose one of {', '.join(COMPAT_MODES)}")
     return compat
+
+
+def check_affinity_values(xp, Ws, names=None) -> None:
+    """``build_tree``'s value checks of square affinities ``Ws`` (arrays of namespace ``xp``, numpy or CuPy):
+    finite, non-negative, symmetric within 1e-5 of the largest entry; read back to the host in one transfer for
+    all of them. ``names``: how the messages name each one (default ``"affinity"``).
+
+    Raises
+    ------
+    InputError
+        Naming the first affinity and the first check it fails.
+    """
+    names = list(names) if names is not None else ["affinity"] * len(Ws)
+    stats, named = [], []
+    for W, name in zip(Ws, names):
+        if not W.size:
+            continue
+        Wf = W.astype(xp.float64) if W.dtype == bool else W
+        stats.append(xp.stack([xp.all(xp.isfinite(Wf)), xp.any(Wf < 0), xp.max(xp.abs(Wf - Wf.T)),
+                               xp.max(xp.abs(Wf))]).astype(xp.float64))
+        named.append(name)
+    if not stats:
+        return
+    for (finite, negative, asym, largest), name in zip(to_host(xp.stack(stats)).tolist(), named):
+        if not finite:
+            raise InputError(f"{name} contains NaN or infinite values")
+        if negative:
+            raise InputError(f"{name} must be non-negative")
+        if asym > 1e-5 * largest:
+            raise InputError(f"{name} must be symmetric (max |W - W^T| = {asym:.3g})")
