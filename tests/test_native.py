@@ -532,13 +532,74 @@ def test_float32_stored_products_same_bits_on_every_instruction_set(built, tmp_p
             assert np.array_equal(results[0][key], other[key]), key
 
 
-@pytest.mark.parametrize("n,c", [(256, 1280), (300, 64), (577, 8), (1024, 13), (2304, 320)])
-def test_native_gram_in_two_bands_is_the_single_ssyrk_bit_for_bit(built, n, c):
-    # from 256 tokens the core computes the Gram matrix in two bands on two threads (ssyrk, sgemm, ssyrk, each
-    # single-threaded); W is still affinity_from_tokens's (SciPy's one ssyrk call) bit for bit
+def _documented_gram(x):
+    """X X^T's lower triangle by the calls docs/ALGORITHM.md names, through SciPy's wrappers, single-threaded."""
+    from scipy.linalg.blas import sgemm, ssyrk
+
+    from diffcut_engine.graph._blas import GRAM_BAND_MIN_ROWS, gram_band_split
+
+    n = x.shape[0]
+    out = np.zeros((n, n), np.float32)
+    with native.single_threaded_blas():
+        if n < GRAM_BAND_MIN_ROWS:
+            out[:] = np.tril(ssyrk(1.0, x.T, trans=1).T)
+            return out
+        r = gram_band_split(n)
+        out[:r, :r] = np.tril(ssyrk(1.0, x[:r].T, trans=1).T)
+        out[r:, :r] = sgemm(1.0, x[:r].T, x[r:].T, trans_a=1).T
+        out[r:, r:] = np.tril(ssyrk(1.0, x[r:].T, trans=1).T)
+    return out
+
+
+@pytest.mark.parametrize("n,c", [(255, 40), (256, 1280), (300, 64), (577, 8), (1024, 13), (2304, 320)])
+def test_native_gram_is_the_numpy_paths_at_every_blas_thread_count(built, n, c):
+    """The floats of an OpenBLAS call depend on how it is split over threads and blocks (on an AVX2 Zen 3 CPU, 1 and
+    2 threads or two bands against one ssyrk call gave other bits in thousands of entries, and the labels of a
+    64 x 64 grid at tau 1 differed in 482 pixels), so both paths compute X X^T by the same fixed calls, each
+    single-threaded: W is the same bit for bit, whatever the BLAS's thread count, and the Gram matrix is the
+    documented decomposition's."""
+    from diffcut_engine.graph.affinity import _gram_lower
+
     rng = np.random.default_rng(n)
     x = l2_normalize(rng.standard_normal((n, c)).astype(np.float32))
-    assert np.array_equal(native.native_affinity(x, 10.0), affinity_from_tokens(x, 10.0))
+    assert np.array_equal(np.tril(_gram_lower(x)), _documented_gram(x))
+    want = affinity_from_tokens(x, 10.0)
+    assert np.array_equal(native.native_affinity(x, 10.0), want)
+    controls = native.blas_thread_controls()
+    if controls is None:
+        return
+    get, set_ = controls
+    before = get()
+    try:
+        for threads in (1, 2, 3):
+            set_(threads)
+            assert np.array_equal(affinity_from_tokens(x, 10.0), want), threads
+            assert np.array_equal(native.native_affinity(x, 10.0), want), threads
+            assert get() == threads  # (restored after each call)
+    finally:
+        set_(before)
+
+
+def test_affinity_is_the_same_from_concurrent_callers(built):
+    """A BLAS call made while another thread's runs may go single-threaded: the affinity must not depend on it (the
+    numpy path's and the core's calls at once, on several threads)."""
+    import concurrent.futures
+
+    rng = np.random.default_rng(3)
+    xs = [l2_normalize(rng.standard_normal((n, 48)).astype(np.float32)) for n in (300, 520, 200)]
+    want = [affinity_from_tokens(x, 10.0) for x in xs]
+    controls = native.blas_thread_controls()
+    before = controls[0]() if controls else None
+
+    def job(i):
+        x = xs[i % 3]
+        got = affinity_from_tokens(x, 10.0) if i % 2 else native.native_affinity(x, 10.0)
+        return np.array_equal(got, want[i % 3])
+
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        assert all(pool.map(job, range(24)))
+    if controls:
+        assert controls[0]() == before  # the count is restored once every block ended
 
 
 def _disconnected_tokens(h, w, regions, seed):

@@ -146,6 +146,34 @@ def test_capi_batch_runs_openblas_single_threaded_and_restores_it(build_dir):
     assert all(np.array_equal(a, b) for a, b in zip(one, two))
 
 
+def test_capi_bound_to_scipys_blas_gives_the_python_affinity_bit_for_bit(build_dir):
+    """diffcut_bind_lapack + diffcut_bind_sgemm/dgemm/dstemr to SciPy's functions: the C API's W is the Python
+    engine's bit for bit from 256 tokens too (its second Gram band is an sgemm call, which diffcut_bind_lapack alone
+    left on the linked wheel's), in a process where the library is loaded beside SciPy."""
+    import ctypes
+
+    from diffcut_engine.graph._blas import scipy_blas_addresses
+    from diffcut_engine.graph.affinity import affinity_from_tokens, l2_normalize
+
+    lib = ctypes.CDLL(str(build_dir / "libdiffcut.so"))
+    addr = scipy_blas_addresses()
+    vp = ctypes.c_void_p
+    lib.diffcut_bind_lapack.argtypes = [vp, vp, vp]
+    for name in ("sgemm", "dgemm", "dstemr"):
+        getattr(lib, "diffcut_bind_" + name).argtypes = [vp]
+    lib.diffcut_affinity.argtypes = [vp, ctypes.c_int64, ctypes.c_int64, ctypes.c_double, vp, ctypes.c_int64]
+    assert lib.diffcut_bind_lapack(addr["ssyrk"], addr["dsyevr"], addr["dsymv"]) == 0
+    for name in ("sgemm", "dgemm", "dstemr"):
+        assert getattr(lib, "diffcut_bind_" + name)(addr[name]) == 0
+    rng = np.random.default_rng(4)
+    for n, c in ((200, 32), (400, 64), (1024, 13)):
+        x = rng.standard_normal((n, c)).astype(np.float32)  # (diffcut_affinity normalises them)
+        out = np.empty((n, n), np.float32)
+        assert lib.diffcut_affinity(x.ctypes.data, n, c, 10.0, out.ctypes.data, out.size) == 0
+        assert np.array_equal(out, affinity_from_tokens(l2_normalize(x), 10.0)), n
+    assert lib.diffcut_bind_sgemm(None) == 0  # optional: NULL allowed (one ssyrk call then)
+
+
 def _segment_file(build_dir, path, out, *args):
     run = subprocess.run([str(build_dir / "diffcut_segment"), str(path), str(out), *args], capture_output=True,
                          text=True, env=_env())

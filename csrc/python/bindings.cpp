@@ -9,6 +9,8 @@
 #include <cmath>
 #include <cstdint>
 #include <exception>
+#include <memory>
+#include <mutex>
 #include <optional>
 #include <string>
 #include <thread>
@@ -113,7 +115,30 @@ void check_image(const FloatArray& image) {
 
 }  // namespace
 
+namespace {
+
+// The counted process-wide guards taken by diffcut_engine.graph._blas.single_threaded_blas (share_blas_guard): one
+// count with the core's own SingleThreadedBlas instances.
+std::mutex blas_guard_mu;
+std::vector<std::unique_ptr<diffcut::detail::SingleThreadedBlas>> blas_guards;
+
+}  // namespace
+
 PYBIND11_MODULE(_native, m) {
+  m.def("blas_single_thread_enter", [] {
+    auto guard = std::make_unique<diffcut::detail::SingleThreadedBlas>();
+    std::lock_guard<std::mutex> lock(blas_guard_mu);
+    blas_guards.push_back(std::move(guard));
+  }, "Take one count of the core's process-wide single-threaded-BLAS guard (released by blas_single_thread_exit).");
+  m.def("blas_single_thread_exit", [] {
+    std::unique_ptr<diffcut::detail::SingleThreadedBlas> guard;
+    {
+      std::lock_guard<std::mutex> lock(blas_guard_mu);
+      if (blas_guards.empty()) return;
+      guard = std::move(blas_guards.back());
+      blas_guards.pop_back();
+    }
+  }, "Release one count taken by blas_single_thread_enter (the thread count is restored by the last one).");
   m.doc() = "The C++ core of diffcut-engine (csrc/): affinity and recursive NCut tree, dense LAPACK, certified Lanczos and block Krylov solvers.";
   m.attr("version") = diffcut_version();
 

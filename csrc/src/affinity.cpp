@@ -96,9 +96,10 @@ void l2_normalize(float* tokens, std::int64_t n, std::int64_t c) {
 
 namespace {
 
-// From this many tokens on, with sgemm bound and two threads allowed, the Gram matrix is computed in two bands on
-// the core's own threads: a call of the BLAS on its own threads would leave them spinning (OpenBLAS's idle workers
-// busy-wait for up to ~0.2 s) on the cores the core's threaded products use next (from 512 rows on).
+// From this many tokens on (and sgemm bound), the Gram matrix is computed in two bands, on two threads where the
+// core may use two: a call of the BLAS on its own threads would leave them spinning (OpenBLAS's idle workers
+// busy-wait for up to ~0.2 s) on the cores the core's threaded products use next (from 512 rows on). The bands do
+// not depend on the thread count (diffcut_engine.graph._blas.GRAM_BAND_MIN_ROWS and gram_band_split, the same).
 constexpr std::int64_t kBandMinRows = 256;
 // From this many tokens on, the scaling pass runs on kernel_threads() threads (below, starting them costs more
 // than they save).
@@ -146,13 +147,14 @@ void triangle_extrema(const float* S, std::int64_t n, std::int64_t r0, std::int6
   for (std::int64_t i = r0; i < r1; ++i) extrema(S + i * n, i + 1, lo, hi);
 }
 
-// The lower triangle (row-major, diagonal included) of S = X X^T in float32 and its extrema (lo, hi): one ssyrk
-// call, or, for large n, two bands of equal area on two threads, each calling the BLAS single-threaded (rows
-// [0, r): ssyrk; rows [r, n): sgemm against rows [0, r), then ssyrk) and then taking its band's extrema while it
-// is in cache. The BLAS's own threads are then not woken: they would spin on the cores the core's threaded
-// products use afterwards (OpenBLAS's idle workers busy-wait for a while after a call).
-// Each value is the same dot product, in the same blocked order of the same kernel, as the single call's
-// (tests/test_native.py compares every bit with SciPy's ssyrk).
+// The lower triangle (row-major, diagonal included) of S = X X^T in float32 and its extrema (lo, hi), by the
+// calls of diffcut_engine.graph._blas.gram_lower, each running the BLAS single-threaded (SingleThreadedBlas): below
+// kBandMinRows rows one ssyrk call; from there two bands of about equal area, rows [0, r) by ssyrk and rows
+// [r, n) by sgemm against rows [0, r) and then ssyrk, with r = floor(n / sqrt 2) rounded down to a multiple of
+// 64; the bands on two threads where the core may use two (each band's extrema taken while it is in cache).
+// The floats of an OpenBLAS call depend on how it is split over threads and blocks (the micro-kernel's edge paths
+// sum in another order), so the decomposition and the single-threaded calls are what make every entry the numpy
+// path's bit for bit on every CPU (tests/test_native.py), whatever the thread counts.
 void gram_lower(const float* tokens, std::int64_t n, std::int64_t c, float* S, float& lo, float& hi) {
   if (n > 46340 || c > 2147483647) throw Failure(Code::InvalidArgument, "too many tokens for a dense affinity");
   const Lapack& blas = lapack();
@@ -166,19 +168,17 @@ void gram_lower(const float* tokens, std::int64_t n, std::int64_t c, float* S, f
                &ld);
   };
   if (n == 0) return;
-  if (blas.sgemm == nullptr || n < kBandMinRows || kernel_threads() < 2) {
+  const SingleThreadedBlas one_blas_thread;  // (process-wide and counted: OpenBLAS has no per-thread count)
+  if (blas.sgemm == nullptr || n < kBandMinRows) {
     syrk(0, n);
     triangle_extrema(S, n, 0, n, lo, hi);
     return;
   }
   std::int64_t r = static_cast<std::int64_t>(static_cast<double>(n) / std::sqrt(2.0));
   r -= r % 64;
-  const SingleThreadedBlas one_blas_thread;
   float top_lo = 0.0f, top_hi = 0.0f;
-  // two parts of equal work for the caller and a shared helper, each band's extrema while it is in cache (a
-  // helper that wakes late leaves both to the caller: run_shared)
-  run_shared(2, [&](int part) {
-    if (part == 0) {
+  auto part = [&](int which) {
+    if (which == 0) {
       syrk(0, r);
       triangle_extrema(S, n, 0, r, top_lo, top_hi);
       return;
@@ -187,11 +187,19 @@ void gram_lower(const float* tokens, std::int64_t n, std::int64_t c, float* S, f
     int rows = static_cast<int>(r), cols = static_cast<int>(n - r), ci = static_cast<int>(c), ld = static_cast<int>(n);
     float one = 1.0f, zero = 0.0f;
     char ta = 'T', tb = 'N';
-    blas.sgemm(&ta, &tb, &rows, &cols, &ci, &one, const_cast<float*>(tokens), &ci, const_cast<float*>(tokens + r * c),
-               &ci, &zero, S + r * n, &ld);
+    blas.sgemm(&ta, &tb, &rows, &cols, &ci, &one, const_cast<float*>(tokens), &ci,
+               const_cast<float*>(tokens + r * c), &ci, &zero, S + r * n, &ld);
     syrk(r, n);
     triangle_extrema(S, n, r, n, lo, hi);
-  });
+  };
+  if (kernel_threads() >= 2) {
+    // two parts of equal work for the caller and a shared helper (a helper that wakes late leaves both to the
+    // caller: run_shared)
+    run_shared(2, part);
+  } else {
+    part(0);
+    part(1);
+  }
   lo = std::min(lo, top_lo);
   hi = std::max(hi, top_hi);
 }

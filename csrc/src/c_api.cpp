@@ -228,6 +228,18 @@ int diffcut_bind_lapack(diffcut_ssyrk_fn ssyrk, diffcut_dsyevr_fn dsyevr, diffcu
   return guarded([&] { diffcut::detail::bind_lapack(ssyrk, dsyevr, dsymv); });
 }
 
+int diffcut_bind_sgemm(diffcut_sgemm_fn sgemm) {
+  return guarded([&] { diffcut::detail::bind_sgemm(sgemm); });
+}
+
+int diffcut_bind_dgemm(diffcut_dgemm_fn dgemm) {
+  return guarded([&] { diffcut::detail::bind_dgemm(dgemm); });
+}
+
+int diffcut_bind_dstemr(diffcut_dstemr_fn dstemr) {
+  return guarded([&] { diffcut::detail::bind_dstemr(dstemr); });
+}
+
 int diffcut_options_new(diffcut_options** out) {
   return guarded([&] {
     require(out, "out");

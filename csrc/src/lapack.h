@@ -50,7 +50,8 @@ const Lapack& lapack();
 void bind_lapack(SsyrkFn ssyrk, DsyevrFn dsyevr, DsymvFn dsymv);
 // Bind dgemm (may be null: block Krylov then multiplies with its own loops). The linked build binds its own.
 void bind_dgemm(DgemmFn dgemm);
-// Bind sgemm (may be null: the Gram matrix is then one ssyrk call). The linked build binds its own.
+// Bind sgemm (may be null: the Gram matrix is then one ssyrk call, no longer the numpy path's decomposition). The
+// linked build binds its own.
 void bind_sgemm(SgemmFn sgemm);
 // Bind dstemr (may be null: the Ritz pairs then come from dsyevr on the tridiagonal matrix). The linked build binds
 // its own.

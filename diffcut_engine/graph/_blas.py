@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import math
+import os
 import threading
 
 import numpy as np
@@ -116,51 +118,199 @@ class _DlInfo(ctypes.Structure):
 _blas_threads = {"looked": False, "get": None, "set": None}
 
 
+def _find_blas_threads() -> None:
+    """Look up (once) the thread-count functions of the OpenBLAS that SciPy's BLAS calls."""
+    with _blas_lock:
+        if _blas_threads["looked"]:
+            return
+        _blas_threads["looked"] = True
+        try:
+            dl = ctypes.CDLL(None)
+            if not hasattr(dl, "dladdr"):
+                dl = ctypes.CDLL("libdl.so.2")
+            dl.dladdr.argtypes = [ctypes.c_void_p, ctypes.POINTER(_DlInfo)]
+            info = _DlInfo()
+            if dl.dladdr(ctypes.c_void_p(scipy_blas_addresses()["dgemm"]), ctypes.byref(info)) and info.dli_fname:
+                lib = ctypes.CDLL(info.dli_fname.decode())
+                for prefix in ("scipy_openblas", "openblas"):
+                    get = getattr(lib, prefix + "_get_num_threads", None)
+                    set_ = getattr(lib, prefix + "_set_num_threads", None)
+                    if get is not None and set_ is not None:
+                        get.restype, get.argtypes = ctypes.c_int, []
+                        set_.restype, set_.argtypes = None, [ctypes.c_int]
+                        _blas_threads.update(get=get, set=set_)
+                        break
+        except OSError:  # no dladdr or the library cannot be reopened: leave the BLAS threads alone
+            pass
+
+
 def blas_thread_controls():
     """``(get, set)``: the thread-count functions of the OpenBLAS that SciPy's BLAS calls (the BLAS the native core
     is bound to), or ``None`` where they cannot be found (another BLAS, or no ``dladdr``). Looked up once: the
     shared object holding SciPy's ``dgemm`` is found by address (``dladdr``) and its dependencies searched for
     ``scipy_openblas_get_num_threads`` / ``openblas_get_num_threads`` and the matching setter."""
-    with _blas_lock:
-        if not _blas_threads["looked"]:
-            _blas_threads["looked"] = True
-            try:
-                dl = ctypes.CDLL(None)
-                if not hasattr(dl, "dladdr"):
-                    dl = ctypes.CDLL("libdl.so.2")
-                dl.dladdr.argtypes = [ctypes.c_void_p, ctypes.POINTER(_DlInfo)]
-                info = _DlInfo()
-                if dl.dladdr(ctypes.c_void_p(scipy_blas_addresses()["dgemm"]), ctypes.byref(info)) and info.dli_fname:
-                    lib = ctypes.CDLL(info.dli_fname.decode())
-                    for prefix in ("scipy_openblas", "openblas"):
-                        get = getattr(lib, prefix + "_get_num_threads", None)
-                        set_ = getattr(lib, prefix + "_set_num_threads", None)
-                        if get is not None and set_ is not None:
-                            get.restype, get.argtypes = ctypes.c_int, []
-                            set_.restype, set_.argtypes = None, [ctypes.c_int]
-                            _blas_threads.update(get=get, set=set_)
-                            break
-            except OSError:  # no dladdr or the library cannot be reopened: leave the BLAS threads alone
-                pass
+    _find_blas_threads()
     if _blas_threads["get"] is None:
         return None
     return _blas_threads["get"], _blas_threads["set"]
 
 
+_single = {"depth": 0, "previous": None, "shared": None}
+
+
+def share_blas_guard(enter, exit_) -> None:
+    """Make :func:`single_threaded_blas` take the C++ core's counted guard (``enter()`` / ``exit_()``), so that one
+    count covers the blocks of both (the core's own calls take it too): without it, one side could restore the
+    thread count while the other's single-threaded calls still run. Called by :mod:`.native` once the extension
+    is bound."""
+    with _blas_lock:
+        _single["shared"] = (enter, exit_)
+
+
 @contextlib.contextmanager
 def single_threaded_blas(enabled: bool = True):
-    """Within the block, SciPy's OpenBLAS runs single-threaded (restored after; a no-op where its thread control
-    is not found or ``enabled`` is false). For the native batch: several grids on the core's threads would
-    otherwise each start OpenBLAS's threads on the same cores (measured 0.52x the one-thread throughput for 8
-    grids of 32x32 on 2 cores, against 1.87x single-threaded). The setting is process-wide while the block runs."""
-    controls = blas_thread_controls() if enabled else None
+    """Within the block, SciPy's OpenBLAS runs single-threaded (a no-op where its thread control is not found or
+    ``enabled`` is false). For the native batch: several grids on the core's threads would otherwise each start
+    OpenBLAS's threads on the same cores (measured 0.52x the one-thread throughput for 8 grids of 32x32 on 2 cores,
+    against 1.87x single-threaded). The setting is process-wide while a block runs; overlapping blocks (other
+    threads') are counted, and the thread count is restored when the last one ends (the C++ core's guard does the
+    same for its own calls)."""
+    if not enabled:
+        yield
+        return
+    shared = _single["shared"]
+    if shared is not None:
+        enter, exit_ = shared
+        enter()
+        try:
+            yield
+        finally:
+            exit_()
+        return
+    controls = blas_thread_controls()
     if controls is None:
         yield
         return
     get, set_ = controls
-    previous = int(get())
-    set_(1)
+    with _blas_lock:
+        if _single["depth"] == 0:
+            _single["previous"] = int(get())
+            set_(1)
+        _single["depth"] += 1
     try:
         yield
     finally:
-        set_(previous)
+        with _blas_lock:
+            _single["depth"] -= 1
+            if _single["depth"] == 0:
+                set_(_single["previous"])
+
+#: From this many tokens on, :func:`gram_lower` computes the Gram matrix in two bands (``kBandMinRows`` of the C++
+#: core, csrc/src/affinity.cpp).
+GRAM_BAND_MIN_ROWS = 256
+
+#: Work (n^2 c) from which :func:`gram_lower` runs its two bands on two threads (the same calls either way).
+_GRAM_THREADED_MIN_WORK = 1 << 24
+
+_INT = ctypes.POINTER(ctypes.c_int)
+_FLOAT = ctypes.POINTER(ctypes.c_float)
+_CHAR = ctypes.c_char_p
+_gram_fns = {}
+
+
+def _gram_functions():
+    """ctypes callers of SciPy's ``ssyrk`` and ``sgemm`` (the functions the core is bound to; a ctypes call releases
+    the GIL)."""
+    if not _gram_fns:
+        addr = scipy_blas_addresses()
+        syrk = ctypes.CFUNCTYPE(None, _CHAR, _CHAR, _INT, _INT, _FLOAT, ctypes.c_void_p, _INT, _FLOAT,
+                                ctypes.c_void_p, _INT)(addr["ssyrk"])
+        gemm = ctypes.CFUNCTYPE(None, _CHAR, _CHAR, _INT, _INT, _INT, _FLOAT, ctypes.c_void_p, _INT,
+                                ctypes.c_void_p, _INT, _FLOAT, ctypes.c_void_p, _INT)(addr["sgemm"])
+        _gram_fns.update(syrk=syrk, gemm=gemm)
+    return _gram_fns["syrk"], _gram_fns["gemm"]
+
+
+def gram_band_split(n: int) -> int:
+    """The first row of :func:`gram_lower`'s second band for ``n`` >= :data:`GRAM_BAND_MIN_ROWS` tokens: about
+    equal areas (floor(n / sqrt 2), rounded down to a multiple of 64), as the core computes it."""
+    r = int(float(n) / math.sqrt(2.0))
+    return r - r % 64
+
+
+def gram_lower(x: np.ndarray, out: np.ndarray) -> None:
+    """``out``'s lower triangle (diagonal included; the rest is left as it was) = X X^T of the C-ordered (n, c)
+    float32 ``x``, into the C-ordered (n, n) float32 ``out``.
+
+    The floats of an OpenBLAS call depend on how the call is split over threads and blocks (its micro-kernel's
+    edge paths sum in another order, and a call made while another thread's call runs may go single-threaded),
+    so the result is defined by a fixed set of calls, each running single-threaded (:func:`single_threaded_blas`):
+    below :data:`GRAM_BAND_MIN_ROWS` rows one ``ssyrk``; from there two bands, rows [0, r) by ``ssyrk``, rows
+    [r, n) by ``sgemm`` against rows [0, r) and then ``ssyrk`` (r = :func:`gram_band_split`), run on two threads
+    where the work is large enough. The C++ core makes the same calls (csrc/src/affinity.cpp, ``gram_lower``), so
+    its affinities are the numpy path's bit for bit on every CPU and at every thread count."""
+    n, c = x.shape
+    if n == 0:
+        return
+    if n > 46340 or c > 2**31 - 1:
+        raise ValueError("too many tokens for a dense affinity")
+    syrk, gemm = _gram_functions()
+    base, item = out.ctypes.data, out.itemsize
+    xp = x.ctypes.data
+    ci, ld = ctypes.c_int(c), ctypes.c_int(n)
+    one, zero = ctypes.c_float(1.0), ctypes.c_float(0.0)
+
+    def diag(r0, r1):
+        rows = ctypes.c_int(r1 - r0)
+        syrk(b"U", b"T", ctypes.byref(rows), ctypes.byref(ci), ctypes.byref(one), xp + r0 * c * x.itemsize,
+             ctypes.byref(ci), ctypes.byref(zero), base + (r0 * n + r0) * item, ctypes.byref(ld))
+
+    with single_threaded_blas():
+        if n < GRAM_BAND_MIN_ROWS:
+            diag(0, n)
+        else:
+            _gram_bands(x, n, c, diag, gemm, base, item, ci, ld, one, zero)
+
+
+def _gram_bands(x, n, c, diag, gemm, base, item, ci, ld, one, zero) -> None:
+    """:func:`gram_lower`'s two bands (the BLAS already single-threaded)."""
+    r = gram_band_split(n)
+
+    def top():
+        diag(0, r)
+
+    def bottom():
+        rows, cols = ctypes.c_int(r), ctypes.c_int(n - r)
+        gemm(b"T", b"N", ctypes.byref(rows), ctypes.byref(cols), ctypes.byref(ci), ctypes.byref(one),
+             x.ctypes.data, ctypes.byref(ci), x.ctypes.data + r * c * x.itemsize, ctypes.byref(ci),
+             ctypes.byref(zero), base + r * n * item, ctypes.byref(ld))
+        diag(r, n)
+
+    if n * n * c >= _GRAM_THREADED_MIN_WORK and _cpus() > 1:
+        errors = []
+
+        def run_top():
+            try:
+                top()
+            except BaseException as exc:  # pragma: no cover - re-raised below
+                errors.append(exc)
+
+        helper = threading.Thread(target=run_top, name="diffcut-gram", daemon=True)
+        helper.start()
+        try:
+            bottom()
+        finally:
+            helper.join()
+        if errors:
+            raise errors[0]
+    else:
+        top()
+        bottom()
+
+
+def _cpus() -> int:
+    """CPUs this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1

@@ -24,6 +24,7 @@ import numpy as np
 
 from ..errors import InputError
 from . import memory
+from ._blas import gram_lower
 from .validation import check_alpha
 from .xp import to_host
 
@@ -151,7 +152,8 @@ def affinity_from_tokens(tokens: np.ndarray, alpha: float = 10.0, *, exact_power
 
     Two paths:
 
-    - default: S by BLAS ``ssyrk`` (one triangle: half the flops of a general product, and exactly symmetric),
+    - default: S by BLAS ``ssyrk`` (one triangle: half the flops of a general product, and exactly symmetric;
+      from 256 tokens in two bands, every call single-threaded: :func:`._blas.gram_lower`, the C++ core's calls),
       mirrored to the other triangle in cache-sized tiles, then passes over the whole matrix as one contiguous
       array (NumPy's element-wise loops run slower on row blocks of a wider matrix): min and max,
       then, chunk by chunk in cache, the min-max scaling, the power (an integer ``alpha``, the paper's 10, by
@@ -228,17 +230,13 @@ def _upper_mask(m: int) -> np.ndarray:
 
 
 def _gram_lower(tokens: np.ndarray, pooled: bool = False) -> np.ndarray:
-    """X X^T in float32 with one BLAS ``ssyrk`` call; C-ordered, valid on and below the diagonal only."""
-    from scipy.linalg.blas import ssyrk
-
+    """X X^T in float32 by :func:`._blas.gram_lower` (a fixed set of single-threaded BLAS calls, the C++ core's:
+    the same floats on every CPU and at every thread count); C-ordered, valid on and below the diagonal only."""
     x = np.ascontiguousarray(tokens, dtype=np.float32)
     n = x.shape[0]
-    if pooled:
-        c = memory.empty((n, n), np.float32, order="F")
-        c = ssyrk(1.0, x.T, beta=0.0, c=c, trans=1, overwrite_c=1)
-    else:
-        c = ssyrk(1.0, x.T, trans=1)  # x.T is Fortran-ordered (no copy); c: Fortran order, upper triangle filled
-    return c.T  # the same memory read in C order: the lower triangle
+    s = memory.empty((n, n), np.float32) if pooled else np.empty((n, n), dtype=np.float32)
+    gram_lower(x, s)
+    return s
 
 
 def _affinity_official(tokens: np.ndarray, alpha: float, dtype) -> np.ndarray:

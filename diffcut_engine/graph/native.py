@@ -6,12 +6,12 @@ min-max, power), the zero-row rule of ``compat="official"``, the Fiedler vector 
 nodes, above the certified Lanczos, then the certified block Krylov where Lanczos cannot certify (first, once
 Lanczos failed in the tree), then dense), the 100 thresholds scored from bin sums, pre-order. The extension links
 no BLAS: it is bound here to SciPy's own ``ssyrk``, ``dsyevr``, ``dsymv``, ``dgemm``, ``sgemm`` and ``dstemr``
-(``scipy.linalg.cython_blas`` / ``cython_lapack``), the functions the numpy path calls (the Gram matrix from 256
-tokens in two bands on two threads, bit-identical to the one ``ssyrk`` call; the Krylov products by the core's own
-float64 kernels on W's float32 values, which the numpy path widens first), and its floating-point
-operations follow the numpy code's order, so with ``solver="dense"`` the trees are the numpy dense path's bit for
-bit; with ``"auto"`` both backends' vectors are certified within 1e-6 of the dense one (tests/test_native.py
-compares partitions and label ids). Selection: :func:`resolve_graph_backend`.
+(``scipy.linalg.cython_blas`` / ``cython_lapack``), the functions the numpy path calls (the Gram matrix by the
+numpy path's fixed single-threaded calls, :func:`._blas.gram_lower`, from 256 tokens in two bands on two threads;
+the Krylov products by the core's own float64 kernels on W's float32 values, which the numpy path widens first),
+and its floating-point operations follow the numpy code's order, so with ``solver="dense"`` the trees are the numpy
+dense path's bit for bit; with ``"auto"`` both backends' vectors are certified within 1e-6 of the dense one
+(tests/test_native.py compares partitions and label ids). Selection: :func:`resolve_graph_backend`.
 """
 
 from __future__ import annotations
@@ -23,7 +23,9 @@ import numpy as np
 
 from ..errors import BackendUnavailableError, InputError
 from . import memory
-from ._blas import blas_thread_controls, scipy_blas_addresses, single_threaded_blas  # noqa: F401 (re-exported)
+from ._blas import (  # noqa: F401 (re-exported)
+    blas_thread_controls, scipy_blas_addresses, share_blas_guard, single_threaded_blas,
+)
 from .affinity import MAX_SQUARING_EXPONENT, affinity_from_tokens, l2_normalize
 from .eigen import validate_solver
 from .tree import NCutNode, NCutTree
@@ -60,6 +62,8 @@ def _load():
                 module.bind_dgemm(blas["dgemm"])
                 module.bind_sgemm(blas["sgemm"])
                 module.bind_dstemr(blas["dstemr"])
+                # one count of single-threaded-BLAS blocks for the numpy path's and the core's (the Gram matrix)
+                share_blas_guard(module.blas_single_thread_enter, module.blas_single_thread_exit)
                 _loaded["module"] = module
         return _loaded["module"]
 

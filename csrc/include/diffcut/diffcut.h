@@ -99,6 +99,21 @@ typedef void (*diffcut_dsyevr_fn)(char* jobz, char* range, char* uplo, int* n, d
 typedef void (*diffcut_dsymv_fn)(char* uplo, int* n, double* alpha, double* a, int* lda, double* x, int* incx,
                                  double* beta, double* y, int* incy);
 DIFFCUT_API int diffcut_bind_lapack(diffcut_ssyrk_fn ssyrk, diffcut_dsyevr_fn dsyevr, diffcut_dsymv_fn dsymv);
+/* Optional functions, rebound the same way (each may be NULL; a CMake build binds the linked library's own):
+ * sgemm computes the Gram matrix's second band from 256 tokens (NULL: one ssyrk call, so W is no longer the Python
+ * engine's bit for bit), dgemm the block Krylov solver's small products (NULL: the core's own loops), dstemr
+ * Lanczos's two Ritz pairs (NULL: dsyevr on the tridiagonal matrix). Bind all of them, with ssyrk, dsyevr and
+ * dsymv, to the library a Python run uses (SciPy's) where bit-equality with it matters. */
+typedef void (*diffcut_sgemm_fn)(char* transa, char* transb, int* m, int* n, int* k, float* alpha, float* a,
+                                 int* lda, float* b, int* ldb, float* beta, float* c, int* ldc);
+typedef void (*diffcut_dgemm_fn)(char* transa, char* transb, int* m, int* n, int* k, double* alpha, double* a,
+                                 int* lda, double* b, int* ldb, double* beta, double* c, int* ldc);
+typedef void (*diffcut_dstemr_fn)(char* jobz, char* range, int* n, double* d, double* e, double* vl, double* vu,
+                                  int* il, int* iu, int* m, double* w, double* z, int* ldz, int* nzc, int* isuppz,
+                                  int* tryrac, double* work, int* lwork, int* iwork, int* liwork, int* info);
+DIFFCUT_API int diffcut_bind_sgemm(diffcut_sgemm_fn sgemm);
+DIFFCUT_API int diffcut_bind_dgemm(diffcut_dgemm_fn dgemm);
+DIFFCUT_API int diffcut_bind_dstemr(diffcut_dstemr_fn dstemr);
 
 /* Options: alpha = 10, tau_max = 1.0, compat = DIFFCUT_COMPAT_OFFICIAL, num_thresholds = 100,
  * solver = DIFFCUT_SOLVER_AUTO; refinement: pamr_iters = 10, pamr_dilations = {1, 2, 4, 8}, median = 1,
