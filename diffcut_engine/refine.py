@@ -26,8 +26,10 @@ References
 
 from __future__ import annotations
 
+import numbers
 from typing import Optional, Sequence, Tuple
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -93,9 +95,11 @@ def _check_labels(labels: torch.Tensor, name: str, shape: Tuple[int, ...],
         raise InputError(f"{name} must have an integer dtype, got {labels.dtype}")
     if tuple(labels.shape) != tuple(shape):
         raise InputError(f"{name} must have shape {tuple(shape)}, got {tuple(labels.shape)}")
-    if num_segments is not None and (isinstance(num_segments, bool) or not isinstance(num_segments, int)
+    if num_segments is not None and (isinstance(num_segments, bool) or not isinstance(num_segments, numbers.Integral)
                                      or num_segments < 1):
         raise InputError(f"num_segments must be a positive int, got {num_segments!r}")
+    if num_segments is not None:
+        num_segments = int(num_segments)
     if labels.numel() == 0:
         raise InputError(f"{name} must not be empty, got shape {tuple(labels.shape)}")
     labels = labels.long()
@@ -121,21 +125,27 @@ def _check_features_and_labels(features, grid_labels, num_segments):
     return features, grid_labels, k
 
 
-def _check_size(out_size) -> Tuple[int, int]:
+def _is_int(v) -> bool:
+    """An integer (Python's or numpy's), not a bool."""
+    return isinstance(v, numbers.Integral) and not isinstance(v, (bool, np.bool_))
+
+
+def _check_size(out_size, name: str = "out_size") -> Tuple[int, int]:
     try:
-        h, w = (int(v) for v in out_size)
-        ok = h >= 1 and w >= 1 and all(float(v) == int(v) for v in out_size)
-    except (TypeError, ValueError):
+        vals = tuple(out_size)
+        ok = len(vals) == 2 and all(isinstance(v, numbers.Real) and not isinstance(v, (bool, np.bool_))
+                                    and float(v) == int(v) and int(v) >= 1 for v in vals)
+    except (TypeError, ValueError, OverflowError):
         ok = False
     if not ok:
-        raise InputError(f"out_size must be (height, width) with positive ints, got {out_size!r}")
-    return h, w
+        raise InputError(f"{name} must be (height, width) with positive ints, got {out_size!r}")
+    return int(vals[0]), int(vals[1])
 
 
 def _check_iters(iters) -> int:
-    if isinstance(iters, bool) or not isinstance(iters, int) or not 0 <= iters <= PAMR_MAX_ITERS:
+    if not _is_int(iters) or not 0 <= iters <= PAMR_MAX_ITERS:
         raise InputError(f"iters must be an int in [0, {PAMR_MAX_ITERS}], got {iters!r}")
-    return iters
+    return int(iters)
 
 
 def _check_dilations(dilations) -> Tuple[int, ...]:
@@ -143,10 +153,28 @@ def _check_dilations(dilations) -> Tuple[int, ...]:
         dil = tuple(dilations)
     except TypeError:
         dil = ()
-    if not dil or any(isinstance(d, bool) or not isinstance(d, int) or not 1 <= d <= PAMR_MAX_DILATION for d in dil):
+    if not dil or any(not _is_int(d) or not 1 <= d <= PAMR_MAX_DILATION for d in dil):
         raise InputError(f"dilations must be a non-empty sequence of ints in [1, {PAMR_MAX_DILATION}], got "
                          f"{dilations!r}")
-    return dil
+    return tuple(int(d) for d in dil)
+
+
+def _reach(dilations: Tuple[int, ...], h: int, w: int) -> Tuple[int, ...]:
+    """The dilations with each capped at ``max(h, w)``: a tap that far clamps to the border in both directions
+    (replicate padding), as does any larger one, so the taps, and the floats, are the same; the padding then stays
+    within the image's size (a dilation of 32768 padded a 10 x 10 image to 65546 x 65546)."""
+    cap = max(h, w)
+    return tuple(min(d, cap) for d in dilations)
+
+
+def _compact_ids(labels: torch.Tensor, k: int):
+    """``(labels, k, ids)``: label ids with gaps renumbered 0..K'-1 in their order (``ids`` maps them back; None
+    when there are no gaps). Exact for PAMR, the median and the edge-aware return, whose ties and order follow the
+    ids' order; the work then depends on the labels present, not on the largest id."""
+    ids = torch.unique(labels)
+    if ids.numel() == k:
+        return labels, k, None
+    return torch.searchsorted(ids, labels), int(ids.numel()), ids
 
 
 def _check_image(image) -> torch.Tensor:
@@ -316,6 +344,7 @@ def pamr_affinity(image: torch.Tensor, dilations: Sequence[int] = (1, 2, 4, 8)) 
 
 def _pamr_affinity(image: torch.Tensor, dilations: Tuple[int, ...]) -> torch.Tensor:
     h, w = image.shape[-2:]
+    dilations = _reach(dilations, h, w)
     pmax = max(dilations)
     padded = _replicate_pad(image, pmax)
     n_taps = 9 * len(dilations)
@@ -395,6 +424,7 @@ def _pamr_soft(image: torch.Tensor, masks: torch.Tensor, iters: int,
                dilations: Tuple[int, ...]) -> torch.Tensor:
     h, w = image.shape[-2:]
     aff = _pamr_affinity(image, dilations).unsqueeze(-4)                        # (..., 1, P, H, W)
+    dilations = _reach(dilations, h, w)
     pmax = max(dilations)
     term = torch.empty_like(masks) if iters else None
     for _ in range(iters):
@@ -458,8 +488,10 @@ def pamr(image, labels, *, num_segments: Optional[int] = None, iters: int = 10,
     expected = image.shape[:-3] + image.shape[-2:]
     labels, k = _check_labels(labels, "labels", expected, num_segments)
     iters, dilations = _check_iters(iters), _check_dilations(dilations)
+    labels, k, ids = _compact_ids(labels, k)
     masks = F.one_hot(labels, k).movedim(-1, -3).to(image.dtype)               # (..., K, H, W)
-    return _pamr_soft(image, masks, iters, dilations).argmax(dim=-3)
+    out = _pamr_soft(image, masks, iters, dilations).argmax(dim=-3)
+    return out if ids is None else ids[out]
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -814,8 +846,6 @@ def refine_at(view, labels, *, work_size: Optional[Tuple[int, int]] = None, num_
         PAMR implementation (:data:`PAMR_BACKENDS`). ``torch`` is the reference; ``fast`` and ``native`` give the
         same labels (``native``: :class:`BackendUnavailableError` if the C++ extension is not built).
     """
-    from . import images
-
     if backend not in PAMR_BACKENDS:
         raise InputError(f"unknown refine backend {backend!r}; choose one of {', '.join(PAMR_BACKENDS)}")
     if upsample not in ("joint", "nearest"):
@@ -830,7 +860,16 @@ def refine_at(view, labels, *, work_size: Optional[Tuple[int, int]] = None, num_
     labels, k = _check_labels(labels, "labels", tuple(labels.shape), num_segments)
     iters, dilations = _check_iters(iters), _check_dilations(dilations)
     out_size = tuple(labels.shape)
-    work = out_size if work_size is None else _check_size(work_size)
+    work = out_size if work_size is None else _check_size(work_size, "work_size")
+    labels, k, ids = _compact_ids(labels, k)
+    out = _refine_at(view, labels, k, work, out_size, iters, dilations, median, backend, upsample)
+    return out if ids is None else ids.to(out.device)[out]
+
+
+def _refine_at(view, labels, k, work, out_size, iters, dilations, median, backend, upsample) -> torch.Tensor:
+    """:func:`refine_at` on validated arguments (label ids without gaps)."""
+    from . import images
+
     device = labels.device
     rgb = images.resize(view, work).to(device)
     if backend == "auto" and device.type == "cpu" and _native_available():

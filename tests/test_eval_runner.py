@@ -286,3 +286,33 @@ def test_tau_names_round_trip():
     assert all(float(tau_name(t)) == float(t) for t in taus)
     assert len({tau_name(t) for t in taus}) == len(set(taus.tolist()))
     assert tau_name(0.5) == "0.5" and tau_name(np.float32(0.25)) == "0.25"
+
+
+def test_cli_eval_takes_the_refine_flags_of_the_other_commands(tmp_path, monkeypatch):
+    """`diffcut eval --refine-iters 5` exited 2 ("unrecognized arguments") while segment, bench, video and batch take
+    --refine-iters/--refine-dilations/--refine-backend (REFINE.md calls --pamr-* the old spelling); the values reach
+    the engine's configuration."""
+    import diffcut_engine.cli.eval as cli_eval
+    from diffcut_engine.cli import build_parser
+
+    parser = build_parser()
+    base = ["eval", "--dataset", "voc", "--root", str(tmp_path), "--out", str(tmp_path / "o")]
+    args = parser.parse_args(base + ["--refine-iters", "5", "--refine-dilations", "1,2", "--refine-backend", "torch"])
+    assert (args.pamr_iters, tuple(args.pamr_dilations), args.refine_backend) == (5, (1, 2), "torch")
+    old = parser.parse_args(base + ["--pamr-iters", "7", "--pamr-dilations", "1,3"])
+    assert (old.pamr_iters, tuple(old.pamr_dilations), old.refine_backend) == (7, (1, 3), "auto")
+    seen = {}
+
+    def stop(config):
+        seen["config"] = config
+        raise RuntimeError("stop")
+
+    import diffcut_engine.engine as engine_module
+    import diffcut_engine.eval.datasets as datasets_module
+
+    monkeypatch.setattr(datasets_module, "get_dataset", lambda *a, **k: None)
+    monkeypatch.setattr(engine_module, "Engine", stop)
+    with pytest.raises(RuntimeError, match="stop"):
+        cli_eval.cmd_eval(args)
+    assert (seen["config"].pamr_iters, seen["config"].pamr_dilations, seen["config"].refine_backend) == \
+        (5, (1, 2), "torch")

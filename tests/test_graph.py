@@ -314,3 +314,42 @@ def test_affinity_entry_points_check_the_matrix_the_same_way_on_every_backend(ba
         build_tree(W, tau_max=0.5, graph_backend=backend, shape=(3, 5))
     noisy = W + 1e-9 * np.triu(np.ones_like(W))            # rounding-level asymmetry is accepted
     assert build_tree(noisy, tau_max=0.5, graph_backend=backend).cut(0.5).shape == (20,)
+
+
+def test_batch_errors_name_the_grid_and_float32_range_is_not_called_nan():
+    """ncut_trees([f, f, bad]) said "features contain NaN" without saying which grid; finite float64 features
+    beyond float32's range were reported as "NaN or infinite" (with a numpy overflow warning)."""
+    import warnings
+
+    from diffcut_engine.graph import ncut_trees
+
+    good = np.random.default_rng(0).standard_normal((4, 5, 6)).astype(np.float32)
+    bad = good.copy()
+    bad[1, 1, 1] = np.nan
+    for backend in ("numpy", "auto"):
+        with pytest.raises(InputError, match=r"^grids\[2\]: features contain NaN"):
+            ncut_trees([good, good, bad], graph_backend=backend)
+    huge = good.astype(np.float64) * 1e39
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(InputError, match="beyond float32's range"):
+            recursive_ncut(huge, graph_backend="numpy")
+    with pytest.raises(InputError, match="NaN or infinite"):
+        recursive_ncut(np.where(np.arange(120).reshape(4, 5, 6) == 3, np.inf, huge), graph_backend="numpy")
+
+
+def test_leaf_bound_holds_for_a_float64_affinity_at_any_scale():
+    """W * 1e-200: the squared weights underflowed, the bound claimed 1 (every subgraph a leaf) and the tree lost
+    its splits (K 5 -> 2); the tree of a scaled affinity is the affinity's."""
+    from diffcut_engine.graph import build_tree
+    from diffcut_engine.graph.eigen import spectral_lower_bound
+
+    f = planted_features(planted_regions(12, 12, "quadrants"), noise=0.3, seed=2)
+    W = affinity(f, 10.0).astype(np.float64)
+    want = build_tree(W, tau_max=0.5, graph_backend="numpy").cut(0.5)
+    assert want.max() >= 1
+    for scale in (1e-200, 1e-150, 1e100):  # (at 1e-300 the weights themselves lose bits: subnormal)
+        got = build_tree(W * scale, tau_max=0.5, graph_backend="numpy").cut(0.5)
+        assert same_partition(got, want), scale
+    d = W.sum(1)
+    assert spectral_lower_bound(W * 1e-200, d * 1e-200) <= 0.0  # (it was 1.0; NCut >= 0 is all it claims)

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from diffcut_engine import InputError
-from diffcut_engine.graph import affinity, build_tree, candidate_thresholds, recursive_ncut_affinity
+from diffcut_engine.graph import (affinity, build_tree, candidate_thresholds, device_ncut_trees, recursive_ncut,
+                                  recursive_ncut_affinity)
 from diffcut_engine.graph import batched, validation
 from diffcut_engine.graph.batched import build_trees_batched
 from diffcut_engine.graph.xp import array_namespace, as_array, cupy_available, is_device, to_host
@@ -427,3 +428,31 @@ def test_batched_trees_check_the_affinities_as_build_tree_does():
     with pytest.raises(InputError, match="degrees"):
         build_trees_batched([good], tau_max=0.5, degrees=[np.ones(5)])
     assert len(build_trees_batched([good, good[:0, :0]], tau_max=0.5)) == 2
+
+
+def test_exactly_disconnected_graphs_split_as_the_host_splits_them():
+    """Three exact components (block-orthogonal non-negative features, alpha 20): the stacked solve counted 5
+    eigenvalues within 1e-13 of 1 (weakly linked clusters inside a component too) and its projection split 36|84
+    with NCut 4e-18 where numpy and the core take the first node's component, 40|80 with NCut 0 (ALGORITHM.md 5);
+    such subgraphs are now solved again by the host's exact rule."""
+    rng = np.random.default_rng(5)
+    h, w, blocks, width = 10, 12, 3, 6
+    band = np.arange(h * w) * blocks // (h * w)
+    x = np.zeros((h * w, blocks * width), np.float32)
+    for i, b in enumerate(band):
+        v = rng.random(width) * (rng.random(width) > 0.8)
+        if not v.any():
+            v[rng.integers(width)] = 1
+        x[i, b * width:(b + 1) * width] = v
+    f = x.reshape(h, w, -1)
+    W = affinity(f, 20.0)
+    for compat in ("official", "clean"):
+        want = build_tree(W, tau_max=0.5, solver="dense", compat=compat)
+        assert want.root.value == 0.0 and len(want.root.one.indices) == 40
+        got = build_trees_batched([W], tau_max=0.5, xp=np, compat=compat)[0]
+        assert len(got.root.one.indices) == 40 and got.root.value == 0.0
+        for tau in (0.2, 0.5):
+            assert np.array_equal(got.cut(tau), want.cut(tau)), (compat, tau)
+        dev = device_ncut_trees([f], alpha=20.0, tau_max=0.5, xp=np, compat=compat)[0]
+        assert np.array_equal(dev.cut(0.5), recursive_ncut(f, alpha=20.0, tau=0.5, compat=compat,
+                                                           graph_backend="numpy"))

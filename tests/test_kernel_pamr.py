@@ -37,6 +37,7 @@ def _cases():
         "k20_kblock_ragged": _case(17, 13, 20, (1, 3), 3, 1),      # 2 blocks of 16 masks, one ragged
         "k5_demo_dilations": _case(24, 24, 5, (1, 2, 4, 8, 12, 24, 32, 64), 2, 2),   # dilations beyond the image
         "one_iter_block64": _case(9, 40, 2, (1, 2), 1, 3),
+        "huge_dilation": _case(9, 11, 3, (1, 32768), 2, 6),        # the reference pads by at most the image's size
     }
 
 
@@ -50,6 +51,16 @@ _SCRIPT = textwrap.dedent("""
         before = masks.clone()
         out["results"][name] = kpamr.propagate(masks, aff, dil, iters, **opts)
         out.setdefault("untouched", []).append(torch.equal(before, masks))
+    m, a, d, _ = cases["k3_eval"]
+    out["bad_iters"] = []
+    for bad in (-1, 2.0, "3", True, 10**6):
+        try:
+            kpamr.propagate(m, a, d, bad)
+            out["bad_iters"].append(None)
+        except Exception as exc:
+            out["bad_iters"].append(type(exc).__name__)
+    z = kpamr.propagate(m, a, d, 0)
+    out["zero_iters_copy"] = z is not m and torch.equal(z, m)
     torch.save(out, sys.argv[2])
 """)
 
@@ -77,6 +88,14 @@ def test_interpreter_matches_reference(interpreter_run, name):
     assert got.shape == ref.shape
     # the same float32 products and sums in the same tap order (no fused multiply-add on either side): bit for bit
     assert torch.equal(got, ref), float((got - ref).abs().max())
+
+
+def test_interpreter_checks_iters_and_never_returns_the_callers_masks(interpreter_run):
+    """iters -1 returned the caller's tensor and 2.0 / "3" raised raw TypeErrors; iters 0 returned the caller's own
+    masks (a later in-place change of the result would change them)."""
+    _, out = interpreter_run
+    assert out["bad_iters"] == ["InputError"] * 5
+    assert out["zero_iters_copy"] is True
 
 
 def test_reference_is_refines_pamr_soft():

@@ -221,6 +221,12 @@ def test_example_reads_every_npy_layout(build_dir, tmp_path):
     (("--work-size", "10xa"), "--work-size: 'a' is not an integer"),
     (("--work-size", "10"), "--work-size takes HxW"),
     (("--tau",), "--tau needs a value"),
+    # values the library refuses: named as options, not blamed on the features file
+    (("--pamr-iters", "-1"), "invalid option: DIFFCUT_ERROR_INVALID_ARGUMENT: iters must be in [0, 10000]"),
+    (("--threads", "-1"), "invalid option"),
+    (("--work-size", "0x10"), "invalid option"),
+    (("--alpha", "0"), "invalid option"),
+    (("--tau", "-1"), "invalid option"),
 ])
 def test_example_option_errors(build_dir, tmp_path, args, message):
     """A malformed option value: exit code 1 and one line naming the option (no exception text like 'stod')."""
@@ -228,6 +234,23 @@ def test_example_option_errors(build_dir, tmp_path, args, message):
     np.save(tmp_path / "f.npy", f)
     code, err = _segment_file(build_dir, tmp_path / "f.npy", tmp_path / "o.npy", *args)
     assert code == 1 and err.count("\n") == 1 and message in err, err
+
+
+def test_example_unknown_option_and_failed_write(build_dir, tmp_path):
+    """An unknown option is named (then the usage, exit 2); labels that cannot be written (a full disk: /dev/full)
+    fail with exit 1 however small the file (the stream's buffer held them until the close)."""
+    f = planted_features(planted_regions(8, 8, "quadrants"), noise=0.5, seed=1)
+    np.save(tmp_path / "f.npy", f)
+    code, err = _segment_file(build_dir, tmp_path / "f.npy", tmp_path / "o.npy", "--bogus")
+    assert code == 2 and "unknown option --bogus" in err.splitlines()[0], err
+    if not os.path.exists("/dev/full"):
+        pytest.skip("no /dev/full on this system")
+    for name in ("full.npy", "full.png"):
+        (tmp_path / name).symlink_to("/dev/full")
+        code, err = _segment_file(build_dir, tmp_path / "f.npy", tmp_path / name)
+        if name.endswith(".png") and "zlib" in err:
+            continue  # (an example built without zlib)
+        assert code == 1 and "cannot write" in err and err.count("\n") == 1, (name, err)
 
 
 def test_example_file_errors(build_dir, tmp_path):

@@ -227,3 +227,56 @@ def test_cpu_kernels_take_iterators_and_refuse_out_of_range_labels():
         pamr_cpu.box_argmax(lab, (12, 14), 2, aff, offs, 1)
     with pytest.raises(InputError, match="num_labels"):
         pamr_cpu.box_argmax(lab - 6, (12, 14), 2, aff, offs, 1)
+
+
+def _backends():
+    from diffcut_engine.kernels import pamr_native
+
+    return ["torch", "fast"] + (["native"] if pamr_native.available() else [])
+
+
+def test_refine_at_dilations_beyond_the_image_are_cheap_and_exact():
+    """A dilation of 32768 (the bound) made the torch reference pad a 10 x 10 image to 65546 x 65546 (51 GB); taps
+    beyond the image's size clamp to its border whatever the dilation, so every backend gives the labels of the
+    dilation capped at the image's size."""
+    img = photo((10, 12))
+    lab = voronoi_labels((10, 12), 3, 2)
+    want = refine.refine_at(img, lab, iters=3, dilations=(1, 12), backend="torch")
+    for backend in _backends():
+        got = refine.refine_at(img, lab, iters=3, dilations=(1, 32768), backend=backend)
+        assert torch.equal(got, want), backend
+    soft = refine.pamr_soft(img, F.one_hot(lab, 3).movedim(-1, 0).float(), iters=2, dilations=(2, 32768))
+    assert torch.equal(soft, refine.pamr_soft(img, F.one_hot(lab, 3).movedim(-1, 0).float(), iters=2,
+                                              dilations=(2, 12)))
+
+
+def test_refine_at_label_ids_with_gaps_cost_what_the_labels_present_cost():
+    """Ids {0, 3, 100000}: the torch path built 100001 masks (16 s, 1.8 GB for a 20 x 30 image) and an id of
+    2**31 - 1 failed with raw errors; ids are renumbered in their order (exact: ties, the median and the edge-aware
+    return follow the ids' order), so every backend gives the labels of the compact ids, mapped back."""
+    img = photo((20, 30))
+    base = voronoi_labels((20, 30), 3, 5)
+    compact = refine.refine_at(img, base, iters=4, work_size=(16, 24), backend="torch")
+    for ids in ((0, 3, 100000), (7, 8, 2**31 - 1)):
+        lut = torch.tensor(ids)
+        for backend in _backends():
+            got = refine.refine_at(img, lut[base], iters=4, work_size=(16, 24), backend=backend)
+            assert torch.equal(got, lut[compact]), (ids, backend)
+        assert torch.equal(refine.pamr(img, lut[base], iters=2), lut[refine.pamr(img, base, iters=2)])
+
+
+def test_refine_options_take_numpy_integers_and_name_work_size():
+    """EngineConfig took numpy integers and the functions refused them; a bad work_size was reported as out_size,
+    and ("4", "4") was taken."""
+    img, lab = photo((12, 12)), voronoi_labels((12, 12), 3, 1)
+    want = refine.refine_at(img, lab, iters=3, dilations=(1, 2), num_segments=3)
+    got = refine.refine_at(img, lab, iters=np.int64(3), dilations=np.array([1, 2]), num_segments=np.int32(3))
+    assert torch.equal(got, want)
+    assert torch.equal(refine.pamr(img, lab, iters=np.int16(3), dilations=(np.int64(1), 2)),
+                       refine.pamr(img, lab, iters=3, dilations=(1, 2)))
+    for bad in (("4", "4"), (0, 4), (4.5, 4), (4,), True):
+        with pytest.raises(InputError, match="^work_size must be"):
+            refine.refine_at(img, lab, work_size=bad)
+    for bad in (np.bool_(True), 2.0, "3"):
+        with pytest.raises(InputError, match="iters must be an int"):
+            refine.refine_at(img, lab, iters=bad)

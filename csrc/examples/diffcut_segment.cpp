@@ -145,6 +145,7 @@ int main(int argc, char** argv) {
       } else if (a == "--threads") {
         options.num_threads = parse_int(a, next());
       } else {
+        std::fprintf(stderr, "error: unknown option %s\n", a.c_str());
         return usage();
       }
     }
@@ -152,6 +153,11 @@ int main(int argc, char** argv) {
       throw std::runtime_error(out + ": the labels are written as .npy or .png; name the output file so");
     if (taus.empty()) taus.push_back(0.5);
     options.tau_max = *std::max_element(taus.begin(), taus.end());
+    try {  // the options' own errors, named as such before any file is read
+      const diffcut::handles::OptionsHandle validated(options);
+    } catch (const diffcut::Error& e) {
+      throw std::runtime_error(std::string("invalid option: ") + e.what());
+    }
     npy::Array x = npy::load(in);
     std::vector<std::int64_t> shape;
     diffcut::Tree tree = [&]() -> diffcut::Tree {

@@ -197,6 +197,7 @@ inline void save(const std::string& path, const T* data, const std::vector<std::
   f.write(reinterpret_cast<const char*>(b), 2);
   f.write(header.data(), header.size());
   f.write(reinterpret_cast<const char*>(data), count * sizeof(T));
+  f.close();  // (a small file sits in the stream's buffer until here: a full disk shows only now)
   if (!f) throw std::runtime_error("cannot write " + path);
 }
 

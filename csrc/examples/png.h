@@ -171,7 +171,8 @@ inline void save_labels(const std::string& path, const std::int32_t* labels, std
   std::ofstream f(path, std::ios::binary);
   if (!f) throw std::runtime_error("cannot write " + path);
   f.write(reinterpret_cast<const char*>(out.data()), static_cast<std::streamsize>(out.size()));
-  if (!f) throw std::runtime_error("writing " + path + " failed");
+  f.close();  // (a small file sits in the stream's buffer until here: a full disk shows only now)
+  if (!f) throw std::runtime_error("cannot write " + path);
 }
 
 }  // namespace png

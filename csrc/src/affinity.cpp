@@ -21,8 +21,10 @@ void check_finite(const float* values, std::int64_t count, const char* what) {
   std::int64_t bad = 0;
   for (std::int64_t i = 0; i < count; ++i) bad += !std::isfinite(values[i]);
   if (bad) {
-    throw Failure(Code::NonFinite, std::string(what) + " contain NaN or infinite values (" + std::to_string(bad) +
-                                       " of " + std::to_string(count) + " values)");
+    const std::string name(what);
+    const bool plural = !name.empty() && name.back() == 's';  // "features contain", "image contains"
+    throw Failure(Code::NonFinite, name + (plural ? " contain" : " contains") + " NaN or infinite values (" +
+                                       std::to_string(bad) + " of " + std::to_string(count) + " values)");
   }
 }
 

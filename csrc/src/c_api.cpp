@@ -77,13 +77,21 @@ diffcut::detail::Options options_of(const diffcut_options* options) {
   return options ? options->value : diffcut::detail::Options();
 }
 
-// (h, w, C) features checked and L2-normalised (a copy), as the tree and the concept assignment take them.
-std::vector<float> normalized_tokens(const float* features, std::int64_t h, std::int64_t w, std::int64_t c) {
+// The largest grid a dense affinity holds (n * n values indexed by 32-bit BLAS integers).
+constexpr std::int64_t kMaxDenseTokens = 46340;
+
+// (h, w, C) features checked and L2-normalised (a copy), as the tree and the concept assignment take them. For a
+// tree (dense = true) the grid's size is checked against kMaxDenseTokens before the features are read (the caller
+// need not hold more than that).
+std::vector<float> normalized_tokens(const float* features, std::int64_t h, std::int64_t w, std::int64_t c,
+                                     bool dense) {
   positive_size(h, "height");  // (the sizes first: empty features have no data pointer to speak of)
   positive_size(w, "width");
   positive_size(c, "channels");
   require(features, "features");
   const std::int64_t n = product(h, w, "height * width");
+  if (dense && n > kMaxDenseTokens)
+    throw Failure(Code::InvalidArgument, "a dense affinity of more than 46340 tokens does not fit");
   const std::int64_t count = product(n, c, "height * width * channels");
   diffcut::detail::check_finite(features, count, "features");
   std::vector<float> tokens(features, features + count);
@@ -103,7 +111,7 @@ diffcut::detail::Tree tree_of_tokens(const std::vector<float>& tokens, std::int6
 
 diffcut::detail::Tree tree_of_features(const float* features, std::int64_t h, std::int64_t w, std::int64_t c,
                                        const diffcut::detail::Options& opts) {
-  return tree_of_tokens(normalized_tokens(features, h, w, c), h, w, c, opts);
+  return tree_of_tokens(normalized_tokens(features, h, w, c, true), h, w, c, opts);
 }
 
 diffcut::detail::RefineOptions refine_options_of(const diffcut_options* options) {
@@ -135,7 +143,7 @@ std::int32_t segment_image(const float* features, std::int64_t gh, std::int64_t 
   positive_finite(tau, "tau");
   const std::int64_t n = check_image(image, height, width);
   check_capacity(capacity, n, "labels");
-  const std::vector<float> tokens = normalized_tokens(features, gh, gw, c);
+  const std::vector<float> tokens = normalized_tokens(features, gh, gw, c, true);
   diffcut::detail::Options opts = options_of(options);
   opts.tau_max = tau;
   const diffcut::detail::Tree tree = tree_of_tokens(tokens, gh, gw, c, opts);
@@ -279,8 +287,10 @@ int diffcut_options_set_compat(diffcut_options* options, int compat) {
 int diffcut_options_set_num_thresholds(diffcut_options* options, int num_thresholds) {
   return guarded([&] {
     require(options, "options");
-    if (num_thresholds < 2)
-      throw Failure(Code::InvalidArgument, "num_thresholds must be an integer >= 2, got " +
+    // (the bound of diffcut_engine.graph.validation.MAX_THRESHOLDS: the scoring keeps num_thresholds + 1 bins in
+    // an int)
+    if (num_thresholds < 2 || num_thresholds > 2147483646)
+      throw Failure(Code::InvalidArgument, "num_thresholds must be an integer in [2, 2147483646], got " +
                                                std::to_string(num_thresholds));
     options->value.num_thresholds = num_thresholds;
   });
@@ -413,7 +423,7 @@ int diffcut_tree_split_values(const diffcut_tree* tree, double* values, int64_t 
                                                 std::to_string(v.size()) + " needed");
       }
       require(values, "values");
-      std::memcpy(values, v.data(), v.size() * sizeof(double));
+      if (!v.empty()) std::memcpy(values, v.data(), v.size() * sizeof(double));
     }
   });
 }
@@ -515,7 +525,7 @@ int diffcut_refine(const float* features, int64_t grid_height, int64_t grid_widt
     const std::int64_t n = check_image(image, height, width);
     positive_size(num_segments, "num_segments");
     check_capacity(capacity, n, "labels");
-    const std::vector<float> tokens = normalized_tokens(features, grid_height, grid_width, channels);
+    const std::vector<float> tokens = normalized_tokens(features, grid_height, grid_width, channels, false);
     diffcut::detail::check_labels(grid_labels, grid_height * grid_width, num_segments, "grid_labels");
     diffcut::detail::refine_labels(tokens.data(), grid_height, grid_width, channels, grid_labels, num_segments,
                                    image, height, width, refine_options_of(options), labels);

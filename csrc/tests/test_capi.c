@@ -1,6 +1,7 @@
 /* The C API from C: a run on planted features, and every error path (null pointers, zero sizes, NaN features,
  * too-small buffers, bad options, tau above tau_max); the refinement (diffcut_refine, diffcut_pamr,
  * diffcut_segment_image and its batch) on an image whose colour edge is the features' split, and its error paths. */
+#include <limits.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -81,6 +82,7 @@ int main(void) {
   EXPECT_ERR(diffcut_options_set_tau_max(opts, INFINITY), DIFFCUT_ERROR_INVALID_ARGUMENT);
   EXPECT_ERR(diffcut_options_set_compat(opts, 7), DIFFCUT_ERROR_INVALID_ARGUMENT);
   EXPECT_ERR(diffcut_options_set_num_thresholds(opts, 1), DIFFCUT_ERROR_INVALID_ARGUMENT);
+  EXPECT_ERR(diffcut_options_set_num_thresholds(opts, INT_MAX), DIFFCUT_ERROR_INVALID_ARGUMENT);
   EXPECT_ERR(diffcut_options_set_solver(opts, 5), DIFFCUT_ERROR_INVALID_ARGUMENT);
   EXPECT_ERR(diffcut_options_set_solver(NULL, DIFFCUT_SOLVER_DENSE), DIFFCUT_ERROR_NULL_POINTER);
   EXPECT(diffcut_options_set_tau_max(opts, 0.6) == DIFFCUT_OK);
@@ -95,6 +97,11 @@ int main(void) {
   EXPECT_ERR(diffcut_tree_build(f, h, w, 0, opts, &tree), DIFFCUT_ERROR_INVALID_ARGUMENT);
   EXPECT_ERR(diffcut_tree_build(f, -3, w, c, opts, &tree), DIFFCUT_ERROR_INVALID_ARGUMENT);
   EXPECT_ERR(diffcut_tree_build(f, INT64_MAX / 2, 4, c, opts, &tree), DIFFCUT_ERROR_INVALID_ARGUMENT);
+  /* a grid too large for a dense affinity is refused before its features are read (f holds far fewer values:
+   * reading them first ran past the buffer) */
+  EXPECT_ERR(diffcut_tree_build(f, 50000, 50000, 1, opts, &tree), DIFFCUT_ERROR_INVALID_ARGUMENT);
+  EXPECT(strstr(diffcut_last_error(), "46340") != NULL);
+  EXPECT_ERR(diffcut_tree_build(f, 46341, 1, 1, opts, &tree), DIFFCUT_ERROR_INVALID_ARGUMENT);
   f[7] = NAN;
   EXPECT_ERR(diffcut_tree_build(f, h, w, c, opts, &tree), DIFFCUT_ERROR_NON_FINITE);
   EXPECT(strstr(diffcut_last_error(), "NaN") != NULL);
@@ -128,6 +135,15 @@ int main(void) {
   EXPECT(diffcut_tree_cut(tree, 0.5, labels, n, &k) == DIFFCUT_OK && k == 2);
   diffcut_tree_free(tree);
   diffcut_tree_free(NULL);
+  /* a one-token tree has no split: its split values are none, with or without room for some */
+  EXPECT(diffcut_tree_build(f, 1, 1, c, opts, &tree) == DIFFCUT_OK);
+  {
+    int64_t count = -1;
+    double values[4];
+    EXPECT(diffcut_tree_split_values(tree, values, 4, &count) == DIFFCUT_OK && count == 0);
+    EXPECT(diffcut_tree_split_values(tree, NULL, 0, &count) == DIFFCUT_OK && count == 0);
+  }
+  diffcut_tree_free(tree);
 
   /* batch on a thread pool: the same trees as one by one; errors name the image */
   {

@@ -58,8 +58,13 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    "the official float32 computation (slow); clean: plain index sets (no zero-row rule)")
     g.add_argument("--no-refine", dest="refine", action="store_false",
                    help="skip PAMR and the median filter (the paper's numbers use them)")
-    g.add_argument("--pamr-iters", type=int, default=10, help="PAMR iterations (default 10)")
-    g.add_argument("--pamr-dilations", type=int_list, default=(1, 2, 4, 8), help="default 1,2,4,8")
+    g.add_argument("--refine-iters", "--pamr-iters", dest="pamr_iters", type=int, default=10,
+                   help="PAMR iterations (default 10, the official evaluation's)")
+    g.add_argument("--refine-dilations", "--pamr-dilations", dest="pamr_dilations", type=int_list,
+                   default=(1, 2, 4, 8), help="PAMR dilations (default 1,2,4,8)")
+    g.add_argument("--refine-backend", choices=("auto", "torch", "fast", "native"), default="auto",
+                   help="PAMR implementation (same labels): fast (numba on the CPU, Triton on CUDA), native (C++ "
+                        "core, CPU), torch (reference), auto")
     g = p.add_argument_group("model")
     g.add_argument("--model", default=DEFAULT_MODEL, help=f"hub id or local diffusers folder (default "
                    f"{DEFAULT_MODEL})")
@@ -112,7 +117,8 @@ def cmd_eval(args) -> int:
     config = EngineConfig(model=args.model, backbone=args.backbone, revision=args.revision, size=args.size,
                           resize_mode="center_crop", timestep=args.timestep, seed=args.seed, alpha=args.alpha,
                           tau=tau, compat=args.compat, refine=args.refine, pamr_iters=args.pamr_iters,
-                          pamr_dilations=args.pamr_dilations, device=args.device, dtype=args.dtype,
+                          pamr_dilations=args.pamr_dilations, refine_backend=args.refine_backend,
+                          device=args.device, dtype=args.dtype,
                           batch_size=args.batch_size, local_files_only=args.local_files_only,
                           **dict(zip(("method", "rwncut"), rwncut_options_from_args(args))))
     if args.clip_model is not None:

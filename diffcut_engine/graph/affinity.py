@@ -75,9 +75,18 @@ def as_token_matrix(features, *, name: str = "features") -> tuple:
         raise InputError(f"{name} must not be empty, got shape {tuple(x.shape)}")
     if not np.issubdtype(x.dtype, np.number) or np.iscomplexobj(x):
         raise InputError(f"{name} must be a real numeric array, got dtype {x.dtype}")
-    x = x.reshape(h * w, c).astype(np.float32, copy=False)
+    x = x.reshape(h * w, c)
+    wide = x.dtype.kind == "f" and x.dtype.itemsize > 4
+    if wide and not np.all(np.isfinite(x)):  # (NaN / inf named before the float32 rounding, which adds its own)
+        bad = int(np.count_nonzero(~np.isfinite(x).all(axis=1)))
+        raise InputError(f"{name} contain NaN or infinite values ({bad} of {h * w} tokens)")
+    with np.errstate(over="ignore"):
+        x = x.astype(np.float32, copy=False)
     if not np.all(np.isfinite(x)):
         bad = int(np.count_nonzero(~np.isfinite(x).all(axis=1)))
+        if wide:
+            raise InputError(f"{name} hold values beyond float32's range ({bad} of {h * w} tokens), where the graph "
+                             "stage works; scale the features (the cosine affinity does not depend on their scale)")
         raise InputError(f"{name} contain NaN or infinite values ({bad} of {h * w} tokens)")
     return x, (h, w)
 

@@ -21,7 +21,7 @@ import logging
 import numpy as np
 
 from ..errors import InputError
-from .eigen import stacked_fiedler_vectors
+from .eigen import fiedler_vector, stacked_fiedler_vectors
 from .scoring import NUM_THRESHOLDS, stacked_scores
 from .tree import Acceptance, NCutNode, NCutTree, Proposal, grow
 from .validation import (DEFAULT_COMPAT, ZERO_ROW_MODES, check_affinity_values, check_compat,
@@ -183,22 +183,30 @@ class BatchedSplitter:
 
 
 def _resolve_unconverged(xp, stack, items, n: int, values, sides, num_thresholds: int):
-    """Solve again, one ``syevd`` per matrix (``method="loop"``), the subgraphs of a bucket whose stacked solve
-    missed the convergence check (NaN values); one extra transfer, only when that happens."""
+    """Solve again on the host, as ``build_tree(W, solver="dense")`` solves them (LAPACK ``dsyevr``, the exact
+    component rule of a disconnected subgraph: :func:`~.eigen.fiedler_vector`), the subgraphs of a bucket whose
+    stacked solve missed the convergence check or found the eigenvalue 1 more than once (NaN values); one extra
+    transfer per such subgraph, only when that happens."""
     redo = np.flatnonzero(np.isnan(values))
-    logger.warning("stacked eigensolver: %d of %d subgraphs of %d nodes missed the convergence check; solving "
-                   "them again one by one", redo.size, values.size, n)
-    img = np.array([items[k][1] for k in redo], dtype=np.intp)
-    rows = np.zeros((redo.size, n), dtype=np.intp)
-    mask = np.zeros((redo.size, n), dtype=bool)
-    for j, k in enumerate(redo):
-        indices = items[k][2]
-        rows[j, :indices.size] = indices
-        mask[j, :indices.size] = True
-    block = to_host(_solve_bucket(xp, stack, img, rows, mask, num_thresholds, sanitize=True, method="loop"))
+    logger.debug("stacked eigensolver: %d of %d subgraphs of %d nodes missed the convergence check or are "
+                 "(nearly) disconnected; solving them again on the host", redo.size, values.size, n)
     values, sides = values.copy(), sides.copy()
-    values[redo] = np.ascontiguousarray(block[:, :VALUE_BYTES]).view(np.float64)[:, 0]
-    sides[redo] = block[:, VALUE_BYTES:].astype(bool)
+    for k in redo:
+        _, i, indices = items[k]
+        idx = xp.asarray(indices)
+        A = to_host(stack[i][idx[:, None], idx[None, :]]).astype(np.float64)
+        A = np.where(np.isfinite(A), A, 0.0)
+        d = A.sum(axis=1)
+        m = indices.size
+        real = np.ones((1, m), dtype=bool)
+        if not np.all(d > 0):  # an isolated node: a leaf, as the stacked path decides it
+            values[k], sides[k, :m] = np.inf, False
+            continue
+        y = fiedler_vector(A, d, solver="dense")
+        scores, thr = stacked_scores(np, A[None], d[None], y[None], real, num_thresholds)
+        best = int(np.argmin(scores[0]))
+        values[k] = scores[0, best]
+        sides[k, :m] = y > thr[0, best]
     return values, sides
 
 

@@ -481,6 +481,12 @@ def fiedler_vector(A: np.ndarray, d: np.ndarray, *, solver: str = "auto", warm_s
     return _fix_sign(y.astype(A.dtype, copy=False))
 
 
+#: Degrees below which :func:`spectral_lower_bound` claims nothing: with every degree above it, a weight whose square
+#: underflows (below ~1.5e-154) contributes less than 2.2e-308 / 1e-280 to a term of ||M||_F^2, so the sum is
+#: short by less than 1e-18 for any grid a dense affinity holds.
+_BOUND_MIN_DEGREE = 1e-140
+
+
 def spectral_lower_bound(A: np.ndarray, d: np.ndarray, stop_below=None) -> float:
     """A cheap, rigorous lower bound on the NCut of *every* bipartition of a graph.
 
@@ -505,6 +511,10 @@ def spectral_lower_bound(A: np.ndarray, d: np.ndarray, stop_below=None) -> float
         ``stop_below``, a value below it is only known to be below it.
     """
     n = A.shape[0]
+    if n and float(np.min(d)) < _BOUND_MIN_DEGREE:
+        # the squares A_ij^2 of such a graph's weights may underflow to 0 while A_ij^2 / (d_i d_j) does not (a
+        # float64 W scaled by 1e-200 "proved" every subgraph a leaf): no bound is claimed (NCut >= 0 always holds)
+        return 0.0
     dinv = 1.0 / d
     # the row sum of ||M||_F^2 above which neither form can reach stop_below (the trace(M^4) form needs
     # ||M||_F^2 < 2)
@@ -732,8 +742,11 @@ def stacked_fiedler_vectors(xp, A, real, degrees=None, *, return_converged: bool
         u1 = sqrt_d / xp.sqrt((sqrt_d * sqrt_d).sum(axis=1, keepdims=True))
         projected = (vecs * (vecs[:, :1, :] * ones[:, None, :])).sum(axis=2) - u1 * u1[:, :1]
         u2 = xp.where(degenerate[:, None], projected, u2)
-        # No host sync here: the flags travel with the level's one transfer (a NaN value, see batched.py)
-        converged = eigh_residuals(xp, M, vals, vecs) <= EIGH_RESIDUAL_TOL
+        # No host sync here: the flags travel with the level's one transfer (a NaN value, see batched.py). The
+        # projection is the canonical vector only where the near-1 eigenvalues are exactly the components'; weakly
+        # linked clusters inside a component come within rounding of 1 as well (3 components gave 5 such
+        # eigenvalues), so a degenerate subgraph is also flagged, and solved again by the host's exact rule
+        converged = (eigh_residuals(xp, M, vals, vecs) <= EIGH_RESIDUAL_TOL) & ~degenerate
     y = dis * u2  # y = D^-1/2 u2; zero on the padding
     big = sign_reference(y)  # (the padding is 0, never the reference)
     y = xp.where(xp.take_along_axis(y, big[:, None], axis=1) < 0, -y, y)

@@ -198,17 +198,21 @@ def ncut_trees(grids, *, alpha: float = 10.0, tau_max: float = 1.0, compat: str 
     trees = [None] * len(grids)
     native_at, native_grids = [], []
     for i, f in enumerate(grids):
-        if not is_device(f) and resolve_graph_backend(graph_backend, on_device=False, compat=compat, solver=solver,
-                                                      num_tokens=_num_tokens(f)) == "native":
-            native_at.append(i)
-            native_grids.append(f)
-        else:
-            trees[i] = ncut_tree(f, alpha=alpha, tau_max=tau_max, compat=compat, solver=solver,
-                                 num_thresholds=num_thresholds, graph_backend=graph_backend)
+        try:
+            if not is_device(f) and resolve_graph_backend(graph_backend, on_device=False, compat=compat,
+                                                          solver=solver, num_tokens=_num_tokens(f)) == "native":
+                native_at.append(i)
+                native_grids.append(f)
+            else:
+                trees[i] = ncut_tree(f, alpha=alpha, tau_max=tau_max, compat=compat, solver=solver,
+                                     num_thresholds=num_thresholds, graph_backend=graph_backend)
+        except InputError as exc:  # (which grid of the batch)
+            raise InputError(f"grids[{i}]: {exc}") from exc
     if native_grids:
         tau_max = check_options(tau_max, compat, solver, num_thresholds, name="tau_max")
         alpha = check_alpha(alpha)
-        tokens, shapes = zip(*(as_token_matrix(f) for f in native_grids))
+        tokens, shapes = zip(*(as_token_matrix(f, name=f"grids[{i}]: features") for i, f in zip(native_at,
+                                                                                                    native_grids)))
         built = native_trees(list(tokens), list(shapes), alpha=alpha, tau_max=tau_max, compat=compat,
                              num_thresholds=num_thresholds, solver=solver, num_threads=int(num_threads),
                              normalize=True)  # (each grid normalised by the core, on its thread)

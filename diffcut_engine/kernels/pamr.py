@@ -24,10 +24,12 @@ says whether the kernel can run.
 
 from __future__ import annotations
 
+import numbers
 import os
 
 import torch
 
+from diffcut_engine.config import PAMR_MAX_DILATION, PAMR_MAX_ITERS
 from diffcut_engine.errors import BackendUnavailableError, InputError
 from diffcut_engine.utils.imports import install_hint, is_available
 
@@ -69,6 +71,7 @@ def offsets_tensor(dilations, device=None) -> torch.Tensor:
 def propagate_reference(masks: torch.Tensor, aff: torch.Tensor, dilations, iters: int) -> torch.Tensor:
     """Torch reference: ``iters`` PAMR steps of masks (B, K, H, W) with affinities (B, P, H, W)."""
     h, w = masks.shape[-2:]
+    dilations = tuple(min(d, max(h, w)) for d in dilations)  # (beyond the image's size a tap clamps alike)
     pad = max(dilations)
     term = torch.empty_like(masks) if iters else None
     for _ in range(iters):
@@ -133,7 +136,14 @@ def propagate(masks: torch.Tensor, aff: torch.Tensor, dilations, iters: int, *, 
         raise BackendUnavailableError("the fused PAMR kernel needs Triton and a CUDA device (or "
                                       f"TRITON_INTERPRET=1 set before this module is imported); install it with: "
                                       f"{install_hint('triton')}")
+    if isinstance(iters, bool) or not isinstance(iters, numbers.Integral) or not 0 <= iters <= PAMR_MAX_ITERS:
+        raise InputError(f"iters must be an int in [0, {PAMR_MAX_ITERS}], got {iters!r}")
+    iters = int(iters)
     dilations = tuple(dilations)
+    if not dilations or any(isinstance(d, bool) or not isinstance(d, numbers.Integral)
+                            or not 1 <= d <= PAMR_MAX_DILATION for d in dilations):
+        raise InputError(f"dilations must be a non-empty sequence of ints in [1, {PAMR_MAX_DILATION}], got "
+                         f"{dilations!r}")
     if masks.ndim != 4 or aff.ndim != 4 or aff.shape[0] != masks.shape[0] or aff.shape[-2:] != masks.shape[-2:] \
             or aff.shape[1] != 8 * len(dilations):
         raise InputError(f"masks (B, K, H, W) and aff (B, 8 x {len(dilations)}, H, W) do not match: "
@@ -141,6 +151,12 @@ def propagate(masks: torch.Tensor, aff: torch.Tensor, dilations, iters: int, *, 
     if masks.dtype != torch.float32 or aff.dtype != torch.float32:
         raise InputError(f"masks and aff must be float32, got {masks.dtype} and {aff.dtype}")
     b, k, h, w = masks.shape
+    if max(masks.numel(), aff.numel()) >= 2**31:
+        raise InputError(f"the fused PAMR kernel indexes with 32-bit integers: masks {tuple(masks.shape)} and "
+                         f"affinities {tuple(aff.shape)} must hold fewer than 2^31 values each; propagate fewer "
+                         "masks per call")
+    if iters == 0:
+        return masks.clone()  # (never the caller's tensor)
     masks, aff = masks.contiguous(), aff.contiguous()
     offs = offsets_tensor(dilations, masks.device)
     k_block = max(1, min(k_block, triton.next_power_of_2(k)))
