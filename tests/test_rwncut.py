@@ -182,3 +182,28 @@ def test_adjacency_kinds_are_symmetric_and_options_are_validated():
             rw_ncut(P, **bad)
     with pytest.raises(InputError, match="shape"):
         rw_ncut(P, shape=(3, 3))
+
+
+def test_rw_ncut_input_errors_are_input_errors():
+    """shape=64 raised a bare TypeError and (-8, -8) a bare ValueError; a torch P that requires grad a
+    RuntimeError; np.float32 ceilings were refused while True was taken; string P was taken."""
+    import torch
+
+    from diffcut_engine.graph.rwncut import feature_transition_matrix
+
+    f = np.random.default_rng(0).standard_normal((6, 6, 5)).astype(np.float32)
+    P = feature_transition_matrix(f)
+    want = rw_ncut(P, shape=(6, 6)).labels
+    for bad in (64, (-6, -6), (6, 6.0), (True, 36), (4, 9, 2)):
+        with pytest.raises(InputError, match="shape"):
+            rw_ncut(P, shape=bad)
+    assert np.array_equal(rw_ncut(torch.from_numpy(P).requires_grad_(), shape=(6, 6)).labels, want)
+    assert np.array_equal(rw_ncut(P, shape=(np.int64(6), 6)).labels, want)
+    for bad in (True, np.nan, -1.0, "0.1"):
+        with pytest.raises(InputError, match="ceiling"):
+            rw_ncut(P, ceiling=bad)
+    rw_ncut(P, ceiling=np.float32(0.5))
+    with pytest.raises(InputError, match="real numeric"):
+        rw_ncut(P.astype(str))
+    with pytest.raises(InputError, match="real numeric"):
+        rw_ncut(P + 0j)

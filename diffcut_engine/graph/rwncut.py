@@ -23,6 +23,7 @@ References
 from __future__ import annotations
 
 import logging
+import numbers
 from dataclasses import dataclass, field
 from typing import List, Optional, Tuple
 
@@ -32,6 +33,7 @@ from ..errors import InputError
 from .affinity import affinity_from_tokens, as_token_matrix, l2_normalize
 from .eigen import sign_reference, validate_solver
 from .host import HostSplitter
+from .xp import to_host
 from .scoring import NUM_THRESHOLDS, expected_random_ncut
 from .tree import AUTO_MARGIN, Acceptance, NCutNode, NCutTree, accepted_masks, grow, labels_from_masks, preorder
 from .validation import check_alpha, check_num_thresholds, check_tau
@@ -70,9 +72,17 @@ def check_transition_matrix(P, *, name: str = "P") -> np.ndarray:
         If ``P`` is not square, has NaN/inf or negative entries, or a row sum differs from 1 by more than
         ``ROW_SUM_TOL``.
     """
-    P = np.asarray(P)
+    try:
+        P = to_host(P)  # torch tensors too: detached (requires_grad), bfloat16 widened
+    except InputError:
+        raise
+    except Exception as exc:
+        raise InputError(f"{name} must be an array convertible to numpy: {exc}") from exc
     if P.ndim != 2 or P.shape[0] != P.shape[1] or P.shape[0] == 0:
         raise InputError(f"{name} must be a square (N, N) transition matrix, got shape {P.shape}")
+    if P.dtype.kind not in "biuf":
+        raise InputError(f"{name} must be a real numeric array, got dtype {P.dtype}")
+    tol = ROW_SUM_TOL if P.dtype.itemsize >= 4 or P.dtype.kind != "f" else max(ROW_SUM_TOL, 8 * P.shape[0] * 2.0**-11)
     P = P.astype(np.float64, copy=False)
     if not np.all(np.isfinite(P)):
         raise InputError(f"{name} contains NaN or infinite values")
@@ -80,7 +90,7 @@ def check_transition_matrix(P, *, name: str = "P") -> np.ndarray:
         raise InputError(f"{name} has negative entries (min {P.min():.3g}); a transition matrix is non-negative")
     rows = P.sum(axis=1)
     worst = float(np.abs(rows - 1).max())
-    if worst > ROW_SUM_TOL:
+    if worst > tol:  # (a float16 matrix holds its rows to float16's rounding)
         raise InputError(f"{name} is not row-stochastic: a row sums to 1 {'+' if rows.max() > 1 else '-'} "
                          f"{worst:.3g}")
     return P / rows[:, None]
@@ -475,6 +485,23 @@ def _renormalized(Pk: np.ndarray, idx: np.ndarray) -> np.ndarray:
     return sub / rows[:, None]
 
 
+def _check_shape(shape, n: int) -> tuple:
+    """``shape`` (a tuple of positive ints holding the ``n`` nodes; None: ``(n,)``), or :class:`InputError`."""
+    if shape is None:
+        return (n,)
+    try:
+        dims = tuple(shape)
+    except TypeError:
+        dims = None
+    if not dims or any(isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Integral) or v < 1
+                       for v in dims):
+        raise InputError(f"shape must be a tuple of positive ints, got {shape!r}")
+    dims = tuple(int(v) for v in dims)
+    if int(np.prod(dims)) != n:
+        raise InputError(f"shape {dims} does not hold the {n} nodes of P")
+    return dims
+
+
 def rw_ncut(P, *, graph: str = "flow", k: int = 1, threshold: str = "tree", tau: float = 0.5,
             min_size: int = 1, subgraph: str = "restrict", alpha: float = 10.0, solver: str = "auto",
             num_thresholds: int = NUM_THRESHOLDS, shape=None, tol: float = STATIONARY_TOL,
@@ -530,7 +557,8 @@ def rw_ncut(P, *, graph: str = "flow", k: int = 1, threshold: str = "tree", tau:
         On an invalid P or option.
     """
     _validate(graph, threshold, tau, min_size, subgraph, solver, num_thresholds, alpha)
-    if ceiling is not None and not (isinstance(ceiling, (int, float)) and ceiling > 0):
+    if ceiling is not None and (isinstance(ceiling, (bool, np.bool_)) or not isinstance(ceiling, numbers.Real)
+                                or not np.isfinite(ceiling) or not ceiling > 0):
         raise InputError(f"ceiling must be a positive number, got {ceiling!r}")
     _check_iteration(tol, max_iter)  # (also where the stationary distribution is not needed)
     if max_depth is not None and (isinstance(max_depth, bool) or not isinstance(max_depth, (int, np.integer))
@@ -538,9 +566,7 @@ def rw_ncut(P, *, graph: str = "flow", k: int = 1, threshold: str = "tree", tau:
         raise InputError(f"max_depth must be None or a non-negative integer, got {max_depth!r}")
     P = check_transition_matrix(P)
     n = P.shape[0]
-    shape = tuple(shape) if shape is not None else (n,)
-    if int(np.prod(shape)) != n:
-        raise InputError(f"shape {shape} does not hold the {n} nodes of P")
+    shape = _check_shape(shape, n)
     Pk = transition_power(P, k)
     W, stationary = _graph_of(Pk, graph, alpha, tol, max_iter)
 
