@@ -353,3 +353,30 @@ def test_leaf_bound_holds_for_a_float64_affinity_at_any_scale():
         assert same_partition(got, want), scale
     d = W.sum(1)
     assert spectral_lower_bound(W * 1e-200, d * 1e-200) <= 0.0  # (it was 1.0; NCut >= 0 is all it claims)
+
+
+@pytest.mark.parametrize("backend", ["numpy", "native", "batched"])
+def test_constant_features_are_one_leaf_without_an_eigensolve(backend, monkeypatch):
+    """W = 1 (constant features, e.g. a blank frame): every bipartition of a uniform complete graph has NCut exactly
+    1, so the root is a leaf at every tau <= 1 with value 1. The solvers spent up to a second failing to certify an
+    arbitrary vector of its (n-1)-fold eigenvalue first (0.8 s numpy, 0.4 s native at 32 x 32), and at tau = 1 a
+    rounded NCut of 0.9999999999999998 could split it."""
+    from diffcut_engine.graph import host, native, ncut_tree
+    from diffcut_engine.graph.batched import build_trees_batched
+
+    if backend == "native" and not native.native_available():
+        pytest.skip("the C++ extension is not built")
+
+    def no_solve(*args, **kwargs):
+        raise AssertionError("an eigensolve ran")
+
+    monkeypatch.setattr(host, "fiedler_vector", no_solve)
+    f = np.ones((20, 24, 16), np.float32)
+    for tau_max in (0.5, 1.0):
+        if backend == "batched":
+            tree = build_trees_batched([affinity(f, 10.0)], tau_max=tau_max, xp=np, shapes=[(20, 24)])[0]
+        else:
+            tree = ncut_tree(f, tau_max=tau_max, graph_backend=backend)
+        assert not tree.root.is_split and tree.root.value == 1.0 and tree.root.exact
+        assert np.array_equal(tree.cut(tau_max), np.zeros((20, 24), np.int32))
+    assert recursive_ncut(f, tau=1.0, graph_backend="numpy" if backend == "batched" else backend).max() == 0

@@ -338,6 +338,20 @@ struct Pending {
 
 }  // namespace
 
+namespace {
+
+// Whether every entry of the m x m matrix A is the same positive value (graph/host.py uniform): decided by the
+// first differing entry for any other graph.
+bool uniform(const float* A, std::int64_t m) {
+  const float a = A[0];
+  if (!(a > 0.0f) || A[m - 1] != a || A[(m - 1) * m] != a) return false;
+  for (std::int64_t i = 0; i < m * m; ++i)
+    if (A[i] != a) return false;
+  return true;
+}
+
+}  // namespace
+
 Tree build_tree(const float* W, std::int64_t n, const Options& options, const std::uint8_t* zero_rows) {
   // the products run on the core's own threads (matvec.h); the BLAS calls left (dsyevr on small subgraphs, the
   // block Krylov's small products) single-threaded, so that its idle workers do not spin on the same cores; a
@@ -408,6 +422,13 @@ Tree build_tree(const float* W, std::int64_t n, const Options& options, const st
     bool isolated = false;
     for (std::int64_t a = 0; a < m; ++a) isolated |= !(d[a] > 0);
     if (isolated) continue;  // an all-zero row: no meaningful Laplacian (a leaf)
+    if (depth == 0 && options.tau_max <= 1.0 && uniform(A, m)) {
+      // every bipartition of a uniform complete graph has NCut exactly 1 (constant features: W = 1): a leaf at
+      // every tau <= 1, with no eigensolve (its vector is arbitrary; the solvers took up to a second to fail to
+      // certify one), as graph/host.py decides it
+      tree.nodes[id].value = 1.0;
+      continue;
+    }
     if (depth > 0) {  // a subgraph proved a leaf at tau_max needs no eigensolve (the tree and its cuts are unchanged)
       const double stop = options.tau_max + kLeafBoundMargin;
       const double bound = spectral_lower_bound(A, d, m, stop);

@@ -135,6 +135,21 @@ int main(void) {
   EXPECT(diffcut_tree_cut(tree, 0.5, labels, n, &k) == DIFFCUT_OK && k == 2);
   diffcut_tree_free(tree);
   diffcut_tree_free(NULL);
+  /* constant features (W = 1: every split of the uniform complete graph has NCut exactly 1): one leaf at tau 1 */
+  {
+    float ones[8 * 8 * 4];
+    int32_t one_labels[64];
+    int32_t kk = -1;
+    int64_t count = -1;
+    for (int i = 0; i < 8 * 8 * 4; ++i) ones[i] = 1.0f;
+    diffcut_options* o1 = NULL;
+    EXPECT(diffcut_options_new(&o1) == DIFFCUT_OK && diffcut_options_set_tau_max(o1, 1.0) == DIFFCUT_OK);
+    EXPECT(diffcut_tree_build(ones, 8, 8, 4, o1, &tree) == DIFFCUT_OK);
+    EXPECT(diffcut_tree_split_values(tree, NULL, 0, &count) == DIFFCUT_OK && count == 0);
+    EXPECT(diffcut_tree_cut(tree, 1.0, one_labels, 64, &kk) == DIFFCUT_OK && kk == 1);
+    diffcut_tree_free(tree);
+    diffcut_options_free(o1);
+  }
   /* a one-token tree has no split: its split values are none, with or without room for some */
   EXPECT(diffcut_tree_build(f, 1, 1, c, opts, &tree) == DIFFCUT_OK);
   {

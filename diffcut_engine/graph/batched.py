@@ -279,7 +279,7 @@ def build_trees_batched(Ws: Sequence, *, tau_max: float, num_thresholds: int = N
         if W.dtype.kind not in "biuf":
             raise InputError(f"affinity {i} must be real-valued, got dtype {W.dtype}")
         sizes.append(int(W.shape[0]))
-    check_affinity_values(xp, Ws, [f"affinity {i}" for i in range(len(Ws))])
+    uniform = check_affinity_values(xp, Ws, [f"affinity {i}" for i in range(len(Ws))])
     if degrees is not None:
         degrees = list(degrees)
         if len(degrees) != len(Ws) or any(tuple(getattr(d, "shape", ())) != (n,) for d, n in zip(degrees, sizes)):
@@ -297,5 +297,10 @@ def build_trees_batched(Ws: Sequence, *, tau_max: float, num_thresholds: int = N
 
     splitter = BatchedSplitter(xp, Ws, num_thresholds, degrees=degrees, zero_rows=compat in ZERO_ROW_MODES)
     roots = [NCutNode(np.arange(n), 0) for n in sizes]
-    grow(roots, list(range(len(roots))), splitter.propose, Acceptance("tau", tau_max), schedule="level")
+    # a uniform complete graph (constant features: W = 1) is a leaf at every tau <= 1, with NCut exactly 1 for
+    # every split, as on the host (host.uniform); the others are solved level by level
+    solve = [i for i in range(len(roots)) if not (uniform[i] and tau_max <= 1.0 and sizes[i] >= 2)]
+    for i in set(range(len(roots))) - set(solve):
+        roots[i].value = 1.0
+    grow([roots[i] for i in solve], solve, splitter.propose, Acceptance("tau", tau_max), schedule="level")
     return [NCutTree(root, shape, tau_max, compat) for root, shape in zip(roots, shapes)]

@@ -49,6 +49,15 @@ class _State:
     pooled: bool = False
 
 
+def uniform(A) -> bool:
+    """Whether every entry of the square array ``A`` (numpy) is the same positive value: a uniform complete graph,
+    every bipartition of which has NCut exactly 1. Decided by the first differing entry for any other graph."""
+    a = A[0, 0]
+    if not a > 0 or A[0, -1] != a or A[-1, 0] != a:
+        return False
+    return bool(np.all(A[0] == a)) and bool(np.all(A == a))
+
+
 class HostSplitter:
     """Solves the nodes of one affinity ``W`` on the host.
 
@@ -145,6 +154,11 @@ class HostSplitter:
             d = A.sum(axis=1)
         if not np.all(d > 0):  # an isolated node (all-zero row): no meaningful Laplacian
             return None
+        if node.depth == 0 and accept.rule == "tau" and accept.tau <= 1.0 and not self.official and uniform(A):
+            # every bipartition of a uniform complete graph has NCut exactly 1 (constant features: W = 1), so the
+            # root is a leaf at every tau <= 1, with no eigensolve (whose vector is arbitrary there: the solvers
+            # took up to a second to fail to certify it)
+            return Proposal(1.0, accept.tau)
         if self.leaf_bounds and accept.rule == "tau" and node.depth > 0:
             # (the root is a leaf only for near-uniform images)
             bound = spectral_lower_bound(A, d, stop_below=accept.tau + LEAF_BOUND_MARGIN)

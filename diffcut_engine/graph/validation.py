@@ -69,10 +69,11 @@ def check_compat(compat) -> str:
     return compat
 
 
-def check_affinity_values(xp, Ws, names=None) -> None:
+def check_affinity_values(xp, Ws, names=None) -> list:
     """``build_tree``'s value checks of square affinities ``Ws`` (arrays of namespace ``xp``, numpy or CuPy):
     finite, non-negative, symmetric within 1e-5 of the largest entry; read back to the host in one transfer for
-    all of them. ``names``: how the messages name each one (default ``"affinity"``).
+    all of them. ``names``: how the messages name each one (default ``"affinity"``). Returns, per affinity,
+    whether every entry is the same positive value (a uniform complete graph: every split has NCut exactly 1).
 
     Raises
     ------
@@ -80,20 +81,24 @@ def check_affinity_values(xp, Ws, names=None) -> None:
         Naming the first affinity and the first check it fails.
     """
     names = list(names) if names is not None else ["affinity"] * len(Ws)
-    stats, named = [], []
-    for W, name in zip(Ws, names):
+    stats, named, uniform = [], [], [False] * len(Ws)
+    at = []
+    for i, (W, name) in enumerate(zip(Ws, names)):
         if not W.size:
             continue
         Wf = W.astype(xp.float64) if W.dtype == bool else W
         stats.append(xp.stack([xp.all(xp.isfinite(Wf)), xp.any(Wf < 0), xp.max(xp.abs(Wf - Wf.T)),
-                               xp.max(xp.abs(Wf))]).astype(xp.float64))
+                               xp.max(xp.abs(Wf)), (Wf[0, 0] > 0) & xp.all(Wf == Wf[0, 0])]).astype(xp.float64))
         named.append(name)
+        at.append(i)
     if not stats:
-        return
-    for (finite, negative, asym, largest), name in zip(to_host(xp.stack(stats)).tolist(), named):
+        return uniform
+    for (finite, negative, asym, largest, same), name, i in zip(to_host(xp.stack(stats)).tolist(), named, at):
+        uniform[i] = bool(same)
         if not finite:
             raise InputError(f"{name} contains NaN or infinite values")
         if negative:
             raise InputError(f"{name} must be non-negative")
         if asym > 1e-5 * largest:
             raise InputError(f"{name} must be symmetric (max |W - W^T| = {asym:.3g})")
+    return uniform
