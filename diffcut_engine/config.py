@@ -64,6 +64,15 @@ SIZE_PRESETS = {"diffusion": 1024, "efficientnet-lite0": 768}
 Size = Tuple[int, int]
 
 
+def check_seed(seed) -> int:
+    """``seed`` as an int; :class:`InputError` unless it is an integer a torch generator takes ([-2^63, 2^64 - 1])."""
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+        raise InputError(f"seed must be an integer, got {seed!r}")
+    if not -2**63 <= int(seed) < 2**64:
+        raise InputError(f"seed must be in [-2^63, 2^64 - 1] (a torch generator's range), got {seed}")
+    return int(seed)
+
+
 def parse_size(value: Union[int, str, Tuple[int, int], list, None], *, name: str = "size",
                multiple: int = 1) -> Optional[Size]:
     """Parse ``1024``, ``"1024"``, ``"1024x576"`` (width x height) or ``(height, width)`` into ``(height, width)``.
@@ -260,8 +269,7 @@ class EngineConfig:
             raise InputError(f"resize_mode='center_crop' needs a square size, got {self.size[1]}x{self.size[0]}")
         if not (_is_int(self.timestep) and 0 <= self.timestep < 1000):
             raise InputError(f"timestep must be an integer in [0, 999], got {self.timestep!r}")
-        if not _is_int(self.seed):
-            raise InputError(f"seed must be an integer, got {self.seed!r}")
+        check_seed(self.seed)
         for name in ("timestep", "seed", "batch_size", "graph_threads", "pamr_iters"):  # numpy ints stored as int
             if _is_int(getattr(self, name)):
                 set_(name, int(getattr(self, name)))

@@ -354,3 +354,36 @@ def test_tensorrt_encoder_refuses_old_tensorrt_module(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "tensorrt", trt)
     with pytest.raises(BackendUnavailableError, match="TensorRT 8.6.1 is too old"):
         TensorRTEncoder(str(tmp_path))
+
+
+def test_a_tensorrt_that_fails_to_import_and_a_machine_without_cuda_are_named_before_any_export(tmp_path,
+                                                                                                  monkeypatch):
+    """A TensorRT install whose import raises OSError (libnvinfer missing) or RuntimeError (CUDA init) gave a raw
+    traceback (only ImportError was caught); `diffcut export --format tensorrt` on a machine with TensorRT but no
+    CUDA GPU ran the whole ONNX export before refusing."""
+    import sys
+
+    from diffcut_engine.cli import main
+
+    for name, body in (("oserror", "raise OSError('libnvinfer.so.10: cannot open shared object file')"),
+                       ("runtime", "raise RuntimeError('CUDA initialization failure with error: 35')"),
+                       ("v10", "__version__ = '10.3.0'")):
+        pkg = tmp_path / name / "tensorrt"
+        pkg.mkdir(parents=True)
+        (pkg / "__init__.py").write_text(body + "\n")
+        monkeypatch.syspath_prepend(str(tmp_path / name))
+        monkeypatch.delitem(sys.modules, "tensorrt", raising=False)
+        if name != "v10":
+            with pytest.raises(BackendUnavailableError, match="installed but fails to import") as info:
+                imports.require("tensorrt", "the tensorrt backend")
+            assert "\n" not in str(info.value)
+        elif __import__("torch").cuda.is_available():
+            continue
+        loaded = []
+        monkeypatch.setattr("diffcut_engine.encoders.onnx_export.export_onnx",
+                            lambda *a, **k: loaded.append(1), raising=True)
+        code = main(["export", "--model", "no-such-org/never-loaded", "--out", str(tmp_path / f"out_{name}"),
+                     "--format", "tensorrt", "--quiet"])
+        assert code == 2 and not loaded, name
+        monkeypatch.syspath_prepend(str(tmp_path))  # (the next fake first on the path)
+        sys.path.remove(str(tmp_path / name))

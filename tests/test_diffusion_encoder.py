@@ -358,3 +358,48 @@ def test_bad_options_raise_input_error(tiny_sd_path):
         DiffusionEncoder.from_pretrained(tiny_sd_path, device="cpu", dtype="fp8")
     with pytest.raises(InputError, match="timestep"):
         DiffusionEncoder.from_pretrained(tiny_sd_path, device="cpu", timestep=1000)
+
+
+def test_damaged_model_folders_raise_one_line_model_load_errors(tiny_sdxl_path, tmp_path):
+    """A truncated text-encoder file (SafetensorError), weights that do not fit the config (RuntimeError), a missing
+    tokenizer (OverflowError in encode_prompt) and a model_index.json holding a list (AttributeError) gave raw
+    exceptions."""
+    import shutil
+
+    def damaged(name, change):
+        folder = tmp_path / name
+        shutil.copytree(tiny_sdxl_path, folder)
+        change(folder)
+        return str(folder)
+
+    def truncate(folder):
+        path = next((folder / "text_encoder").glob("*.safetensors"))
+        path.write_bytes(path.read_bytes()[:1000])
+
+    def mismatch(folder):
+        config = json.loads((folder / "vae" / "config.json").read_text())
+        config["latent_channels"] = config["latent_channels"] * 2
+        (folder / "vae" / "config.json").write_text(json.dumps(config))
+
+    cases = {
+        "truncated_text_encoder": truncate,
+        "vae_config_mismatch": mismatch,
+        "no_tokenizer": lambda folder: shutil.rmtree(folder / "tokenizer"),
+        "index_is_a_list": lambda folder: (folder / "model_index.json").write_text("[1, 2]"),
+    }
+    for name, change in cases.items():
+        with pytest.raises(ModelLoadError) as info:
+            DiffusionEncoder.from_pretrained(damaged(name, change), device="cpu")
+        assert "\n" not in str(info.value).strip() and name in str(info.value), (name, str(info.value))
+
+
+def test_seed_outside_a_torch_generators_range_is_refused_up_front(tiny_sd_path):
+    """2**64 passed every check and failed at the first encode with a raw ValueError (Overflow when unpacking)."""
+    from diffcut_engine.config import EngineConfig
+
+    for bad in (2**64, -2**63 - 1):
+        with pytest.raises(InputError, match="seed must be in"):
+            EngineConfig(backbone="efficientnet-lite0", seed=bad)
+        with pytest.raises(InputError, match="seed must be in"):
+            DiffusionEncoder.from_pretrained(tiny_sd_path, device="cpu", seed=bad)
+    assert EngineConfig(backbone="efficientnet-lite0", seed=2**64 - 1).seed == 2**64 - 1

@@ -268,6 +268,7 @@ def test_manifest_of_another_export(damaged):
     (("method", "seed"), "42", "method.seed"), (("method", "timestep"), None, "method.timestep"),
     (("model",), ["tiny"], "'model' entry"), (("model", "id"), 7, "model.id"),
     (("model", "stride"), -8, "model.stride"), (("dtype",), "fp64", "dtype"), (("batch",), 1, "'batch' entry"),
+    (("output", "shape"), 5, "output.shape"), (("output", "shape"), ["batch", 4, "x", 64], "output.shape"),
 ])
 def test_malformed_manifest_entries_are_refused_in_one_line(damaged, path, value, message):
     # a manifest that parses but whose entries have the wrong type or shape: a ModelLoadError naming the entry
@@ -453,3 +454,27 @@ def test_export_through_a_link_replaces_the_linked_folder(tiny_sd_encoder, tmp_p
     manifest = artifacts.load_manifest(str(link))
     assert manifest["created"] >= first and manifest["input"]["size"] == [64, 64]
     assert not [p for p in os.listdir(tmp_path) if ".partial-" in p]
+
+
+def test_manifest_file_names_with_nul_bytes_are_damage(damaged):
+    """A NUL byte in a listed file name raised "ValueError: embedded null byte" from os.path.realpath."""
+    manifest_path = os.path.join(damaged, "manifest.json")
+    m = json.load(open(manifest_path))
+    m["files"]["x\u0000y"] = {"bytes": 1, "sha256": "0" * 64}
+    json.dump(m, open(manifest_path, "w"))
+    with pytest.raises(ModelLoadError, match="file name") as err:
+        OnnxEncoder(damaged, device="cpu")
+    assert "\n" not in str(err.value)
+
+
+def test_opset_beyond_the_installed_onnx_is_refused_before_the_model_loads(tmp_path):
+    """--opset 99 was taken, then the exporters failed after loading and tracing the model (about 1,950 lines of IR
+    on stdout with the TorchScript exporter)."""
+    import onnx
+
+    from diffcut_engine.encoders.onnx_export import export_onnx
+
+    newest = onnx.defs.onnx_opset_version()
+    for bad in (99, newest + 1, 16, True):
+        with pytest.raises(InputError, match="opset must be an integer in"):
+            export_onnx("no-such-org/never-loaded", str(tmp_path / "out"), opset=bad)

@@ -60,9 +60,9 @@ def cmd_export(args) -> int:
     from ..encoders.onnx_export import export_onnx
 
     if args.format == "tensorrt":  # what the engine build needs, checked before the model loads and exports
-        from ..utils.imports import require
+        from ..encoders.tensorrt import require_engine_build
 
-        require("tensorrt", "the tensorrt backend")
+        require_engine_build()
     manifest = export_onnx(args.model, str(args.out), size=args.size, batch=args.batch, fp16=args.fp16,
                            constants="inputs" if args.constants_as_inputs else "baked", opset=args.opset,
                            device=args.device, revision=args.revision, local_files_only=args.local_files_only,

@@ -142,6 +142,10 @@ def _structure_problem(manifest: dict) -> Optional[str]:
             return f"method.{key} is {method.get(key)!r}, not an int"
     if manifest["dtype"] not in ("fp32", "fp16"):
         return f"dtype is {manifest['dtype']!r}, not 'fp32' or 'fp16'"
+    shape = manifest["output"].get("shape")
+    if shape is not None and not (isinstance(shape, list) and len(shape) == 4
+                                  and all(_is_int(v) and v > 0 for v in shape[1:])):
+        return f"output.shape is {shape!r}, not [batch, grid height, grid width, channels]"
     return None
 
 
@@ -161,6 +165,9 @@ def check_files(folder: str, manifest: dict, *, verify_hashes: bool = True) -> N
         raise ModelLoadError(f"{folder!r}: the manifest lists no {ONNX_NAME}; export the model again")
     root = os.path.realpath(folder)
     for name, facts in sorted(files.items()):
+        if not isinstance(name, str) or not name or "\0" in name:
+            raise ModelLoadError(f"{folder!r}: the manifest lists the file name {name!r}; the manifest is damaged: "
+                                 "export the model again")
         path = os.path.join(folder, name)
         # a listed file must stay inside the folder: no absolute paths, no "..", no link pointing out of it
         if os.path.isabs(name) or os.path.commonpath([root, os.path.realpath(path)]) != root:

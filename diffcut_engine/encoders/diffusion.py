@@ -16,10 +16,11 @@ from __future__ import annotations
 import logging
 from typing import Dict, Optional, Tuple
 
-from ..errors import InputError
+from ..config import check_seed
+from ..errors import InputError, ModelLoadError
 from .base import FeatureEncoder, dtype_name, resolve_device, resolve_dtype, torch
 from .conditioning import EmptyPromptConditioning, encode_empty_prompt
-from .loading import load_pipeline, looks_like_path, resolve_model
+from .loading import first_line, load_pipeline, looks_like_path, resolve_model
 from .speed import (CUDAGraphs, LazyCompiled, check_speed_options, set_attention_processor, unet_autocast,
                     vae_precision)
 from .truncated_unet import TruncatedUNet, find_hooked_attention
@@ -108,9 +109,7 @@ class DiffusionEncoder(FeatureEncoder):
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
         self.model = model
-        if isinstance(seed, bool) or not isinstance(seed, int):
-            raise InputError(f"seed must be an integer, got {seed!r}")
-        self.seed = seed
+        self.seed = check_seed(seed)
         if not isinstance(vae_tf32, bool):
             raise InputError(f"vae_tf32 must be True or False, got {vae_tf32!r}")
         self.vae_tf32 = vae_tf32
@@ -245,15 +244,21 @@ class DiffusionEncoder(FeatureEncoder):
         if isinstance(timestep, bool) or not isinstance(timestep, int) or timestep < 0:
             raise InputError(f"timestep must be a non-negative integer (a raw training timestep), "
                              f"got {timestep!r}")
-        if isinstance(seed, bool) or not isinstance(seed, int):
-            raise InputError(f"seed must be an integer, got {seed!r}")
+        check_seed(seed)
         if not isinstance(vae_tf32, bool):
             raise InputError(f"vae_tf32 must be True or False, got {vae_tf32!r}")
         model = resolve_model(model)
         # 1-2. model_index.json checked, then the VAE in fp32 and the other needed components in `dtype`.
         pipe, vae = load_pipeline(model, dtype=dtype, revision=revision, local_files_only=local_files_only)
         # 3. Empty-prompt conditioning, once, with the pipeline's own encode_prompt; no CFG.
-        prompt_embeds, pooled = encode_empty_prompt(pipe, device)
+        for coder, tokenizer in (("text_encoder", "tokenizer"), ("text_encoder_2", "tokenizer_2")):
+            if getattr(pipe, coder, None) is not None and getattr(pipe, tokenizer, None) is None:
+                raise ModelLoadError(f"{model!r} has a {coder} but no {tokenizer}; the model folder is incomplete")
+        try:
+            prompt_embeds, pooled = encode_empty_prompt(pipe, device)
+        except (OverflowError, ValueError, TypeError, AttributeError, IndexError, RuntimeError) as exc:
+            raise ModelLoadError(f"{model!r}: its text encoders could not encode the empty prompt "
+                                 f"({type(exc).__name__}: {first_line(exc)}); the model folder is damaged") from exc
         encoder = cls(pipe.unet, vae, pipe.scheduler, prompt_embeds, pooled, model=model, device=device,
                       dtype=dtype, timestep=timestep, seed=seed, vae_tf32=vae_tf32)
         # 4. Release the text encoders and tokenizers: the conditioning is cached.

@@ -137,8 +137,21 @@ def check_hub_model(model: str, *, revision=None, local_files_only: bool = False
     return local_files_only
 
 
+def _safetensors_error():
+    """safetensors' own error class (a truncated or corrupt .safetensors file), or a stand-in where it has none."""
+    try:
+        from safetensors import SafetensorError
+    except ImportError:  # (a third-party package: an older safetensors without the class)
+        return OSError
+    return SafetensorError
+
+
 def check_pipeline_index(model: str, index: dict) -> None:
     """Refuse a model_index.json that is not a text-conditioned SD/SDXL-type pipeline, before any weights."""
+    if not isinstance(index, dict):
+        raise ModelLoadError(f"{model!r}: its model_index.json holds a {type(index).__name__}, not a table of "
+                             "components; the model folder is damaged")
+
     def cls_of(name):
         spec = index.get(name)
         return spec[1] if isinstance(spec, (list, tuple)) and len(spec) == 2 and spec[1] else None
@@ -222,7 +235,8 @@ def load_pipeline(model: str, *, dtype, revision=None, local_files_only: bool = 
         dtype_kw = dtype_keyword()
         vae = vae_cls.from_pretrained(model, subfolder="vae", **{dtype_kw: torch.float32}, **common)
         pipe = DiffusionPipeline.from_pretrained(model, **{dtype_kw: dtype}, vae=vae, **skipped, **common)
-    except (OSError, ValueError, KeyError, TypeError, AttributeError, ImportError) as exc:
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, ImportError, RuntimeError,
+            _safetensors_error()) as exc:  # (RuntimeError: weights that do not fit the config's shapes)
         raise ModelLoadError(f"could not load diffusers pipeline {model!r}: {first_line(exc)}") from exc
     finally:
         if silence:

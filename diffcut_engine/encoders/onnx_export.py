@@ -238,8 +238,10 @@ def export_onnx(model: Optional[str], out_dir: str, *, size: Union[int, str, Tup
         raise InputError(f"exporter must be one of {', '.join(EXPORTERS)}, got {exporter!r}")
     if constants not in ("baked", "inputs"):
         raise InputError(f"constants must be 'baked' or 'inputs', got {constants!r}")
-    if not (isinstance(opset, int) and opset >= 17):
-        raise InputError(f"opset must be an integer >= 17 (LayerNormalization), got {opset!r}")
+    newest = int(onnx.defs.onnx_opset_version())
+    if not (isinstance(opset, int) and not isinstance(opset, bool) and 17 <= opset <= newest):
+        raise InputError(f"opset must be an integer in [17, {newest}] (17: LayerNormalization; {newest}: the "
+                         f"newest the installed onnx {onnx.__version__} knows), got {opset!r}")
     batch_range = parse_batch_range(batch)
     parse_size(size, name="size")  # its form now; the multiple of the model's stride once it is loaded
     if encoder is None and not (isinstance(timestep, int) and not isinstance(timestep, bool) and 0 <= timestep < 1000):

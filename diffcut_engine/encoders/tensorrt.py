@@ -248,6 +248,18 @@ def _require_tensorrt():
     return trt
 
 
+def require_engine_build():
+    """The ``tensorrt`` module, once TensorRT imports and torch sees a CUDA GPU (what building and running an
+    engine need); :class:`BackendUnavailableError` naming what is missing. ``diffcut export --format tensorrt``
+    calls it before the model loads and exports."""
+    trt = _require_tensorrt()
+    import torch
+
+    if not torch.cuda.is_available():
+        raise BackendUnavailableError("the tensorrt backend needs a CUDA GPU, and torch sees none")
+    return trt
+
+
 def check_tensorrt_version(version: str) -> Tuple[int, int]:
     """(major, minor) of a ``tensorrt.__version__`` string such as ``"10.3.0.26"`` or ``"11.0.0"``.
 
@@ -394,11 +406,9 @@ class TensorRTEncoder(FeatureEncoder):
     def __init__(self, engine_dir: str, *, device="auto", cache_dir: Optional[str] = None,
                  batch: Optional[Sequence[int]] = None, expect: Optional[dict] = None, verify_hashes: bool = True,
                  workspace_bytes: Optional[int] = None):
-        trt = _require_tensorrt()
+        trt = require_engine_build()
         import torch
 
-        if not torch.cuda.is_available():
-            raise BackendUnavailableError("the tensorrt backend needs a CUDA GPU, and torch sees none")
         if device not in (None, "auto") and not str(device).startswith("cuda"):
             raise InputError(f"the tensorrt backend runs on CUDA devices only, got device={device!r}")
         self.device = torch.device("cuda" if device in (None, "auto") else device)

@@ -59,8 +59,10 @@ def require(module: str, purpose: str):
         _, human = _EXTRAS.get(module, ("", module))
         raise BackendUnavailableError(f"{purpose} needs {human}, which is not installed; install it with: "
                                       f"{install_hint(module)}")
+    if module.split(".")[0] == __name__.split(".")[0]:
+        return importlib.import_module(module)  # (our own modules' import errors are never hidden)
     try:
         return importlib.import_module(module)
-    except ImportError as exc:  # installed but broken (e.g. a CUDA library missing)
-        raise BackendUnavailableError(f"{purpose} needs {module}, which is installed but fails to import: {exc}") \
-            from exc
+    except Exception as exc:  # installed but broken: a CUDA library missing (ImportError, OSError), no driver, ...
+        raise BackendUnavailableError(f"{purpose} needs {module}, which is installed but fails to import: "
+                                      f"{type(exc).__name__}: {exc}") from exc
