@@ -12,6 +12,8 @@ Couairon et al., "DiffCut", NeurIPS 2024 (arXiv:2406.02842).
 
 from __future__ import annotations
 
+import collections.abc
+import itertools
 import logging
 import numbers
 import time
@@ -156,7 +158,7 @@ class Engine:
         """
         if errors not in ("raise", "skip"):
             raise InputError(f"errors must be 'raise' or 'skip', got {errors!r}")
-        single = not isinstance(images_, (list, tuple))
+        single = not isinstance(images_, (list, tuple)) and not _is_stream(images_)
         items = [images_] if single else list(images_)
         results: List[Optional[Segmentation]] = [None] * len(items)
         failures = {}
@@ -209,11 +211,19 @@ class Engine:
         elif isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or batch_size < 1:
             raise InputError(f"batch_size must be a positive integer, got {batch_size!r}")  # -1 gave no results
         namer = self.namer(classes) if classes is not None else None
-        inputs = list(inputs) if not isinstance(inputs, list) else inputs
-        bar = _progress(len(inputs), progress)
+        # a sized collection is taken as a list (the bar knows its length); an iterator (a generator of frames, a
+        # camera) is pulled one batch at a time, so the first results come before the last frame is read
+        sized = hasattr(inputs, "__len__")
+        source = (inputs if isinstance(inputs, list) else list(inputs)) if sized else iter(inputs)
+        bar = _progress(len(source) if sized else None, progress)
         try:
-            for start in range(0, len(inputs), batch_size):
-                chunk = list(enumerate(inputs[start:start + batch_size], start))
+            start = 0
+            while True:
+                batch = source[start:start + batch_size] if sized else list(itertools.islice(source, batch_size))
+                if not batch:
+                    break
+                chunk = list(enumerate(batch, start))
+                start += len(batch)
                 for res in self._segment_batch(chunk, tau, tree_tau, return_features,
                                                return_image or namer is not None, segments):
                     if namer is not None and res.ok:
@@ -597,7 +607,13 @@ def warn_slow_dtype(config: EngineConfig) -> None:
                        "CPU kernels); use dtype bf16 (--dtype bf16) or fp32 on the CPU, fp16 on a GPU")
 
 
-def _progress(total: int, enabled: bool):
+def _is_stream(value) -> bool:
+    """Whether an input to :meth:`Engine.segment` is a stream of images (a generator or another iterator), not one
+    image (file-like objects, which are iterators too, are one image)."""
+    return isinstance(value, collections.abc.Iterator) and not hasattr(value, "read")
+
+
+def _progress(total: Optional[int], enabled: bool):
     from .utils.progress import progress_bar
 
     return progress_bar(total=total, enabled=enabled, desc="segment", unit="img")

@@ -162,6 +162,23 @@ def pil_to_tensor(im: Image.Image, name: str) -> torch.Tensor:
     return from_array(np.array(im.convert("RGB")), name)
 
 
+def _16bit_colour(im, path) -> bool:
+    """Whether a PNG or TIFF file holds 16 bits per sample with colour or alpha, which Pillow decodes to 8 bits
+    (only 16-bit grayscale keeps its precision there): the PNG header's bit depth and colour type (2, 4, 6), or
+    the TIFF's BitsPerSample tag."""
+    if im.format == "TIFF":
+        bits = getattr(im, "tag_v2", {}).get(258)
+        return isinstance(bits, tuple) and len(bits) >= 2 and max(bits) == 16
+    if im.format != "PNG":
+        return False
+    try:
+        with open(path, "rb") as f:
+            head = f.read(26)
+    except OSError:
+        return False
+    return len(head) == 26 and head[12:16] == b"IHDR" and head[24] == 16 and head[25] in (2, 4, 6)
+
+
 def load_image(source, index: int = 0) -> LoadedImage:
     """Decode one image source into a :class:`LoadedImage`.
 
@@ -183,6 +200,10 @@ def load_image(source, index: int = 0) -> LoadedImage:
                     logger.warning("%s: %s with %d frames; only the first is segmented%s", name,
                                    "an animated image" if im.format != "TIFF" else "a TIFF", frames,
                                    " (`diffcut video` segments every frame)" if im.format in ("GIF", "PNG") else "")
+                if _16bit_colour(im, path):
+                    logger.warning("%s: a 16-bit colour %s, which Pillow decodes at 8 bits per channel; for the "
+                                   "full 16 bits pass the image as a uint16 array (e.g. from tifffile.imread or "
+                                   "imageio)", name, im.format)
                 im.load()
                 pixels = pil_to_tensor(im, name)
         except InputError:

@@ -212,3 +212,41 @@ def test_read_only_arrays_load_without_torch_warning():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
                          cwd=str(__import__("pathlib").Path(__file__).resolve().parents[1]))
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
+
+
+def test_16bit_colour_files_warn_that_pillow_reads_8_bits(tmp_path, caplog):
+    """README said 16-bit images are divided by 65535; Pillow decodes 16-bit colour PNGs and TIFFs at 8 bits (only
+    16-bit grayscale keeps its precision), silently: a 0x8000 / 0x81FF edge was one uniform segment. It is now
+    said, with what keeps 16 bits (a uint16 array), and the array path keeps them."""
+    import logging
+    import struct
+    import zlib
+
+    import tifffile
+
+    from diffcut_engine.images import load_image
+
+    ramp = ((np.arange(40)[None, :, None] + 32768) * np.ones((20, 1, 3))).astype(np.uint16)
+
+    def png(path, arr, colour_type):
+        raw = b"".join(b"\x00" + row.astype(">u2").tobytes() for row in arr)
+
+        def chunk(kind, data):
+            return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+        path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", arr.shape[1], arr.shape[0], 16,
+                                                                            colour_type, 0, 0, 0))
+                         + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+
+    png(tmp_path / "rgb16.png", ramp, 2)
+    png(tmp_path / "gray16.png", ramp[..., 0], 0)
+    tifffile.imwrite(tmp_path / "rgb16.tif", ramp, photometric="rgb")
+    for name, warned in (("rgb16.png", True), ("rgb16.tif", True), ("gray16.png", False)):
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="diffcut_engine.images"):
+            load_image(str(tmp_path / name))
+        assert ("16-bit colour" in caplog.text) == warned, name
+    gray = load_image(str(tmp_path / "gray16.png")).pixels
+    assert len(np.unique(gray[0].numpy())) == 40  # 16-bit grayscale keeps every level
+    full = load_image(ramp).pixels
+    assert len(np.unique(full[0].numpy())) == 40 and float(full.max()) == pytest.approx(32807 / 65535)

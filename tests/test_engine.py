@@ -303,3 +303,33 @@ def test_stage_api_bad_arguments_are_input_errors_and_numpy_grids_work(engine):
     with pytest.raises(InputError, match="NCutTree"):
         engine.labels(prepared[0], features[0], trees)
     assert engine.labels(prepared[0], features[0], trees[0]).labels.shape == (40, 50)
+
+
+def test_generators_are_streamed_one_batch_at_a_time(engine, tmp_path):
+    """iter_segment drained a generator before the first result (an endless camera feed never yielded; a video held
+    every frame in memory); segment(generator) took it for one image ("unsupported image type generator")."""
+    import io
+
+    pulled = []
+
+    def frames(n):
+        for i in range(n):
+            pulled.append(i)
+            yield two_colour_image(edge=40 + 10 * (i % 5))
+
+    stream = engine.iter_segment(frames(10**6), batch_size=2)
+    first = next(stream)
+    assert first.ok and first.index == 0 and len(pulled) == 2
+    second, third = next(stream), next(stream)
+    assert (second.index, third.index) == (1, 2) and len(pulled) == 4
+    results = engine.segment(frames(5))
+    assert isinstance(results, list) and len(results) == 5
+    want = engine.segment([two_colour_image(edge=40 + 10 * i) for i in range(5)])
+    for a, b in zip(results, want):
+        np.testing.assert_array_equal(a.labels, b.labels)
+    assert [r.index for r in engine.iter_segment(iter([two_colour_image()] * 3), batch_size=2)] == [0, 1, 2]
+    # a file-like object (an iterator too) is taken as one input, not as a stream of lines
+    from diffcut_engine.errors import InputError
+
+    with pytest.raises(InputError, match="unsupported image type BytesIO"):
+        engine.segment(io.BytesIO(b"not an image"))

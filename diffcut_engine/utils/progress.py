@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+from typing import Optional
 
 
 def progress_disabled() -> bool:
@@ -21,8 +22,8 @@ class _NullBar:
         pass
 
 
-def progress_bar(*, total: int, enabled: bool = True, desc: str = "", unit: str = "it"):
-    """A tqdm bar on stderr, or a no-op object when disabled."""
+def progress_bar(*, total: Optional[int], enabled: bool = True, desc: str = "", unit: str = "it"):
+    """A tqdm bar on stderr (``total`` None: a count without an end), or a no-op object when disabled."""
     if not enabled or progress_disabled():
         return _NullBar()
     from tqdm.auto import tqdm
