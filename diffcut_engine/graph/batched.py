@@ -71,13 +71,17 @@ def _solve_bucket(xp, stack, img, rows, mask, num_thresholds: int, sanitize: boo
     if sanitize:
         A = xp.where(xp.isfinite(A), A, 0.0)
     A = xp.where(real[:, :, None] & real[:, None, :], A, 0.0)
-    y, d, solvable, converged = stacked_fiedler_vectors(xp, A, real, degrees=degrees, return_converged=True,
-                                                        method=method)
+    y, d, solvable, converged, degenerate = stacked_fiedler_vectors(xp, A, real, degrees=degrees,
+                                                                    return_converged=True, return_degenerate=True,
+                                                                    method=method)
     values, thr = stacked_scores(xp, A, d, y, real, num_thresholds)
     values = xp.where(solvable[:, None], values, xp.inf)
     best = xp.argmin(values, axis=1)[:, None]
     value = xp.take_along_axis(values, best, axis=1)[:, 0]
-    value = xp.ascontiguousarray(xp.where(converged | ~solvable, value, xp.nan))
+    # NaN: solved again on the host (:func:`_resolve_unconverged`); its sign bit says why (set: a repeated
+    # eigenvalue 1, expected for disconnected subgraphs; clear: a missed convergence check, worth a warning)
+    value = xp.where(converged | ~solvable, value, xp.where(degenerate, -xp.nan, xp.nan))
+    value = xp.ascontiguousarray(value)
     side = (y > xp.take_along_axis(thr, best, axis=1)) & real
     return xp.concatenate([value.view(xp.uint8).reshape(b, VALUE_BYTES), side.astype(xp.uint8)], axis=1)
 
@@ -188,8 +192,13 @@ def _resolve_unconverged(xp, stack, items, n: int, values, sides, num_thresholds
     stacked solve missed the convergence check or found the eigenvalue 1 more than once (NaN values); one extra
     transfer per such subgraph, only when that happens."""
     redo = np.flatnonzero(np.isnan(values))
-    logger.debug("stacked eigensolver: %d of %d subgraphs of %d nodes missed the convergence check or are "
-                 "(nearly) disconnected; solving them again on the host", redo.size, values.size, n)
+    missed = int(np.count_nonzero(~np.signbit(values[redo])))
+    if missed:
+        logger.warning("stacked eigensolver: %d of %d subgraphs of %d nodes missed the convergence check; solving "
+                       "them again on the host", missed, values.size, n)
+    if redo.size > missed:
+        logger.debug("%d subgraphs of %d nodes are (nearly) disconnected; solving them again on the host",
+                     redo.size - missed, n)
     values, sides = values.copy(), sides.copy()
     for k in redo:
         _, i, indices = items[k]

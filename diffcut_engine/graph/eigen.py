@@ -685,7 +685,8 @@ def eigh_residuals(xp, M, vals, vecs, top: int = 2):
     return xp.maximum(res, norm_err)
 
 
-def stacked_fiedler_vectors(xp, A, real, degrees=None, *, return_converged: bool = False, method=None):
+def stacked_fiedler_vectors(xp, A, real, degrees=None, *, return_converged: bool = False, method=None,
+                            return_degenerate: bool = False):
     """Fiedler vectors of a stack of zero-padded subgraphs, in their array namespace (numpy or CuPy).
 
     Each (n, n) block ``A[i]`` holds a subgraph on its ``real[i]`` entries and zeros elsewhere. ``M = D^-1/2 A
@@ -718,6 +719,9 @@ def stacked_fiedler_vectors(xp, A, real, degrees=None, *, return_converged: bool
     converged : array
         (b,) bool, only with ``return_converged=True``: False where the stacked solve missed the residual bound
         (to be solved again with ``method="loop"``).
+    degenerate : array
+        (b,) bool, only with ``return_degenerate=True`` (and ``return_converged=True``): True where the eigenvalue 1
+        came more than once (a (nearly) disconnected subgraph; ``converged`` is False there too).
     """
     n = A.shape[1]
     d = A.sum(axis=2) if degrees is None else degrees
@@ -730,6 +734,7 @@ def stacked_fiedler_vectors(xp, A, real, degrees=None, *, return_converged: bool
     if n > DENSE_MAX_NODES:
         u2 = _fiedler_iterative(xp, M, d, real)
         converged = xp.ones(M.shape[0], dtype=bool)
+        degenerate = xp.zeros(M.shape[0], dtype=bool)
     else:
         vals, vecs = stacked_eigh(xp, M, method)
         u2 = vecs[:, :, -2]
@@ -750,6 +755,8 @@ def stacked_fiedler_vectors(xp, A, real, degrees=None, *, return_converged: bool
     y = dis * u2  # y = D^-1/2 u2; zero on the padding
     big = sign_reference(y)  # (the padding is 0, never the reference)
     y = xp.where(xp.take_along_axis(y, big[:, None], axis=1) < 0, -y, y)
+    if return_converged and return_degenerate:
+        return y, d, solvable, converged, degenerate
     if return_converged:
         return y, d, solvable, converged
     return y, d, solvable
