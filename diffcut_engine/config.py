@@ -53,6 +53,34 @@ DEFAULT_REFINE = "demo"
 PAMR_MAX_ITERS = 10_000
 PAMR_MAX_DILATION = 32_768
 
+
+def check_pamr_iters(iters) -> int:
+    """PAMR's number of iterations as an int; :class:`InputError` unless an integer in [0, PAMR_MAX_ITERS]."""
+    if not is_int(iters) or not 0 <= iters <= PAMR_MAX_ITERS:
+        raise InputError(f"iters must be an int in [0, {PAMR_MAX_ITERS}], got {iters!r}")
+    return int(iters)
+
+
+def check_pamr_dilations(dilations) -> Tuple[int, ...]:
+    """PAMR's dilations as a tuple of ints; :class:`InputError` unless a non-empty sequence of integers in
+    [1, PAMR_MAX_DILATION]."""
+    try:
+        dil = tuple(dilations)
+    except TypeError:
+        dil = ()
+    if not dil or any(not is_int(d) or not 1 <= d <= PAMR_MAX_DILATION for d in dil):
+        raise InputError(f"dilations must be a non-empty sequence of ints in [1, {PAMR_MAX_DILATION}], got "
+                         f"{dilations!r}")
+    return tuple(int(d) for d in dil)
+
+
+def pamr_reach(dilations: Tuple[int, ...], h: int, w: int) -> Tuple[int, ...]:
+    """The dilations with each capped at ``max(h, w)``: a tap that far clamps to the border in both directions
+    (replicate padding), as does any larger one, so the taps, and the floats, are the same; the padding then stays
+    within the image's size (a dilation of 32768 padded a 10 x 10 image to 65546 x 65546)."""
+    cap = max(h, w)
+    return tuple(min(d, cap) for d in dilations)
+
 #: tau presets by feature family: the paper's value for SDXL-type UNets, the author's value for SD 1.x (issue #5 of
 #: the official repository), and our own for the offline backbone (chosen on scikit-image photos, see encoders/lite.py).
 TAU_PRESETS = {"sdxl": 0.5, "sd": 0.2, "efficientnet-lite0": 0.08}
@@ -110,7 +138,7 @@ def parse_size(value: Union[int, str, Tuple[int, int], list, None], *, name: str
     return hw
 
 
-def _is_int(value) -> bool:
+def is_int(value) -> bool:
     """An integer option: Python or numpy integers; ``bool`` is refused (``True`` is no batch size or seed)."""
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
@@ -267,11 +295,11 @@ class EngineConfig:
             raise InputError(f"unknown resize_mode {self.resize_mode!r}; choose one of {', '.join(RESIZE_MODES)}")
         if self.resize_mode == "center_crop" and self.size[0] != self.size[1]:
             raise InputError(f"resize_mode='center_crop' needs a square size, got {self.size[1]}x{self.size[0]}")
-        if not (_is_int(self.timestep) and 0 <= self.timestep < 1000):
+        if not (is_int(self.timestep) and 0 <= self.timestep < 1000):
             raise InputError(f"timestep must be an integer in [0, 999], got {self.timestep!r}")
         check_seed(self.seed)
         for name in ("timestep", "seed", "batch_size", "graph_threads", "pamr_iters"):  # numpy ints stored as int
-            if _is_int(getattr(self, name)):
+            if is_int(getattr(self, name)):
                 set_(name, int(getattr(self, name)))
         set_("alpha", check_alpha(self.alpha))
         if self.tau is not None:
@@ -284,7 +312,7 @@ class EngineConfig:
             raise InputError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {self.device!r}")
         if self.dtype not in DTYPES:
             raise InputError(f"unknown dtype {self.dtype!r}; choose one of {', '.join(DTYPES)}")
-        if not (_is_int(self.batch_size) and self.batch_size >= 1):
+        if not (is_int(self.batch_size) and self.batch_size >= 1):
             raise InputError(f"batch_size must be a positive integer, got {self.batch_size!r}")
         if self.backend not in BACKENDS:
             raise InputError(f"unknown backend {self.backend!r}; choose one of {', '.join(BACKENDS)}")
@@ -314,7 +342,7 @@ class EngineConfig:
             raise InputError(f"graph_backend={self.graph_backend!r} contradicts graph_device={self.graph_device!r}")
         if self.graph_backend == "native" and self.compat == "official-float32":  # (before a model loads)
             raise InputError("graph_backend='native' supports compat official and clean, not 'official-float32'")
-        if not _is_int(self.graph_threads) or self.graph_threads < 1:
+        if not is_int(self.graph_threads) or self.graph_threads < 1:
             raise InputError(f"graph_threads must be an int >= 1, got {self.graph_threads!r}")
 
     def _check_refine(self, set_) -> None:
@@ -328,17 +356,18 @@ class EngineConfig:
             raise InputError(f"unknown refine {self.refine!r}; choose one of {', '.join(REFINE_PRESETS)}, none "
                              f"(or True/False)")
         set_("refine", refine)
-        if self.pamr_iters is not None and not (_is_int(self.pamr_iters) and 0 <= self.pamr_iters <= PAMR_MAX_ITERS):
-            raise InputError(f"pamr_iters must be an integer in [0, {PAMR_MAX_ITERS}], got {self.pamr_iters!r}")
+        if self.pamr_iters is not None:
+            try:
+                check_pamr_iters(self.pamr_iters)
+            except InputError:
+                raise InputError(f"pamr_iters must be an integer in [0, {PAMR_MAX_ITERS}], "
+                                 f"got {self.pamr_iters!r}") from None
         if self.pamr_dilations is not None:
             try:
-                dil = tuple(self.pamr_dilations)
-            except TypeError:
-                dil = ()
-            if not dil or not all(_is_int(d) and 0 < d <= PAMR_MAX_DILATION for d in dil):
+                set_("pamr_dilations", check_pamr_dilations(self.pamr_dilations))
+            except InputError:
                 raise InputError(f"pamr_dilations must be integers in [1, {PAMR_MAX_DILATION}], got "
-                                 f"{self.pamr_dilations!r}")
-            set_("pamr_dilations", tuple(int(d) for d in dil))
+                                 f"{self.pamr_dilations!r}") from None
         if self.refine_backend not in ("auto", "torch", "fast", "native"):
             raise InputError(f"unknown refine_backend {self.refine_backend!r}; choose one of auto, torch, fast, native")
 

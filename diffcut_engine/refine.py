@@ -29,11 +29,10 @@ from __future__ import annotations
 import numbers
 from typing import Optional, Sequence, Tuple
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .config import PAMR_MAX_DILATION, PAMR_MAX_ITERS
+from .config import check_pamr_dilations, check_pamr_iters, is_int, pamr_reach
 from .errors import BackendUnavailableError, InputError
 
 __all__ = [
@@ -95,8 +94,7 @@ def _check_labels(labels: torch.Tensor, name: str, shape: Tuple[int, ...],
         raise InputError(f"{name} must have an integer dtype, got {labels.dtype}")
     if tuple(labels.shape) != tuple(shape):
         raise InputError(f"{name} must have shape {tuple(shape)}, got {tuple(labels.shape)}")
-    if num_segments is not None and (isinstance(num_segments, bool) or not isinstance(num_segments, numbers.Integral)
-                                     or num_segments < 1):
+    if num_segments is not None and (not is_int(num_segments) or num_segments < 1):
         raise InputError(f"num_segments must be a positive int, got {num_segments!r}")
     if num_segments is not None:
         num_segments = int(num_segments)
@@ -125,46 +123,16 @@ def _check_features_and_labels(features, grid_labels, num_segments):
     return features, grid_labels, k
 
 
-def _is_int(v) -> bool:
-    """An integer (Python's or numpy's), not a bool."""
-    return isinstance(v, numbers.Integral) and not isinstance(v, (bool, np.bool_))
-
-
 def _check_size(out_size, name: str = "out_size") -> Tuple[int, int]:
     try:
         vals = tuple(out_size)
-        ok = len(vals) == 2 and all(isinstance(v, numbers.Real) and not isinstance(v, (bool, np.bool_))
+        ok = len(vals) == 2 and all(isinstance(v, numbers.Real) and not isinstance(v, bool)
                                     and float(v) == int(v) and int(v) >= 1 for v in vals)
     except (TypeError, ValueError, OverflowError):
         ok = False
     if not ok:
         raise InputError(f"{name} must be (height, width) with positive ints, got {out_size!r}")
     return int(vals[0]), int(vals[1])
-
-
-def _check_iters(iters) -> int:
-    if not _is_int(iters) or not 0 <= iters <= PAMR_MAX_ITERS:
-        raise InputError(f"iters must be an int in [0, {PAMR_MAX_ITERS}], got {iters!r}")
-    return int(iters)
-
-
-def _check_dilations(dilations) -> Tuple[int, ...]:
-    try:
-        dil = tuple(dilations)
-    except TypeError:
-        dil = ()
-    if not dil or any(not _is_int(d) or not 1 <= d <= PAMR_MAX_DILATION for d in dil):
-        raise InputError(f"dilations must be a non-empty sequence of ints in [1, {PAMR_MAX_DILATION}], got "
-                         f"{dilations!r}")
-    return tuple(int(d) for d in dil)
-
-
-def _reach(dilations: Tuple[int, ...], h: int, w: int) -> Tuple[int, ...]:
-    """The dilations with each capped at ``max(h, w)``: a tap that far clamps to the border in both directions
-    (replicate padding), as does any larger one, so the taps, and the floats, are the same; the padding then stays
-    within the image's size (a dilation of 32768 padded a 10 x 10 image to 65546 x 65546)."""
-    cap = max(h, w)
-    return tuple(min(d, cap) for d in dilations)
 
 
 def _compact_ids(labels: torch.Tensor, k: int):
@@ -338,13 +306,13 @@ def pamr_affinity(image: torch.Tensor, dilations: Sequence[int] = (1, 2, 4, 8)) 
         non-empty sequence of positive ints.
     """
     image = _check_image(image)
-    dilations = _check_dilations(dilations)
+    dilations = check_pamr_dilations(dilations)
     return _pamr_affinity(image, dilations)
 
 
 def _pamr_affinity(image: torch.Tensor, dilations: Tuple[int, ...]) -> torch.Tensor:
     h, w = image.shape[-2:]
-    dilations = _reach(dilations, h, w)
+    dilations = pamr_reach(dilations, h, w)
     pmax = max(dilations)
     padded = _replicate_pad(image, pmax)
     n_taps = 9 * len(dilations)
@@ -417,14 +385,14 @@ def pamr_soft(image, masks, *, iters: int = 10, dilations: Sequence[int] = (1, 2
     if masks.shape[-3] == 0:
         raise InputError(f"masks must hold at least one mask (K >= 1), got shape {tuple(masks.shape)}")
     masks = _check_float(masks, "masks").to(image.dtype)
-    return _pamr_soft(image, masks, _check_iters(iters), _check_dilations(dilations))
+    return _pamr_soft(image, masks, check_pamr_iters(iters), check_pamr_dilations(dilations))
 
 
 def _pamr_soft(image: torch.Tensor, masks: torch.Tensor, iters: int,
                dilations: Tuple[int, ...]) -> torch.Tensor:
     h, w = image.shape[-2:]
     aff = _pamr_affinity(image, dilations).unsqueeze(-4)                        # (..., 1, P, H, W)
-    dilations = _reach(dilations, h, w)
+    dilations = pamr_reach(dilations, h, w)
     pmax = max(dilations)
     term = torch.empty_like(masks) if iters else None
     for _ in range(iters):
@@ -487,7 +455,7 @@ def pamr(image, labels, *, num_segments: Optional[int] = None, iters: int = 10,
     labels = _as_tensor(labels, "labels", image.device)
     expected = image.shape[:-3] + image.shape[-2:]
     labels, k = _check_labels(labels, "labels", expected, num_segments)
-    iters, dilations = _check_iters(iters), _check_dilations(dilations)
+    iters, dilations = check_pamr_iters(iters), check_pamr_dilations(dilations)
     labels, k, ids = _compact_ids(labels, k)
     masks = F.one_hot(labels, k).movedim(-1, -3).to(image.dtype)               # (..., K, H, W)
     out = _pamr_soft(image, masks, iters, dilations).argmax(dim=-3)
@@ -695,7 +663,7 @@ def pamr_fast(image, labels, *, num_segments: Optional[int] = None, iters: int =
     if labels.ndim != 2:
         raise InputError(f"labels must have shape (h, w), got {tuple(labels.shape)}")
     labels, k = _check_labels(labels.cpu(), "labels", tuple(labels.shape), num_segments)
-    iters, dilations = _check_iters(iters), _check_dilations(dilations)
+    iters, dilations = check_pamr_iters(iters), check_pamr_dilations(dilations)
     if isinstance(candidates, bool) or not isinstance(candidates, int) or candidates < 1:
         raise InputError(f"candidates must be a positive int, got {candidates!r}")
     if method not in ("auto", "box", "sparse", "dense"):
@@ -858,7 +826,7 @@ def refine_at(view, labels, *, work_size: Optional[Tuple[int, int]] = None, num_
     if labels.ndim != 2:
         raise InputError(f"labels must have shape (H, W), got {tuple(labels.shape)}")
     labels, k = _check_labels(labels, "labels", tuple(labels.shape), num_segments)
-    iters, dilations = _check_iters(iters), _check_dilations(dilations)
+    iters, dilations = check_pamr_iters(iters), check_pamr_dilations(dilations)
     out_size = tuple(labels.shape)
     work = out_size if work_size is None else _check_size(work_size, "work_size")
     labels, k, ids = _compact_ids(labels, k)

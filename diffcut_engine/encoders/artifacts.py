@@ -19,6 +19,7 @@ import json
 import os
 from typing import Any, Dict, Optional
 
+from ..config import is_int
 from ..errors import InputError, ModelLoadError
 
 MANIFEST_NAME = "manifest.json"
@@ -118,10 +119,6 @@ def read_manifest(folder: str) -> dict:
     return manifest
 
 
-def _is_int(v) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
 def _structure_problem(manifest: dict) -> Optional[str]:
     """What is malformed in the entries the backends read (None if nothing): each one's type and shape."""
     for key in ("model", "method", "input", "output", "batch", "tolerance"):
@@ -132,19 +129,19 @@ def _structure_problem(manifest: dict) -> Optional[str]:
         return "model.id is not a model name"
     if not isinstance(model.get("family"), str):
         return "model.family is not a name"
-    if model.get("stride") is not None and not (_is_int(model["stride"]) and model["stride"] > 0):
+    if model.get("stride") is not None and not (is_int(model["stride"]) and model["stride"] > 0):
         return f"model.stride is {model.get('stride')!r}, not a positive int"
     size = inp.get("size")
-    if not (isinstance(size, list) and len(size) == 2 and all(_is_int(v) and v > 0 for v in size)):
+    if not (isinstance(size, list) and len(size) == 2 and all(is_int(v) and v > 0 for v in size)):
         return f"input.size is {size!r}, not [height, width] in pixels"
     for key in ("timestep", "seed"):
-        if not _is_int(method.get(key)):
+        if not is_int(method.get(key)):
             return f"method.{key} is {method.get(key)!r}, not an int"
     if manifest["dtype"] not in ("fp32", "fp16"):
         return f"dtype is {manifest['dtype']!r}, not 'fp32' or 'fp16'"
     shape = manifest["output"].get("shape")
     if shape is not None and not (isinstance(shape, list) and len(shape) == 4
-                                  and all(_is_int(v) and v > 0 for v in shape[1:])):
+                                  and all(is_int(v) and v > 0 for v in shape[1:])):
         return f"output.shape is {shape!r}, not [batch, grid height, grid width, channels]"
     return None
 

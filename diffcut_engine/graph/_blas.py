@@ -118,38 +118,32 @@ class _DlInfo(ctypes.Structure):
 _blas_threads = {"looked": False, "get": None, "set": None}
 
 
-def _find_blas_threads() -> None:
-    """Look up (once) the thread-count functions of the OpenBLAS that SciPy's BLAS calls."""
-    with _blas_lock:
-        if _blas_threads["looked"]:
-            return
-        _blas_threads["looked"] = True
-        try:
-            dl = ctypes.CDLL(None)
-            if not hasattr(dl, "dladdr"):
-                dl = ctypes.CDLL("libdl.so.2")
-            dl.dladdr.argtypes = [ctypes.c_void_p, ctypes.POINTER(_DlInfo)]
-            info = _DlInfo()
-            if dl.dladdr(ctypes.c_void_p(scipy_blas_addresses()["dgemm"]), ctypes.byref(info)) and info.dli_fname:
-                lib = ctypes.CDLL(info.dli_fname.decode())
-                for prefix in ("scipy_openblas", "openblas"):
-                    get = getattr(lib, prefix + "_get_num_threads", None)
-                    set_ = getattr(lib, prefix + "_set_num_threads", None)
-                    if get is not None and set_ is not None:
-                        get.restype, get.argtypes = ctypes.c_int, []
-                        set_.restype, set_.argtypes = None, [ctypes.c_int]
-                        _blas_threads.update(get=get, set=set_)
-                        break
-        except OSError:  # no dladdr or the library cannot be reopened: leave the BLAS threads alone
-            pass
-
-
 def blas_thread_controls():
     """``(get, set)``: the thread-count functions of the OpenBLAS that SciPy's BLAS calls (the BLAS the native core
     is bound to), or ``None`` where they cannot be found (another BLAS, or no ``dladdr``). Looked up once: the
     shared object holding SciPy's ``dgemm`` is found by address (``dladdr``) and its dependencies searched for
     ``scipy_openblas_get_num_threads`` / ``openblas_get_num_threads`` and the matching setter."""
-    _find_blas_threads()
+    with _blas_lock:
+        if not _blas_threads["looked"]:
+            _blas_threads["looked"] = True
+            try:
+                dl = ctypes.CDLL(None)
+                if not hasattr(dl, "dladdr"):
+                    dl = ctypes.CDLL("libdl.so.2")
+                dl.dladdr.argtypes = [ctypes.c_void_p, ctypes.POINTER(_DlInfo)]
+                info = _DlInfo()
+                if dl.dladdr(ctypes.c_void_p(scipy_blas_addresses()["dgemm"]), ctypes.byref(info)) and info.dli_fname:
+                    lib = ctypes.CDLL(info.dli_fname.decode())
+                    for prefix in ("scipy_openblas", "openblas"):
+                        get = getattr(lib, prefix + "_get_num_threads", None)
+                        set_ = getattr(lib, prefix + "_set_num_threads", None)
+                        if get is not None and set_ is not None:
+                            get.restype, get.argtypes = ctypes.c_int, []
+                            set_.restype, set_.argtypes = None, [ctypes.c_int]
+                            _blas_threads.update(get=get, set=set_)
+                            break
+            except OSError:  # no dladdr or the library cannot be reopened: leave the BLAS threads alone
+                pass
     if _blas_threads["get"] is None:
         return None
     return _blas_threads["get"], _blas_threads["set"]
@@ -205,6 +199,7 @@ def single_threaded_blas(enabled: bool = True):
             if _single["depth"] == 0:
                 set_(_single["previous"])
 
+
 #: From this many tokens on, :func:`gram_lower` computes the Gram matrix in two bands (``kBandMinRows`` of the C++
 #: core, csrc/src/affinity.cpp).
 GRAM_BAND_MIN_ROWS = 256
@@ -255,57 +250,47 @@ def gram_lower(x: np.ndarray, out: np.ndarray) -> None:
     if n > 46340 or c > 2**31 - 1:
         raise ValueError("too many tokens for a dense affinity")
     syrk, gemm = _gram_functions()
-    base, item = out.ctypes.data, out.itemsize
-    xp = x.ctypes.data
+    ref = ctypes.byref
+    xp, base, item = x.ctypes.data, out.ctypes.data, out.itemsize
     ci, ld = ctypes.c_int(c), ctypes.c_int(n)
     one, zero = ctypes.c_float(1.0), ctypes.c_float(0.0)
 
-    def diag(r0, r1):
+    def diag(r0, r1):  # rows [r0, r1) against themselves: out's diagonal block
         rows = ctypes.c_int(r1 - r0)
-        syrk(b"U", b"T", ctypes.byref(rows), ctypes.byref(ci), ctypes.byref(one), xp + r0 * c * x.itemsize,
-             ctypes.byref(ci), ctypes.byref(zero), base + (r0 * n + r0) * item, ctypes.byref(ld))
+        syrk(b"U", b"T", ref(rows), ref(ci), ref(one), xp + r0 * c * item, ref(ci), ref(zero),
+             base + (r0 * n + r0) * item, ref(ld))
+
+    def bottom(r):  # rows [r, n): against rows [0, r), then against themselves
+        rows, cols = ctypes.c_int(r), ctypes.c_int(n - r)
+        gemm(b"T", b"N", ref(rows), ref(cols), ref(ci), ref(one), xp, ref(ci), xp + r * c * item, ref(ci),
+             ref(zero), base + r * n * item, ref(ld))
+        diag(r, n)
 
     with single_threaded_blas():
         if n < GRAM_BAND_MIN_ROWS:
             diag(0, n)
-        else:
-            _gram_bands(x, n, c, diag, gemm, base, item, ci, ld, one, zero)
-
-
-def _gram_bands(x, n, c, diag, gemm, base, item, ci, ld, one, zero) -> None:
-    """:func:`gram_lower`'s two bands (the BLAS already single-threaded)."""
-    r = gram_band_split(n)
-
-    def top():
-        diag(0, r)
-
-    def bottom():
-        rows, cols = ctypes.c_int(r), ctypes.c_int(n - r)
-        gemm(b"T", b"N", ctypes.byref(rows), ctypes.byref(cols), ctypes.byref(ci), ctypes.byref(one),
-             x.ctypes.data, ctypes.byref(ci), x.ctypes.data + r * c * x.itemsize, ctypes.byref(ci),
-             ctypes.byref(zero), base + r * n * item, ctypes.byref(ld))
-        diag(r, n)
-
-    if n * n * c >= _GRAM_THREADED_MIN_WORK and _cpus() > 1:
+            return
+        r = gram_band_split(n)
+        if n * n * c < _GRAM_THREADED_MIN_WORK or _cpus() < 2:
+            diag(0, r)
+            bottom(r)
+            return
         errors = []
 
-        def run_top():
+        def top():
             try:
-                top()
+                diag(0, r)
             except BaseException as exc:  # pragma: no cover - re-raised below
                 errors.append(exc)
 
-        helper = threading.Thread(target=run_top, name="diffcut-gram", daemon=True)
+        helper = threading.Thread(target=top, name="diffcut-gram", daemon=True)
         helper.start()
         try:
-            bottom()
+            bottom(r)
         finally:
             helper.join()
         if errors:
             raise errors[0]
-    else:
-        top()
-        bottom()
 
 
 def _cpus() -> int:

@@ -26,7 +26,7 @@ from ..errors import InputError
 from . import memory
 from ._blas import gram_lower
 from .validation import check_alpha
-from .xp import to_host
+from .xp import host_array
 
 #: epsilon of ``torch.nn.functional.normalize``; a zero token stays a zero vector.
 NORM_EPS = 1e-12
@@ -61,13 +61,7 @@ def as_token_matrix(features, *, name: str = "features") -> tuple:
     InputError
         If ``features`` is not 3-D, is empty, or contains NaN or infinity.
     """
-    try:
-        x = to_host(features)  # torch tensors too: detached (requires_grad), bfloat16 widened to float32
-    except InputError:
-        raise
-    except Exception as exc:  # e.g. a ragged nested list
-        raise InputError(f"{name} must be an array convertible to numpy (move device tensors to the host): "
-                         f"{exc}") from exc
+    x = host_array(features, name)  # torch tensors too: detached (requires_grad), bfloat16 widened to float32
     if x.ndim != 3:
         raise InputError(f"{name} must be an (h, w, C) array, got shape {tuple(x.shape)}")
     h, w, c = x.shape

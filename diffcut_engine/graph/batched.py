@@ -308,8 +308,11 @@ def build_trees_batched(Ws: Sequence, *, tau_max: float, num_thresholds: int = N
     roots = [NCutNode(np.arange(n), 0) for n in sizes]
     # a uniform complete graph (constant features: W = 1) is a leaf at every tau <= 1, with NCut exactly 1 for
     # every split, as on the host (host.uniform); the others are solved level by level
-    solve = [i for i in range(len(roots)) if not (uniform[i] and tau_max <= 1.0 and sizes[i] >= 2)]
-    for i in set(range(len(roots))) - set(solve):
-        roots[i].value = 1.0
+    solve = []
+    for i, root in enumerate(roots):
+        if uniform[i] and tau_max <= 1.0 and sizes[i] >= 2:
+            root.value = 1.0
+        else:
+            solve.append(i)
     grow([roots[i] for i in solve], solve, splitter.propose, Acceptance("tau", tau_max), schedule="level")
     return [NCutTree(root, shape, tau_max, compat) for root, shape in zip(roots, shapes)]

@@ -33,7 +33,7 @@ from ..errors import InputError
 from .affinity import affinity_from_tokens, as_token_matrix, l2_normalize
 from .eigen import sign_reference, validate_solver
 from .host import HostSplitter
-from .xp import to_host
+from .xp import host_array
 from .scoring import NUM_THRESHOLDS, expected_random_ncut
 from .tree import AUTO_MARGIN, Acceptance, NCutNode, NCutTree, accepted_masks, grow, labels_from_masks, preorder
 from .validation import check_alpha, check_num_thresholds, check_tau
@@ -72,17 +72,13 @@ def check_transition_matrix(P, *, name: str = "P") -> np.ndarray:
         If ``P`` is not square, has NaN/inf or negative entries, or a row sum differs from 1 by more than
         ``ROW_SUM_TOL``.
     """
-    try:
-        P = to_host(P)  # torch tensors too: detached (requires_grad), bfloat16 widened
-    except InputError:
-        raise
-    except Exception as exc:
-        raise InputError(f"{name} must be an array convertible to numpy: {exc}") from exc
+    P = host_array(P, name)  # torch tensors too: detached (requires_grad), bfloat16 widened
     if P.ndim != 2 or P.shape[0] != P.shape[1] or P.shape[0] == 0:
         raise InputError(f"{name} must be a square (N, N) transition matrix, got shape {P.shape}")
     if P.dtype.kind not in "biuf":
         raise InputError(f"{name} must be a real numeric array, got dtype {P.dtype}")
-    tol = ROW_SUM_TOL if P.dtype.itemsize >= 4 or P.dtype.kind != "f" else max(ROW_SUM_TOL, 8 * P.shape[0] * 2.0**-11)
+    # a float16 matrix holds its rows to float16's rounding only
+    tol = max(ROW_SUM_TOL, 8 * P.shape[0] * 2.0**-11) if P.dtype == np.float16 else ROW_SUM_TOL
     P = P.astype(np.float64, copy=False)
     if not np.all(np.isfinite(P)):
         raise InputError(f"{name} contains NaN or infinite values")
@@ -90,7 +86,7 @@ def check_transition_matrix(P, *, name: str = "P") -> np.ndarray:
         raise InputError(f"{name} has negative entries (min {P.min():.3g}); a transition matrix is non-negative")
     rows = P.sum(axis=1)
     worst = float(np.abs(rows - 1).max())
-    if worst > tol:  # (a float16 matrix holds its rows to float16's rounding)
+    if worst > tol:
         raise InputError(f"{name} is not row-stochastic: a row sums to 1 {'+' if rows.max() > 1 else '-'} "
                          f"{worst:.3g}")
     return P / rows[:, None]

@@ -134,6 +134,18 @@ def to_host(x) -> np.ndarray:
     return np.asarray(x)
 
 
+def host_array(x, name: str) -> np.ndarray:
+    """:func:`to_host` for a user's input: what numpy cannot take (a ragged nested list, an object it cannot
+    convert) is an :class:`InputError` naming ``name``."""
+    try:
+        return to_host(x)
+    except InputError:
+        raise
+    except Exception as exc:
+        raise InputError(f"{name} must be an array convertible to numpy (move device tensors to the host): "
+                         f"{exc}") from exc
+
+
 def _torch_cpu_to_numpy(t) -> np.ndarray:
     t = t.detach()  # shares memory; a tensor that requires grad cannot be exported otherwise
     if str(t.dtype) == "torch.bfloat16":  # numpy has no bfloat16: widened exactly to float32

@@ -24,12 +24,11 @@ says whether the kernel can run.
 
 from __future__ import annotations
 
-import numbers
 import os
 
 import torch
 
-from diffcut_engine.config import PAMR_MAX_DILATION, PAMR_MAX_ITERS
+from diffcut_engine.config import check_pamr_dilations, check_pamr_iters, pamr_reach
 from diffcut_engine.errors import BackendUnavailableError, InputError
 from diffcut_engine.utils.imports import install_hint, is_available
 
@@ -71,7 +70,7 @@ def offsets_tensor(dilations, device=None) -> torch.Tensor:
 def propagate_reference(masks: torch.Tensor, aff: torch.Tensor, dilations, iters: int) -> torch.Tensor:
     """Torch reference: ``iters`` PAMR steps of masks (B, K, H, W) with affinities (B, P, H, W)."""
     h, w = masks.shape[-2:]
-    dilations = tuple(min(d, max(h, w)) for d in dilations)  # (beyond the image's size a tap clamps alike)
+    dilations = pamr_reach(tuple(dilations), h, w)
     pad = max(dilations)
     term = torch.empty_like(masks) if iters else None
     for _ in range(iters):
@@ -136,14 +135,7 @@ def propagate(masks: torch.Tensor, aff: torch.Tensor, dilations, iters: int, *, 
         raise BackendUnavailableError("the fused PAMR kernel needs Triton and a CUDA device (or "
                                       f"TRITON_INTERPRET=1 set before this module is imported); install it with: "
                                       f"{install_hint('triton')}")
-    if isinstance(iters, bool) or not isinstance(iters, numbers.Integral) or not 0 <= iters <= PAMR_MAX_ITERS:
-        raise InputError(f"iters must be an int in [0, {PAMR_MAX_ITERS}], got {iters!r}")
-    iters = int(iters)
-    dilations = tuple(dilations)
-    if not dilations or any(isinstance(d, bool) or not isinstance(d, numbers.Integral)
-                            or not 1 <= d <= PAMR_MAX_DILATION for d in dilations):
-        raise InputError(f"dilations must be a non-empty sequence of ints in [1, {PAMR_MAX_DILATION}], got "
-                         f"{dilations!r}")
+    iters, dilations = check_pamr_iters(iters), check_pamr_dilations(dilations)
     if masks.ndim != 4 or aff.ndim != 4 or aff.shape[0] != masks.shape[0] or aff.shape[-2:] != masks.shape[-2:] \
             or aff.shape[1] != 8 * len(dilations):
         raise InputError(f"masks (B, K, H, W) and aff (B, 8 x {len(dilations)}, H, W) do not match: "
