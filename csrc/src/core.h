@@ -42,6 +42,10 @@ constexpr double kSignTieRtol = 1e-9;
 // is disconnected, and then takes the canonical split of its first node's component (eigen.DISCONNECTED_EIGENVALUE,
 // eigen.component_split).
 constexpr double kDisconnectedEigenvalue = 1e-10;
+// near_null_split: the lower end of its eigenvalue interval, and the projection size it gives up below
+// (eigen.NEAR_NULL_LOWER, eigen.NEAR_NULL_FLOOR).
+constexpr double kNearNullLower = -1.0;
+constexpr double kNearNullFloor = 1e-8;
 // Integer alphas up to this use binary powering (as the Python path does).
 constexpr int kMaxSquaringExponent = 64;
 
@@ -99,6 +103,11 @@ void dense_u2(const float* A, const std::vector<double>& d, std::int64_t m, std:
 // component of node 0 of A's non-zero entries, and true; false (u2 untouched) where A is connected. Every solver
 // takes it where its eigenvalue says the graph may be disconnected (lambda_2 <= kDisconnectedEigenvalue).
 bool component_split(const float* A, const std::vector<double>& d, std::int64_t m, std::vector<double>& u2);
+// The canonical split of an A connected only through weights at rounding level (eigen.near_null_split): the
+// projection of node 0's unit vector on the eigenvectors of the normalised Laplacian with eigenvalues in
+// (kNearNullLower, kDisconnectedEigenvalue], less its component along sqrt(d), in the numpy path's order of
+// operations, and true; false (u2 untouched) where dsyevr finds fewer than two or the projection vanishes.
+bool near_null_split(const float* A, const std::vector<double>& d, std::int64_t m, std::vector<double>& u2);
 
 // u2 (unit, orthogonal to sqrt(d)) of M = D^-1/2 A D^-1/2 by Lanczos with the Davis-Kahan certificate of
 // diffcut_engine.graph.eigen._lanczos (sin angle(u, u2) < 1e-6), or false where it cannot certify. A is

@@ -152,10 +152,11 @@ bool tridiagonal_top2(const double* alpha, const double* beta, int k, double& w1
   return true;
 }
 
-int syevr(char range, int n, double* a, int il, int iu, std::vector<double>& w, std::vector<double>& z, int& found) {
-  const int cols = range == 'A' ? n : iu - il + 1;
+int syevr(char range, int n, double* a, int il, int iu, std::vector<double>& w, std::vector<double>& z, int& found,
+          double vl, double vu) {
+  const int cols = range == 'I' ? iu - il + 1 : n;
   char jobz = 'V', uplo = 'L';
-  double vl = 0.0, vu = 1.0, abstol = 0.0, work_query = 0.0;
+  double abstol = 0.0, work_query = 0.0;
   int info = 0, lwork = -1, liwork = -1, iwork_query = 0;
   found = 0;
   w.assign(static_cast<std::size_t>(n), 0.0);

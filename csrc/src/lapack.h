@@ -64,10 +64,12 @@ bool tridiagonal_top2(const double* alpha, const double* beta, int k, double& w1
                       std::vector<double>& z2);
 
 // The bound dsyevr with its workspace query, eigenvectors on: the eigenpairs il..iu (1-based, ascending; range
-// 'I') or all of them (range 'A') of the symmetric n x n matrix whose lower triangle, column-major, is `a`
-// (overwritten). w: the eigenvalues ascending; z: the eigenvectors, column-major n x found. Returns LAPACK's info
-// (that of the workspace query if it failed; 0 on success); `found` is the number of eigenpairs.
-int syevr(char range, int n, double* a, int il, int iu, std::vector<double>& w, std::vector<double>& z, int& found);
+// 'I'), those with eigenvalues in (vl, vu] (range 'V') or all of them (range 'A') of the symmetric n x n matrix
+// whose lower triangle, column-major, is `a` (overwritten). w: the eigenvalues ascending; z: the eigenvectors,
+// column-major n x found. Returns LAPACK's info (that of the workspace query if it failed; 0 on success); `found`
+// is the number of eigenpairs.
+int syevr(char range, int n, double* a, int il, int iu, std::vector<double>& w, std::vector<double>& z, int& found,
+          double vl = 0.0, double vu = 1.0);
 
 // While an instance lives, the bound BLAS runs single-threaded if it is an OpenBLAS whose thread control is found
 // (openblas_get/set_num_threads, or scipy_openblas_... of the scipy-openblas32 wheel, in the library holding the

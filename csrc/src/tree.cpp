@@ -146,13 +146,13 @@ DIFFCUT_CLONES void gather_row(float* dst, const float* src, const std::int32_t*
 
 }  // namespace
 
-// u2 of the (m x m, row-major) affinity A with degrees d by dsyevr (eigenpairs 1..2 of the normalised Laplacian).
-void dense_u2(const float* A, const std::vector<double>& d, std::int64_t m, std::vector<double>& u2) {
+namespace {
+
+// L = (D^-1/2 (D - A)) D^-1/2 row by row as numpy computes it (eigen.normalized_laplacian); LAPACK reads the lower
+// triangle of the column-major matrix, i.e. element (i, j), i >= j, at lap[i + j * m]: the row-major upper storage.
+void lower_laplacian(const float* A, const std::vector<double>& d, std::int64_t m, double* lap) {
   std::vector<double> dis(m);
   for (std::int64_t i = 0; i < m; ++i) dis[i] = 1.0 / std::sqrt(d[i]);
-  // L = (D^-1/2 (D - A)) D^-1/2 row by row as numpy computes it; LAPACK reads the lower triangle of the
-  // column-major matrix, i.e. element (i, j), i >= j, at lap[i + j * m]: the row-major upper storage.
-  ScratchArray<double> lap(static_cast<std::size_t>(m * m));
   for (std::int64_t i = 0; i < m; ++i) {
     for (std::int64_t j = 0; j <= i; ++j) {
       double v = -static_cast<double>(A[i * m + j]);
@@ -160,14 +160,59 @@ void dense_u2(const float* A, const std::vector<double>& d, std::int64_t m, std:
       lap[i + j * m] = (dis[i] * v) * dis[j];
     }
   }
+}
+
+std::string dsyevr_failure(std::int64_t m, int info) {
+  return "dsyevr failed on a subgraph of " + std::to_string(m) + " nodes (info " + std::to_string(info) + ")";
+}
+
+}  // namespace
+
+// u2 of the (m x m, row-major) affinity A with degrees d by dsyevr (eigenpairs 1..2 of the normalised Laplacian).
+void dense_u2(const float* A, const std::vector<double>& d, std::int64_t m, std::vector<double>& u2) {
+  ScratchArray<double> lap(static_cast<std::size_t>(m * m));
+  lower_laplacian(A, d, m, lap.data());
   std::vector<double> w, z;
   int found = 0;
   const int info = syevr('I', static_cast<int>(m), lap.data(), 1, 2, w, z, found);
-  if (info != 0 || found != 2)
-    throw Failure(Code::Lapack, "dsyevr failed on a subgraph of " + std::to_string(m) + " nodes (info " +
-                                    std::to_string(info) + ")");
-  if (w[1] <= kDisconnectedEigenvalue && component_split(A, d, m, u2)) return;
+  if (info != 0 || found != 2) throw Failure(Code::Lapack, dsyevr_failure(m, info));
+  if (w[1] <= kDisconnectedEigenvalue && (component_split(A, d, m, u2) || near_null_split(A, d, m, u2))) return;
   u2.assign(z.begin() + m, z.begin() + 2 * m);  // second eigenvector (column 1)
+}
+
+bool near_null_split(const float* A, const std::vector<double>& d, std::int64_t m, std::vector<double>& u2) {
+  ScratchArray<double> lap(static_cast<std::size_t>(m * m));
+  lower_laplacian(A, d, m, lap.data());
+  std::vector<double> w, V;
+  int k = 0;
+  const int info = syevr('V', static_cast<int>(m), lap.data(), 0, 0, w, V, k, kNearNullLower,
+                         kDisconnectedEigenvalue);
+  if (info != 0) throw Failure(Code::Lapack, dsyevr_failure(m, info));
+  if (k < 2) return false;
+  // p = sum_j V[:, j] V[0, j], accumulated column by column; then p - s (sum(p s) / sum(s s)), s = sqrt(d),
+  // the sums numpy's pairwise ones
+  std::vector<double> p(m), s(m), ps(m), ss(m);
+  double vmax = 0.0;
+  for (std::int64_t i = 0; i < m; ++i) p[i] = V[i] * V[0];
+  for (int j = 1; j < k; ++j) {
+    const double* col = V.data() + static_cast<std::size_t>(j) * m;
+    for (std::int64_t i = 0; i < m; ++i) p[i] = p[i] + col[i] * col[0];
+  }
+  for (std::int64_t i = 0; i < m * k; ++i) vmax = std::max(vmax, std::fabs(V[i]));
+  for (std::int64_t i = 0; i < m; ++i) {
+    s[i] = std::sqrt(d[i]);
+    ps[i] = p[i] * s[i];
+    ss[i] = s[i] * s[i];
+  }
+  const double c = pairwise_sum(ps.data(), m) / pairwise_sum(ss.data(), m);
+  double pmax = 0.0;
+  for (std::int64_t i = 0; i < m; ++i) {
+    p[i] = p[i] - s[i] * c;
+    pmax = std::max(pmax, std::fabs(p[i]));
+  }
+  if (!(pmax > kNearNullFloor * vmax)) return false;
+  u2.swap(p);
+  return true;
 }
 
 // A disconnected subgraph (several components of A's non-zero entries) has the eigenvalue 1 of M once per

@@ -132,6 +132,9 @@ def _dense(A, d, full: bool):
         vals, vecs = scipy.linalg.eigh(lap, subset_by_index=[0, 1], driver="evr", check_finite=False)
     if vals[1] <= DISCONNECTED_EIGENVALUE:
         u = component_split(A, d)
+        if u is None:
+            with single_threaded_blas(lap.shape[0] < DENSE_THREADED_MIN_NODES):
+                u = near_null_split(lap, d)
         if u is not None:
             return u
     return vecs[:, 1]
@@ -160,6 +163,46 @@ def component_split(A, d):
     d = np.asarray(d, dtype=np.float64)
     c = float(np.dot(first, d)) / float(d.sum())
     return np.sqrt(d) * (first - c)
+
+
+#: The lower end of the eigenvalue interval :func:`near_null_split` asks LAPACK for (the normalised Laplacian's
+#: eigenvalues lie in [0, 2]; rounding may put the trivial one a little below 0).
+NEAR_NULL_LOWER = -1.0
+#: :func:`near_null_split` gives up when its projection is this small against the eigenvectors' largest entry
+#: (the first node's share is then rounding noise; a proper one is at least ~1 / sqrt(n) of it).
+NEAR_NULL_FLOOR = 1e-8
+
+
+def near_null_split(lap, d):
+    """``u`` of the canonical split of a graph connected only through weights at rounding level, or None.
+
+    Weak links (a cluster whose affinity to the rest is ~1e-20 of its own, say) keep a graph connected in its
+    non-zero pattern, so :func:`component_split` does not apply, but its normalised Laplacian has more than one
+    eigenvalue within rounding of 0: the eigensolver's second vector is then an arbitrary vector of that
+    eigenspace, mixed with the trivial one, and two solvers or two LAPACK builds split it differently (seen:
+    mirrored sides, hence other label ids, between the host and the batched path). The canonical vector is the
+    one the batched path takes: the projection of the first node's unit vector on the eigenvectors of eigenvalue
+    at most ``DISCONNECTED_EIGENVALUE`` (one more LAPACK ``dsyevr`` call, eigenvalues in
+    (``NEAR_NULL_LOWER``, ``DISCONNECTED_EIGENVALUE``]), less its component along ``sqrt(d)``. For an exactly
+    disconnected graph that is a positive multiple of :func:`component_split`'s vector; for weakly linked clusters
+    it splits them as the weak links' limit does. The C++ core computes the same floats in the same order
+    (csrc/src/tree.cpp ``near_null_split``). None where LAPACK finds fewer than two such eigenvalues or the
+    projection vanishes (the caller then keeps its eigenvector).
+    """
+    import scipy.linalg
+
+    _, V = scipy.linalg.eigh(lap, subset_by_value=(NEAR_NULL_LOWER, DISCONNECTED_EIGENVALUE), driver="evr",
+                             check_finite=False)
+    if V.shape[1] < 2:
+        return None
+    p = V[:, 0] * V[0, 0]
+    for j in range(1, V.shape[1]):
+        p = p + V[:, j] * V[0, j]
+    s = np.sqrt(np.asarray(d, dtype=np.float64))
+    p = p - s * (np.sum(p * s) / np.sum(s * s))
+    if not np.max(np.abs(p)) > NEAR_NULL_FLOOR * np.max(np.abs(V)):
+        return None
+    return p
 
 
 def _lobpcg(A, d, warm_start):
@@ -417,9 +460,9 @@ def _block_krylov(A, d, warm_start, tol: float = LANCZOS_ANGLE_TOL):
             if 1.0 - theta[0] <= DISCONNECTED_EIGENVALUE:
                 # lambda_2 at rounding level: a disconnected graph has the eigenvalue 1 once per component and the
                 # certified vector is an arbitrary one of that eigenspace; the dense solve's canonical split then
-                split = component_split(A, d)
-                if split is not None:
-                    return split
+                # (a graph connected only through weights at rounding level has no certified canonical vector
+                # here: not certified, so that the dense solve applies near_null_split)
+                return component_split(A, d)
             u = X[0] - u1 * (u1 @ X[0])
             return u / np.linalg.norm(u)
         if k + b > kmax:
