@@ -358,6 +358,36 @@ def test_auto_host_path_with_the_fused_affinity_equals_the_numpy_path(built, h, 
     assert len(calls) == 4  # every "auto" call took the fused pass (and no "numpy" call did)
 
 
+def test_native_batches_on_the_shared_helpers_concurrent_failing_and_oversubscribed(built):
+    """A batch's images run on the calling thread and the core's shared helper threads where enough of them are free
+    (their scratch caches then stay warm between calls: new threads faulted every block in again, and 8 grids of
+    24 x 24 on 2 threads gave 1.51-1.72x the throughput of 1 instead of the ~1.9x two cores allow), else on new
+    threads. Every way gives the lone calls' trees: batches from several Python threads at once (the helpers held by
+    one of them), more threads than helpers, and a batch after one whose image failed on a helper (the failure is
+    reported, the helpers are free again)."""
+    import concurrent.futures
+    grids = [_features("planted-disc", 12, 15), _features("lab-coffee", 16, 14), _features("filters-astronaut", 14, 16),
+             _disconnected_tokens(10, 12, 3, 2), _features("lab-coffee", 9, 21)]
+    want = [ncut_tree(f, tau_max=0.7, graph_backend="native").cut(0.5) for f in grids]
+    assert max(int(w.max()) for w in want) >= 1
+
+    def same(trees):
+        return all(np.array_equal(t.cut(0.5), w) for t, w in zip(trees, want))
+
+    module = native.require_native()
+    tokens = [np.ascontiguousarray(as_token_matrix(f)[0]) for f in grids]
+    huge = np.ones((46341, 1), np.float32)  # refused by the core, on whichever thread takes it
+    for threads in (2, 3, 8):
+        assert same(ncut_trees(grids, tau_max=0.7, graph_backend="native", num_threads=threads)), threads
+        with pytest.raises(ValueError, match="too many tokens"):
+            module.trees_from_tokens(tokens[:2] + [huge] + tokens[2:], 10.0, 0.7, "official", 100, "auto", threads,
+                                     True)
+        assert same(ncut_trees(grids, tau_max=0.7, graph_backend="native", num_threads=threads)), threads
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        jobs = [pool.submit(ncut_trees, grids, tau_max=0.7, graph_backend="native", num_threads=2) for _ in range(12)]
+        assert all(same(job.result()) for job in jobs)
+
+
 def test_ncut_trees_mixed_batch_on_threads_equals_one_call_per_grid(built, monkeypatch):
     # grids of several sizes: those up to the native cap (lowered to 32x32 here) take the native core (together,
     # on the threads), the 36x36 one the numpy path; every tree equals ncut_tree's, in the grids' order, for both

@@ -5,15 +5,12 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
-#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <exception>
 #include <memory>
 #include <mutex>
-#include <optional>
 #include <string>
-#include <thread>
 #include <vector>
 
 #include "core.h"
@@ -287,24 +284,15 @@ PYBIND11_MODULE(_native, m) {
         std::vector<std::exception_ptr> errors(count);
         {
           py::gil_scoped_release release;
-          std::atomic<std::size_t> next{0};
-          const std::size_t threads = std::min<std::size_t>(std::max(1, num_threads), std::max<std::size_t>(count, 1));
-          auto work = [&] {
-            // each tree on one thread: its own core, or the one thread asked for (no helpers: run_shared)
-            const OneKernelThread one_thread;
-            for (std::size_t i = next++; i < count; i = next++) {
-              try {
-                const std::int64_t n = tokens[i].shape(0), c = tokens[i].shape(1);
-                trees[i] = build_tree_from_tokens(tokens[i].data(), n, c, o, normalize);
-              } catch (...) {
-                errors[i] = std::current_exception();
-              }
+          // each tree on one thread: its own core, or the one thread asked for (no helpers: run_shared)
+          run_each(static_cast<std::int64_t>(count), std::max(1, num_threads), [&](std::int64_t i) {
+            try {
+              const std::int64_t n = tokens[i].shape(0), c = tokens[i].shape(1);
+              trees[i] = build_tree_from_tokens(tokens[i].data(), n, c, o, normalize);
+            } catch (...) {
+              errors[i] = std::current_exception();
             }
-          };
-          std::vector<std::thread> pool;
-          for (std::size_t t = 1; t < threads; ++t) pool.emplace_back(work);
-          work();
-          for (std::thread& t : pool) t.join();
+          });
         }
         py::list out;
         for (std::size_t i = 0; i < count; ++i) {

@@ -1,10 +1,8 @@
 // The C API (include/diffcut/diffcut.h): argument checks, error codes, no exception crosses the boundary.
 #include <cmath>
 #include <cstring>
-#include <atomic>
 #include <memory>
 #include <new>
-#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -164,35 +162,34 @@ void for_each_image(std::int64_t count, int num_threads, F&& body) {
   threads = std::min(threads, count);
   std::vector<int> codes(count, DIFFCUT_OK);
   std::vector<std::string> messages(count);
-  std::atomic<std::int64_t> next{0};
-  auto work = [&] {
-    // each image on one thread: its own core, or the one thread asked for (num_threads 1: no helpers, run_shared);
-    // with num_threads 0 (the hardware's) and one image, that image's work may use the helpers
-    std::optional<diffcut::detail::OneKernelThread> one_thread;
-    if (threads > 1 || num_threads == 1) one_thread.emplace();
-    for (std::int64_t i = next++; i < count; i = next++) {
-      try {
-        body(i);
-      } catch (const Failure& e) {
-        codes[i] = static_cast<int>(e.code);
-        messages[i] = "image " + std::to_string(i) + ": " + e.what();
-      } catch (const std::bad_alloc&) {
-        codes[i] = DIFFCUT_ERROR_OUT_OF_MEMORY;
-        messages[i] = "image " + std::to_string(i) + ": out of memory";
-      } catch (const std::exception& e) {
-        codes[i] = DIFFCUT_ERROR_INTERNAL;
-        messages[i] = "image " + std::to_string(i) + ": internal error: " + e.what();
-      }
+  auto one = [&](std::int64_t i) {
+    try {
+      body(i);
+    } catch (const Failure& e) {
+      codes[i] = static_cast<int>(e.code);
+      messages[i] = "image " + std::to_string(i) + ": " + e.what();
+    } catch (const std::bad_alloc&) {
+      codes[i] = DIFFCUT_ERROR_OUT_OF_MEMORY;
+      messages[i] = "image " + std::to_string(i) + ": out of memory";
+    } catch (const std::exception& e) {
+      codes[i] = DIFFCUT_ERROR_INTERNAL;
+      messages[i] = "image " + std::to_string(i) + ": internal error: " + e.what();
+    } catch (...) {
+      codes[i] = DIFFCUT_ERROR_INTERNAL;
+      messages[i] = "image " + std::to_string(i) + ": internal error";
     }
   };
   // several images at once: OpenBLAS single-threaded meanwhile (lapack.h), else each image's BLAS calls would
   // start its threads on the same cores
   std::unique_ptr<diffcut::detail::SingleThreadedBlas> one_blas_thread;
   if (threads > 1) one_blas_thread = std::make_unique<diffcut::detail::SingleThreadedBlas>();
-  std::vector<std::thread> pool;
-  for (std::int64_t t = 1; t < threads; ++t) pool.emplace_back(work);
-  work();
-  for (std::thread& t : pool) t.join();
+  if (threads <= 1 && num_threads == 0) {
+    // num_threads 0 (the hardware's) and one image (or one core): that image's work may use the helpers
+    for (std::int64_t i = 0; i < count; ++i) one(i);
+  } else {
+    // each image on one thread: its own core, or the one thread asked for (num_threads 1: no helpers)
+    diffcut::detail::run_each(count, static_cast<int>(threads), one);
+  }
   for (std::int64_t i = 0; i < count; ++i)
     if (codes[i] != DIFFCUT_OK) throw Failure(static_cast<Code>(codes[i]), messages[i]);
 }

@@ -6,7 +6,9 @@
 #include <chrono>
 #include <cmath>
 #include <condition_variable>
+#include <exception>
 #include <functional>
+#include <limits>
 #include <mutex>
 #include <thread>
 #include <vector>
@@ -120,11 +122,14 @@ class HelperPool {
     CPU_ZERO(&allowed_);
     steer_ = sched_getaffinity(0, sizeof allowed_, &allowed_) == 0 && CPU_COUNT(&allowed_) > 1;
 #endif
-    for (int t = 0; t < helpers; ++t) workers_.emplace_back([this] { work(); });
+    for (int t = 0; t < helpers; ++t) workers_.emplace_back([this, t] { work(t); });
   }
 
-  // False where the helpers are held by another call (or this is a forked child): the caller runs the parts.
-  bool try_run(int parts, const std::function<void(int)>& body) {
+  int helpers() const { return static_cast<int>(workers_.size()); }
+
+  // False where the helpers are held by another call (or this is a forked child): the caller runs the parts. Only
+  // the first `max_helpers` helpers take parts of this call (the others go back to waiting).
+  bool try_run(int parts, const std::function<void(int)>& body, int max_helpers) {
 #if defined(__unix__) || defined(__APPLE__)
     if (getpid() != owner_) return false;  // a forked child: the helpers stayed in the parent
 #endif
@@ -135,6 +140,7 @@ class HelperPool {
       std::lock_guard<std::mutex> lock(mu_);
       g = ++generation_;
       job_ = &body;
+      takers_.store(max_helpers, std::memory_order_relaxed);
       parts_.store(parts, std::memory_order_relaxed);
       done_.store(0, std::memory_order_relaxed);
       ticket_.store(static_cast<std::uint64_t>(g) << 32, std::memory_order_release);
@@ -175,7 +181,7 @@ class HelperPool {
     return true;
   }
 
-  void work() {
+  void work(int index) {
     unsigned seen = 0;
     while (true) {
       unsigned g = seen;
@@ -192,8 +198,9 @@ class HelperPool {
         g = generation_;
       }
       seen = g;
-      while (claim_and_run(g)) {
-      }
+      if (index < takers_.load(std::memory_order_relaxed))  // (stored before the ticket this helper acquired)
+        while (claim_and_run(g)) {
+        }
     }
   }
 
@@ -204,6 +211,7 @@ class HelperPool {
   std::atomic<std::uint64_t> ticket_{0};
   std::atomic<int> done_{0};
   std::atomic<int> parts_{0};
+  std::atomic<int> takers_{0};  // the helpers that take parts of the current call
   const std::function<void(int)>* job_ = nullptr;
   std::vector<std::thread> workers_;
 #if defined(__unix__) || defined(__APPLE__)
@@ -238,9 +246,45 @@ OneKernelThread::~OneKernelThread() { kernel_threads_override = previous_; }
 void run_shared(int parts, const std::function<void(int)>& body) {
   if (parts > 1 && kernel_threads() > 1) {
     HelperPool* pool = helper_pool();
-    if (pool != nullptr && pool->try_run(parts, body)) return;
+    if (pool != nullptr && pool->try_run(parts, body, pool->helpers())) return;
   }
   for (int p = 0; p < parts; ++p) body(p);
+}
+
+void run_each(std::int64_t count, int threads, const std::function<void(std::int64_t)>& body) {
+  if (count <= 0) return;
+  const std::int64_t t_count = std::max<std::int64_t>(1, std::min<std::int64_t>(threads, count));
+  std::vector<std::exception_ptr> errors(static_cast<std::size_t>(count));
+  auto one = [&](std::int64_t i) {
+    const OneKernelThread one_thread;
+    try {
+      body(i);
+    } catch (...) {
+      errors[static_cast<std::size_t>(i)] = std::current_exception();
+    }
+  };
+  bool done = false;
+  if (t_count > 1 && count <= std::numeric_limits<int>::max()) {
+    // the shared helpers where enough of them are free: their threads (and thread-local scratch caches, scratch.h)
+    // outlive the call, where new threads started with empty caches and faulted in every block again
+    HelperPool* pool = helper_pool();
+    if (pool != nullptr && pool->helpers() >= t_count - 1) {
+      const std::function<void(int)> part = [&](int i) { one(i); };
+      done = pool->try_run(static_cast<int>(count), part, static_cast<int>(t_count - 1));
+    }
+  }
+  if (!done) {
+    std::atomic<std::int64_t> next{0};
+    auto work = [&] {
+      for (std::int64_t i = next++; i < count; i = next++) one(i);
+    };
+    std::vector<std::thread> pool;
+    for (std::int64_t t = 1; t < t_count; ++t) pool.emplace_back(work);
+    work();
+    for (std::thread& t : pool) t.join();
+  }
+  for (const std::exception_ptr& e : errors)
+    if (e) std::rethrow_exception(e);
 }
 
 ProductTeam::ProductTeam(std::int64_t m) : threads_(m >= kSplitMinRows ? std::min(kernel_threads(), kParts) : 1) {}

@@ -19,6 +19,13 @@ namespace detail {
 // calling thread, in order.
 void run_shared(int parts, const std::function<void(int)>& body);
 
+// body(i) for i in [0, count) on min(threads, count) threads, the calling thread one of them, each i on one thread
+// inside a OneKernelThread scope, handed out in order to the first free thread (the batch functions: one image per
+// thread). The other threads are the shared helpers where enough of them are free (they outlive the call, and so
+// do their thread-local scratch caches), else new threads. Every i runs; then the exception of the first failing i
+// is rethrown.
+void run_each(std::int64_t count, int threads, const std::function<void(std::int64_t)>& body);
+
 // The threads of one solve's products: the shared helpers (run_shared) from 512 rows on, else the calling thread.
 class ProductTeam {
  public:
