@@ -312,6 +312,11 @@ def test_affinity_entry_points_check_the_matrix_the_same_way_on_every_backend(ba
             build_tree(bad, tau_max=0.5, graph_backend=backend)
     with pytest.raises(InputError, match="does not hold"):
         build_tree(W, tau_max=0.5, graph_backend=backend, shape=(3, 5))
+    # a shape whose product matches but whose sides do not exist (was accepted: cut() then failed in reshape)
+    for bad in ((-4, -5), (20, 1.0), (True, 20), (0, 0), 20, ()):
+        with pytest.raises(InputError, match="positive ints"):
+            build_tree(W, tau_max=0.5, graph_backend=backend, shape=bad)
+    assert build_tree(W, tau_max=0.5, graph_backend=backend, shape=(np.int64(20),)).cut(0.5).shape == (20,)
     noisy = W + 1e-9 * np.triu(np.ones_like(W))            # rounding-level asymmetry is accepted
     assert build_tree(noisy, tau_max=0.5, graph_backend=backend).cut(0.5).shape == (20,)
 

@@ -24,8 +24,8 @@ from .native import (fused_affinity_applies, native_affinity_widened, native_tre
                      native_trees, resolve_graph_backend)
 from .scoring import NUM_THRESHOLDS
 from .tree import NCutTree
-from .validation import (DEFAULT_COMPAT, check_affinity_values, check_alpha, check_compat, check_num_thresholds,
-                         check_tau)
+from .validation import (DEFAULT_COMPAT, check_affinity_values, check_alpha, check_compat, check_node_shape,
+                         check_num_thresholds, check_tau)
 from .xp import is_device, to_host
 
 
@@ -70,8 +70,7 @@ def build_tree(W, *, tau_max: float, compat: str = DEFAULT_COMPAT, solver: str =
         raise InputError(f"affinity must be a real numeric matrix, got dtype {W.dtype}")
     # the same checks for every backend (the numpy path gave one segment for a negative W, the native one refused)
     check_affinity_values(np, [W])
-    if shape is not None and int(np.prod(shape)) != W.shape[0]:
-        raise InputError(f"shape {tuple(shape)} does not hold the affinity's {W.shape[0]} nodes")
+    shape = None if shape is None else check_node_shape(shape, W.shape[0])
     backend = resolve_graph_backend(graph_backend, on_device=False, compat=compat, solver=solver,
                                     num_tokens=W.shape[0])
     if backend == "cupy":

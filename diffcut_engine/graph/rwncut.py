@@ -36,7 +36,7 @@ from .host import HostSplitter
 from .xp import host_array
 from .scoring import NUM_THRESHOLDS, expected_random_ncut
 from .tree import AUTO_MARGIN, Acceptance, NCutNode, NCutTree, accepted_masks, grow, labels_from_masks, preorder
-from .validation import check_alpha, check_num_thresholds, check_tau
+from .validation import check_alpha, check_node_shape, check_num_thresholds, check_tau
 
 logger = logging.getLogger(__name__)
 
@@ -481,23 +481,6 @@ def _renormalized(Pk: np.ndarray, idx: np.ndarray) -> np.ndarray:
     return sub / rows[:, None]
 
 
-def _check_shape(shape, n: int) -> tuple:
-    """``shape`` (a tuple of positive ints holding the ``n`` nodes; None: ``(n,)``), or :class:`InputError`."""
-    if shape is None:
-        return (n,)
-    try:
-        dims = tuple(shape)
-    except TypeError:
-        dims = None
-    if not dims or any(isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Integral) or v < 1
-                       for v in dims):
-        raise InputError(f"shape must be a tuple of positive ints, got {shape!r}")
-    dims = tuple(int(v) for v in dims)
-    if int(np.prod(dims)) != n:
-        raise InputError(f"shape {dims} does not hold the {n} nodes of P")
-    return dims
-
-
 def rw_ncut(P, *, graph: str = "flow", k: int = 1, threshold: str = "tree", tau: float = 0.5,
             min_size: int = 1, subgraph: str = "restrict", alpha: float = 10.0, solver: str = "auto",
             num_thresholds: int = NUM_THRESHOLDS, shape=None, tol: float = STATIONARY_TOL,
@@ -562,7 +545,7 @@ def rw_ncut(P, *, graph: str = "flow", k: int = 1, threshold: str = "tree", tau:
         raise InputError(f"max_depth must be None or a non-negative integer, got {max_depth!r}")
     P = check_transition_matrix(P)
     n = P.shape[0]
-    shape = _check_shape(shape, n)
+    shape = check_node_shape(shape, n, nodes="transition matrix's")
     Pk = transition_power(P, k)
     W, stationary = _graph_of(Pk, graph, alpha, tol, max_iter)
 

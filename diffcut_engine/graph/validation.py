@@ -69,6 +69,23 @@ def check_compat(compat) -> str:
     return compat
 
 
+def check_node_shape(shape, n: int, nodes: str = "affinity's") -> tuple:
+    """``shape`` (a tuple of positive ints holding the ``n`` nodes; None: ``(n,)``), or :class:`InputError`
+    (``nodes`` names them in the message: "the {n} nodes of P", "the affinity's {n} nodes")."""
+    if shape is None:
+        return (n,)
+    try:
+        dims = tuple(shape)
+    except TypeError:
+        dims = None
+    if not dims or any(isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 1 for v in dims):
+        raise InputError(f"shape must be a tuple of positive ints, got {shape!r}")
+    dims = tuple(int(v) for v in dims)
+    if math.prod(dims) != n:
+        raise InputError(f"shape {dims} does not hold the {nodes} {n} nodes")
+    return dims
+
+
 def check_affinity_values(xp, Ws, names=None) -> list:
     """``build_tree``'s value checks of square affinities ``Ws`` (arrays of namespace ``xp``, numpy or CuPy):
     finite, non-negative, symmetric within 1e-5 of the largest entry; read back to the host in one transfer for
