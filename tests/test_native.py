@@ -222,6 +222,31 @@ def test_native_scratch_cache_reuses_blocks_without_changing_results(built):
     assert native.scratch_cached_bytes() == 0
 
 
+def test_batch_helper_threads_caches_are_counted_and_released(built):
+    """Batch grids run on the core's helper threads too, whose scratch caches outlive the call: they are counted by
+    scratch_cached_bytes and freed by release_scratch on any thread (before, a helper's cache was out of reach: up to
+    DIFFCUT_GRAPH_CACHE_MB per helper kept after a batch)."""
+    grids = [_features("planted-disc", 40, 40), _features("lab-coffee", 40, 40)] * 4
+    n = 40 * 40
+    native.release_scratch()
+    assert native.scratch_cached_bytes() == 0
+    trees = ncut_trees(grids, tau_max=0.5, graph_backend="native", num_threads=2)
+    assert len(trees) == 8
+    assert native.scratch_cached_bytes() >= 4 * n * n  # (W blocks came back to the threads' caches)
+    native.release_scratch()
+    assert native.scratch_cached_bytes() == 0
+    import threading
+    ncut_trees(grids, tau_max=0.5, graph_backend="native", num_threads=2)
+    before = native.scratch_cached_bytes()
+    other = threading.Thread(target=native.release_scratch)  # from another thread: the helper's cache goes too
+    other.start()
+    other.join()
+    after = native.scratch_cached_bytes()  # the calling thread's own cache is left
+    assert 4 * n * n <= after <= before - 4 * n * n
+    native.release_scratch()
+    assert native.scratch_cached_bytes() == 0
+
+
 def test_native_scratch_cache_limit_zero_keeps_nothing(built):
     import subprocess
     import sys

@@ -141,9 +141,11 @@ PYBIND11_MODULE(_native, m) {
 
   m.def(
       "scratch_cached_bytes", [] { return scratch_cached_bytes(); },
-      "Bytes of free scratch blocks (the graph stage's W and subgraph matrices) the calling thread's cache holds.");
+      "Bytes of free scratch blocks (the graph stage's W and subgraph matrices) the caches of the calling thread and "
+      "of the core's helper threads hold.");
   m.def(
-      "release_scratch", [] { scratch_trim(); }, "Free the calling thread's cached scratch blocks.");
+      "release_scratch", [] { scratch_trim(); },
+      "Free the cached scratch blocks of the calling thread and of the core's helper threads.");
 
   m.def(
       "bind_lapack",

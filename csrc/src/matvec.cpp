@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "isa.h"
+#include "scratch.h"
 
 #if defined(__unix__) || defined(__APPLE__)
 #include <unistd.h>
@@ -182,6 +183,7 @@ class HelperPool {
   }
 
   void work(int index) {
+    scratch_mark_shared_thread();  // (batch images run here: any thread's scratch_trim frees this cache)
     unsigned seen = 0;
     while (true) {
       unsigned g = seen;

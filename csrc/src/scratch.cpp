@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <cstdlib>
+#include <mutex>
 #include <new>
 #include <string>
 #include <vector>
@@ -61,11 +62,38 @@ struct Block {
   std::size_t bytes;
 };
 
+struct Cache;
+
+// The caches of the core's helper threads (scratch_mark_shared_thread), which any thread's scratch_trim frees; never
+// destroyed (helper threads outlive static destructors).
+struct Shared {
+  std::mutex mu;
+  std::vector<Cache*> caches;
+};
+
+Shared& shared() {
+  static Shared* const s = new Shared;
+  return *s;
+}
+
 struct Cache {
+  std::mutex mu;  // taken where the cache is shared (another thread may trim it)
+  bool shared = false;
   std::vector<Block> free;
   std::size_t bytes = 0;
-  ~Cache() {
+
+  void trim() noexcept {
     for (const Block& b : free) deallocate(b.p);
+    free.clear();
+    bytes = 0;
+  }
+  ~Cache() {
+    if (shared) {
+      std::lock_guard<std::mutex> lock(diffcut::detail::shared().mu);
+      auto& all = diffcut::detail::shared().caches;
+      all.erase(std::remove(all.begin(), all.end(), this), all.end());
+    }
+    trim();
   }
 };
 
@@ -74,20 +102,39 @@ Cache& cache() {
   return c;
 }
 
+// The calling thread's cache, locked where it is shared.
+class Locked {
+ public:
+  Locked() : c_(cache()) {
+    if (c_.shared) c_.mu.lock();
+  }
+  ~Locked() {
+    if (c_.shared) c_.mu.unlock();
+  }
+  Cache* operator->() { return &c_; }
+  Cache& operator*() { return c_; }
+
+ private:
+  Cache& c_;
+};
+
 }  // namespace
 
 void* scratch_acquire(std::size_t bytes, std::size_t* capacity) {
   bytes = std::max<std::size_t>(bytes, 1);
-  Cache& c = cache();
-  std::size_t best = c.free.size();
-  for (std::size_t i = 0; i < c.free.size(); ++i)
-    if (c.free[i].bytes >= bytes && (best == c.free.size() || c.free[i].bytes < c.free[best].bytes)) best = i;
-  if (best < c.free.size()) {
-    const Block b = c.free[best];
-    c.free.erase(c.free.begin() + static_cast<std::ptrdiff_t>(best));
-    c.bytes -= b.bytes;
-    *capacity = b.bytes;
-    return b.p;
+  {
+    Locked locked;
+    Cache& c = *locked;
+    std::size_t best = c.free.size();
+    for (std::size_t i = 0; i < c.free.size(); ++i)
+      if (c.free[i].bytes >= bytes && (best == c.free.size() || c.free[i].bytes < c.free[best].bytes)) best = i;
+    if (best < c.free.size()) {
+      const Block b = c.free[best];
+      c.free.erase(c.free.begin() + static_cast<std::ptrdiff_t>(best));
+      c.bytes -= b.bytes;
+      *capacity = b.bytes;
+      return b.p;
+    }
   }
   void* p = allocate(bytes);
   *capacity = bytes;
@@ -96,12 +143,13 @@ void* scratch_acquire(std::size_t bytes, std::size_t* capacity) {
 
 void scratch_release(void* block, std::size_t capacity) noexcept {
   if (block == nullptr) return;
-  Cache& c = cache();
   const std::size_t limit = cache_limit();
   if (capacity > limit) {
     deallocate(block);
     return;
   }
+  Locked locked;
+  Cache& c = *locked;
   try {
     c.free.push_back({block, capacity});
   } catch (...) {
@@ -120,13 +168,44 @@ void scratch_release(void* block, std::size_t capacity) noexcept {
 }
 
 void scratch_trim() noexcept {
-  Cache& c = cache();
-  for (const Block& b : c.free) deallocate(b.p);
-  c.free.clear();
-  c.bytes = 0;
+  {
+    Locked locked;
+    locked->trim();
+  }
+  Shared& all = shared();
+  std::lock_guard<std::mutex> lock(all.mu);
+  for (Cache* c : all.caches) {
+    std::lock_guard<std::mutex> hold(c->mu);
+    c->trim();
+  }
 }
 
-std::size_t scratch_cached_bytes() noexcept { return cache().bytes; }
+std::size_t scratch_cached_bytes() noexcept {
+  std::size_t total;
+  {
+    Locked locked;
+    total = locked->shared ? 0 : locked->bytes;  // (a shared cache is counted below)
+  }
+  Shared& all = shared();
+  std::lock_guard<std::mutex> lock(all.mu);
+  for (Cache* c : all.caches) {
+    std::lock_guard<std::mutex> hold(c->mu);
+    total += c->bytes;
+  }
+  return total;
+}
+
+void scratch_mark_shared_thread() noexcept {
+  Cache& c = cache();
+  if (c.shared) return;
+  Shared& all = shared();
+  std::lock_guard<std::mutex> lock(all.mu);
+  try {
+    all.caches.push_back(&c);
+    c.shared = true;
+  } catch (...) {  // (out of memory: the cache stays this thread's own, freed when it ends)
+  }
+}
 
 }  // namespace detail
 }  // namespace diffcut

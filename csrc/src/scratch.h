@@ -20,10 +20,13 @@ namespace detail {
 void* scratch_acquire(std::size_t bytes, std::size_t* capacity);
 // Gives a block of scratch_acquire back to the calling thread's cache (the largest blocks are kept, up to the limit).
 void scratch_release(void* block, std::size_t capacity) noexcept;
-// Frees the calling thread's cached blocks.
+// Frees the calling thread's cached blocks and those of the core's helper threads (which run batch images, and
+// keep their caches between calls).
 void scratch_trim() noexcept;
-// Bytes of the calling thread's cached (free) blocks.
+// Bytes of the cached (free) blocks of the calling thread and of the core's helper threads.
 std::size_t scratch_cached_bytes() noexcept;
+// Makes the calling thread's cache one that scratch_trim on any thread frees (the core's helper threads, at start).
+void scratch_mark_shared_thread() noexcept;
 
 // count values of T in a scratch block, returned to the cache when destroyed; move-only. resize() keeps the block
 // when it is large enough (contents are not preserved when it grows).

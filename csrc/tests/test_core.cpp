@@ -12,6 +12,7 @@
 #include <map>
 #include <random>
 #include <set>
+#include <string>
 #include <utility>
 #include <vector>
 
@@ -270,6 +271,30 @@ int main() {
     EXPECT(diffcut::segment(f.data(), h, w, c, 0.5, o) == want);
     scratch_trim();
     EXPECT(scratch_cached_bytes() == 0);
+    // run_each: every item once, on the calling thread and helpers (or new threads), each inside a one-kernel-thread
+    // scope; the first failing item's exception after all ran; the helpers' caches counted and trimmed from here
+    std::vector<int> runs(64, 0), scopes(64, 0);
+    run_each(64, 2, [&](std::int64_t i) {
+      runs[i] += 1;
+      scopes[i] = kernel_threads();
+      ScratchArray<char> block(std::size_t{1} << 20);
+      block[0] = 1;
+    });
+    EXPECT(std::count(runs.begin(), runs.end(), 1) == 64 && std::count(scopes.begin(), scopes.end(), 1) == 64);
+    EXPECT(scratch_cached_bytes() >= (std::size_t{1} << 20));
+    scratch_trim();
+    EXPECT(scratch_cached_bytes() == 0);
+    std::vector<int> after(8, 0);
+    bool thrown = false;
+    try {
+      run_each(8, 3, [&](std::int64_t i) {
+        after[i] = 1;
+        if (i == 5 || i == 6) throw Failure(Code::InvalidArgument, "item " + std::to_string(i));
+      });
+    } catch (const Failure& e) {
+      thrown = std::string(e.what()) == "item 5";
+    }
+    EXPECT(thrown && std::count(after.begin(), after.end(), 1) == 8);
   }
   // the batch's BLAS guard: OpenBLAS single-threaded while any guard lives (nested too), restored after
   if (diffcut::detail::SingleThreadedBlas::available()) {

@@ -84,19 +84,23 @@ def require_native():
 
 
 def scratch_cached_bytes() -> int:
-    """Bytes of free scratch blocks the native core keeps for the calling thread (0 where it is not built).
+    """Bytes of free scratch blocks the native core keeps for the calling thread and its helper threads (0 where it
+    is not built).
 
     The core's large temporaries (a grid's affinity and its subgraphs' matrices, W's float32 values: about 130 MB
     at 64 x 64, up to about 2 GB at 128 x 128) come from a per-thread cache, as :mod:`.memory`'s for the numpy path,
-    so that the next image does not fault in fresh pages; the same limit applies (``DIFFCUT_GRAPH_CACHE_MB``,
-    default 1024; 0 turns it off).
+    so that the next image does not fault in fresh pages; the same limit applies per thread
+    (``DIFFCUT_GRAPH_CACHE_MB``, default 1024; 0 turns it off). Batches (:func:`~.ncut.ncut_trees` with
+    ``num_threads > 1``) run their grids on the calling thread and the core's helper threads, which keep their
+    caches between calls too.
     """
     module = _load()
     return 0 if module is None else int(module.scratch_cached_bytes())
 
 
 def release_scratch() -> None:
-    """Free the native core's cached scratch blocks of the calling thread (nothing where it is not built)."""
+    """Free the native core's cached scratch blocks of the calling thread and of its helper threads (nothing where
+    it is not built)."""
     module = _load()
     if module is not None:
         module.release_scratch()

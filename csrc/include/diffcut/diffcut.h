@@ -81,10 +81,12 @@ DIFFCUT_API const char* diffcut_error_name(int code);
 
 /* Scratch memory: the trees' large temporaries (a grid's affinity, its subgraphs' matrices: 192 MB at 64 x 64) are
  * kept per thread after a call for that thread's next image, so that it does not fault in fresh pages again, up
- * to DIFFCUT_GRAPH_CACHE_MB megabytes (environment variable, read once; default 1024, 0: no cache). This frees the
- * calling thread's cached blocks; a thread's cache is freed when the thread ends. */
+ * to DIFFCUT_GRAPH_CACHE_MB megabytes per thread (environment variable, read once; default 1024, 0: no cache). The
+ * batch functions run their images on the calling thread and the library's helper threads, which keep their
+ * caches between calls too. This frees the calling thread's cached blocks and the helper threads'; another
+ * thread's cache is freed when that thread ends. */
 DIFFCUT_API void diffcut_release_scratch(void);
-/* Bytes of scratch memory cached (free) for the calling thread. */
+/* Bytes of scratch memory cached (free) for the calling thread and the library's helper threads. */
 DIFFCUT_API size_t diffcut_scratch_cached_bytes(void);
 
 /* BLAS/LAPACK: the library calls ssyrk, dsyevr and dsymv through pointers with the Fortran argument lists (32-bit
