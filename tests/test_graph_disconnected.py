@@ -206,3 +206,17 @@ def test_weakly_linked_features_same_labels_with_every_solver_and_backend(h, w, 
         for solver in ("dense", "auto"):
             assert np.array_equal(graph.recursive_ncut(f, alpha=10.0, tau=0.3, compat=compat, solver=solver,
                                                        graph_backend="native"), ref), solver
+
+
+@pytest.mark.parametrize("h,w,classes", NEAR_NULL_CASES + [(12, 14, 3), (16, 20, 6)])
+def test_stacked_iterative_path_takes_the_near_null_rule(h, w, classes, monkeypatch):
+    """The stacked path's per-subgraph ``eigsh`` (above ``DENSE_MAX_NODES``, lowered here) returned an arbitrary
+    vector of a weakly linked subgraph's near-null eigenspace (3 or more clusters): other labels than the host in
+    8 of 14 cases. It now applies the host's near-null rule."""
+    monkeypatch.setattr(eigen, "DENSE_MAX_NODES", 64)
+    f = noisy_one_hot(h, w, classes, seed=h * w + classes)
+    for compat in ("official", "clean"):
+        ref = graph.recursive_ncut(f, alpha=10.0, tau=0.3, compat=compat, graph_backend="numpy")
+        assert ref.max() + 1 == classes
+        trees = graph.device_ncut_trees([f], alpha=10.0, tau_max=0.5, xp=np, compat=compat)
+        assert np.array_equal(trees[0].cut(0.3), ref), compat

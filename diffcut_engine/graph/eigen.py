@@ -634,9 +634,14 @@ def _fiedler_iterative(xp, M, d, real):
         deflated = M[i] - u1_x[:, None] * u1_x[None, :]
         val, vec = eigsh(deflated, k=1, which="LA", tol=0, v0=xp.asarray(v0))
         out[i] = vec[:, 0]
-        if float(val[0]) >= 1.0 - STACKED_DISCONNECTED_EIGENVALUE:  # disconnected: the canonical split
+        if float(val[0]) >= 1.0 - STACKED_DISCONNECTED_EIGENVALUE:  # (nearly) disconnected: the canonical split
             keep = np.flatnonzero(real_host[i])
-            u = component_split(to_host(M[i][keep][:, keep]), d_host[i][keep])
+            Mi = to_host(M[i][keep][:, keep]).astype(np.float64)
+            u = component_split(Mi, d_host[i][keep])
+            if u is None:  # weights at rounding level: the host's near-null rule, on L = I - M
+                lap = -Mi
+                lap[np.diag_indices_from(lap)] += 1.0
+                u = near_null_split(lap, d_host[i][keep])
             if u is not None:
                 full = np.zeros(M.shape[1])
                 full[keep] = u
