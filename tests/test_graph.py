@@ -353,11 +353,18 @@ def test_leaf_bound_holds_for_a_float64_affinity_at_any_scale():
     W = affinity(f, 10.0).astype(np.float64)
     want = build_tree(W, tau_max=0.5, graph_backend="numpy").cut(0.5)
     assert want.max() >= 1
-    for scale in (1e-200, 1e-150, 1e100):  # (at 1e-300 the weights themselves lose bits: subnormal)
-        got = build_tree(W * scale, tau_max=0.5, graph_backend="numpy").cut(0.5)
+    import warnings
+
+    for scale in (1e-200, 1e-150, 1e100, 1e200, 1e300):  # (at 1e-300 the weights themselves lose bits: subnormal)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # (W * 1e300 warned of an overflow in the bound's squares)
+            got = build_tree(W * scale, tau_max=0.5, graph_backend="numpy").cut(0.5)
         assert same_partition(got, want), scale
     d = W.sum(1)
     assert spectral_lower_bound(W * 1e-200, d * 1e-200) <= 0.0  # (it was 1.0; NCut >= 0 is all it claims)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert spectral_lower_bound(W * 1e300, d * 1e300) <= 0.0
 
 
 @pytest.mark.parametrize("backend", ["numpy", "native", "batched"])

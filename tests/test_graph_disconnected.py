@@ -220,3 +220,24 @@ def test_stacked_iterative_path_takes_the_near_null_rule(h, w, classes, monkeypa
         assert ref.max() + 1 == classes
         trees = graph.device_ncut_trees([f], alpha=10.0, tau_max=0.5, xp=np, compat=compat)
         assert np.array_equal(trees[0].cut(0.3), ref), compat
+
+
+def test_weak_links_above_rounding_level_keep_their_eigenvector_on_every_backend():
+    """Five one-hot stripes with 1e-4 noise and alpha 3.7: lambda_2..5 ~ 1e-12, above rounding level (1e-13). The
+    host had applied the near-null rule from 1e-10 and the stacked path from 1e-13, so the two split the root
+    2 | 62 and 26 | 38. Both now keep the eigenvector there, as the native core does."""
+    rng = np.random.default_rng(0)
+    lab = np.repeat(np.arange(5), [2, 20, 12, 24, 6])
+    f = (np.eye(8, dtype=np.float32)[lab]
+         + np.float32(1e-4) * rng.standard_normal((64, 8)).astype(np.float32)).reshape(8, 8, 8)
+    W = graph.affinity_from_tokens(graph.l2_normalize(f.reshape(64, 8)), 3.7, dtype=np.float64)
+    lam = np.linalg.eigvalsh(eigen.normalized_laplacian(W, W.sum(axis=1)))
+    assert 1e-13 < lam[1] < 1e-10 and lam[5] > 0.5
+    for compat in ("official", "clean"):
+        ref = graph.recursive_ncut(f, alpha=3.7, tau=0.5, compat=compat, graph_backend="numpy")
+        assert ref.max() >= 1
+        got = graph.device_ncut_trees([f], alpha=3.7, tau_max=0.5, xp=np, compat=compat)[0].cut(0.5)
+        assert np.array_equal(got, ref), compat
+        if native.native_available():
+            assert np.array_equal(graph.recursive_ncut(f, alpha=3.7, tau=0.5, compat=compat,
+                                                       graph_backend="native"), ref), compat

@@ -272,10 +272,13 @@ bool block_krylov_fiedler(const float* A, const std::vector<double>& d, std::int
       }
       const double bound = subspace_certificate(theta.data(), r.data(), p, nullptr);
       if (std::isfinite(bound) && bound < kAngleTol && 1.0 - theta[0] - r[0] > 0) {
-        // lambda_2 at rounding level: possibly disconnected, where the certified vector is an arbitrary one of the
-        // eigenspace; the canonical split then, and not certified where A is connected (weights at rounding level:
-        // the dense solve's near_null_split; eigen._block_krylov)
-        if (1.0 - theta[0] <= kDisconnectedEigenvalue) return component_split(A, d, n, u);
+        // lambda_2 near rounding level: possibly disconnected, where the certified vector is an arbitrary one of
+        // the eigenspace; the canonical split then, and not certified where A is connected with lambda_2 at
+        // rounding level (the dense solve's near_null_split; eigen._block_krylov)
+        if (1.0 - theta[0] <= kDisconnectedEigenvalue) {
+          const bool split = component_split(A, d, n, u);
+          if (split || 1.0 - theta[0] <= kNearNullEigenvalue) return split;
+        }
         u.assign(X.begin(), X.begin() + n);
         const double c = dot(u1.data(), u.data(), n);
         for (std::int64_t j = 0; j < n; ++j) u[j] -= u1[j] * c;

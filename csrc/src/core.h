@@ -36,14 +36,16 @@ struct Options {
 
 // epsilon of torch.nn.functional.normalize: a zero token stays zero.
 constexpr float kNormEps = 1e-12f;
-// Entries of |y| within this relative distance of the largest count as tied for the sign rule.
-constexpr double kSignTieRtol = 1e-9;
+// Entries of |y| within this relative distance of the largest count as tied for the sign rule (eigen.SIGN_TIE_RTOL).
+constexpr double kSignTieRtol = 1e-7;
 // A dense solve whose second-smallest normalised-Laplacian eigenvalue is at most this checks whether the subgraph
 // is disconnected, and then takes the canonical split of its first node's component (eigen.DISCONNECTED_EIGENVALUE,
 // eigen.component_split).
 constexpr double kDisconnectedEigenvalue = 1e-10;
-// near_null_split: the lower end of its eigenvalue interval, and the projection size it gives up below
-// (eigen.NEAR_NULL_LOWER, eigen.NEAR_NULL_FLOOR).
+// A connected subgraph whose second normalised-Laplacian eigenvalue is at most this (rounding level) takes
+// near_null_split's canonical vector (eigen.NEAR_NULL_EIGENVALUE); near_null_split: the lower end of its eigenvalue
+// interval, and the projection size it gives up below (eigen.NEAR_NULL_LOWER, eigen.NEAR_NULL_FLOOR).
+constexpr double kNearNullEigenvalue = 1e-13;
 constexpr double kNearNullLower = -1.0;
 constexpr double kNearNullFloor = 1e-8;
 // Integer alphas up to this use binary powering (as the Python path does).
@@ -105,7 +107,7 @@ void dense_u2(const float* A, const std::vector<double>& d, std::int64_t m, std:
 bool component_split(const float* A, const std::vector<double>& d, std::int64_t m, std::vector<double>& u2);
 // The canonical split of an A connected only through weights at rounding level (eigen.near_null_split): the
 // projection of node 0's unit vector on the eigenvectors of the normalised Laplacian with eigenvalues in
-// (kNearNullLower, kDisconnectedEigenvalue], less its component along sqrt(d), in the numpy path's order of
+// (kNearNullLower, kNearNullEigenvalue], less its component along sqrt(d), in the numpy path's order of
 // operations, and true; false (u2 untouched) where dsyevr finds fewer than two or the projection vanishes.
 bool near_null_split(const float* A, const std::vector<double>& d, std::int64_t m, std::vector<double>& u2);
 

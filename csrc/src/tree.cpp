@@ -176,7 +176,9 @@ void dense_u2(const float* A, const std::vector<double>& d, std::int64_t m, std:
   int found = 0;
   const int info = syevr('I', static_cast<int>(m), lap.data(), 1, 2, w, z, found);
   if (info != 0 || found != 2) throw Failure(Code::Lapack, dsyevr_failure(m, info));
-  if (w[1] <= kDisconnectedEigenvalue && (component_split(A, d, m, u2) || near_null_split(A, d, m, u2))) return;
+  if (w[1] <= kDisconnectedEigenvalue &&
+      (component_split(A, d, m, u2) || (w[1] <= kNearNullEigenvalue && near_null_split(A, d, m, u2))))
+    return;
   u2.assign(z.begin() + m, z.begin() + 2 * m);  // second eigenvector (column 1)
 }
 
@@ -185,8 +187,7 @@ bool near_null_split(const float* A, const std::vector<double>& d, std::int64_t 
   lower_laplacian(A, d, m, lap.data());
   std::vector<double> w, V;
   int k = 0;
-  const int info = syevr('V', static_cast<int>(m), lap.data(), 0, 0, w, V, k, kNearNullLower,
-                         kDisconnectedEigenvalue);
+  const int info = syevr('V', static_cast<int>(m), lap.data(), 0, 0, w, V, k, kNearNullLower, kNearNullEigenvalue);
   if (info != 0) throw Failure(Code::Lapack, dsyevr_failure(m, info));
   if (k < 2) return false;
   // p = sum_j V[:, j] V[0, j], accumulated column by column; then p - s (sum(p s) / sum(s s)), s = sqrt(d),

@@ -75,10 +75,13 @@ REORTH_KEEP = 0.7071
 #: A dense solve whose second-smallest normalised-Laplacian eigenvalue is at most this checks whether the graph is
 #: disconnected (:func:`component_split`); exactly disconnected graphs give ~1e-16, connected ones far more.
 DISCONNECTED_EIGENVALUE = 1e-10
-#: The stacked dense path (no host sync, so no component search) counts a subgraph as disconnected when a second
-#: eigenvalue of M lies within this of 1: rounding level, so that a connected graph, however weakly (the nearly
-#: disconnected benchmark family: 1 - theta ~ 1e-11), keeps its eigenvector as on the host.
-STACKED_DISCONNECTED_EIGENVALUE = 1e-13
+#: Eigenvalues of the normalised Laplacian at most this are at rounding level (:func:`near_null_split`): a connected
+#: graph whose second one is there has no meaningful Fiedler vector, and takes the canonical one; above it, however
+#: weakly connected (the nearly disconnected benchmark family: lambda_2 ~ 1e-11), it keeps its eigenvector.
+NEAR_NULL_EIGENVALUE = 1e-13
+#: The stacked dense path (no host sync, so no component search) counts a subgraph as (nearly) disconnected when a
+#: second eigenvalue of M lies within this of 1, the host's near-null level, and has it solved again on the host.
+STACKED_DISCONNECTED_EIGENVALUE = NEAR_NULL_EIGENVALUE
 #: Dense solves below this many nodes run with SciPy's OpenBLAS single-threaded (``dsyevr``'s result depends on
 #: its thread count in the last bits, which decides the split of a graph whose lambda_2 is at rounding level: a
 #: nearly disconnected one), as the C++ core runs them (``kThreadedDenseMin`` in csrc/src/tree.cpp), so both
@@ -99,8 +102,10 @@ def normalized_laplacian(A: np.ndarray, d: np.ndarray) -> np.ndarray:
     return (dis[:, None] * lap) * dis[None, :]
 
 
-#: Entries of |y| within this relative distance of the largest count as tied for the sign convention.
-SIGN_TIE_RTOL = 1e-9
+#: Entries of |y| within this relative distance of the largest count as tied for the sign convention: above the
+#: differences between two certified solvers' vectors (the numpy and native Lanczos, ~1e-9 apart on a 37 x 23
+#: checkerboard, mirrored its root split at 1e-9), below float32's resolution of the official rule (~1e-6).
+SIGN_TIE_RTOL = 1e-7
 
 
 def sign_reference(y):
@@ -132,7 +137,7 @@ def _dense(A, d, full: bool):
         vals, vecs = scipy.linalg.eigh(lap, subset_by_index=[0, 1], driver="evr", check_finite=False)
     if vals[1] <= DISCONNECTED_EIGENVALUE:
         u = component_split(A, d)
-        if u is None:
+        if u is None and vals[1] <= NEAR_NULL_EIGENVALUE:
             with single_threaded_blas(lap.shape[0] < DENSE_THREADED_MIN_NODES):
                 u = near_null_split(lap, d)
         if u is not None:
@@ -182,8 +187,8 @@ def near_null_split(lap, d):
     eigenspace, mixed with the trivial one, and two solvers or two LAPACK builds split it differently (seen:
     mirrored sides, hence other label ids, between the host and the batched path). The canonical vector is the
     one the batched path takes: the projection of the first node's unit vector on the eigenvectors of eigenvalue
-    at most ``DISCONNECTED_EIGENVALUE`` (one more LAPACK ``dsyevr`` call, eigenvalues in
-    (``NEAR_NULL_LOWER``, ``DISCONNECTED_EIGENVALUE``]), less its component along ``sqrt(d)``. For an exactly
+    at most ``NEAR_NULL_EIGENVALUE`` (one more LAPACK ``dsyevr`` call, eigenvalues in
+    (``NEAR_NULL_LOWER``, ``NEAR_NULL_EIGENVALUE``]), less its component along ``sqrt(d)``. For an exactly
     disconnected graph that is a positive multiple of :func:`component_split`'s vector; for weakly linked clusters
     it splits them as the weak links' limit does. The C++ core computes the same floats in the same order
     (csrc/src/tree.cpp ``near_null_split``). None where LAPACK finds fewer than two such eigenvalues or the
@@ -191,7 +196,7 @@ def near_null_split(lap, d):
     """
     import scipy.linalg
 
-    _, V = scipy.linalg.eigh(lap, subset_by_value=(NEAR_NULL_LOWER, DISCONNECTED_EIGENVALUE), driver="evr",
+    _, V = scipy.linalg.eigh(lap, subset_by_value=(NEAR_NULL_LOWER, NEAR_NULL_EIGENVALUE), driver="evr",
                              check_finite=False)
     if V.shape[1] < 2:
         return None
@@ -460,9 +465,11 @@ def _block_krylov(A, d, warm_start, tol: float = LANCZOS_ANGLE_TOL):
             if 1.0 - theta[0] <= DISCONNECTED_EIGENVALUE:
                 # lambda_2 at rounding level: a disconnected graph has the eigenvalue 1 once per component and the
                 # certified vector is an arbitrary one of that eigenspace; the dense solve's canonical split then
-                # (a graph connected only through weights at rounding level has no certified canonical vector
-                # here: not certified, so that the dense solve applies near_null_split)
-                return component_split(A, d)
+                split = component_split(A, d)
+                if split is not None or 1.0 - theta[0] <= NEAR_NULL_EIGENVALUE:
+                    # (a graph connected only through weights at rounding level has no certified canonical vector
+                    # here: None, so that the dense solve applies near_null_split)
+                    return split
             u = X[0] - u1 * (u1 @ X[0])
             return u / np.linalg.norm(u)
         if k + b > kmax:
@@ -528,6 +535,10 @@ def fiedler_vector(A: np.ndarray, d: np.ndarray, *, solver: str = "auto", warm_s
 #: underflows (below ~1.5e-154) contributes less than 2.2e-308 / 1e-280 to a term of ||M||_F^2, so the sum is
 #: short by less than 1e-18 for any grid a dense affinity holds.
 _BOUND_MIN_DEGREE = 1e-140
+#: ... nor where a degree exceeds this: a weight's square may then overflow (a float64 W near 1e299 warned of an
+#: overflow and bounded nothing); below it every A_ij^2 <= d_i^2 is finite. (The native core's float32 W never
+#: comes near.)
+_BOUND_MAX_DEGREE = 1e150
 
 
 def spectral_lower_bound(A: np.ndarray, d: np.ndarray, stop_below=None) -> float:
@@ -554,9 +565,10 @@ def spectral_lower_bound(A: np.ndarray, d: np.ndarray, stop_below=None) -> float
         ``stop_below``, a value below it is only known to be below it.
     """
     n = A.shape[0]
-    if n and float(np.min(d)) < _BOUND_MIN_DEGREE:
+    if n and (float(np.min(d)) < _BOUND_MIN_DEGREE or float(np.max(d)) > _BOUND_MAX_DEGREE):
         # the squares A_ij^2 of such a graph's weights may underflow to 0 while A_ij^2 / (d_i d_j) does not (a
-        # float64 W scaled by 1e-200 "proved" every subgraph a leaf): no bound is claimed (NCut >= 0 always holds)
+        # float64 W scaled by 1e-200 "proved" every subgraph a leaf), or overflow: no bound is claimed (NCut >= 0
+        # always holds)
         return 0.0
     dinv = 1.0 / d
     # the row sum of ||M||_F^2 above which neither form can reach stop_below (the trace(M^4) form needs
