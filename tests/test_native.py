@@ -405,6 +405,43 @@ def test_symmetric_image_sign_ties_give_the_numpy_label_ids(built, h, w):
         assert np.array_equal(recursive_ncut(f, compat=compat, graph_backend="native"), dense)
 
 
+def _tanh_patch_features(name, h, w, seed, channels=256):
+    """3 x 3 RGB patches of a skimage photo through a random projection and tanh: black pixels give all-zero tokens
+    whose affinities are ~1e-30 (degree 1e-28 against ~50)."""
+    import skimage.data
+    from skimage.transform import resize
+
+    im = getattr(skimage.data, name)()
+    if im.ndim == 2:
+        im = np.stack([im] * 3, -1)
+    r = resize(im[..., :3].astype(np.float64) / 255.0, (h, w), anti_aliasing=True)
+    pad = np.pad(r, ((1, 1), (1, 1), (0, 0)), mode="edge")
+    base = np.concatenate([pad[i:i + h, j:j + w] for i in range(3) for j in range(3)], -1)
+    return np.tanh(base @ np.random.default_rng(seed).standard_normal((27, channels))).astype(np.float32)
+
+
+@pytest.mark.parametrize("seed", [473, 1])
+def test_nearly_isolated_tokens_take_the_dense_solve_in_every_backend(built, seed):
+    """The iterative solvers certify u to sin(angle) < 1e-6; y = D^-1/2 u magnifies that at a nearly isolated node
+    (degree 1e-28 against 50): y's range reached 2243 where the dense solve's is 0.004, and numpy's and the core's
+    Lanczos split the root differently from each other and from the dense solve (K 1 against 6 here). Where the
+    degrees spread more than 1e6 both now solve densely (eigen.ITERATIVE_DEGREE_SPREAD, kIterativeDegreeSpread)."""
+    from diffcut_engine.graph import eigen
+
+    f = _tanh_patch_features("checkerboard", 28, 36, seed)
+    W = affinity_from_tokens(l2_normalize(as_token_matrix(f)[0]), 10.0).astype(np.float64)
+    d = W.sum(axis=1)
+    assert d.min() < 1e-10 * d.max() and not eigen.iterative_degrees(d)
+    for compat in ("clean", "official"):
+        want = recursive_ncut(f, tau=0.35, compat=compat, solver="dense", graph_backend="numpy")
+        assert want.max() >= 1 or compat == "official"
+        for backend in ("numpy", "native"):
+            assert np.array_equal(recursive_ncut(f, tau=0.35, compat=compat, graph_backend=backend), want), backend
+    y = eigen.fiedler_vector(W, d, solver="lanczos")
+    assert np.array_equal(y, eigen.fiedler_vector(W, d, solver="dense"))
+    assert eigen.iterative_degrees(np.array([1.0, 3e-6, 3.0])) and not eigen.iterative_degrees(np.array([1.0, 1e-7]))
+
+
 def test_native_batches_on_the_shared_helpers_concurrent_failing_and_oversubscribed(built):
     """A batch's images run on the calling thread and the core's shared helper threads where enough of them are free
     (their scratch caches then stay warm between calls: new threads faulted every block in again, and 8 grids of

@@ -47,6 +47,9 @@ constexpr double kDisconnectedEigenvalue = 1e-10;
 // interval, and the projection size it gives up below (eigen.NEAR_NULL_LOWER, eigen.NEAR_NULL_FLOOR).
 constexpr double kNearNullEigenvalue = 1e-13;
 constexpr double kNearNullLower = -1.0;
+// The iterative solvers run only where every degree is at least this fraction of the largest
+// (eigen.ITERATIVE_DEGREE_SPREAD): y = D^-1/2 u magnifies their certified error at nearly isolated nodes.
+constexpr double kIterativeDegreeSpread = 1e-6;
 constexpr double kNearNullFloor = 1e-8;
 // Integer alphas up to this use binary powering (as the Python path does).
 constexpr int kMaxSquaringExponent = 64;
@@ -105,6 +108,8 @@ void dense_u2(const float* A, const std::vector<double>& d, std::int64_t m, std:
 // component of node 0 of A's non-zero entries, and true; false (u2 untouched) where A is connected. Every solver
 // takes it where its eigenvalue says the graph may be disconnected (lambda_2 <= kDisconnectedEigenvalue).
 bool component_split(const float* A, const std::vector<double>& d, std::int64_t m, std::vector<double>& u2);
+// Whether m degrees allow the iterative solvers (min >= kIterativeDegreeSpread * max; m >= 1).
+bool iterative_degrees(const double* d, std::int64_t m);
 // The canonical split of an A connected only through weights at rounding level (eigen.near_null_split): the
 // projection of node 0's unit vector on the eigenvectors of the normalised Laplacian with eigenvalues in
 // (kNearNullLower, kNearNullEigenvalue], less its component along sqrt(d), in the numpy path's order of

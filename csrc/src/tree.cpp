@@ -168,6 +168,15 @@ std::string dsyevr_failure(std::int64_t m, int info) {
 
 }  // namespace
 
+bool iterative_degrees(const double* d, std::int64_t m) {
+  double lo = d[0], hi = d[0];
+  for (std::int64_t i = 1; i < m; ++i) {
+    lo = std::min(lo, d[i]);
+    hi = std::max(hi, d[i]);
+  }
+  return lo >= kIterativeDegreeSpread * hi;
+}
+
 // u2 of the (m x m, row-major) affinity A with degrees d by dsyevr (eigenpairs 1..2 of the normalised Laplacian).
 void dense_u2(const float* A, const std::vector<double>& d, std::int64_t m, std::vector<double>& u2) {
   ScratchArray<double> lap(static_cast<std::size_t>(m * m));
@@ -486,7 +495,10 @@ Tree build_tree(const float* W, std::int64_t n, const Options& options, const st
     }
     // auto above kAutoDenseMax nodes: Lanczos (skipped once it failed in this tree: a clustered spectrum, whose
     // subgraphs are nearly disconnected too), block Krylov, then dense; every accepted vector is certified
-    const bool iterative = options.solver == Solver::Auto && m > kAutoDenseMax && m >= 32;
+    // (and only where every degree is at least kIterativeDegreeSpread of the largest: y = D^-1/2 u magnifies the
+    // certified error of u at nearly isolated nodes; eigen.ITERATIVE_DEGREE_SPREAD)
+    const bool iterative =
+        options.solver == Solver::Auto && m > kAutoDenseMax && m >= 32 && iterative_degrees(d.data(), m);
     bool solved = false;
     if (iterative && !lanczos_failed) {
       solved = lanczos_fiedler(A, d, m, item.warm, u);
