@@ -26,6 +26,7 @@ References
 
 from __future__ import annotations
 
+import functools
 import numbers
 from typing import Optional, Sequence, Tuple
 
@@ -614,6 +615,23 @@ def resize_masks_init(labels: torch.Tensor, size: Tuple[int, int], candidates: O
 #: upper bound by this much more (float32 rounding of 30 x 64 sums, with room to spare).
 CERTIFY_TOL = 1e-5
 
+def _keeps_torch_threads(fn):
+    """Restore torch's CPU thread count after ``fn``: numba's parallel kernels (its OpenMP threading layer) reset the
+    process's OpenMP thread count, which torch shares. One ``backend="fast"`` call after ``torch.set_num_threads(1)``
+    left torch on 2 threads, and torch's bilinear resize (``images.resize``, every backend's view resize in
+    :func:`refine_at`) is not bit-identical across thread counts, so labels depended on what ran before."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        threads = torch.get_num_threads()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            if torch.get_num_threads() != threads:
+                torch.set_num_threads(threads)
+    return wrapper
+
+
+@_keeps_torch_threads
 def pamr_fast(image, labels, *, num_segments: Optional[int] = None, iters: int = 10,
               dilations: Sequence[int] = (1, 2, 4, 8), candidates: int = 4, delta: float = 1e-7,
               method: str = "auto", return_stats: bool = False):
@@ -834,6 +852,7 @@ def refine_at(view, labels, *, work_size: Optional[Tuple[int, int]] = None, num_
     return out if ids is None else ids.to(out.device)[out]
 
 
+@_keeps_torch_threads
 def _refine_at(view, labels, k, work, out_size, iters, dilations, median, backend, upsample) -> torch.Tensor:
     """:func:`refine_at` on validated arguments (label ids without gaps)."""
     from . import images

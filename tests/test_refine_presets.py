@@ -280,3 +280,22 @@ def test_refine_options_take_numpy_integers_and_name_work_size():
     for bad in (np.bool_(True), 2.0, "3"):
         with pytest.raises(InputError, match="iters must be an int"):
             refine.refine_at(img, lab, iters=bad)
+
+
+def test_fast_backend_leaves_torchs_thread_count_alone():
+    """numba's parallel kernels reset the OpenMP thread count torch shares: one refine_at(backend="fast") after
+    torch.set_num_threads(1) left torch on 2 threads, and torch's bilinear resize differs in the last bit between
+    1 and 2 threads, so refine_at's labels depended on what ran before in the process."""
+    before = torch.get_num_threads()
+    img = torch.rand(3, 20, 385, generator=torch.Generator().manual_seed(0))
+    lab = torch.zeros(31, 257, dtype=torch.long)
+    lab[:, 128:] = 1
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            refine.refine_at(img, lab, num_segments=2, iters=1, backend="fast")
+            assert torch.get_num_threads() == threads
+            refine.pamr_fast(img, lab, num_segments=2, iters=1)
+            assert torch.get_num_threads() == threads
+    finally:
+        torch.set_num_threads(before)

@@ -37,7 +37,7 @@ struct Options {
 // epsilon of torch.nn.functional.normalize: a zero token stays zero.
 constexpr float kNormEps = 1e-12f;
 // Entries of |y| within this relative distance of the largest count as tied for the sign rule (eigen.SIGN_TIE_RTOL).
-constexpr double kSignTieRtol = 1e-7;
+constexpr double kSignTieRtol = 1e-5;
 // A dense solve whose second-smallest normalised-Laplacian eigenvalue is at most this checks whether the subgraph
 // is disconnected, and then takes the canonical split of its first node's component (eigen.DISCONNECTED_EIGENVALUE,
 // eigen.component_split).
