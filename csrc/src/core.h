@@ -47,10 +47,10 @@ constexpr double kDisconnectedEigenvalue = 1e-10;
 // interval, and the projection size it gives up below (eigen.NEAR_NULL_LOWER, eigen.NEAR_NULL_FLOOR).
 constexpr double kNearNullEigenvalue = 1e-13;
 constexpr double kNearNullLower = -1.0;
+constexpr double kNearNullFloor = 1e-8;
 // The iterative solvers run only where every degree is at least this fraction of the largest
 // (eigen.ITERATIVE_DEGREE_SPREAD): y = D^-1/2 u magnifies their certified error at nearly isolated nodes.
 constexpr double kIterativeDegreeSpread = 1e-6;
-constexpr double kNearNullFloor = 1e-8;
 // Integer alphas up to this use binary powering (as the Python path does).
 constexpr int kMaxSquaringExponent = 64;
 

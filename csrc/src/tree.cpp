@@ -179,12 +179,15 @@ bool iterative_degrees(const double* d, std::int64_t m) {
 
 // u2 of the (m x m, row-major) affinity A with degrees d by dsyevr (eigenpairs 1..2 of the normalised Laplacian).
 void dense_u2(const float* A, const std::vector<double>& d, std::int64_t m, std::vector<double>& u2) {
-  ScratchArray<double> lap(static_cast<std::size_t>(m * m));
-  lower_laplacian(A, d, m, lap.data());
   std::vector<double> w, z;
-  int found = 0;
-  const int info = syevr('I', static_cast<int>(m), lap.data(), 1, 2, w, z, found);
-  if (info != 0 || found != 2) throw Failure(Code::Lapack, dsyevr_failure(m, info));
+  {
+    // (back in the scratch cache before near_null_split builds the Laplacian again: one m x m block, not two)
+    ScratchArray<double> lap(static_cast<std::size_t>(m * m));
+    lower_laplacian(A, d, m, lap.data());
+    int found = 0;
+    const int info = syevr('I', static_cast<int>(m), lap.data(), 1, 2, w, z, found);
+    if (info != 0 || found != 2) throw Failure(Code::Lapack, dsyevr_failure(m, info));
+  }
   if (w[1] <= kDisconnectedEigenvalue &&
       (component_split(A, d, m, u2) || (w[1] <= kNearNullEigenvalue && near_null_split(A, d, m, u2))))
     return;

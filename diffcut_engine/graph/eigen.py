@@ -78,10 +78,9 @@ DISCONNECTED_EIGENVALUE = 1e-10
 #: Eigenvalues of the normalised Laplacian at most this are at rounding level (:func:`near_null_split`): a connected
 #: graph whose second one is there has no meaningful Fiedler vector, and takes the canonical one; above it, however
 #: weakly connected (the nearly disconnected benchmark family: lambda_2 ~ 1e-11), it keeps its eigenvector.
+#: The stacked paths (no host sync, so no component search) use it too: a subgraph with a second eigenvalue of M
+#: within it of 1 counts as (nearly) disconnected.
 NEAR_NULL_EIGENVALUE = 1e-13
-#: The stacked dense path (no host sync, so no component search) counts a subgraph as (nearly) disconnected when a
-#: second eigenvalue of M lies within this of 1, the host's near-null level, and has it solved again on the host.
-STACKED_DISCONNECTED_EIGENVALUE = NEAR_NULL_EIGENVALUE
 #: Dense solves below this many nodes run with SciPy's OpenBLAS single-threaded (``dsyevr``'s result depends on
 #: its thread count in the last bits, which decides the split of a graph whose lambda_2 is at rounding level: a
 #: nearly disconnected one), as the C++ core runs them (``kThreadedDenseMin`` in csrc/src/tree.cpp), so both
@@ -662,7 +661,7 @@ def _fiedler_iterative(xp, M, d, real):
         deflated = M[i] - u1_x[:, None] * u1_x[None, :]
         val, vec = eigsh(deflated, k=1, which="LA", tol=0, v0=xp.asarray(v0))
         out[i] = vec[:, 0]
-        if float(val[0]) >= 1.0 - STACKED_DISCONNECTED_EIGENVALUE:  # (nearly) disconnected: the canonical split
+        if float(val[0]) >= 1.0 - NEAR_NULL_EIGENVALUE:  # (nearly) disconnected: the canonical split
             keep = np.flatnonzero(real_host[i])
             Mi = to_host(M[i][keep][:, keep]).astype(np.float64)
             u = component_split(Mi, d_host[i][keep])
@@ -817,7 +816,7 @@ def stacked_fiedler_vectors(xp, A, real, degrees=None, *, return_converged: bool
         # A disconnected subgraph (eigenvalue 1 once per component, to rounding) takes component_split's canonical
         # vector: the projection of its first node's unit vector on that eigenspace, less its u1 part, is
         # D^1/2 (1_C / vol(C) - 1 / vol(V)) sqrt(d_0), a positive multiple of the host's (no host sync)
-        ones = vals > 1.0 - STACKED_DISCONNECTED_EIGENVALUE
+        ones = vals > 1.0 - NEAR_NULL_EIGENVALUE
         degenerate = ones.sum(axis=1) >= 2
         sqrt_d = xp.where(real, xp.sqrt(xp.where(real, d, 0.0)), 0.0)
         u1 = sqrt_d / xp.sqrt((sqrt_d * sqrt_d).sum(axis=1, keepdims=True))

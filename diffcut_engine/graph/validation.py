@@ -71,7 +71,7 @@ def check_compat(compat) -> str:
 
 def check_node_shape(shape, n: int, nodes: str = "affinity's") -> tuple:
     """``shape`` (a tuple of positive ints holding the ``n`` nodes; None: ``(n,)``), or :class:`InputError`
-    (``nodes`` names them in the message: "the {n} nodes of P", "the affinity's {n} nodes")."""
+    (``nodes`` names them in the message: "the affinity's {n} nodes", "the transition matrix's {n} nodes")."""
     if shape is None:
         return (n,)
     try:
